@@ -1,0 +1,1 @@
+"""Host <-> microcontroller serial protocol, bridge, reference firmware and simulator."""

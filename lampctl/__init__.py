@@ -1,0 +1,1 @@
+"""lampctl: timed, fail-safe control of infrared heat lamps."""

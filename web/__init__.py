@@ -1,0 +1,1 @@
+"""Flask web front end of lampctl: JSON API, panel and admin pages."""
