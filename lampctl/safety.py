@@ -1,0 +1,79 @@
+"""The safety rules S1-S9 that are pure arithmetic or process wiring, each named for its invariant."""
+from __future__ import annotations
+
+import atexit
+import math
+import signal
+import sys
+import threading
+from typing import Callable
+
+# The longest timer on commercial clinic IR lamps; no config may exceed it (S3).
+HARD_CEILING_MINUTES = 60
+# Backstop on the microcontroller: planned duration x 1.10 + grace (S7), as tanning
+# units keep a second timer at 110 %.
+S7_BACKSTOP_FACTOR = 1.10
+
+
+class DurationError(ValueError):
+    """A requested duration is not a finite number of seconds greater than 0."""
+
+
+def parse_duration(body: object) -> float:
+    """Seconds from {"minutes": n} or {"seconds": n}; raise DurationError with one sentence."""
+    if not isinstance(body, dict):
+        raise DurationError('The request body must be a JSON object such as {"minutes": 10}.')
+    keys = [k for k in ("minutes", "seconds") if k in body]
+    extra = sorted(set(body) - {"minutes", "seconds"})
+    if extra:
+        raise DurationError(f"Unknown field {extra[0]!r}: send only \"minutes\" or \"seconds\".")
+    if len(keys) != 1:
+        raise DurationError('Send exactly one of "minutes" or "seconds", e.g. {"minutes": 10}.')
+    value = body[keys[0]]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise DurationError(f'"{keys[0]}" must be a number greater than 0, got {value!r}.')
+    return float(value) * (60 if keys[0] == "minutes" else 1)
+
+
+def s3_allows(total_s: float, max_s: float) -> bool:
+    """S3: a session, extensions included, never exceeds the lamp's max_minutes."""
+    # A microsecond of float slack so "60 min" built from 12 x 5 min is allowed.
+    return total_s <= max_s + 1e-6
+
+
+def s7_backstop_ms(planned_s: float, grace_s: float) -> int:
+    """S7: how long the microcontroller may hold the lamp on by itself."""
+    return int(math.ceil((planned_s * S7_BACKSTOP_FACTOR + grace_s) * 1000))
+
+
+def s1_install_guards(all_off: Callable[[str], None]) -> None:
+    """S1: relays OFF on exit, SIGTERM, SIGINT and an unhandled exception in any thread.
+
+    all_off(reason) must be idempotent and safe to call from any thread.
+    """
+
+    def on_signal(signum, _frame):
+        name = signal.Signals(signum).name
+        all_off(f"{name} received")
+        # Leave through SystemExit so finally-blocks and atexit still run.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    atexit.register(all_off, "process exit")
+
+    previous_thread_hook = threading.excepthook
+
+    def thread_hook(args):
+        thread = args.thread.name if args.thread else "?"
+        all_off(f"unhandled {args.exc_type.__name__} in thread {thread}: {args.exc_value}")
+        previous_thread_hook(args)
+
+    threading.excepthook = thread_hook
+    previous_hook = sys.excepthook
+
+    def main_hook(exc_type, exc, tb):
+        all_off(f"unhandled {exc_type.__name__}: {exc}")
+        previous_hook(exc_type, exc, tb)
+
+    sys.excepthook = main_hook

@@ -1,0 +1,165 @@
+"""`lampctl serve`: relays OFF first, then recovery, controller, E-stop, web server, systemd pings."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lampctl import config as config_mod
+
+log = logging.getLogger("lampctl")
+
+CLI_USER = "cli"
+CLI_TOKEN_FILE = "cli.token"
+WATCHDOG_PERIOD_S = 1.0
+# The scheduler wakes at least once a second; twice that without a tick means it is stuck.
+SCHEDULER_STALL_S = 3.0
+
+
+def sd_notify(message: str) -> None:
+    """systemd's notify protocol, in a few lines (sdnotify leaves its socket open)."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(addr)
+            sock.sendall(message.encode())
+        except OSError as exc:
+            log.warning("systemd notify failed: %s", exc)
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Write a file only its owner can read (mode 0600 from creation, no window)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def serve(config_path: str, *, simulate: bool = False) -> int:
+    t_exec = time.monotonic()
+    # S1: before any slow import, parse the config (tomllib, fast) and claim every relay OFF.
+    cfg = config_mod.load(config_path)
+    from lampctl.hardware import RelayBank, make_pin_factory
+
+    factory = make_pin_factory("mock" if simulate else cfg.service.pin_factory)
+    relays = RelayBank(cfg.lamps, factory, estop_pin=cfg.safety.estop_pin,
+                       indicator_pin=cfg.safety.indicator_pin, wire_feedback=simulate)
+    t_off = time.monotonic()
+    log.info("relays off: %d lamps at monotonic %.6f (%.1f ms after entry)", len(relays), t_off,
+             (t_off - t_exec) * 1000)
+
+    state: dict = {"controller": None}
+
+    def emergency_off(why: str) -> None:
+        relays.all_off()
+        controller = state["controller"]
+        if controller is not None:
+            try:
+                controller.shutdown(why)
+            except Exception:
+                log.exception("controller shutdown failed; relays are off")
+
+    from lampctl.safety import s1_install_guards
+
+    s1_install_guards(emergency_off)
+
+    from lampctl.clock import MonotonicClock
+    from lampctl.controller import SessionController
+    from lampctl.store import UsageLog, hash_token
+
+    usage_log = UsageLog(cfg.service.database, queue_size=cfg.service.log_queue)
+    recovered = usage_log.recover_interrupted()
+    if recovered:
+        log.warning("S4: %d session(s) left open by the last run marked interrupted: %s", len(recovered), recovered)
+    usage_log.start()
+    usage_log.event(None, None, None, "system", f"service started (pid {os.getpid()}{', simulated GPIO' if simulate else ''})")
+    _ensure_cli_token(usage_log, cfg.service.database.parent / CLI_TOKEN_FILE, hash_token)
+
+    clock = MonotonicClock()
+    controller = SessionController(cfg.lamps, relays, clock, usage_log)
+    state["controller"] = controller
+    if relays.estop_pressed:
+        controller.estop()
+    relays.on_estop(controller.estop)
+    controller.start_scheduler()
+
+    from waitress import create_server
+
+    from web import Services, create_app
+
+    app = create_app(Services(controller=controller, usage_log=usage_log, config=cfg))
+    server = create_server(app, host=cfg.service.host, port=cfg.service.port, threads=8,
+                           ident="lampctl", clear_untrusted_proxy_headers=True)
+    # effective_port is a str in some waitress versions.
+    port = int(server.effective_port)
+    log.info("serving on http://%s:%d/", cfg.service.host, port)
+    print(f"lampctl: listening on http://{cfg.service.host}:{port}/", flush=True)
+
+    stop = threading.Event()
+    watchdog = threading.Thread(target=_watchdog, args=(controller, stop), name="service-watchdog", daemon=True)
+    watchdog.start()
+    sd_notify("READY=1")
+    try:
+        server.run()
+    finally:
+        stop.set()
+        emergency_off("service stopping")
+        controller.stop_scheduler()
+        usage_log.event(None, None, None, "system", "service stopped")
+        usage_log.close()
+        relays.close()
+        server.close()
+    return 0
+
+
+def _watchdog(controller, stop: threading.Event) -> None:
+    """Ping systemd only while the scheduler is alive and ticking; otherwise latch a fault (S6)."""
+    faulted = False
+    while not stop.wait(WATCHDOG_PERIOD_S):
+        stalled = time.monotonic() - controller.last_tick > SCHEDULER_STALL_S
+        if controller.scheduler_alive and not stalled:
+            sd_notify("WATCHDOG=1")
+        elif not faulted:
+            faulted = True
+            controller.fault("scheduler died" if not controller.scheduler_alive else "scheduler stalled")
+
+
+def _ensure_cli_token(usage_log, path: Path, hash_token) -> None:
+    """A fresh admin token for the local CLI, readable only by the service's own user."""
+    import secrets
+    import sqlite3
+
+    from lampctl.store import connect, iso
+
+    token = secrets.token_urlsafe(32)
+    conn = connect(usage_log.path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        # '!' is no valid hash: this account can never log in with a PIN.
+        conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, 'admin', '!', ?) "
+                     "ON CONFLICT (name) DO NOTHING", (CLI_USER, iso(usage_log._wall())))
+        conn.execute("DELETE FROM api_tokens WHERE user = ?", (CLI_USER,))
+        conn.execute("INSERT INTO api_tokens (token_hash, user, created_at) VALUES (?, ?, ?)",
+                     (hash_token(token), CLI_USER, iso(usage_log._wall())))
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+    write_secret_file(path, token + "\n")
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

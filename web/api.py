@@ -1,0 +1,170 @@
+"""The JSON API under /api: bearer tokens, roles, contract status codes and error bodies."""
+from __future__ import annotations
+
+import functools
+
+from flask import Blueprint, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from lampctl.controller import Refused
+from lampctl.safety import DurationError, parse_duration
+from lampctl.store import END_REASONS, StoreError
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def services():
+    return current_app.extensions["lampctl"]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def error(status: int, code: str, message: str):
+    return jsonify(error=message, code=code), status
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    resp = error(exc.status, exc.code, str(exc))
+    if exc.status == 401:
+        resp[0].headers["WWW-Authenticate"] = 'Bearer realm="lampctl"'
+    return resp
+
+
+@bp.errorhandler(Refused)
+def _refused(exc: Refused):
+    return error(exc.status, exc.code, str(exc))
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException):
+    messages = {
+        404: "No such API endpoint.",
+        405: f"Method {request.method} is not allowed here.",
+        413: "The request body is too large.",
+    }
+    code = (exc.name or "error").lower().replace(" ", "-")
+    return error(exc.code or 500, code, messages.get(exc.code, exc.description or exc.name))
+
+
+def require_token(role: str | None = None):
+    """Bearer-token auth; role "admin" further restricts the view."""
+
+    def wrap(view):
+        @functools.wraps(view)
+        def inner(*args, **kwargs):
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ApiError(401, "unauthorized", "Send an API token as 'Authorization: Bearer <token>'.")
+            user = services().usage_log.user_for_token(token.strip())
+            if user is None:
+                raise ApiError(401, "unauthorized", "The API token is not valid.")
+            if role and user["role"] != role:
+                raise ApiError(403, "forbidden", f"This needs the {role} role; {user['name']} is {user['role']}.")
+            g.user = user
+            return view(*args, **kwargs)
+
+        return inner
+
+    return wrap
+
+
+def _duration_body() -> float:
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raise ApiError(400, "bad-body", 'The request body must be JSON such as {"minutes": 10}.')
+    try:
+        return parse_duration(body)
+    except DurationError as exc:
+        raise ApiError(400, "bad-duration", str(exc)) from None
+
+
+@bp.get("/health")
+def health():
+    s = services()
+    lamps = s.controller.lamps()
+    firmware = s.firmware_status()
+    faulted = any(lamp.state == "fault" for lamp in lamps)
+    status = "fault" if faulted else ("degraded" if firmware == "lost" else "ok")
+    return jsonify(
+        status=status,
+        lamps=[{"id": l.id, "state": l.state, "relay_on": l.relay_on} for l in lamps],
+        firmware=firmware,
+        log={"pending": s.usage_log.pending, "dropped": s.usage_log.dropped, "write_errors": s.usage_log.write_errors},
+    )
+
+
+@bp.get("/lamps")
+@require_token()
+def lamps():
+    return jsonify(lamps=[l.as_dict() for l in services().controller.lamps()])
+
+
+@bp.get("/lamps/<lamp_id>")
+@require_token()
+def lamp(lamp_id):
+    return jsonify(services().controller.lamp(lamp_id).as_dict())
+
+
+@bp.post("/lamps/<lamp_id>/start")
+@require_token()
+def start(lamp_id):
+    s = services()
+    s.controller.lamp(lamp_id)  # 404 before 400 for an unknown lamp
+    seconds = _duration_body()
+    session_id, view = s.controller.start(lamp_id, seconds, g.user["name"])
+    # Answer only once the session row is on disk, so a 201 means it is recorded;
+    # a slow disk delays this reply, never the lamp.
+    s.usage_log.flush(1.0)
+    return jsonify(session_id=session_id, lamp=view.as_dict()), 201
+
+
+@bp.post("/lamps/<lamp_id>/extend")
+@require_token()
+def extend(lamp_id):
+    s = services()
+    s.controller.lamp(lamp_id)
+    seconds = _duration_body()
+    return jsonify(lamp=s.controller.extend(lamp_id, seconds, g.user["name"]).as_dict())
+
+
+@bp.post("/lamps/<lamp_id>/stop")
+@require_token()
+def stop(lamp_id):
+    return jsonify(lamp=services().controller.stop(lamp_id, g.user["name"]).as_dict())
+
+
+@bp.post("/stop-all")
+@require_token()
+def stop_all():
+    views = services().controller.stop_all(g.user["name"], "stop all (API)")
+    return jsonify(lamps=[v.as_dict() for v in views])
+
+
+@bp.post("/lamps/<lamp_id>/reset")
+@require_token("admin")
+def reset(lamp_id):
+    return jsonify(lamp=services().controller.reset_fault(lamp_id, g.user["name"]).as_dict())
+
+
+@bp.get("/sessions")
+@require_token("admin")
+def sessions():
+    args = request.args
+    reason = args.get("reason") or None
+    if reason and reason not in END_REASONS:
+        raise ApiError(400, "bad-query", f"reason must be one of: {', '.join(END_REASONS)}.")
+    lamp = args.get("lamp") or None
+    if lamp:
+        services().controller.lamp(lamp)
+    try:
+        rows = services().usage_log.sessions(start=args.get("from") or None, end=args.get("to") or None,
+                                             lamp=lamp, user=args.get("user") or None, reason=reason)
+    except StoreError as exc:
+        raise ApiError(400, "bad-query", str(exc)) from None
+    return jsonify(sessions=rows)
