@@ -1,0 +1,323 @@
+"""Line frames between the host and the lamp firmware: pure encode/parse, no I/O.
+
+This module runs on CPython (host, simulator, tests) and on MicroPython (the
+Pico), so it sticks to the common subset: no dataclasses, no typing, no
+annotations, %-formatting, explicit character checks instead of int()'s
+lenient parsing.
+
+Wire format (ASCII, one frame per line)::
+
+    <seq> <WORD> [<arg> ...]*<crc>\\n
+
+* ``seq``  decimal 1..65535, no leading zeros.  Host commands carry their own
+  seq; a reply carries the seq of the command it answers (0 when the command
+  was too damaged to trust its seq).
+* ``WORD`` a command (HELLO ARM OFF OFFALL PING STATUS) or a reply (OK ERR).
+* ``crc``  CRC-16/CCITT-FALSE of every byte before ``*``, four upper-case hex
+  digits.
+* single spaces between fields; an optional ``\\r`` before ``\\n`` is dropped;
+  a line is at most MAX_LINE bytes including the newline.
+"""
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 128          # bytes including "\n": bounds every buffer on both sides
+SEQ_MODULO = 65536      # seq lives in 1..65535; 0 means "no trustworthy seq"
+MAX_SEQ = SEQ_MODULO - 1
+MAX_LAMPS = 8           # a STATUS reply for 8 lamps still fits in MAX_LINE
+# Hard ceiling of one ARM: a 60 min session x 1.10 backstop plus up to 10 s grace.
+MAX_ARM_MS = 60 * 60 * 1000 * 11 // 10 + 10 * 1000   # 3 970 000 ms
+
+# Host -> firmware commands and how many (decimal, non-negative) arguments each takes.
+COMMANDS = {
+    "HELLO": 0,     # reply: OK <proto> <fw-version> <lamps> <watchdog_ms> <max_arm_ms>
+    "ARM": 2,       # ARM <lamp> <ms>   reply: OK
+    "OFF": 1,       # OFF <lamp>        reply: OK
+    "OFFALL": 0,    # every lamp off    reply: OK
+    "PING": 0,      # heartbeat         reply: OK
+    "STATUS": 0,    # reply: OK <on>:<remaining_ms> per lamp, e.g. OK 1:59000 0:0
+}
+REPLIES = ("OK", "ERR")
+
+# Rejection reasons a parser raises; the firmware answers them as "ERR <reason>".
+TOO_LONG = "too-long"
+NOT_ASCII = "not-ascii"
+MALFORMED = "malformed"
+BAD_CRC = "bad-crc"
+BAD_SEQ = "bad-seq"
+UNKNOWN_COMMAND = "unknown-command"
+BAD_ARGS = "bad-args"
+# Reasons the firmware adds from its own state (not parse errors).
+REPLAY = "replay"                   # seq not newer than the last accepted one (a bad frame)
+NEED_HELLO = "need-hello"           # no HELLO since boot or since the last safety cut
+NO_SUCH_LAMP = "no-such-lamp"
+MS_OUT_OF_RANGE = "ms-out-of-range"  # ARM ms outside 1..MAX_ARM_MS
+OVER_CEILING = "over-ceiling"       # re-ARM would keep a lamp on longer than MAX_ARM_MS in one go
+
+_DIGITS = "0123456789"
+_HEX = "0123456789ABCDEF"
+_TOKEN_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.:_-"
+_MAX_INT_DIGITS = 10
+
+
+class FrameError(ValueError):
+    """A line that is not a valid frame; ``reason`` is one of the tokens above.
+
+    ``seq`` is the frame's seq when its CRC checked out (so it can be trusted
+    for an ERR reply), else 0.
+    """
+
+    def __init__(self, reason, seq=0):
+        ValueError.__init__(self, reason)
+        self.reason = reason
+        self.seq = seq
+
+
+class Frame:
+    """A parsed frame: ``seq``, ``word`` (command or OK/ERR) and ``args`` (tuple).
+
+    Command args are ints; reply args are str tokens.
+    """
+
+    def __init__(self, seq, word, args=()):
+        self.seq = seq
+        self.word = word
+        self.args = tuple(args)
+
+    def __eq__(self, other):
+        return (isinstance(other, Frame) and self.seq == other.seq
+                and self.word == other.word and self.args == other.args)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash((self.seq, self.word, self.args))
+
+    def __repr__(self):
+        return "Frame(%d, %r, %r)" % (self.seq, self.word, self.args)
+
+
+def crc16(data, crc=0xFFFF):
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, xorout 0).
+
+    Bitwise rather than a 512-byte table: frames are short and the Pico's RAM
+    is better spent elsewhere.  crc16(b"123456789") == 0x29B1.
+    """
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            if crc & 0x8000:
+                crc = ((crc << 1) ^ 0x1021) & 0xFFFF
+            else:
+                crc = (crc << 1) & 0xFFFF
+    return crc
+
+
+def next_seq(seq):
+    """The seq after ``seq``: 1..65535, skipping the reserved 0 on wrap."""
+    return seq % MAX_SEQ + 1
+
+
+def seq_is_newer(seq, last):
+    """True when ``seq`` comes after ``last`` in serial-number arithmetic.
+
+    Newer means 1..32767 steps ahead modulo 65536, so the counter may wrap from
+    65535 to 1 while replays of the previous half-window are still refused.
+    """
+    ahead = (seq - last) % SEQ_MODULO
+    return 0 < ahead < SEQ_MODULO // 2
+
+
+def _is_token(text, chars):
+    if not text:
+        return False
+    for ch in text:
+        if ch not in chars:
+            return False
+    return True
+
+
+def _parse_uint(text):
+    """Strict decimal: digits only, no sign, no leading zero, at most 10 digits."""
+    if not _is_token(text, _DIGITS) or len(text) > _MAX_INT_DIGITS:
+        return None
+    if len(text) > 1 and text[0] == "0":
+        return None
+    return int(text)
+
+
+def _encode(seq, word, args):
+    if not (0 <= seq <= MAX_SEQ):
+        raise ValueError("seq %r is outside 0..%d" % (seq, MAX_SEQ))
+    parts = ["%d" % seq, word]
+    for arg in args:
+        parts.append(str(arg))
+    body = " ".join(parts)
+    line = ("%s*%04X\n" % (body, crc16(body.encode()))).encode()
+    if len(line) > MAX_LINE:
+        raise ValueError("frame of %d bytes is longer than the %d-byte limit" % (len(line), MAX_LINE))
+    return line
+
+
+def encode_command(seq, word, *args):
+    """Bytes of one host command, e.g. encode_command(7, "ARM", 0, 600000)."""
+    if word not in COMMANDS:
+        raise ValueError("unknown command %r; expected one of %s" % (word, " ".join(sorted(COMMANDS))))
+    if len(args) != COMMANDS[word]:
+        raise ValueError("%s takes %d argument(s), got %d" % (word, COMMANDS[word], len(args)))
+    for arg in args:
+        if not isinstance(arg, int) or isinstance(arg, bool) or arg < 0 or len(str(arg)) > _MAX_INT_DIGITS:
+            raise ValueError("%s argument %r is not a non-negative integer of at most 10 digits" % (word, arg))
+    if seq == 0:
+        raise ValueError("seq 0 is reserved for replies to damaged frames")
+    return _encode(seq, word, args)
+
+
+def encode_reply(seq, ok, *args):
+    """Bytes of one firmware reply: ``OK [args]`` or ``ERR <reason>``."""
+    for arg in args:
+        if not _is_token(str(arg), _TOKEN_CHARS):
+            raise ValueError("reply argument %r is not a token of [A-Za-z0-9.:_-]" % (arg,))
+    if not ok and len(args) != 1:
+        raise ValueError("an ERR reply carries exactly one reason token")
+    return _encode(seq, "OK" if ok else "ERR", args)
+
+
+def _split_frame(line):
+    """Check length, charset and CRC; return (seq, word, [arg strings])."""
+    if len(line) > MAX_LINE:
+        raise FrameError(TOO_LONG)
+    if line[-1:] == b"\n":
+        line = line[:-1]
+    if line[-1:] == b"\r":
+        line = line[:-1]
+    for byte in line:
+        if byte < 0x20 or byte > 0x7E:
+            raise FrameError(NOT_ASCII)
+    text = line.decode()
+    star = text.rfind("*")
+    if star < 0 or len(text) - star - 1 != 4 or not _is_token(text[star + 1:], _HEX):
+        raise FrameError(MALFORMED)
+    body = text[:star]
+    fields = body.split(" ")
+    if len(fields) < 2:
+        raise FrameError(MALFORMED)
+    for field in fields:
+        if not field:   # double, leading or trailing space
+            raise FrameError(MALFORMED)
+    if int(text[star + 1:], 16) != crc16(line[:star]):
+        raise FrameError(BAD_CRC)
+    seq = _parse_uint(fields[0])
+    if seq is None or seq > MAX_SEQ:
+        raise FrameError(BAD_SEQ)
+    return seq, fields[1], fields[2:]
+
+
+def parse_command(line):
+    """Parse one host command line (bytes, with or without its newline).
+
+    Returns a Frame with int args; raises FrameError(reason) otherwise.
+    """
+    seq, word, raw_args = _split_frame(line)
+    if seq == 0:
+        raise FrameError(BAD_SEQ)
+    if word not in COMMANDS:
+        raise FrameError(UNKNOWN_COMMAND, seq)
+    if len(raw_args) != COMMANDS[word]:
+        raise FrameError(BAD_ARGS, seq)
+    args = []
+    for raw in raw_args:
+        value = _parse_uint(raw)
+        if value is None:
+            raise FrameError(BAD_ARGS, seq)
+        args.append(value)
+    return Frame(seq, word, args)
+
+
+def parse_reply(line):
+    """Parse one firmware reply line; returns a Frame with str args or raises FrameError."""
+    seq, word, raw_args = _split_frame(line)
+    if word not in REPLIES:
+        raise FrameError(UNKNOWN_COMMAND, seq)
+    for raw in raw_args:
+        if not _is_token(raw, _TOKEN_CHARS):
+            raise FrameError(BAD_ARGS, seq)
+    if word == "ERR" and len(raw_args) != 1:
+        raise FrameError(BAD_ARGS, seq)
+    return Frame(seq, word, raw_args)
+
+
+def format_status(lamps):
+    """STATUS reply args from [(on, remaining_ms), ...]."""
+    return ["%d:%d" % (1 if on else 0, remaining) for on, remaining in lamps]
+
+
+def parse_status(args):
+    """[{"on": bool, "remaining_ms": int}, ...] from STATUS reply args; FrameError on junk."""
+    result = []
+    for arg in args:
+        pair = arg.split(":")
+        remaining = _parse_uint(pair[1]) if len(pair) == 2 else None
+        if remaining is None or pair[0] not in ("0", "1"):
+            raise FrameError(BAD_ARGS)
+        result.append({"on": pair[0] == "1", "remaining_ms": remaining})
+    return result
+
+
+def parse_hello(args):
+    """Dict of a HELLO reply's fields; FrameError(BAD_ARGS) when they don't fit."""
+    if len(args) != 5:
+        raise FrameError(BAD_ARGS)
+    numbers = []
+    for index in (0, 2, 3, 4):
+        value = _parse_uint(args[index])
+        if value is None:
+            raise FrameError(BAD_ARGS)
+        numbers.append(value)
+    return {"protocol": numbers[0], "firmware": args[1], "lamps": numbers[1],
+            "watchdog_ms": numbers[2], "max_arm_ms": numbers[3]}
+
+
+class LineSplitter:
+    """Cuts a byte stream into lines without ever holding more than MAX_LINE bytes.
+
+    ``feed(data)`` returns a list whose items are complete lines (bytes,
+    newline included) or FrameError(TOO_LONG).  A line that reaches MAX_LINE
+    bytes without its newline yields one TOO_LONG, and one more for every
+    further MAX_LINE bytes, so endless garbage keeps counting as bad frames
+    instead of growing a buffer.  The result does not depend on how the stream
+    is chunked.  Empty lines are dropped: a lone newline is how a host flushes
+    a half-received line before its first frame.
+    """
+
+    def __init__(self):
+        self._buf = bytearray()
+        self._count = 0     # bytes of the current line so far, newline excluded
+
+    def reset(self):
+        self._buf = bytearray()
+        self._count = 0
+
+    def feed(self, data):
+        out = []
+        start = 0
+        while start < len(data):
+            nl = data.find(b"\n", start)
+            end = len(data) if nl < 0 else nl
+            before = self._count
+            self._count += end - start
+            if self._count < MAX_LINE:
+                self._buf.extend(data[start:end])
+            else:
+                self._buf = bytearray()
+                for _ in range(self._count // MAX_LINE - before // MAX_LINE):
+                    out.append(FrameError(TOO_LONG))
+            if nl < 0:
+                break
+            line = bytes(self._buf)
+            if self._count < MAX_LINE and line.strip(b"\r"):
+                out.append(line + b"\n")
+            self._buf = bytearray()
+            self._count = 0
+            start = nl + 1
+        return out
