@@ -1,0 +1,1 @@
+"""Reference lamp firmware: MicroPython logic for a Raspberry Pi Pico, importable on CPython."""
