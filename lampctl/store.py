@@ -71,6 +71,9 @@ MIGRATIONS = [
 ]
 
 
+_WAKE = object()
+
+
 class StoreError(Exception):
     """A user-caused problem with a store request; str() is one sentence."""
 
@@ -172,6 +175,10 @@ class UsageLog:
         if self._writer is not None:
             self.flush(timeout)
             self._stop.set()
+            try:
+                self._queue.put_nowait(_WAKE)  # end the writer's idle wait now
+            except queue.Full:
+                pass
             self._writer.join(timeout)
             self._writer = None
         conn = getattr(self._local, "conn", None)
@@ -221,9 +228,12 @@ class UsageLog:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
+            batch = [item for item in batch if item is not _WAKE]
             now = time.monotonic()
             alive = now >= next_alive
             if not batch and not alive:
+                if self._stop.is_set() and self._queue.empty():
+                    break
                 continue
             try:
                 if conn is None:

@@ -1,0 +1,1 @@
+"""lampctl test suite."""

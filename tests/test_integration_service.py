@@ -1,0 +1,58 @@
+"""End to end: a real `lampctl serve` process over HTTP, killed -9 and restarted (S2, S4)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.procs import TWO_LAMPS, ServiceProcess, add_users, service_config
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(predicate, timeout: float, step: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def test_s2_s4_session_completes_then_kill9_is_recorded_interrupted(tmp_path):
+    config = service_config(tmp_path, TWO_LAMPS)
+    tokens = add_users(config)
+    svc = ServiceProcess(config).start()
+    try:
+        status, body = svc.post("/api/lamps/room1/start", {"seconds": 2}, tokens["ann"])
+        assert status == 201, body
+        first = body["session_id"]
+        status, lamp = svc.get("/api/lamps/room1", tokens["ann"])
+        assert lamp["state"] == "on" and lamp["relay_on"] is True
+        wait_for(lambda: svc.get("/api/lamps/room1", tokens["ann"])[1]["state"] == "off", 5)
+        _, lamp = svc.get("/api/lamps/room1", tokens["ann"])
+        assert lamp["relay_on"] is False
+        _, sessions = svc.get("/api/sessions", token=tokens["admin"])
+        done = [s for s in sessions["sessions"] if s["id"] == first][0]
+        assert done["end_reason"] == "completed"
+        assert abs(done["actual_s"] - 2) <= 0.1
+
+        status, body = svc.post("/api/lamps/room1/start", {"minutes": 10}, tokens["ann"])
+        assert status == 201
+        second = body["session_id"]
+        time.sleep(0.3)
+        svc.kill9()
+    finally:
+        svc.stop()
+
+    svc = ServiceProcess(config).start()
+    try:
+        _, lamp = svc.get("/api/lamps/room1", tokens["ann"])
+        assert lamp["state"] == "off" and lamp["relay_on"] is False
+        _, sessions = svc.get("/api/sessions", token=tokens["admin"])
+        row = [s for s in sessions["sessions"] if s["id"] == second][0]
+        assert row["end_reason"] == "interrupted"
+        assert row["ended_at"] is not None and 0 <= row["actual_s"] <= 600
+    finally:
+        svc.stop()
