@@ -1,0 +1,421 @@
+"""Host client of the lamp firmware: FirmwareLink over any pyserial URL, with heartbeats and reconnects.
+
+One background thread owns the port: it connects, says HELLO, checks what the
+firmware reports, reads every reply, sends a PING every ``heartbeat_s`` and
+drops and reopens the link (exponential backoff, 0.1 s doubling to 2 s) when
+the port fails or the firmware goes quiet for ``watchdog_s / 2``.  Callers'
+threads send commands themselves and wait for the reply matching their seq.
+
+A reconnect always turns every lamp off: HELLO resets the firmware.  So a
+caller must treat "link down" as "whatever was on is off now or soon".
+"""
+
+import logging
+import threading
+import time
+
+import serial
+
+from firmware_bridge import protocol
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 2.0
+READ_TIMEOUT_S = 0.02       # how long the link thread blocks in read() before checking its timers
+JOIN_TIMEOUT_S = 5.0
+
+_REFUSALS = {
+    protocol.NO_SUCH_LAMP: "the firmware has no output with that index",
+    protocol.MS_OUT_OF_RANGE: "the duration is outside 1..%d ms" % protocol.MAX_ARM_MS,
+    protocol.OVER_CEILING: ("the lamp would stay on longer than the firmware's %d s ceiling"
+                            % (protocol.MAX_ARM_MS // 1000)),
+    protocol.NEED_HELLO: "the firmware has cut its lamps and waits for a new HELLO",
+    protocol.REPLAY: "the firmware saw a sequence number that was not newer than the last one",
+}
+
+
+class FirmwareError(Exception):
+    """The firmware refused a command (it answered ERR); str() is one sentence."""
+
+
+class FirmwareTimeout(FirmwareError):
+    """No answer within reply_timeout_s, or the link is down."""
+
+
+class _LinkFailure(Exception):
+    """Ends one connection; the message is the sentence reported to on_link_change."""
+
+
+class _Waiter:
+    """One caller waiting for the reply to its seq."""
+
+    __slots__ = ("word", "event", "reply", "error")
+
+    def __init__(self, word):
+        self.word = word
+        self.event = threading.Event()
+        self.reply = None
+        self.error = None
+
+
+def _sentence(text):
+    text = text.rstrip(".")
+    return text[:1].upper() + text[1:] + "."
+
+
+class FirmwareLink:
+    """Commands, heartbeats and link state for one firmware on one serial URL."""
+
+    def __init__(self, url, lamp_count, *, watchdog_s=3.0, heartbeat_s=1.0,
+                 reply_timeout_s=0.5, on_link_change=None,
+                 serial_for_url=serial.serial_for_url, clock=time.monotonic):
+        if not isinstance(lamp_count, int) or not 1 <= lamp_count <= protocol.MAX_LAMPS:
+            raise ValueError("lamp_count must be 1..%d, got %r" % (protocol.MAX_LAMPS, lamp_count))
+        if not 0 < heartbeat_s < watchdog_s / 2:
+            raise ValueError("heartbeat_s (%r) must be positive and under half of watchdog_s (%r) "
+                             "so one lost heartbeat cannot trip the firmware's watchdog"
+                             % (heartbeat_s, watchdog_s))
+        if reply_timeout_s <= 0:
+            raise ValueError("reply_timeout_s must be positive, got %r" % (reply_timeout_s,))
+        self.url = url
+        self.lamp_count = lamp_count
+        self.watchdog_s = watchdog_s
+        self.heartbeat_s = heartbeat_s
+        self.reply_timeout_s = reply_timeout_s
+        # Quiet for this long means the firmware may be about to cut (or has
+        # cut) the lamps: better to say "down" before it does.
+        self.silence_limit_s = watchdog_s / 2
+        self._on_link_change = on_link_change
+        self._serial_for_url = serial_for_url
+        self._clock = clock
+        # Held while choosing a seq and writing it, so seqs reach the wire in order.
+        self._send_lock = threading.Lock()
+        # Guards the fields below; never held while writing or calling back.
+        self._state_lock = threading.Lock()
+        self._state_changed = threading.Condition(self._state_lock)
+        self._port = None           # the port, only while the link is up
+        self._seq = 0
+        self._pending = {}          # seq -> _Waiter
+        self._up = False
+        self._reason = "The firmware link has not been started."
+        self._reported_up = None
+        self._write_failure = None
+        self.info = None            # fields of the last HELLO reply
+        self._stop = threading.Event()
+        self._thread = None
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self):
+        """Start the link thread (connect, HELLO, heartbeats); returns at once."""
+        with self._state_lock:
+            if self._closed:
+                raise RuntimeError("this FirmwareLink has been closed; make a new one")
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="firmware-link %s" % self.url,
+                                            daemon=True)
+        self._thread.start()
+
+    def wait_up(self, timeout):
+        """Wait up to ``timeout`` s for the link to be up; returns whether it is."""
+        with self._state_changed:
+            self._state_changed.wait_for(lambda: self._up or self._closed, timeout)
+            return self._up
+
+    @property
+    def up(self):
+        return self._up
+
+    @property
+    def reason(self):
+        """One sentence on why the link is in its current state."""
+        return self._reason
+
+    def close(self):
+        """Best-effort OFFALL, then stop the link thread and close the port; idempotent.
+
+        on_link_change is not called for this: the owner knows it closed the link.
+        """
+        with self._state_lock:
+            if self._closed:
+                return
+            was_up = self._up
+        if was_up and threading.current_thread() is not self._thread:
+            try:
+                self.off_all()
+            except FirmwareError as err:
+                log.warning("OFFALL on close was not confirmed: %s", err)
+        with self._state_changed:
+            self._closed = True
+            self._state_changed.notify_all()
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(JOIN_TIMEOUT_S)
+            if thread.is_alive():
+                log.error("the firmware link thread did not stop within %.0f s", JOIN_TIMEOUT_S)
+
+    # -- commands -----------------------------------------------------------
+
+    def arm(self, lamp, ms):
+        """Turn ``lamp`` on for at most ``ms``; raises FirmwareError or FirmwareTimeout."""
+        self._check_lamp(lamp)
+        if not isinstance(ms, int) or isinstance(ms, bool):
+            raise TypeError("ms must be an int, got %r" % (ms,))
+        if not 1 <= ms <= protocol.MAX_ARM_MS:
+            raise FirmwareError("Cannot arm lamp %d for %d ms: the firmware accepts 1..%d ms."
+                                % (lamp, ms, protocol.MAX_ARM_MS))
+        self._command("ARM", lamp, ms)
+
+    def off(self, lamp):
+        """Turn ``lamp`` off; raises FirmwareError or FirmwareTimeout."""
+        self._check_lamp(lamp)
+        self._command("OFF", lamp)
+
+    def off_all(self):
+        """Turn every lamp off; raises FirmwareError or FirmwareTimeout."""
+        self._command("OFFALL")
+
+    def status(self):
+        """Per lamp {"on": bool, "remaining_ms": int}, lamp 0 first."""
+        args = self._command("STATUS")
+        try:
+            lamps = protocol.parse_status(args)
+        except protocol.FrameError:
+            raise FirmwareError("The firmware's STATUS reply %r could not be read." % (" ".join(args),))
+        if len(lamps) < self.lamp_count:
+            raise FirmwareError("The firmware's STATUS listed %d lamps where %d are configured."
+                                % (len(lamps), self.lamp_count))
+        return lamps[:self.lamp_count]
+
+    def _check_lamp(self, lamp):
+        if not isinstance(lamp, int) or isinstance(lamp, bool):
+            raise TypeError("lamp must be an int index, got %r" % (lamp,))
+        if not 0 <= lamp < self.lamp_count:
+            raise FirmwareError("Lamp %d does not exist on this firmware link; lamps are 0..%d."
+                                % (lamp, self.lamp_count - 1))
+
+    def _command(self, word, *args):
+        if threading.current_thread() is self._thread:
+            # The link thread is the one that reads replies: waiting here would deadlock.
+            raise RuntimeError("FirmwareLink commands cannot be called from on_link_change")
+        what = " ".join([word] + [str(a) for a in args])
+        if not self._up:
+            raise FirmwareTimeout("Cannot send %s: %s" % (what, self._reason[:1].lower() + self._reason[1:]))
+        seq, waiter = self._send(None, word, args, want_reply=True)
+        if waiter is None:
+            raise FirmwareTimeout("Cannot send %s: the firmware link went down." % what)
+        if not waiter.event.wait(self.reply_timeout_s):
+            with self._state_lock:
+                self._pending.pop(seq, None)
+            if not waiter.event.is_set():
+                raise FirmwareTimeout("The firmware did not answer %s within %g s."
+                                      % (what, self.reply_timeout_s))
+        if waiter.error is not None:
+            raise waiter.error
+        reply = waiter.reply
+        if reply.word == "ERR":
+            token = reply.args[0]
+            detail = _REFUSALS.get(token, "the firmware rejected the frame (%s)" % token)
+            raise FirmwareError("Firmware refused %s: %s." % (what, detail))
+        return reply.args
+
+    def _send(self, port, word, args, want_reply):
+        """Write one command with the next seq; returns (seq, waiter or None).
+
+        ``port`` is given by the link thread during its handshake; callers pass
+        None and use the port of the link that is up.
+        """
+        with self._send_lock:
+            if port is None:
+                port = self._port
+                if port is None:
+                    return 0, None
+            self._seq = protocol.next_seq(self._seq)
+            seq = self._seq
+            waiter = _Waiter(word) if want_reply else None
+            if waiter is not None:
+                with self._state_lock:
+                    self._pending[seq] = waiter
+            try:
+                port.write(protocol.encode_command(seq, word, *args))
+            except (serial.SerialException, OSError) as err:
+                with self._state_lock:
+                    self._pending.pop(seq, None)
+                    self._write_failure = "writing to %s failed: %s" % (self.url, err)
+                raise FirmwareTimeout(_sentence("Cannot send %s: writing to %s failed: %s"
+                                                % (word, self.url, err))) from err
+        return seq, waiter
+
+    # -- link thread --------------------------------------------------------
+
+    def _run(self):
+        backoff = BACKOFF_FIRST_S
+        while not self._stop.is_set():
+            try:
+                port = self._serial_for_url(self.url, timeout=READ_TIMEOUT_S)
+            except (serial.SerialException, OSError, ValueError) as err:
+                self._set_down(_sentence("Cannot open %s: %s" % (self.url, err)))
+            else:
+                try:
+                    self._serve(port)
+                    reason = "The firmware link was closed."
+                except _LinkFailure as failure:
+                    reason = str(failure)
+                finally:
+                    with self._send_lock:
+                        with self._state_lock:
+                            self._port = None
+                    port.close()
+                if self._up:
+                    backoff = BACKOFF_FIRST_S   # it worked until now: retry soon
+                self._set_down(reason, report=not self._stop.is_set())
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _serve(self, port):
+        """Handshake, then read replies and send heartbeats until the link fails or close()."""
+        try:
+            port.write_timeout = self.reply_timeout_s
+        except (serial.SerialException, ValueError, AttributeError) as err:
+            raise _LinkFailure(_sentence("Cannot configure %s: %s" % (self.url, err))) from err
+        splitter = protocol.LineSplitter()
+        self._write_failure = None
+        try:
+            # A lone newline ends whatever half line the firmware may be holding.
+            port.write(b"\n")
+            seq, waiter = self._send(port, "HELLO", (), want_reply=True)
+        except (FirmwareError, serial.SerialException, OSError) as err:
+            raise _LinkFailure(_sentence("Cannot greet the firmware on %s: %s" % (self.url, err))) from err
+        deadline = self._clock() + self.reply_timeout_s
+        while not waiter.event.is_set():
+            if self._stop.is_set():
+                return
+            if self._clock() >= deadline:
+                raise _LinkFailure("The firmware on %s did not answer HELLO within %g s."
+                                   % (self.url, self.reply_timeout_s))
+            self._pump(port, splitter)
+        reply = waiter.reply
+        if reply.word != "OK":
+            raise _LinkFailure("The firmware on %s refused HELLO (%s)." % (self.url, reply.args[0]))
+        info = self._check_hello(reply.args)
+        self.info = info
+        with self._send_lock:
+            with self._state_changed:
+                self._port = port
+                self._up = True
+                self._state_changed.notify_all()
+        self._report(True, "Firmware %s on %s is up: %d lamps, watchdog %g s."
+                     % (info["firmware"], self.url, info["lamps"], info["watchdog_ms"] / 1000))
+        last_heard = self._clock()
+        next_beat = last_heard + self.heartbeat_s
+        beats = {}      # seq of an unanswered PING -> time sent
+        while not self._stop.is_set():
+            for reply in self._pump(port, splitter):
+                last_heard = self._clock()
+                if reply.seq in beats:
+                    del beats[reply.seq]
+                    if reply.word == "ERR":
+                        raise _LinkFailure("The firmware refused a heartbeat (%s), so it has cut its lamps."
+                                           % reply.args[0])
+            if self._write_failure is not None:
+                raise _LinkFailure(_sentence(self._write_failure))
+            now = self._clock()
+            if now - last_heard > self.silence_limit_s:
+                raise _LinkFailure("The firmware on %s sent nothing for %.2f s (limit %g s)."
+                                   % (self.url, now - last_heard, self.silence_limit_s))
+            if now >= next_beat:
+                next_beat = max(next_beat + self.heartbeat_s, now)
+                try:
+                    seq, _ = self._send(port, "PING", (), want_reply=False)
+                except FirmwareError as err:
+                    raise _LinkFailure(str(err)) from err
+                beats[seq] = now
+                # Old entries are PINGs whose replies were lost; silence detection covers them.
+                for old in [s for s, sent in beats.items() if now - sent > self.watchdog_s]:
+                    del beats[old]
+
+    def _check_hello(self, args):
+        try:
+            info = protocol.parse_hello(args)
+        except protocol.FrameError:
+            raise _LinkFailure("The firmware on %s sent a HELLO reply that could not be read: %r."
+                               % (self.url, " ".join(args))) from None
+        if info["protocol"] != protocol.PROTOCOL_VERSION:
+            raise _LinkFailure("The firmware on %s speaks protocol %d; this host speaks %d."
+                               % (self.url, info["protocol"], protocol.PROTOCOL_VERSION))
+        if info["lamps"] < self.lamp_count:
+            raise _LinkFailure("The firmware on %s drives %d lamps but %d are configured."
+                               % (self.url, info["lamps"], self.lamp_count))
+        firmware_s = info["watchdog_ms"] / 1000
+        if firmware_s > self.watchdog_s + 0.0005:
+            raise _LinkFailure("The firmware on %s cuts after %g s of silence, longer than the "
+                               "configured watchdog of %g s." % (self.url, firmware_s, self.watchdog_s))
+        if firmware_s <= 2 * self.heartbeat_s:
+            raise _LinkFailure("The firmware on %s cuts after %g s of silence, too short for "
+                               "heartbeats every %g s." % (self.url, firmware_s, self.heartbeat_s))
+        return info
+
+    def _pump(self, port, splitter):
+        """Read what has arrived (waiting at most READ_TIMEOUT_S), hand replies to waiters.
+
+        Returns every valid reply frame, waited for or not.
+        """
+        try:
+            data = port.read(1)
+            if data:
+                waiting = port.in_waiting
+                while waiting and len(data) < 4096:
+                    data += port.read(min(waiting, 4096))
+                    waiting = port.in_waiting
+        except (serial.SerialException, OSError) as err:
+            raise _LinkFailure(_sentence("Lost %s: %s" % (self.url, err))) from err
+        replies = []
+        for line in splitter.feed(data):
+            if isinstance(line, protocol.FrameError):
+                log.debug("ignored an over-long line from %s", self.url)
+                continue
+            try:
+                reply = protocol.parse_reply(line)
+            except protocol.FrameError as err:
+                log.debug("ignored a bad frame from %s (%s): %r", self.url, err.reason, line)
+                continue
+            replies.append(reply)
+            with self._state_lock:
+                waiter = self._pending.pop(reply.seq, None)
+            if waiter is not None:
+                waiter.reply = reply
+                waiter.event.set()
+        return replies
+
+    def _set_down(self, reason, report=True):
+        with self._state_changed:
+            self._up = False
+            self._reason = reason
+            pending = list(self._pending.values())
+            self._pending.clear()
+            self._state_changed.notify_all()
+        for waiter in pending:
+            waiter.error = FirmwareTimeout("The firmware link went down before %s was answered: %s"
+                                           % (waiter.word, reason[:1].lower() + reason[1:]))
+            waiter.event.set()
+        if report:
+            self._report(False, reason)
+
+    def _report(self, up, reason):
+        with self._state_lock:
+            self._reason = reason
+            if self._reported_up is up:
+                return
+            self._reported_up = up
+        log.info("firmware link %s: %s", "up" if up else "down", reason)
+        if self._on_link_change is None:
+            return
+        try:
+            self._on_link_change(up, reason)
+        except Exception:
+            # A broken callback must not stop heartbeats or reconnects.
+            log.exception("on_link_change raised; the firmware link keeps running")
