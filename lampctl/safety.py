@@ -43,7 +43,8 @@ def s3_allows(total_s: float, max_s: float) -> bool:
 
 def s7_backstop_ms(planned_s: float, grace_s: float) -> int:
     """S7: how long the microcontroller may hold the lamp on by itself."""
-    return int(math.ceil((planned_s * S7_BACKSTOP_FACTOR + grace_s) * 1000))
+    # Round away float noise (840 x 1.1 = 924.0000000000001) before rounding up to whole ms.
+    return int(math.ceil(round((planned_s * S7_BACKSTOP_FACTOR + grace_s) * 1000, 6)))
 
 
 def s1_install_guards(all_off: Callable[[str], None]) -> None:

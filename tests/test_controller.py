@@ -1,0 +1,314 @@
+"""The lamp state machine on a fake clock and mock pins: S2, S3, S5, S6, S8 and thread safety."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from lampctl.clock import MonotonicClock
+from lampctl.controller import BadDuration, Refused, SessionController, Unavailable
+from tests.conftest import pin_history
+
+ROOM1, ROOM2 = 17, 18  # room2 is active-low: ON drives the pin low
+
+
+def run_for(controller, clock, seconds, step=0.1):
+    """Tick the controller as its scheduler would while fake time passes."""
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+        controller.tick()
+
+
+def sessions(usage_log):
+    usage_log.flush(5)
+    return usage_log.sessions()
+
+
+def test_s2_session_ends_exactly_at_deadline(controller, clock, factory, usage_log):
+    sid, view = controller.start("room1", 20 * 60, "ann")
+    assert view.state == "on" and view.relay_on and view.remaining_s == 1200
+    clock.advance(1199.999)
+    assert controller.tick() == pytest.approx(clock.monotonic() + 0.001)
+    assert controller.lamp("room1").state == "on"
+    clock.advance(0.001)
+    controller.tick()
+    view = controller.lamp("room1")
+    assert view.state == "off" and view.relay_on is False and view.session_id is None
+    assert pin_history(factory, ROOM1) == [False, True, False]
+    [row] = sessions(usage_log)
+    assert row["id"] == sid and row["end_reason"] == "completed" and row["actual_s"] == 1200
+    assert row["started_at"] == "2026-01-05T09:00:00.000Z" and row["ended_at"] == "2026-01-05T09:20:00.000Z"
+
+
+def test_s2_sixty_minute_session_and_active_low_relay(controller, clock, factory, usage_log, cfg):
+    controller.start("room1", 3600, "ann")
+    controller.start("room2", 30 * 60, "ann")
+    # Active-low board: idle high, on low, off high again.
+    assert pin_history(factory, ROOM2)[1:] == [True, False]
+    clock.advance(30 * 60)
+    controller.tick()
+    assert pin_history(factory, ROOM2)[1:] == [True, False, True]
+    assert controller.lamp("room1").remaining_s == 1800
+    clock.advance(1800)
+    assert controller.tick() is None or controller.lamp("room1").state == "off"
+    assert pin_history(factory, ROOM1) == [False, True, False]
+    assert [r["actual_s"] for r in sessions(usage_log)] == [3600, 1800]
+
+
+def test_s2_lamp_never_on_outside_a_session(controller, clock, factory):
+    for _ in range(3):
+        controller.start("room1", 60, "ann")
+        clock.advance(30)
+        controller.stop("room1", "ann")
+        clock.advance(100)
+        controller.tick()
+    assert pin_history(factory, ROOM1) == [False, True, False, True, False, True, False]
+
+
+def test_s3_extensions_up_to_max_then_refused(controller, clock, usage_log):
+    controller.start("room1", 50 * 60, "ann")
+    clock.advance(600)
+    assert controller.extend("room1", 300, "ann").remaining_s == 45 * 60
+    view = controller.extend("room1", 300, "ann")  # exactly 60 min in all
+    assert view.planned_s == 3600 and view.remaining_s == 50 * 60
+    with pytest.raises(Refused) as exc:
+        controller.extend("room1", 300, "ann")
+    assert exc.value.status == 409 and exc.value.code == "over-limit"
+    assert "limit of 60 min" in str(exc.value)
+    with pytest.raises(Refused):
+        controller.extend("room1", 0.5, "ann")
+    clock.advance(50 * 60)
+    controller.tick()
+    [row] = sessions(usage_log)
+    assert row["planned_s"] == 3600 and row["actual_s"] == 3600 and row["end_reason"] == "completed"
+
+
+def test_s3_start_longer_than_max_is_refused_and_relay_untouched(controller, factory):
+    with pytest.raises(BadDuration) as exc:
+        controller.start("room2", 30 * 60 + 1, "ann")
+    assert exc.value.status == 400
+    for bad in (0, -5, float("nan"), float("inf"), True, "10"):
+        with pytest.raises(BadDuration):
+            controller.start("room1", bad, "ann")
+    assert pin_history(factory, ROOM1) == [False]
+    assert pin_history(factory, ROOM2)[1:] == [True]
+
+
+def test_controller_refuses_double_start_and_stop_when_off(controller):
+    controller.start("room1", 60, "ann")
+    with pytest.raises(Refused) as exc:
+        controller.start("room1", 60, "bob")
+    assert exc.value.code == "already-on"
+    with pytest.raises(Refused) as exc:
+        controller.stop("room2", "ann")
+    assert exc.value.code == "not-running"
+    with pytest.raises(Refused) as exc:
+        controller.extend("room2", 60, "ann")
+    assert exc.value.code == "not-running"
+    with pytest.raises(Refused) as exc:
+        controller.lamp("room9")
+    assert exc.value.status == 404
+
+
+def test_s5_stop_all_turns_every_lamp_off_at_once(controller, factory, usage_log):
+    controller.start("room1", 600, "ann")
+    controller.start("room2", 600, "bob")
+    views = controller.stop_all("ann")
+    assert [v.state for v in views] == ["off", "cooldown"]  # room2 has a 60 s cooldown
+    assert [v.relay_on for v in views] == [False, False]
+    assert pin_history(factory, ROOM1) == [False, True, False]
+    assert pin_history(factory, ROOM2)[1:] == [True, False, True]
+    assert [r["end_reason"] for r in sessions(usage_log)] == ["stopped", "stopped"]
+    assert any(e["why"] == "stop all" and e["who"] == "ann" for e in usage_log.events())
+
+
+def test_s5_estop_ends_sessions_and_latches_until_reset(controller, factory, usage_log, clock):
+    controller.start("room1", 600, "ann")
+    factory.pin(27).drive_low()  # button to ground, pulled up: pressed
+    assert [l.state for l in controller.lamps()] == ["fault", "fault"]
+    assert pin_history(factory, ROOM1) == [False, True, False]
+    assert [r["end_reason"] for r in sessions(usage_log)] == ["estop"]
+    with pytest.raises(Refused) as exc:
+        controller.start("room2", 60, "ann")
+    assert exc.value.code == "fault"
+    with pytest.raises(Refused) as exc:
+        controller.reset_fault("room1", "admin")
+    assert "still pressed" in str(exc.value)
+    factory.pin(27).drive_high()
+    assert controller.reset_fault("room1", "admin").state == "off"
+    assert controller.lamp("room2").state == "fault"
+    controller.start("room1", 60, "ann")
+    assert pin_history(factory, ROOM1) == [False, True, False, True]
+    whys = [e["why"] for e in usage_log.events()]
+    assert any("E-stop pressed" in w for w in whys) and any("fault cleared" in w for w in whys)
+
+
+def test_s6_stuck_relay_latches_fault(controller, factory, clock, usage_log):
+    feedback = factory.pin(22)
+    controller.start("room1", 600, "ann")
+    feedback.drive_high()  # lamp powered
+    clock.advance(1)
+    controller.tick()
+    assert controller.lamp("room1").state == "on"
+    controller.stop("room1", "ann")
+    # The contact welds: the lamp stays powered with the relay off.
+    run_for(controller, clock, 0.4)
+    assert controller.lamp("room1").state == "off"
+    run_for(controller, clock, 0.2)
+    view = controller.lamp("room1")
+    assert view.state == "fault" and "stuck closed" in view.fault_reason
+    assert controller.lamp("room2").state == "off"  # its relay is fine
+
+
+def test_s6_lamp_not_powered_while_on_is_a_fault(controller, factory, clock, usage_log):
+    controller.start("room1", 600, "ann")  # feedback stays low: no power reaches the lamp
+    run_for(controller, clock, 0.4)
+    assert controller.lamp("room1").state == "on"
+    run_for(controller, clock, 0.2)
+    assert controller.lamp("room1").state == "fault"
+    assert pin_history(factory, ROOM1) == [False, True, False]
+    assert [r["end_reason"] for r in sessions(usage_log)] == ["fault"]
+
+
+def test_s6_fault_latches_all_lamps_and_needs_reset(controller, factory, usage_log):
+    controller.start("room1", 600, "ann")
+    controller.start("room2", 600, "ann")
+    controller.fault("firmware link lost")
+    assert [l.state for l in controller.lamps()] == ["fault", "fault"]
+    assert pin_history(factory, ROOM1)[-1] is False and pin_history(factory, ROOM2)[-1] is True
+    assert [r["end_reason"] for r in sessions(usage_log)] == ["fault", "fault"]
+    blocked = ["link still down"]
+    controller.add_reset_blocker(lambda: blocked[0] if blocked else None)
+    with pytest.raises(Refused, match="link still down"):
+        controller.reset_fault("room1", "admin")
+    blocked.clear()
+    assert controller.reset_fault("room1", "admin").state == "off"
+
+
+def test_s8_cooldown_blocks_restart_until_passed(controller, clock):
+    controller.start("room2", 60, "ann")
+    clock.advance(60)
+    controller.tick()
+    assert controller.lamp("room2").state == "cooldown"
+    assert controller.lamp("room2").cooldown_remaining_s == 60
+    clock.advance(59.9)
+    controller.tick()
+    with pytest.raises(Refused) as exc:
+        controller.start("room2", 60, "ann")
+    assert exc.value.code == "cooldown" and "0.1 s" in str(exc.value)
+    clock.advance(0.1)
+    controller.tick()
+    assert controller.lamp("room2").state == "off"
+    controller.start("room2", 60, "ann")
+
+
+def test_controller_two_simultaneous_starts_exactly_one_wins(controller, factory):
+    for _ in range(30):
+        barrier = threading.Barrier(2)
+        results = []
+
+        def attempt(user):
+            barrier.wait()
+            try:
+                results.append(controller.start("room1", 60, user)[0])
+            except Refused as exc:
+                results.append(exc.code)
+
+        threads = [threading.Thread(target=attempt, args=(u,)) for u in ("ann", "bob")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results.count("already-on") == 1
+        assert sum(isinstance(r, int) for r in results) == 1
+        controller.stop("room1", "ann")
+
+
+class FakeBackstop:
+    grace_s = 0.1
+
+    def __init__(self, fail=False):
+        self.fail = fail
+        self.calls = []
+
+    def arm(self, index, ms):
+        self.calls.append(("arm", index, ms))
+        if self.fail:
+            raise TimeoutError("no reply within 0.5 s")
+
+    def release(self, index):
+        self.calls.append(("release", index))
+
+
+def test_s7_start_arms_backstop_first_and_refusal_keeps_relay_off(cfg, relays, clock, usage_log, factory):
+    backstop = FakeBackstop()
+    ctl = SessionController(cfg.lamps, relays, clock, usage_log, backstop=backstop)
+    ctl.start("room1", 600, "ann")
+    assert backstop.calls == [("arm", 0, 660100)]
+    clock.advance(60)
+    ctl.extend("room1", 300, "ann")
+    assert backstop.calls[-1] == ("arm", 0, 924100)  # (540 + 300) x 1.1 + 0.1 s
+    ctl.stop("room1", "ann")
+    assert backstop.calls[-1] == ("release", 0)
+    backstop.fail = True
+    with pytest.raises(Unavailable) as exc:
+        ctl.start("room2", 60, "ann")
+    assert exc.value.status == 503 and "not started" in str(exc.value)
+    assert pin_history(factory, ROOM2)[1:] == [True]
+    assert ctl.lamp("room2").state == "off"
+
+
+def test_s6_scheduler_death_latches_fault(cfg, relays, usage_log, factory):
+    class ExplodingClock(MonotonicClock):
+        armed = False
+
+        def wait(self, condition, timeout):
+            if self.armed:
+                raise RuntimeError("boom")
+            condition.wait(min(timeout or 0.01, 0.01))
+
+    clock = ExplodingClock()
+    ctl = SessionController(cfg.lamps, relays, clock, usage_log)
+    ctl.start("room1", 600, "ann")
+    died = threading.Event()
+    original = threading.excepthook
+    threading.excepthook = lambda args: died.set()
+    try:
+        thread = ctl.start_scheduler()
+        clock.armed = True
+        thread.join(5)
+    finally:
+        threading.excepthook = original
+    assert died.is_set() and not ctl.scheduler_alive
+    assert ctl.lamp("room1").state == "fault" and "scheduler died" in ctl.lamp("room1").fault_reason
+    assert pin_history(factory, ROOM1) == [False, True, False]
+
+
+def test_s2_real_scheduler_thread_cuts_at_deadline(cfg, relays, usage_log, factory):
+    ctl = SessionController(cfg.lamps, relays, MonotonicClock(), usage_log)
+    ctl.start_scheduler()
+    try:
+        ctl.start("room2", 0.2, "ann")
+        done = threading.Event()
+        for _ in range(100):
+            if ctl.lamp("room2").state != "on":
+                done.set()
+                break
+            done.wait(0.01)
+        assert done.is_set()
+        assert pin_history(factory, ROOM2)[1:] == [True, False, True]
+    finally:
+        ctl.stop_scheduler()
+    [row] = sessions(usage_log)
+    assert row["end_reason"] == "completed" and 0.2 <= row["actual_s"] < 0.3
+
+
+def test_s1_shutdown_turns_relays_off_and_closes_session_interrupted(controller, factory, usage_log):
+    controller.start("room1", 600, "ann")
+    controller.shutdown("SIGTERM received")
+    controller.shutdown("process exit")  # idempotent
+    assert pin_history(factory, ROOM1) == [False, True, False]
+    [row] = sessions(usage_log)
+    assert row["end_reason"] == "interrupted"
+    with pytest.raises(Refused, match="shutting down"):
+        controller.start("room2", 60, "ann")
