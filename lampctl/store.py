@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import re
 import secrets
 import sqlite3
 import threading
 import time
+from collections import deque
+from itertools import islice
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
@@ -68,10 +69,18 @@ MIGRATIONS = [
         at TEXT NOT NULL
     );
     """,
+    # 2: bulb replacements, so bulb hours count from the newest bulb
+    """
+    CREATE TABLE bulb_replacements (
+        id INTEGER PRIMARY KEY,
+        lamp_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        who TEXT NOT NULL,
+        hours REAL NOT NULL
+    );
+    CREATE INDEX bulb_replacements_by_lamp ON bulb_replacements (lamp_id, at);
+    """,
 ]
-
-
-_WAKE = object()
 
 
 class StoreError(Exception):
@@ -142,7 +151,7 @@ class UsageLog:
     that do not fit the queue are lost, and those are counted and logged.
     """
 
-    def __init__(self, path: Path, *, queue_size: int = 10000, clock=time.monotonic, wall=None):
+    def __init__(self, path: Path, *, queue_size: int = 10000, wall=None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
@@ -153,15 +162,18 @@ class UsageLog:
             conn.close()
         self._wall = wall or (lambda: datetime.now(timezone.utc))
         self._id_lock = threading.Lock()
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._progress = threading.Condition()
+        # Records stay in this deque until they are committed, so the bound is exact:
+        # at most queue_size records wait, and only a record beyond that is lost.
+        self._queue_size = queue_size
+        self._pending: deque = deque()
+        self._cond = threading.Condition()
         self._enqueued = 0
         self._committed = 0
         self.dropped = 0
         self.write_errors = 0
         self.last_error: str | None = None
         self._writer: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._stop = False
         self._local = threading.local()
         self._connect = connect  # swapped by tests to simulate a failing disk
 
@@ -174,11 +186,9 @@ class UsageLog:
         """Write what is queued (waiting up to timeout), then stop the writer."""
         if self._writer is not None:
             self.flush(timeout)
-            self._stop.set()
-            try:
-                self._queue.put_nowait(_WAKE)  # end the writer's idle wait now
-            except queue.Full:
-                pass
+            with self._cond:
+                self._stop = True
+                self._cond.notify_all()
             self._writer.join(timeout)
             self._writer = None
         conn = getattr(self._local, "conn", None)
@@ -191,49 +201,42 @@ class UsageLog:
             # No writer thread (a CLI command): write straight through.
             self._conn().execute(sql, params)
             return
-        try:
-            with self._progress:
-                self._queue.put_nowait((sql, params))
-                self._enqueued += 1
-        except queue.Full:
-            self.dropped += 1
-            log.error("usage log queue full (%d records): record lost: %s %r", self._queue.maxsize, sql.split()[0], params)
+        with self._cond:
+            if len(self._pending) >= self._queue_size:
+                self.dropped += 1
+                log.error("usage log queue full (%d records): record lost: %s %r",
+                          self._queue_size, sql.split()[0], params)
+                return
+            self._pending.append((sql, params))
+            self._enqueued += 1
+            self._cond.notify_all()
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued before this call is on disk; False on timeout."""
-        if self._writer is None:
-            return self._queue.empty()
-        with self._progress:
+        with self._cond:
+            if self._writer is None:
+                return not self._pending
             target = self._enqueued
-            return self._progress.wait_for(lambda: self._committed >= target, timeout)
+            return self._cond.wait_for(lambda: self._committed >= target, timeout)
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        return len(self._pending)
 
     def _run_writer(self) -> None:
         conn = None
         backoff = 0.05
-        batch: list = []
         next_alive = 0.0
         while True:
-            if not batch:
-                try:
-                    batch.append(self._queue.get(timeout=ALIVE_EVERY_S / 2))
-                except queue.Empty:
-                    if self._stop.is_set():
-                        break
-                while len(batch) < 500:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-            batch = [item for item in batch if item is not _WAKE]
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._stop,
+                                    max(0.0, next_alive - time.monotonic()))
+                if self._stop and not self._pending:
+                    break
+                batch = list(islice(self._pending, 500))
             now = time.monotonic()
             alive = now >= next_alive
             if not batch and not alive:
-                if self._stop.is_set() and self._queue.empty():
-                    break
                 continue
             try:
                 if conn is None:
@@ -246,30 +249,32 @@ class UsageLog:
                                  (iso(self._wall()),))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                # Keep the batch and retry: the disk may come back (S9).
+                # Keep the records and retry: the disk may come back (S9).
                 self.write_errors += 1
                 self.last_error = str(exc)
-                log.error("usage log write failed (%s); %d records waiting, retrying", exc, len(batch) + self.pending)
+                log.error("usage log write failed (%s); %d records waiting, retrying in %.2f s",
+                          exc, self.pending, backoff)
                 try:
                     if conn is not None:
                         conn.close()
                 except sqlite3.Error:
                     pass
                 conn = None
-                if self._stop.wait(backoff):
-                    if not batch:
+                with self._cond:
+                    if self._stop:
+                        log.error("usage log stopping with %d records unwritten", self.pending)
                         break
+                    self._cond.wait_for(lambda: self._stop, backoff)
                 backoff = min(backoff * 2, RETRY_MAX_S)
                 continue
             backoff = 0.05
             if alive:
                 next_alive = now + ALIVE_EVERY_S
-            with self._progress:
+            with self._cond:
+                for _ in batch:
+                    self._pending.popleft()
                 self._committed += len(batch)
-                self._progress.notify_all()
-            batch = []
-            if self._stop.is_set() and self._queue.empty():
-                break
+                self._cond.notify_all()
         if conn is not None:
             conn.close()
 
@@ -441,6 +446,24 @@ class UsageLog:
             "SELECT users.name, users.role FROM api_tokens JOIN users ON users.name = api_tokens.user "
             "WHERE token_hash = ?", (hash_token(token),)).fetchone()
         return dict(row) if row else None
+
+    # bulb replacements (admin pages)
+    def record_bulb_replacement(self, lamp_id: str, who: str, hours: float) -> str:
+        """Note that a lamp's bulb was replaced after `hours` of use; returns the time recorded."""
+        at = iso(self._wall())
+        self._conn().execute("INSERT INTO bulb_replacements (lamp_id, at, who, hours) VALUES (?, ?, ?, ?)",
+                             (lamp_id, at, who, round(hours, 3)))
+        self.event(lamp_id, None, None, who, f"bulb replaced after {hours:.1f} h")
+        return at
+
+    def bulb_replacements(self, lamp_id: str | None = None) -> list[dict]:
+        """Replacements newest first, optionally for one lamp."""
+        sql, params = "SELECT * FROM bulb_replacements", []
+        if lamp_id:
+            sql += " WHERE lamp_id = ?"
+            params.append(lamp_id)
+        sql += " ORDER BY at DESC, id DESC"
+        return [dict(r) for r in self._conn().execute(sql, params)]
 
 
 def check_user_name(name: str) -> None:
