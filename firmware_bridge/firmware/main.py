@@ -76,10 +76,12 @@ def main():
             wait = firmware.poll()
             timeout = MAX_WAIT_MS if wait is None else max(0, min(wait, MAX_WAIT_MS))
             received = b""
+            closed = False
             while len(received) < READ_CHUNK and poller.poll(timeout if not received else 0):
                 byte = stdin.read(1)
-                if not byte:        # stdin closed (CPython harness): stop like a reset
-                    raise SystemExit("stdin closed")
+                if not byte:        # stdin closed (only on the CPython harness)
+                    closed = True
+                    break
                 if isinstance(byte, str):
                     byte = byte.encode()
                 received += byte
@@ -87,6 +89,8 @@ def main():
                 stdout.write(reply)
             if received and hasattr(stdout, "flush"):
                 stdout.flush()
+            if closed:
+                raise SystemExit("stdin closed")
     finally:
         # Whatever ended the loop, no lamp stays on while the board restarts.
         firmware.shutdown()
