@@ -14,7 +14,6 @@ from urllib.parse import quote
 from lampctl import config as config_mod
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-SESSION_COLUMNS = ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason"]
 
 
 class Failed(Exception):
@@ -181,6 +180,7 @@ def cmd_token(args) -> int:
 
 
 def cmd_log(args) -> int:
+    from lampctl.reports import SESSION_COLUMNS, csv_cell as _csv_cell
     from lampctl.store import StoreError
 
     log = _store(args)
@@ -202,13 +202,6 @@ def cmd_log(args) -> int:
     finally:
         log.close()
     return EXIT_OK
-
-
-def _csv_cell(value):
-    # A cell starting with = + - @ would run as a formula in a spreadsheet.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
-        return "'" + value
-    return "" if value is None else value
 
 
 # ---- remote commands ---------------------------------------------------------------------

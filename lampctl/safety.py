@@ -47,17 +47,20 @@ def s7_backstop_ms(planned_s: float, grace_s: float) -> int:
     return int(math.ceil(round((planned_s * S7_BACKSTOP_FACTOR + grace_s) * 1000, 6)))
 
 
-def s1_install_guards(all_off: Callable[[str], None]) -> None:
+def s1_install_guards(all_off: Callable[[str], None], thread_crashed: Callable[[str], None] | None = None) -> None:
     """S1: relays OFF on exit, SIGTERM, SIGINT and an unhandled exception in any thread.
 
-    all_off(reason) must be idempotent and safe to call from any thread.
+    all_off(reason) must be idempotent and safe to call from any thread. A crashed
+    thread calls thread_crashed(reason) instead when given (the service latches a
+    fault there, so the panel shows it rather than a service that silently refuses).
     """
 
     def on_signal(signum, _frame):
         name = signal.Signals(signum).name
         all_off(f"{name} received")
-        # Leave through SystemExit so finally-blocks and atexit still run.
-        raise SystemExit(128 + signum)
+        # Leave through SystemExit so finally-blocks and atexit still run; a requested
+        # stop is a clean exit (status 0) for systemd.
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -67,7 +70,7 @@ def s1_install_guards(all_off: Callable[[str], None]) -> None:
 
     def thread_hook(args):
         thread = args.thread.name if args.thread else "?"
-        all_off(f"unhandled {args.exc_type.__name__} in thread {thread}: {args.exc_value}")
+        (thread_crashed or all_off)(f"unhandled {args.exc_type.__name__} in thread {thread}: {args.exc_value}")
         previous_thread_hook(args)
 
     threading.excepthook = thread_hook

@@ -69,9 +69,15 @@ def serve(config_path: str, *, simulate: bool = False) -> int:
             except Exception:
                 log.exception("controller shutdown failed; relays are off")
 
+    def thread_crashed(why: str) -> None:
+        relays.all_off()
+        controller = state["controller"]
+        if controller is not None:
+            controller.fault(why)
+
     from lampctl.safety import s1_install_guards
 
-    s1_install_guards(emergency_off)
+    s1_install_guards(emergency_off, thread_crashed)
 
     from lampctl.clock import MonotonicClock
     from lampctl.controller import SessionController

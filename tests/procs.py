@@ -34,8 +34,10 @@ def lampctl(*args: str, config: Path, check: bool = True, timeout: float = 30) -
 class ServiceProcess:
     """A `lampctl serve` child; stdout/stderr go to files in the test's tmp dir."""
 
-    def __init__(self, config: Path, *, simulate: bool = True, extra_env: dict | None = None):
+    def __init__(self, config: Path, *, simulate: bool = True, extra_env: dict | None = None,
+                 program: list[str] | None = None):
         self.config = config
+        self.program = program or [sys.executable, "-m", "lampctl"]
         self.simulate = simulate
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
@@ -51,10 +53,10 @@ class ServiceProcess:
         self.port = int(text.split('bind = "127.0.0.1:')[1].split('"')[0])
         self.log_out = open(self.config.parent / f"serve-{self.port}.out", "ab")
         self.log_err = open(self.config.parent / f"serve-{self.port}.err", "ab")
-        cmd = [sys.executable, "-m", "lampctl", "serve", "--config", str(self.config)]
+        cmd = [*self.program, "serve", "--config", str(self.config)]
         if self.simulate:
             cmd.append("--simulate")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **self.extra_env}
         self.spawned_at = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self.log_out, stderr=self.log_err, stdin=subprocess.DEVNULL,
                                      cwd=ROOT, env=env)

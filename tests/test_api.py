@@ -36,3 +36,100 @@ def test_api_start_runs_lamp_and_reads_relay_back(client, users, factory):
     assert body["lamp"]["state"] == "on" and body["lamp"]["relay_on"] is True
     assert body["lamp"]["remaining_s"] == 600
     assert pin_history(factory, 17) == [False, True]
+
+
+def start(client, token, lamp="room1", body=None):
+    return client.post(f"/api/lamps/{lamp}/start", json=body or {"minutes": 10}, headers=bearer(token))
+
+
+@pytest.mark.parametrize("data,content_type", [
+    (b"not json", "application/json"), (b"[10]", "application/json"), (b"{}", "application/json"),
+    (b'{"minutes": 10, "seconds": 5}', "application/json"), (b'{"minutes": -1}', "application/json"),
+    (b'{"minutes": 0}', "application/json"), (b'{"minutes": "10"}', "application/json"),
+    (b'{"minutes": true}', "application/json"), (b'{"minutes": 1e999}', "application/json"),
+    (b'{"hours": 1}', "application/json"), (b"", "text/plain"),
+])
+def test_api_start_malformed_body_is_400_and_relay_untouched(client, users, factory, data, content_type):
+    resp = client.post("/api/lamps/room1/start", data=data, content_type=content_type, headers=bearer(users["ann"]))
+    assert resp.status_code == 400
+    body = resp.get_json()
+    assert body["code"] in ("bad-body", "bad-duration") and body["error"].endswith(".")
+    assert pin_history(factory, 17) == [False]
+
+
+def test_api_status_codes_follow_the_contract(client, users, clock, factory):
+    ann, admin = users["ann"], users["admin"]
+    assert start(client, ann, "nope").status_code == 404
+    assert start(client, ann, "nope").get_json()["code"] == "unknown-lamp"
+    assert client.get("/api/lamps/nope", headers=bearer(ann)).status_code == 404
+    resp = start(client, ann, "room2", {"minutes": 31})
+    assert resp.status_code == 400 and "longer than Room 2's limit of 30 min" in resp.get_json()["error"]
+    assert start(client, ann, "room2", {"minutes": 30}).status_code == 201
+    resp = start(client, ann, "room2")
+    assert resp.status_code == 409 and resp.get_json()["code"] == "already-on"
+    resp = client.post("/api/lamps/room2/extend", json={"minutes": 5}, headers=bearer(ann))
+    assert resp.status_code == 409 and resp.get_json()["code"] == "over-limit"
+    assert client.post("/api/lamps/room1/stop", headers=bearer(ann)).status_code == 409
+    resp = client.post("/api/lamps/room2/stop", headers=bearer(ann))
+    assert resp.status_code == 200 and resp.get_json()["lamp"]["state"] == "cooldown"
+    resp = start(client, ann, "room2")
+    assert resp.status_code == 409 and resp.get_json()["code"] == "cooldown"
+    assert client.post("/api/lamps/room1/reset", headers=bearer(admin)).status_code == 409
+    assert client.get("/api/nothing-here", headers=bearer(ann)).get_json()["code"] == "not-found"
+    resp = client.get("/api/stop-all", headers=bearer(ann))
+    assert resp.status_code == 405 and "error" in resp.get_json()
+
+
+def test_api_extend_and_lamp_view(client, users, clock):
+    start(client, users["ann"], "room1", {"minutes": 10})
+    clock.advance(60)
+    resp = client.post("/api/lamps/room1/extend", json={"minutes": 5}, headers=bearer(users["ann"]))
+    assert resp.status_code == 200
+    lamp = resp.get_json()["lamp"]
+    assert lamp["remaining_s"] == 840 and lamp["planned_s"] == 900
+    assert set(lamp) >= {"id", "name", "state", "relay_on", "remaining_s", "session_id", "max_minutes", "presets"}
+    lamps = client.get("/api/lamps", headers=bearer(users["ann"])).get_json()["lamps"]
+    assert [l["state"] for l in lamps] == ["on", "off"]
+
+
+def test_s5_stop_all_api_turns_every_lamp_off(client, users, factory, usage_log):
+    start(client, users["ann"], "room1")
+    start(client, users["ann"], "room2")
+    resp = client.post("/api/stop-all", headers=bearer(users["ann"]))
+    assert resp.status_code == 200
+    assert [l["relay_on"] for l in resp.get_json()["lamps"]] == [False, False]
+    assert pin_history(factory, 17) == [False, True, False]
+    assert pin_history(factory, 18)[1:] == [True, False, True]
+    usage_log.flush(5)
+    assert [s["end_reason"] for s in usage_log.sessions()] == ["stopped", "stopped"]
+
+
+def test_api_admin_only_endpoints(client, users, controller):
+    controller.fault("test fault")
+    resp = client.post("/api/lamps/room1/reset", headers=bearer(users["ann"]))
+    assert resp.status_code == 403 and resp.get_json()["code"] == "forbidden"
+    assert client.get("/api/sessions", headers=bearer(users["ann"])).status_code == 403
+    resp = client.post("/api/lamps/room1/reset", headers=bearer(users["admin"]))
+    assert resp.status_code == 200 and resp.get_json()["lamp"]["state"] == "off"
+    assert client.get("/api/health").get_json()["status"] == "fault"  # room2 still latched
+
+
+def test_api_sessions_filters(client, users, clock, usage_log):
+    for lamp in ("room1", "room2", "room1"):
+        start(client, users["ann"], lamp, {"minutes": 1})
+        clock.advance(3600)
+        client.application.extensions["lampctl"].controller.tick()
+    usage_log.flush(5)
+    get = lambda q: client.get(f"/api/sessions{q}", headers=bearer(users["admin"]))
+    rows = get("").get_json()["sessions"]
+    assert [r["lamp_id"] for r in rows] == ["room1", "room2", "room1"]
+    assert {r["end_reason"] for r in rows} == {"completed"}
+    assert set(rows[0]) == {"id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason"}
+    assert len(get("?lamp=room1").get_json()["sessions"]) == 2
+    assert len(get("?from=2026-01-05T10:00:00Z").get_json()["sessions"]) == 2
+    assert len(get("?from=2026-01-05T09:00:00Z&to=2026-01-05T10:00:00Z").get_json()["sessions"]) == 2
+    assert len(get("?to=2026-01-04").get_json()["sessions"]) == 0
+    resp = get("?from=last-tuesday")
+    assert resp.status_code == 400 and "ISO-8601" in resp.get_json()["error"]
+    assert get("?lamp=room9").status_code == 404
+    assert get("?reason=exploded").status_code == 400

@@ -119,6 +119,7 @@ def test_s5_stop_all_turns_every_lamp_off_at_once(controller, factory, usage_log
     assert pin_history(factory, ROOM1) == [False, True, False]
     assert pin_history(factory, ROOM2)[1:] == [True, False, True]
     assert [r["end_reason"] for r in sessions(usage_log)] == ["stopped", "stopped"]
+    usage_log.flush(5)
     assert any(e["why"] == "stop all" and e["who"] == "ann" for e in usage_log.events())
 
 
@@ -139,6 +140,7 @@ def test_s5_estop_ends_sessions_and_latches_until_reset(controller, factory, usa
     assert controller.lamp("room2").state == "fault"
     controller.start("room1", 60, "ann")
     assert pin_history(factory, ROOM1) == [False, True, False, True]
+    usage_log.flush(5)
     whys = [e["why"] for e in usage_log.events()]
     assert any("E-stop pressed" in w for w in whys) and any("fault cleared" in w for w in whys)
 

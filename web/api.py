@@ -51,6 +51,15 @@ def _http_error(exc: HTTPException):
     return error(exc.code or 500, code, messages.get(exc.code, exc.description or exc.name))
 
 
+@bp.app_errorhandler(404)
+@bp.app_errorhandler(405)
+def _routing_error(exc: HTTPException):
+    # Unmatched URLs never reach the blueprint's own handlers; answer JSON under /api.
+    if request.path.startswith("/api/"):
+        return _http_error(exc)
+    return exc
+
+
 def require_token(role: str | None = None):
     """Bearer-token auth; role "admin" further restricts the view."""
 
