@@ -1,0 +1,116 @@
+"""Read-only queries for the admin pages and exports: usage per lamp and day, per practitioner, end reasons, bulb hours."""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from lampctl.store import connect, parse_bound
+
+SESSION_COLUMNS = ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason"]
+# Share of a bulb's rated life after which the admin pages warn.
+BULB_WARN_FRACTION = 0.9
+
+
+def csv_cell(value):
+    """One CSV cell; text a spreadsheet would run as a formula is quoted with a leading '."""
+    # = + - @ start a formula; a leading tab or CR can hide one (OWASP CSV injection).
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def _read(path: Path) -> closing[sqlite3.Connection]:
+    return closing(connect(path))
+
+
+def day_range(days: int, today: date | None = None) -> list[date]:
+    """The last `days` local dates, oldest first, ending today."""
+    today = today or date.today()
+    return [today - timedelta(days=n) for n in range(days - 1, -1, -1)]
+
+
+def minutes_per_lamp_per_day(path: Path, days: list[date]) -> dict[str, dict[date, float]]:
+    """{lamp_id: {local date: minutes}}; a session counts on the local day it started."""
+    start, end = parse_bound(days[0].isoformat()), parse_bound(days[-1].isoformat(), upper=True)
+    out: dict[str, dict[date, float]] = {}
+    with _read(path) as conn:
+        rows = conn.execute(
+            "SELECT lamp_id, date(started_at, 'localtime') AS day, sum(actual_s) AS s FROM sessions "
+            "WHERE started_at >= ? AND started_at <= ? AND actual_s IS NOT NULL GROUP BY lamp_id, day",
+            (start, end))
+        for row in rows:
+            out.setdefault(row["lamp_id"], {})[date.fromisoformat(row["day"])] = row["s"] / 60
+    return out
+
+
+def per_practitioner(path: Path, start: str, end: str) -> list[dict]:
+    """Sessions and minutes per user between two bounds (ISO dates or times), busiest first."""
+    with _read(path) as conn:
+        rows = conn.execute(
+            "SELECT user, count(*) AS sessions, coalesce(sum(actual_s), 0) / 60.0 AS minutes FROM sessions "
+            "WHERE started_at >= ? AND started_at <= ? GROUP BY user ORDER BY sessions DESC, user",
+            (parse_bound(start), parse_bound(end, upper=True)))
+        return [dict(r) for r in rows]
+
+
+def end_reasons(path: Path, start: str, end: str) -> list[dict]:
+    """How sessions ended between two bounds; a session still running counts as 'running'."""
+    with _read(path) as conn:
+        rows = conn.execute(
+            "SELECT coalesce(end_reason, 'running') AS reason, count(*) AS sessions FROM sessions "
+            "WHERE started_at >= ? AND started_at <= ? GROUP BY reason ORDER BY sessions DESC, reason",
+            (parse_bound(start), parse_bound(end, upper=True)))
+        return [dict(r) for r in rows]
+
+
+def session_users(path: Path) -> list[str]:
+    """Every name in the session log, removed users included (for the log filter)."""
+    with _read(path) as conn:
+        return [r[0] for r in conn.execute("SELECT DISTINCT user FROM sessions ORDER BY user")]
+
+
+@dataclass(frozen=True)
+class BulbHours:
+    lamp_id: str
+    name: str
+    hours: float
+    life_h: float
+    replaced_at: str | None
+    replaced_by: str | None
+
+    @property
+    def fraction(self) -> float:
+        return self.hours / self.life_h if self.life_h else 0.0
+
+    @property
+    def status(self) -> str:
+        """"ok", "warn" (within 10 % of the rated life) or "over"."""
+        if self.hours >= self.life_h:
+            return "over"
+        return "warn" if self.fraction >= BULB_WARN_FRACTION else "ok"
+
+
+def bulb_hours(path: Path, lamps) -> list[BulbHours]:
+    """Hours each lamp's current bulb has burnt: ended sessions started since its last replacement."""
+    out = []
+    with _read(path) as conn:
+        for lamp in lamps:
+            last = conn.execute("SELECT at, who FROM bulb_replacements WHERE lamp_id = ? ORDER BY at DESC, id DESC "
+                                "LIMIT 1", (lamp.id,)).fetchone()
+            since = last["at"] if last else ""
+            seconds = conn.execute("SELECT coalesce(sum(actual_s), 0) FROM sessions "
+                                   "WHERE lamp_id = ? AND started_at >= ? AND actual_s IS NOT NULL",
+                                   (lamp.id, since)).fetchone()[0]
+            out.append(BulbHours(lamp.id, lamp.name, seconds / 3600, lamp.bulb_life_h,
+                                 last["at"] if last else None, last["who"] if last else None))
+    return out
+
+
+def local_time(text: str | None) -> str:
+    """A database timestamp (UTC) as the Pi's local time, to the second, for people to read."""
+    if not text:
+        return ""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M:%S")
