@@ -1,10 +1,27 @@
 """Flask web front end of lampctl: app factory wiring the JSON API, panel and admin pages."""
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import Callable
 
-from flask import Flask
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+SECRET_KEY_FILE = "secret.key"
+# No inline script or style anywhere: the pages load web/static only.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+       "frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
+ERROR_SENTENCES = {
+    400: "The request was not understood.",
+    403: "Your account may not open this page; ask an admin.",
+    404: "There is no such page.",
+    405: "That action is not allowed here.",
+    413: "The request was too large.",
+    429: "Too many attempts; wait and try again.",
+}
 
 
 @dataclass
@@ -18,14 +35,71 @@ class Services:
     extra: dict = field(default_factory=dict)
 
 
+def load_secret_key(directory: Path) -> str:
+    """The cookie-signing key from `secret.key` next to the database, created (mode 0600) on first run."""
+    from lampctl.service import write_secret_file
+
+    path = Path(directory) / SECRET_KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        key = ""
+    if not key:
+        key = secrets.token_hex(32)
+        write_secret_file(path, key + "\n")
+    return key
+
+
 def create_app(services: Services, test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
-    app.config.update(JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=64 * 1024)
+    app.config.update(
+        JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=64 * 1024,
+        SESSION_COOKIE_NAME="lampctl_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        # A shift at the couch; after that the tablet asks for the PIN again.
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        LOG_PAGE_SIZE=50,
+    )
     if test_config:
         app.config.update(test_config)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = load_secret_key(Path(services.config.service.database).parent)
     app.extensions["lampctl"] = services
 
-    from web import api
+    from web import admin, api, auth, panel
+    from web.auth import wants_json
 
+    auth.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(panel.bp)
+    app.register_blueprint(admin.bp)
+    app.add_url_rule("/", endpoint="index", view_func=panel.index)
+
+    @app.after_request
+    def security_headers(resp):
+        resp.headers.setdefault("Content-Security-Policy", CSP)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Referrer-Policy", "same-origin")
+        if not request.path.startswith("/static/"):
+            # Lamp states and logs must never come from a cache (nor the back button after logout).
+            resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    def http_error(exc: HTTPException):
+        status = exc.code or 500
+        if request.path.startswith("/api/"):
+            return api._http_error(exc)  # the API's own JSON error bodies
+        message = getattr(exc, "sentence", None) or ERROR_SENTENCES.get(status, exc.description)
+        if wants_json():
+            return jsonify(error=message, code=(exc.name or "error").lower().replace(" ", "-")), status
+        return render_template("error.html", status=status, title=exc.name, message=message), status
+
+    # Registered last so these replace the API's routing-error handlers, which answer JSON only under /api.
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(404, http_error)
+    app.register_error_handler(405, http_error)
     return app

@@ -1,0 +1,273 @@
+"""Admin pages: session log with CSV export, usage charts, bulb hours, the audit log, users, and fault resets."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from datetime import date, timedelta
+
+from flask import (Blueprint, Response, current_app, flash, g, redirect, render_template, request,
+                   stream_with_context, url_for)
+
+from lampctl import reports
+from lampctl.controller import Refused
+from lampctl.service import CLI_USER
+from lampctl.store import END_REASONS, ROLES, StoreError, parse_bound
+from web.auth import require_admin
+from web.charts import colour, stacked_days_svg
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+bp.before_request(require_admin)
+
+USAGE_DAYS = 30
+EVENTS_PAGE_SIZE = 100
+
+
+def services():
+    return current_app.extensions["lampctl"]
+
+
+def _lamp_names() -> dict[str, str]:
+    return {lamp.id: lamp.name for lamp in services().config.lamps}
+
+
+@bp.app_template_filter("local_time")
+def _local_time(text):
+    return reports.local_time(text)
+
+
+@bp.app_template_filter("duration")
+def _duration(seconds):
+    if seconds is None:
+        return ""
+    whole = int(round(seconds))
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+@bp.get("/")
+def index():
+    return redirect(url_for("admin.log"))
+
+
+# ---- session log -------------------------------------------------------------------------
+def _log_filters() -> tuple[dict, dict, str | None]:
+    """(filters for UsageLog, the form's values, an error sentence or None)."""
+    args = request.args
+    form = {k: (args.get(k) or "").strip() for k in ("from", "to", "lamp", "user", "reason")}
+    filters = {"start": form["from"] or None, "end": form["to"] or None, "lamp": form["lamp"] or None,
+               "user": form["user"] or None, "reason": form["reason"] or None}
+    try:
+        for key, upper in (("start", False), ("end", True)):
+            if filters[key]:
+                parse_bound(filters[key], upper=upper)
+    except StoreError as exc:
+        return filters, form, str(exc)
+    if filters["reason"] and filters["reason"] not in END_REASONS:
+        return filters, form, f"End reason must be one of: {', '.join(END_REASONS)}."
+    if filters["lamp"] and filters["lamp"] not in _lamp_names():
+        return filters, form, f"There is no lamp {filters['lamp']!r}."
+    return filters, form, None
+
+
+@bp.get("/log")
+def log():
+    filters, form, error = _log_filters()
+    log = services().usage_log
+    size = current_app.config["LOG_PAGE_SIZE"]
+    rows, total, page, pages = [], 0, 1, 1
+    if error is None:
+        total = log.count_sessions(**filters)
+        pages = max(1, math.ceil(total / size))
+        try:
+            page = min(max(1, int(request.args.get("page", 1))), pages)
+        except ValueError:
+            page = 1
+        # Newest first: page 1 is the end of the oldest-first list the store keeps.
+        end = total - (page - 1) * size
+        start = max(0, end - size)
+        rows = list(reversed(log.sessions(**filters, limit=end - start, offset=start))) if end > 0 else []
+    args = {k: v for k, v in form.items() if v}
+    return render_template("admin/log.html", rows=rows, total=total, page=page, pages=pages, form=form, args=args,
+                           error=error, lamps=_lamp_names(), users=reports.session_users(log.path),
+                           reasons=END_REASONS, columns=reports.SESSION_COLUMNS), (400 if error else 200)
+
+
+@bp.get("/log.csv")
+def log_csv():
+    filters, _form, error = _log_filters()
+    if error:
+        flash(error, "error")
+        return redirect(url_for("admin.log", **{k: v for k, v in request.args.items()}), code=303)
+    rows = services().usage_log.iter_sessions(**filters)
+
+    def generate():
+        # One row at a time from the database cursor: the table is never loaded whole.
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(reports.SESSION_COLUMNS)
+        for row in rows:
+            writer.writerow([reports.csv_cell(row[c]) for c in reports.SESSION_COLUMNS])
+            if buf.tell() > 8192:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+        yield buf.getvalue()
+
+    name = f"lampctl-sessions-{date.today().isoformat()}.csv"
+    return Response(stream_with_context(generate()), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+# ---- usage -------------------------------------------------------------------------------
+@bp.get("/usage")
+def usage():
+    path = services().usage_log.path
+    days = reports.day_range(USAGE_DAYS)
+    per_day = reports.minutes_per_lamp_per_day(path, days)
+    lamps = services().config.lamps
+    series = [(lamp.name, per_day.get(lamp.id, {})) for lamp in lamps]
+    chart = stacked_days_svg(days, series, title=f"Minutes per lamp per day, last {USAGE_DAYS} days")
+    start, end = days[0].isoformat(), days[-1].isoformat()
+    return render_template("admin/usage.html", chart=chart, days=days, series=series,
+                           legend=[(name, colour(i)) for i, (name, _) in enumerate(series)],
+                           totals={name: sum(data.values()) for name, data in series},
+                           practitioners=reports.per_practitioner(path, start, end),
+                           reasons=reports.end_reasons(path, start, end), start=start, end=end)
+
+
+# ---- bulbs -------------------------------------------------------------------------------
+@bp.get("/bulbs")
+def bulbs():
+    return render_template("admin/bulbs.html",
+                           bulbs=reports.bulb_hours(services().usage_log.path, services().config.lamps))
+
+
+@bp.post("/bulbs/<lamp_id>/replaced")
+def bulb_replaced(lamp_id):
+    lamps = {lamp.id: lamp for lamp in services().config.lamps}
+    if lamp_id not in lamps:
+        flash(f"There is no lamp {lamp_id!r}.", "error")
+        return redirect(url_for("admin.bulbs"), code=303)
+    hours = reports.bulb_hours(services().usage_log.path, [lamps[lamp_id]])[0].hours
+    services().usage_log.record_bulb_replacement(lamp_id, g.user["name"], hours)
+    flash(f"{lamps[lamp_id].name}: bulb replacement recorded after {hours:.1f} h; its count starts again at 0.",
+          "ok")
+    return redirect(url_for("admin.bulbs"), code=303)
+
+
+# ---- events ------------------------------------------------------------------------------
+@bp.get("/events")
+def events():
+    lamp = request.args.get("lamp") or None
+    try:
+        page = max(1, int(request.args.get("page", 1)))
+    except ValueError:
+        page = 1
+    log = services().usage_log
+    # One row more than shown tells whether an older page exists.
+    rows = log.events(limit=EVENTS_PAGE_SIZE + 1, offset=(page - 1) * EVENTS_PAGE_SIZE, lamp=lamp)
+    return render_template("admin/events.html", rows=rows[:EVENTS_PAGE_SIZE], more=len(rows) > EVENTS_PAGE_SIZE,
+                           page=page, lamp=lamp or "", lamps=_lamp_names())
+
+
+# ---- users -------------------------------------------------------------------------------
+def _users_page(status: int = 200, **form):
+    return render_template("admin/users.html", users=services().usage_log.users(), roles=ROLES,
+                           builtin=CLI_USER, form=form), status
+
+
+@bp.get("/users")
+def users():
+    return _users_page()
+
+
+def _user_action(action, success: str):
+    try:
+        action()
+    except StoreError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(success, "ok")
+    return redirect(url_for("admin.users"), code=303)
+
+
+def _target(name: str) -> str | None:
+    """Why `name` may not be changed here, or None."""
+    if name == CLI_USER:
+        return f"{CLI_USER} is the built-in account of the command line; it cannot be changed here."
+    if name == g.user["name"]:
+        return "You cannot remove or demote your own account here; ask another admin."
+    return None
+
+
+@bp.post("/users")
+def add_user():
+    name = (request.form.get("name") or "").strip()
+    role = request.form.get("role") or ""
+    pin = request.form.get("pin") or ""
+    try:
+        services().usage_log.add_user(name, role, pin, by=g.user["name"])
+    except StoreError as exc:
+        return _users_page(400, name=name, role=role, error=str(exc))
+    flash(f"{name} added as {role}.", "ok")
+    return redirect(url_for("admin.users"), code=303)
+
+
+@bp.post("/users/<name>/remove")
+def remove_user(name):
+    why = _target(name)
+    if why:
+        flash(why, "error")
+        return redirect(url_for("admin.users"), code=303)
+
+    def act():
+        services().usage_log.remove_user(name)
+        services().usage_log.event(None, None, None, g.user["name"], f"user {name} removed")
+    return _user_action(act, f"{name} removed; their login and API tokens stop working now.")
+
+
+@bp.post("/users/<name>/pin")
+def reset_pin(name):
+    if name == CLI_USER:
+        flash(_target(name), "error")
+        return redirect(url_for("admin.users"), code=303)
+
+    def act():
+        services().usage_log.set_pin(name, request.form.get("pin") or "")
+        services().usage_log.event(None, None, None, g.user["name"], f"PIN of {name} reset")
+    return _user_action(act, f"New PIN set for {name}.")
+
+
+@bp.post("/users/<name>/role")
+def set_role(name):
+    role = request.form.get("role") or ""
+    why = _target(name)
+    if why:
+        flash(why, "error")
+        return redirect(url_for("admin.users"), code=303)
+
+    def act():
+        services().usage_log.set_role(name, role)
+        services().usage_log.event(None, None, None, g.user["name"], f"role of {name} set to {role}")
+    return _user_action(act, f"{name} is now {role}.")
+
+
+# ---- lamps and faults --------------------------------------------------------------------
+@bp.get("/lamps")
+def lamps():
+    return render_template("admin/lamps.html", lamps=services().controller.lamps(),
+                           firmware=services().firmware_status())
+
+
+@bp.post("/lamps/<lamp_id>/reset")
+def reset_fault(lamp_id):
+    try:
+        view = services().controller.reset_fault(lamp_id, g.user["name"])
+    except Refused as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"{view.name}: fault cleared; the lamp is off and ready.", "ok")
+    target = url_for("panel.panel") if request.form.get("next") == "panel" else url_for("admin.lamps")
+    return redirect(target, code=303)

@@ -1,0 +1,200 @@
+"""PIN login and logout, the per-name lockout, login-required by default, and CSRF tokens on every form."""
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from typing import Callable
+
+from flask import (Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, session,
+                   url_for)
+from werkzeug.exceptions import BadRequest
+
+bp = Blueprint("auth", __name__)
+
+MAX_FAILURES = 5
+FAILURE_WINDOW_S = 300.0
+LOCKOUT_S = 300.0
+# Views anyone may reach; every other endpoint needs a login (the API checks its own tokens).
+PUBLIC_ENDPOINTS = {"auth.login", "static", "api.health"}
+CSRF_FIELD = "csrf_token"
+
+
+def services():
+    return current_app.extensions["lampctl"]
+
+
+class LoginGuard:
+    """Counts wrong PINs per name; MAX_FAILURES within the window lock that name for LOCKOUT_S.
+
+    Held in memory: a restart forgets the count, which is acceptable because a restart
+    needs shell access to the Pi and so is no help to someone guessing at the tablet.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, max_failures: int = MAX_FAILURES,
+                 window_s: float = FAILURE_WINDOW_S, lockout_s: float = LOCKOUT_S):
+        self._clock = clock
+        self.max_failures, self.window_s, self.lockout_s = max_failures, window_s, lockout_s
+        self._failures: dict[str, list[float]] = {}
+        self._locked_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.strip().casefold()
+
+    def locked_for(self, name: str) -> float:
+        """Seconds this name stays locked; 0 when it may try."""
+        with self._lock:
+            until = self._locked_until.get(self._key(name), 0.0)
+            left = until - self._clock()
+            if left <= 0:
+                self._locked_until.pop(self._key(name), None)
+                return 0.0
+            return left
+
+    def failed(self, name: str) -> int:
+        """Record a wrong PIN; return how many tries are left (0 means the name is now locked)."""
+        key, now = self._key(name), self._clock()
+        with self._lock:
+            if len(self._failures) > 1000:  # names typed at random must not grow memory without end
+                self._prune(now)
+            recent = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+            recent.append(now)
+            if len(recent) >= self.max_failures:
+                self._failures.pop(key, None)
+                self._locked_until[key] = now + self.lockout_s
+                return 0
+            self._failures[key] = recent
+            return self.max_failures - len(recent)
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(self._key(name), None)
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, ts in self._failures.items() if not ts or now - ts[-1] >= self.window_s]:
+            del self._failures[key]
+        for key in [k for k, until in self._locked_until.items() if until <= now]:
+            del self._locked_until[key]
+
+
+def guard() -> LoginGuard:
+    return current_app.extensions["lampctl.login_guard"]
+
+
+def csrf_token() -> str:
+    token = session.get(CSRF_FIELD)
+    if not token:
+        token = session[CSRF_FIELD] = secrets.token_urlsafe(32)
+    return token
+
+
+class CsrfError(BadRequest):
+    sentence = "The form was missing its security token or it had expired; reload the page and try again."
+
+
+def _check_csrf() -> None:
+    sent = request.form.get(CSRF_FIELD) or request.headers.get("X-CSRF-Token") or ""
+    expected = session.get(CSRF_FIELD) or ""
+    if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise CsrfError()
+
+
+def wants_json() -> bool:
+    return request.accept_mimetypes.best == "application/json" or request.path.endswith(".json")
+
+
+def _load_user() -> None:
+    """g.user from the database on every request, so a removed user or a changed role counts at once."""
+    g.user = None
+    name = session.get("user")
+    if name:
+        user = services().usage_log.user(name)
+        if user is None:
+            session.clear()
+        else:
+            g.user = user
+
+
+def _before_request():
+    if request.blueprint == "api":
+        return None  # bearer tokens, checked in web.api
+    _load_user()
+    if request.endpoint is not None and request.endpoint not in PUBLIC_ENDPOINTS and g.user is None:
+        if wants_json():
+            return jsonify(error="Log in first.", code="unauthorized"), 401
+        target = request.full_path if request.query_string else request.path
+        return redirect(url_for("auth.login", next=target if request.method == "GET" else None))
+    if request.method == "POST":
+        _check_csrf()
+    return None
+
+
+def require_admin() -> None:
+    if g.user is None or g.user["role"] != "admin":
+        abort(403)
+
+
+def init_app(app) -> None:
+    app.extensions["lampctl.login_guard"] = LoginGuard(app.config.get("LOGIN_CLOCK") or time.monotonic)
+    app.before_request(_before_request)
+
+    @app.context_processor
+    def _template_globals():
+        return {"csrf_token": csrf_token, "current_user": g.get("user")}
+
+
+def _safe_next(target: str | None) -> str:
+    # Only a path on this site: never redirect to another host after a login.
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("panel.panel")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    if request.method == "GET":
+        if g.user is not None:
+            return redirect(url_for("panel.panel"))
+        return render_template("login.html", name="", next=request.args.get("next", ""))
+    name = (request.form.get("name") or "").strip()
+    pin = request.form.get("pin") or ""
+    nxt = request.form.get("next", "")
+
+    def refuse(message: str, status: int):
+        return render_template("login.html", name=name, next=nxt, error=message), status
+
+    if not name or not pin:
+        return refuse("Enter your name and your PIN.", 400)
+    left = guard().locked_for(name)
+    if left:
+        minutes = max(1, round(left / 60))
+        return refuse(f"Too many wrong PINs for {name}: this name is locked for about {minutes} more "
+                      f"minute{'s' if minutes != 1 else ''}.", 429)
+    user = services().usage_log.check_pin(name, pin)
+    if user is None:
+        tries = guard().failed(name)
+        if tries == 0:
+            services().usage_log.event(None, None, None, name, f"login locked out after {MAX_FAILURES} wrong PINs")
+            return refuse(f"Too many wrong PINs for {name}: this name is locked for {round(LOCKOUT_S / 60)} minutes.",
+                          429)
+        return refuse(f"That name and PIN do not match ({tries} tr{'ies' if tries != 1 else 'y'} left "
+                      f"before this name is locked for {round(LOCKOUT_S / 60)} minutes).", 401)
+    guard().succeeded(name)
+    session.clear()  # a fresh session (and CSRF token) for the new login
+    session.permanent = True
+    session["user"] = user["name"]
+    session["role"] = user["role"]
+    services().usage_log.event(None, None, None, user["name"], "logged in to the panel")
+    return redirect(_safe_next(nxt), code=303)
+
+
+@bp.post("/logout")
+def logout():
+    name = g.user["name"]
+    session.clear()
+    services().usage_log.event(None, None, None, name, "logged out")
+    flash("You are logged out.", "ok")
+    return redirect(url_for("auth.login"), code=303)
