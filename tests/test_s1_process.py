@@ -58,6 +58,10 @@ def test_s1_crashed_thread_turns_relays_off_and_latches_fault(tmp_path):
             time.sleep(0.05)
         lamp = svc.get("/api/lamps/room1", tokens["ann"])[1]
         assert lamp["relay_on"] is False and "crashing-worker" in lamp["fault_reason"]
+        deadline = time.monotonic() + 5
+        while sessions(svc, tokens)[0]["end_reason"] is None:  # the record follows the cutoff
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         assert sessions(svc, tokens)[0]["end_reason"] == "fault"
     finally:
         assert svc.stop() == 0
