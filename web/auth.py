@@ -187,6 +187,7 @@ def login():
     session.permanent = True
     session["user"] = user["name"]
     session["role"] = user["role"]
+    csrf_token()
     services().usage_log.event(None, None, None, user["name"], "logged in to the panel")
     return redirect(_safe_next(nxt), code=303)
 

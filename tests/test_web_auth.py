@@ -1,0 +1,231 @@
+"""Browser-page security: PIN login, lockout, login required everywhere, admin role, CSRF, cookies, headers, secret key."""
+from __future__ import annotations
+
+import re
+import stat
+
+import pytest
+
+from lampctl.store import connect, iso
+from tests.conftest import pin_history
+from web import CSP, Services, create_app
+from web.auth import LoginGuard
+
+PUBLIC = {"auth.login", "static", "api.health"}
+
+
+def csrf_from(html: bytes) -> str:
+    return re.search(rb'name="csrf_token" value="([^"]+)"', html).group(1).decode()
+
+
+def login(client, name: str, pin: str, **extra):
+    token = csrf_from(client.get("/login").data)
+    return client.post("/login", data={"name": name, "pin": pin, "csrf_token": token, **extra})
+
+
+def session_csrf(client) -> str:
+    with client.session_transaction() as sess:
+        return sess["csrf_token"]
+
+
+def post(client, path: str, **data):
+    """A form POST as the page sends it, with the session's CSRF token."""
+    return client.post(path, data={"csrf_token": session_csrf(client), **data})
+
+
+@pytest.fixture
+def web_app(services, clock):
+    return create_app(services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic})
+
+
+@pytest.fixture
+def web(web_app, users):
+    return web_app.test_client()
+
+
+def test_login_form_fields_are_labelled_name_and_pin(web):
+    html = web.get("/login").data.decode()
+    assert '<label for="name">Name</label>' in html and '<label for="pin">PIN</label>' in html
+    assert 'id="name" name="name"' in html and 'id="pin" name="pin" type="password"' in html
+
+
+def test_login_logout_roundtrip_is_logged(web, usage_log):
+    resp = login(web, "ann", "2468")
+    assert resp.status_code == 303 and resp.headers["Location"] == "/panel/"
+    assert web.get("/panel/").status_code == 200
+    resp = post(web, "/logout")
+    assert resp.status_code == 303 and resp.headers["Location"] == "/login"
+    assert web.get("/panel/").status_code == 302
+    usage_log.flush(2)
+    whys = [e["why"] for e in usage_log.events() if e["who"] == "ann"]
+    assert whys == ["logged out", "logged in to the panel"]
+
+
+def test_login_wrong_pin_is_refused_with_one_sentence(web):
+    resp = login(web, "ann", "0000")
+    assert resp.status_code == 401
+    assert b"That name and PIN do not match (4 tries left" in resp.data
+    assert web.get("/panel/").status_code == 302
+
+
+def test_login_locks_name_after_five_wrong_pins_even_for_right_pin(web, clock, usage_log):
+    for _ in range(4):
+        assert login(web, "ann", "1111").status_code == 401
+    resp = login(web, "ann", "1111")
+    assert resp.status_code == 429 and b"locked for 5 minutes" in resp.data
+    resp = login(web, "ann", "2468")  # the right PIN, still refused
+    assert resp.status_code == 429 and b"Too many wrong PINs for ann" in resp.data
+    assert web.get("/panel/").status_code == 302
+    # Other names are not affected.
+    assert login(web, "admin", "1234").status_code == 303
+    post(web, "/logout")
+    usage_log.flush(2)
+    locked = [e for e in usage_log.events() if e["why"] == "login locked out after 5 wrong PINs"]
+    assert [(e["who"], e["lamp_id"]) for e in locked] == [("ann", None)]
+    clock.advance(299)
+    assert login(web, "ann", "2468").status_code == 429
+    clock.advance(2)
+    assert login(web, "ann", "2468").status_code == 303
+
+
+def test_login_failures_outside_the_window_do_not_add_up(web, clock):
+    for _ in range(4):
+        login(web, "ann", "1111")
+    clock.advance(301)
+    for _ in range(4):
+        assert login(web, "ann", "1111").status_code == 401
+    assert login(web, "ann", "2468").status_code == 303
+
+
+def test_login_guard_unit_counts_per_name_case_blind():
+    now = [0.0]
+    guard = LoginGuard(lambda: now[0])
+    assert [guard.failed("Ann") for _ in range(4)] == [4, 3, 2, 1]
+    assert guard.failed("ann") == 0
+    assert guard.locked_for("ANN") == 300
+    now[0] = 300
+    assert guard.locked_for("ann") == 0
+
+
+def test_login_builtin_cli_account_can_never_log_in(web, usage_log, clock):
+    conn = connect(usage_log.path)
+    conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES ('cli', 'admin', '!', ?)",
+                 (iso(clock.wall()),))
+    conn.close()
+    for pin in ("!", "0000", "1234"):
+        assert login(web, "cli", pin).status_code in (400, 401, 429)
+    assert web.get("/admin/log").status_code == 302
+
+
+def test_login_next_only_redirects_within_the_site(web):
+    assert login(web, "ann", "2468", next="https://evil.example/").headers["Location"] == "/panel/"
+    post(web, "/logout")
+    assert login(web, "ann", "2468", next="/panel/?x=1").headers["Location"] == "/panel/?x=1"
+
+
+def test_removed_user_loses_access_on_next_request(web, usage_log):
+    login(web, "ann", "2468")
+    assert web.get("/panel/").status_code == 200
+    usage_log.remove_user("ann")
+    assert web.get("/panel/").status_code == 302
+    assert web.get("/panel/state.json").status_code == 401
+
+
+def test_role_change_applies_on_next_request(web, usage_log):
+    login(web, "ann", "2468")
+    assert web.get("/admin/log").status_code == 403
+    usage_log.set_role("ann", "admin")
+    assert web.get("/admin/log").status_code == 200
+
+
+def _example_url(rule) -> str:
+    values = {arg: {"lamp_id": "room1", "name": "ann"}.get(arg, "x") for arg in rule.arguments}
+    return rule.build(values, append_unknown=False)[1]
+
+
+def test_every_route_but_login_static_and_health_rejects_the_anonymous(web_app):
+    client = web_app.test_client()
+    checked = 0
+    for rule in web_app.url_map.iter_rules():
+        if rule.endpoint in PUBLIC:
+            continue
+        url = _example_url(rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            resp = client.open(url, method=method)
+            checked += 1
+            if rule.endpoint.startswith("api."):
+                assert resp.status_code == 401, (method, url)
+                assert resp.get_json()["code"] == "unauthorized"
+            elif resp.status_code == 302:
+                assert resp.headers["Location"].startswith("/login"), (method, url)
+            else:
+                assert resp.status_code in (401, 403), (method, url, resp.status_code)
+    assert checked > 20
+
+
+def test_practitioner_gets_403_on_every_admin_page(web, web_app):
+    login(web, "ann", "2468")
+    token = session_csrf(web)
+    admin_rules = [r for r in web_app.url_map.iter_rules() if r.endpoint.startswith("admin.")]
+    assert len(admin_rules) >= 10
+    for rule in admin_rules:
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            resp = web.open(_example_url(rule), method=method, data={"csrf_token": token})
+            assert resp.status_code == 403, (method, rule.rule)
+    assert b"ask an admin" in web.get("/admin/users").data
+
+
+def test_csrf_post_without_token_is_400_and_changes_nothing(web, factory, controller):
+    login(web, "ann", "2468")
+    before = pin_history(factory, 17)
+    for data in ({"minutes": "10"}, {"minutes": "10", "csrf_token": "forged"}):
+        resp = web.post("/panel/lamps/room1/start", data=data)
+        assert resp.status_code == 400
+        assert b"security token" in resp.data
+    assert pin_history(factory, 17) == before == [False]
+    assert controller.lamp("room1").state == "off"
+
+
+def test_csrf_login_without_token_is_400(web):
+    resp = web.post("/login", data={"name": "ann", "pin": "2468"})
+    assert resp.status_code == 400
+    assert web.get("/panel/").status_code == 302
+
+
+def test_session_cookie_is_httponly_and_samesite_strict(web):
+    resp = login(web, "ann", "2468")
+    cookie = resp.headers["Set-Cookie"]
+    assert cookie.startswith("lampctl_session=")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+def test_pages_send_csp_without_inline_script_and_other_headers(web):
+    login(web, "admin", "1234")
+    for path in ("/login", "/panel/", "/admin/log", "/admin/usage", "/api/health"):
+        resp = web.get(path)
+        assert resp.headers["Content-Security-Policy"] == CSP
+        assert "'unsafe-inline'" not in CSP
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        html = resp.data.decode()
+        assert "style=" not in html
+        assert re.search(r"<script(?![^>]*\ssrc=)", html) is None  # every script is a file
+        assert re.search(r"<[^>]*\son[a-z]+=", html) is None  # no inline event handlers either
+
+
+def test_secret_key_generated_on_first_run_with_mode_0600_and_reused(cfg, controller, usage_log):
+    services = Services(controller=controller, usage_log=usage_log, config=cfg)
+    path = cfg.service.database.parent / "secret.key"
+    assert not path.exists()
+    first = create_app(services, {"TESTING": True})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(first.config["SECRET_KEY"]) >= 64
+    second = create_app(services, {"TESTING": True})
+    assert second.config["SECRET_KEY"] == first.config["SECRET_KEY"]
+
+
+def test_unknown_page_is_html_404_and_unknown_api_url_json_404(web):
+    resp = web.get("/nowhere")
+    assert resp.status_code == 404 and b"There is no such page." in resp.data
+    resp = web.get("/api/nowhere")
+    assert resp.status_code == 404 and resp.get_json()["code"] == "not-found"

@@ -1,0 +1,155 @@
+"""The practitioner panel without JavaScript (forms POST and redirect back) and its JSON state for the live countdown."""
+from __future__ import annotations
+
+import html as htmllib
+import re
+
+import pytest
+
+from tests.conftest import pin_history
+from tests.test_web_auth import login, post
+from web import create_app
+from web.panel import clock_text, preset_label
+
+
+@pytest.fixture
+def web(services, clock, users):
+    app = create_app(services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic})
+    client = app.test_client()
+    login(client, "ann", "2468")
+    return client
+
+
+def flashes(client) -> list[str]:
+    html = client.get("/panel/").data.decode()
+    return [htmllib.unescape(m) for m in re.findall(r'<p class="flash flash-\w+"[^>]*>([^<]*)</p>', html)]
+
+
+def act(client, path: str, **data) -> list[str]:
+    """POST a panel form as a browser without JavaScript does, follow the redirect, return the flash messages."""
+    resp = post(client, path, **data)
+    assert resp.status_code == 303 and resp.headers["Location"] == "/panel/"
+    return flashes(client)
+
+
+def region(html: str, lamp_id: str) -> str:
+    return re.search(rf'<section class="lamp" id="lamp-{lamp_id}".*?</section>', html, re.S).group(0)
+
+
+def test_preset_labels_minutes_and_seconds():
+    assert [preset_label(p) for p in (10, 15, 0.05, 1.5)] == ["10 min", "15 min", "3 s", "1.5 min"]
+    assert [clock_text(s) for s in (600, 599.2, 0.2, 0, None)] == ["10:00", "10:00", "0:01", "0:00", "--:--"]
+
+
+def test_panel_has_a_named_region_per_lamp_with_its_buttons(web):
+    html = web.get("/panel/").data.decode()
+    assert html.count('<button type="submit" class="btn btn-stop-all">Stop all</button>') == 1
+    for lamp_id, name, presets in (("room1", "Room 1", ["10", "15", "20", "30"]), ("room2", "Room 2", ["10", "20", "30"])):
+        part = region(html, lamp_id)
+        assert f'aria-labelledby="lamp-{lamp_id}-name"' in part
+        assert f'<h2 id="lamp-{lamp_id}-name">{name}</h2>' in part
+        assert re.findall(r'>(\d+) min</button>', part) == presets
+        assert ">+5 min</button>" in part and ">Stop</button>" in part
+        assert 'role="timer"' in part
+
+
+def test_panel_start_from_preset_without_js(web, factory, usage_log, controller):
+    assert act(web, "/panel/lamps/room1/start", minutes="10") == ["Room 1 started for 10 min."]
+    assert pin_history(factory, 17) == [False, True]
+    lamp = controller.lamp("room1")
+    assert lamp.state == "on" and lamp.user == "ann" and lamp.remaining_s == 600
+    [row] = usage_log.sessions()
+    assert (row["lamp_id"], row["user"], row["planned_s"]) == ("room1", "ann", 600)
+    part = region(web.get("/panel/").data.decode(), "room1")
+    assert 'data-state="on"' in part and ">10:00</p>" in part and "Started by ann" in part
+
+
+def test_panel_start_refuses_a_duration_that_is_not_a_preset(web, factory):
+    for minutes in ("11", "60", "abc", ""):
+        assert act(web, "/panel/lamps/room1/start", minutes=minutes) == ["Choose one of Room 1's preset durations."]
+    assert pin_history(factory, 17) == [False]
+
+
+def test_panel_extend_adds_five_minutes_and_shows_refusal_past_max(web, controller):
+    act(web, "/panel/lamps/room2/start", minutes="20")
+    assert act(web, "/panel/lamps/room2/extend") == ["Room 2: 5 min added, 25:00 left."]
+    assert controller.lamp("room2").planned_s == 1500
+    act(web, "/panel/lamps/room2/extend")
+    [message] = act(web, "/panel/lamps/room2/extend")
+    assert message.startswith("Extending Room 2 by 5 min would pass its limit of 30 min")
+    assert controller.lamp("room2").planned_s == 1800
+
+
+def test_panel_stop_and_stop_all(web, controller, factory, usage_log, clock):
+    act(web, "/panel/lamps/room1/start", minutes="10")
+    act(web, "/panel/lamps/room2/start", minutes="10")
+    clock.advance(30)
+    assert act(web, "/panel/lamps/room1/stop") == ["Room 1 stopped."]
+    assert controller.lamp("room1").state == "off"
+    assert act(web, "/panel/stop-all") == ["All lamps stopped."]
+    assert pin_history(factory, 17) == [False, True, False]
+    usage_log.flush(2)
+    assert [(s["lamp_id"], s["end_reason"], s["actual_s"]) for s in usage_log.sessions()] == [
+        ("room1", "stopped", 30.0), ("room2", "stopped", 30.0)]
+    assert any(e["why"] == "stop all (panel)" and e["who"] == "ann" for e in usage_log.events())
+
+
+def test_panel_stop_when_not_running_shows_the_controller_sentence(web):
+    assert act(web, "/panel/lamps/room1/stop") == ["Room 1 is not running (off)."]
+
+
+def test_panel_actions_answer_json_for_the_script(web, controller):
+    resp = web.post("/panel/lamps/room1/start", headers={"Accept": "application/json"},
+                    data={"minutes": "15", "csrf_token": _token(web)})
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["ok"] is True and body["message"] == "Room 1 started for 15 min."
+    assert body["lamps"][0]["state"] == "on" and body["lamps"][0]["clock"] == 900
+    resp = web.post("/panel/lamps/room1/start", headers={"Accept": "application/json"},
+                    data={"minutes": "15", "csrf_token": _token(web)})
+    assert resp.status_code == 409 and resp.get_json() == {**resp.get_json(), "ok": False,
+                                                          "message": "Room 1 is already on."}
+
+
+def _token(client) -> str:
+    with client.session_transaction() as sess:
+        return sess["csrf_token"]
+
+
+def test_panel_state_json_counts_down_with_the_controller_clock(web, clock, controller):
+    post(web, "/panel/lamps/room1/start", minutes="10")
+    clock.advance(12.5)
+    lamps = web.get("/panel/state.json").get_json()["lamps"]
+    assert lamps[0]["remaining_s"] == 587.5 and lamps[0]["clock_text"] == "9:48"
+    assert lamps[0]["presets"][0] == {"minutes": 10, "label": "10 min"}
+    clock.advance(587.5)
+    controller.tick()
+    lamps = web.get("/panel/state.json").get_json()["lamps"]
+    assert lamps[0]["state"] == "off" and lamps[0]["remaining_s"] is None
+
+
+def test_panel_shows_cooldown_fault_and_firmware_banners(web, services, controller, clock):
+    act(web, "/panel/lamps/room2/start", minutes="10")
+    act(web, "/panel/lamps/room2/stop")
+    part = region(web.get("/panel/").data.decode(), "room2")
+    assert 'data-state="cooldown"' in part and "Cooling down" in part and ">1:00</p>" in part
+    assert act(web, "/panel/lamps/room2/start", minutes="10")[0].startswith("Room 2 is cooling down; it can start again in")
+    controller.fault("relay of Room 1 is stuck closed", "room1")
+    part = region(web.get("/panel/").data.decode(), "room1")
+    assert 'data-state="fault"' in part and "relay of Room 1 is stuck closed. The lamp stays off until an admin" in part
+    assert "Reset fault" not in part  # practitioners cannot reset
+    assert "an admin must reset it" in act(web, "/panel/lamps/room1/start", minutes="10")[0]
+    services.firmware_status = lambda: "lost"
+    html = web.get("/panel/").data.decode()
+    assert 'class="banner banner-firmware" role="alert">Link to the safety microcontroller lost' in html
+    assert web.get("/panel/state.json").get_json()["firmware"] == "lost"
+
+
+def test_panel_reloads_itself_without_js_only_while_a_timer_runs(web):
+    assert b'http-equiv="refresh"' not in web.get("/panel/").data
+    post(web, "/panel/lamps/room1/start", minutes="10")
+    assert b'<noscript><meta http-equiv="refresh" content="10"></noscript>' in web.get("/panel/").data
+
+
+def test_root_redirects_to_the_panel(web):
+    assert web.get("/").headers["Location"] == "/panel/"
