@@ -1,0 +1,240 @@
+"""Admin pages: session log filters and pages, streamed CSV, usage, bulb hours, events, users, fault reset."""
+from __future__ import annotations
+
+import csv
+import html as htmllib
+import io
+import re
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from lampctl import reports
+from lampctl.store import connect, iso
+from tests.test_web_auth import login, post
+from web import create_app
+
+
+@pytest.fixture
+def web(services, clock, users):
+    app = create_app(services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic,
+                                "LOG_PAGE_SIZE": 3})
+    client = app.test_client()
+    login(client, "admin", "1234")
+    return client
+
+
+def flashes(client, path: str) -> list[str]:
+    page = client.get(path).data.decode()
+    return [htmllib.unescape(m) for m in re.findall(r'<p class="flash flash-\w+"[^>]*>([^<]*)</p>', page)]
+
+
+def run_sessions(controller, clock, usage_log):
+    """Five sessions: ann completes two on room1, admin stops one on room2, ann stops two."""
+    for lamp, user, planned, run in (("room1", "ann", 60, None), ("room2", "admin", 600, 30),
+                                     ("room1", "ann", 120, None), ("room2", "ann", 600, 45),
+                                     ("room1", "ann", 600, 10)):
+        controller.start(lamp, planned, user)
+        if run is None:
+            clock.advance(planned)
+            controller.tick()
+        else:
+            clock.advance(run)
+            controller.stop(lamp, user)
+        clock.advance(120)  # past room2's cooldown
+        controller.tick()
+    usage_log.flush(2)
+
+
+def session_ids(page: str) -> list[int]:
+    return [int(x) for x in re.findall(r'<tr data-session="(\d+)">', page)]
+
+
+def test_log_lists_newest_first_in_pages(web, controller, clock, usage_log):
+    run_sessions(controller, clock, usage_log)
+    page1 = web.get("/admin/log").data.decode()
+    assert session_ids(page1) == [5, 4, 3] and "5 sessions · page 1 of 2" in page1
+    page2 = web.get("/admin/log?page=2").data.decode()
+    assert session_ids(page2) == [2, 1]
+    assert session_ids(web.get("/admin/log?page=99").data.decode()) == [2, 1]
+
+
+def test_log_filters_by_lamp_user_reason_and_dates(web, controller, clock, usage_log):
+    run_sessions(controller, clock, usage_log)
+    assert session_ids(web.get("/admin/log?lamp=room2").data.decode()) == [4, 2]
+    assert session_ids(web.get("/admin/log?user=admin").data.decode()) == [2]
+    assert session_ids(web.get("/admin/log?reason=completed").data.decode()) == [3, 1]
+    assert session_ids(web.get("/admin/log?user=ann&reason=stopped").data.decode()) == [5, 4]
+    assert session_ids(web.get("/admin/log?from=2026-01-06").data.decode()) == []
+    assert session_ids(web.get("/admin/log?from=2026-01-04&to=2026-01-05&lamp=room1").data.decode()) == [5, 3, 1]
+    resp = web.get("/admin/log?from=yesterday")
+    assert resp.status_code == 400 and b"is not an ISO-8601 date" in resp.data
+    assert web.get("/admin/log?reason=melted").status_code == 400
+
+
+def test_log_csv_streams_rows_matching_the_log(web, controller, clock, usage_log):
+    run_sessions(controller, clock, usage_log)
+    resp = web.get("/admin/log.csv?lamp=room2")
+    assert resp.is_streamed
+    assert resp.mimetype == "text/csv"
+    assert resp.headers["Content-Disposition"].startswith('attachment; filename="lampctl-sessions-')
+    text = resp.get_data(as_text=True)
+    resp.close()
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == reports.SESSION_COLUMNS
+    db = usage_log.sessions(lamp="room2")
+    assert rows[1:] == [[str(r[c]) for c in reports.SESSION_COLUMNS] for r in db]
+    assert [r[7] for r in rows[1:]] == ["stopped", "stopped"]
+
+
+def test_log_csv_generator_reads_the_database_a_row_at_a_time(web, controller, clock, usage_log):
+    run_sessions(controller, clock, usage_log)
+    resp = web.get("/admin/log.csv")
+    chunks = resp.response  # the generator itself: nothing read until iterated
+    first = next(iter(chunks))
+    assert first.startswith(b"id,lamp_id,user,")
+    resp.close()  # closes the generator and so its database cursor
+
+
+def test_log_csv_quotes_cells_a_spreadsheet_would_run(web, usage_log, controller):
+    usage_log.add_user("-bob", "practitioner", "1357")
+    controller.start("room1", 60, "-bob")
+    usage_log.flush(2)
+    resp = web.get("/admin/log.csv")
+    text = resp.get_data(as_text=True)
+    resp.close()
+    assert list(csv.reader(io.StringIO(text)))[1][2] == "'-bob"
+    assert reports.csv_cell("=1+1") == "'=1+1" and reports.csv_cell(None) == "" and reports.csv_cell(-3) == -3
+
+
+def test_log_csv_with_a_bad_filter_redirects_with_the_sentence(web):
+    resp = web.get("/admin/log.csv?from=soon")
+    assert resp.status_code == 303
+    assert "is not an ISO-8601 date" in flashes(web, "/admin/log")[0]
+
+
+def test_usage_queries_and_chart(web, controller, clock, usage_log):
+    run_sessions(controller, clock, usage_log)
+    day = date(2026, 1, 5)
+    per_day = reports.minutes_per_lamp_per_day(usage_log.path, reports.day_range(30, day))
+    assert per_day["room1"][day] == pytest.approx(3 + 10 / 60)
+    assert per_day["room2"][day] == pytest.approx(75 / 60)
+    people = reports.per_practitioner(usage_log.path, "2026-01-01", "2026-01-31")
+    assert [(p["user"], p["sessions"]) for p in people] == [("ann", 4), ("admin", 1)]
+    reasons = reports.end_reasons(usage_log.path, "2026-01-01", "2026-01-31")
+    assert {r["reason"]: r["sessions"] for r in reasons} == {"completed": 2, "stopped": 3}
+    page = web.get("/admin/usage").data.decode()
+    assert '<svg class="chart"' in page and "Minutes per lamp per day" in page
+
+
+def test_usage_page_counts_todays_sessions(web, usage_log):
+    now = datetime.now(timezone.utc)
+    conn = connect(usage_log.path)
+    conn.execute("INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
+                 "VALUES ('room1', 'ann', ?, ?, 600, 600, 'completed')", (iso(now), iso(now + timedelta(minutes=10))))
+    conn.close()
+    page = web.get("/admin/usage").data.decode()
+    assert "Room 1: 10 min" in page
+    assert re.search(r"<title>Room 1, [0-9-]+: 10 min</title>", page)
+    assert "<td>ann</td><td class=\"num\">1</td>" in page
+
+
+def _add_burnt_hours(usage_log, lamp_id: str, hours: float, at: str = "2026-01-01T08:00:00.000Z"):
+    conn = connect(usage_log.path)
+    conn.execute("INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
+                 "VALUES (?, 'ann', ?, ?, ?, ?, 'completed')", (lamp_id, at, at, hours * 3600, hours * 3600))
+    conn.close()
+
+
+def test_bulb_hours_warn_within_ten_percent_and_replacement_resets(web, usage_log, cfg):
+    _add_burnt_hours(usage_log, "room1", 4499)
+    _add_burnt_hours(usage_log, "room2", 4501)
+    page = web.get("/admin/bulbs").data.decode()
+    assert '<tr data-lamp="room1" class="bulb-ok">' in page
+    assert '<tr data-lamp="room2" class="bulb-warn">' in page and "Within 10 % of its rated life" in page
+    resp = post(web, "/admin/bulbs/room2/replaced")
+    assert resp.status_code == 303
+    assert flashes(web, "/admin/bulbs") == ["Room 2: bulb replacement recorded after 4501.0 h; its count starts again at 0."]
+    [b1, b2] = reports.bulb_hours(usage_log.path, cfg.lamps)
+    assert (b1.hours, b1.status) == (4499, "ok") and (b2.hours, b2.status, b2.replaced_by) == (0, "ok", "admin")
+    usage_log.flush(2)
+    assert any(e["lamp_id"] == "room2" and e["who"] == "admin" and e["why"] == "bulb replaced after 4501.0 h"
+               for e in usage_log.events())
+    _add_burnt_hours(usage_log, "room1", 600)
+    assert reports.bulb_hours(usage_log.path, cfg.lamps)[0].status == "over"
+    assert "Past its rated life" in web.get("/admin/bulbs").data.decode()
+
+
+def test_bulb_replaced_for_an_unknown_lamp_is_refused(web):
+    post(web, "/admin/bulbs/attic/replaced")
+    assert flashes(web, "/admin/bulbs") == ["There is no lamp 'attic'."]
+
+
+def test_events_page_lists_the_audit_log(web, controller, usage_log):
+    controller.start("room1", 60, "admin")
+    controller.stop("room1", "admin")
+    usage_log.flush(2)
+    page = web.get("/admin/events?lamp=room1").data.decode()
+    assert "stopped: stopped by user" in page and "started for 1 min" in page
+    assert "logged in to the panel" not in page  # filtered to the lamp
+
+
+def test_users_add_reset_pin_role_and_remove(web, usage_log, clock):
+    assert post(web, "/admin/users", name="bea", role="practitioner", pin="1111").status_code == 303
+    assert flashes(web, "/admin/users") == ["bea added as practitioner."]
+    resp = post(web, "/admin/users", name="bea", role="practitioner", pin="1111")
+    assert resp.status_code == 400 and b"A user named &#39;bea&#39; already exists." in resp.data
+    resp = post(web, "/admin/users", name="cy", role="practitioner", pin="12")
+    assert resp.status_code == 400 and b"A PIN must be 4 to 8 digits." in resp.data
+    post(web, "/admin/users/bea/pin", pin="2222")
+    assert flashes(web, "/admin/users") == ["New PIN set for bea."]
+    assert usage_log.check_pin("bea", "2222") and not usage_log.check_pin("bea", "1111")
+    post(web, "/admin/users/bea/role", role="admin")
+    assert usage_log.user("bea")["role"] == "admin"
+    post(web, "/admin/users/bea/role", role="king")
+    assert flashes(web, "/admin/users")[-1] == "Role 'king' is not one of: practitioner, admin."
+    post(web, "/admin/users/bea/remove")
+    assert usage_log.user("bea") is None
+    usage_log.flush(2)
+    whys = [e["why"] for e in usage_log.events() if e["who"] == "admin"]
+    for why in ("user bea added as practitioner", "PIN of bea reset", "role of bea set to admin", "user bea removed"):
+        assert why in whys
+    assert not any("2222" in w or "1111" in w for w in whys)  # never a PIN in the log
+
+
+def test_users_page_marks_cli_and_refuses_changing_it_or_yourself(web, usage_log, clock):
+    conn = connect(usage_log.path)
+    conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES ('cli', 'admin', '!', ?)",
+                 (iso(clock.wall()),))
+    conn.close()
+    page = web.get("/admin/users").data.decode()
+    assert "Built-in account of the command line" in page
+    assert 'action="/admin/users/cli/remove"' not in page
+    post(web, "/admin/users/cli/remove")
+    assert flashes(web, "/admin/users") == ["cli is the built-in account of the command line; it cannot be changed here."]
+    post(web, "/admin/users/cli/pin", pin="1234")
+    assert flashes(web, "/admin/users")[0].startswith("cli is the built-in account")
+    assert usage_log.check_pin("cli", "1234") is None
+    post(web, "/admin/users/admin/remove")
+    assert flashes(web, "/admin/users") == ["You cannot remove or demote your own account here; ask another admin."]
+    assert usage_log.user("cli") and usage_log.user("admin")
+
+
+def test_fault_reset_from_the_lamps_page(web, controller, usage_log):
+    controller.fault("relay of Room 1 is stuck closed", "room1")
+    page = web.get("/admin/lamps").data.decode()
+    assert "relay of Room 1 is stuck closed" in page and 'aria-label="Reset fault of Room 1"' in page
+    assert post(web, "/admin/lamps/room1/reset").headers["Location"] == "/admin/lamps"
+    assert controller.lamp("room1").state == "off"
+    assert flashes(web, "/admin/lamps") == ["Room 1: fault cleared; the lamp is off and ready."]
+    post(web, "/admin/lamps/room1/reset", next="panel")
+    assert flashes(web, "/panel/") == ["Room 1 has no latched fault to clear."]
+    usage_log.flush(2)
+    assert any(e["why"].startswith("fault cleared") and e["who"] == "admin" for e in usage_log.events())
+
+
+def test_panel_offers_admins_a_fault_reset(web, controller):
+    controller.fault("E-stop pressed", "room2")
+    page = web.get("/panel/").data.decode()
+    assert page.count(">Reset fault</button>") == 2  # one per lamp, shown only on the faulted one
+    assert re.search(r'data-show="fault"\s*>', page)  # room2's is visible
