@@ -11,6 +11,8 @@ from lampctl.safety import HARD_CEILING_MINUTES
 LAMP_ID_RE = re.compile(r"^[a-z0-9-]+$")
 # gpiozero's own factory names (gpiozero.pins entry points) plus "mock".
 PIN_FACTORIES = ("mock", "lgpio", "rpigpio", "pigpio", "native")
+# One Pi drives a 4- or 8-channel relay board; the firmware protocol addresses 8 outputs.
+MAX_LAMPS = 8
 
 
 class ConfigError(Exception):
@@ -186,12 +188,16 @@ def parse(data: dict, path: Path) -> Config:
             grace_s=r.positive("firmware.grace_s", fw.get("grace_s", 0.1), zero_ok=True),
             reply_timeout_s=r.positive("firmware.reply_timeout_s", fw.get("reply_timeout_s", 0.5)),
         )
-        if safety.heartbeat_s >= firmware.watchdog_s:
-            raise r.fail("safety.heartbeat_s", f"must be shorter than firmware.watchdog_s ({firmware.watchdog_s})")
+        # Under half the watchdog, so one lost heartbeat cannot trip the firmware.
+        if safety.heartbeat_s >= firmware.watchdog_s / 2:
+            raise r.fail("safety.heartbeat_s",
+                         f"must be under half of firmware.watchdog_s ({firmware.watchdog_s}), got {safety.heartbeat_s}")
 
     lamps_raw = data.get("lamps")
     if not isinstance(lamps_raw, list) or not lamps_raw:
         raise r.fail("lamps", "at least one [[lamps]] table is required")
+    if len(lamps_raw) > MAX_LAMPS:
+        raise r.fail("lamps", f"at most {MAX_LAMPS} lamps per Pi (an 8-channel relay board), got {len(lamps_raw)}")
     lamps = tuple(_parse_lamp(r, i, raw) for i, raw in enumerate(lamps_raw))
 
     seen_ids: set[str] = set()

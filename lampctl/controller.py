@@ -197,7 +197,7 @@ class SessionController:
         except Exception as exc:
             with self._cond:
                 lamp.starting = False
-            raise Unavailable(f"{lamp.cfg.name} was not started: the safety microcontroller did not accept it ({exc}).") from None
+            raise _backstop_refusal(exc, f"{lamp.cfg.name} was not started") from None
         with self._cond:
             lamp.starting = False
             if lamp.epoch != epoch or lamp.state is not LampState.OFF:
@@ -238,7 +238,7 @@ class SessionController:
                 remaining = new_deadline - self._clock.monotonic()
                 self._backstop.arm(lamp.index, s7_backstop_ms(remaining, self._backstop.grace_s))
             except Exception as exc:
-                raise Unavailable(f"{lamp.cfg.name} was not extended: the safety microcontroller did not accept it ({exc}).") from None
+                raise _backstop_refusal(exc, f"{lamp.cfg.name} was not extended") from None
         with self._cond:
             if lamp.state is not LampState.ON or lamp.session_id != session_id:
                 raise Refused(f"{lamp.cfg.name} ended before the extension took effect.", "not-running")
@@ -280,11 +280,22 @@ class SessionController:
                     self._end(lamp, "estop", who, "E-stop pressed", now, latch=True)
             self._latch("E-stop pressed", self._lamps, who)
 
-    def fault(self, reason: str, lamp_id: str | None = None, who: str = "system") -> None:
-        """S6: all relays off; running sessions end `fault`; the lamp (or all) latched until reset."""
+    def fault(self, reason: str, lamp_id: str | None = None, who: str = "system", *,
+              running_only: bool = False) -> list[str]:
+        """S6: all relays off; running sessions end `fault`; latched until reset.
+
+        Latches the named lamp, else with running_only the lamps that were on (or being
+        started), else every lamp. Returns the ids latched.
+        """
         with self._cond:
-            targets = [self._by_id[lamp_id]] if lamp_id else list(self._lamps)
+            if lamp_id:
+                targets = [self._by_id[lamp_id]]
+            elif running_only:
+                targets = [l for l in self._lamps if l.state is LampState.ON or l.starting]
+            else:
+                targets = list(self._lamps)
             self._latch(reason, targets, who)
+            return [l.cfg.id for l in targets]
 
     def _latch(self, reason: str, targets: list[_Lamp], who: str) -> None:
         try:
@@ -448,6 +459,14 @@ class SessionController:
             # S6: a dead scheduler could miss a deadline, so nothing may stay on.
             self.fault(f"scheduler died: {type(exc).__name__}: {exc}")
             raise
+
+
+def _backstop_refusal(exc: Exception, what: str) -> Refused:
+    """The backstop's own Refused (409 refused, 503 no answer) keeps its code; anything else is 503."""
+    detail = str(exc).rstrip(".")
+    if isinstance(exc, Refused):
+        return type(exc)(f"{what}: {detail[:1].lower()}{detail[1:]}.", exc.code)
+    return Unavailable(f"{what}: the safety microcontroller did not accept it ({detail}).")
 
 
 def _earliest(a: float | None, b: float) -> float:

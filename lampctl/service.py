@@ -79,6 +79,12 @@ def serve(config_path: str, *, simulate: bool = False) -> int:
 
     s1_install_guards(emergency_off, thread_crashed)
 
+    # Spawned before any thread of ours starts: preexec_fn is only safe in a single-threaded parent.
+    simulator = None
+    url = cfg.firmware.port if cfg.firmware else None
+    if simulate and cfg.firmware is not None:
+        simulator, url = start_simulator(cfg)
+
     from lampctl.clock import MonotonicClock
     from lampctl.controller import SessionController
     from lampctl.store import UsageLog, hash_token
@@ -91,9 +97,23 @@ def serve(config_path: str, *, simulate: bool = False) -> int:
     usage_log.event(None, None, None, "system", f"service started (pid {os.getpid()}{', simulated GPIO' if simulate else ''})")
     _ensure_cli_token(usage_log, cfg.service.database.parent / CLI_TOKEN_FILE, hash_token)
 
+    backstop = None
+    if cfg.firmware is not None:
+        from lampctl.backstop import FirmwareBackstop
+
+        backstop = FirmwareBackstop.from_config(cfg.firmware, len(cfg.lamps), cfg.safety.heartbeat_s,
+                                                usage_log, url=url)
+
     clock = MonotonicClock()
-    controller = SessionController(cfg.lamps, relays, clock, usage_log)
+    controller = SessionController(cfg.lamps, relays, clock, usage_log, backstop=backstop)
     state["controller"] = controller
+    if backstop is not None:
+        backstop.attach(controller)
+        if backstop.start(wait_s=5.0):
+            log.info("firmware link up on %s", url)
+        else:
+            # Serve anyway: starts answer 503 until the link is up, and the panel says why.
+            log.error("firmware link on %s is not up; lamps cannot start until it is", url)
     if relays.estop_pressed:
         controller.estop()
     relays.on_estop(controller.estop)
@@ -103,7 +123,8 @@ def serve(config_path: str, *, simulate: bool = False) -> int:
 
     from web import Services, create_app
 
-    app = create_app(Services(controller=controller, usage_log=usage_log, config=cfg))
+    app = create_app(Services(controller=controller, usage_log=usage_log, config=cfg,
+                              firmware_status=backstop.status if backstop else (lambda: "absent")))
     server = create_server(app, host=cfg.service.host, port=cfg.service.port, threads=8,
                            ident="lampctl", clear_untrusted_proxy_headers=True)
     # effective_port is a str in some waitress versions.
@@ -121,11 +142,65 @@ def serve(config_path: str, *, simulate: bool = False) -> int:
         stop.set()
         emergency_off("service stopping")
         controller.stop_scheduler()
+        if backstop is not None:
+            backstop.close()
+        if simulator is not None:
+            stop_simulator(simulator)
         usage_log.event(None, None, None, "system", "service stopped")
         usage_log.close()
         relays.close()
         server.close()
     return 0
+
+
+def start_simulator(cfg) -> tuple:
+    """`serve --simulate` with [firmware]: run the simulated microcontroller as a child process.
+
+    Returns (process, pyserial URL). Its JSON lines go to simulator.log beside the database.
+    """
+    import subprocess
+
+    logdir = cfg.service.database.parent
+    logdir.mkdir(parents=True, exist_ok=True)
+    out = open(logdir / "simulator.log", "ab")
+    err_path = logdir / "simulator.err"
+    err = open(err_path, "wb")
+    cmd = [sys.executable, "-m", "firmware_bridge.simulator", "--listen", "127.0.0.1:0",
+           "--lamps", str(len(cfg.lamps)), "--watchdog", str(cfg.firmware.watchdog_s)]
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                            preexec_fn=_die_with_parent)
+    out.close()
+    err.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = err_path.read_text(errors="replace")
+        for line in text.splitlines():
+            if line.startswith("listening 127.0.0.1:"):
+                return proc, "socket://" + line.split(" ", 1)[1].strip()
+        if proc.poll() is not None:
+            raise RuntimeError(f"the firmware simulator exited {proc.returncode}: {text.strip()}")
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("the firmware simulator did not start listening within 10 s")
+
+
+def _die_with_parent() -> None:
+    # A simulated microcontroller should not outlive the demo that started it.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except OSError:
+        pass
+
+
+def stop_simulator(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except Exception:
+        proc.kill()
+        proc.wait(5)
 
 
 def _watchdog(controller, stop: threading.Event) -> None:

@@ -1,0 +1,120 @@
+"""The firmware second channel as the controller sees it (S7): arm before the relay, OFF after, link loss latches a fault."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+from firmware_bridge.bridge import FirmwareError, FirmwareLink, FirmwareTimeout
+
+from lampctl.controller import Refused, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class FirmwareBackstop:
+    """Adapts a FirmwareLink to the controller's Backstop protocol.
+
+    Every command goes through one worker thread in order, so an OFF queued when a
+    session ends can never reach the firmware after the ARM of the next session on
+    that lamp. arm() waits for its turn and the reply; release() returns at once,
+    because it is called while the controller holds its lock.
+    """
+
+    def __init__(self, link: FirmwareLink, grace_s: float, usage_log=None):
+        self.grace_s = grace_s
+        self._link = link
+        self._log = usage_log
+        self._controller = None
+        self._jobs: deque = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="firmware-commands", daemon=True)
+
+    @classmethod
+    def from_config(cls, fw_cfg, lamp_count: int, heartbeat_s: float, usage_log=None, url: str | None = None):
+        backstop = cls(None, fw_cfg.grace_s, usage_log)
+        backstop._link = FirmwareLink(url or fw_cfg.port, lamp_count, watchdog_s=fw_cfg.watchdog_s,
+                                      heartbeat_s=heartbeat_s, reply_timeout_s=fw_cfg.reply_timeout_s,
+                                      on_link_change=backstop._link_changed)
+        return backstop
+
+    def attach(self, controller) -> None:
+        self._controller = controller
+        controller.add_reset_blocker(lambda: None if self._link.up else "the firmware link is still down")
+
+    def start(self, wait_s: float) -> bool:
+        """Start the link and the command worker; wait up to wait_s for the link. Returns whether it is up."""
+        self._worker.start()
+        self._link.start()
+        return self._link.wait_up(wait_s)
+
+    def status(self) -> str:
+        return "ok" if self._link.up else "lost"
+
+    # ---- the controller's Backstop protocol ---------------------------------------------
+    def arm(self, index: int, ms: int) -> None:
+        done = threading.Event()
+        outcome: list = []
+        self._submit(("arm", index, ms, done, outcome))
+        # The link's own reply timeout bounds this; the margin covers queued OFFs.
+        if not done.wait(self._link.reply_timeout_s * 4 + 1):
+            raise Unavailable("The safety microcontroller did not answer in time.", "firmware-unavailable")
+        if outcome:
+            raise outcome[0]
+
+    def release(self, index: int) -> None:
+        self._submit(("off", index, None, None, None))
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(5)
+        self._link.close()
+
+    # ---- internals ---------------------------------------------------------------------
+    def _submit(self, job) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._jobs or self._closed)
+                if not self._jobs:
+                    return
+                kind, index, ms, done, outcome = self._jobs.popleft()
+            if kind == "arm":
+                try:
+                    self._link.arm(index, ms)
+                except FirmwareTimeout as exc:
+                    outcome.append(Unavailable(f"the safety microcontroller did not answer ({exc})",
+                                               "firmware-unavailable"))
+                except FirmwareError as exc:
+                    outcome.append(Refused(f"the safety microcontroller refused it ({exc})", "firmware-refused"))
+                except Exception as exc:  # anything unexpected must still refuse the start
+                    outcome.append(Unavailable(f"the firmware link failed ({exc})", "firmware-unavailable"))
+                done.set()
+            else:
+                try:
+                    self._link.off(index)
+                except FirmwareError as exc:
+                    # The Pi's relay is already off; the firmware's own deadline follows.
+                    log.warning("firmware OFF for lamp %d not confirmed: %s", index, exc)
+
+    def _link_changed(self, up: bool, reason: str) -> None:
+        if up:
+            log.info("firmware link up: %s", reason)
+            if self._log is not None:
+                self._log.event(None, None, None, "system", f"firmware link up: {reason}")
+            return
+        log.error("firmware link lost: %s", reason)
+        latched = []
+        if self._controller is not None:
+            # S6: a lamp on without its second channel must not stay on.
+            latched = self._controller.fault(f"firmware link lost: {reason}", running_only=True)
+        if self._log is not None and not latched:
+            self._log.event(None, None, None, "system", f"firmware link lost: {reason}")
