@@ -125,6 +125,14 @@ def cmd_serve(args) -> int:
     except OSError as exc:
         # The usual one: the port is taken by another lampctl.
         raise Failed(f"cannot serve: {exc.strerror or exc}") from None
+    except Exception as exc:
+        from gpiozero.exc import GPIOZeroError
+
+        # A pin factory missing or a pin claimed by another process, or the simulator
+        # failing to start: one line, and the relays were never switched on.
+        if isinstance(exc, (GPIOZeroError, RuntimeError)):
+            raise Failed(f"cannot serve: {exc}") from None
+        raise
 
 
 def cmd_check_config(args) -> int:

@@ -18,7 +18,11 @@ def make_pin_factory(name: str):
 
     for ep in entry_points(group="gpiozero_pin_factories"):
         if ep.name == name:
-            return ep.load()()
+            try:
+                return ep.load()()
+            except ImportError as exc:
+                raise RuntimeError(f"pin factory {name!r} needs the {exc.name} package "
+                                   f"(on Raspberry Pi OS: apt install python3-{exc.name})") from None
     raise RuntimeError(f"gpiozero has no pin factory named {name!r}")
 
 

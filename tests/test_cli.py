@@ -103,3 +103,13 @@ def test_s5_stop_all_from_cli_turns_every_lamp_off(tmp_path):
         assert bad.returncode == 1 and "refused (401)" in bad.stderr
     finally:
         svc.stop()
+
+
+def test_cli_serve_unavailable_pin_factory_exits_1_with_one_line(tmp_path):
+    config = service_config(tmp_path, TWO_LAMPS)
+    config.write_text(config.read_text().replace('pin_factory = "mock"', 'pin_factory = "pigpio"'))
+    proc = lampctl("serve", config=config, check=False)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("lampctl: cannot serve: pin factory 'pigpio' needs the pigpio package")
+    assert "Traceback" not in proc.stderr
