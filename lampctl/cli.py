@@ -8,6 +8,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -142,21 +143,26 @@ def cmd_check_config(args) -> int:
     return EXIT_OK
 
 
-def _store(args):
-    from lampctl.store import UsageLog
+@contextmanager
+def _opened_store(args):
+    """The usage log of the config's database; a StoreError becomes exit 1 with its sentence."""
+    from lampctl.store import StoreError, UsageLog
 
     cfg = config_mod.load(config_path(args))
     try:
-        return UsageLog(cfg.service.database)
+        log = UsageLog(cfg.service.database)
     except Exception as exc:  # sqlite3 errors: a missing directory, a locked or corrupt file
         raise Failed(f"cannot open the database {cfg.service.database}: {exc}") from None
+    try:
+        yield log
+    except StoreError as exc:
+        raise Failed(str(exc)) from None
+    finally:
+        log.close()
 
 
 def cmd_user(args) -> int:
-    from lampctl.store import StoreError
-
-    log = _store(args)
-    try:
+    with _opened_store(args) as log:
         if args.user_command == "add":
             log.add_user(args.name, args.role, args.pin, by="cli")
             print(f"added {args.role} {args.name}")
@@ -167,48 +173,31 @@ def cmd_user(args) -> int:
         else:
             for user in log.users():
                 print(f"{user['name']:<20} {user['role']:<13} since {user['created_at']}")
-    except StoreError as exc:
-        raise Failed(str(exc)) from None
-    finally:
-        log.close()
     return EXIT_OK
 
 
 def cmd_token(args) -> int:
-    from lampctl.store import StoreError
-
-    log = _store(args)
-    try:
+    with _opened_store(args) as log:
         print(log.create_token(args.user))
-    except StoreError as exc:
-        raise Failed(str(exc)) from None
-    finally:
-        log.close()
     return EXIT_OK
 
 
 def cmd_log(args) -> int:
-    from lampctl.reports import SESSION_COLUMNS, csv_cell as _csv_cell
-    from lampctl.store import StoreError
+    from lampctl.reports import SESSION_COLUMNS, csv_cell
 
-    log = _store(args)
-    try:
+    with _opened_store(args) as log:
         rows = log.iter_sessions(start=args.start, end=args.end, lamp=args.lamp)
         if args.csv:
             writer = csv.writer(sys.stdout, lineterminator="\n")
             writer.writerow(SESSION_COLUMNS)
             for row in rows:
-                writer.writerow([_csv_cell(row[c]) for c in SESSION_COLUMNS])
+                writer.writerow([csv_cell(row[c]) for c in SESSION_COLUMNS])
         else:
             print(f"{'id':>5}  {'lamp':<10} {'user':<12} {'started':<24} {'planned':>8} {'actual':>8}  end")
             for row in rows:
                 actual = "" if row["actual_s"] is None else f"{row['actual_s']:.1f}"
                 print(f"{row['id']:>5}  {row['lamp_id']:<10} {row['user']:<12} {row['started_at']:<24} "
                       f"{row['planned_s']:>8.1f} {actual:>8}  {row['end_reason'] or 'running'}")
-    except StoreError as exc:
-        raise Failed(str(exc)) from None
-    finally:
-        log.close()
     return EXIT_OK
 
 

@@ -260,24 +260,14 @@ class SessionController:
     def stop_all(self, user: str, why: str = "stop all") -> list[LampView]:
         """S5: every relay off at once; running sessions end `stopped`."""
         with self._cond:
-            self._hw.all_off()
-            now = self._clock.monotonic()
-            for lamp in self._lamps:
-                lamp.epoch += 1
-                if lamp.state is LampState.ON:
-                    self._end(lamp, "stopped", user, why, now)
+            now = self._cut_all("stopped", user, why, latch=False)
             self._log.event(None, None, None, user, why, self._clock.wall())
             return [self._view(lamp, now) for lamp in self._lamps]
 
     def estop(self, who: str = "E-stop button") -> None:
         """S5: the physical E-stop: all off, sessions end `estop`, every lamp latched until reset."""
         with self._cond:
-            self._hw.all_off()
-            now = self._clock.monotonic()
-            for lamp in self._lamps:
-                lamp.epoch += 1
-                if lamp.state is LampState.ON:
-                    self._end(lamp, "estop", who, "E-stop pressed", now, latch=True)
+            self._cut_all("estop", who, "E-stop pressed", latch=True)
             self._latch("E-stop pressed", self._lamps, who)
 
     def fault(self, reason: str, lamp_id: str | None = None, who: str = "system", *,
@@ -297,16 +287,21 @@ class SessionController:
             self._latch(reason, targets, who)
             return [l.cfg.id for l in targets]
 
-    def _latch(self, reason: str, targets: list[_Lamp], who: str) -> None:
+    def _cut_all(self, end_reason: str, who: str, why: str, *, latch: bool) -> float:
+        """Every relay off at once, then each running session ended; cancels starts in flight."""
         try:
             self._hw.all_off()
-        except Exception:
-            log.exception("all_off failed while latching a fault")
+        except Exception:  # still end the sessions; each _end retries its own relay
+            log.exception("all_off failed")
         now = self._clock.monotonic()
         for lamp in self._lamps:
             lamp.epoch += 1
             if lamp.state is LampState.ON:
-                self._end(lamp, "fault", who, reason, now, latch=True)
+                self._end(lamp, end_reason, who, why, now, latch=latch)
+        return now
+
+    def _latch(self, reason: str, targets: list[_Lamp], who: str) -> None:
+        self._cut_all("fault", who, reason, latch=True)
         for lamp in targets:
             if lamp.state is not LampState.FAULT:
                 lamp.fault_reason = reason
@@ -337,12 +332,7 @@ class SessionController:
         """Service stopping (S1): relays off, running sessions end `interrupted`. Idempotent."""
         with self._cond:
             self._stopping = True
-            self._hw.all_off()
-            now = self._clock.monotonic()
-            for lamp in self._lamps:
-                lamp.epoch += 1
-                if lamp.state is LampState.ON:
-                    self._end(lamp, "interrupted", "system", why, now, latch=True)
+            self._cut_all("interrupted", "system", why, latch=True)
             self._cond.notify_all()
 
     # ---- internals ---------------------------------------------------------------------
