@@ -30,7 +30,8 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
     left, right, top, bottom = 56, 12, 16, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     totals = [sum(data.get(d, 0.0) for _, data in series) for d in days]
-    ymax = _nice_max(max(totals, default=0.0))
+    # At least 10 minutes high, so a quiet month does not read as busy.
+    ymax = max(10.0, _nice_max(max(totals, default=0.0)))
     slot = plot_w / max(1, len(days))
     bar_w = max(2.0, slot * 0.7)
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '

@@ -51,7 +51,9 @@ def lamp_info(view) -> dict:
     else:
         d["note"] = f"Ready. Limit {d['limit']} per session."
         d["clock"] = None
-    d["clock_text"] = clock_text(d["clock"])
+    # With no timer running the big display names the state, readable from across the room.
+    d["idle_text"] = "Fault" if view.state == "fault" else "Off"
+    d["clock_text"] = d["idle_text"] if d["clock"] is None else clock_text(d["clock"])
     return d
 
 

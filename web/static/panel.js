@@ -94,8 +94,9 @@
   }
 
   // ---- lamp regions ----
+  const idleText = new Map(); // lamp id -> what the big display shows with no timer ("Off", "Fault")
+
   function clockText(seconds) {
-    if (seconds === null) return "--:--";
     const whole = Math.max(0, Math.ceil(seconds - 1e-6));
     return Math.floor(whole / 60) + ":" + String(whole % 60).padStart(2, "0");
   }
@@ -105,34 +106,37 @@
     if (node && node.textContent !== text) node.textContent = text;
   }
 
-  function ended(el) {
+  function ended(el, quiet) {
     el.classList.remove("ended");
     void el.offsetWidth; // restart the animation
     el.classList.add("ended");
     el.dataset.ended = String(Number(el.dataset.ended || 0) + 1);
     const name = el.querySelector("h2").textContent;
-    showMessage(name + ": session over, lamp off.", true);
+    // After the user's own Stop, the reply's message ("Room 1 stopped.") stays on screen.
+    if (!quiet) showMessage(name + ": session over, lamp off.", true);
     chime();
   }
 
-  function apply(lamp, syncedAt) {
+  function apply(lamp, syncedAt, quiet) {
     const el = regions.get(lamp.id);
     if (!el) return;
     const session = lamp.session_id === null ? "" : String(lamp.session_id);
     if (el.dataset.state === "on" && el.dataset.session && (lamp.state !== "on" || session !== el.dataset.session)) {
-      ended(el);
+      ended(el, quiet);
     }
+    if (lamp.state === "on" && session !== el.dataset.session) el.classList.remove("ended");
     el.dataset.state = lamp.state;
     el.dataset.session = session;
     setField(el, "label", lamp.label);
     setField(el, "note", lamp.note);
     el.querySelectorAll("[data-when]").forEach(function (b) { b.disabled = b.dataset.when !== lamp.state; });
     el.querySelectorAll("[data-show]").forEach(function (x) { x.hidden = x.dataset.show !== lamp.state; });
+    idleText.set(lamp.id, lamp.idle_text);
     deadlines.set(lamp.id, lamp.clock === null ? null : syncedAt + lamp.clock * 1000);
   }
 
-  function applyState(data, syncedAt) {
-    data.lamps.forEach(function (lamp) { apply(lamp, syncedAt); });
+  function applyState(data, syncedAt, quiet) {
+    data.lamps.forEach(function (lamp) { apply(lamp, syncedAt, quiet); });
     serverBanners = data.banners || [];
     renderBanners();
     draw();
@@ -141,7 +145,7 @@
   function draw() {
     const now = performance.now();
     deadlines.forEach(function (at, id) {
-      setField(regions.get(id), "clock", clockText(at === null ? null : (at - now) / 1000));
+      setField(regions.get(id), "clock", at === null ? idleText.get(id) : clockText((at - now) / 1000));
     });
   }
 
@@ -187,7 +191,7 @@
         showMessage("The panel did not understand the reply (HTTP " + resp.status + "); reload the page.", false);
       } else {
         showMessage(data.message || data.error, resp.ok);
-        if (data.lamps) applyState(data, (sent + performance.now()) / 2);
+        if (data.lamps) applyState(data, (sent + performance.now()) / 2, true);
       }
     } catch (err) {
       showMessage("The lamp controller did not answer; check the network and try again.", false);
