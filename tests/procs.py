@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import signal
 import socket
 import subprocess
@@ -156,3 +157,43 @@ def add_users(config: Path) -> dict:
     lampctl("user", "add", "admin", "--role", "admin", "--pin", "1234", config=config)
     lampctl("user", "add", "ann", "--role", "practitioner", "--pin", "2468", config=config)
     return {name: lampctl("token", "create", name, config=config).stdout.strip() for name in ("admin", "ann")}
+
+
+class Simulator:
+    """The simulated microcontroller as its own process; its JSON lines collected as they come."""
+
+    def __init__(self, lamps: int = 2, watchdog_s: float = 1.0):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "firmware_bridge.simulator", "--listen", f"127.0.0.1:{self.port}",
+             "--lamps", str(lamps), "--watchdog", str(watchdog_s)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT, text=True)
+        self.lines: list[dict] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        assert self.proc.stderr.readline().startswith("listening 127.0.0.1:")
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(json.loads(line))
+                self._changed.notify_all()
+
+    def wait_line(self, timeout: float, after: dict | None = None, **match) -> dict:
+        """The first line matching, later than the line `after` if given."""
+        def found():
+            start = self.lines.index(after) + 1 if after else 0
+            return next((l for l in self.lines[start:] if all(l.get(k) == v for k, v in match.items())), None)
+
+        with self._changed:
+            assert self._changed.wait_for(found, timeout), f"no line {match} in {self.lines}"
+            return found()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        self._reader.join(5)
+        self.proc.stdout.close()
+        self.proc.stderr.close()

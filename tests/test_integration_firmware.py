@@ -3,57 +3,14 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
 
-from tests.procs import ROOT, TWO_LAMPS, ServiceProcess, add_users, free_port, service_config
+from tests.procs import TWO_LAMPS, ServiceProcess, Simulator, add_users, free_port, service_config
 
 pytestmark = pytest.mark.integration
 WATCHDOG_S = 1.0
-
-
-class Simulator:
-    """The simulated microcontroller as its own process; its JSON lines collected as they come."""
-
-    def __init__(self, lamps: int = 2, watchdog_s: float = WATCHDOG_S):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "firmware_bridge.simulator", "--listen", f"127.0.0.1:{self.port}",
-             "--lamps", str(lamps), "--watchdog", str(watchdog_s)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT, text=True)
-        self.lines: list[dict] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        assert self.proc.stderr.readline().startswith("listening 127.0.0.1:")
-
-    def _read(self):
-        for line in self.proc.stdout:
-            with self._changed:
-                self.lines.append(json.loads(line))
-                self._changed.notify_all()
-
-    def wait_line(self, timeout: float, after: dict | None = None, **match) -> dict:
-        """The first line matching, later than the line `after` if given."""
-        def found():
-            start = self.lines.index(after) + 1 if after else 0
-            return next((l for l in self.lines[start:] if all(l.get(k) == v for k, v in match.items())), None)
-
-        with self._changed:
-            assert self._changed.wait_for(found, timeout), f"no line {match} in {self.lines}"
-            return found()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(5)
-        self._reader.join(5)
-        self.proc.stdout.close()
-        self.proc.stderr.close()
 
 
 FIRMWARE = f"""
@@ -70,7 +27,7 @@ reply_timeout_s = 0.5
 
 @pytest.fixture
 def rig(tmp_path):
-    sim = Simulator()
+    sim = Simulator(watchdog_s=WATCHDOG_S)
     config = service_config(tmp_path, TWO_LAMPS, extra=FIRMWARE.replace("{port}", str(sim.port)))
     tokens = add_users(config)
     svc = ServiceProcess(config, simulate=False).start()
