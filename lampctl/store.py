@@ -1,6 +1,7 @@
 """The usage log in SQLite: sessions, audit events, users and tokens, written by one writer thread."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -429,7 +430,9 @@ class UsageLog:
     def check_pin(self, name: str, pin: str) -> dict | None:
         """The user if name and PIN match, else None."""
         row = self._conn().execute("SELECT name, role, pin_hash FROM users WHERE name = ?", (name,)).fetchone()
-        if row is None or not check_password_hash(row["pin_hash"], pin):
+        # Hash even for an unknown name, so reply time does not tell which names exist.
+        ok = check_password_hash(row["pin_hash"] if row else _dummy_pin_hash(), pin or "")
+        if row is None or not ok:
             return None
         return {"name": row["name"], "role": row["role"]}
 
@@ -464,6 +467,11 @@ class UsageLog:
             params.append(lamp_id)
         sql += " ORDER BY at DESC, id DESC"
         return [dict(r) for r in self._conn().execute(sql, params)]
+
+
+@functools.cache
+def _dummy_pin_hash() -> str:
+    return generate_password_hash(secrets.token_hex(8), PIN_HASH_METHOD)
 
 
 def check_user_name(name: str) -> None:
