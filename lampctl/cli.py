@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import urllib.error
@@ -71,17 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show every lamp (" + remote + ")")
     _add_remote(p)
     p = sub.add_parser("start", help="start a timed session (" + remote + ")")
-    p.add_argument("lamp", metavar="LAMP")
-    dur = p.add_mutually_exclusive_group(required=True)
-    dur.add_argument("--minutes", type=float)
-    dur.add_argument("--seconds", type=float)
-    _add_remote(p)
+    _add_duration(p)
     p = sub.add_parser("extend", help="add time to a running session (" + remote + ")")
-    p.add_argument("lamp", metavar="LAMP")
-    dur = p.add_mutually_exclusive_group(required=True)
-    dur.add_argument("--minutes", type=float)
-    dur.add_argument("--seconds", type=float)
-    _add_remote(p)
+    _add_duration(p)
     p = sub.add_parser("stop", help="stop one lamp (" + remote + ")")
     p.add_argument("lamp", metavar="LAMP")
     _add_remote(p)
@@ -91,6 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lamp", metavar="LAMP")
     _add_remote(p)
     return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number greater than 0")
+    return value
+
+
+def _add_duration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("lamp", metavar="LAMP")
+    dur = p.add_mutually_exclusive_group(required=True)
+    dur.add_argument("--minutes", type=_positive, help="duration in minutes")
+    dur.add_argument("--seconds", type=_positive, help="duration in seconds")
+    _add_remote(p)
 
 
 def _add_remote(p: argparse.ArgumentParser) -> None:

@@ -37,7 +37,8 @@ def test_cli_users_add_list_remove(config, capsys):
 
 def test_cli_bad_usage_exits_2(config, capsys):
     for argv in (["user", "add", "bob", "--role", "boss", "--pin", "1234"], ["start", "room1"],
-                 ["start", "room1", "--minutes", "ten"], ["frobnicate"], []):
+                 ["start", "room1", "--minutes", "ten"], ["start", "room1", "--minutes", "nan"],
+                 ["extend", "room1", "--seconds", "-5"], ["start", "room1", "--minutes", "0"], ["frobnicate"], []):
         with pytest.raises(SystemExit) as exc:
             main(argv + (["--config", config] if argv and argv[0] != "frobnicate" else []))
         assert exc.value.code == 2
