@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 SECRET_KEY_FILE = "secret.key"
@@ -33,6 +33,11 @@ class Services:
     config: object
     firmware_status: Callable[[], str] = lambda: "absent"
     extra: dict = field(default_factory=dict)
+
+
+def services() -> Services:
+    """The Services handed to create_app, for the request being served."""
+    return current_app.extensions["lampctl"]
 
 
 def load_secret_key(directory: Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from datetime import date, timedelta
+from datetime import date
 
 from flask import (Blueprint, Response, current_app, flash, g, redirect, render_template, request,
                    stream_with_context, url_for)
@@ -13,6 +13,7 @@ from lampctl import reports
 from lampctl.controller import Refused
 from lampctl.service import CLI_USER
 from lampctl.store import END_REASONS, ROLES, StoreError, parse_bound
+from web import services
 from web.auth import require_admin
 from web.charts import colour, stacked_days_svg
 
@@ -21,10 +22,6 @@ bp.before_request(require_admin)
 
 USAGE_DAYS = 30
 EVENTS_PAGE_SIZE = 100
-
-
-def services():
-    return current_app.extensions["lampctl"]
 
 
 def _lamp_names() -> dict[str, str]:

@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import functools
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lampctl.controller import Refused
 from lampctl.safety import DurationError, parse_duration
 from lampctl.store import END_REASONS, StoreError
+from web import services
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-
-
-def services():
-    return current_app.extensions["lampctl"]
 
 
 class ApiError(Exception):
@@ -49,15 +46,6 @@ def _http_error(exc: HTTPException):
     }
     code = (exc.name or "error").lower().replace(" ", "-")
     return error(exc.code or 500, code, messages.get(exc.code, exc.description or exc.name))
-
-
-@bp.app_errorhandler(404)
-@bp.app_errorhandler(405)
-def _routing_error(exc: HTTPException):
-    # Unmatched URLs never reach the blueprint's own handlers; answer JSON under /api.
-    if request.path.startswith("/api/"):
-        return _http_error(exc)
-    return exc
 
 
 def require_token(role: str | None = None):

@@ -11,6 +11,8 @@ from flask import (Blueprint, abort, current_app, flash, g, jsonify, redirect, r
                    url_for)
 from werkzeug.exceptions import BadRequest
 
+from web import services
+
 bp = Blueprint("auth", __name__)
 
 MAX_FAILURES = 5
@@ -19,10 +21,6 @@ LOCKOUT_S = 300.0
 # Views anyone may reach; every other endpoint needs a login (the API checks its own tokens).
 PUBLIC_ENDPOINTS = {"auth.login", "static", "api.health"}
 CSRF_FIELD = "csrf_token"
-
-
-def services():
-    return current_app.extensions["lampctl"]
 
 
 class LoginGuard:

@@ -3,19 +3,16 @@ from __future__ import annotations
 
 import math
 
-from flask import Blueprint, current_app, flash, g, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, flash, g, jsonify, redirect, render_template, request, url_for
 
 from lampctl.controller import BadDuration, Refused
+from web import services
 from web.auth import wants_json
 
 bp = Blueprint("panel", __name__, url_prefix="/panel")
 
 EXTEND_S = 300
 STATE_LABELS = {"off": "Off · ready", "on": "ON · heating", "cooldown": "Cooling down", "fault": "FAULT · locked off"}
-
-
-def services():
-    return current_app.extensions["lampctl"]
 
 
 def preset_label(minutes: float) -> str:
