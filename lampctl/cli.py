@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import urllib.error
@@ -14,6 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from lampctl import config as config_mod
+from lampctl.safety import is_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -90,8 +90,8 @@ def _positive(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = float("nan")
-    if not math.isfinite(value) or value <= 0:
+        value = None
+    if not is_duration(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number greater than 0")
     return value
 

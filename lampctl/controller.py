@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Protocol, Sequence
 
 from lampctl.config import LampConfig
-from lampctl.safety import s3_allows, s7_backstop_ms
+from lampctl.safety import is_duration, s3_allows, s7_backstop_ms
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +463,7 @@ def _earliest(a: float | None, b: float) -> float:
 
 
 def _check_seconds(seconds) -> None:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+    if not is_duration(seconds):
         raise BadDuration(f"A duration must be a number of seconds greater than 0, got {seconds!r}.")
 
 

@@ -19,6 +19,12 @@ class DurationError(ValueError):
     """A requested duration is not a finite number of seconds greater than 0."""
 
 
+def is_duration(value: object) -> bool:
+    """A finite number greater than 0 (and not a boolean, which JSON and Python count as numbers)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value) and value > 0)
+
+
 def parse_duration(body: object) -> float:
     """Seconds from {"minutes": n} or {"seconds": n}; raise DurationError with one sentence."""
     if not isinstance(body, dict):
@@ -30,7 +36,7 @@ def parse_duration(body: object) -> float:
     if len(keys) != 1:
         raise DurationError('Send exactly one of "minutes" or "seconds", e.g. {"minutes": 10}.')
     value = body[keys[0]]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not is_duration(value):
         raise DurationError(f'"{keys[0]}" must be a number greater than 0, got {value!r}.')
     return float(value) * (60 if keys[0] == "minutes" else 1)
 
