@@ -87,7 +87,7 @@ def serve(config_path: str, *, simulate: bool = False) -> int:
 
     from lampctl.clock import MonotonicClock
     from lampctl.controller import SessionController
-    from lampctl.store import UsageLog, hash_token
+    from lampctl.store import UsageLog
 
     usage_log = UsageLog(cfg.service.database, queue_size=cfg.service.log_queue)
     recovered = usage_log.recover_interrupted()
@@ -95,7 +95,8 @@ def serve(config_path: str, *, simulate: bool = False) -> int:
         log.warning("S4: %d session(s) left open by the last run marked interrupted: %s", len(recovered), recovered)
     usage_log.start()
     usage_log.event(None, None, None, "system", f"service started (pid {os.getpid()}{', simulated GPIO' if simulate else ''})")
-    _ensure_cli_token(usage_log, cfg.service.database.parent / CLI_TOKEN_FILE, hash_token)
+    # A fresh admin token for the local CLI at every start, readable only by the service's user.
+    write_secret_file(cfg.service.database.parent / CLI_TOKEN_FILE, usage_log.replace_system_token(CLI_USER) + "\n")
 
     backstop = None
     if cfg.firmware is not None:
@@ -213,32 +214,6 @@ def _watchdog(controller, stop: threading.Event) -> None:
         elif not faulted:
             faulted = True
             controller.fault("scheduler died" if not controller.scheduler_alive else "scheduler stalled")
-
-
-def _ensure_cli_token(usage_log, path: Path, hash_token) -> None:
-    """A fresh admin token for the local CLI, readable only by the service's own user."""
-    import secrets
-    import sqlite3
-
-    from lampctl.store import connect, iso
-
-    token = secrets.token_urlsafe(32)
-    conn = connect(usage_log.path)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        # '!' is no valid hash: this account can never log in with a PIN.
-        conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, 'admin', '!', ?) "
-                     "ON CONFLICT (name) DO NOTHING", (CLI_USER, iso(usage_log._wall())))
-        conn.execute("DELETE FROM api_tokens WHERE user = ?", (CLI_USER,))
-        conn.execute("INSERT INTO api_tokens (token_hash, user, created_at) VALUES (?, ?, ?)",
-                     (hash_token(token), CLI_USER, iso(usage_log._wall())))
-        conn.execute("COMMIT")
-    except sqlite3.Error:
-        conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
-    write_secret_file(path, token + "\n")
 
 
 def configure_logging() -> None:

@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from itertools import islice
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -125,22 +126,29 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+@contextmanager
+def transaction(conn: sqlite3.Connection):
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (connections are in autocommit mode)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to the newest version; return that version."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
         raise StoreError(f"The database is schema version {version}, newer than this lampctl knows ({len(MIGRATIONS)}).")
     for number in range(version, len(MIGRATIONS)):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             for statement in MIGRATIONS[number].split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     return len(MIGRATIONS)
 
 
@@ -242,13 +250,12 @@ class UsageLog:
             try:
                 if conn is None:
                     conn = self._connect(self.path)
-                conn.execute("BEGIN IMMEDIATE")
-                for sql, params in batch:
-                    conn.execute(sql, params)
-                if alive:
-                    conn.execute("INSERT INTO alive (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
-                                 (iso(self._wall()),))
-                conn.execute("COMMIT")
+                with transaction(conn):
+                    for sql, params in batch:
+                        conn.execute(sql, params)
+                    if alive:
+                        conn.execute("INSERT INTO alive (id, at) VALUES (1, ?) "
+                                     "ON CONFLICT (id) DO UPDATE SET at = excluded.at", (iso(self._wall()),))
             except sqlite3.Error as exc:
                 # Keep the records and retry: the disk may come back (S9).
                 self.write_errors += 1
@@ -329,14 +336,13 @@ class UsageLog:
                 ended = min(ended, datetime.fromisoformat(alive_row["at"]))
             ended = max(ended, started)
             actual = (ended - started).total_seconds()
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("UPDATE sessions SET ended_at = ?, actual_s = ?, end_reason = 'interrupted' WHERE id = ?",
-                         (iso(ended), round(actual, 3), row["id"]))
-            conn.execute("INSERT INTO events (at, lamp_id, from_state, to_state, who, why) "
-                         "SELECT ?, lamp_id, 'on', 'off', 'system', ? FROM sessions WHERE id = ?",
-                         (iso(self._wall()), f"interrupted: service was not running (last known alive {iso(ended)})",
-                          row["id"]))
-            conn.execute("COMMIT")
+            with transaction(conn):
+                conn.execute("UPDATE sessions SET ended_at = ?, actual_s = ?, end_reason = 'interrupted' WHERE id = ?",
+                             (iso(ended), round(actual, 3), row["id"]))
+                conn.execute("INSERT INTO events (at, lamp_id, from_state, to_state, who, why) "
+                             "SELECT ?, lamp_id, 'on', 'off', 'system', ? FROM sessions WHERE id = ?",
+                             (iso(self._wall()),
+                              f"interrupted: service was not running (last known alive {iso(ended)})", row["id"]))
             closed.append(row["id"])
         return closed
 
@@ -439,10 +445,25 @@ class UsageLog:
     def create_token(self, name: str) -> str:
         if self.user(name) is None:
             raise StoreError(f"There is no user named {name!r}; add one with 'lampctl user add'.")
+        return self._insert_token(self._conn(), name)
+
+    def _insert_token(self, conn: sqlite3.Connection, name: str) -> str:
         token = secrets.token_urlsafe(32)
-        self._conn().execute("INSERT INTO api_tokens (token_hash, user, created_at) VALUES (?, ?, ?)",
-                             (hash_token(token), name, iso(self._wall())))
+        conn.execute("INSERT INTO api_tokens (token_hash, user, created_at) VALUES (?, ?, ?)",
+                     (hash_token(token), name, iso(self._wall())))
         return token
+
+    def replace_system_token(self, name: str) -> str:
+        """The only token of a built-in admin account, created if need be; its old tokens are revoked.
+
+        '!' is no valid hash, so this account can never log in with a PIN.
+        """
+        conn = self._conn()
+        with transaction(conn):
+            conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, 'admin', '!', ?) "
+                         "ON CONFLICT (name) DO NOTHING", (name, iso(self._wall())))
+            conn.execute("DELETE FROM api_tokens WHERE user = ?", (name,))
+            return self._insert_token(conn, name)
 
     def user_for_token(self, token: str) -> dict | None:
         row = self._conn().execute(
