@@ -18,19 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.procs import TWO_LAMPS, ServiceProcess, Simulator, add_users, service_config  # noqa: E402
+from tests.procs import TWO_LAMPS, ServiceProcess, Simulator, add_users, service_config, wait_until  # noqa: E402
 
 WATCHDOG_S = 1.0
 HEARTBEAT_S = 0.2
-
-
-def wait_until(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    raise SystemExit("bench: condition not met in time")
 
 
 def main() -> int:

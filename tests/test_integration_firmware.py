@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.procs import TWO_LAMPS, ServiceProcess, Simulator, add_users, free_port, service_config
+from tests.procs import TWO_LAMPS, ServiceProcess, Simulator, add_users, free_port, service_config, wait_until
 
 pytestmark = pytest.mark.integration
 WATCHDOG_S = 1.0
@@ -36,15 +36,6 @@ def rig(tmp_path):
         svc.proc.send_signal(signal.SIGCONT)
     svc.stop()
     sim.stop()
-
-
-def wait_until(predicate, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def test_s7_health_reports_firmware_and_start_arms_it(rig):

@@ -5,19 +5,9 @@ import time
 
 import pytest
 
-from tests.procs import TWO_LAMPS, ServiceProcess, add_users, service_config
+from tests.procs import TWO_LAMPS, ServiceProcess, add_users, service_config, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate, timeout: float, step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def test_s2_s4_session_completes_then_kill9_is_recorded_interrupted(tmp_path):
@@ -30,7 +20,7 @@ def test_s2_s4_session_completes_then_kill9_is_recorded_interrupted(tmp_path):
         first = body["session_id"]
         status, lamp = svc.get("/api/lamps/room1", tokens["ann"])
         assert lamp["state"] == "on" and lamp["relay_on"] is True
-        wait_for(lambda: svc.get("/api/lamps/room1", tokens["ann"])[1]["state"] == "off", 5)
+        wait_until(lambda: svc.get("/api/lamps/room1", tokens["ann"])[1]["state"] == "off", 5)
         _, lamp = svc.get("/api/lamps/room1", tokens["ann"])
         assert lamp["relay_on"] is False
         _, sessions = svc.get("/api/sessions", token=tokens["admin"])

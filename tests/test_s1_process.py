@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 
 import pytest
 
-from tests.procs import ROOT, TWO_LAMPS, ServiceProcess, add_users, service_config
+from tests.procs import ROOT, TWO_LAMPS, ServiceProcess, add_users, service_config, wait_until
 
 pytestmark = pytest.mark.integration
 HARNESS = [sys.executable, str(ROOT / "tests" / "s1_harness.py")]
@@ -52,16 +51,12 @@ def test_s1_crashed_thread_turns_relays_off_and_latches_fault(tmp_path):
     svc, tokens, dump = run_harness(tmp_path, S1_CRASH_AFTER="1.0")
     try:
         assert svc.post("/api/lamps/room1/start", {"minutes": 10}, tokens["ann"])[0] == 201
-        deadline = time.monotonic() + 10
-        while svc.get("/api/lamps/room1", tokens["ann"])[1]["state"] != "fault":
-            assert time.monotonic() < deadline, "no fault after the injected crash"
-            time.sleep(0.05)
+        wait_until(lambda: svc.get("/api/lamps/room1", tokens["ann"])[1]["state"] == "fault", 10,
+                   "a fault after the injected crash")
         lamp = svc.get("/api/lamps/room1", tokens["ann"])[1]
         assert lamp["relay_on"] is False and "crashing-worker" in lamp["fault_reason"]
-        deadline = time.monotonic() + 5
-        while sessions(svc, tokens)[0]["end_reason"] is None:  # the record follows the cutoff
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        # The record follows the cutoff.
+        wait_until(lambda: sessions(svc, tokens)[0]["end_reason"] is not None, 5, "the session record")
         assert sessions(svc, tokens)[0]["end_reason"] == "fault"
     finally:
         assert svc.stop() == 0
