@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 
 class MonotonicClock:
@@ -34,8 +34,6 @@ class FakeClock:
             return self._now
 
     def wall(self) -> datetime:
-        from datetime import timedelta
-
         with self._lock:
             return self._wall0 + timedelta(seconds=self._now - self._start)
 
