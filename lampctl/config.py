@@ -55,6 +55,8 @@ class LampConfig:
     cooldown_s: float = 0
     feedback_pin: int | None = None
     bulb_life_h: float = 5000
+    # S18: a start this soon after the lamp's last session continues that patient's budget.
+    rest_window_s: float = 300
 
     @property
     def max_s(self) -> float:
@@ -84,7 +86,7 @@ _FIRMWARE_KEYS = {"port": (str,), "watchdog_s": _NUM, "grace_s": _NUM, "reply_ti
 _LAMP_KEYS = {
     "id": (str,), "name": (str,), "relay_pin": (int,), "active_high": (bool,),
     "max_minutes": _NUM, "default_minutes": _NUM, "presets": (list,), "cooldown_s": _NUM,
-    "feedback_pin": (int,), "bulb_life_h": _NUM,
+    "feedback_pin": (int,), "bulb_life_h": _NUM, "rest_window_s": _NUM,
 }
 _TOP_KEYS = {"service", "safety", "firmware", "lamps"}
 
@@ -258,4 +260,5 @@ def _parse_lamp(r: _Reader, i: int, raw) -> LampConfig:
         cooldown_s=r.positive(f"{key}.cooldown_s", lamp.get("cooldown_s", 0), zero_ok=True),
         feedback_pin=r.pin(f"{key}.feedback_pin", lamp.get("feedback_pin")),
         bulb_life_h=r.positive(f"{key}.bulb_life_h", lamp.get("bulb_life_h", 5000)),
+        rest_window_s=r.positive(f"{key}.rest_window_s", lamp.get("rest_window_s", 300), zero_ok=True),
     )
