@@ -1,10 +1,11 @@
 """The only module that touches GPIO: relays, E-stop button, indicators, buzzers, feedback inputs."""
+
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
-from typing import Callable, Sequence
 
 from gpiozero import LED, Button, Buzzer, Device, DigitalInputDevice, DigitalOutputDevice
 from gpiozero.pins.mock import MockFactory, MockPin
@@ -15,8 +16,8 @@ log = logging.getLogger(__name__)
 
 # What each buzzer pattern sounds like: (seconds on, seconds off, times).
 BEEP_PATTERNS = {
-    "end": (1.0, 0.0, 1),       # one long: the session is over
-    "warn": (0.15, 0.0, 1),     # one short: the session ends soon
+    "end": (1.0, 0.0, 1),  # one long: the session is over
+    "warn": (0.15, 0.0, 1),  # one short: the session ends soon
     "fault": (0.25, 0.25, 12),  # repeated for 6 s: a latched fault wants a person at the couch
 }
 
@@ -31,19 +32,24 @@ def make_pin_factory(name: str):
         return MockFactory()
     found = {ep.name: ep for ep in entry_points(group="gpiozero_pin_factories")}
     if name not in found:
-        raise PinFactoryError(f"gpiozero has no pin factory named {name!r} "
-                              f"(installed: {', '.join(sorted(found)) or 'none'}).")
+        raise PinFactoryError(
+            f"gpiozero has no pin factory named {name!r} (installed: {', '.join(sorted(found)) or 'none'})."
+        )
     try:
         return found[name].load()()
     except ImportError as exc:
         missing = (exc.name or name).split(".")[0]
-        raise PinFactoryError(f"pin factory {name!r} needs the {missing} package, which is not installed "
-                              f"(pip install 'lampctl[pi]', or on Raspberry Pi OS: apt install "
-                              f"python3-{missing.lower()}).") from None
+        raise PinFactoryError(
+            f"pin factory {name!r} needs the {missing} package, which is not installed "
+            f"(pip install 'lampctl[pi]', or on Raspberry Pi OS: apt install "
+            f"python3-{missing.lower()})."
+        ) from None
     except Exception as exc:  # e.g. no /dev/gpiochip*: not a Pi, or no permission
         detail = str(exc).strip().rstrip(".") or type(exc).__name__
-        raise PinFactoryError(f"pin factory {name!r} could not start ({detail}); "
-                              f"is this a Raspberry Pi and is the service's user in the gpio group?") from None
+        raise PinFactoryError(
+            f"pin factory {name!r} could not start ({detail}); "
+            f"is this a Raspberry Pi and is the service's user in the gpio group?"
+        ) from None
 
 
 class _WiredMockPin(MockPin):
@@ -86,8 +92,15 @@ class RelayBank:
     indicator is lit while any relay is on.
     """
 
-    def __init__(self, lamps: Sequence[LampConfig], pin_factory=None, *, estop_pin: int | None = None,
-                 indicator_pin: int | None = None, wire_feedback: bool = False):
+    def __init__(
+        self,
+        lamps: Sequence[LampConfig],
+        pin_factory=None,
+        *,
+        estop_pin: int | None = None,
+        indicator_pin: int | None = None,
+        wire_feedback: bool = False,
+    ):
         self._lock = threading.Lock()
         # Serialises beep() with close() without ever making set() or all_off() wait.
         self._beep_lock = threading.Lock()
@@ -113,12 +126,14 @@ class RelayBank:
     def _claim_all(self, lamps: Sequence[LampConfig], estop_pin, indicator_pin) -> None:
         # Relays first, initial_value=False: each is driven OFF the instant its pin is claimed (S1).
         self._relay_pins = [lamp.relay_pin for lamp in lamps]
-        self._relays = [self._claim(DigitalOutputDevice, lamp.relay_pin, active_high=lamp.active_high,
-                                    initial_value=False) for lamp in lamps]
-        self._lamp_indicators = [self._claim(LED, getattr(lamp, "indicator_pin", None), initial_value=False)
-                                 for lamp in lamps]
-        self._buzzers = [self._claim(Buzzer, getattr(lamp, "buzzer_pin", None), initial_value=False)
-                         for lamp in lamps]
+        self._relays = [
+            self._claim(DigitalOutputDevice, lamp.relay_pin, active_high=lamp.active_high, initial_value=False)
+            for lamp in lamps
+        ]
+        self._lamp_indicators = [
+            self._claim(LED, getattr(lamp, "indicator_pin", None), initial_value=False) for lamp in lamps
+        ]
+        self._buzzers = [self._claim(Buzzer, getattr(lamp, "buzzer_pin", None), initial_value=False) for lamp in lamps]
         self._feedback = [self._claim(DigitalInputDevice, lamp.feedback_pin, pull_up=False) for lamp in lamps]
         self._estop = self._claim(Button, estop_pin, pull_up=True)
         self._indicator = self._claim(LED, indicator_pin, initial_value=False)

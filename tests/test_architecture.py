@@ -4,6 +4,7 @@ Known violations that are being fixed carry `xfail(strict=True)`, one case each:
 lands its case passes, strict xfail turns that into a failure, and the mark is dropped.
 Deliberate exceptions go in the ALLOWED_* tables with the reason.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,20 +23,20 @@ MAX_FUNCTION_LINES = 60
 # The one place lampctl may import web: the service builds the Flask app it serves.
 ALLOWED_LAMPCTL_TO_WEB = {
     "lampctl.service": "`lampctl serve` builds the web app (create_app) for the service it runs; "
-                       "nothing else in lampctl may know that web exists.",
+    "nothing else in lampctl may know that web exists.",
 }
 # The controller decides when a lamp is on; it gets hardware, clock and log handed in.
 CORE = "lampctl.controller"
-FORBIDDEN_IN_CORE = {
-    "flask": "web framework", "werkzeug": "web framework", "waitress": "web server",
-    "gpiozero": "GPIO", "lgpio": "GPIO", "RPi": "GPIO", "pigpio": "GPIO",
-    "serial": "the firmware link", "sqlite3": "the disk",
-}
+FORBIDDEN_IN_CORE = (
+    dict.fromkeys(["flask", "werkzeug", "waitress"], "the web")
+    | dict.fromkeys(["gpiozero", "lgpio", "RPi", "pigpio"], "GPIO")
+    | {"serial": "the firmware link", "sqlite3": "the disk"}
+)
 # Deliberate exceptions to the size rules: {"path" or "path::function": reason}. None today.
 ALLOWED_LONG_MODULES: dict[str, str] = {}
 ALLOWED_LONG_FUNCTIONS: dict[str, str] = {}
 
-_FIXING = "being split in issue 8; drop this mark when the fix is merged"
+_FIXING = "being fixed under issue 8; drop this mark when the fix is merged"
 _UNASSIGNED = "over the limit on main and not yet assigned; drop this mark when fixed"
 KNOWN_LONG_MODULES = {
     "lampctl/store.py": _FIXING + " (505 lines: usage log, accounts and queries in one)",
@@ -57,6 +58,14 @@ KNOWN_BENCH_TO_TESTS = {
     "bench.bench_service": _FIXING + " (benchmarks must not depend on tests/procs.py)",
     "bench.bench_service_watchdog": _FIXING + " (benchmarks must not depend on tests/procs.py)",
 }
+
+
+def known(table: dict, ids=None) -> list:
+    """One strict-xfail case per known violation."""
+    return [
+        pytest.param(case, id=ids(case) if ids else None, marks=pytest.mark.xfail(strict=True, reason=reason))
+        for case, reason in table.items()
+    ]
 
 
 # ---- the import graph ---------------------------------------------------------------------
@@ -100,11 +109,6 @@ def _resolve(dotted: str) -> str:
     return parts[0]
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 class _ImportVisitor(ast.NodeVisitor):
     """Every import a module runs: at module level and inside functions, not under TYPE_CHECKING."""
 
@@ -113,7 +117,7 @@ class _ImportVisitor(ast.NodeVisitor):
         self.package = name if is_package else name.rpartition(".")[0]
 
     def visit_If(self, node: ast.If) -> None:
-        if _is_type_checking(node.test):
+        if getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
             for child in node.orelse:
                 self.visit(child)
         else:
@@ -144,14 +148,10 @@ def imports() -> tuple[Import, ...]:
     return tuple(found)
 
 
-def ours(name: str) -> bool:
-    return name in _modules()
-
-
 def graph(skip: frozenset = frozenset()) -> dict[str, set[str]]:
     edges: dict[str, set[str]] = {name: set() for name in _modules()}
     for imp in imports():
-        if ours(imp.target) and (imp.importer, imp.target) not in skip:
+        if imp.target in _modules() and (imp.importer, imp.target) not in skip:
             edges[imp.importer].add(imp.target)
     return edges
 
@@ -201,9 +201,9 @@ def test_architecture_import_walker_sees_function_level_and_relative_imports():
 
 def test_architecture_cycle_finder_and_type_only_imports():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import sqlite3\nelse:\n    import json\n"
     visitor = _ImportVisitor("lampctl.x", False)
-    visitor.visit(ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import sqlite3\n"
-                            "else:\n    import json\nfrom . import safety\nfrom .store import UsageLog\n"))
+    visitor.visit(ast.parse(source + "from . import safety\nfrom .store import UsageLog\n"))
     assert [imp.target for imp in visitor.found] == ["typing", "json", "lampctl.safety", "lampctl.store"]
 
 
@@ -212,49 +212,43 @@ def test_architecture_no_import_cycle():
     assert left == [], f"modules that import each other: {left}; dependencies must point one way"
 
 
-@pytest.mark.parametrize("edge", [
-    pytest.param(edge, id=f"{edge[0]}->{edge[1]}", marks=pytest.mark.xfail(strict=True, reason=reason))
-    for edge, reason in KNOWN_CYCLE_EDGES.items()
-])
+@pytest.mark.parametrize("edge", known(KNOWN_CYCLE_EDGES, ids=lambda edge: f"{edge[0]}->{edge[1]}"))
 def test_architecture_known_cycle_edge_is_gone(edge):
     importer, target = edge
     closing = [imp.where for imp in imports() if (imp.importer, imp.target) == edge]
     assert not (closing and importer in reachable(cycle_graph(), target)), (
-        f"{importer} imports {target} ({', '.join(closing)}), which imports {importer} back")
+        f"{importer} imports {target} ({', '.join(closing)}), which imports {importer} back"
+    )
+
+
+def crossing(importers: str, targets: str, *, exempt=()) -> list[str]:
+    """Imports from package `importers` into package `targets`, except from the exempt modules."""
+    return [
+        f"{imp.where} imports {imp.target}"
+        for imp in imports()
+        if in_package(imp.importer, importers) and in_package(imp.target, targets) and imp.importer not in exempt
+    ]
 
 
 def test_architecture_lampctl_imports_web_only_where_allowed():
-    wrong = [f"{imp.where} imports {imp.target}" for imp in imports()
-             if in_package(imp.importer, "lampctl") and in_package(imp.target, "web")
-             and imp.importer not in ALLOWED_LAMPCTL_TO_WEB]
+    wrong = crossing("lampctl", "web", exempt=ALLOWED_LAMPCTL_TO_WEB)
     assert wrong == [], "web depends on lampctl, never the other way: " + "; ".join(wrong)
     for allowed in ALLOWED_LAMPCTL_TO_WEB:
-        assert any(imp.importer == allowed and in_package(imp.target, "web") for imp in imports()), (
-            f"{allowed} no longer imports web: name the module that builds the web app in ALLOWED_LAMPCTL_TO_WEB")
+        assert crossing(allowed, "web"), f"{allowed} no longer imports web: update ALLOWED_LAMPCTL_TO_WEB"
 
 
 def test_architecture_firmware_bridge_imports_nothing_from_lampctl():
-    wrong = [f"{imp.where} imports {imp.target}" for imp in imports()
-             if in_package(imp.importer, "firmware_bridge") and in_package(imp.target, "lampctl")]
+    wrong = crossing("firmware_bridge", "lampctl")
     assert wrong == [], "firmware_bridge stands alone (the simulator and the firmware use it): " + "; ".join(wrong)
 
 
-def _bench_imports_of_tests(module: str | None = None) -> list[str]:
-    return [f"{imp.where} imports {imp.target}" for imp in imports()
-            if in_package(imp.importer, "bench") and in_package(imp.target, "tests")
-            and (imp.importer == module if module else imp.importer not in KNOWN_BENCH_TO_TESTS)]
-
-
 def test_architecture_bench_imports_nothing_from_tests():
-    assert _bench_imports_of_tests() == []
+    assert crossing("bench", "tests", exempt=KNOWN_BENCH_TO_TESTS) == []
 
 
-@pytest.mark.parametrize("module", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
-    for name, reason in KNOWN_BENCH_TO_TESTS.items()
-])
+@pytest.mark.parametrize("module", known(KNOWN_BENCH_TO_TESTS))
 def test_architecture_known_bench_module_no_longer_imports_tests(module):
-    assert _bench_imports_of_tests(module) == []
+    assert crossing(module, "tests") == []
 
 
 def test_architecture_controller_and_what_it_imports_do_no_io():
@@ -263,8 +257,11 @@ def test_architecture_controller_and_what_it_imports_do_no_io():
     # Importing lampctl.controller also runs each enclosing package's __init__.
     core |= {".".join(name.split(".")[:n]) for name in set(core) for n in range(1, name.count(".") + 1)}
     core |= {name for root in set(core) for name in reachable(edges, root)}
-    wrong = [f"{imp.where} imports {imp.target} ({FORBIDDEN_IN_CORE[imp.target]})" for imp in imports()
-             if imp.importer in core and imp.target in FORBIDDEN_IN_CORE]
+    wrong = [
+        f"{imp.where} imports {imp.target} ({FORBIDDEN_IN_CORE[imp.target]})"
+        for imp in imports()
+        if imp.importer in core and imp.target in FORBIDDEN_IN_CORE
+    ]
     assert wrong == [], f"{CORE} must be handed its I/O, not import it: " + "; ".join(wrong)
     assert "lampctl.safety" in core  # the walk really followed the controller's imports
 
@@ -301,7 +298,8 @@ def function_lines() -> dict[str, int]:
 
 
 def test_architecture_function_walker_measures_from_decorator_to_last_line():
-    tree = ast.parse("class A:\n    @staticmethod\n    def f():\n        def g():\n            pass\n        return 1\n")
+    source = "class A:\n    @staticmethod\n    def f():\n        def g():\n            pass\n        return 1\n"
+    tree = ast.parse(source)
     assert dict(_functions(tree)) == {"A.f": 5, "A.f.<locals>.g": 2}
 
 
@@ -317,18 +315,12 @@ def test_architecture_no_function_over_60_lines():
     assert over == {}, f"functions over {MAX_FUNCTION_LINES} lines: {over}"
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=reason))
-    for path, reason in KNOWN_LONG_MODULES.items()
-])
+@pytest.mark.parametrize("path", known(KNOWN_LONG_MODULES))
 def test_architecture_known_long_module_fits(path):
     assert module_lines().get(path, 0) <= MAX_MODULE_LINES
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
-    for name, reason in KNOWN_LONG_FUNCTIONS.items()
-])
+@pytest.mark.parametrize("name", known(KNOWN_LONG_FUNCTIONS))
 def test_architecture_known_long_function_fits(name):
     # A function split away (gone) fits too.
     assert function_lines().get(name, 0) <= MAX_FUNCTION_LINES
@@ -344,8 +336,10 @@ def test_architecture_exceptions_are_explained_and_still_needed():
 
 # ---- the safety case ----------------------------------------------------------------------
 SAFETY_DOC = ROOT / "docs" / "SAFETY.md"
-# DESIGN.md defines S1-S18; docs/SAFETY.md carries them into the repository.
+# DESIGN.md defines S1-S18 (it sits beside the repository, ../shared/DESIGN.md, when there
+# is one); docs/SAFETY.md carries them into the repository.
 DESIGN_INVARIANTS = 18
+DESIGN_DOC = ROOT.parent / "shared" / "DESIGN.md"
 TAG_RE = re.compile(r"def (test_((?:s\d+_)+)\w*)")
 SECTION_RE = re.compile(r"^### (S\d+)\b", re.M)
 
@@ -355,7 +349,7 @@ def safety_sections() -> dict[str, str]:
     heads = list(SECTION_RE.finditer(text))
     stop = text.find("\n## ", heads[-1].end()) if heads else -1
     ends = [m.start() for m in heads[1:]] + [stop if stop >= 0 else len(text)]
-    return {m.group(1): text[m.start():end] for m, end in zip(heads, ends)}
+    return {m.group(1): text[m.start() : end] for m, end in zip(heads, ends, strict=True)}
 
 
 def test_architecture_every_invariant_tag_in_the_tests_is_in_safety_md():
@@ -369,9 +363,15 @@ def test_architecture_every_invariant_tag_in_the_tests_is_in_safety_md():
     assert missing == {}, f"invariant tags used by tests but not described in docs/SAFETY.md: {missing}"
 
 
+def design_invariants() -> list[str]:
+    if DESIGN_DOC.is_file():
+        return re.findall(r"^- (S\d+) ", DESIGN_DOC.read_text(), re.M)
+    return [f"S{n}" for n in range(1, DESIGN_INVARIANTS + 1)]
+
+
 def test_architecture_safety_md_describes_every_invariant_in_full():
     sections = safety_sections()
-    assert list(sections) == [f"S{n}" for n in range(1, DESIGN_INVARIANTS + 1)]
+    assert list(sections) == design_invariants(), "one section per invariant of the design, in order"
     for tag, text in sections.items():
         for part in ("**Hazard**", "**Enforced in**", "**Proved by**"):
             assert part in text, f"docs/SAFETY.md {tag} lacks {part}"
@@ -382,8 +382,11 @@ def test_architecture_safety_md_points_at_code_and_tests_that_exist():
     tests = re.findall(r"`(tests/[\w/]+\.py)::(test_\w+)`", text)
     code_refs = re.findall(r"`((?:lampctl|web|firmware_bridge)/[\w/]+\.py:[\w.]+)`", text)
     assert len(tests) >= 18 and len(code_refs) >= 18  # the patterns below really match the page
-    missing = [f"{path}::{name}" for path, name in tests
-               if not (ROOT / path).exists() or not re.search(rf"def {name}\(", (ROOT / path).read_text())]
+    missing = [
+        f"{path}::{name}"
+        for path, name in tests
+        if not (ROOT / path).exists() or not re.search(rf"def {name}\(", (ROOT / path).read_text())
+    ]
     code = {name.replace("::", ":") for name in function_lines()}
     missing += [ref for ref in code_refs if ref not in code and not _names_a_class(ref)]
     assert missing == [], f"docs/SAFETY.md names code or tests that do not exist (update the line): {missing}"

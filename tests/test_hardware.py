@@ -1,4 +1,5 @@
 """The GPIO layer on gpiozero's mock pins: relays, active-low, indicators, buzzers, feedback, E-stop, close."""
+
 from __future__ import annotations
 
 import logging
@@ -22,14 +23,23 @@ LAMP_LED, LAMP_BUZZER = 5, 6
 
 def lamp(relay_pin, *, active_high=True, feedback_pin=None, indicator_pin=None, buzzer_pin=None):
     """A lamp as RelayBank reads it; indicator_pin and buzzer_pin are the per-lamp outputs."""
-    return SimpleNamespace(relay_pin=relay_pin, active_high=active_high, feedback_pin=feedback_pin,
-                           indicator_pin=indicator_pin, buzzer_pin=buzzer_pin)
+    return SimpleNamespace(
+        relay_pin=relay_pin,
+        active_high=active_high,
+        feedback_pin=feedback_pin,
+        indicator_pin=indicator_pin,
+        buzzer_pin=buzzer_pin,
+    )
 
 
 @pytest.fixture
 def bank(factory):
-    bank = RelayBank([lamp(ROOM1, feedback_pin=FEEDBACK), lamp(ROOM2, active_high=False)], factory,
-                     estop_pin=ESTOP, indicator_pin=INDICATOR)
+    bank = RelayBank(
+        [lamp(ROOM1, feedback_pin=FEEDBACK), lamp(ROOM2, active_high=False)],
+        factory,
+        estop_pin=ESTOP,
+        indicator_pin=INDICATOR,
+    )
     yield bank
     bank.close()
 
@@ -61,7 +71,9 @@ class GatedPin(MockPin):
 def on_durations(factory, number) -> list[float]:
     """How long each ON of a mock pin lasted (a PinState's timestamp is the time since the last change)."""
     states = factory.pin(number).states
-    return [after.timestamp for before, after in zip(states, states[1:]) if before.state and not after.state]
+    return [
+        after.timestamp for before, after in zip(states, states[1:], strict=False) if before.state and not after.state
+    ]
 
 
 # ---- relays -----------------------------------------------------------------------------
@@ -138,8 +150,7 @@ def test_hardware_bank_indicator_lit_while_any_relay_is_on(bank, factory):
 
 
 def test_hardware_lamp_indicator_follows_only_its_own_relay(factory):
-    bank = RelayBank([lamp(ROOM1, indicator_pin=LAMP_LED), lamp(ROOM2, active_high=False, indicator_pin=24)],
-                     factory)
+    bank = RelayBank([lamp(ROOM1, indicator_pin=LAMP_LED), lamp(ROOM2, active_high=False, indicator_pin=24)], factory)
     bank.set(1, True)
     assert pin_history(factory, 24) == [False, True]
     assert pin_history(factory, LAMP_LED) == [False]
@@ -182,8 +193,11 @@ def test_hardware_feedback_input_reads_the_contact(bank, factory):
 
 
 def test_hardware_simulated_feedback_follows_its_relay(factory):
-    bank = RelayBank([lamp(ROOM1, feedback_pin=FEEDBACK), lamp(ROOM2, active_high=False, feedback_pin=24)],
-                     factory, wire_feedback=True)
+    bank = RelayBank(
+        [lamp(ROOM1, feedback_pin=FEEDBACK), lamp(ROOM2, active_high=False, feedback_pin=24)],
+        factory,
+        wire_feedback=True,
+    )
     assert [bank.feedback_on(0), bank.feedback_on(1)] == [False, False]
     bank.set(1, True)
     assert [bank.feedback_on(0), bank.feedback_on(1)] == [False, True]
@@ -212,8 +226,12 @@ def test_hardware_without_estop_pin_nothing_is_pressed(factory):
 
 # ---- close and construction -------------------------------------------------------------
 def test_s1_close_turns_relays_off_releases_pins_and_is_idempotent(factory):
-    bank = RelayBank([lamp(ROOM1, indicator_pin=LAMP_LED, buzzer_pin=LAMP_BUZZER), lamp(ROOM2, active_high=False)],
-                     factory, estop_pin=ESTOP, indicator_pin=INDICATOR)
+    bank = RelayBank(
+        [lamp(ROOM1, indicator_pin=LAMP_LED, buzzer_pin=LAMP_BUZZER), lamp(ROOM2, active_high=False)],
+        factory,
+        estop_pin=ESTOP,
+        indicator_pin=INDICATOR,
+    )
     bank.set(0, True)
     bank.set(1, True)
     bank.close()
@@ -228,8 +246,12 @@ def test_s1_close_turns_relays_off_releases_pins_and_is_idempotent(factory):
     with pytest.raises(RuntimeError, match="closed"):
         bank.set(0, True)
     # Every pin is free again: a new bank claims the same ones.
-    RelayBank([lamp(ROOM1, indicator_pin=LAMP_LED, buzzer_pin=LAMP_BUZZER), lamp(ROOM2, active_high=False)],
-              factory, estop_pin=ESTOP, indicator_pin=INDICATOR).close()
+    RelayBank(
+        [lamp(ROOM1, indicator_pin=LAMP_LED, buzzer_pin=LAMP_BUZZER), lamp(ROOM2, active_high=False)],
+        factory,
+        estop_pin=ESTOP,
+        indicator_pin=INDICATOR,
+    ).close()
 
 
 def test_hardware_failed_constructor_releases_every_pin_it_claimed(factory):
@@ -281,8 +303,11 @@ def test_hardware_beep_fault_repeats_until_close_silences_it(factory):
     bank = RelayBank([lamp(ROOM1, buzzer_pin=LAMP_BUZZER)], factory)
     bank.set(0, True)
     bank.beep(0, "fault")
-    wait_until(lambda: pin_history(factory, LAMP_BUZZER)[:6] == [False, True, False, True, False, True], 10,
-               "three fault tones")
+    wait_until(
+        lambda: pin_history(factory, LAMP_BUZZER)[:6] == [False, True, False, True, False, True],
+        10,
+        "three fault tones",
+    )
     bank.close()
     history = pin_history(factory, LAMP_BUZZER)
     assert history[-1] is False and len(history) < 2 * BEEP_PATTERNS["fault"][2] + 1
@@ -323,9 +348,11 @@ def test_hardware_pin_factory_missing_its_package_is_one_sentence(mocker):
     _with_entry_point(mocker, "lgpio", "lampctl_no_such_gpio_module:Factory")
     with pytest.raises(PinFactoryError) as err:
         make_pin_factory("lgpio")
-    assert str(err.value) == ("pin factory 'lgpio' needs the lampctl_no_such_gpio_module package, which is not "
-                              "installed (pip install 'lampctl[pi]', or on Raspberry Pi OS: apt install "
-                              "python3-lampctl_no_such_gpio_module).")
+    assert str(err.value) == (
+        "pin factory 'lgpio' needs the lampctl_no_such_gpio_module package, which is not "
+        "installed (pip install 'lampctl[pi]', or on Raspberry Pi OS: apt install "
+        "python3-lampctl_no_such_gpio_module)."
+    )
     assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
@@ -333,5 +360,7 @@ def test_hardware_pin_factory_that_cannot_start_is_one_sentence(mocker):
     _with_entry_point(mocker, "lgpio", "tests.test_hardware:_fail_to_start")
     with pytest.raises(PinFactoryError) as err:
         make_pin_factory("lgpio")
-    assert str(err.value) == ("pin factory 'lgpio' could not start (can not open gpiochip); is this a Raspberry "
-                              "Pi and is the service's user in the gpio group?")
+    assert str(err.value) == (
+        "pin factory 'lgpio' could not start (can not open gpiochip); is this a Raspberry "
+        "Pi and is the service's user in the gpio group?"
+    )
