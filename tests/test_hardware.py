@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import tomllib
 from importlib.metadata import EntryPoint
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -96,7 +99,10 @@ def test_hardware_active_low_relay_drives_its_pin_low_for_on(bank, factory):
 
 
 def test_s1_relays_are_off_the_instant_they_are_claimed(factory):
-    RelayBank([lamp(ROOM1), lamp(ROOM2, active_high=False)], factory).close()
+    bank = RelayBank([lamp(ROOM1), lamp(ROOM2, active_high=False)], factory)
+    bank.on_estop(lambda: None)  # without an estop_pin: nothing wired, nothing pressed
+    assert bank.estop_pressed is False
+    bank.close()
     assert pin_history(factory, ROOM1) == [False]
     assert pin_history(factory, ROOM2) == [False, True]  # driven high (OFF), then released
 
@@ -215,13 +221,6 @@ def test_s5_estop_button_calls_back_in_the_pressing_thread(bank, factory):
     factory.pin(ESTOP).drive_high()
     factory.pin(ESTOP).drive_low()
     assert len(calls) == 2
-
-
-def test_hardware_without_estop_pin_nothing_is_pressed(factory):
-    bank = RelayBank([lamp(ROOM1)], factory)
-    bank.on_estop(lambda: None)
-    assert bank.estop_pressed is False
-    bank.close()
 
 
 # ---- close and construction -------------------------------------------------------------
@@ -364,3 +363,36 @@ def test_hardware_pin_factory_that_cannot_start_is_one_sentence(mocker):
         "pin factory 'lgpio' could not start (can not open gpiochip); is this a Raspberry "
         "Pi and is the service's user in the gpio group?"
     )
+
+
+# ---- the Pi install: gpiozero's lgpio factory and everything else, locked with hashes -----
+LOCK = Path(__file__).resolve().parent.parent / "deploy" / "requirements-pi.txt"
+LOCK_COMMAND = (
+    "uv pip compile pyproject.toml --extra pi --python-version 3.11 "
+    "--python-platform aarch64-unknown-linux-gnu --generate-hashes -o deploy/requirements-pi.txt"
+)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.match(r"\d+(?:\.\d+)*", version).group().split("."))
+
+
+def test_hardware_pi_lock_pins_every_runtime_dependency_with_a_hash():
+    project = tomllib.loads((LOCK.parent.parent / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["pi"]
+    lock = LOCK.read_text()
+    assert LOCK_COMMAND in lock, f"regenerate the lock with: {LOCK_COMMAND}"
+    pin_re = r"^([A-Za-z0-9_.-]+)==(\S+)((?: \\\n    --hash=sha256:[0-9a-f]{64})+)$"
+    pinned = {_canonical(m[1]): (m[2], m[3].count("--hash=")) for m in re.finditer(pin_re, lock, re.M)}
+    assert len(pinned) == len(re.findall(r"^\S+==", lock, re.M)), "every pinned line carries its hashes"
+    assert "lgpio" in pinned and len(pinned) > len(wanted)  # the extra and the transitive dependencies
+    for requirement in wanted:
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement).group()
+        assert _canonical(name) in pinned, f"{name} is not in {LOCK.name}; regenerate it: {LOCK_COMMAND}"
+        version, hashes = pinned[_canonical(name)]
+        minimum = re.search(r">=\s*([\d.]+)", requirement)
+        assert hashes and (not minimum or _release(version) >= _release(minimum[1])), f"{version} vs {requirement}"
