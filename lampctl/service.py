@@ -101,6 +101,8 @@ class Service:
             except Exception as exc:
                 self.close_errors.append(f"{name}: {exc}")
                 log.exception("closing %s failed; going on with the other close steps", name)
+            else:
+                log.info("closed %s", name)
 
         stack.callback(step)
 
