@@ -48,10 +48,10 @@ class Service:
     relays end OFF (S1, S15) and the log is flushed.
     """
 
-    def __init__(self, config_path: str, *, simulate: bool = False, notify: Callable[[str], None] = sd_notify):
+    def __init__(self, config_path: str, *, simulate: bool = False, notify: Callable[[str], None] | None = None):
         self.config_path = config_path
         self.simulate = simulate
-        self.notify = notify
+        self.notify = notify or sd_notify
         self.cfg = None
         self.relays = None
         self.controller = None

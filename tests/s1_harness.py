@@ -7,7 +7,8 @@ $S1_CRASH_WHEN (a path): a thread raises once that file exists (the test creates
 when it is ready, so a slow start-up cannot fire the crash early);
 $S1_FAIL_CLOSE (a close step's name): that step raises instead of closing;
 $S1_HOLD_CLOSE (a close step's name) waits for the file $S1_HOLD_UNTIL before closing;
-$S1_FIRST_ANSWER (a path): the monotonic time of the panel's first answer is written there.
+$S1_FIRST_ANSWER (a path): the monotonic time of the panel's first answer is written there;
+$S1_NOTIFY_LOG (a path): each systemd notification is logged there with its monotonic time.
 """
 import atexit
 import json
@@ -111,6 +112,20 @@ if os.environ.get("S1_FIRST_ANSWER"):
         return app
 
     web.create_app = create_app
+
+if os.environ.get("S1_NOTIFY_LOG"):
+    import time
+
+    import lampctl.service as service
+
+    _sd_notify = service.sd_notify
+
+    def sd_notify(message):
+        with open(os.environ["S1_NOTIFY_LOG"], "a") as fh:
+            fh.write(f"{time.monotonic()!r} {message}\n")
+        _sd_notify(message)
+
+    service.sd_notify = sd_notify
 
 from lampctl.cli import main  # noqa: E402
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import sqlite3
 import sys
 
@@ -102,3 +104,23 @@ def test_s1_crashed_thread_turns_relays_off_and_latches_fault(tmp_path):
     finally:
         assert svc.stop() == 0
     assert json.loads(dump.read_text())["pins"]["GPIO17"] == [False, True, False]
+
+
+def test_s15_ready_only_once_the_panel_answers_then_pings_and_sigabrt_ends_safely(tmp_path):
+    first_answer, notes = tmp_path / "first-answer", tmp_path / "notify.log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        address = f"lampctl-test-{os.getpid()}-{id(sock)}"
+        sock.bind("\0" + address)
+        sock.settimeout(30)
+        svc, tokens, dump = run_harness(tmp_path, NOTIFY_SOCKET="@" + address, S1_FIRST_ANSWER=str(first_answer),
+                                        S1_NOTIFY_LOG=str(notes))
+        try:
+            assert sock.recv(64) == b"READY=1"
+            assert sock.recv(64) == b"WATCHDOG=1"
+            ready_sent_at = float(notes.read_text().split()[0])
+            # READY=1 went out only after the panel had answered a request.
+            assert float(first_answer.read_text()) < ready_sent_at
+        finally:
+            pins = started_then_ended(svc, tokens, lambda: svc.signal(signal.SIGABRT))
+    assert pins["pins"]["GPIO17"] == [False, True, False]
+    assert db_rows(svc.config, "SELECT end_reason FROM sessions") == [("interrupted",)]
