@@ -214,3 +214,36 @@ class Simulator:
         self._reader.join(5)
         self.proc.stdout.close()
         self.proc.stderr.close()
+
+
+def idle_connections(port: int, count: int) -> list[socket.socket]:
+    """Open count TCP connections to the service that never send a byte (a flood needs no login)."""
+    socks = []
+    try:
+        for _ in range(count):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+    except BaseException:
+        close_all(socks)
+        raise
+    return socks
+
+
+def close_all(socks) -> None:
+    for sock in socks:
+        sock.close()
+
+
+def timed_post(url: str, token: str, timeout: float) -> tuple[int | None, float]:
+    """POST url with a bearer token on a new connection; (status or None on timeout, seconds taken)."""
+    req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {token}"})
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            resp.read()
+            return resp.status, time.monotonic() - t0
+    except urllib.error.HTTPError as exc:
+        return exc.code, time.monotonic() - t0
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+        if isinstance(exc, urllib.error.URLError) and not isinstance(exc.reason, TimeoutError):
+            raise
+        return None, time.monotonic() - t0

@@ -1,4 +1,4 @@
-"""End to end: a real `lampctl serve` process over HTTP, killed -9 and restarted (S2, S4), one per database (S16)."""
+"""End to end: a real `lampctl serve` process over HTTP, killed -9 and restarted (S2, S4), one per database (S16), Stop through a flood (S10)."""
 from __future__ import annotations
 
 import subprocess
@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from lampctl.httpserver import CONNECTION_LIMIT
+from lampctl.testing import close_all, idle_connections, timed_post
 from tests.procs import ROOT, TWO_LAMPS, ServiceProcess, add_users, service_config, wait_until
 
 pytestmark = pytest.mark.integration
@@ -73,3 +75,21 @@ def test_s16_second_serve_exits_1_and_leaves_the_first_alone(tmp_path):
         assert first.post("/api/stop-all", token=token_before.strip())[0] == 200
     finally:
         first.stop()
+
+
+def test_s10_stop_gets_through_a_flood_of_idle_connections(tmp_path):
+    config = service_config(tmp_path, TWO_LAMPS)
+    tokens = add_users(config)
+    svc = ServiceProcess(config).start()
+    flood = []
+    try:
+        assert svc.post("/api/lamps/room1/start", {"minutes": 10}, tokens["ann"])[0] == 201
+        # More idle connections than the server will hold: waitress alone stopped accepting at 100.
+        flood = idle_connections(svc.port, CONNECTION_LIMIT + 50)
+        status, took = timed_post(svc.url + "/api/stop-all", tokens["ann"], timeout=30)
+        assert status == 200, f"no answer to a Stop within {took:.1f} s"
+        _, lamp = svc.get("/api/lamps/room1", tokens["ann"])
+        assert lamp["relay_on"] is False and lamp["state"] == "off"
+    finally:
+        close_all(flood)
+        svc.stop()
