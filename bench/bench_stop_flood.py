@@ -16,8 +16,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lampctl.testing import (  # noqa: E402
-    TWO_LAMPS, ServiceProcess, add_users, close_all, idle_connections, service_config, timed_post,
+from lampctl.testing import (
+    TWO_LAMPS,
+    ServiceProcess,
+    add_users,
+    close_all,
+    idle_connections,
+    service_config,
+    timed_post,
 )
 
 

@@ -5,8 +5,8 @@ import logging
 import re
 import time
 
-from waitress.channel import HTTPChannel
 from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 

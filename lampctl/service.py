@@ -7,8 +7,8 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Callable
 
 from lampctl import config as config_mod
 from lampctl.runtime import CLI_USER, InstanceLock, cli_token_path, write_secret_file
@@ -239,10 +239,12 @@ def wait_serving(url: str, stop: threading.Event, timeout: float) -> bool:
     import urllib.error
     import urllib.request
 
+    # Straight to our own port: an http_proxy in the environment must not answer for the panel.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + timeout
     while not stop.is_set():
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            with opener.open(url, timeout=2) as resp:
                 resp.read()
                 return True
         except urllib.error.HTTPError:

@@ -6,7 +6,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("lampctl")
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -66,7 +66,7 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20) -> "ServiceProcess":
+    def start(self, timeout: float = 20) -> ServiceProcess:
         text = self.config.read_text()
         self.port = int(text.split('bind = "127.0.0.1:')[1].split('"')[0])
         self.log_out = open(self.config.parent / f"serve-{self.port}.out", "ab")

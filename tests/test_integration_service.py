@@ -8,7 +8,14 @@ import pytest
 
 from lampctl.httpserver import CONNECTION_LIMIT
 from lampctl.testing import close_all, idle_connections, timed_post
-from tests.procs import ROOT, TWO_LAMPS, ServiceProcess, add_users, service_config, wait_until
+from tests.procs import (
+    ROOT,
+    TWO_LAMPS,
+    ServiceProcess,
+    add_users,
+    service_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 

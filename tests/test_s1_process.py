@@ -11,7 +11,14 @@ import sys
 import pytest
 
 from lampctl.signals import TERMINATING_SIGNALS
-from tests.procs import ROOT, TWO_LAMPS, ServiceProcess, add_users, service_config, wait_until
+from tests.procs import (
+    ROOT,
+    TWO_LAMPS,
+    ServiceProcess,
+    add_users,
+    service_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 HARNESS = [sys.executable, str(ROOT / "tests" / "s1_harness.py")]
@@ -48,7 +55,7 @@ def started_then_ended(svc, tokens, end) -> dict:
 
 @pytest.mark.parametrize("sig", TERMINATING_SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_s1_s15_signal_turns_relays_off_and_closes_session(tmp_path, sig):
-    svc, tokens, dump = run_harness(tmp_path)
+    svc, tokens, _ = run_harness(tmp_path)
     pins = started_then_ended(svc, tokens, lambda: svc.signal(sig))
     assert pins["flask_loaded_at_claim"] == [False]
     assert pins["pins"]["GPIO17"] == [False, True, False]
@@ -62,7 +69,7 @@ def test_s1_s15_signal_turns_relays_off_and_closes_session(tmp_path, sig):
 
 def test_s1_s15_second_signal_cuts_no_close_step_short(tmp_path):
     release = tmp_path / "release"
-    svc, tokens, dump = run_harness(tmp_path, S1_HOLD_CLOSE="usage log", S1_HOLD_UNTIL=str(release))
+    svc, tokens, _ = run_harness(tmp_path, S1_HOLD_CLOSE="usage log", S1_HOLD_UNTIL=str(release))
 
     def two_signals():
         svc.signal(signal.SIGTERM)
@@ -79,7 +86,7 @@ def test_s1_s15_second_signal_cuts_no_close_step_short(tmp_path):
 
 @pytest.mark.parametrize("step", ["watchdog", "web server", "scheduler", "stop event"])
 def test_s1_failing_close_step_still_turns_relays_off_and_flushes_log(tmp_path, step):
-    svc, tokens, dump = run_harness(tmp_path, S1_FAIL_CLOSE=step)
+    svc, tokens, _ = run_harness(tmp_path, S1_FAIL_CLOSE=step)
     pins = started_then_ended(svc, tokens, lambda: svc.signal(signal.SIGTERM))
     assert f"closing {step} failed" in svc.stderr()
     assert "closed usage log" in svc.stderr() and "closed relays" in svc.stderr()
@@ -112,7 +119,7 @@ def test_s15_ready_only_once_the_panel_answers_then_pings_and_sigabrt_ends_safel
         address = f"lampctl-test-{os.getpid()}-{id(sock)}"
         sock.bind("\0" + address)
         sock.settimeout(30)
-        svc, tokens, dump = run_harness(tmp_path, NOTIFY_SOCKET="@" + address, S1_FIRST_ANSWER=str(first_answer),
+        svc, tokens, _ = run_harness(tmp_path, NOTIFY_SOCKET="@" + address, S1_FIRST_ANSWER=str(first_answer),
                                         S1_NOTIFY_LOG=str(notes))
         try:
             assert sock.recv(64) == b"READY=1"

@@ -94,3 +94,25 @@ def test_service_ready_waits_for_an_answer_and_gives_up_when_stopped():
     stop = threading.Event()
     stop.set()
     assert service.wait_serving("http://127.0.0.1:9/api/health", stop, 5) is False
+
+
+def test_service_ready_probe_ignores_http_proxy(monkeypatch):
+    import http.server
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there
+        monkeypatch.delenv("no_proxy", raising=False)
+        try:
+            url = f"http://127.0.0.1:{httpd.server_address[1]}/api/health"
+            assert service.wait_serving(url, threading.Event(), 5) is True
+        finally:
+            httpd.shutdown()
