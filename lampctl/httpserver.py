@@ -25,6 +25,7 @@ REQUEST_TIMEOUT_S = 10
 CLEANUP_INTERVAL_S = 1
 # Evicted per pass when at the limit, so a burst of new connections gets room fast.
 EVICT_BATCH = 16
+EVICT_LOG_INTERVAL_S = 10.0
 WORKER_THREADS = 8
 # Threads that serve only Stop requests: a Stop never queues behind reads.
 SAFETY_LANE_THREADS = 2
@@ -87,11 +88,22 @@ class BoundedServer(TcpWSGIServer):
     """
 
     channel_class = BoundedChannel
+    _evicted = 0
+    _next_evict_log = 0.0
 
     def readable(self):
-        if self.accepting and len(self._map) >= self.adj.connection_limit:
+        # waitress's own readable(), with eviction where it would stop accepting (and
+        # without its two log lines per round, which a flood would repeat endlessly).
+        now = time.time()
+        if now >= self.next_channel_cleanup:
+            self.next_channel_cleanup = now + self.adj.cleanup_interval
+            self.maintenance(now)
+        if not self.accepting:
+            return False
+        if len(self._map) >= self.adj.connection_limit:
             self.evict_idlest(EVICT_BATCH)
-        return super().readable()
+            return False  # the evicted close in this pass; accept again on the next
+        return True
 
     def evict_idlest(self, count: int) -> int:
         idle = sorted((ch for ch in self.active_channels.values()
@@ -99,9 +111,13 @@ class BoundedServer(TcpWSGIServer):
                       key=lambda ch: ch.last_activity)[:count]
         for channel in idle:
             channel.will_close = True
-        if idle:
-            log.warning("connection limit %d reached: closing %d idle connection(s)",
-                        self.adj.connection_limit, len(idle))
+        self._evicted += len(idle)
+        now = time.monotonic()
+        if self._evicted and now >= self._next_evict_log:
+            # Once per interval, so a flood cannot flood the journal too.
+            log.warning("connection limit %d reached: closed %d idle connection(s) to make room",
+                        self.adj.connection_limit, self._evicted)
+            self._evicted, self._next_evict_log = 0, now + EVICT_LOG_INTERVAL_S
         return len(idle)
 
     def maintenance(self, now):
