@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.procs import TWO_LAMPS, ServiceProcess, add_users, service_config  # noqa: E402
+from lampctl.testing import TWO_LAMPS, ServiceProcess, add_users, service_config  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:

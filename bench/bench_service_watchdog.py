@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.procs import TWO_LAMPS, ServiceProcess, Simulator, add_users, service_config, wait_until  # noqa: E402
+from lampctl.testing import TWO_LAMPS, ServiceProcess, Simulator, add_users, service_config, wait_until  # noqa: E402
 
 WATCHDOG_S = 1.0
 HEARTBEAT_S = 0.2

@@ -1,12 +1,7 @@
 """The safety rules S1-S9 that are pure arithmetic or process wiring, each named for its invariant."""
 from __future__ import annotations
 
-import atexit
 import math
-import signal
-import sys
-import threading
-from typing import Callable
 
 # The longest timer on commercial clinic IR lamps; no config may exceed it (S3).
 HARD_CEILING_MINUTES = 60
@@ -51,39 +46,3 @@ def s7_backstop_ms(planned_s: float, grace_s: float) -> int:
     """S7: how long the microcontroller may hold the lamp on by itself."""
     # Round away float noise (840 x 1.1 = 924.0000000000001) before rounding up to whole ms.
     return int(math.ceil(round((planned_s * S7_BACKSTOP_FACTOR + grace_s) * 1000, 6)))
-
-
-def s1_install_guards(all_off: Callable[[str], None], thread_crashed: Callable[[str], None] | None = None) -> None:
-    """S1: relays OFF on exit, SIGTERM, SIGINT and an unhandled exception in any thread.
-
-    all_off(reason) must be idempotent and safe to call from any thread. A crashed
-    thread calls thread_crashed(reason) instead when given (the service latches a
-    fault there, so the panel shows it rather than a service that silently refuses).
-    """
-
-    def on_signal(signum, _frame):
-        name = signal.Signals(signum).name
-        all_off(f"{name} received")
-        # Leave through SystemExit so finally-blocks and atexit still run; a requested
-        # stop is a clean exit (status 0) for systemd.
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    atexit.register(all_off, "process exit")
-
-    previous_thread_hook = threading.excepthook
-
-    def thread_hook(args):
-        thread = args.thread.name if args.thread else "?"
-        (thread_crashed or all_off)(f"unhandled {args.exc_type.__name__} in thread {thread}: {args.exc_value}")
-        previous_thread_hook(args)
-
-    threading.excepthook = thread_hook
-    previous_hook = sys.excepthook
-
-    def main_hook(exc_type, exc, tb):
-        all_off(f"unhandled {exc_type.__name__}: {exc}")
-        previous_hook(exc_type, exc, tb)
-
-    sys.excepthook = main_hook

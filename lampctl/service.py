@@ -1,4 +1,4 @@
-"""`lampctl serve`: relays OFF first, then recovery, controller, E-stop, web server, systemd pings."""
+"""`lampctl serve`: a Service that starts its parts in order and closes them in reverse, each close step guarded."""
 from __future__ import annotations
 
 import logging
@@ -7,17 +7,19 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import ExitStack
 
 from lampctl import config as config_mod
+from lampctl.runtime import CLI_USER, InstanceLock, cli_token_path, write_secret_file
 
 log = logging.getLogger("lampctl")
 
-CLI_USER = "cli"
-CLI_TOKEN_FILE = "cli.token"
 WATCHDOG_PERIOD_S = 1.0
 # The scheduler wakes at least once a second; twice that without a tick means it is stuck.
 SCHEDULER_STALL_S = 3.0
+# How long the panel may take to answer its first request before systemd is left waiting.
+READY_PROBE_S = 60.0
 
 
 def sd_notify(message: str) -> None:
@@ -35,182 +37,241 @@ def sd_notify(message: str) -> None:
             log.warning("systemd notify failed: %s", exc)
 
 
-def write_secret_file(path: Path, text: str) -> None:
-    """Write a file only its owner can read (mode 0600 from creation, no window)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+class Service:
+    """The running service: each part started in order, each close step guarded and logged.
 
+    Start: config -> S16 lock -> relays OFF -> guards -> simulator -> usage log and
+    recovery -> accounts -> backstop -> controller -> E-stop -> scheduler -> web server
+    -> READY=1 -> watchdog pings. Close: relays OFF and sessions `interrupted` first,
+    then every part in reverse through an ExitStack; a step that raises is logged and
+    the rest still run (Klipper's shutdown handlers), so whichever part fails, the
+    relays end OFF (S1, S15) and the log is flushed.
+    """
 
-def serve(config_path: str, *, simulate: bool = False) -> int:
-    t_exec = time.monotonic()
-    # S1: before any slow import, parse the config (tomllib, fast) and claim every relay OFF.
-    cfg = config_mod.load(config_path)
-    from lampctl.hardware import RelayBank, make_pin_factory
+    def __init__(self, config_path: str, *, simulate: bool = False, notify: Callable[[str], None] | None = None):
+        self.config_path = config_path
+        self.simulate = simulate
+        self.notify = notify or sd_notify
+        self.cfg = None
+        self.relays = None
+        self.controller = None
+        self.usage_log = None
+        self.backstop = None
+        self.server = None
+        self.close_errors: list[str] = []
+        self._leaving: threading.Event | None = None
+        self._stop_pings = threading.Event()
 
-    factory = make_pin_factory("mock" if simulate else cfg.service.pin_factory)
-    relays = RelayBank(cfg.lamps, factory, estop_pin=cfg.safety.estop_pin,
-                       indicator_pin=cfg.safety.indicator_pin, wire_feedback=simulate)
-    t_off = time.monotonic()
-    log.info("relays off: %d lamps at monotonic %.6f (%.1f ms after entry)", len(relays), t_off,
-             (t_off - t_exec) * 1000)
-
-    state: dict = {"controller": None}
-
-    def emergency_off(why: str) -> None:
-        relays.all_off()
-        controller = state["controller"]
-        if controller is not None:
+    # ---- the whole life ----------------------------------------------------------------
+    def run(self) -> int:
+        with ExitStack() as stack:
             try:
-                controller.shutdown(why)
+                self._open(stack)
+                self.server.run()
+            finally:
+                # Before any other close step: nothing between the exit and the relay.
+                self._begin_close("service stopping")
+        return 0
+
+    def _open(self, stack: ExitStack) -> None:
+        t_exec = time.monotonic()
+        # S1: before any slow import, parse the config (tomllib, fast) and claim every relay OFF.
+        self.cfg = cfg = config_mod.load(self.config_path)
+        # S16: before the relays, the records, the tokens or the serial port.
+        lock = InstanceLock(cfg.service.database).acquire()
+        self.on_close(stack, "instance lock", lock.release)
+        self._open_relays(stack, t_exec)
+        from lampctl.signals import s1_install_guards
+
+        self._leaving = s1_install_guards(self.emergency_off, self.thread_crashed)
+        # Spawned before any thread of ours starts: preexec_fn is only safe in a single-threaded parent.
+        url = self._open_simulator(stack)
+        self._open_usage_log(stack)
+        self._open_accounts()
+        self._open_controller(stack, url)
+        self._open_web(stack)
+        self._open_watchdog(stack)
+
+    def on_close(self, stack: ExitStack, name: str, fn: Callable, *args) -> None:
+        """Push a close step that logs its failure and lets the steps after it run."""
+
+        def step():
+            try:
+                fn(*args)
+            except Exception as exc:
+                self.close_errors.append(f"{name}: {exc}")
+                log.exception("closing %s failed; going on with the other close steps", name)
+            else:
+                log.info("closed %s", name)
+
+        stack.callback(step)
+
+    # ---- safety paths (signals, crashes, exit) -----------------------------------------
+    def emergency_off(self, why: str) -> None:
+        """Relays OFF (GPIO only), then running sessions end `interrupted`. Any thread, idempotent."""
+        try:
+            self.relays.all_off()
+        except Exception:
+            log.exception("all_off failed (%s)", why)
+        if self.controller is not None:
+            try:
+                self.controller.shutdown(why)
             except Exception:
                 log.exception("controller shutdown failed; relays are off")
 
-    def thread_crashed(why: str) -> None:
-        relays.all_off()
-        controller = state["controller"]
-        if controller is not None:
-            controller.fault(why)
+    def thread_crashed(self, why: str) -> None:
+        self.relays.all_off()
+        if self.controller is not None:
+            self.controller.fault(why)
 
-    from lampctl.safety import s1_install_guards
+    def _begin_close(self, why: str) -> None:
+        if self._leaving is not None:
+            self._leaving.set()  # a signal now turns the relays off but cuts no close step short
+        self._stop_pings.set()
+        if self.relays is not None:
+            self.emergency_off(why)
 
-    s1_install_guards(emergency_off, thread_crashed)
+    # ---- the parts, in start order -----------------------------------------------------
+    def _open_relays(self, stack: ExitStack, t_exec: float) -> None:
+        from lampctl.hardware import RelayBank, make_pin_factory
 
-    # Spawned before any thread of ours starts: preexec_fn is only safe in a single-threaded parent.
-    simulator = None
-    url = cfg.firmware.port if cfg.firmware else None
-    if simulate and cfg.firmware is not None:
-        simulator, url = start_simulator(cfg)
+        cfg = self.cfg
+        factory = make_pin_factory("mock" if self.simulate else cfg.service.pin_factory)
+        self.relays = RelayBank(cfg.lamps, factory, estop_pin=cfg.safety.estop_pin,
+                                indicator_pin=cfg.safety.indicator_pin, wire_feedback=self.simulate)
+        self.on_close(stack, "relays", self.relays.close)
+        t_off = time.monotonic()
+        log.info("relays off: %d lamps at monotonic %.6f (%.1f ms after entry)", len(self.relays), t_off,
+                 (t_off - t_exec) * 1000)
 
-    from lampctl.clock import MonotonicClock
-    from lampctl.controller import SessionController
-    from lampctl.store import UsageLog
+    def _open_simulator(self, stack: ExitStack) -> str | None:
+        """The firmware's URL: the config's port, or a simulator's with `serve --simulate`."""
+        fw = self.cfg.firmware
+        if fw is None:
+            return None
+        if not self.simulate:
+            return fw.port
+        from lampctl.simproc import start_simulator, stop_simulator
 
-    usage_log = UsageLog(cfg.service.database, queue_size=cfg.service.log_queue)
-    recovered = usage_log.recover_interrupted()
-    if recovered:
-        log.warning("S4: %d session(s) left open by the last run marked interrupted: %s", len(recovered), recovered)
-    usage_log.start()
-    usage_log.event(None, None, None, "system", f"service started (pid {os.getpid()}{', simulated GPIO' if simulate else ''})")
-    # A fresh admin token for the local CLI at every start, readable only by the service's user.
-    write_secret_file(cfg.service.database.parent / CLI_TOKEN_FILE, usage_log.replace_system_token(CLI_USER) + "\n")
+        proc, url = start_simulator(self.cfg)
+        self.on_close(stack, "firmware simulator", stop_simulator, proc)
+        return url
 
-    backstop = None
-    if cfg.firmware is not None:
-        from lampctl.backstop import FirmwareBackstop
+    def _open_usage_log(self, stack: ExitStack) -> None:
+        from lampctl.store import UsageLog
 
-        backstop = FirmwareBackstop.from_config(cfg.firmware, len(cfg.lamps), cfg.safety.heartbeat_s,
-                                                usage_log, url=url)
+        self.usage_log = usage_log = UsageLog(self.cfg.service.database, queue_size=self.cfg.service.log_queue)
+        recovered = usage_log.recover_interrupted()
+        if recovered:
+            log.warning("S4: %d session(s) left open by the last run marked interrupted: %s",
+                        len(recovered), recovered)
+        usage_log.start()
+        self.on_close(stack, "usage log", usage_log.close)
+        self.on_close(stack, "stop event", usage_log.event, None, None, None, "system", "service stopped")
+        simulated = ", simulated GPIO" if self.simulate else ""
+        usage_log.event(None, None, None, "system", f"service started (pid {os.getpid()}{simulated})")
 
-    clock = MonotonicClock()
-    controller = SessionController(cfg.lamps, relays, clock, usage_log, backstop=backstop)
-    state["controller"] = controller
-    if backstop is not None:
-        backstop.attach(controller)
-        if backstop.start(wait_s=5.0):
-            log.info("firmware link up on %s", url)
-        else:
-            # Serve anyway: starts answer 503 until the link is up, and the panel says why.
-            log.error("firmware link on %s is not up; lamps cannot start until it is", url)
-    if relays.estop_pressed:
-        controller.estop()
-    relays.on_estop(controller.estop)
-    controller.start_scheduler()
+    def _open_accounts(self) -> None:
+        """Every call of the service on users and tokens: a fresh admin token for the local CLI."""
+        token = self.usage_log.replace_system_token(CLI_USER)
+        # Readable only by the service's user.
+        write_secret_file(cli_token_path(self.cfg.service.database), token + "\n")
 
-    from waitress import create_server
+    def _open_controller(self, stack: ExitStack, url: str | None) -> None:
+        from lampctl.clock import MonotonicClock
+        from lampctl.controller import SessionController
 
-    from web import Services, create_app
+        cfg = self.cfg
+        if cfg.firmware is not None:
+            from lampctl.backstop import FirmwareBackstop
 
-    app = create_app(Services(controller=controller, usage_log=usage_log, config=cfg,
-                              firmware_status=backstop.status if backstop else (lambda: "absent")))
-    server = create_server(app, host=cfg.service.host, port=cfg.service.port, threads=8,
-                           ident="lampctl", clear_untrusted_proxy_headers=True)
-    # effective_port is a str in some waitress versions.
-    port = int(server.effective_port)
-    log.info("serving on http://%s:%d/", cfg.service.host, port)
-    print(f"lampctl: listening on http://{cfg.service.host}:{port}/", flush=True)
+            self.backstop = FirmwareBackstop.from_config(cfg.firmware, len(cfg.lamps), cfg.safety.heartbeat_s,
+                                                         self.usage_log, url=url)
+        self.controller = controller = SessionController(
+            cfg.lamps, self.relays, MonotonicClock(), self.usage_log, backstop=self.backstop,
+        )
+        if self.backstop is not None:
+            self.backstop.attach(controller)
+            self.on_close(stack, "firmware backstop", self.backstop.close)
+            if self.backstop.start(wait_s=5.0):
+                log.info("firmware link up on %s", url)
+            else:
+                # Serve anyway: starts answer 503 until the link is up, and the panel says why.
+                log.error("firmware link on %s is not up; lamps cannot start until it is", url)
+        if self.relays.estop_pressed:
+            controller.estop()
+        self.relays.on_estop(controller.estop)
+        controller.start_scheduler()
+        self.on_close(stack, "scheduler", controller.stop_scheduler)
 
-    stop = threading.Event()
-    watchdog = threading.Thread(target=_watchdog, args=(controller, stop), name="service-watchdog", daemon=True)
-    watchdog.start()
-    sd_notify("READY=1")
-    try:
-        server.run()
-    finally:
-        stop.set()
-        emergency_off("service stopping")
-        controller.stop_scheduler()
-        if backstop is not None:
-            backstop.close()
-        if simulator is not None:
-            stop_simulator(simulator)
-        usage_log.event(None, None, None, "system", "service stopped")
-        usage_log.close()
-        relays.close()
-        server.close()
-    return 0
+    def _open_web(self, stack: ExitStack) -> None:
+        from lampctl.httpserver import make_server
+        from web import Services, create_app
 
+        backstop = self.backstop
+        app = create_app(Services(controller=self.controller, usage_log=self.usage_log, config=self.cfg,
+                                  firmware_status=backstop.status if backstop else (lambda: "absent")))
+        self.server = make_server(app, self.cfg.service.host, self.cfg.service.port)
+        self.on_close(stack, "web server", self.server.close)
+        log.info("serving on http://%s:%d/", self.cfg.service.host, self.server.port)
+        print(f"lampctl: listening on http://{self.cfg.service.host}:{self.server.port}/", flush=True)
 
-def start_simulator(cfg) -> tuple:
-    """`serve --simulate` with [firmware]: run the simulated microcontroller as a child process.
+    def _open_watchdog(self, stack: ExitStack) -> None:
+        url = f"http://{_loopback(self.cfg.service.host)}:{self.server.port}/api/health"
 
-    Returns (process, pyserial URL). Its JSON lines go to simulator.log beside the database.
-    """
-    import subprocess
+        def run():
+            if wait_serving(url, self._stop_pings, READY_PROBE_S):
+                self.notify("READY=1")
+                _watchdog(self.controller, self._stop_pings, self.notify)
 
-    logdir = cfg.service.database.parent
-    logdir.mkdir(parents=True, exist_ok=True)
-    out = open(logdir / "simulator.log", "ab")
-    err_path = logdir / "simulator.err"
-    err = open(err_path, "wb")
-    cmd = [sys.executable, "-m", "firmware_bridge.simulator", "--listen", "127.0.0.1:0",
-           "--lamps", str(len(cfg.lamps)), "--watchdog", str(cfg.firmware.watchdog_s)]
-    proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent)
-    out.close()
-    err.close()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        text = err_path.read_text(errors="replace")
-        for line in text.splitlines():
-            if line.startswith("listening 127.0.0.1:"):
-                return proc, "socket://" + line.split(" ", 1)[1].strip()
-        if proc.poll() is not None:
-            raise RuntimeError(f"the firmware simulator exited {proc.returncode}: {text.strip()}")
-        time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("the firmware simulator did not start listening within 10 s")
+        thread = threading.Thread(target=run, name="service-watchdog", daemon=True)
+        thread.start()
+        self.on_close(stack, "watchdog", thread.join, 5)
 
 
-def _die_with_parent() -> None:
-    # A simulated microcontroller should not outlive the demo that started it.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
-    except OSError:
-        pass
+def serve(config_path: str, *, simulate: bool = False) -> int:
+    """`lampctl serve`: run the service until a signal ends it."""
+    return Service(config_path, simulate=simulate).run()
 
 
-def stop_simulator(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except Exception:
-        proc.kill()
-        proc.wait(5)
+def wait_serving(url: str, stop: threading.Event, timeout: float) -> bool:
+    """Wait until the panel answers url (READY=1 means it serves, not merely listens)."""
+    import urllib.error
+    import urllib.request
+
+    # Straight to our own port: an http_proxy in the environment must not answer for the panel.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while not stop.is_set():
+        try:
+            with opener.open(url, timeout=2) as resp:
+                resp.read()
+                return True
+        except urllib.error.HTTPError:
+            return True  # an answer, even a refusal, means it serves
+        except OSError:
+            if time.monotonic() >= deadline:
+                log.error("the panel did not answer %s within %.0f s; systemd is not told READY", url, timeout)
+                return False
+            stop.wait(0.05)
+    return False
 
 
-def _watchdog(controller, stop: threading.Event) -> None:
+def _loopback(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _watchdog(controller, stop: threading.Event, notify: Callable[[str], None] = sd_notify) -> None:
     """Ping systemd only while the scheduler is alive and ticking; otherwise latch a fault (S6)."""
     faulted = False
     while not stop.wait(WATCHDOG_PERIOD_S):
         stalled = time.monotonic() - controller.last_tick > SCHEDULER_STALL_S
         if controller.scheduler_alive and not stalled:
-            sd_notify("WATCHDOG=1")
+            notify("WATCHDOG=1")
         elif not faulted:
             faulted = True
             controller.fault("scheduler died" if not controller.scheduler_alive else "scheduler stalled")

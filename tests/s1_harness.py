@@ -2,8 +2,13 @@
 
 Used by the S1 tests: a process's mock pins are invisible from outside, so this
 wrapper captures the pin factory serve() makes and writes its pins' state
-histories to $S1_PIN_DUMP after serve's own exit handlers have run. With
-$S1_CRASH_AFTER set it also starts a thread that raises after that many seconds.
+histories to $S1_PIN_DUMP after serve's own exit handlers have run. Faults to inject:
+$S1_CRASH_WHEN (a path): a thread raises once that file exists (the test creates it
+when it is ready, so a slow start-up cannot fire the crash early);
+$S1_FAIL_CLOSE (a close step's name): that step raises instead of closing;
+$S1_HOLD_CLOSE (a close step's name) waits for the file $S1_HOLD_UNTIL before closing;
+$S1_FIRST_ANSWER (a path): the monotonic time of the panel's first answer is written there;
+$S1_NOTIFY_LOG (a path): each systemd notification is logged there with its monotonic time.
 """
 import atexit
 import json
@@ -48,12 +53,79 @@ hardware.RelayBank.__init__ = init
 # Registered first, so it runs last: after serve's own exit handlers.
 atexit.register(dump)
 
-if os.environ.get("S1_CRASH_AFTER"):
+if os.environ.get("S1_CRASH_WHEN"):
     def crash():
-        threading.Event().wait(float(os.environ["S1_CRASH_AFTER"]))
+        trigger = os.environ["S1_CRASH_WHEN"]
+        while not os.path.exists(trigger):
+            threading.Event().wait(0.01)
         raise RuntimeError("injected crash")
 
     threading.Thread(target=crash, name="crashing-worker", daemon=True).start()
+
+
+
+def held(name, fn):
+    def hold(*args):
+        print(f"holding close step {name}", file=sys.stderr, flush=True)
+        while not os.path.exists(os.environ["S1_HOLD_UNTIL"]):
+            threading.Event().wait(0.01)
+        fn(*args)
+
+    return hold
+
+
+if os.environ.get("S1_FAIL_CLOSE") or os.environ.get("S1_HOLD_CLOSE"):
+    import lampctl.service as service
+
+    _on_close = service.Service.on_close
+
+    def on_close(self, stack, name, fn, *args):
+        if name == os.environ.get("S1_FAIL_CLOSE"):
+            def fail(*_args):
+                raise RuntimeError(f"injected failure closing {name}")
+
+            fn = fail
+        if name == os.environ.get("S1_HOLD_CLOSE"):
+            fn = held(name, fn)
+        _on_close(self, stack, name, fn, *args)
+
+    service.Service.on_close = on_close
+
+if os.environ.get("S1_FIRST_ANSWER"):
+    import time
+
+    import web
+
+    _create_app = web.create_app
+
+    def create_app(*args, **kwargs):
+        app = _create_app(*args, **kwargs)
+
+        @app.after_request
+        def first_answer(response):
+            path = os.environ["S1_FIRST_ANSWER"]
+            if not os.path.exists(path):
+                with open(path, "w") as fh:
+                    fh.write(repr(time.monotonic()))
+            return response
+
+        return app
+
+    web.create_app = create_app
+
+if os.environ.get("S1_NOTIFY_LOG"):
+    import time
+
+    import lampctl.service as service
+
+    _sd_notify = service.sd_notify
+
+    def sd_notify(message):
+        with open(os.environ["S1_NOTIFY_LOG"], "a") as fh:
+            fh.write(f"{time.monotonic()!r} {message}\n")
+        _sd_notify(message)
+
+    service.sd_notify = sd_notify
 
 from lampctl.cli import main  # noqa: E402
 

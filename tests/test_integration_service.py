@@ -1,11 +1,21 @@
-"""End to end: a real `lampctl serve` process over HTTP, killed -9 and restarted (S2, S4)."""
+"""End to end: a real `lampctl serve` process over HTTP, killed -9 and restarted (S2, S4), one per database (S16), Stop through a flood (S10)."""
 from __future__ import annotations
 
-import time
+import subprocess
+import sys
 
 import pytest
 
-from tests.procs import TWO_LAMPS, ServiceProcess, add_users, service_config, wait_until
+from lampctl.httpserver import CONNECTION_LIMIT
+from lampctl.testing import close_all, idle_connections, timed_post
+from tests.procs import (
+    ROOT,
+    TWO_LAMPS,
+    ServiceProcess,
+    add_users,
+    service_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +41,6 @@ def test_s2_s4_session_completes_then_kill9_is_recorded_interrupted(tmp_path):
         status, body = svc.post("/api/lamps/room1/start", {"minutes": 10}, tokens["ann"])
         assert status == 201
         second = body["session_id"]
-        time.sleep(0.3)
         svc.kill9()
     finally:
         svc.stop()
@@ -45,4 +54,49 @@ def test_s2_s4_session_completes_then_kill9_is_recorded_interrupted(tmp_path):
         assert row["end_reason"] == "interrupted"
         assert row["ended_at"] is not None and 0 <= row["actual_s"] <= 600
     finally:
+        svc.stop()
+
+
+def test_s16_second_serve_exits_1_and_leaves_the_first_alone(tmp_path):
+    config = service_config(tmp_path, TWO_LAMPS)
+    tokens = add_users(config)
+    token_file = tmp_path / "var" / "cli.token"
+    first = ServiceProcess(config).start()
+    try:
+        status, body = first.post("/api/lamps/room1/start", {"minutes": 10}, tokens["ann"])
+        assert status == 201, body
+        token_before = token_file.read_text()
+        db_files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "var").glob("lampctl.db*")}
+        second = subprocess.run([sys.executable, "-m", "lampctl", "serve", "--config", str(config), "--simulate"],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
+        assert second.returncode == 1
+        [line] = second.stderr.strip().splitlines()
+        assert "another lampctl serve" in line and f"pid {first.proc.pid}" in line
+        assert token_file.read_text() == token_before
+        assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "var").glob("lampctl.db*")} == db_files
+        _, lamp = first.get("/api/lamps/room1", tokens["ann"])
+        assert lamp["state"] == "on" and lamp["relay_on"] is True
+        _, rows = first.get("/api/sessions", token=tokens["admin"])
+        assert [s["end_reason"] for s in rows["sessions"]] == [None]
+        # The first one's CLI token still works.
+        assert first.post("/api/stop-all", token=token_before.strip())[0] == 200
+    finally:
+        first.stop()
+
+
+def test_s10_stop_gets_through_a_flood_of_idle_connections(tmp_path):
+    config = service_config(tmp_path, TWO_LAMPS)
+    tokens = add_users(config)
+    svc = ServiceProcess(config).start()
+    flood = []
+    try:
+        assert svc.post("/api/lamps/room1/start", {"minutes": 10}, tokens["ann"])[0] == 201
+        # More idle connections than the server will hold: waitress alone stopped accepting at 100.
+        flood = idle_connections(svc.port, CONNECTION_LIMIT + 50)
+        status, took = timed_post(svc.url + "/api/stop-all", tokens["ann"], timeout=30)
+        assert status == 200, f"no answer to a Stop within {took:.1f} s"
+        _, lamp = svc.get("/api/lamps/room1", tokens["ann"])
+        assert lamp["relay_on"] is False and lamp["state"] == "off"
+    finally:
+        close_all(flood)
         svc.stop()

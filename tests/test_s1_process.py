@@ -1,13 +1,24 @@
-"""S1 on a real process: relays OFF before Flask is imported, and OFF again on SIGTERM, SIGINT and a crashed thread."""
+"""S1/S15 on a real process: relays OFF before Flask is imported, and OFF again on every signal, a crashed thread, a failing close step."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import sqlite3
 import sys
 
 import pytest
 
-from tests.procs import ROOT, TWO_LAMPS, ServiceProcess, add_users, service_config, wait_until
+from lampctl.signals import TERMINATING_SIGNALS
+from tests.procs import (
+    ROOT,
+    TWO_LAMPS,
+    ServiceProcess,
+    add_users,
+    service_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 HARNESS = [sys.executable, str(ROOT / "tests" / "s1_harness.py")]
@@ -25,32 +36,71 @@ def sessions(svc, tokens):
     return svc.get("/api/sessions", token=tokens["admin"])[1]["sessions"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_s1_signal_turns_relays_off_and_closes_session(tmp_path, sig):
-    svc, tokens, dump = run_harness(tmp_path)
+def db_rows(config, sql):
+    """Read the database the stopped service left, as the next start would find it."""
+    with sqlite3.connect(config.parent / "var" / "lampctl.db") as conn:
+        return conn.execute(sql).fetchall()
+
+
+def started_then_ended(svc, tokens, end) -> dict:
+    """Start a session on room1, end the service with end(), return the pin dump."""
     try:
         assert svc.post("/api/lamps/room1/start", {"minutes": 10}, tokens["ann"])[0] == 201
-        svc.signal(sig)
-        assert svc.proc.wait(10) == 0  # a requested stop is a clean exit
+        end()
+        assert svc.proc.wait(20) == 0  # a requested stop is a clean exit
     finally:
         svc.stop()
-    pins = json.loads(dump.read_text())
+    return json.loads((svc.config.parent / "pins.json").read_text())
+
+
+@pytest.mark.parametrize("sig", TERMINATING_SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_s1_s15_signal_turns_relays_off_and_closes_session(tmp_path, sig):
+    svc, tokens, _ = run_harness(tmp_path)
+    pins = started_then_ended(svc, tokens, lambda: svc.signal(sig))
     assert pins["flask_loaded_at_claim"] == [False]
     assert pins["pins"]["GPIO17"] == [False, True, False]
     assert pins["pins"]["GPIO18"] == [False]
-    svc = ServiceProcess(svc.config).start()  # a clean restart: nothing left open to recover
-    try:
-        [row] = sessions(svc, tokens)
-        assert row["end_reason"] == "interrupted"
-        assert 0 < row["actual_s"] < 10
-    finally:
-        svc.stop()
+    # The record was flushed before exit: nothing is left open for the next start to recover.
+    [(reason, actual_s)] = db_rows(svc.config, "SELECT end_reason, actual_s FROM sessions")
+    assert reason == "interrupted" and 0 < actual_s < 600
+    name = signal.Signals(sig).name
+    assert any(name in why for (why,) in db_rows(svc.config, "SELECT why FROM events"))
+
+
+def test_s1_s15_second_signal_cuts_no_close_step_short(tmp_path):
+    release = tmp_path / "release"
+    svc, tokens, _ = run_harness(tmp_path, S1_HOLD_CLOSE="usage log", S1_HOLD_UNTIL=str(release))
+
+    def two_signals():
+        svc.signal(signal.SIGTERM)
+        wait_until(lambda: "holding close step usage log" in svc.stderr(), 20, "the log's close step")
+        svc.signal(signal.SIGHUP)  # an impatient operator, or systemd's SIGHUP after SIGTERM
+        wait_until(lambda: "SIGHUP received" in svc.stderr(), 20, "the second signal")
+        release.touch()
+
+    pins = started_then_ended(svc, tokens, two_signals)
+    assert "closed usage log" in svc.stderr()
+    assert pins["pins"]["GPIO17"] == [False, True, False]
+    assert db_rows(svc.config, "SELECT end_reason FROM sessions") == [("interrupted",)]
+
+
+@pytest.mark.parametrize("step", ["watchdog", "web server", "scheduler", "stop event"])
+def test_s1_failing_close_step_still_turns_relays_off_and_flushes_log(tmp_path, step):
+    svc, tokens, _ = run_harness(tmp_path, S1_FAIL_CLOSE=step)
+    pins = started_then_ended(svc, tokens, lambda: svc.signal(signal.SIGTERM))
+    assert f"closing {step} failed" in svc.stderr()
+    assert "closed usage log" in svc.stderr() and "closed relays" in svc.stderr()
+    assert pins["pins"]["GPIO17"] == [False, True, False]
+    assert pins["pins"]["GPIO18"] == [False]
+    assert db_rows(svc.config, "SELECT end_reason FROM sessions") == [("interrupted",)]
 
 
 def test_s1_crashed_thread_turns_relays_off_and_latches_fault(tmp_path):
-    svc, tokens, dump = run_harness(tmp_path, S1_CRASH_AFTER="1.0")
+    trigger = tmp_path / "crash-now"
+    svc, tokens, dump = run_harness(tmp_path, S1_CRASH_WHEN=str(trigger))
     try:
         assert svc.post("/api/lamps/room1/start", {"minutes": 10}, tokens["ann"])[0] == 201
+        trigger.touch()  # only now, with the session running, may the thread crash
         wait_until(lambda: svc.get("/api/lamps/room1", tokens["ann"])[1]["state"] == "fault", 10,
                    "a fault after the injected crash")
         lamp = svc.get("/api/lamps/room1", tokens["ann"])[1]
@@ -61,3 +111,23 @@ def test_s1_crashed_thread_turns_relays_off_and_latches_fault(tmp_path):
     finally:
         assert svc.stop() == 0
     assert json.loads(dump.read_text())["pins"]["GPIO17"] == [False, True, False]
+
+
+def test_s15_ready_only_once_the_panel_answers_then_pings_and_sigabrt_ends_safely(tmp_path):
+    first_answer, notes = tmp_path / "first-answer", tmp_path / "notify.log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        address = f"lampctl-test-{os.getpid()}-{id(sock)}"
+        sock.bind("\0" + address)
+        sock.settimeout(30)
+        svc, tokens, _ = run_harness(tmp_path, NOTIFY_SOCKET="@" + address, S1_FIRST_ANSWER=str(first_answer),
+                                        S1_NOTIFY_LOG=str(notes))
+        try:
+            assert sock.recv(64) == b"READY=1"
+            assert sock.recv(64) == b"WATCHDOG=1"
+            ready_sent_at = float(notes.read_text().split()[0])
+            # READY=1 went out only after the panel had answered a request.
+            assert float(first_answer.read_text()) < ready_sent_at
+        finally:
+            pins = started_then_ended(svc, tokens, lambda: svc.signal(signal.SIGABRT))
+    assert pins["pins"]["GPIO17"] == [False, True, False]
+    assert db_rows(svc.config, "SELECT end_reason FROM sessions") == [("interrupted",)]

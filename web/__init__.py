@@ -42,7 +42,7 @@ def services() -> Services:
 
 def load_secret_key(directory: Path) -> str:
     """The cookie-signing key from `secret.key` next to the database, created (mode 0600) on first run."""
-    from lampctl.service import write_secret_file
+    from lampctl.runtime import write_secret_file
 
     path = Path(directory) / SECRET_KEY_FILE
     try:

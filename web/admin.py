@@ -11,7 +11,7 @@ from flask import (Blueprint, Response, current_app, flash, g, redirect, render_
 
 from lampctl import reports
 from lampctl.controller import Refused
-from lampctl.service import CLI_USER
+from lampctl.runtime import CLI_USER
 from lampctl.store import END_REASONS, ROLES, StoreError, parse_bound
 from web import services
 from web.auth import require_admin

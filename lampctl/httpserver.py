@@ -1,0 +1,151 @@
+"""The panel's HTTP server: waitress, bounded so idle or slow clients cannot keep a Stop out (S10)."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
+
+log = logging.getLogger("lampctl")
+
+# A clinic has a few tablets and phones; waitress's default of 100 connections was what
+# an idle flood filled. Past this, the idlest connection is closed to make room.
+CONNECTION_LIMIT = 250
+# A keep-alive connection silent this long is closed (waitress's default is 120 s);
+# the panel's browser simply reconnects.
+IDLE_TIMEOUT_S = 30
+# A request whose head and body have not all arrived this long after its first byte
+# is a slow client (slowloris) holding a slot: closed.
+REQUEST_TIMEOUT_S = 10
+# How often idle and slow connections are looked for.
+CLEANUP_INTERVAL_S = 1
+# Evicted per pass when at the limit, so a burst of new connections gets room fast.
+EVICT_BATCH = 16
+EVICT_LOG_INTERVAL_S = 10.0
+WORKER_THREADS = 8
+# Threads that serve only Stop requests: a Stop never queues behind reads.
+SAFETY_LANE_THREADS = 2
+# POST .../stop, /stop-all, /estop (API and panel forms).
+STOP_PATH = re.compile(r"/(stop|stop-all|estop)/?$")
+
+
+def is_stop(channel) -> bool:
+    """Whether the request a channel is about to serve is a Stop (stop, stop-all, E-stop)."""
+    requests = getattr(channel, "requests", None)
+    if not requests:
+        return False
+    request = requests[0]
+    return (getattr(request, "command", "") == "POST"
+            and bool(STOP_PATH.search(getattr(request, "path", "") or "")))
+
+
+class SafetyLaneDispatcher(ThreadedTaskDispatcher):
+    """waitress's thread pool plus a lane of its own for Stops (S10).
+
+    A Stop goes to the lane's threads, so eight slow reads (a hung disk, a big CSV)
+    in the main pool cannot keep it waiting; everything else is served as before.
+    """
+
+    def __init__(self, lane_threads: int = SAFETY_LANE_THREADS):
+        super().__init__()
+        self.lane = ThreadedTaskDispatcher()
+        self.lane.set_thread_count(lane_threads)
+
+    def add_task(self, task) -> None:
+        (self.lane if is_stop(task) else super()).add_task(task)
+
+    def shutdown(self, cancel_pending=True, timeout=5):
+        lane_done = self.lane.shutdown(cancel_pending, timeout)
+        return super().shutdown(cancel_pending, timeout) and lane_done
+
+
+class BoundedChannel(HTTPChannel):
+    """An HTTP connection that remembers when its unfinished request began."""
+
+    request_started: float | None = None
+
+    def received(self, data):
+        before = self.request
+        result = super().received(data)
+        if self.request is None:
+            self.request_started = None
+        elif self.request is not before:
+            self.request_started = time.time()
+        return result
+
+
+class BoundedServer(TcpWSGIServer):
+    """At the connection limit, close the idlest connections instead of refusing new ones.
+
+    waitress stops accepting at connection_limit, so idle connections (no login
+    needed) used to lock every client out until they timed out. Here a full server
+    closes the connections that have been quiet longest and have no request being
+    served; the listening socket keeps accepting, so a Stop gets in.
+    """
+
+    channel_class = BoundedChannel
+    _evicted = 0
+    _next_evict_log = 0.0
+
+    def readable(self):
+        # waitress's own readable(), with eviction where it would stop accepting (and
+        # without its two log lines per round, which a flood would repeat endlessly).
+        now = time.time()
+        if now >= self.next_channel_cleanup:
+            self.next_channel_cleanup = now + self.adj.cleanup_interval
+            self.maintenance(now)
+        if not self.accepting:
+            return False
+        if len(self._map) >= self.adj.connection_limit:
+            self.evict_idlest(EVICT_BATCH)
+            return False  # the evicted close in this pass; accept again on the next
+        return True
+
+    def evict_idlest(self, count: int) -> int:
+        idle = sorted((ch for ch in self.active_channels.values()
+                       if not ch.requests and not ch.will_close),
+                      key=lambda ch: ch.last_activity)[:count]
+        for channel in idle:
+            channel.will_close = True
+        self._evicted += len(idle)
+        now = time.monotonic()
+        if self._evicted and now >= self._next_evict_log:
+            # Once per interval, so a flood cannot flood the journal too.
+            log.warning("connection limit %d reached: closed %d idle connection(s) to make room",
+                        self.adj.connection_limit, self._evicted)
+            self._evicted, self._next_evict_log = 0, now + EVICT_LOG_INTERVAL_S
+        return len(idle)
+
+    def maintenance(self, now):
+        super().maintenance(now)
+        cutoff = now - REQUEST_TIMEOUT_S
+        for channel in self.active_channels.values():
+            started = getattr(channel, "request_started", None)
+            if not channel.requests and started is not None and started < cutoff:
+                channel.will_close = True
+
+
+def make_server(app, host: str, port: int):
+    """A waitress server for app on host:port, not yet running; its effective port is server.port."""
+    dispatcher = SafetyLaneDispatcher()
+    dispatcher.set_thread_count(WORKER_THREADS)
+    # What create_server does for one TCP listener, with our subclass.
+    adj = Adjustments(host=host, port=port, **_adjustments())
+    server = BoundedServer(app, {}, True, None, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
+    # effective_port is a str in some waitress versions.
+    server.port = int(server.effective_port)
+    return server
+
+
+def _adjustments() -> dict:
+    return dict(
+        threads=WORKER_THREADS, ident="lampctl", clear_untrusted_proxy_headers=True,
+        connection_limit=CONNECTION_LIMIT, channel_timeout=IDLE_TIMEOUT_S,
+        cleanup_interval=CLEANUP_INTERVAL_S,
+        # select() fails on descriptors past 1024; poll() has no such ceiling.
+        asyncore_use_poll=True,
+    )
