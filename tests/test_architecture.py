@@ -44,20 +44,13 @@ KNOWN_LONG_MODULES = {
     "firmware_bridge/bridge.py": _UNASSIGNED + " (421 lines)",
 }
 KNOWN_LONG_FUNCTIONS = {
-    "lampctl/service.py::serve": _FIXING + " (107 lines; a Service with an ExitStack replaces it)",
     "lampctl/config.py::parse": _UNASSIGNED + " (65 lines)",
     "firmware_bridge/bridge.py::FirmwareLink._serve": _UNASSIGNED + " (61 lines)",
     "firmware_bridge/simulator.py::serve": _UNASSIGNED + " (68 lines)",
 }
 # Imports that close a cycle today: (importer, imported).
-KNOWN_CYCLE_EDGES = {
-    ("web", "lampctl.service"): _FIXING + " (write_secret_file moves to a runtime-files module)",
-    ("web.admin", "lampctl.service"): _FIXING + " (CLI_USER moves to a runtime-files module)",
-}
-KNOWN_BENCH_TO_TESTS = {
-    "bench.bench_service": _FIXING + " (benchmarks must not depend on tests/procs.py)",
-    "bench.bench_service_watchdog": _FIXING + " (benchmarks must not depend on tests/procs.py)",
-}
+KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {}
+KNOWN_BENCH_TO_TESTS: dict[str, str] = {}
 
 
 def known(table: dict, ids=None) -> list:
