@@ -254,3 +254,24 @@ def test_panel_offers_admins_a_fault_reset(web, controller):
     page = web.get("/panel/").data.decode()
     assert page.count(">Reset fault</button>") == 2  # one per lamp, shown only on the faulted one
     assert re.search(r'data-show="fault"\s*>', page)  # room2's is visible
+
+
+def test_api_sessions_extreme_compact_or_bad_bounds_never_500(web, controller, clock, usage_log, users):
+    run_sessions(controller, clock, usage_log)
+    auth = {"Authorization": f"Bearer {users['admin']}"}
+
+    def ids(query):
+        resp = web.get(f"/api/sessions{query}", headers=auth)
+        assert resp.status_code == 200, (query, resp.get_json())
+        return [s["id"] for s in resp.get_json()["sessions"]]
+    assert ids("?from=0001-01-01") == [1, 2, 3, 4, 5]
+    assert ids("?to=9999-12-31T23:59:59-10:00") == [1, 2, 3, 4, 5]
+    assert ids("?from=0001-01-01&to=9999-12-31") == [1, 2, 3, 4, 5]
+    assert ids("?to=20260105") == ids("?to=2026-01-05") == [1, 2, 3, 4, 5]  # the whole day, not its first instant
+    assert ids("?from=20260106") == []
+    for query in ("?from=soon", "?to=2026-13-01", "?from=%00", "?to=" + "9" * 400, "?reason=melted"):
+        resp = web.get(f"/api/sessions{query}", headers=auth)
+        assert resp.status_code == 400 and resp.get_json()["code"] == "bad-query", query
+        assert resp.get_json()["error"].endswith("."), query
+    assert web.get("/admin/log?from=0001-01-01&to=9999-12-31").status_code == 200
+    assert web.get("/admin/log?to=" + "9" * 400).status_code == 400
