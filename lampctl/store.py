@@ -86,13 +86,15 @@ class UsageLog:
                 conn.close()
             return
         with self._cond:
-            if len(self._pending) >= self._queue_size:
+            full = len(self._pending) >= self._queue_size
+            if full:
                 self.dropped += 1
-                log.error("usage log queue full (%d records): record lost: %r", self._queue_size, statements)
-                return
-            self._pending.append((self._monotonic(), statements))
-            self._enqueued += 1
-            self._cond.notify_all()
+            else:
+                self._pending.append((self._monotonic(), statements))
+                self._enqueued += 1
+                self._cond.notify_all()
+        if full:  # logged outside the lock: a slow log sink must not hold up the next record
+            log.error("usage log queue full (%d records): record lost: %r", self._queue_size, statements)
 
     def flush(self, timeout: float) -> bool:
         """True once every record enqueued before this call is committed; False on timeout."""
@@ -124,14 +126,14 @@ class UsageLog:
             problems.append(self.file_problem)
         if self._failing:
             problems.append(f"The usage log cannot write to disk ({self.last_error}); "
-                            f"{pending} records are waiting.")
+                            f"{_records(pending)} waiting.")
         elif oldest is not None and self._monotonic() - oldest > STUCK_AFTER_S:
             problems.append(f"The usage log has written nothing for {self._monotonic() - oldest:.0f} s "
-                            f"({pending} records waiting): the disk may be hung.")
+                            f"({_records(pending)} waiting): the disk may be hung.")
         if self._writer is not None and not self._writer.is_alive():
             problems.append("The usage log writer has stopped: records are not being saved; restart the service.")
         if self.dropped:
-            problems.append(f"{self.dropped} records were lost because the usage log queue was full.")
+            problems.append(f"{_records(self.dropped)} lost because the usage log queue was full.")
         return {"pending": pending, "write_errors": self.write_errors, "dropped": self.dropped,
                 "problems": problems}
 
@@ -244,6 +246,10 @@ class UsageLog:
 
     def iter_sessions(self, **filters):
         return queries.iter_sessions(self.path, **filters)
+
+
+def _records(n: int) -> str:
+    return f"{n} record{'' if n == 1 else 's'}"
 
 
 def _event_row(at: str, lamp_id, from_state, to_state, who: str, why: str) -> tuple[str, tuple]:

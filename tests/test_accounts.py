@@ -2,8 +2,6 @@
 built-in account and the last admin protected for every caller (web, CLI)."""
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
 from lampctl.accounts import BUILTIN_USER, Accounts

@@ -54,7 +54,7 @@ def test_health_degraded_while_the_log_cannot_write(cfg, controller, accounts, t
         body = health(client)
         assert body["status"] == "degraded" and body["log"]["pending"] == 1 and body["log"]["write_errors"] >= 1
         assert body["problems"] == ["The usage log cannot write to disk (database or disk is full); "
-                                    "1 records are waiting."]
+                                    "1 record waiting."]
         usage_log._connect = connect
         assert usage_log.flush(10)
         assert health(client)["status"] == "ok"

@@ -181,7 +181,7 @@ def test_s9_flush_is_true_only_once_every_earlier_record_is_committed(tmp_path):
         assert log.health()["pending"] == 1 and log.health()["problems"] == []
         clock.advance(2.5)  # the record has now waited past STUCK_AFTER_S on a disk that never answers
         [problem] = log.health()["problems"]
-        assert problem.startswith("The usage log has written nothing for 2 s (1 records waiting)")
+        assert problem.startswith("The usage log has written nothing for 2 s (1 record waiting)")
         disk.thawed.set()
         assert log.flush(5)
         assert [r["id"] for r in log.sessions()] == [1] and log.health()["problems"] == []
@@ -203,11 +203,11 @@ def test_s9_health_reports_write_errors_and_dropped_records(tmp_path):
         health = log.health()
         assert (health["pending"], health["dropped"]) == (2, 1) and health["write_errors"] >= 1
         assert health["problems"] == [
-            "The usage log cannot write to disk (disk I/O error); 2 records are waiting.",
-            "1 records were lost because the usage log queue was full."]
+            "The usage log cannot write to disk (disk I/O error); 2 records waiting.",
+            "1 record lost because the usage log queue was full."]
         disk.broken.clear()
         assert log.flush(10)
-        assert log.health()["problems"] == ["1 records were lost because the usage log queue was full."]
+        assert log.health()["problems"] == ["1 record lost because the usage log queue was full."]
     finally:
         log.close()
 
