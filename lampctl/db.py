@@ -223,6 +223,9 @@ def migrate(conn: sqlite3.Connection) -> int:
         raise StoreError(f"The database is schema version {version}, newer than this lampctl knows ({len(MIGRATIONS)}).")
     for number in range(version, len(MIGRATIONS)):
         with transaction(conn):
+            # Read again under the write lock: another process (the CLI, the service) may have just done it.
+            if conn.execute("PRAGMA user_version").fetchone()[0] > number:
+                continue
             for statement in _statements(MIGRATIONS[number]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number + 1}")

@@ -8,7 +8,7 @@ from lampctl.accounts import BUILTIN_USER, Accounts
 from lampctl.cli import main
 from lampctl.db import StoreError, connect
 from tests.conftest import write_config
-from tests.procs import wait_until
+from tests.procs import TWO_LAMPS, ServiceProcess, add_users, lampctl, service_config, wait_until
 
 
 def test_accounts_users_pins_and_tokens(accounts):
@@ -151,3 +151,23 @@ def test_cli_user_remove_refuses_builtin_and_last_admin(tmp_path, capsys):
         capsys.readouterr()
         assert main(argv + ["--config", config]) == 1
         assert capsys.readouterr().err.strip() == message
+
+
+@pytest.mark.integration
+def test_accounts_running_service_sees_cli_user_and_token_changes(tmp_path):
+    config = service_config(tmp_path, TWO_LAMPS)
+    tokens = add_users(config)
+    svc = ServiceProcess(config).start()
+    try:
+        # Added by another process while the service runs: accepted once the service reloads.
+        lampctl("user", "add", "bob", "--role", "practitioner", "--pin", "1357", config=config)
+        bob = lampctl("token", "create", "bob", config=config).stdout.strip()
+        wait_until(lambda: svc.get("/api/lamps", bob)[0] == 200, 15, "bob's new token accepted")
+        lampctl("user", "remove", "bob", config=config)
+        wait_until(lambda: svc.get("/api/lamps", bob)[0] == 401, 15, "bob's token refused after removal")
+        refused = lampctl("user", "remove", "cli", config=config, check=False)
+        assert refused.returncode == 1 and "built-in account" in refused.stderr
+        assert lampctl("stop-all", config=config).returncode == 0  # the built-in account still works
+        assert svc.get("/api/lamps", tokens["ann"])[0] == 200
+    finally:
+        svc.stop()

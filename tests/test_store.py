@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from lampctl import queries
 from lampctl.clock import FakeClock
-from lampctl.db import LogUnavailable, _statements
+from lampctl.db import LogUnavailable, _statements, migrate
 from lampctl.store import END_REASONS, MIGRATIONS, StoreError, UsageLog, connect, iso, parse_bound
 from tests.procs import wait_until
 
@@ -301,3 +301,24 @@ def test_store_parse_bound_keeps_the_order_of_bounds(a, b):
 
     if moment(a, False) <= moment(b, True):
         assert parse_bound(a.isoformat()) <= parse_bound(b.isoformat(), upper=True)
+
+
+def test_store_migration_run_twice_at_once_by_two_processes_is_harmless(tmp_path):
+    db = tmp_path / "l.db"
+    first, second = connect(db, create=True), connect(db, create=True)
+    try:
+        assert first.execute("PRAGMA user_version").fetchone()[0] == 0
+        real_execute = second.execute
+        assert migrate(first) == len(MIGRATIONS)
+        seen = iter([0])  # the second migrator read version 0 before the first one finished
+
+        class Stale:
+            def execute(self, sql, *args):
+                if sql == "PRAGMA user_version" and (v := next(seen, None)) is not None:
+                    return real_execute(f"SELECT {v}")
+                return real_execute(sql, *args)
+        assert migrate(Stale()) == len(MIGRATIONS)
+        assert second.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    finally:
+        first.close()
+        second.close()
