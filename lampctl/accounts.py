@@ -39,7 +39,7 @@ POLL_S = 1.0
 
 def hash_token(token: str) -> str:
     # Tokens and login ids carry 256 random bits, so a fast hash keeps a stolen DB useless.
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @functools.cache

@@ -28,6 +28,7 @@ def test_accounts_users_pins_and_tokens(accounts):
     assert token not in str(conn.execute("SELECT * FROM api_tokens").fetchall()[0][:])
     conn.close()
     assert accounts.user_for_token(token)["name"] == "ann"
+    assert accounts.user_for_token("\udcff") is None and accounts.user_for_token("") is None
     accounts.add_user("boss", "admin", "1357")
     accounts.remove_user("ann")
     assert accounts.user_for_token(token) is None  # tokens go with their user, in memory at once
