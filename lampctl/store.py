@@ -133,7 +133,8 @@ class UsageLog:
         if self._writer is not None and not self._writer.is_alive():
             problems.append("The usage log writer has stopped: records are not being saved; restart the service.")
         if self.dropped:
-            problems.append(f"{_records(self.dropped)} lost because the usage log queue was full.")
+            problems.append(f"{_records(self.dropped)} lost (the usage log queue was full or the database "
+                            "refused them); see the service log.")
         return {"pending": pending, "write_errors": self.write_errors, "dropped": self.dropped,
                 "problems": problems}
 
@@ -299,7 +300,11 @@ class _Writer:
             if alive:
                 self.check_file()
             try:
-                self.write(batch, alive)
+                try:
+                    self.write(batch, alive)
+                except sqlite3.IntegrityError:
+                    self.one_by_one(batch)
+                    continue
             except sqlite3.Error as exc:
                 if not self.failed(exc):
                     return
@@ -308,11 +313,28 @@ class _Writer:
             owner._failing = False
             if alive:
                 self.next_alive = now + self.log.alive_every_s
-            with owner._cond:
-                for _ in batch:
-                    owner._pending.popleft()
-                owner._committed += len(batch)
-                owner._cond.notify_all()
+            self.done(len(batch))
+
+    def done(self, count: int) -> None:
+        with self.log._cond:
+            for _ in range(count):
+                self.log._pending.popleft()
+            self.log._committed += count
+            self.log._cond.notify_all()
+
+    def one_by_one(self, batch: list) -> None:
+        """A record the database refuses (a constraint) would block every record behind it for
+        ever: write the batch one record at a time and give up on that record alone, counted as lost."""
+        for _at, statements in batch:
+            try:
+                with transaction(self.conn):
+                    for sql, params in statements:
+                        self.conn.execute(sql, params)
+            except sqlite3.IntegrityError as exc:
+                with self.log._cond:
+                    self.log.dropped += 1
+                log.error("usage log record refused by the database (%s); record lost: %r", exc, statements)
+            self.done(1)  # an OperationalError stops here: the records behind it stay queued
 
     def write(self, batch: list, alive: bool) -> None:
         if self.conn is None:

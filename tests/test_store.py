@@ -204,10 +204,10 @@ def test_s9_health_reports_write_errors_and_dropped_records(tmp_path):
         assert (health["pending"], health["dropped"]) == (2, 1) and health["write_errors"] >= 1
         assert health["problems"] == [
             "The usage log cannot write to disk (disk I/O error); 2 records waiting.",
-            "1 record lost because the usage log queue was full."]
+            "1 record lost (the usage log queue was full or the database refused them); see the service log."]
         disk.broken.clear()
         assert log.flush(10)
-        assert log.health()["problems"] == ["1 record lost because the usage log queue was full."]
+        assert log.health()["problems"] == ["1 record lost (the usage log queue was full or the database refused them); see the service log."]
     finally:
         log.close()
 
@@ -322,3 +322,21 @@ def test_store_migration_run_twice_at_once_by_two_processes_is_harmless(tmp_path
     finally:
         first.close()
         second.close()
+
+
+def test_s9_a_record_the_database_refuses_does_not_block_the_records_behind_it(tmp_path):
+    log = UsageLog(tmp_path / "l.db", wall=lambda: T0)
+    log.start()
+    try:
+        log.session_started(1, "room1", "ann", T0, 60)
+        assert log.flush(5)
+        log.event("room1", None, None, "system", "before")
+        log.session_started(1, "room1", "ann", T0, 60)  # the same id again: a constraint refuses it
+        log.event("room1", None, None, "system", "after")
+        assert log.flush(10)
+        assert [e["why"] for e in reversed(log.events())] == ["before", "after"]
+        assert log.health()["dropped"] == 1 and len(log.health()["problems"]) == 1
+        log.event("room1", None, None, "system", "later")
+        assert log.flush(5)
+    finally:
+        log.close()
