@@ -161,13 +161,17 @@ class Accounts:
 
     def _poll(self) -> None:
         while not self._stop.wait(self._poll_s):
-            try:
-                self.reload(only_if_changed=True)
-                self.reload_error = None
-            except (sqlite3.Error, OSError) as exc:
-                if str(exc) != self.reload_error:
-                    log.warning("accounts cannot be reloaded (%s); answering from memory", exc)
-                self.reload_error = str(exc)
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        """Reload if the accounts changed; a failure is kept in reload_error (shown by /api/health)."""
+        try:
+            self.reload(only_if_changed=True)
+            self.reload_error = None
+        except (sqlite3.Error, OSError) as exc:
+            if str(exc) != self.reload_error:
+                log.warning("accounts cannot be reloaded (%s); answering from memory", exc)
+            self.reload_error = str(exc)
 
     def reload(self, only_if_changed: bool = False) -> bool:
         """Read the accounts from the database into memory; True if memory changed."""

@@ -88,3 +88,18 @@ def test_s10_health_answers_from_memory_while_the_disk_hangs(cfg, controller, ac
         thaw.set()
         reloader.join(10)
         usage_log.close()
+
+
+def test_health_degraded_while_account_changes_cannot_be_read(client, accounts, users):
+    def broken(path):
+        raise sqlite3.OperationalError("unable to open database file")
+    accounts._connect = broken
+    accounts.poll_once()
+    body = health(client)
+    assert body["status"] == "degraded"
+    assert body["problems"] == ["Account changes cannot be read from the database (unable to open database file); "
+                                "logins and tokens are checked against the accounts last read."]
+    assert client.get("/api/lamps", headers={"Authorization": f"Bearer {users['ann']}"}).status_code == 200
+    accounts._connect = connect
+    accounts.poll_once()
+    assert health(client)["status"] == "ok"

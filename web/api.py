@@ -96,6 +96,9 @@ def health():
     if firmware == "lost":
         problems.append("The link to the safety microcontroller is lost.")
     problems += log_health["problems"]
+    if getattr(s.accounts, "reload_error", None):
+        problems.append(f"Account changes cannot be read from the database ({s.accounts.reload_error}); "
+                        "logins and tokens are checked against the accounts last read.")
     if any(l.state == "fault" for l in lamps):
         status = "fault"
     else:
