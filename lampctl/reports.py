@@ -1,13 +1,11 @@
-"""Read-only queries for the admin pages and exports: usage per lamp and day, per practitioner, end reasons, bulb hours."""
+"""Read-only aggregates for the admin pages and exports: usage per lamp and day, per practitioner, end reasons, bulb hours."""
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from lampctl.store import connect, parse_bound
+from lampctl.db import parse_bound, reading
 
 SESSION_COLUMNS = ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason"]
 # Share of a bulb's rated life after which the admin pages warn.
@@ -22,10 +20,6 @@ def csv_cell(value):
     return "" if value is None else value
 
 
-def _read(path: Path) -> closing[sqlite3.Connection]:
-    return closing(connect(path))
-
-
 def day_range(days: int, today: date | None = None) -> list[date]:
     """The last `days` local dates, oldest first, ending today."""
     today = today or date.today()
@@ -36,7 +30,7 @@ def minutes_per_lamp_per_day(path: Path, days: list[date]) -> dict[str, dict[dat
     """{lamp_id: {local date: minutes}}; a session counts on the local day it started."""
     start, end = parse_bound(days[0].isoformat()), parse_bound(days[-1].isoformat(), upper=True)
     out: dict[str, dict[date, float]] = {}
-    with _read(path) as conn:
+    with reading(path) as conn:
         rows = conn.execute(
             "SELECT lamp_id, date(started_at, 'localtime') AS day, sum(actual_s) AS s FROM sessions "
             "WHERE started_at >= ? AND started_at <= ? AND actual_s IS NOT NULL GROUP BY lamp_id, day",
@@ -48,7 +42,7 @@ def minutes_per_lamp_per_day(path: Path, days: list[date]) -> dict[str, dict[dat
 
 def per_practitioner(path: Path, start: str, end: str) -> list[dict]:
     """Sessions and minutes per user between two bounds (ISO dates or times), busiest first."""
-    with _read(path) as conn:
+    with reading(path) as conn:
         rows = conn.execute(
             "SELECT user, count(*) AS sessions, coalesce(sum(actual_s), 0) / 60.0 AS minutes FROM sessions "
             "WHERE started_at >= ? AND started_at <= ? GROUP BY user ORDER BY sessions DESC, user",
@@ -58,7 +52,7 @@ def per_practitioner(path: Path, start: str, end: str) -> list[dict]:
 
 def end_reasons(path: Path, start: str, end: str) -> list[dict]:
     """How sessions ended between two bounds; a session still running counts as 'running'."""
-    with _read(path) as conn:
+    with reading(path) as conn:
         rows = conn.execute(
             "SELECT coalesce(end_reason, 'running') AS reason, count(*) AS sessions FROM sessions "
             "WHERE started_at >= ? AND started_at <= ? GROUP BY reason ORDER BY sessions DESC, reason",
@@ -68,7 +62,7 @@ def end_reasons(path: Path, start: str, end: str) -> list[dict]:
 
 def session_users(path: Path) -> list[str]:
     """Every name in the session log, removed users included (for the log filter)."""
-    with _read(path) as conn:
+    with reading(path) as conn:
         return [r[0] for r in conn.execute("SELECT DISTINCT user FROM sessions ORDER BY user")]
 
 
@@ -96,7 +90,7 @@ class BulbHours:
 def bulb_hours(path: Path, lamps) -> list[BulbHours]:
     """Hours each lamp's current bulb has burnt: ended sessions started since its last replacement."""
     out = []
-    with _read(path) as conn:
+    with reading(path) as conn:
         for lamp in lamps:
             last = conn.execute("SELECT at, who FROM bulb_replacements WHERE lamp_id = ? ORDER BY at DESC, id DESC "
                                 "LIMIT 1", (lamp.id,)).fetchone()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from lampctl import config as config_mod
-from lampctl.runtime import CLI_USER, InstanceLock, cli_token_path, write_secret_file
+from lampctl.runtime import InstanceLock, cli_token_path, write_secret_file
 
 log = logging.getLogger("lampctl")
 
@@ -56,6 +56,7 @@ class Service:
         self.relays = None
         self.controller = None
         self.usage_log = None
+        self.accounts = None
         self.backstop = None
         self.server = None
         self.close_errors: list[str] = []
@@ -87,7 +88,7 @@ class Service:
         # Spawned before any thread of ours starts: preexec_fn is only safe in a single-threaded parent.
         url = self._open_simulator(stack)
         self._open_usage_log(stack)
-        self._open_accounts()
+        self._open_accounts(stack)
         self._open_controller(stack, url)
         self._open_web(stack)
         self._open_watchdog(stack)
@@ -171,9 +172,14 @@ class Service:
         simulated = ", simulated GPIO" if self.simulate else ""
         usage_log.event(None, None, None, "system", f"service started (pid {os.getpid()}{simulated})")
 
-    def _open_accounts(self) -> None:
-        """Every call of the service on users and tokens: a fresh admin token for the local CLI."""
-        token = self.usage_log.replace_system_token(CLI_USER)
+    def _open_accounts(self, stack: ExitStack) -> None:
+        """Users and tokens held in memory (auth never waits for the disk), and a fresh token for the local CLI."""
+        from lampctl.accounts import Accounts
+
+        self.accounts = Accounts(self.cfg.service.database, audit=self.usage_log.event)
+        token = self.accounts.replace_system_token()
+        self.accounts.start()
+        self.on_close(stack, "accounts", self.accounts.close)
         # Readable only by the service's user.
         write_secret_file(cli_token_path(self.cfg.service.database), token + "\n")
 
@@ -210,7 +216,7 @@ class Service:
 
         backstop = self.backstop
         app = create_app(Services(controller=self.controller, usage_log=self.usage_log, config=self.cfg,
-                                  firmware_status=backstop.status if backstop else (lambda: "absent")))
+                                  accounts=self.accounts, firmware_status=backstop.status if backstop else (lambda: "absent")))
         self.server = make_server(app, self.cfg.service.host, self.cfg.service.port)
         self.on_close(stack, "web server", self.server.close)
         log.info("serving on http://%s:%d/", self.cfg.service.host, self.server.port)

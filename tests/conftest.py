@@ -9,6 +9,7 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from lampctl import config as config_mod
+from lampctl.accounts import Accounts
 from lampctl.clock import FakeClock
 from lampctl.controller import SessionController
 from lampctl.hardware import RelayBank
@@ -85,6 +86,14 @@ def usage_log(cfg, clock):
 
 
 @pytest.fixture
+def accounts(cfg, clock, usage_log):
+    """Accounts on the same database, answering from memory; no reload thread (tests call reload())."""
+    acc = Accounts(cfg.service.database, wall=clock.wall, audit=usage_log.event)
+    yield acc
+    acc.close()
+
+
+@pytest.fixture
 def controller(cfg, relays, clock, usage_log):
     ctl = SessionController(cfg.lamps, relays, clock, usage_log)
     relays.on_estop(ctl.estop)
@@ -97,8 +106,8 @@ def pin_history(factory, number) -> list[bool]:
 
 
 @pytest.fixture
-def services(cfg, controller, usage_log):
-    return Services(controller=controller, usage_log=usage_log, config=cfg)
+def services(cfg, controller, usage_log, accounts):
+    return Services(controller=controller, usage_log=usage_log, config=cfg, accounts=accounts)
 
 
 @pytest.fixture
@@ -112,11 +121,11 @@ def client(app):
 
 
 @pytest.fixture
-def users(usage_log):
+def users(accounts):
     """Demo accounts with tokens: {"admin": token, "ann": token}."""
-    usage_log.add_user("admin", "admin", "1234")
-    usage_log.add_user("ann", "practitioner", "2468")
-    return {"admin": usage_log.create_token("admin"), "ann": usage_log.create_token("ann")}
+    accounts.add_user("admin", "admin", "1234")
+    accounts.add_user("ann", "practitioner", "2468")
+    return {"admin": accounts.create_token("admin"), "ann": accounts.create_token("ann")}
 
 
 def bearer(token: str) -> dict:

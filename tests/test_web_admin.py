@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import html as htmllib
 import io
+import os
 import re
 from datetime import date, datetime, timedelta, timezone
 
@@ -179,7 +180,7 @@ def test_events_page_lists_the_audit_log(web, controller, usage_log):
     assert "logged in to the panel" not in page  # filtered to the lamp
 
 
-def test_users_add_reset_pin_role_and_remove(web, usage_log, clock):
+def test_users_add_reset_pin_role_and_remove(web, accounts, usage_log, clock):
     assert post(web, "/admin/users", name="bea", role="practitioner", pin="1111").status_code == 303
     assert flashes(web, "/admin/users") == ["bea added as practitioner."]
     resp = post(web, "/admin/users", name="bea", role="practitioner", pin="1111")
@@ -187,37 +188,52 @@ def test_users_add_reset_pin_role_and_remove(web, usage_log, clock):
     resp = post(web, "/admin/users", name="cy", role="practitioner", pin="12")
     assert resp.status_code == 400 and b"A PIN must be 4 to 8 digits." in resp.data
     post(web, "/admin/users/bea/pin", pin="2222")
-    assert flashes(web, "/admin/users") == ["New PIN set for bea."]
-    assert usage_log.check_pin("bea", "2222") and not usage_log.check_pin("bea", "1111")
+    assert flashes(web, "/admin/users") == ["New PIN set for bea; their logins have ended."]
+    assert accounts.check_pin("bea", "2222") and not accounts.check_pin("bea", "1111")
     post(web, "/admin/users/bea/role", role="admin")
-    assert usage_log.user("bea")["role"] == "admin"
+    assert accounts.user("bea")["role"] == "admin"
     post(web, "/admin/users/bea/role", role="king")
     assert flashes(web, "/admin/users")[-1] == "Role 'king' is not one of: practitioner, admin."
     post(web, "/admin/users/bea/remove")
-    assert usage_log.user("bea") is None
+    assert accounts.user("bea") is None
     usage_log.flush(2)
     whys = [e["why"] for e in usage_log.events() if e["who"] == "admin"]
     for why in ("user bea added as practitioner", "PIN of bea reset", "role of bea set to admin", "user bea removed"):
-        assert why in whys
+        assert whys.count(why) == 1
     assert not any("2222" in w or "1111" in w for w in whys)  # never a PIN in the log
 
 
-def test_users_page_marks_cli_and_refuses_changing_it_or_yourself(web, usage_log, clock):
-    conn = connect(usage_log.path)
-    conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES ('cli', 'admin', '!', ?)",
-                 (iso(clock.wall()),))
-    conn.close()
+def test_users_page_marks_cli_and_refuses_changing_it_or_yourself(web, accounts):
+    accounts.replace_system_token()
     page = web.get("/admin/users").data.decode()
     assert "Built-in account of the command line" in page
     assert 'action="/admin/users/cli/remove"' not in page
     post(web, "/admin/users/cli/remove")
-    assert flashes(web, "/admin/users") == ["cli is the built-in account of the command line; it cannot be changed here."]
+    assert flashes(web, "/admin/users") == ["cli is the built-in account of the command line; it cannot be removed."]
     post(web, "/admin/users/cli/pin", pin="1234")
+    assert flashes(web, "/admin/users") == ["cli is the built-in account of the command line; it cannot be given a PIN."]
+    post(web, "/admin/users/cli/role", role="practitioner")
     assert flashes(web, "/admin/users")[0].startswith("cli is the built-in account")
-    assert usage_log.check_pin("cli", "1234") is None
+    resp = post(web, "/admin/users", name="cli", role="admin", pin="1234")
+    assert resp.status_code == 400 and b"it cannot be added" in resp.data
+    assert accounts.check_pin("cli", "1234") is None
     post(web, "/admin/users/admin/remove")
     assert flashes(web, "/admin/users") == ["You cannot remove or demote your own account here; ask another admin."]
-    assert usage_log.user("cli") and usage_log.user("admin")
+    assert accounts.user("cli")["role"] == "admin" and accounts.user("admin")
+
+
+def test_admin_pages_answer_503_with_a_sentence_when_the_log_file_is_gone(web, usage_log, users):
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{usage_log.path}{suffix}"):
+            os.unlink(f"{usage_log.path}{suffix}")
+    for path in ("/admin/log", "/admin/log.csv", "/admin/usage", "/admin/bulbs", "/admin/events"):
+        resp = web.get(path)
+        assert resp.status_code == 503, path
+        assert "cannot be opened" in resp.data.decode(), path
+    resp = web.get("/api/sessions", headers={"Authorization": f"Bearer {users['admin']}"})
+    assert resp.status_code == 503 and resp.get_json()["code"] == "log-unavailable"
+    assert web.get("/panel/").status_code == 200  # auth comes from memory; the panel still works
+    assert not usage_log.path.exists()  # no reader made a new empty file
 
 
 def test_fault_reset_from_the_lamps_page(web, controller, usage_log):
@@ -238,3 +254,24 @@ def test_panel_offers_admins_a_fault_reset(web, controller):
     page = web.get("/panel/").data.decode()
     assert page.count(">Reset fault</button>") == 2  # one per lamp, shown only on the faulted one
     assert re.search(r'data-show="fault"\s*>', page)  # room2's is visible
+
+
+def test_api_sessions_extreme_compact_or_bad_bounds_never_500(web, controller, clock, usage_log, users):
+    run_sessions(controller, clock, usage_log)
+    auth = {"Authorization": f"Bearer {users['admin']}"}
+
+    def ids(query):
+        resp = web.get(f"/api/sessions{query}", headers=auth)
+        assert resp.status_code == 200, (query, resp.get_json())
+        return [s["id"] for s in resp.get_json()["sessions"]]
+    assert ids("?from=0001-01-01") == [1, 2, 3, 4, 5]
+    assert ids("?to=9999-12-31T23:59:59-10:00") == [1, 2, 3, 4, 5]
+    assert ids("?from=0001-01-01&to=9999-12-31") == [1, 2, 3, 4, 5]
+    assert ids("?to=20260105") == ids("?to=2026-01-05") == [1, 2, 3, 4, 5]  # the whole day, not its first instant
+    assert ids("?from=20260106") == []
+    for query in ("?from=soon", "?to=2026-13-01", "?from=%00", "?to=" + "9" * 400, "?reason=melted"):
+        resp = web.get(f"/api/sessions{query}", headers=auth)
+        assert resp.status_code == 400 and resp.get_json()["code"] == "bad-query", query
+        assert resp.get_json()["error"].endswith("."), query
+    assert web.get("/admin/log?from=0001-01-01&to=9999-12-31").status_code == 200
+    assert web.get("/admin/log?to=" + "9" * 400).status_code == 400

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import re
 import stat
+import threading
+import time
 
 import pytest
 
-from lampctl.store import connect, iso
+from lampctl.accounts import Accounts
+from lampctl.db import connect
 from tests.conftest import pin_history
+from tests.procs import wait_until
 from web import CSP, Services, create_app
 from web.auth import LoginGuard
 
@@ -100,18 +104,26 @@ def test_login_failures_outside_the_window_do_not_add_up(web, clock):
 def test_login_guard_unit_counts_per_name_case_blind():
     now = [0.0]
     guard = LoginGuard(lambda: now[0])
-    assert [guard.failed("Ann") for _ in range(4)] == [4, 3, 2, 1]
-    assert guard.failed("ann") == 0
-    assert guard.locked_for("ANN") == 300
+
+    def wrong(name):
+        assert guard.reserve(name) == 0
+        return guard.failed(name)
+    assert [wrong("Ann") for _ in range(4)] == [(4, False), (3, False), (2, False), (1, False)]
+    assert wrong("ann") == (0, True)
+    assert guard.locked_for("ANN") == 300 and guard.reserve("aNN") == 300
     now[0] = 300
     assert guard.locked_for("ann") == 0
 
 
-def test_login_builtin_cli_account_can_never_log_in(web, usage_log, clock):
-    conn = connect(usage_log.path)
-    conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES ('cli', 'admin', '!', ?)",
-                 (iso(clock.wall()),))
-    conn.close()
+def test_login_guard_reserves_attempts_before_the_check():
+    guard = LoginGuard(lambda: 0.0)
+    assert [guard.reserve("ann") for _ in range(7)] == [0, 0, 0, 0, 0, 300, 300]
+    assert guard.failed("ann") == (0, True)
+    assert guard.failed("ann") == (0, False)  # the other four in flight: locked once, logged once
+
+
+def test_login_builtin_cli_account_can_never_log_in(web, accounts):
+    accounts.replace_system_token()
     for pin in ("!", "0000", "1234"):
         assert login(web, "cli", pin).status_code in (400, 401, 429)
     assert web.get("/admin/log").status_code == 302
@@ -123,18 +135,18 @@ def test_login_next_only_redirects_within_the_site(web):
     assert login(web, "ann", "2468", next="/panel/?x=1").headers["Location"] == "/panel/?x=1"
 
 
-def test_removed_user_loses_access_on_next_request(web, usage_log):
+def test_removed_user_loses_access_on_next_request(web, accounts):
     login(web, "ann", "2468")
     assert web.get("/panel/").status_code == 200
-    usage_log.remove_user("ann")
+    accounts.remove_user("ann")
     assert web.get("/panel/").status_code == 302
     assert web.get("/panel/state.json").status_code == 401
 
 
-def test_role_change_applies_on_next_request(web, usage_log):
+def test_role_change_applies_on_next_request(web, accounts):
     login(web, "ann", "2468")
     assert web.get("/admin/log").status_code == 403
-    usage_log.set_role("ann", "admin")
+    accounts.set_role("ann", "admin")
     assert web.get("/admin/log").status_code == 200
 
 
@@ -213,8 +225,8 @@ def test_pages_send_csp_without_inline_script_and_other_headers(web):
         assert re.search(r"<[^>]*\son[a-z]+=", html) is None  # no inline event handlers either
 
 
-def test_secret_key_generated_on_first_run_with_mode_0600_and_reused(cfg, controller, usage_log):
-    services = Services(controller=controller, usage_log=usage_log, config=cfg)
+def test_secret_key_generated_on_first_run_with_mode_0600_and_reused(cfg, controller, usage_log, accounts):
+    services = Services(controller=controller, usage_log=usage_log, config=cfg, accounts=accounts)
     path = cfg.service.database.parent / "secret.key"
     assert not path.exists()
     first = create_app(services, {"TESTING": True})
@@ -229,3 +241,115 @@ def test_unknown_page_is_html_404_and_unknown_api_url_json_404(web):
     assert resp.status_code == 404 and b"There is no such page." in resp.data
     resp = web.get("/api/nowhere")
     assert resp.status_code == 404 and resp.get_json()["code"] == "not-found"
+
+
+@pytest.mark.parametrize("target", [
+    "https://evil.example/", "//evil.example/", "/\t/evil.example/", "/\r\n/evil.example/", "/\n/evil.example",
+    "/\\evil.example/", "\\\\evil.example/", "/ /evil.example/", "/\x00/evil", "/\x0b/evil.example/",
+    "/\u2028/evil.example/", "/\u200b/evil.example/", "/\u00a0/evil.example/", "javascript:alert(1)",
+    "http:/evil.example", "/panel/\t", "panel/", "", "https:///evil.example"])
+def test_login_next_never_leaves_the_site(web, target):
+    resp = login(web, "ann", "2468", next=target)
+    assert resp.status_code == 303 and resp.headers["Location"] == "/panel/", target
+    assert not web.get("/panel/").headers.get("Location")
+
+
+def test_login_next_keeps_paths_on_this_site(web):
+    for target in ("/panel/?x=1", "/admin/log?from=2026-01-01&lamp=room1", "/panel/#room1"):
+        assert login(web, "admin", "1234", next=target).headers["Location"] == target
+        post(web, "/logout")
+
+
+def test_login_parallel_wrong_pins_never_pass_the_limit(web_app, accounts, usage_log, monkeypatch):
+    checked, release = [], threading.Event()
+    real_check = accounts.check_pin
+
+    def slow_check(name, pin):  # the hash is slow: every guess is in flight at once
+        checked.append(pin)
+        release.wait(30)
+        return real_check(name, pin)
+    monkeypatch.setattr(accounts, "check_pin", slow_check)
+    clients = [web_app.test_client() for _ in range(10)]
+    tokens = [csrf_from(c.get("/login").data) for c in clients]
+    codes = []
+
+    def guess(client, token, n):
+        resp = client.post("/login", data={"name": "ann", "pin": f"{9000 + n}", "csrf_token": token})
+        codes.append(resp.status_code)
+    threads = [threading.Thread(target=guess, args=(c, t, n)) for n, (c, t) in enumerate(zip(clients, tokens))]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(codes) >= 5, 30, "five guesses refused without a check")
+    assert len(checked) == 5 and codes == [429] * 5
+    release.set()
+    for t in threads:
+        t.join(30)
+    # The five checked guesses fill the window, so the name is locked as the first of them fails.
+    assert codes == [429] * 10 and len(checked) == 5
+    assert login(web_app.test_client(), "ann", "2468").status_code == 429
+    assert usage_log.flush(5)
+    assert [e["why"] for e in usage_log.events()].count("login locked out after 5 wrong PINs") == 1
+
+
+def test_logout_ends_a_cookie_copied_before_it(web, web_app):
+    login(web, "ann", "2468")
+    cookie = web.get_cookie("lampctl_session").value
+    thief = web_app.test_client()
+    thief.set_cookie("lampctl_session", cookie)
+    assert thief.get("/panel/").status_code == 200
+    post(web, "/logout")
+    assert thief.get("/panel/").status_code == 302
+    assert thief.get("/panel/state.json").status_code == 401
+
+
+def test_pin_change_ends_every_login_of_that_user(web, web_app, accounts):
+    login(web, "ann", "2468")
+    other = web_app.test_client()
+    login(other, "admin", "1234")
+    accounts.set_pin("ann", "1357")
+    assert web.get("/panel/").status_code == 302
+    assert other.get("/panel/").status_code == 200
+    assert login(web, "ann", "1357").status_code == 303
+
+
+def test_login_survives_a_restart_of_the_service(web, cfg, controller, usage_log, accounts, clock):
+    login(web, "ann", "2468")
+    cookie = web.get_cookie("lampctl_session").value
+    restarted = Accounts(cfg.service.database, wall=clock.wall)
+    app = create_app(Services(controller=controller, usage_log=usage_log, config=cfg, accounts=restarted),
+                     {"TESTING": True, "SECRET_KEY": "test-key"})
+    client = app.test_client()
+    client.set_cookie("lampctl_session", cookie)
+    assert client.get("/panel/").status_code == 200
+
+
+def test_s10_blocked_database_reader_does_not_delay_bearer_or_session_auth(web_app, web, accounts, usage_log,
+                                                                          controller, factory, users):
+    login(web, "ann", "2468")
+    controller.start("room1", 600, "ann")
+    controller.start("room2", 600, "ann")
+    frozen, thaw = threading.Event(), threading.Event()
+
+    def hung_connect(path):  # a frozen filesystem: the call blocks until the disk returns
+        frozen.set()
+        thaw.wait(60)
+        return connect(path)
+    accounts._connect = hung_connect
+    reloader = threading.Thread(target=accounts.reload, daemon=True)
+    reloader.start()
+    try:
+        assert frozen.wait(10)
+        started = time.monotonic()
+        resp = web_app.test_client().post("/api/lamps/room1/stop", headers={"Authorization": f"Bearer {users['ann']}"})
+        api_s = time.monotonic() - started
+        assert resp.status_code == 200 and resp.get_json()["lamp"]["relay_on"] is False
+        started = time.monotonic()
+        resp = post(web, "/panel/lamps/room2/stop")
+        panel_s = time.monotonic() - started
+        assert resp.status_code == 303 and controller.lamp("room2").state in ("off", "cooldown")
+        assert pin_history(factory, 17)[-1] is False and pin_history(factory, 18)[-1] is True  # room2 is active-low
+        assert reloader.is_alive()  # the disk was hung the whole time
+        assert api_s < 2.0 and panel_s < 2.0, (api_s, panel_s)
+    finally:
+        thaw.set()
+        reloader.join(10)

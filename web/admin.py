@@ -9,10 +9,11 @@ from datetime import date
 from flask import (Blueprint, Response, current_app, flash, g, redirect, render_template, request,
                    stream_with_context, url_for)
 
-from lampctl import reports
+from lampctl import queries, reports
+from lampctl.accounts import BUILTIN_USER, ROLES
 from lampctl.controller import Refused
-from lampctl.runtime import CLI_USER
-from lampctl.store import END_REASONS, ROLES, StoreError, parse_bound
+from lampctl.db import StoreError, parse_bound
+from lampctl.store import END_REASONS
 from web import services
 from web.auth import require_admin
 from web.charts import colour, stacked_days_svg
@@ -50,7 +51,7 @@ def index():
 
 # ---- session log -------------------------------------------------------------------------
 def _log_filters() -> tuple[dict, dict, str | None]:
-    """(filters for UsageLog, the form's values, an error sentence or None)."""
+    """(filters for lampctl.queries, the form's values, an error sentence or None)."""
     args = request.args
     form = {k: (args.get(k) or "").strip() for k in ("from", "to", "lamp", "user", "reason")}
     filters = {"start": form["from"] or None, "end": form["to"] or None, "lamp": form["lamp"] or None,
@@ -71,11 +72,11 @@ def _log_filters() -> tuple[dict, dict, str | None]:
 @bp.get("/log")
 def log():
     filters, form, error = _log_filters()
-    log = services().usage_log
+    path = services().usage_log.path
     size = current_app.config["LOG_PAGE_SIZE"]
     rows, total, page, pages = [], 0, 1, 1
     if error is None:
-        total = log.count_sessions(**filters)
+        total = queries.count_sessions(path, **filters)
         pages = max(1, math.ceil(total / size))
         try:
             page = min(max(1, int(request.args.get("page", 1))), pages)
@@ -84,10 +85,10 @@ def log():
         # Newest first: page 1 is the end of the oldest-first list the store keeps.
         end = total - (page - 1) * size
         start = max(0, end - size)
-        rows = list(reversed(log.sessions(**filters, limit=end - start, offset=start))) if end > 0 else []
+        rows = list(reversed(queries.sessions(path, **filters, limit=end - start, offset=start))) if end > 0 else []
     args = {k: v for k, v in form.items() if v}
     return render_template("admin/log.html", rows=rows, total=total, page=page, pages=pages, form=form, args=args,
-                           error=error, lamps=_lamp_names(), users=reports.session_users(log.path),
+                           error=error, lamps=_lamp_names(), users=reports.session_users(path),
                            reasons=END_REASONS, columns=reports.SESSION_COLUMNS), (400 if error else 200)
 
 
@@ -97,7 +98,8 @@ def log_csv():
     if error:
         flash(error, "error")
         return redirect(url_for("admin.log", **{k: v for k, v in request.args.items()}), code=303)
-    rows = services().usage_log.iter_sessions(**filters)
+    # Opened here, not in the generator: a log that cannot be read is a 503 before any byte is sent.
+    rows = queries.iter_sessions(services().usage_log.path, **filters)
 
     def generate():
         # One row at a time from the database cursor: the table is never loaded whole.
@@ -149,6 +151,7 @@ def bulb_replaced(lamp_id):
         return redirect(url_for("admin.bulbs"), code=303)
     hours = reports.bulb_hours(services().usage_log.path, [lamps[lamp_id]])[0].hours
     services().usage_log.record_bulb_replacement(lamp_id, g.user["name"], hours)
+    services().usage_log.flush(1.0)  # the page this redirects to reads the record back
     flash(f"{lamps[lamp_id].name}: bulb replacement recorded after {hours:.1f} h; its count starts again at 0.",
           "ok")
     return redirect(url_for("admin.bulbs"), code=303)
@@ -162,17 +165,17 @@ def events():
         page = max(1, int(request.args.get("page", 1)))
     except ValueError:
         page = 1
-    log = services().usage_log
     # One row more than shown tells whether an older page exists.
-    rows = log.events(limit=EVENTS_PAGE_SIZE + 1, offset=(page - 1) * EVENTS_PAGE_SIZE, lamp=lamp)
+    rows = queries.events(services().usage_log.path, limit=EVENTS_PAGE_SIZE + 1,
+                          offset=(page - 1) * EVENTS_PAGE_SIZE, lamp=lamp)
     return render_template("admin/events.html", rows=rows[:EVENTS_PAGE_SIZE], more=len(rows) > EVENTS_PAGE_SIZE,
                            page=page, lamp=lamp or "", lamps=_lamp_names())
 
 
 # ---- users -------------------------------------------------------------------------------
 def _users_page(status: int = 200, **form):
-    return render_template("admin/users.html", users=services().usage_log.users(), roles=ROLES,
-                           builtin=CLI_USER, form=form), status
+    return render_template("admin/users.html", users=services().accounts.users(), roles=ROLES,
+                           builtin=BUILTIN_USER, form=form), status
 
 
 @bp.get("/users")
@@ -191,9 +194,7 @@ def _user_action(action, success: str):
 
 
 def _target(name: str) -> str | None:
-    """Why `name` may not be changed here, or None."""
-    if name == CLI_USER:
-        return f"{CLI_USER} is the built-in account of the command line; it cannot be changed here."
+    """Why `name` may not be changed here, or None (Accounts keeps the rules for every caller)."""
     if name == g.user["name"]:
         return "You cannot remove or demote your own account here; ask another admin."
     return None
@@ -205,7 +206,7 @@ def add_user():
     role = request.form.get("role") or ""
     pin = request.form.get("pin") or ""
     try:
-        services().usage_log.add_user(name, role, pin, by=g.user["name"])
+        services().accounts.add_user(name, role, pin, by=g.user["name"])
     except StoreError as exc:
         return _users_page(400, name=name, role=role, error=str(exc))
     flash(f"{name} added as {role}.", "ok")
@@ -219,22 +220,14 @@ def remove_user(name):
         flash(why, "error")
         return redirect(url_for("admin.users"), code=303)
 
-    def act():
-        services().usage_log.remove_user(name)
-        services().usage_log.event(None, None, None, g.user["name"], f"user {name} removed")
-    return _user_action(act, f"{name} removed; their login and API tokens stop working now.")
+    return _user_action(lambda: services().accounts.remove_user(name, by=g.user["name"]),
+                        f"{name} removed; their login and API tokens stop working now.")
 
 
 @bp.post("/users/<name>/pin")
 def reset_pin(name):
-    if name == CLI_USER:
-        flash(_target(name), "error")
-        return redirect(url_for("admin.users"), code=303)
-
-    def act():
-        services().usage_log.set_pin(name, request.form.get("pin") or "")
-        services().usage_log.event(None, None, None, g.user["name"], f"PIN of {name} reset")
-    return _user_action(act, f"New PIN set for {name}.")
+    return _user_action(lambda: services().accounts.set_pin(name, request.form.get("pin") or "", by=g.user["name"]),
+                        f"New PIN set for {name}; their logins have ended.")
 
 
 @bp.post("/users/<name>/role")
@@ -245,10 +238,7 @@ def set_role(name):
         flash(why, "error")
         return redirect(url_for("admin.users"), code=303)
 
-    def act():
-        services().usage_log.set_role(name, role)
-        services().usage_log.event(None, None, None, g.user["name"], f"role of {name} set to {role}")
-    return _user_action(act, f"{name} is now {role}.")
+    return _user_action(lambda: services().accounts.set_role(name, role, by=g.user["name"]), f"{name} is now {role}.")
 
 
 # ---- lamps and faults --------------------------------------------------------------------

@@ -6,7 +6,9 @@ import functools
 from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from lampctl import queries
 from lampctl.controller import Refused
+from lampctl.db import LogUnavailable
 from lampctl.safety import DurationError, parse_duration
 from lampctl.store import END_REASONS, StoreError
 from web import services
@@ -58,7 +60,8 @@ def require_token(role: str | None = None):
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise ApiError(401, "unauthorized", "Send an API token as 'Authorization: Bearer <token>'.")
-            user = services().usage_log.user_for_token(token.strip())
+            # From memory: a hung disk cannot delay an API Stop (S10).
+            user = services().accounts.user_for_token(token.strip())
             if user is None:
                 raise ApiError(401, "unauthorized", "The API token is not valid.")
             if role and user["role"] != role:
@@ -83,16 +86,29 @@ def _duration_body() -> float:
 
 @bp.get("/health")
 def health():
+    """No auth, no disk: lamps and firmware from the controller, the log's state from memory."""
     s = services()
     lamps = s.controller.lamps()
     firmware = s.firmware_status()
-    faulted = any(lamp.state == "fault" for lamp in lamps)
-    status = "fault" if faulted else ("degraded" if firmware == "lost" else "ok")
+    log_health = s.usage_log.health()
+    problems = [f"{l.name} is latched in fault ({l.fault_reason}); an admin must reset it."
+                for l in lamps if l.state == "fault"]
+    if firmware == "lost":
+        problems.append("The link to the safety microcontroller is lost.")
+    problems += log_health["problems"]
+    if getattr(s.accounts, "reload_error", None):
+        problems.append(f"Account changes cannot be read from the database ({s.accounts.reload_error}); "
+                        "logins and tokens are checked against the accounts last read.")
+    if any(l.state == "fault" for l in lamps):
+        status = "fault"
+    else:
+        status = "degraded" if problems else "ok"
     return jsonify(
         status=status,
+        problems=problems,
         lamps=[{"id": l.id, "state": l.state, "relay_on": l.relay_on} for l in lamps],
         firmware=firmware,
-        log={"pending": s.usage_log.pending, "dropped": s.usage_log.dropped, "write_errors": s.usage_log.write_errors},
+        log={k: log_health[k] for k in ("pending", "write_errors", "dropped")},
     )
 
 
@@ -160,8 +176,10 @@ def sessions():
     if lamp:
         services().controller.lamp(lamp)
     try:
-        rows = services().usage_log.sessions(start=args.get("from") or None, end=args.get("to") or None,
-                                             lamp=lamp, user=args.get("user") or None, reason=reason)
+        rows = queries.sessions(services().usage_log.path, start=args.get("from") or None,
+                                end=args.get("to") or None, lamp=lamp, user=args.get("user") or None, reason=reason)
     except StoreError as exc:
         raise ApiError(400, "bad-query", str(exc)) from None
+    except LogUnavailable as exc:
+        raise ApiError(503, "log-unavailable", str(exc)) from None
     return jsonify(sessions=rows)

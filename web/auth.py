@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import sqlite3
 import threading
 import time
+import unicodedata
 from typing import Callable
+from urllib.parse import urlsplit
 
 from flask import (Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, session,
                    url_for)
 from werkzeug.exceptions import BadRequest
 
+from lampctl.accounts import Accounts
+from lampctl.db import LogUnavailable, StoreError
 from web import services
 
 bp = Blueprint("auth", __name__)
@@ -52,20 +57,39 @@ class LoginGuard:
                 return 0.0
             return left
 
-    def failed(self, name: str) -> int:
-        """Record a wrong PIN; return how many tries are left (0 means the name is now locked)."""
+    def reserve(self, name: str) -> float:
+        """Count an attempt BEFORE its PIN is checked; seconds the name is locked (0: go on and check).
+
+        Counting first, under the lock, means parallel guesses cannot all pass the check
+        while the slow hash runs: at most max_failures attempts are ever in the window.
+        """
         key, now = self._key(name), self._clock()
         with self._lock:
+            left = self._locked_until.get(key, 0.0) - now
+            if left > 0:
+                return left
+            self._locked_until.pop(key, None)
             if len(self._failures) > 1000:  # names typed at random must not grow memory without end
                 self._prune(now)
             recent = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+            if len(recent) >= self.max_failures:
+                return self.lockout_s  # attempts still being checked use up every try
             recent.append(now)
+            self._failures[key] = recent
+            return 0.0
+
+    def failed(self, name: str) -> tuple[int, bool]:
+        """After a wrong PIN whose attempt was reserved: (tries left, whether this failure locked the name)."""
+        key, now = self._key(name), self._clock()
+        with self._lock:
+            if self._locked_until.get(key, 0.0) > now:
+                return 0, False
+            recent = [t for t in self._failures.get(key, []) if now - t < self.window_s]
             if len(recent) >= self.max_failures:
                 self._failures.pop(key, None)
                 self._locked_until[key] = now + self.lockout_s
-                return 0
-            self._failures[key] = recent
-            return self.max_failures - len(recent)
+                return 0, True
+            return self.max_failures - len(recent), False
 
     def succeeded(self, name: str) -> None:
         with self._lock:
@@ -105,15 +129,16 @@ def wants_json() -> bool:
 
 
 def _load_user() -> None:
-    """g.user from the database on every request, so a removed user or a changed role counts at once."""
+    """g.user from the accounts in memory (never the disk): a logout, a removed user, a new PIN
+    or a changed role counts on the very next request."""
     g.user = None
-    name = session.get("user")
-    if name:
-        user = services().usage_log.user(name)
-        if user is None:
-            session.clear()
-        else:
-            g.user = user
+    if "user" not in session:
+        return
+    user = services().accounts.user_for_login(session.get("login"))
+    if user is None or user["name"] != session.get("user"):
+        session.clear()
+    else:
+        g.user = user
 
 
 def _before_request():
@@ -135,9 +160,24 @@ def require_admin() -> None:
         abort(403)
 
 
+def _unavailable(exc):
+    message = str(exc) if isinstance(exc, LogUnavailable) else "The usage log cannot be read right now; tell an admin."
+    if request.path.startswith("/api/") or wants_json():
+        return jsonify(error=message, code="log-unavailable"), 503
+    return render_template("error.html", status=503, title="Service Unavailable", message=message), 503
+
+
 def init_app(app) -> None:
     app.extensions["lampctl.login_guard"] = LoginGuard(app.config.get("LOGIN_CLOCK") or time.monotonic)
+    s = app.extensions["lampctl"]
+    if s.accounts is None:
+        # Handed none: accounts in memory on the usage log's database, reloaded on change.
+        s.accounts = Accounts(s.usage_log.path, audit=s.usage_log.event)
+        s.accounts.start()
     app.before_request(_before_request)
+    # A page that cannot read the log answers 503 with a sentence, never 500 (item 10).
+    app.register_error_handler(LogUnavailable, _unavailable)
+    app.register_error_handler(sqlite3.Error, _unavailable)
 
     @app.context_processor
     def _template_globals():
@@ -145,10 +185,20 @@ def init_app(app) -> None:
 
 
 def _safe_next(target: str | None) -> str:
-    # Only a path on this site: never redirect to another host after a login.
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("panel.panel")
+    """Only a path on this site: never redirect to another host after a login.
+
+    Control characters and whitespace are refused before parsing, because Werkzeug strips
+    tabs and CR/LF from the Location header after this check: "/", TAB, "/evil" would become "//evil".
+    """
+    fallback = url_for("panel.panel")
+    if not isinstance(target, str) or not target.startswith("/") or target.startswith("//"):
+        return fallback
+    if any(c == "\\" or c.isspace() or unicodedata.category(c)[0] in "CZ" for c in target):
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
+        return fallback
+    return target
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -166,25 +216,30 @@ def login():
 
     if not name or not pin:
         return refuse("Enter your name and your PIN.", 400)
-    left = guard().locked_for(name)
+    left = guard().reserve(name)
     if left:
         minutes = max(1, round(left / 60))
         return refuse(f"Too many wrong PINs for {name}: this name is locked for about {minutes} more "
                       f"minute{'s' if minutes != 1 else ''}.", 429)
-    user = services().usage_log.check_pin(name, pin)
+    user = services().accounts.check_pin(name, pin)
     if user is None:
-        tries = guard().failed(name)
-        if tries == 0:
+        tries, locked_now = guard().failed(name)
+        if locked_now:
             services().usage_log.event(None, None, None, name, f"login locked out after {MAX_FAILURES} wrong PINs")
+        if tries == 0:
             return refuse(f"Too many wrong PINs for {name}: this name is locked for {round(LOCKOUT_S / 60)} minutes.",
                           429)
         return refuse(f"That name and PIN do not match ({tries} tr{'ies' if tries != 1 else 'y'} left "
                       f"before this name is locked for {round(LOCKOUT_S / 60)} minutes).", 401)
     guard().succeeded(name)
+    try:
+        login_id = services().accounts.create_login(user["name"])
+    except (StoreError, sqlite3.Error):
+        return refuse("The login could not be saved (the database is not answering); try again in a minute.", 503)
     session.clear()  # a fresh session (and CSRF token) for the new login
     session.permanent = True
     session["user"] = user["name"]
-    session["role"] = user["role"]
+    session["login"] = login_id  # checked against the server's live logins on every request
     csrf_token()
     services().usage_log.event(None, None, None, user["name"], "logged in to the panel")
     return redirect(_safe_next(nxt), code=303)
@@ -193,6 +248,7 @@ def login():
 @bp.post("/logout")
 def logout():
     name = g.user["name"]
+    services().accounts.end_login(session.get("login"))  # a copy of this cookie stops working too
     session.clear()
     services().usage_log.event(None, None, None, name, "logged out")
     flash("You are logged out.", "ok")

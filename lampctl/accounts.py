@@ -1,0 +1,339 @@
+"""Accounts: users, PINs, API tokens and browser logins, answered from memory and reloaded when the database changes.
+
+Auth on a request (bearer token, login cookie) never touches the disk, so a hung disk
+cannot delay a Stop (S10). Writes go to the database first, then memory is refreshed at once.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import re
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from lampctl.db import StoreError, connect, iso, open_database, transaction
+from lampctl.runtime import CLI_USER
+
+log = logging.getLogger(__name__)
+
+# The command line's own admin account: its only token is replaced at each service start,
+# and it can never log in, be added, removed, demoted or given a PIN by anyone.
+BUILTIN_USER = CLI_USER  # one name for the CLI's built-in account
+ROLES = ("practitioner", "admin")
+USER_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+PIN_RE = re.compile(r"^[0-9]{4,8}$")
+# PINs are short, so the hash buys little offline; the login lockout is the real guard.
+# 100k rounds keep a login under a second on a Pi Zero 2 W.
+PIN_HASH_METHOD = "pbkdf2:sha256:100000"
+# A shift at the couch; the cookie lives as long (web's PERMANENT_SESSION_LIFETIME).
+LOGIN_LIFETIME = timedelta(hours=12)
+POLL_S = 1.0
+
+
+def hash_token(token: str) -> str:
+    # Tokens and login ids carry 256 random bits, so a fast hash keeps a stolen DB useless.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@functools.cache
+def _dummy_pin_hash() -> str:
+    return generate_password_hash(secrets.token_hex(8), PIN_HASH_METHOD)
+
+
+def check_user_name(name: str) -> None:
+    if not isinstance(name, str) or not USER_RE.match(name):
+        raise StoreError(f"User name {name!r} must be 1-32 letters, digits, '.', '_' or '-'.")
+
+
+def check_pin(pin: str) -> None:
+    if not isinstance(pin, str) or not PIN_RE.fullmatch(pin):
+        raise StoreError("A PIN must be 4 to 8 digits.")
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise StoreError(f"Role {role!r} is not one of: {', '.join(ROLES)}.")
+
+
+def _refuse_builtin(name: str, what: str) -> None:
+    if name == BUILTIN_USER:
+        raise StoreError(f"{BUILTIN_USER} is the built-in account of the command line; it cannot be {what}.")
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    version: int = 0
+    users: dict = field(default_factory=dict)  # name -> {name, role, created_at, pin_hash}
+    tokens: dict = field(default_factory=dict)  # token hash -> user name
+    logins: dict = field(default_factory=dict)  # login hash -> (user name, created datetime)
+
+
+def _read_snapshot(conn: sqlite3.Connection) -> _Snapshot:
+    conn.execute("BEGIN")  # one read snapshot of all four tables
+    try:
+        version = conn.execute("SELECT version FROM accounts_version").fetchone()[0]
+        users = {r["name"]: dict(r) for r in conn.execute("SELECT name, role, created_at, pin_hash FROM users")}
+        tokens = {r[0]: r[1] for r in conn.execute("SELECT token_hash, user FROM api_tokens")}
+        logins = {r[0]: (r[1], datetime.fromisoformat(r[2]))
+                  for r in conn.execute("SELECT login_hash, user, created_at FROM logins")}
+    finally:
+        conn.execute("COMMIT")
+    return _Snapshot(version, users, tokens, logins)
+
+
+def _public(row: dict | None) -> dict | None:
+    return None if row is None else {"name": row["name"], "role": row["role"], "created_at": row["created_at"]}
+
+
+class Accounts:
+    """Users, PINs, tokens and logins; reads from memory, writes through the database."""
+
+    def __init__(self, db_path: Path, *, wall: Callable[[], datetime] | None = None,
+                 audit: Callable[..., None] | None = None, poll_s: float = POLL_S, connect_fn=None):
+        self.path = Path(db_path)
+        open_database(self.path)
+        self._wall = wall or (lambda: datetime.now(timezone.utc))
+        self._audit = audit  # UsageLog.event: account changes go to the audit log through its owner
+        self._poll_s = poll_s
+        self._connect = connect_fn or connect  # tests swap it to simulate a hung disk
+        # Held across I/O only by writers and the reloader, never by a lookup.
+        self._write_lock = threading.Lock()
+        self._revoked: set[str] = set()  # logouts not yet seen in a reloaded snapshot
+        self._revoked_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.reload_error: str | None = None
+        self._snap = _Snapshot()
+        self.reload()
+
+    # ---- answers from memory (no disk, no lock held across I/O) ----------------------------
+    def user(self, name: str) -> dict | None:
+        return _public(self._snap.users.get(name))
+
+    def users(self) -> list[dict]:
+        snap = self._snap
+        return [_public(snap.users[n]) for n in sorted(snap.users)]
+
+    def check_pin(self, name: str, pin: str) -> dict | None:
+        """{"name", "role"} if name and PIN match, else None; the built-in account never matches."""
+        row = self._snap.users.get(name) if name != BUILTIN_USER else None
+        # Hash even for an unknown name, so reply time does not tell which names exist.
+        ok = check_password_hash(row["pin_hash"] if row else _dummy_pin_hash(), pin if isinstance(pin, str) else "")
+        if row is None or not ok:
+            return None
+        return {"name": row["name"], "role": row["role"]}
+
+    def user_for_token(self, token: str) -> dict | None:
+        snap = self._snap
+        name = snap.tokens.get(hash_token(token))
+        return _public(snap.users.get(name)) if name else None
+
+    def user_for_login(self, login_id: str) -> dict | None:
+        """The user of a live browser login, or None (logged out, expired, user removed or PIN changed)."""
+        if not isinstance(login_id, str) or not login_id:
+            return None
+        key = hash_token(login_id)
+        snap = self._snap
+        entry = snap.logins.get(key)
+        if entry is None or key in self._revoked or self._wall() - entry[1] > LOGIN_LIFETIME:
+            return None
+        return _public(snap.users.get(entry[0]))
+
+    # ---- reloading ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Reload in the background whenever another process (the CLI) changes the accounts."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, name="accounts-reload", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        """Reload if the accounts changed; a failure is kept in reload_error (shown by /api/health)."""
+        try:
+            self.reload(only_if_changed=True)
+            self.reload_error = None
+        except (sqlite3.Error, OSError) as exc:
+            if str(exc) != self.reload_error:
+                log.warning("accounts cannot be reloaded (%s); answering from memory", exc)
+            self.reload_error = str(exc)
+
+    def reload(self, only_if_changed: bool = False) -> bool:
+        """Read the accounts from the database into memory; True if memory changed."""
+        with self._write_lock:
+            conn = self._connect(self.path)
+            try:
+                if only_if_changed:
+                    version = conn.execute("SELECT version FROM accounts_version").fetchone()[0]
+                    if version == self._snap.version:
+                        return False
+                self._install(_read_snapshot(conn))
+            finally:
+                conn.close()
+        return True
+
+    def _install(self, snap: _Snapshot) -> None:
+        with self._revoked_lock:
+            self._revoked = {key for key in self._revoked if key in snap.logins}
+        self._snap = snap
+
+    # ---- writes: database first, then memory at once -------------------------------------
+    def _write(self, action: Callable[[sqlite3.Connection], object]):
+        """Run action(conn) in one transaction, then refresh memory from the same connection."""
+        with self._write_lock:
+            conn = self._connect(self.path)
+            try:
+                with transaction(conn):
+                    result = action(conn)
+                self._install(_read_snapshot(conn))
+            finally:
+                conn.close()
+        return result
+
+    def _record(self, who: str, why: str) -> None:
+        if self._audit is not None:
+            self._audit(None, None, None, who, why)
+
+    def add_user(self, name: str, role: str, pin: str, by: str = "admin") -> None:
+        check_user_name(name)
+        _refuse_builtin(name, "added")
+        _check_role(role)
+        check_pin(pin)
+        pin_hash = generate_password_hash(pin, PIN_HASH_METHOD)
+
+        def act(conn):
+            try:
+                conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, ?, ?, ?)",
+                             (name, role, pin_hash, iso(self._wall())))
+            except sqlite3.IntegrityError:
+                raise StoreError(f"A user named {name!r} already exists.") from None
+        self._write(act)
+        self._record(by, f"user {name} added as {role}")
+
+    def remove_user(self, name: str, by: str = "admin") -> None:
+        """Remove a user with their tokens and logins; never the built-in account or the last admin."""
+        _refuse_builtin(name, "removed")
+
+        def act(conn):
+            role = _role_of(conn, name)
+            if role == "admin":
+                _keep_an_admin(conn, name, "removed")
+            conn.execute("DELETE FROM users WHERE name = ?", (name,))  # tokens and logins cascade
+        self._write(act)
+        self._record(by, f"user {name} removed")
+
+    def set_role(self, name: str, role: str, by: str = "admin") -> None:
+        _check_role(role)
+        _refuse_builtin(name, "changed")
+
+        def act(conn):
+            if _role_of(conn, name) == "admin" and role != "admin":
+                _keep_an_admin(conn, name, "demoted")
+            conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
+        self._write(act)
+        self._record(by, f"role of {name} set to {role}")
+
+    def set_pin(self, name: str, pin: str, by: str = "admin") -> None:
+        """A new PIN; every browser login of that user ends."""
+        _refuse_builtin(name, "given a PIN")
+        check_pin(pin)
+        pin_hash = generate_password_hash(pin, PIN_HASH_METHOD)
+
+        def act(conn):
+            _role_of(conn, name)
+            conn.execute("UPDATE users SET pin_hash = ? WHERE name = ?", (pin_hash, name))
+            conn.execute("DELETE FROM logins WHERE user = ?", (name,))
+        self._write(act)
+        self._record(by, f"PIN of {name} reset")
+
+    def create_token(self, name: str) -> str:
+        _refuse_builtin(name, "given another token; create one for a named user")
+        token = secrets.token_urlsafe(32)
+
+        def act(conn):
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+                raise StoreError(f"There is no user named {name!r}; add one with 'lampctl user add'.")
+            self._insert_token(conn, name, token)
+        self._write(act)
+        return token
+
+    def _insert_token(self, conn: sqlite3.Connection, name: str, token: str) -> None:
+        conn.execute("INSERT INTO api_tokens (token_hash, user, created_at) VALUES (?, ?, ?)",
+                     (hash_token(token), name, iso(self._wall())))
+
+    def replace_system_token(self, name: str = BUILTIN_USER) -> str:
+        """The only token of the built-in admin account, created if need be; its old tokens are revoked.
+
+        '!' is no valid hash, so this account can never log in with a PIN (a row added by an
+        older version with a real PIN or another role is put right here).
+        """
+        if name != BUILTIN_USER:
+            raise ValueError(f"the built-in account is {BUILTIN_USER!r}, not {name!r}")
+        token = secrets.token_urlsafe(32)
+
+        def act(conn):
+            conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, 'admin', '!', ?) "
+                         "ON CONFLICT (name) DO UPDATE SET role = 'admin', pin_hash = '!'", (name, iso(self._wall())))
+            conn.execute("DELETE FROM api_tokens WHERE user = ?", (name,))
+            conn.execute("DELETE FROM logins WHERE user = ?", (name,))
+            self._insert_token(conn, name, token)
+        self._write(act)
+        return token
+
+    def create_login(self, name: str) -> str:
+        """A new browser login for a user who just gave the right PIN; the id goes in the cookie."""
+        _refuse_builtin(name, "logged in with")
+        login_id = secrets.token_urlsafe(32)
+        now = self._wall()
+
+        def act(conn):
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+                raise StoreError(f"There is no user named {name!r}.")
+            conn.execute("DELETE FROM logins WHERE created_at < ?", (iso(now - LOGIN_LIFETIME),))
+            conn.execute("INSERT INTO logins (login_hash, user, created_at) VALUES (?, ?, ?)",
+                         (hash_token(login_id), name, iso(now)))
+        self._write(act)
+        return login_id
+
+    def end_login(self, login_id: str) -> None:
+        """Log out: the login stops working at once in memory, then is deleted on disk."""
+        if not isinstance(login_id, str) or not login_id:
+            return
+        key = hash_token(login_id)
+        with self._revoked_lock:
+            self._revoked.add(key)
+        try:
+            self._write(lambda conn: conn.execute("DELETE FROM logins WHERE login_hash = ?", (key,)))
+        except sqlite3.Error as exc:
+            # Memory already refuses it; a restart before the disk is back would accept it again.
+            log.error("logout not saved (%s); the login is refused until the next restart", exc)
+
+
+def _role_of(conn: sqlite3.Connection, name: str) -> str:
+    row = conn.execute("SELECT role FROM users WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise StoreError(f"There is no user named {name!r}.")
+    return row[0]
+
+
+def _keep_an_admin(conn: sqlite3.Connection, name: str, what: str) -> None:
+    others = conn.execute("SELECT count(*) FROM users WHERE role = 'admin' AND name NOT IN (?, ?)",
+                          (name, BUILTIN_USER)).fetchone()[0]
+    if others == 0:
+        raise StoreError(f"{name} is the last admin and cannot be {what}; make another user admin first.")
