@@ -1,25 +1,23 @@
 """The `lampctl` command line: serve, check-config, users, tokens, the log, and remote control of the service."""
 from __future__ import annotations
 
+# Only argparse and the config at module level: `lampctl serve` must reach the relay claim
+# (S1) with as little imported as possible, so every other import sits in the command using it.
 import argparse
-import csv
-import json
 import os
 import sys
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
-from urllib.parse import quote
 
 from lampctl import config as config_mod
-from lampctl.safety import is_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class Failed(Exception):
     """A run-time refusal or failure: message printed, exit 1."""
+
+
+class UsageError(Exception):
+    """A command line that cannot be right (an unknown lamp, say): message printed, exit 2."""
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -41,13 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate the config without touching hardware")
     _add_config(p)
+    _add_account_commands(sub)
+    _add_log_command(sub)
+    _add_remote_commands(sub)
+    return parser
 
+
+def _add_account_commands(sub) -> None:
     p = sub.add_parser("user", help="manage practitioner and admin accounts")
     usub = p.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     q = usub.add_parser("add", help="add a user")
-    q.add_argument("name")
+    q.add_argument("name", type=_user_name)
     q.add_argument("--role", required=True, choices=["practitioner", "admin"])
-    q.add_argument("--pin", required=True, help="4 to 8 digits")
+    q.add_argument("--pin", required=True, type=_pin, help="4 to 8 digits")
     _add_config(q)
     q = usub.add_parser("list", help="list users")
     _add_config(q)
@@ -61,18 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("user")
     _add_config(q)
 
-    p = sub.add_parser("log", help="print the session log (read from the database)")
-    p.add_argument("--from", dest="start", metavar="WHEN", help="ISO-8601 date or time, inclusive")
-    p.add_argument("--to", dest="end", metavar="WHEN", help="ISO-8601 date or time, inclusive (a date means the whole day)")
-    p.add_argument("--lamp", metavar="ID", help="only this lamp")
+
+def _add_log_command(sub) -> None:
+    p = sub.add_parser(
+        "log", help="print the session log (read from the database)",
+        description="Print the session log. The table shows local time to the second (the zone is named in "
+                    "its header), or UTC with --utc; --csv keeps the database's UTC timestamps.")
+    p.add_argument("--from", dest="start", metavar="WHEN", type=_when,
+                   help="YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM|Z], inclusive; local time unless a zone is given")
+    p.add_argument("--to", dest="end", metavar="WHEN", type=_when,
+                   help="same forms, inclusive (a date means the whole day)")
+    p.add_argument("--lamp", metavar="ID", help="only this lamp (an id from the config)")
     p.add_argument("--csv", action="store_true", help="CSV with a header row instead of a table")
+    p.add_argument("--utc", action="store_true", help="show times in UTC instead of local time")
     _add_config(p)
 
+
+def _add_remote_commands(sub) -> None:
     remote = "talks to the running service; token from --token, $LAMPCTL_TOKEN, or the service's cli.token file"
     p = sub.add_parser("status", help="show every lamp (" + remote + ")")
     _add_remote(p)
     p = sub.add_parser("start", help="start a timed session (" + remote + ")")
     _add_duration(p)
+    p.add_argument("--new-patient", action="store_true",
+                   help="a new patient: do not continue the last session's time budget even within the "
+                        "lamp's rest window (rest_window_s)")
     p = sub.add_parser("extend", help="add time to a running session (" + remote + ")")
     _add_duration(p)
     p = sub.add_parser("stop", help="stop one lamp (" + remote + ")")
@@ -80,13 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote(p)
     p = sub.add_parser("stop-all", help="turn every lamp off at once (" + remote + ")")
     _add_remote(p)
+    p = sub.add_parser("estop", help="emergency stop: every lamp off and latched in fault until an admin "
+                                     "resets it, as the E-stop button does (" + remote + ")")
+    _add_remote(p)
     p = sub.add_parser("reset", help="clear a lamp's latched fault, as an admin (" + remote + ")")
     p.add_argument("lamp", metavar="LAMP")
     _add_remote(p)
-    return parser
 
 
+# ---- argument types: a bad value is a usage error (exit 2) before anything runs ----------
 def _positive(text: str) -> float:
+    from lampctl.safety import is_duration
+
     try:
         value = float(text)
     except ValueError:
@@ -94,6 +116,35 @@ def _positive(text: str) -> float:
     if not is_duration(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number greater than 0")
     return value
+
+
+def _user_name(text: str) -> str:
+    from lampctl.store import StoreError, check_user_name
+
+    try:
+        check_user_name(text)
+    except StoreError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _pin(text: str) -> str:
+    from lampctl.store import StoreError, check_pin
+
+    try:
+        check_pin(text)
+    except StoreError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _when(text: str):
+    from lampctl.cli_log import parse_when
+
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_duration(p: argparse.ArgumentParser) -> None:
@@ -115,17 +166,54 @@ def config_path(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here when the output was small
+        return code
     except config_mod.ConfigError as exc:
         print(f"lampctl: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"lampctl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Failed as exc:
         print(f"lampctl: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # `lampctl log | head`: the reader has gone, which is no error worth a message.
+        _silence_stdout()
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback kept for its fixer
+        what = " ".join(str(exc).split())[:200]  # one line, whatever the exception holds
+        print(f"lampctl: internal error: {type(exc).__name__}: {what}; {_save_details(argv)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail again (Python docs, SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file (captured by a test): nothing will flush it
+        pass
+
+
+def _save_details(argv: list[str]) -> str:
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="lampctl-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"lampctl {' '.join(argv)}\n{traceback.format_exc()}")
+        return f"details in {path}"
+    except OSError as exc:
+        return f"details could not be saved ({exc.strerror})"
 
 
 def cmd_serve(args) -> int:
@@ -154,153 +242,149 @@ def cmd_check_config(args) -> int:
     return EXIT_OK
 
 
-@contextmanager
-def _opened_store(args):
-    """The usage log of the config's database; a StoreError becomes exit 1 with its sentence."""
-    from lampctl.store import StoreError, UsageLog
+def _lamp_id(cfg, lamp_id: str) -> str:
+    """A lamp named on the command line must be in the config: a typo gets a sentence, not an empty answer."""
+    if not any(lamp.id == lamp_id for lamp in cfg.lamps):
+        raise UsageError(f"there is no lamp {lamp_id[:40]!r} in {cfg.path} "
+                         f"(lamps: {', '.join(lamp.id for lamp in cfg.lamps)})")
+    return lamp_id
+
+
+def _store_command(command):
+    """A command that uses the store: its refusals and database problems exit 1 with one sentence."""
+    def run(args) -> int:
+        from lampctl.cli_store import StoreFailed
+
+        try:
+            return command(args)
+        except StoreFailed as exc:
+            raise Failed(str(exc)) from None
+    return run
+
+
+@_store_command
+def cmd_user(args) -> int:
+    from lampctl import cli_store
 
     cfg = config_mod.load(config_path(args))
-    try:
-        log = UsageLog(cfg.service.database)
-    except Exception as exc:  # sqlite3 errors: a missing directory, a locked or corrupt file
-        raise Failed(f"cannot open the database {cfg.service.database}: {exc}") from None
-    try:
-        yield log
-    except StoreError as exc:
-        raise Failed(str(exc)) from None
-    finally:
-        log.close()
-
-
-def cmd_user(args) -> int:
-    with _opened_store(args) as log:
-        if args.user_command == "add":
-            log.add_user(args.name, args.role, args.pin, by="cli")
-            print(f"added {args.role} {args.name}")
-        elif args.user_command == "remove":
-            log.remove_user(args.name)
-            log.event(None, None, None, "cli", f"user {args.name} removed")
-            print(f"removed {args.name}")
-        else:
-            for user in log.users():
-                print(f"{user['name']:<20} {user['role']:<13} since {user['created_at']}")
+    if args.user_command == "add":
+        cli_store.add_user(cfg, args.name, args.role, args.pin)
+        print(f"added {args.role} {args.name}")
+    elif args.user_command == "remove":
+        cli_store.remove_user(cfg, args.name)
+        print(f"removed {args.name}")
+    else:
+        for user in cli_store.users(cfg):
+            print(f"{user['name']:<20} {user['role']:<13} since {user['created_at']}")
     return EXIT_OK
 
 
+@_store_command
 def cmd_token(args) -> int:
-    with _opened_store(args) as log:
-        print(log.create_token(args.user))
+    from lampctl import cli_store
+
+    print(cli_store.create_token(config_mod.load(config_path(args)), args.user))
     return EXIT_OK
 
 
+@_store_command
 def cmd_log(args) -> int:
-    from lampctl.reports import SESSION_COLUMNS, csv_cell
+    from lampctl import cli_store
+    from lampctl.cli_log import print_table, write_csv
 
-    with _opened_store(args) as log:
-        rows = log.iter_sessions(start=args.start, end=args.end, lamp=args.lamp)
-        if args.csv:
-            writer = csv.writer(sys.stdout, lineterminator="\n")
-            writer.writerow(SESSION_COLUMNS)
-            for row in rows:
-                writer.writerow([csv_cell(row[c]) for c in SESSION_COLUMNS])
-        else:
-            print(f"{'id':>5}  {'lamp':<10} {'user':<12} {'started':<24} {'planned':>8} {'actual':>8}  end")
-            for row in rows:
-                actual = "" if row["actual_s"] is None else f"{row['actual_s']:.1f}"
-                print(f"{row['id']:>5}  {row['lamp_id']:<10} {row['user']:<12} {row['started_at']:<24} "
-                      f"{row['planned_s']:>8.1f} {actual:>8}  {row['end_reason'] or 'running'}")
+    cfg = config_mod.load(config_path(args))
+    lamp = _lamp_id(cfg, args.lamp) if args.lamp is not None else None
+    start = args.start.bound(upper=False) if args.start else None
+    end = args.end.bound(upper=True) if args.end else None
+    rows = cli_store.sessions(cfg, start=start, end=end, lamp=lamp)
+    if args.csv:
+        write_csv(rows, sys.stdout)
+    else:
+        print_table(rows, sys.stdout, utc=args.utc)
     return EXIT_OK
 
 
 # ---- remote commands ---------------------------------------------------------------------
-def _api(args, method: str, path: str, body: dict | None = None) -> dict:
+def _remote(args, method: str, action: str, body: dict | None = None) -> int:
+    """One API call; action is "/stop-all" for the whole bank, or "start" etc. for args.lamp."""
+    from lampctl.cli_remote import BadToken, RemoteFailed, call_api, print_lamps
+
     cfg = config_mod.load(config_path(args))
-    token = args.token or os.environ.get("LAMPCTL_TOKEN")
-    if not token:
-        token_file = Path(cfg.service.database).parent / "cli.token"
-        try:
-            token = token_file.read_text().strip()
-        except OSError:
-            raise Failed(f"no API token: pass --token, set LAMPCTL_TOKEN, or run as the service's user "
-                         f"(cannot read {token_file})") from None
-    host = cfg.service.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    url = f"http://{host}:{cfg.service.port}/api{path}"
-    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    path = action if action.startswith("/") else _lamp_path(cfg, args.lamp, action)
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.load(exc).get("error", exc.reason)
-        except ValueError:
-            message = exc.reason
-        raise Failed(f"refused ({exc.code}): {message}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise Failed(f"cannot reach the service at {url}: {reason} (is 'lampctl serve' running?)") from None
+        reply = call_api(cfg, args.token, method, path, body)
+    except BadToken as exc:
+        raise UsageError(str(exc)) from None
+    except RemoteFailed as exc:
+        # 400: the service found the request malformed or too long, a usage error like argparse's own.
+        raise (UsageError if exc.status == 400 else Failed)(str(exc)) from None
+    if args.json:
+        import json
+
+        print(json.dumps(reply, indent=2))
+    else:
+        print_lamps(_lamps(reply) if action.startswith("/") else _lamp(reply))
+    return EXIT_OK
+
+
+def _lamp_path(cfg, lamp_id: str, action: str) -> str:
+    from urllib.parse import quote
+
+    return f"/lamps/{quote(_lamp_id(cfg, lamp_id), safe='')}/{action}"
 
 
 def _duration(args) -> dict:
     return {"minutes": args.minutes} if args.minutes is not None else {"seconds": args.seconds}
 
 
-def _print_lamps(lamps: list[dict]) -> None:
-    for lamp in lamps:
-        extra = ""
-        if lamp["state"] == "on":
-            m, s = divmod(int(round(lamp["remaining_s"] or 0)), 60)
-            extra = f"{m}:{s:02d} left, session {lamp['session_id']} by {lamp.get('user')}"
-        elif lamp["state"] == "cooldown":
-            extra = f"{lamp.get('cooldown_remaining_s', 0):.0f} s of cooldown left"
-        elif lamp["state"] == "fault":
-            extra = lamp.get("fault_reason") or ""
-        relay = "relay ON " if lamp["relay_on"] else "relay off"
-        print(f"{lamp['id']:<12} {lamp['state']:<9} {relay}  {extra}".rstrip())
+def _lamps(reply: dict) -> list:
+    lamps = reply.get("lamps")
+    if not isinstance(lamps, list) or not all(isinstance(lamp, dict) for lamp in lamps):
+        raise Failed("the service's reply has no list of lamps: is it a newer or older lampctl?")
+    return lamps
 
 
-def _remote(args, method, path, body=None, pick=None) -> int:
-    reply = _api(args, method, path, body)
-    if args.json:
-        print(json.dumps(reply, indent=2))
-    else:
-        _print_lamps(pick(reply))
-    return EXIT_OK
+def _lamp(reply: dict) -> list:
+    if not isinstance(reply.get("lamp"), dict):
+        raise Failed("the service's reply has no lamp: is it a newer or older lampctl?")
+    return [reply["lamp"]]
 
 
 def cmd_status(args) -> int:
-    return _remote(args, "GET", "/lamps", pick=lambda r: r["lamps"])
+    return _remote(args, "GET", "/lamps")
 
 
 def cmd_start(args) -> int:
-    return _remote(args, "POST", f"/lamps/{quote(args.lamp, safe='')}/start", _duration(args), pick=lambda r: [r["lamp"]])
+    return _remote(args, "POST", "start", _duration(args) | ({"new_patient": True} if args.new_patient else {}))
 
 
 def cmd_extend(args) -> int:
-    return _remote(args, "POST", f"/lamps/{quote(args.lamp, safe='')}/extend", _duration(args), pick=lambda r: [r["lamp"]])
+    return _remote(args, "POST", "extend", _duration(args))
 
 
 def cmd_stop(args) -> int:
-    return _remote(args, "POST", f"/lamps/{quote(args.lamp, safe='')}/stop", pick=lambda r: [r["lamp"]])
+    return _remote(args, "POST", "stop")
 
 
 def cmd_stop_all(args) -> int:
-    return _remote(args, "POST", "/stop-all", pick=lambda r: r["lamps"])
+    return _remote(args, "POST", "/stop-all")
+
+
+def cmd_estop(args) -> int:
+    code = _remote(args, "POST", "/estop")
+    if not args.json:
+        print("emergency stop: every lamp is off and latched until an admin resets it (lampctl reset LAMP)")
+    return code
 
 
 def cmd_reset(args) -> int:
-    return _remote(args, "POST", f"/lamps/{quote(args.lamp, safe='')}/reset", pick=lambda r: [r["lamp"]])
+    return _remote(args, "POST", "reset")
 
 
 COMMANDS = {
     "serve": cmd_serve, "check-config": cmd_check_config, "user": cmd_user, "token": cmd_token,
     "log": cmd_log, "status": cmd_status, "start": cmd_start, "extend": cmd_extend, "stop": cmd_stop,
-    "stop-all": cmd_stop_all, "reset": cmd_reset,
+    "stop-all": cmd_stop_all, "estop": cmd_estop, "reset": cmd_reset,
 }
 
 

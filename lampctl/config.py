@@ -1,6 +1,7 @@
 """Parse and validate config.toml into frozen dataclasses."""
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -8,15 +9,60 @@ from pathlib import Path
 
 from lampctl.safety import HARD_CEILING_MINUTES
 
-LAMP_ID_RE = re.compile(r"^[a-z0-9-]+$")
+LAMP_ID_RE = re.compile(r"[a-z0-9-]{1,32}")
 # gpiozero's own factory names (gpiozero.pins entry points) plus "mock".
 PIN_FACTORIES = ("mock", "lgpio", "rpigpio", "pigpio", "native")
 # One Pi drives a 4- or 8-channel relay board; the firmware protocol addresses 8 outputs.
 MAX_LAMPS = 8
+MAX_NAME = 64
 
 
 class ConfigError(Exception):
     """A configuration problem; str() is one line naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Where a number may lie: low..high, each end included unless marked open."""
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def words(self) -> str:
+        if self.low_open and self.low == 0:
+            return f"greater than 0 and at most {_shown(self.high)}"
+        if self.high_open:
+            return f"from {_shown(self.low)} to under {_shown(self.high)}"
+        return f"from {_shown(self.low)} to {_shown(self.high)}"
+
+
+# S14: no setting can switch safety off. Every number the config accepts, with its documented
+# range; each check reads this one table. A key bounded by another key (heartbeat_s by
+# watchdog_s, presets by max_minutes) is checked against both: the table's range and that key.
+RANGES: dict[str, Range] = {
+    "pin": Range(0, 53),  # a BCM GPIO number
+    "service.port": Range(0, 65535),
+    "service.log_queue": Range(100, 1_000_000),
+    "safety.heartbeat_s": Range(0.05, 5.0, high_open=True),  # and under firmware.watchdog_s / 2
+    "firmware.watchdog_s": Range(0.2, 10),
+    "firmware.grace_s": Range(0, 60),
+    "firmware.reply_timeout_s": Range(0.05, 5),
+    "lamps.max_minutes": Range(1, HARD_CEILING_MINUTES),
+    "lamps.default_minutes": Range(0, HARD_CEILING_MINUTES, low_open=True),  # and <= max_minutes
+    "lamps.presets": Range(0, HARD_CEILING_MINUTES, low_open=True),  # and <= max_minutes
+    "lamps.cooldown_s": Range(0, 3600),
+    "lamps.rest_window_s": Range(0, 86400),
+    "lamps.bulb_life_h": Range(1, 100_000),
+    "panel.lock_after_s": Range(0, 86400),
+}
 
 
 @dataclass(frozen=True)
@@ -26,6 +72,8 @@ class ServiceConfig:
     database: Path = Path("var/lampctl.db")
     pin_factory: str = "mock"
     log_queue: int = 10000
+    # Mark the login cookie Secure: set it when the panel is served over HTTPS (a TLS proxy).
+    secure_cookies: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +92,12 @@ class FirmwareConfig:
 
 
 @dataclass(frozen=True)
+class PanelConfig:
+    # Idle seconds before a shared tablet locks (Stop stays usable); 0 never locks.
+    lock_after_s: float = 0
+
+
+@dataclass(frozen=True)
 class LampConfig:
     id: str
     name: str
@@ -57,6 +111,8 @@ class LampConfig:
     bulb_life_h: float = 5000
     # S18: a start this soon after the lamp's last session continues that patient's budget.
     rest_window_s: float = 300
+    buzzer_pin: int | None = None  # sounds at the end of a session and on a fault
+    indicator_pin: int | None = None  # lit while this lamp is on
 
     @property
     def max_s(self) -> float:
@@ -70,6 +126,7 @@ class Config:
     safety: SafetyConfig
     firmware: FirmwareConfig | None
     lamps: tuple[LampConfig, ...] = field(default_factory=tuple)
+    panel: PanelConfig = field(default_factory=PanelConfig)
 
     def lamp(self, lamp_id: str) -> LampConfig:
         for lamp in self.lamps:
@@ -78,26 +135,44 @@ class Config:
         raise KeyError(lamp_id)
 
 
-# Each table's keys: name -> (accepted types, required)
+# Each table's keys: name -> accepted types
 _NUM = (int, float)
-_SERVICE_KEYS = {"bind": (str,), "database": (str,), "pin_factory": (str,), "log_queue": (int,)}
+_SERVICE_KEYS = {"bind": (str,), "database": (str,), "pin_factory": (str,), "log_queue": (int,),
+                 "secure_cookies": (bool,)}
 _SAFETY_KEYS = {"estop_pin": (int,), "heartbeat_s": _NUM, "indicator_pin": (int,)}
 _FIRMWARE_KEYS = {"port": (str,), "watchdog_s": _NUM, "grace_s": _NUM, "reply_timeout_s": _NUM}
+_PANEL_KEYS = {"lock_after_s": _NUM}
 _LAMP_KEYS = {
     "id": (str,), "name": (str,), "relay_pin": (int,), "active_high": (bool,),
     "max_minutes": _NUM, "default_minutes": _NUM, "presets": (list,), "cooldown_s": _NUM,
-    "feedback_pin": (int,), "bulb_life_h": _NUM, "rest_window_s": _NUM,
+    "feedback_pin": (int,), "bulb_life_h": _NUM, "rest_window_s": _NUM, "buzzer_pin": (int,),
+    "indicator_pin": (int,),
 }
-_TOP_KEYS = {"service", "safety", "firmware", "lamps"}
+_TOP_KEYS = {"service", "safety", "firmware", "panel", "lamps"}
+_LAMP_PINS = ("relay_pin", "feedback_pin", "buzzer_pin", "indicator_pin")
+
+
+def _shown(value) -> str:
+    """A number for a one-line message (a 5000-digit integer must not become 5000 characters)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**15 else "an integer of more than 15 digits"
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
 
 
 class _Reader:
-    """Checks one table's keys and types, raising ConfigError naming file and key."""
+    """Checks one table's keys, types and ranges, raising ConfigError naming file and key."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def fail(self, key: str, problem: str) -> ConfigError:
+        # A key comes from the file: keep the message on one line whatever it holds.
+        if not key.isprintable() or len(key) > 60:
+            key = repr(key[:60])
         return ConfigError(f"{self.path}: {key}: {problem}")
 
     def table(self, data, name: str, allowed: dict) -> dict:
@@ -114,16 +189,30 @@ class _Reader:
                 raise self.fail(f"{name}.{key}", f"must be {_type_words(types)}")
         return data
 
-    def positive(self, key: str, value: float, *, zero_ok: bool = False) -> float:
-        if value < 0 or (value == 0 and not zero_ok):
-            raise self.fail(key, f"must be {'0 or more' if zero_ok else 'greater than 0'}, got {value}")
+    def number(self, key: str, value, rule: str, *, below: tuple[float, str] | None = None,
+               at_most: tuple[float, str] | None = None):
+        """value checked against RANGES[rule], and optionally under or at most another key's value."""
+        span = RANGES[rule]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(key, f"must be a finite number {span.words()}, got {_shown(value)}")
+        if below is not None and not value < below[0]:
+            raise self.fail(key, f"must be under {below[1]} ({_shown(below[0])}), got {_shown(value)}")
+        if at_most is not None and value > at_most[0]:
+            raise self.fail(key, f"{_shown(value)} is above {at_most[1]} {_shown(at_most[0])}")
+        if not span.holds(value):
+            raise self.fail(key, f"must be {span.words()}, got {_shown(value)}")
         return value
 
     def pin(self, key: str, value):
         if value is None:
             return None
-        if not 0 <= value <= 53:
-            raise self.fail(key, f"must be a BCM GPIO number from 0 to 53, got {value}")
+        if not RANGES["pin"].holds(value):
+            raise self.fail(key, f"must be a BCM GPIO number {RANGES['pin'].words()}, got {_shown(value)}")
+        return value
+
+    def text(self, key: str, value: str, what: str) -> str:
+        if not value or not value.isprintable():
+            raise self.fail(key, f"must be {what}: not empty, no control characters")
         return value
 
 
@@ -143,12 +232,21 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{path}: file not found (pass --config PATH or set LAMPCTL_CONFIG)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return from_bytes(raw, path)
+
+
+def from_bytes(raw: bytes, path: Path) -> Config:
+    """Validate the bytes of a config file (path names it in messages and anchors relative paths)."""
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except ValueError:  # tomllib passes on int()'s limit of 4300 digits
+        raise ConfigError(f"{path}: malformed TOML: a number too long to read") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed TOML: arrays or tables nested too deeply") from None
     return parse(data, path)
 
 
@@ -157,43 +255,18 @@ def parse(data: dict, path: Path) -> Config:
     for key in data:
         if key not in _TOP_KEYS:
             raise r.fail(key, f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
-    base = path.parent if path.parent != Path("") else Path(".")
-
-    svc = r.table(data.get("service", {}), "service", _SERVICE_KEYS)
-    host, port = _parse_bind(r, svc.get("bind", "127.0.0.1:8080"))
-    database = Path(svc.get("database", "var/lampctl.db"))
-    if not database.is_absolute():
-        database = (base / database).resolve()
-    factory = svc.get("pin_factory", "mock")
-    if factory not in PIN_FACTORIES:
-        raise r.fail("service.pin_factory", f"unknown pin factory {factory!r} (one of: {', '.join(PIN_FACTORIES)})")
-    log_queue = svc.get("log_queue", 10000)
-    if not 100 <= log_queue <= 1_000_000:
-        raise r.fail("service.log_queue", f"must be from 100 to 1000000, got {log_queue}")
-    service = ServiceConfig(host=host, port=port, database=database, pin_factory=factory, log_queue=log_queue)
-
+    service = _parse_service(r, data.get("service", {}), path.parent if path.parent != Path("") else Path("."))
     saf = r.table(data.get("safety", {}), "safety", _SAFETY_KEYS)
+    firmware = _parse_firmware(r, data["firmware"]) if "firmware" in data else None
+    heartbeat = r.number("safety.heartbeat_s", saf.get("heartbeat_s", 1.0), "safety.heartbeat_s",
+                         below=None if firmware is None else (firmware.watchdog_s / 2, "half of firmware.watchdog_s"))
     safety = SafetyConfig(
         estop_pin=r.pin("safety.estop_pin", saf.get("estop_pin")),
-        heartbeat_s=r.positive("safety.heartbeat_s", saf.get("heartbeat_s", 1.0)),
+        heartbeat_s=heartbeat,
         indicator_pin=r.pin("safety.indicator_pin", saf.get("indicator_pin")),
     )
-
-    firmware = None
-    if "firmware" in data:
-        fw = r.table(data["firmware"], "firmware", _FIRMWARE_KEYS)
-        if "port" not in fw:
-            raise r.fail("firmware.port", "missing (a serial port or pyserial URL such as socket://127.0.0.1:7777)")
-        firmware = FirmwareConfig(
-            port=fw["port"],
-            watchdog_s=r.positive("firmware.watchdog_s", fw.get("watchdog_s", 3.0)),
-            grace_s=r.positive("firmware.grace_s", fw.get("grace_s", 0.1), zero_ok=True),
-            reply_timeout_s=r.positive("firmware.reply_timeout_s", fw.get("reply_timeout_s", 0.5)),
-        )
-        # Under half the watchdog, so one lost heartbeat cannot trip the firmware.
-        if safety.heartbeat_s >= firmware.watchdog_s / 2:
-            raise r.fail("safety.heartbeat_s",
-                         f"must be under half of firmware.watchdog_s ({firmware.watchdog_s}), got {safety.heartbeat_s}")
+    pan = r.table(data.get("panel", {}), "panel", _PANEL_KEYS)
+    panel = PanelConfig(lock_after_s=r.number("panel.lock_after_s", pan.get("lock_after_s", 0), "panel.lock_after_s"))
 
     lamps_raw = data.get("lamps")
     if not isinstance(lamps_raw, list) or not lamps_raw:
@@ -201,29 +274,63 @@ def parse(data: dict, path: Path) -> Config:
     if len(lamps_raw) > MAX_LAMPS:
         raise r.fail("lamps", f"at most {MAX_LAMPS} lamps per Pi (an 8-channel relay board), got {len(lamps_raw)}")
     lamps = tuple(_parse_lamp(r, i, raw) for i, raw in enumerate(lamps_raw))
+    _check_unique(r, safety, lamps)
+    return Config(path=path, service=service, safety=safety, firmware=firmware, lamps=lamps, panel=panel)
 
+
+def _check_unique(r: _Reader, safety: SafetyConfig, lamps: tuple[LampConfig, ...]) -> None:
+    """Lamp ids are unique, and no GPIO pin serves two purposes."""
     seen_ids: set[str] = set()
-    pins: dict[int, str] = {}
     owned = [("safety.estop_pin", safety.estop_pin), ("safety.indicator_pin", safety.indicator_pin)]
     for i, lamp in enumerate(lamps):
         if lamp.id in seen_ids:
             raise r.fail(f"lamps[{i}].id", f"duplicate lamp id {lamp.id!r}")
         seen_ids.add(lamp.id)
-        owned += [(f"lamps[{i}].relay_pin", lamp.relay_pin), (f"lamps[{i}].feedback_pin", lamp.feedback_pin)]
+        owned += [(f"lamps[{i}].{name}", getattr(lamp, name)) for name in _LAMP_PINS]
+    pins: dict[int, str] = {}
     for key, pin in owned:
         if pin is None:
             continue
         if pin in pins:
             raise r.fail(key, f"pin {pin} is already used by {pins[pin]}")
         pins[pin] = key
-    return Config(path=path, service=service, safety=safety, firmware=firmware, lamps=lamps)
+
+
+def _parse_service(r: _Reader, raw, base: Path) -> ServiceConfig:
+    svc = r.table(raw, "service", _SERVICE_KEYS)
+    host, port = _parse_bind(r, svc.get("bind", "127.0.0.1:8080"))
+    database = Path(r.text("service.database", svc.get("database", "var/lampctl.db"), "a file path"))
+    if not database.is_absolute():
+        database = (base / database).resolve()
+    factory = svc.get("pin_factory", "mock")
+    if factory not in PIN_FACTORIES:
+        raise r.fail("service.pin_factory", f"unknown pin factory {factory!r} (one of: {', '.join(PIN_FACTORIES)})")
+    return ServiceConfig(host=host, port=port, database=database, pin_factory=factory,
+                         log_queue=r.number("service.log_queue", svc.get("log_queue", 10000), "service.log_queue"),
+                         secure_cookies=svc.get("secure_cookies", False))
 
 
 def _parse_bind(r: _Reader, bind: str) -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise r.fail("service.bind", f"must be host:port such as 127.0.0.1:8080, got {bind!r}")
-    return host.strip("[]"), int(port)
+    host = host.strip("[]")
+    if not sep or not host or not host.isprintable() or not re.fullmatch(r"[0-9]{1,5}", port):
+        raise r.fail("service.bind", f"must be host:port such as 127.0.0.1:8080, got {bind[:80]!r}")
+    return host, r.number("service.bind", int(port), "service.port")
+
+
+def _parse_firmware(r: _Reader, raw) -> FirmwareConfig:
+    fw = r.table(raw, "firmware", _FIRMWARE_KEYS)
+    if "port" not in fw:
+        raise r.fail("firmware.port", "missing (a serial port or pyserial URL such as socket://127.0.0.1:7777)")
+    # S14: the watchdog and the backstop (planned x 1.10 + grace_s) stay short, so a frozen
+    # host cannot leave a lamp on long past its session.
+    return FirmwareConfig(
+        port=r.text("firmware.port", fw["port"], "a serial port or pyserial URL"),
+        watchdog_s=r.number("firmware.watchdog_s", fw.get("watchdog_s", 3.0), "firmware.watchdog_s"),
+        grace_s=r.number("firmware.grace_s", fw.get("grace_s", 0.1), "firmware.grace_s"),
+        reply_timeout_s=r.number("firmware.reply_timeout_s", fw.get("reply_timeout_s", 0.5),
+                                 "firmware.reply_timeout_s"),
+    )
 
 
 def _parse_lamp(r: _Reader, i: int, raw) -> LampConfig:
@@ -233,32 +340,38 @@ def _parse_lamp(r: _Reader, i: int, raw) -> LampConfig:
         if required not in lamp:
             raise r.fail(f"{key}.{required}", "missing (every lamp needs an id and a relay_pin)")
     lamp_id = lamp["id"]
-    if not LAMP_ID_RE.match(lamp_id) or len(lamp_id) > 32:
-        raise r.fail(f"{key}.id", f"{lamp_id!r} must be 1-32 characters of a-z, 0-9 and '-'")
-    max_minutes = lamp.get("max_minutes", 30)
-    if not 1 <= max_minutes <= HARD_CEILING_MINUTES:
-        raise r.fail(f"{key}.max_minutes", f"must be from 1 to {HARD_CEILING_MINUTES} (the hard ceiling), got {max_minutes}")
-    default = r.positive(f"{key}.default_minutes", lamp.get("default_minutes", min(20, max_minutes)))
-    if default > max_minutes:
-        raise r.fail(f"{key}.default_minutes", f"{default} is above max_minutes {max_minutes}")
-    presets = lamp.get("presets", [p for p in (10, 15, 20, 30) if p <= max_minutes])
-    if not presets or len(presets) > 8:
-        raise r.fail(f"{key}.presets", "must list 1 to 8 durations in minutes")
-    for p in presets:
-        if isinstance(p, bool) or not isinstance(p, _NUM) or p <= 0:
-            raise r.fail(f"{key}.presets", f"each preset must be a number of minutes greater than 0, got {p!r}")
-        if p > max_minutes:
-            raise r.fail(f"{key}.presets", f"preset {p} is above max_minutes {max_minutes}")
+    if not LAMP_ID_RE.fullmatch(lamp_id):
+        raise r.fail(f"{key}.id", f"{lamp_id[:40]!r} must be 1-32 characters of a-z, 0-9 and '-'")
+    name = r.text(f"{key}.name", lamp.get("name", lamp_id), f"a name of 1-{MAX_NAME} characters")
+    if len(name) > MAX_NAME:
+        raise r.fail(f"{key}.name", f"must be a name of 1-{MAX_NAME} characters, got {len(name)}")
+    max_minutes = r.number(f"{key}.max_minutes", lamp.get("max_minutes", 30), "lamps.max_minutes")
+    limit = (max_minutes, "max_minutes")
+    default = r.number(f"{key}.default_minutes", lamp.get("default_minutes", min(20, max_minutes)),
+                       "lamps.default_minutes", at_most=limit)
     return LampConfig(
-        id=lamp_id,
-        name=lamp.get("name", lamp_id),
+        id=lamp_id, name=name,
         relay_pin=r.pin(f"{key}.relay_pin", lamp["relay_pin"]),
         active_high=lamp.get("active_high", True),
         max_minutes=max_minutes,
         default_minutes=default,
-        presets=tuple(presets),
-        cooldown_s=r.positive(f"{key}.cooldown_s", lamp.get("cooldown_s", 0), zero_ok=True),
+        presets=_parse_presets(r, key, lamp.get("presets", [p for p in (10, 15, 20, 30) if p <= max_minutes]), limit),
+        cooldown_s=r.number(f"{key}.cooldown_s", lamp.get("cooldown_s", 0), "lamps.cooldown_s"),
         feedback_pin=r.pin(f"{key}.feedback_pin", lamp.get("feedback_pin")),
-        bulb_life_h=r.positive(f"{key}.bulb_life_h", lamp.get("bulb_life_h", 5000)),
-        rest_window_s=r.positive(f"{key}.rest_window_s", lamp.get("rest_window_s", 300), zero_ok=True),
+        bulb_life_h=r.number(f"{key}.bulb_life_h", lamp.get("bulb_life_h", 5000), "lamps.bulb_life_h"),
+        rest_window_s=r.number(f"{key}.rest_window_s", lamp.get("rest_window_s", 300), "lamps.rest_window_s"),
+        buzzer_pin=r.pin(f"{key}.buzzer_pin", lamp.get("buzzer_pin")),
+        indicator_pin=r.pin(f"{key}.indicator_pin", lamp.get("indicator_pin")),
     )
+
+
+def _parse_presets(r: _Reader, key: str, presets: list, limit: tuple[float, str]) -> tuple[float, ...]:
+    if not presets or len(presets) > 8:
+        raise r.fail(f"{key}.presets", "must list 1 to 8 durations in minutes")
+    for p in presets:
+        if isinstance(p, bool) or not isinstance(p, _NUM):
+            raise r.fail(f"{key}.presets", f"each preset must be a number of minutes greater than 0, got {p!r:.40}")
+        r.number(f"{key}.presets", p, "lamps.presets", at_most=limit)
+    if len(set(presets)) != len(presets):
+        raise r.fail(f"{key}.presets", "each duration may appear only once (one button per preset)")
+    return tuple(presets)

@@ -41,7 +41,14 @@ BAD = [
     ('relay_pin = 17', 'relay_pin = true', "lamps[0].relay_pin", "not a boolean"),
     ('relay_pin = 17', 'relay_pin = "17"', "lamps[0].relay_pin", "must be an integer"),
     ('relay_pin = 17', 'relay_pin = 99', "lamps[0].relay_pin", "0 to 53"),
-    ('cooldown_s = 60', 'cooldown_s = -1', "lamps[1].cooldown_s", "0 or more"),
+    ('cooldown_s = 60', 'cooldown_s = -1', "lamps[1].cooldown_s", "from 0 to 3600"),
+    ('presets = [10, 20, 30]', 'presets = [10, 20, 20]', "lamps[1].presets", "only once"),
+    ('id = "room2"', 'id = "room2\\n"', "lamps[1].id", "a-z"),
+    ('name = "Room 1"', 'name = "Room\\n1"', "lamps[0].name", "no control characters"),
+    ('name = "Room 1"', 'name = ""', "lamps[0].name", "not empty"),
+    ('database = "lampctl.db"', 'database = "a\\u0000b"', "service.database", "no control characters"),
+    ('bind = "127.0.0.1:0"', 'bind = "127.0.0.1:\u00b2"', "service.bind", "host:port"),
+    ('bind = "127.0.0.1:0"', 'bind = "127.0.0.1:70000"', "service.bind", "from 0 to 65535"),
     ('bind = "127.0.0.1:0"', 'bind = "localhost"', "service.bind", "host:port"),
     ('[safety]', '[safty]', "safty", "unknown key"),
 ]
@@ -91,3 +98,146 @@ def test_config_env_variable_and_default_path(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("LAMPCTL_CONFIG")
     monkeypatch.chdir(tmp_path)
     assert main(["check-config"]) == 0
+
+
+# Every key of the contract set, so each S14 case changes one line of a valid file.
+FULL_CONFIG = """
+[service]
+bind = "127.0.0.1:0"
+database = "lampctl.db"
+pin_factory = "mock"
+log_queue = 10000
+secure_cookies = true
+
+[safety]
+estop_pin = 27
+heartbeat_s = 1.0
+indicator_pin = 5
+
+[firmware]
+port = "loop://"
+watchdog_s = 3.0
+grace_s = 0.1
+reply_timeout_s = 0.5
+
+[panel]
+lock_after_s = 120
+
+[[lamps]]
+id = "room1"
+name = "Room 1"
+relay_pin = 17
+max_minutes = 30
+default_minutes = 20
+presets = [10, 15, 20, 30]
+cooldown_s = 0
+bulb_life_h = 5000
+rest_window_s = 300
+feedback_pin = 22
+buzzer_pin = 23
+lamp_indicator = 24
+
+[[lamps]]
+id = "room2"
+relay_pin = 18
+""".replace("lamp_indicator", "indicator_pin")
+
+
+def test_config_new_keys_parse_into_dataclasses(tmp_path):
+    cfg = config_mod.load(write_config(tmp_path, FULL_CONFIG))
+    assert cfg.service.secure_cookies is True and cfg.panel.lock_after_s == 120
+    assert (cfg.lamps[0].buzzer_pin, cfg.lamps[0].indicator_pin) == (23, 24)
+    assert (cfg.lamps[1].buzzer_pin, cfg.lamps[1].indicator_pin) == (None, None)
+    base = config_mod.load(write_config(tmp_path, BASE_CONFIG, name="base.toml"))
+    assert base.service.secure_cookies is False and base.panel.lock_after_s == 0
+
+
+S14_BAD = [
+    # (line of FULL_CONFIG, its replacement, key named in the message, words in the message)
+    ("watchdog_s = 3.0", "watchdog_s = 3600", "firmware.watchdog_s", "from 0.2 to 10"),
+    ("watchdog_s = 3.0", "watchdog_s = nan", "firmware.watchdog_s", "finite"),
+    ("watchdog_s = 3.0", "watchdog_s = 0.1", "firmware.watchdog_s", "from 0.2 to 10"),
+    ("grace_s = 0.1", "grace_s = 3000", "firmware.grace_s", "from 0 to 60"),
+    ("grace_s = 0.1", "grace_s = -0.1", "firmware.grace_s", "from 0 to 60"),
+    ("grace_s = 0.1", "grace_s = inf", "firmware.grace_s", "finite"),
+    ("reply_timeout_s = 0.5", "reply_timeout_s = 1e9", "firmware.reply_timeout_s", "from 0.05 to 5"),
+    ("reply_timeout_s = 0.5", "reply_timeout_s = -inf", "firmware.reply_timeout_s", "finite"),
+    ("heartbeat_s = 1.0", "heartbeat_s = 1e-9", "safety.heartbeat_s", "from 0.05"),
+    ("heartbeat_s = 1.0", "heartbeat_s = 1.5", "safety.heartbeat_s", "under half of firmware.watchdog_s (1.5)"),
+    ("heartbeat_s = 1.0", "heartbeat_s = nan", "safety.heartbeat_s", "finite"),
+    ("cooldown_s = 0", "cooldown_s = nan", "lamps[0].cooldown_s", "finite"),
+    ("cooldown_s = 0", "cooldown_s = 3601", "lamps[0].cooldown_s", "from 0 to 3600"),
+    ("rest_window_s = 300", "rest_window_s = 86401", "lamps[0].rest_window_s", "from 0 to 86400"),
+    ("rest_window_s = 300", "rest_window_s = -inf", "lamps[0].rest_window_s", "finite"),
+    ("default_minutes = 20", "default_minutes = nan", "lamps[0].default_minutes", "finite"),
+    ("default_minutes = 20", "default_minutes = 0", "lamps[0].default_minutes", "greater than 0"),
+    ("presets = [10, 15, 20, 30]", "presets = [10, nan]", "lamps[0].presets", "finite"),
+    ("presets = [10, 15, 20, 30]", "presets = [10, inf]", "lamps[0].presets", "finite"),
+    ("presets = [10, 15, 20, 30]", "presets = [10, -0.0]", "lamps[0].presets", "greater than 0"),
+    ("bulb_life_h = 5000", "bulb_life_h = 0.5", "lamps[0].bulb_life_h", "from 1 to 100000"),
+    ("bulb_life_h = 5000", "bulb_life_h = 100001", "lamps[0].bulb_life_h", "from 1 to 100000"),
+    ("bulb_life_h = 5000", "bulb_life_h = nan", "lamps[0].bulb_life_h", "finite"),
+    ("max_minutes = 30", "max_minutes = nan", "lamps[0].max_minutes", "finite"),
+    ("max_minutes = 30", "max_minutes = inf", "lamps[0].max_minutes", "finite"),
+    ("log_queue = 10000", "log_queue = 99", "service.log_queue", "from 100 to 1000000"),
+    ("log_queue = 10000", "log_queue = " + "9" * 400, "service.log_queue", "more than 15 digits"),
+    ("lock_after_s = 120", "lock_after_s = -1", "panel.lock_after_s", "from 0 to 86400"),
+    ("lock_after_s = 120", "lock_after_s = 86401", "panel.lock_after_s", "from 0 to 86400"),
+    ("lock_after_s = 120", "lock_after_s = nan", "panel.lock_after_s", "finite"),
+    ("lock_after_s = 120", "lock_after = 120", "panel.lock_after", "unknown key"),
+    ("secure_cookies = true", "secure_cookies = 1", "service.secure_cookies", "true or false"),
+    ("buzzer_pin = 23", "buzzer_pin = 17", "lamps[0].buzzer_pin", "already used by lamps[0].relay_pin"),
+    ("buzzer_pin = 23", "buzzer_pin = 54", "lamps[0].buzzer_pin", "from 0 to 53"),
+    ("indicator_pin = 24", "indicator_pin = 18", "lamps[1].relay_pin", "already used by lamps[0].indicator_pin"),
+    ("indicator_pin = 24", "indicator_pin = 5", "lamps[0].indicator_pin", "already used by safety.indicator_pin"),
+]
+
+
+@pytest.mark.parametrize("old,new,key,words", S14_BAD, ids=[f"{b[2]}={b[1].split('= ')[1][:12]}" for b in S14_BAD])
+def test_s14_no_setting_switches_safety_off(tmp_path, capsys, old, new, key, words):
+    assert config_mod.load(write_config(tmp_path, FULL_CONFIG, name="good.toml"))
+    needle = "\n" + old + "\n"
+    assert needle in FULL_CONFIG
+    path = write_config(tmp_path, FULL_CONFIG.replace(needle, "\n" + new + "\n", 1))
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 300
+    assert str(path) in err and f" {key}: " in err and words in err
+
+
+def test_s14_every_number_key_has_a_range_in_the_one_table():
+    # A numeric key added without a range would escape S14: the tables of keys and ranges must agree.
+    tables = {"service": config_mod._SERVICE_KEYS, "safety": config_mod._SAFETY_KEYS,
+              "firmware": config_mod._FIRMWARE_KEYS, "panel": config_mod._PANEL_KEYS, "lamps": config_mod._LAMP_KEYS}
+    for table, keys in tables.items():
+        for key, types in keys.items():
+            if float in types or (int in types and not key.endswith("_pin")):
+                assert f"{table}.{key}" in config_mod.RANGES, f"{table}.{key} has no range"
+    assert "lamps.presets" in config_mod.RANGES and "pin" in config_mod.RANGES
+
+
+S14_EDGES = [  # both ends of each documented range are accepted
+    {"watchdog_s = 3.0": "watchdog_s = 0.2", "heartbeat_s = 1.0": "heartbeat_s = 0.05", "grace_s = 0.1": "grace_s = 0",
+     "reply_timeout_s = 0.5": "reply_timeout_s = 0.05", "cooldown_s = 0": "cooldown_s = 3600",
+     "rest_window_s = 300": "rest_window_s = 0", "bulb_life_h = 5000": "bulb_life_h = 1",
+     "lock_after_s = 120": "lock_after_s = 0", "log_queue = 10000": "log_queue = 100",
+     "max_minutes = 30": "max_minutes = 1", "default_minutes = 20": "default_minutes = 1",
+     "presets = [10, 15, 20, 30]": "presets = [0.5, 1]"},
+    {"watchdog_s = 3.0": "watchdog_s = 10", "heartbeat_s = 1.0": "heartbeat_s = 4.99", "grace_s = 0.1": "grace_s = 60",
+     "reply_timeout_s = 0.5": "reply_timeout_s = 5", "rest_window_s = 300": "rest_window_s = 86400",
+     "bulb_life_h = 5000": "bulb_life_h = 100000", "lock_after_s = 120": "lock_after_s = 86400",
+     "log_queue = 10000": "log_queue = 1000000", "max_minutes = 30": "max_minutes = 60",
+     "default_minutes = 20": "default_minutes = 60", "presets = [10, 15, 20, 30]": "presets = [60]"},
+]
+
+
+@pytest.mark.parametrize("changes", S14_EDGES, ids=["low", "high"])
+def test_s14_range_ends_are_accepted(tmp_path, changes):
+    text = FULL_CONFIG
+    for old, new in changes.items():
+        assert "\n" + old + "\n" in text
+        text = text.replace("\n" + old + "\n", "\n" + new + "\n", 1)
+    cfg = config_mod.load(write_config(tmp_path, text))
+    numbers = [cfg.firmware.watchdog_s, cfg.firmware.grace_s, cfg.safety.heartbeat_s, cfg.lamps[0].bulb_life_h]
+    assert numbers == [float(changes[k].split("= ")[1]) for k in
+                       ("watchdog_s = 3.0", "grace_s = 0.1", "heartbeat_s = 1.0", "bulb_life_h = 5000")]

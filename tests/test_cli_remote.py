@@ -1,0 +1,124 @@
+"""The CLI as an API client: the requests it sends (estop, start --new-patient) and replies it cannot use."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lampctl.cli import main
+from tests.procs import TWO_LAMPS, service_config
+
+LAMP_OFF = {"id": "room1", "state": "off", "relay_on": False, "remaining_s": None, "session_id": None}
+LAMP_FAULT = {"id": "room1", "state": "fault", "relay_on": False, "fault_reason": "emergency stop by cli"}
+
+
+class FakeService(ThreadingHTTPServer):
+    """Answers the API on loopback with canned replies and keeps every request it got."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[dict] = []
+        self.reply: tuple[int, bytes] = (200, b"{}")
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+        self.thread.join(5)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def _answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.requests.append({"method": self.command, "path": self.path, "auth": self.headers["Authorization"],
+                                     "body": json.loads(body) if body else None})
+        status, payload = self.server.reply
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake(tmp_path):
+    server = FakeService()
+    yield server, str(service_config(tmp_path, TWO_LAMPS, port=server.server_address[1]))
+    server.close()
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_estop_posts_api_estop_and_says_the_lamps_are_latched(fake, capsys):
+    server, config = fake
+    server.reply = (200, json.dumps({"lamps": [LAMP_FAULT]}).encode())
+    rc, out, err = run(capsys, "estop", "--config", config, "--token", "tok")
+    assert rc == 0 and err == ""
+    assert server.requests == [{"method": "POST", "path": "/api/estop", "auth": "Bearer tok", "body": None}]
+    assert out.splitlines()[0].startswith("room1        fault     relay off  emergency stop by cli")
+    assert "latched until an admin resets it" in out
+
+
+def test_cli_start_new_patient_sends_the_flag_and_only_when_asked(fake, capsys):
+    server, config = fake
+    server.reply = (201, json.dumps({"session_id": 7, "lamp": LAMP_OFF}).encode())
+    assert run(capsys, "start", "room2", "--minutes", "10", "--new-patient", "--config", config, "--token", "t")[0] == 0
+    assert run(capsys, "start", "room2", "--seconds", "90", "--config", config, "--token", "t")[0] == 0
+    assert [(r["path"], r["body"]) for r in server.requests] == [
+        ("/api/lamps/room2/start", {"minutes": 10.0, "new_patient": True}),
+        ("/api/lamps/room2/start", {"seconds": 90.0}),
+    ]
+
+
+def test_cli_refusal_is_the_services_sentence_exit_1(fake, capsys):
+    server, config = fake
+    server.reply = (409, json.dumps({"error": "Room 2 is already on.", "code": "state"}).encode())
+    rc, out, err = run(capsys, "start", "room2", "--minutes", "5", "--config", config, "--token", "t")
+    assert rc == 1 and out == "" and err == "lampctl: refused (409): Room 2 is already on.\n"
+
+
+def test_cli_request_the_service_calls_malformed_is_usage_error_exit_2(fake, capsys):
+    server, config = fake
+    server.reply = (400, json.dumps({"error": "Room 2 allows at most 30 minutes.", "code": "too-long"}).encode())
+    rc, _, err = run(capsys, "start", "room2", "--minutes", "45", "--config", config, "--token", "t")
+    assert rc == 2 and err == "lampctl start: error: refused (400): Room 2 allows at most 30 minutes.\n"
+
+
+@pytest.mark.parametrize("payload", [b"<html>oops</html>", b"[1, 2]", b'{"lamps": 5}'])
+def test_cli_unusable_reply_is_one_line_not_a_traceback(fake, capsys, payload):
+    server, config = fake
+    server.reply = (200, payload)
+    rc, out, err = run(capsys, "status", "--config", config, "--token", "t")
+    assert rc == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("lampctl: the service") and "internal error" not in err
+
+
+def test_cli_token_from_environment_and_file_checked(fake, capsys, monkeypatch, tmp_path):
+    server, config = fake
+    server.reply = (200, json.dumps({"lamps": [LAMP_OFF]}).encode())
+    monkeypatch.setenv("LAMPCTL_TOKEN", "from-env")
+    assert run(capsys, "status", "--config", config)[0] == 0
+    assert server.requests[-1]["auth"] == "Bearer from-env"
+    monkeypatch.setenv("LAMPCTL_TOKEN", "bad\r\nX-Evil: 1")
+    rc, _, err = run(capsys, "status", "--config", config)
+    assert rc == 2 and "LAMPCTL_TOKEN must be printable ASCII" in err
+    monkeypatch.delenv("LAMPCTL_TOKEN")
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "cli.token").write_text("line one\nline two\n")
+    rc, _, err = run(capsys, "status", "--config", config)
+    assert rc == 1 and "does not hold a token" in err and len(server.requests) == 1
