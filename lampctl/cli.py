@@ -119,7 +119,7 @@ def _positive(text: str) -> float:
 
 
 def _user_name(text: str) -> str:
-    from lampctl.store import StoreError, check_user_name
+    from lampctl.accounts import StoreError, check_user_name
 
     try:
         check_user_name(text)
@@ -129,7 +129,7 @@ def _user_name(text: str) -> str:
 
 
 def _pin(text: str) -> str:
-    from lampctl.store import StoreError, check_pin
+    from lampctl.accounts import StoreError, check_pin
 
     try:
         check_pin(text)

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
-from lampctl.store import StoreError, UsageLog
-
-CLI_USER = "cli"  # who the audit log names for a change made here (the service's own account)
+from lampctl.db import LogUnavailable, StoreError
+from lampctl.runtime import CLI_USER  # who the audit log names for a change made here
 
 
 class StoreFailed(Exception):
@@ -15,55 +14,67 @@ class StoreFailed(Exception):
 
 
 @contextmanager
-def _opened(cfg):
-    """The config's usage log for one command; a refusal or a database problem becomes StoreFailed."""
-    path = cfg.service.database
+def _failures(path):
+    """A refusal or a database problem becomes StoreFailed with one sentence."""
     try:
-        log = UsageLog(path)
+        yield
+    except (StoreError, LogUnavailable) as exc:
+        raise StoreFailed(str(exc)) from None
     except (sqlite3.Error, OSError) as exc:  # a missing directory, a locked, corrupt or read-only file
-        raise StoreFailed(f"cannot open the database {path}: {exc}") from None
-    except StoreError as exc:
-        raise StoreFailed(str(exc)) from None
-    try:
-        yield log
-    except StoreError as exc:
-        raise StoreFailed(str(exc)) from None
-    except sqlite3.Error as exc:
         raise StoreFailed(f"cannot use the database {path}: {exc}") from None
-    finally:
-        log.close()
+
+
+@contextmanager
+def _accounts(cfg):
+    """The config's accounts, with a usage log (no writer thread: events go straight to disk) for the audit."""
+    from lampctl.accounts import Accounts
+    from lampctl.store import UsageLog
+
+    path = cfg.service.database
+    with _failures(path):
+        log = UsageLog(path)
+        try:
+            yield Accounts(path, audit=log.event)
+        finally:
+            log.close()
 
 
 def add_user(cfg, name: str, role: str, pin: str) -> None:
-    with _opened(cfg) as log:
-        log.add_user(name, role, pin, by=CLI_USER)
+    with _accounts(cfg) as accounts:
+        accounts.add_user(name, role, pin, by=CLI_USER)
 
 
 def remove_user(cfg, name: str) -> None:
-    with _opened(cfg) as log:
-        log.remove_user(name)
-        log.event(None, None, None, CLI_USER, f"user {name} removed")
+    with _accounts(cfg) as accounts:
+        accounts.remove_user(name, by=CLI_USER)
 
 
 def users(cfg) -> list[dict]:
-    with _opened(cfg) as log:
-        return log.users()
+    with _accounts(cfg) as accounts:
+        return accounts.users()
 
 
 def create_token(cfg, name: str) -> str:
-    with _opened(cfg) as log:
-        return log.create_token(name)
+    with _accounts(cfg) as accounts:
+        return accounts.create_token(name)
 
 
 def sessions(cfg, *, start: str | None, end: str | None, lamp: str | None) -> Iterator[dict]:
     """Sessions oldest first, streamed; bounds are ISO-8601 times with a zone.
 
-    The database opens now, so a problem with it shows before any output.
+    The first row is read now, so a problem with the database shows before any output.
     """
-    stack = ExitStack()
-    log = stack.enter_context(_opened(cfg))
+    from lampctl import queries
 
-    def rows() -> Iterator[dict]:
-        with stack:
-            yield from log.iter_sessions(start=start, end=end, lamp=lamp)
-    return rows()
+    path = cfg.service.database
+    with _failures(path):
+        rows = queries.iter_sessions(path, start=start, end=end, lamp=lamp)
+        first = next(rows, None)
+
+    def all_rows() -> Iterator[dict]:
+        if first is None:
+            return
+        yield first
+        with _failures(path):
+            yield from rows
+    return all_rows()

@@ -223,31 +223,6 @@ class UsageLog:
     def events(self, **filters) -> list[dict]:
         return queries.events(self.path, **filters)
 
-    # ---- transitional: lampctl/cli.py and lampctl/service.py still call these here ------------
-    # They delegate to their owners (Accounts, queries) and go once those callers use them directly.
-    def _accounts(self, audit: bool = True):
-        from lampctl.accounts import Accounts
-
-        return Accounts(self.path, wall=self._wall, audit=self.event if audit else None)
-
-    def add_user(self, name: str, role: str, pin: str, by: str = "admin") -> None:
-        self._accounts().add_user(name, role, pin, by=by)
-
-    def remove_user(self, name: str) -> None:
-        self._accounts(audit=False).remove_user(name)  # the CLI records this event itself
-
-    def users(self) -> list[dict]:
-        return self._accounts().users()
-
-    def create_token(self, name: str) -> str:
-        return self._accounts().create_token(name)
-
-    def replace_system_token(self, name: str) -> str:
-        return self._accounts().replace_system_token(name)
-
-    def iter_sessions(self, **filters):
-        return queries.iter_sessions(self.path, **filters)
-
 
 def _records(n: int) -> str:
     return f"{n} record{'' if n == 1 else 's'}"

@@ -32,7 +32,7 @@ class Services:
     usage_log: object
     config: object
     firmware_status: Callable[[], str] = lambda: "absent"
-    accounts: object = None  # lampctl.accounts.Accounts; if None, web.auth opens one on the usage log's file
+    accounts: object = None  # lampctl.accounts.Accounts (required: auth is answered from it)
     extra: dict = field(default_factory=dict)
 
 

@@ -14,7 +14,6 @@ from flask import (Blueprint, abort, current_app, flash, g, jsonify, redirect, r
                    url_for)
 from werkzeug.exceptions import BadRequest
 
-from lampctl.accounts import Accounts
 from lampctl.db import LogUnavailable, StoreError
 from web import services
 
@@ -169,11 +168,8 @@ def _unavailable(exc):
 
 def init_app(app) -> None:
     app.extensions["lampctl.login_guard"] = LoginGuard(app.config.get("LOGIN_CLOCK") or time.monotonic)
-    s = app.extensions["lampctl"]
-    if s.accounts is None:
-        # Handed none: accounts in memory on the usage log's database, reloaded on change.
-        s.accounts = Accounts(s.usage_log.path, audit=s.usage_log.event)
-        s.accounts.start()
+    if app.extensions["lampctl"].accounts is None:
+        raise ValueError("create_app needs Services(accounts=...): logins and tokens are answered from memory")
     app.before_request(_before_request)
     # A page that cannot read the log answers 503 with a sentence, never 500 (item 10).
     app.register_error_handler(LogUnavailable, _unavailable)
