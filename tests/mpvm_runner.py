@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,10 @@ STAND_INS = {
     "/lib/machine.py": MPVM / "machine.py",
     "/lib/vmrig.py": MPVM / "vmrig.py",
 }
-PICO_HEAP = 160 * 1024      # a Pico leaves about 190 KiB to MicroPython's heap; stay below it
+
+
+# A scenario starts with the stand-ins and the rig in scope.
+PRELUDE = "import machine, time\nfrom vmrig import Rig, ScriptedPort, FeedLog, emit, run_trace, protocol\n"
 
 
 class VmUnavailable(Exception):
@@ -73,8 +77,14 @@ class Vm:
     def __init__(self, node: str):
         self.node = node
 
-    def run(self, script: str, layout=None, stdin: bytes = b"", extra=None, heapsize: int = PICO_HEAP):
-        """Returns (JSON lines the script emitted, other printed lines, error dict or None)."""
+    def run(self, script, layout=None, stdin: bytes = b"", extra=None, heapsize: int = 1 << 20):
+        """Returns (JSON lines the script emitted, other printed lines, error dict or None).
+
+        ``script`` is one source or a list run in order in the same VM (see run.mjs).
+
+        ``heapsize`` is the VM's first heap; this build grows it on demand, so it
+        is no stand-in for a Pico's RAM (test_mpvm_firmware_fits_a_pico_heap is).
+        """
         files = {path: src.read_text() for path, src in {**(PACKAGE_LAYOUT if layout is None else layout),
                                                          **STAND_INS}.items()}
         files.update(extra or {})
@@ -85,14 +95,22 @@ class Vm:
         result = json.loads(proc.stdout)
         emitted, other = [], []
         for line in result["stdout"].splitlines():
-            if line.startswith("{"):
-                emitted.append(json.loads(line))
-            else:
+            try:
+                emitted.append(json.loads(line) if line.startswith("{") else None)
+            except ValueError:
+                emitted.append(None)
+            if emitted[-1] is None:
+                emitted.pop()
                 other.append(line)
         return emitted, other, result["error"]
 
-    def ok(self, script: str, **kwargs):
+    def ok(self, script, **kwargs):
         """Like run(), but the scenario must end without an exception; returns the emitted objects."""
         emitted, other, error = self.run(script, **kwargs)
         assert error is None, "the scenario raised on MicroPython:\n%s\n%s" % (error["message"], "\n".join(other))
         return emitted
+
+
+def scenario(vm: Vm, body: str, **kwargs):
+    """Run ``body`` (indented freely) after PRELUDE; returns what it emitted."""
+    return vm.ok(PRELUDE + textwrap.dedent(body), **kwargs)

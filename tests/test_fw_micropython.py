@@ -1,27 +1,26 @@
-"""The board's files on MicroPython's own interpreter (WebAssembly port): compile, import, behave, survive noise."""
+"""The board's files on MicroPython's own interpreter (WebAssembly port): compile, import, fit, behave."""
 
-import random
 import textwrap
 
 import pytest
 
 from firmware_bridge import protocol
-from firmware_bridge.firmware.logic import Firmware
-from firmware_bridge.firmware.mpshim import TICKS_PERIOD, FakeTicks, Pin, ticks_add, ticks_diff
-from tests.mpvm_runner import FLAT_LAYOUT, PACKAGE_LAYOUT, Vm, find_node
+from firmware_bridge.firmware.mpshim import TICKS_PERIOD, ticks_add, ticks_diff
+from tests.mpvm_runner import (
+    FLAT_LAYOUT,
+    PACKAGE_LAYOUT,
+    PRELUDE,
+    Vm,
+    find_node,
+    scenario,
+)
 
 HOUR_MS = 60 * 60 * 1000
-# A scenario starts with the rig and the stand-ins in scope.
-PRELUDE = "import machine, time\nfrom vmrig import Rig, ScriptedPort, FeedLog, emit, run_trace, protocol\n"
 
 
 @pytest.fixture(scope="module")
 def vm():
     return Vm(find_node())
-
-
-def scenario(vm, body, **kwargs):
-    return vm.ok(PRELUDE + textwrap.dedent(body), **kwargs)
 
 
 def frame(seq, word, *args):
@@ -58,6 +57,44 @@ def test_mpvm_every_board_module_imports(vm, layout, modules):
     """ % (modules, modules), layout=layout)
     # Imported as a module, main.py builds nothing and starts no loop: only the board runs it as __main__.
     assert emitted == [{"imported": modules, "runs_firmware": "Firmware", "machine": "/lib/machine.py", "looped": 0}]
+
+
+def test_mpvm_tick_arithmetic_is_what_the_shim_assumes(vm):
+    # The CPython tests and the simulator run on mpshim's ticks_*: it must be MicroPython's own.
+    pairs = [(5, TICKS_PERIOD - 5), (TICKS_PERIOD - 5, 5), (TICKS_PERIOD // 2, 0), (TICKS_PERIOD // 2 - 1, 0),
+             (0, TICKS_PERIOD // 2), (123456, 654321), (TICKS_PERIOD - 1, 0)]
+    adds = [(TICKS_PERIOD - 1, 2), (1, -2), (0, protocol.MAX_ARM_MS), (TICKS_PERIOD - 1000, HOUR_MS), (7, -HOUR_MS)]
+    emitted = scenario(vm, """
+        emit(period=time.ticks_add(0, -1) + 1, diffs=[time.ticks_diff(a, b) for a, b in %r],
+             adds=[time.ticks_add(t, d) for t, d in %r])
+    """ % (pairs, adds))
+    assert emitted == [{"period": TICKS_PERIOD, "diffs": [ticks_diff(a, b) for a, b in pairs],
+                        "adds": [ticks_add(t, d) for t, d in adds]}]
+
+
+def test_mpvm_firmware_fits_a_pico_heap_and_does_not_grow(vm):
+    # A Pico leaves MicroPython about 190 KiB of heap.  This VM collects garbage only
+    # between top-level runs, hence one run per measuring step.
+    traffic = textwrap.dedent("""
+        for n in range(200):
+            for data in (protocol.encode_command(1, "HELLO"), protocol.encode_command(2, "ARM", 0, 5000),
+                         b"noise\\n", b"x" * 300, b"\\n1 PING*0000\\n", protocol.encode_command(3, "STATUS")):
+                fw.feed(data)
+            machine.advance(100)
+            fw.poll()
+            for pin in machine.pins.values():
+                pin.states = []     # the stand-in's history is the only thing meant to grow
+        gc.collect()
+    """)
+    emitted = vm.ok([
+        PRELUDE + "import gc\ngc.collect()",
+        "base = gc.mem_alloc()\nimport main\nfw, outputs = main.build(machine.ticks_ms)\ngc.collect()",
+        "built = gc.mem_alloc()\n" + traffic,
+        "settled = gc.mem_alloc()\n" + traffic,
+        "emit(retained=built - base, growth=gc.mem_alloc() - settled)",
+    ])
+    assert emitted[0]["retained"] < 64 * 1024, "the board's modules and state must leave most of the heap free"
+    assert emitted[0]["growth"] <= 512, "200 rounds of traffic must not grow the heap (a leak of 3 bytes a round would)"
 
 
 def test_mpvm_parse_errors_are_frame_errors_on_micropython(vm):
@@ -213,3 +250,28 @@ def test_mpvm_bad_frames_and_replays_follow_the_bad_frame_rule(vm):
         assert step == {"bad": [[0, "ERR", ["malformed"]], [2, "ERR", ["replay"]]], "levels": [1, 0]}
     assert emitted[3] == {"bad": [[0, "ERR", ["not-ascii"]], [0, "ERR", ["too-long"]], [2, "ERR", ["replay"]]],
                           "levels": [0, 0], "last": [0, False, "bad-frames"], "arm": ["need-hello"]}
+
+
+def test_mpvm_frame_that_fails_inside_the_firmware_is_one_bad_frame(vm):
+    emitted = scenario(vm, """
+        rig = Rig()
+        rig.send("HELLO")
+        rig.send("ARM", 0, 60000)
+        def broken(lamps):
+            raise MemoryError("no room for the reply")
+        protocol.format_status = broken
+        rig.seq = protocol.next_seq(rig.seq)
+        emit(replies=rig.raw(protocol.encode_command(rig.seq, "STATUS")), levels=rig.levels())
+        emit(ping=rig.send("PING"))
+        frames = b""
+        for _ in range(3):
+            rig.seq = protocol.next_seq(rig.seq)
+            frames += protocol.encode_command(rig.seq, "STATUS")
+        emit(replies=rig.raw(frames), levels=rig.levels(), last=rig.changes[-1][1:])
+    """)
+    internal = [0, "ERR", ["internal"]]
+    assert emitted == [
+        {"replies": [internal], "levels": [1, 0]},
+        {"ping": [4, "OK", []]},
+        {"replies": [internal] * 3, "levels": [0, 0], "last": [0, False, "bad-frames"]},
+    ]

@@ -111,9 +111,13 @@ class Firmware:
             return [self.count_failed_frame()]
         replies = []
         for item in items:
+            # A frame that fails half-way must neither feed the watchdog nor
+            # break a run of bad frames, even if it got as far as being accepted.
+            mark = (self._bad_run, self._last_valid)
             try:
                 replies.append(self.handle_line(item))
             except Exception:
+                self._bad_run, self._last_valid = mark
                 replies.append(self.count_failed_frame())
         return replies
 

@@ -1,7 +1,9 @@
 // Runs one scenario on MicroPython's own interpreter (the WebAssembly port) and prints the outcome as JSON.
 //
-// stdin:  {"files": {"/path/in/vm.py": "text", ...}, "script": "python source",
+// stdin:  {"files": {"/path/in/vm.py": "text", ...}, "script": "python source" or ["source", ...],
 //          "stdin": "bytes for sys.stdin, latin-1 (optional; EOF after them)"}
+// A list of scripts runs in order in one VM, sharing globals: this build collects garbage
+// only between top-level runs, so a memory measurement needs one run per step.
 // stdout: {"stdout": "what the script printed", "error": null | {"type": "...", "message": "..."}}
 // A Python exception is a result, not a runner failure: exit 0 either way; exit 2 on bad input.
 import { readFileSync } from "node:fs";
@@ -18,8 +20,9 @@ try {
 } catch (err) {
     fail("run.mjs: the request on stdin is not JSON: " + err.message);
 }
-if (typeof request.script !== "string") {
-    fail("run.mjs: the request has no \"script\" string.");
+const scripts = typeof request.script === "string" ? [request.script] : request.script;
+if (!Array.isArray(scripts) || !scripts.every((script) => typeof script === "string")) {
+    fail("run.mjs: the request's \"script\" must be a string or a list of strings.");
 }
 
 const printed = [];
@@ -55,7 +58,9 @@ for (const [path, text] of Object.entries(request.files || {})) {
 
 let error = null;
 try {
-    mp.runPython(request.script);
+    for (const script of scripts) {
+        mp.runPython(script);
+    }
 } catch (err) {
     if (err.name !== "PythonError") {
         throw err;
