@@ -1,6 +1,7 @@
 """The same inputs give the same outputs on CPython and on MicroPython: parsers, splitter, firmware traces."""
 
 import json
+import os
 import random
 
 import pytest
@@ -16,6 +17,9 @@ from firmware_bridge.firmware.mpshim import (
 )
 from tests.mpvm_runner import Vm, find_node, scenario
 from tests.test_fw_micropython_board import noise_line
+
+# Long form: MPVM_SCALE=N runs N times the lines and traces (the default 1 is CI's short form).
+SCALE = int(os.environ.get("MPVM_SCALE", "1"))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +69,7 @@ def cpython_parse(parse, line):
 
 def test_mpvm_parsers_and_splitter_agree_with_cpython(vm):
     rnd = random.Random(5)
-    lines = parser_cases(rnd, 1500)
+    lines = parser_cases(rnd, 1500 * SCALE)
     stream = b"".join(lines)
     cuts = sorted(rnd.sample(range(len(stream)), 300))
     chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
@@ -153,7 +157,7 @@ def cpython_trace(ops, start):
 
 def test_s2_mpvm_fault_traces_match_cpython_step_for_step(vm):
     whys = set()
-    for seed in (1, 2, 3):
+    for seed in range(1, 3 * SCALE + 1):
         rnd = random.Random(seed)
         start = rnd.choice([TICKS_PERIOD - 20_000, rnd.randrange(TICKS_PERIOD)])
         ops = fault_trace(rnd, 600)
