@@ -19,4 +19,25 @@ if [ ! -x /usr/bin/chromium ]; then
     fi
 fi
 
+# --- MicroPython VM for the firmware tests (tests/mpvm): Node from Debian, the npm package locally ---
+if ! command -v node >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing Debian's nodejs and npm for the MicroPython VM tests..." >&2
+        $sudo apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >&2
+    else
+        echo "warning: node is missing and apt-get is not available: the MicroPython VM tests will not run" >&2
+    fi
+fi
+# Reinstall whenever package-lock.json changes (its hash names the stamp).
+mpvm_stamp="tests/mpvm/node_modules/.installed-$(sha256sum tests/mpvm/package-lock.json | cut -c1-16)"
+if command -v node >/dev/null 2>&1 && [ ! -f "$mpvm_stamp" ]; then
+    echo "installing MicroPython's WebAssembly port into tests/mpvm/node_modules..." >&2
+    npm ci --prefix tests/mpvm --no-audit --no-fund --loglevel=error >&2
+    touch "$mpvm_stamp"
+fi
+# --- end of the MicroPython VM block ---
+
 exec .venv/bin/python -m pytest "$@"

@@ -52,6 +52,7 @@ NEED_HELLO = "need-hello"           # no HELLO since boot or since the last safe
 NO_SUCH_LAMP = "no-such-lamp"
 MS_OUT_OF_RANGE = "ms-out-of-range"  # ARM ms outside 1..MAX_ARM_MS
 OVER_CEILING = "over-ceiling"       # re-ARM would keep a lamp on longer than MAX_ARM_MS in one go
+INTERNAL = "internal"               # handling the frame failed inside the firmware (a bad frame)
 
 _DIGITS = "0123456789"
 _HEX = "0123456789ABCDEF"
@@ -67,7 +68,10 @@ class FrameError(ValueError):
     """
 
     def __init__(self, reason, seq=0):
-        ValueError.__init__(self, reason)
+        # super(), not ValueError.__init__(self, ...): MicroPython's built-in
+        # exception types have no __init__ attribute, so that call raises
+        # AttributeError on the board and the first bad frame would end the loop.
+        super().__init__(reason)
         self.reason = reason
         self.seq = seq
 

@@ -273,6 +273,57 @@ def test_firmware_bad_frame_run_is_broken_by_a_valid_frame():
     assert rig.levels()[0] == 1
 
 
+def test_firmware_frame_that_fails_inside_is_one_bad_frame_and_the_next_is_handled(monkeypatch):
+    rig = Rig()
+    rig.ok("HELLO")
+    rig.ok("ARM", 0, 60_000)
+
+    def broken(lamps):
+        raise MemoryError("no room for the reply")
+
+    monkeypatch.setattr(protocol, "format_status", broken)
+    status = protocol.encode_command(protocol.next_seq(rig.seq), "STATUS")
+    ping = protocol.encode_command(protocol.next_seq(rig.seq + 1), "PING")
+    rig.seq += 2
+    replies = rig.send_raw(status + ping)
+    assert [(r.seq, r.word, r.args) for r in replies] == [(0, "ERR", (protocol.INTERNAL,)), (rig.seq, "OK", ())]
+    assert rig.levels() == [1, 0]
+
+
+def test_s7_firmware_failing_frames_neither_feed_the_watchdog_nor_break_a_bad_run(monkeypatch):
+    rig = Rig()
+    rig.ok("HELLO")
+    rig.ok("ARM", 0, 60_000)
+    rig.ok("ARM", 1, 60_000)
+    monkeypatch.setattr(protocol, "format_status", lambda lamps: 1 // 0)
+    rig.advance(2500)
+    assert rig.send_raw(protocol.encode_command(protocol.next_seq(rig.seq), "STATUS"))[0].args == (protocol.INTERNAL,)
+    rig.seq = protocol.next_seq(rig.seq)
+    rig.advance(500)
+    assert rig.changes[-1] == (3000, 1, False, "watchdog"), "a failed STATUS must not count as a heartbeat"
+    rig.ok("HELLO")
+    rig.ok("ARM", 0, 60_000)
+    frames = b""
+    for _ in range(3):
+        rig.seq = protocol.next_seq(rig.seq)
+        frames += protocol.encode_command(rig.seq, "STATUS")
+    assert [r.args for r in rig.send_raw(frames)] == [(protocol.INTERNAL,)] * 3
+    assert rig.changes[-1][1:] == (0, False, "bad-frames")
+
+
+def test_firmware_splitter_failure_costs_one_bad_frame_and_a_fresh_line(monkeypatch):
+    rig = Rig()
+    rig.ok("HELLO")
+    rig.ok("ARM", 0, 60_000)
+    rig.send_raw(b"half a li")
+    real_feed = rig.fw._splitter.feed
+    monkeypatch.setattr(rig.fw._splitter, "feed", lambda data: 1 // 0)
+    assert [(r.seq, r.args) for r in rig.send_raw(b"ne\n")] == [(0, (protocol.INTERNAL,))]
+    monkeypatch.setattr(rig.fw._splitter, "feed", real_feed)
+    assert rig.ok("PING").word == "OK", "the half line before the failure must be gone"
+    assert rig.levels() == [1, 0]
+
+
 def test_firmware_endless_garbage_without_newline_counts_as_bad_frames():
     rig = Rig()
     rig.ok("HELLO")

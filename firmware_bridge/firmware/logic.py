@@ -97,11 +97,33 @@ class Firmware:
     # -- inputs -----------------------------------------------------------
 
     def feed(self, data):
-        """Handle received bytes; returns the list of reply lines (bytes) to send."""
+        """Handle received bytes; returns the list of reply lines (bytes) to send.
+
+        A frame whose handling raises counts as a bad frame (``ERR internal``)
+        and the next frame is handled as usual: on the board an exception that
+        left this loop would cut every lamp and reboot the chip, so one odd
+        frame must never cost more than one bad-frame count.
+        """
+        try:
+            items = self._splitter.feed(data)
+        except Exception:
+            self._splitter.reset()      # its state is unknown after a failure
+            return [self.count_failed_frame()]
         replies = []
-        for item in self._splitter.feed(data):
-            replies.append(self.handle_line(item))
+        for item in items:
+            # A frame that fails half-way must neither feed the watchdog nor
+            # break a run of bad frames, even if it got as far as being accepted.
+            mark = (self._bad_run, self._last_valid)
+            try:
+                replies.append(self.handle_line(item))
+            except Exception:
+                self._bad_run, self._last_valid = mark
+                replies.append(self.count_failed_frame())
         return replies
+
+    def count_failed_frame(self):
+        """Count a frame the firmware failed to handle as a bad frame; returns its ERR reply."""
+        return self._bad_frame(protocol.INTERNAL, 0)
 
     def handle_line(self, line):
         """Handle one complete line (or a FrameError from the splitter); returns one reply line."""

@@ -1,8 +1,9 @@
 """Pico entry point: frames from USB serial (sys.stdin) drive the relay pins through Firmware.
 
 Copy this file to the board as /main.py (see firmware_bridge/README.md).  It
-also runs on CPython when ``machine`` is the mpshim module, which is how the
-tests exercise this loop without a board.
+also runs on CPython when ``machine`` is the mpshim module, and on MicroPython's
+WebAssembly port with a stand-in ``machine``, which is how the tests exercise
+this loop without a board.
 """
 
 import sys
@@ -15,7 +16,10 @@ try:
 except ImportError:     # CPython: the same arithmetic from the shim
     from firmware_bridge.firmware.mpshim import ticks_ms, ticks_diff, ticks_add
 
-from firmware_bridge.firmware.logic import Firmware
+try:
+    from firmware_bridge.firmware.logic import Firmware
+except ImportError:     # flat layout on a board: logic.py and protocol.py next to main.py
+    from logic import Firmware
 
 # Board wiring: one GPIO per lamp, lamp 0 first.
 RELAY_PINS = (2, 3, 4, 5)
@@ -40,6 +44,41 @@ class Relay:
         self._pin.value(level if self._active_high else 1 - level)
 
 
+class UsbPort:
+    """USB serial as the board sees it: bytes from sys.stdin, replies to sys.stdout."""
+
+    def __init__(self):
+        self._in = getattr(sys.stdin, "buffer", sys.stdin)
+        self._out = getattr(sys.stdout, "buffer", sys.stdout)
+        self._poller = select.poll()
+        self._poller.register(sys.stdin, select.POLLIN)
+        self._closed = False
+
+    def read(self, timeout_ms):
+        """Up to READ_CHUNK bytes, waiting at most ``timeout_ms`` for the first; b"" on
+        silence, None once stdin has closed (only on the test harnesses: USB serial
+        on a board never ends)."""
+        if self._closed:
+            return None
+        received = bytearray()
+        while len(received) < READ_CHUNK and self._poller.poll(0 if received else timeout_ms):
+            byte = self._in.read(1)
+            if not byte:
+                self._closed = True
+                break
+            if isinstance(byte, str):
+                byte = byte.encode()
+            received.extend(byte)
+        if self._closed and not received:
+            return None
+        return bytes(received)
+
+    def write(self, data):
+        self._out.write(data)
+        if hasattr(self._out, "flush"):
+            self._out.flush()
+
+
 def _maintenance_requested():
     try:
         pin = machine.Pin(MAINTENANCE_PIN, machine.Pin.IN, machine.Pin.PULL_UP)
@@ -54,10 +93,57 @@ def _log_change(lamp, on, why):
     pass
 
 
-def main():
+def build(ticks=ticks_ms):
+    """The relays (all off) and the Firmware driving them; ``ticks`` is for tests."""
     outputs = [Relay(gpio, ACTIVE_HIGH) for gpio in RELAY_PINS]
-    firmware = Firmware(outputs, ticks_ms, ticks_diff, ticks_add,
+    firmware = Firmware(outputs, ticks, ticks_diff, ticks_add,
                         watchdog_ms=WATCHDOG_MS, on_change=_log_change)
+    return firmware, outputs
+
+
+def _exchange(firmware, port, timeout_ms):
+    """One read and its replies; False once the port has closed."""
+    try:
+        received = port.read(timeout_ms)
+        if received is None:
+            return False
+        replies = firmware.feed(received) if received else []
+    except Exception:
+        # Firmware.feed already turns a failing frame into a bad frame; this
+        # is the layer under it (the port, memory).  A bad frame, not a reboot.
+        replies = [firmware.count_failed_frame()]
+    try:
+        for reply in replies:
+            port.write(reply)
+    except Exception:
+        # A lost reply costs the host a timeout and a HELLO (all lamps off);
+        # the firmware's own timers stay in charge either way.
+        pass
+    return True
+
+
+def serve(firmware, outputs, port, wdt):
+    """The main loop: timers, then frames, until the port closes; every relay off when it ends.
+
+    Only a loop that stops coming round here (stuck, or killed by an exception
+    outside any frame) lets the hardware watchdog reboot the chip.
+    """
+    try:
+        while True:
+            wdt.feed()
+            wait = firmware.poll()
+            timeout = MAX_WAIT_MS if wait is None else max(0, min(wait, MAX_WAIT_MS))
+            if not _exchange(firmware, port, timeout):
+                return
+    finally:
+        # Pins first, straight: whatever ended the loop, no lamp stays on.
+        for relay in outputs:
+            relay.value(0)
+        firmware.shutdown()
+
+
+def main():
+    firmware, outputs = build()
     if _maintenance_requested():
         return
     try:
@@ -65,37 +151,9 @@ def main():
         micropython.kbd_intr(-1)    # a 0x03 in line noise must not stop the firmware
     except ImportError:
         pass
-    wdt = machine.WDT(timeout=HARDWARE_WDT_MS)
-    stdin = getattr(sys.stdin, "buffer", sys.stdin)
-    stdout = getattr(sys.stdout, "buffer", sys.stdout)
-    poller = select.poll()
-    poller.register(sys.stdin, select.POLLIN)
-    try:
-        while True:
-            wdt.feed()
-            wait = firmware.poll()
-            timeout = MAX_WAIT_MS if wait is None else max(0, min(wait, MAX_WAIT_MS))
-            received = b""
-            closed = False
-            while len(received) < READ_CHUNK and poller.poll(timeout if not received else 0):
-                byte = stdin.read(1)
-                if not byte:        # stdin closed (only on the CPython harness)
-                    closed = True
-                    break
-                if isinstance(byte, str):
-                    byte = byte.encode()
-                received += byte
-            for reply in firmware.feed(received):
-                stdout.write(reply)
-            if received and hasattr(stdout, "flush"):
-                stdout.flush()
-            if closed:
-                raise SystemExit("stdin closed")
-    finally:
-        # Whatever ended the loop, no lamp stays on while the board restarts.
-        firmware.shutdown()
-        for relay in outputs:
-            relay.value(0)
+    serve(firmware, outputs, UsbPort(), machine.WDT(timeout=HARDWARE_WDT_MS))
+    raise SystemExit("stdin closed")
 
 
-main()
+if __name__ == "__main__":      # the board runs main.py as __main__
+    main()
