@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lampctl.cli import main
+from lampctl.accounts import Accounts
 from lampctl.store import UsageLog, connect, transaction
 from tests.conftest import write_config
 from tests.procs import ROOT
@@ -111,11 +112,11 @@ def test_cli_log_database_problem_is_one_line_exit_1(tmp_path, capsys):
     config = write_config(tmp_path, '[service]\ndatabase = "var/x.db"\n[[lamps]]\nid = "a"\nrelay_pin = 17\n')
     rc, out, err = run(capsys, "log", "--config", str(config))
     assert rc == 1 and out == "" and len(err.splitlines()) == 1
-    assert err.startswith(f"lampctl: cannot open the database {tmp_path / 'var' / 'x.db'}")
+    assert err.startswith("lampctl: ") and str(tmp_path / "var" / "x.db") in err and "cannot be opened" in err
 
 
 def test_cli_bug_is_internal_error_not_a_database_problem(logged, capsys, mocker):
-    mocker.patch.object(UsageLog, "users", side_effect=TypeError("unhashable type: 'list'"))
+    mocker.patch.object(Accounts, "users", side_effect=TypeError("unhashable type: 'list'"))
     rc, out, err = run(capsys, "user", "list", "--config", logged)
     assert rc == 1 and out == "" and len(err.splitlines()) == 1
     assert "cannot open the database" not in err and "Traceback" not in err

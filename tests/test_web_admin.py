@@ -97,8 +97,8 @@ def test_log_csv_generator_reads_the_database_a_row_at_a_time(web, controller, c
     resp.close()  # closes the generator and so its database cursor
 
 
-def test_log_csv_quotes_cells_a_spreadsheet_would_run(web, usage_log, controller):
-    usage_log.add_user("-bob", "practitioner", "1357")
+def test_log_csv_quotes_cells_a_spreadsheet_would_run(web, usage_log, accounts, controller):
+    accounts.add_user("-bob", "practitioner", "1357")
     controller.start("room1", 60, "-bob")
     usage_log.flush(2)
     resp = web.get("/admin/log.csv")
