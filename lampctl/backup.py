@@ -40,9 +40,17 @@ def _open(path: Path, mode: str) -> sqlite3.Connection:
 
 
 def integrity_problems(conn: sqlite3.Connection) -> list[str]:
-    """PRAGMA integrity_check's complaints; an empty list means the file is sound."""
+    """PRAGMA integrity_check's complaints, one per line; an empty list means the file is sound."""
     rows = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
-    return [] if rows == ["ok"] else rows
+    if rows == ["ok"]:
+        return []
+    lines = [line for row in rows for line in row.splitlines()]
+    return [line for line in lines if not line.startswith("*** in database")] or lines
+
+
+def _summary(problems: list[str]) -> str:
+    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+    return f"{problems[0]}{more}"
 
 
 def _count(conn: sqlite3.Connection, table: str) -> int | None:
@@ -82,7 +90,7 @@ def copy_database(source: sqlite3.Connection, target: Path) -> tuple[int | None,
         dst.execute("PRAGMA journal_mode=DELETE")
         problems = integrity_problems(dst)
         if problems:
-            raise ToolFailed(f"the copy failed PRAGMA integrity_check ({problems[0]}); "
+            raise ToolFailed(f"the copy failed PRAGMA integrity_check ({_summary(problems)}); "
                              f"the database itself may be damaged: keep the older backups")
         counts = _count(dst, "sessions"), _count(dst, "events")
     except sqlite3.Error as exc:
@@ -128,10 +136,14 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
     """
     src = _open(backup, "ro")
     try:
-        problems = integrity_problems(src)
-        if problems or _count(src, "sessions") is None:
+        try:
+            problems = integrity_problems(src)
+            has_sessions = _count(src, "sessions") is not None
+        except sqlite3.Error as exc:
+            raise ToolFailed(f"{backup} is not a lampctl backup ({exc}); nothing was changed") from None
+        if problems or not has_sessions:
             raise ToolFailed(f"{backup} is not a sound lampctl backup "
-                             f"({problems[0] if problems else 'no sessions table'}); nothing was changed")
+                             f"({_summary(problems) if problems else 'no sessions table'}); nothing was changed")
         saved = None
         if database.exists():
             saved = backup_database(database, database.parent / "before-restore", keep=1000, now=now).path
@@ -151,7 +163,7 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
     finally:
         src.close()
     if problems:
-        raise ToolFailed(f"the restored {database} failed PRAGMA integrity_check ({problems[0]}); "
+        raise ToolFailed(f"the restored {database} failed PRAGMA integrity_check ({_summary(problems)}); "
                          f"the previous database is in {saved}")
     _give_to_directory_owner(database)
     return BackupResult(database, *counts), saved
