@@ -138,16 +138,22 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, sleep: Callable[[fl
     return True
 
 
-def click_lamp(bank, index: int, lamp, link: FirmwareSession | None, *, on_s: float,
+def click_lamp(bank, index: int, lamp, link: FirmwareSession | None, *, on_s: float, wait_s: float,
                sleep: Callable[[float], None] = time.sleep) -> Check:
-    """Switch one lamp on for on_s (its firmware relay armed too) and read its feedback input."""
+    """Switch one lamp on for on_s (its firmware relay armed too) and read its feedback input.
+
+    Each pause (on_s, and wait_s for the feedback to follow) stays well inside the
+    firmware's watchdog, with a frame between them, so the board never cuts mid-test.
+    """
     name = f"click {lamp.id}"
     try:
         if link is not None:
             link.command("PING")
-            link.command("ARM", index, int((on_s + FEEDBACK_WAIT_S) * 1000) + 1000)
+            link.command("ARM", index, int((on_s + wait_s) * 1000) + 1000)
         bank.set(index, True)
-        powered = _wait_for(lambda: bank.feedback_on(index), FEEDBACK_WAIT_S, sleep) if bank.has_feedback(index) else None
+        powered = _wait_for(lambda: bank.feedback_on(index), wait_s, sleep) if bank.has_feedback(index) else None
+        if link is not None:
+            link.command("PING")
         sleep(on_s)
     except ToolFailed as exc:
         return Check(name, FAIL, f"{exc}; the Pi's relay stayed off")
@@ -160,7 +166,7 @@ def click_lamp(bank, index: int, lamp, link: FirmwareSession | None, *, on_s: fl
                 pass    # the firmware's own timer cuts it a second later
     if powered is None:
         return Check(name, WARN, f"relay {lamp.relay_pin} clicked; no feedback_pin: check by eye or ear that the lamp lit")
-    released = _wait_for(lambda: not bank.feedback_on(index), FEEDBACK_WAIT_S, sleep)
+    released = _wait_for(lambda: not bank.feedback_on(index), wait_s, sleep)
     if not powered:
         return Check(name, FAIL, f"feedback pin {lamp.feedback_pin} stayed off while the lamp was switched on: "
                                  f"check the relay, the fuse, the bulb and the sensor wiring")
@@ -180,9 +186,12 @@ def click_all(cfg, bank, *, on_s: float, sleep) -> list[Check]:
             if link is not None:
                 link.close()
             return [Check("click", FAIL, f"{exc}; no lamp was switched")]
-        on_s = min(on_s, cfg.firmware.watchdog_s / 3)   # stay inside the firmware's watchdog
+    # Every pause well inside the firmware's watchdog (0.2 s at the shortest allowed).
+    limit = cfg.firmware.watchdog_s / 4 if cfg.firmware is not None else FEEDBACK_WAIT_S
+    on_s, wait_s = min(on_s, limit), min(FEEDBACK_WAIT_S, limit)
     try:
-        return [click_lamp(bank, i, lamp, link, on_s=on_s, sleep=sleep) for i, lamp in enumerate(cfg.lamps)]
+        return [click_lamp(bank, i, lamp, link, on_s=on_s, wait_s=wait_s, sleep=sleep)
+                for i, lamp in enumerate(cfg.lamps)]
     finally:
         bank.all_off()
         if link is not None:
