@@ -6,12 +6,20 @@ import os
 import re
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from lampctl.store import iso
-from lampctl.toolcli import (EXIT_OK, ToolFailed, add_config, count_in, guarded, load_config,
-                             positive_number, refuse_while_serving)
+from lampctl.toolcli import (
+    EXIT_OK,
+    ToolFailed,
+    add_config,
+    count_in,
+    guarded,
+    load_config,
+    positive_number,
+    refuse_while_serving,
+)
 
 BACKUP_RE = re.compile(r"^lampctl-\d{8}T\d{6}\.\d{6}Z\.db$")
 DEFAULT_KEEP = 14
@@ -69,7 +77,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _backup_name(dest: Path, now: datetime) -> Path:
-    stamp = now.astimezone(timezone.utc)
+    stamp = now.astimezone(UTC)
     while True:
         path = dest / f"lampctl-{stamp.strftime('%Y%m%dT%H%M%S.%f')}Z.db"
         if not path.exists():
@@ -110,7 +118,7 @@ def backup_database(database: Path, dest: Path, keep: int, now: datetime | None 
         raise ToolFailed(f"cannot use {dest} as the backup directory: {exc.strerror or exc}") from None
     if not dest.is_dir():
         raise ToolFailed(f"{dest} is not a directory")
-    final = _backup_name(dest, now or datetime.now(timezone.utc))
+    final = _backup_name(dest, now or datetime.now(UTC))
     partial = dest / f".{final.name}.partial"
     source = _open(database, "ro")
     try:
@@ -182,7 +190,7 @@ def _give_to_directory_owner(database: Path) -> None:
 def prune_events(database: Path, older_than_days: float, *, sessions: bool = False,
                  now: datetime | None = None, who: str = "cli") -> tuple[int, int]:
     """Delete audit events (and, when asked, ended sessions) older than the cutoff; returns (events, sessions)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     cutoff = iso(now - timedelta(days=older_than_days))
     conn = _open(database, "rw")
     try:

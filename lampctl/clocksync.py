@@ -4,8 +4,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # systemd-timesyncd touches this file once it has synchronised the clock since boot.
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")

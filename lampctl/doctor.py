@@ -7,14 +7,26 @@ import socket
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 from lampctl import clocksync
 from lampctl import config as config_mod
-from lampctl.firmware_tools import FirmwareSession, describe, firmware_mismatches, query_firmware
-from lampctl.toolcli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolFailed, add_config, config_path, service_answers
+from lampctl.firmware_tools import (
+    FirmwareSession,
+    describe,
+    firmware_mismatches,
+    query_firmware,
+)
+from lampctl.toolcli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ToolFailed,
+    add_config,
+    config_path,
+    service_answers,
+)
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 LOW_DISK_BYTES = 100 * 1024 * 1024
@@ -124,8 +136,8 @@ def check_pins(cfg, bank_or_error) -> Check:
                                    f"{bank_or_error} (is the user in the gpio group? is another program using them?)")
     pins = ", ".join(str(lamp.relay_pin) for lamp in cfg.lamps)
     if cfg.service.pin_factory == "mock":
-        return Check("pins", WARN, f"pin_factory is \"mock\": simulated pins, no relay will switch "
-                                   f"(set pin_factory = \"lgpio\" on a Pi)")
+        return Check("pins", WARN, "pin_factory is \"mock\": simulated pins, no relay will switch "
+                                   "(set pin_factory = \"lgpio\" on a Pi)")
     return Check("pins", OK, f"relays on BCM {pins} claimed and left OFF")
 
 

@@ -14,7 +14,7 @@ import math
 import os
 import socket
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from lampctl import config as config_mod
 

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,9 +16,16 @@ from lampctl import toolcli
 from lampctl.backup import BACKUP_RE, backup_database, prune_events, restore_database
 from lampctl.toolcli import ToolFailed
 from tests.conftest import write_config
-from tests.procs import ROOT, TWO_LAMPS, ServiceProcess, add_users, service_config, wait_until
+from tests.procs import (
+    ROOT,
+    TWO_LAMPS,
+    ServiceProcess,
+    add_users,
+    service_config,
+    wait_until,
+)
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 def record_sessions(log, count: int, start: datetime = T0) -> None:

@@ -214,3 +214,17 @@ def test_deploy_serve_sends_ready_once_the_panel_answers_then_watchdog_pings(tmp
     assert messages[0] == "READY=1"
     assert seen[0][1] == 200
     assert messages.count("READY=1") == 1
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_deploy_install_default_makes_a_venv_that_sees_system_packages(tmp_path):
+    proc = subprocess.run(["bash", str(INSTALL), "--root", str(tmp_path)], capture_output=True, text=True,
+                          timeout=580, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    venv = tmp_path / "opt/lampctl"
+    # Debian's python3-lgpio lives in the system site-packages: the venv must see them.
+    assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
+    assert os.access(venv / "bin/mpremote", os.X_OK)        # for `lampctl firmware flash`
+    help_text = subprocess.run([str(venv / "bin/lampctl"), "--help"], capture_output=True, text=True, timeout=60)
+    assert help_text.returncode == 0 and "serve" in help_text.stdout
