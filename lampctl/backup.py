@@ -173,12 +173,17 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
     if problems:
         raise ToolFailed(f"the restored {database} failed PRAGMA integrity_check ({_summary(problems)}); "
                          f"the previous database is in {saved}")
-    _give_to_directory_owner(database)
+    keep_service_ownership(database)
     return BackupResult(database, *counts), saved
 
 
-def _give_to_directory_owner(database: Path) -> None:
-    # Run as root (sudo), a new file would be root's and the service could not write it.
+def keep_service_ownership(database: Path) -> None:
+    """Give a database that root created (sudo lampctl restore) to the owner of its directory.
+
+    SQLite already gives the -wal and -shm files of an existing database to the database's
+    owner when it runs as root; a database file it creates is root's, and the service
+    (user lampctl) could not write it.
+    """
     if os.geteuid() != 0:
         return
     owner = database.parent.stat()

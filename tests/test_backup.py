@@ -231,3 +231,15 @@ def test_backup_while_the_service_writes_then_restore(tmp_path):
     finally:
         service.stop()
     assert os.path.exists(database)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root-created database needs handing over")
+def test_restore_as_root_gives_a_new_database_to_the_data_directory_owner(cfg, usage_log, tmp_path):
+    record_sessions(usage_log, 1)
+    backup = backup_database(cfg.service.database, tmp_path / "b", keep=2).path
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 4321, 4321)
+    restore_database(data / "lampctl.db", backup)
+    owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in data.glob("lampctl.db*")}
+    assert "lampctl.db" in owners and set(owners.values()) == {(4321, 4321)}
