@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from lampctl.store import iso
 from lampctl.toolcli import (
     EXIT_OK,
     ToolFailed,
@@ -195,6 +194,9 @@ def keep_service_ownership(database: Path) -> None:
 def prune_events(database: Path, older_than_days: float, *, sessions: bool = False,
                  now: datetime | None = None, who: str = "cli") -> tuple[int, int]:
     """Delete audit events (and, when asked, ended sessions) older than the cutoff; returns (events, sessions)."""
+    # Imported here: cli.py imports this module before `serve` claims the relays (S1).
+    from lampctl.store import iso
+
     now = now or datetime.now(UTC)
     cutoff = iso(now - timedelta(days=older_than_days))
     conn = _open(database, "rw")

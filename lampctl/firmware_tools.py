@@ -10,7 +10,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import serial
 
 from firmware_bridge import protocol
 from firmware_bridge.firmware.logic import FIRMWARE_VERSION
@@ -47,13 +46,18 @@ class FirmwareSession:
     service is stopped: the service's own link would otherwise lose its sequence numbers.
     """
 
-    def __init__(self, url: str, timeout: float = REPLY_TIMEOUT_S, opener=serial.serial_for_url):
+    def __init__(self, url: str, timeout: float = REPLY_TIMEOUT_S, opener=None):
+        # Imported here: cli.py imports this module before `serve` claims the relays (S1).
+        import serial
+
+        opener = opener or serial.serial_for_url
+        self._serial_errors = (serial.SerialException, OSError)
         self.url = url
         self.timeout = timeout
         options = {} if "://" in url else {"exclusive": True}
         try:
             self._port = opener(url, timeout=0.05, **options)
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (*self._serial_errors, ValueError) as exc:
             raise ToolFailed(f"cannot open the firmware port {url}: {exc}") from None
         self._seq = 0
         self._splitter = protocol.LineSplitter()
@@ -65,7 +69,7 @@ class FirmwareSession:
             self._port.write(protocol.encode_command(self._seq, word, *args))
             self._port.flush()
             reply = self._reply(self._seq, time.monotonic() + self.timeout)
-        except (serial.SerialException, OSError) as exc:
+        except self._serial_errors as exc:
             raise ToolFailed(f"the firmware port {self.url} failed: {exc}") from None
         if reply is None:
             raise ToolFailed(f"the firmware on {self.url} did not answer {word} within {self.timeout:g} s "

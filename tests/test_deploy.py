@@ -6,6 +6,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import urllib.request
@@ -228,3 +229,13 @@ def test_deploy_install_default_makes_a_venv_that_sees_system_packages(tmp_path)
     assert os.access(venv / "bin/mpremote", os.X_OK)        # for `lampctl firmware flash`
     help_text = subprocess.run([str(venv / "bin/lampctl"), "--help"], capture_output=True, text=True, timeout=60)
     assert help_text.returncode == 0 and "serve" in help_text.stdout
+
+
+def test_s1_maintenance_commands_import_nothing_slow():
+    # cli.py declares these subcommands before `serve` claims the relays, so importing them
+    # must not pull in the store (werkzeug), pyserial, Flask or gpiozero.
+    code = ("import sys, lampctl.backup, lampctl.doctor, lampctl.firmware_tools, lampctl.clocksync; "
+            "print(' '.join(m for m in ('lampctl.store', 'werkzeug', 'serial', 'flask', 'gpiozero') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
