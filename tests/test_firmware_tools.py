@@ -1,0 +1,195 @@
+"""lampctl firmware check (against the simulator process) and flash (files, generated settings, mpremote)."""
+from __future__ import annotations
+
+import ast
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from firmware_bridge import protocol
+from firmware_bridge.firmware.logic import FIRMWARE_VERSION
+from lampctl import config as config_mod
+from lampctl import toolcli
+from lampctl.firmware_tools import board_files, main_source, pico_pins
+from lampctl.toolcli import ToolFailed
+from tests.procs import Simulator, free_port
+
+
+def fw_config(tmp_path: Path, port: str, *, lamps: int = 2, watchdog_s: float = 1.0, extra_lamp: str = "") -> Path:
+    text = textwrap.dedent(f"""
+        [service]
+        bind = "127.0.0.1:{free_port()}"
+        database = "var/lampctl.db"
+        [safety]
+        heartbeat_s = 0.2
+        [firmware]
+        port = "{port}"
+        watchdog_s = {watchdog_s}
+        """)
+    for i in range(lamps):
+        text += f'[[lamps]]\nid = "room{i + 1}"\nrelay_pin = {17 + i}\n{extra_lamp}\n'
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def simulator():
+    sim = Simulator(lamps=2, watchdog_s=1.0)
+    yield sim
+    sim.stop()
+
+
+@pytest.mark.integration
+def test_firmware_check_matching_config_exits_0(tmp_path, simulator, capsys):
+    config = fw_config(tmp_path, f"socket://127.0.0.1:{simulator.port}")
+    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"firmware {FIRMWARE_VERSION} on socket://127.0.0.1:{simulator.port}: protocol 1, 2 lamp(s), watchdog 1000 ms" in out
+    assert "OK: the firmware matches" in out
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("lamps, watchdog_s, word", [(3, 1.0, "lamps:"), (2, 3.0, "watchdog:")])
+def test_firmware_check_mismatched_config_exits_1(tmp_path, simulator, capsys, lamps, watchdog_s, word):
+    config = fw_config(tmp_path, f"socket://127.0.0.1:{simulator.port}", lamps=lamps, watchdog_s=watchdog_s)
+    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 1
+    captured = capsys.readouterr()
+    mismatches = [l for l in captured.out.splitlines() if l.startswith("MISMATCH")]
+    assert len(mismatches) == 1 and mismatches[0].startswith(f"MISMATCH {word}")
+    assert "lampctl firmware flash" in mismatches[0]
+    assert captured.err.startswith("lampctl: the firmware does not match")
+
+
+@pytest.mark.integration
+def test_firmware_check_leaves_every_lamp_off(tmp_path, simulator):
+    config = fw_config(tmp_path, f"socket://127.0.0.1:{simulator.port}")
+    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 0
+    assert not any(line["on"] for line in simulator.lines)
+
+
+def test_firmware_check_unreachable_board_exits_1(tmp_path, capsys):
+    config = fw_config(tmp_path, f"socket://127.0.0.1:{free_port()}")
+    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lampctl: cannot open the firmware port socket://") and err.count("\n") == 1
+
+
+def test_firmware_check_without_firmware_table_exits_1(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text('[[lamps]]\nid = "a"\nrelay_pin = 17\n')
+    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 1
+    assert "no [firmware] table" in capsys.readouterr().err
+
+
+def test_firmware_check_bad_config_exits_2(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("[service]\nbogus = 1\n")
+    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 2
+
+
+def _dry_run(config: Path, *extra: str, capsys) -> str:
+    assert toolcli.main(["firmware", "flash", "--dry-run", "--config", str(config), *extra]) == 0
+    return capsys.readouterr().out
+
+
+def test_firmware_flash_dry_run_lists_the_board_files(tmp_path, capsys):
+    out = _dry_run(fw_config(tmp_path, "/dev/lampctl-pico"), capsys=capsys)
+    copied = [line.split()[2] for line in out.splitlines() if line.startswith("would copy")]
+    # The layout main.py imports: `from firmware_bridge.firmware.logic import Firmware`.
+    assert copied == [":firmware_bridge/__init__.py", ":firmware_bridge/protocol.py",
+                      ":firmware_bridge/firmware/__init__.py", ":firmware_bridge/firmware/logic.py",
+                      ":main.py", ":settings.py"]
+    assert "mpremote connect /dev/lampctl-pico fs cp -r STAGE/firmware_bridge : +" in out
+
+
+def test_firmware_flash_settings_are_python_with_the_configs_pins_and_watchdog(tmp_path):
+    cfg = config_mod.load(fw_config(tmp_path, "/dev/lampctl-pico", lamps=3, watchdog_s=2.5,
+                                    extra_lamp="active_high = false"))
+    files = dict(board_files(cfg, pico_pins(cfg, (6, 7, 8)), active_high=False))
+    namespace: dict = {}
+    exec(compile(files["settings.py"], "settings.py", "exec"), namespace)
+    assert namespace["RELAY_PINS"] == (6, 7, 8)
+    assert namespace["ACTIVE_HIGH"] is False
+    assert namespace["WATCHDOG_MS"] == 2500
+    # main.py does not read settings.py yet, so its own constants carry the same values.
+    main = ast.parse(files["main.py"])
+    constants = {node.targets[0].id: ast.literal_eval(node.value) for node in main.body
+                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                 and node.targets[0].id in ("RELAY_PINS", "ACTIVE_HIGH", "WATCHDOG_MS")}
+    assert constants == {"RELAY_PINS": (6, 7, 8), "ACTIVE_HIGH": False, "WATCHDOG_MS": 2500}
+    assert files["firmware_bridge/protocol.py"] == Path(protocol.__file__).read_text()
+
+
+def test_firmware_flash_default_pins_follow_the_wiring_guide(tmp_path, capsys):
+    out = _dry_run(fw_config(tmp_path, "/dev/lampctl-pico", lamps=2), capsys=capsys)
+    assert "RELAY_PINS = (2, 3)\n" in out and "WATCHDOG_MS = 1000\n" in out and "ACTIVE_HIGH = True\n" in out
+
+
+@pytest.mark.parametrize("pins, words", [("2", "1 Pico pin(s) given for 2"), ("2,22", "GP22"),
+                                         ("2,2", "repeat"), ("2,25", "GP25")])
+def test_firmware_flash_refuses_bad_pico_pins(tmp_path, capsys, pins, words):
+    config = fw_config(tmp_path, "/dev/lampctl-pico")
+    assert toolcli.main(["firmware", "flash", "--dry-run", "--pico-pins", pins, "--config", str(config)]) == 1
+    assert words in capsys.readouterr().err
+
+
+def test_firmware_flash_mixed_polarity_needs_a_choice(tmp_path, capsys):
+    config = fw_config(tmp_path, "/dev/lampctl-pico", lamps=1)
+    config.write_text(config.read_text() + '[[lamps]]\nid = "low"\nrelay_pin = 20\nactive_high = false\n')
+    assert toolcli.main(["firmware", "flash", "--dry-run", "--config", str(config)]) == 1
+    assert "--pico-active-low" in capsys.readouterr().err
+    assert "ACTIVE_HIGH = False\n" in _dry_run(config, "--pico-active-low", capsys=capsys)
+
+
+def test_firmware_flash_runs_mpremote_with_the_staged_files(tmp_path, monkeypatch, capsys):
+    # A stand-in mpremote that records its arguments and what it was given to copy.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "mpremote.log"
+    fake = bindir / "mpremote"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {log}\ncat "${{12}}" >> {log}\n')   # ${{12}}: settings.py
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setattr("lampctl.firmware_tools.sys.executable", str(bindir / "python"))
+    device = tmp_path / "ttyACM9"
+    device.write_text("")
+    config = fw_config(tmp_path, str(device))
+    assert toolcli.main(["firmware", "flash", "--config", str(config)]) == 0
+    assert "flashed 6 files" in capsys.readouterr().out
+    args = log.read_text().splitlines()[0].split()
+    assert args[:6] == ["connect", str(device), "fs", "cp", "-r", args[5]] and args[5].endswith("/firmware_bridge")
+    assert args[6:] == [":", "+", "fs", "cp", args[10], args[11], ":", "+", "reset"]
+    settings = log.read_text().split("\n", 1)[1]
+    assert settings.startswith('"""Board settings generated by `lampctl firmware flash`')
+    assert "RELAY_PINS = (2, 3)\n" in settings and "WATCHDOG_MS = 1000\n" in settings
+
+
+def test_firmware_flash_reports_mpremote_failure(tmp_path, monkeypatch, capsys):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "mpremote").write_text("#!/bin/sh\necho 'mpremote: could not enter raw repl' >&2\nexit 1\n")
+    (bindir / "mpremote").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    device = tmp_path / "ttyACM9"
+    device.write_text("")
+    assert toolcli.main(["firmware", "flash", "--config", str(fw_config(tmp_path, str(device)))]) == 1
+    err = capsys.readouterr().err
+    assert "could not enter raw repl" in err and "maintenance mode" in err and err.count("\n") == 1
+
+
+def test_firmware_flash_needs_a_serial_device(tmp_path, capsys):
+    config = fw_config(tmp_path, "socket://127.0.0.1:7777")
+    assert toolcli.main(["firmware", "flash", "--config", str(config)]) == 1
+    assert "not socket://127.0.0.1:7777" in capsys.readouterr().err
+
+
+def test_firmware_main_source_refuses_a_main_without_the_constant(monkeypatch, tmp_path):
+    fake_dir = tmp_path / "firmware_bridge" / "firmware"
+    fake_dir.mkdir(parents=True)
+    (fake_dir / "main.py").write_text("RELAY_PINS = (2,)\nACTIVE_HIGH = True\n")
+    monkeypatch.setattr("lampctl.firmware_tools.FIRMWARE_DIR", tmp_path / "firmware_bridge")
+    with pytest.raises(ToolFailed, match="WATCHDOG_MS"):
+        main_source({"RELAY_PINS": (2,), "ACTIVE_HIGH": True, "WATCHDOG_MS": 3000})
