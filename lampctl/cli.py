@@ -25,7 +25,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    help="config file (default: $LAMPCTL_CONFIG, else ./config.toml)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_tools: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lampctl",
         description="Timed, fail-safe control of infrared heat lamps through relays.",
@@ -42,7 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_account_commands(sub)
     _add_log_command(sub)
     _add_remote_commands(sub)
+    if with_tools:
+        for tool in _maintenance_tools():
+            tool.add_parser(sub)
     return parser
+
+
+def _maintenance_tools() -> tuple:
+    """backup, restore, prune-events, firmware, doctor: each module declares its own commands."""
+    from lampctl import backup, doctor, firmware_tools
+
+    return backup, doctor, firmware_tools
+
+
+def _tool_commands() -> dict:
+    return {name: run for tool in _maintenance_tools() for name, run in tool.COMMANDS.items()}
 
 
 def _add_account_commands(sub) -> None:
@@ -167,9 +181,11 @@ def config_path(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    # `serve` reaches the relay claim without importing the maintenance tools (S1: OFF first).
+    args = build_parser(with_tools=argv[:1] != ["serve"]).parse_args(argv)
     try:
-        code = COMMANDS[args.command](args)
+        command = COMMANDS.get(args.command) or _tool_commands()[args.command]
+        code = command(args)
         sys.stdout.flush()  # a closed pipe shows here when the output was small
         return code
     except config_mod.ConfigError as exc:
