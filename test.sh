@@ -26,7 +26,7 @@ need() {
         $sudo apt-get update -qq >&2
         apt_updated=1
     fi
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >&2
 }
 need chromium chromium
 need systemd-analyze systemd

@@ -35,7 +35,7 @@ PIN_RE = re.compile(r"^[0-9]{4,8}$")
 PIN_HASH_METHOD = "pbkdf2:sha256:100000"
 # A shift at the couch; the cookie lives as long (web's PERMANENT_SESSION_LIFETIME).
 LOGIN_LIFETIME = timedelta(hours=12)
-POLL_S = 1.0
+POLL_S = 0.5
 
 
 def hash_token(token: str) -> str:
@@ -109,6 +109,8 @@ class Accounts:
         self._revoked: set[str] = set()  # logouts not yet seen in a reloaded snapshot
         self._revoked_lock = threading.Lock()
         self._stop = threading.Event()
+        self._polled = threading.Condition()
+        self._polls = 0
         self._thread: threading.Thread | None = None
         self.reload_error: str | None = None
         self._snap = _Snapshot()
@@ -163,6 +165,22 @@ class Accounts:
     def _poll(self) -> None:
         while not self._stop.wait(self._poll_s):
             self.poll_once()
+            with self._polled:
+                self._polls += 1
+                self._polled.notify_all()
+
+    def wait_fresh(self, timeout: float) -> bool:
+        """Wait (up to timeout) for a reload that began after this call; True if one completed.
+
+        For a token or login not known in memory: it may have been made by the CLI a moment
+        ago. The caller's thread waits on memory, never on the disk itself.
+        """
+        if self._thread is None:
+            return False
+        with self._polled:
+            # The poll running now may have read before the change: wait for the one after it.
+            target = self._polls + 2
+            return self._polled.wait_for(lambda: self._polls >= target, timeout)
 
     def poll_once(self) -> None:
         """Reload if the accounts changed; a failure is kept in reload_error (shown by /api/health)."""

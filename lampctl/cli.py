@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 
+from lampctl import cli_args
 from lampctl import config as config_mod
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -25,8 +26,16 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    help="config file (default: $LAMPCTL_CONFIG, else ./config.toml)")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One sentence: argparse would list every command after a mistyped one.
+        if "invalid choice" in message:
+            message = message.split(" (choose from", 1)[0] + f" (see '{self.prog} --help')"
+        super().error(message)
+
+
 def build_parser(with_tools: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lampctl",
         description="Timed, fail-safe control of infrared heat lamps through relays.",
         epilog="Exit codes: 0 done, 1 refused or failed at run time, 2 bad usage or config.")
@@ -43,29 +52,19 @@ def build_parser(with_tools: bool = True) -> argparse.ArgumentParser:
     _add_log_command(sub)
     _add_remote_commands(sub)
     if with_tools:
-        for tool in _maintenance_tools():
-            tool.add_parser(sub)
+        from lampctl import cli_tools
+
+        cli_tools.add_parsers(sub)
     return parser
-
-
-def _maintenance_tools() -> tuple:
-    """backup, restore, prune-events, firmware, doctor: each module declares its own commands."""
-    from lampctl import backup, doctor, firmware_tools
-
-    return backup, doctor, firmware_tools
-
-
-def _tool_commands() -> dict:
-    return {name: run for tool in _maintenance_tools() for name, run in tool.COMMANDS.items()}
 
 
 def _add_account_commands(sub) -> None:
     p = sub.add_parser("user", help="manage practitioner and admin accounts")
     usub = p.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     q = usub.add_parser("add", help="add a user")
-    q.add_argument("name", type=_user_name)
+    q.add_argument("name", type=cli_args.user_name)
     q.add_argument("--role", required=True, choices=["practitioner", "admin"])
-    q.add_argument("--pin", required=True, type=_pin, help="4 to 8 digits")
+    q.add_argument("--pin", required=True, type=cli_args.pin, help="4 to 8 digits")
     _add_config(q)
     q = usub.add_parser("list", help="list users")
     _add_config(q)
@@ -85,9 +84,9 @@ def _add_log_command(sub) -> None:
         "log", help="print the session log (read from the database)",
         description="Print the session log. The table shows local time to the second (the zone is named in "
                     "its header), or UTC with --utc; --csv keeps the database's UTC timestamps.")
-    p.add_argument("--from", dest="start", metavar="WHEN", type=_when,
+    p.add_argument("--from", dest="start", metavar="WHEN", type=cli_args.when,
                    help="YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM|Z], inclusive; local time unless a zone is given")
-    p.add_argument("--to", dest="end", metavar="WHEN", type=_when,
+    p.add_argument("--to", dest="end", metavar="WHEN", type=cli_args.when,
                    help="same forms, inclusive (a date means the whole day)")
     p.add_argument("--lamp", metavar="ID", help="only this lamp (an id from the config)")
     p.add_argument("--csv", action="store_true", help="CSV with a header row instead of a table")
@@ -119,53 +118,11 @@ def _add_remote_commands(sub) -> None:
     _add_remote(p)
 
 
-# ---- argument types: a bad value is a usage error (exit 2) before anything runs ----------
-def _positive(text: str) -> float:
-    from lampctl.safety import is_duration
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if not is_duration(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number greater than 0")
-    return value
-
-
-def _user_name(text: str) -> str:
-    from lampctl.accounts import StoreError, check_user_name
-
-    try:
-        check_user_name(text)
-    except StoreError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _pin(text: str) -> str:
-    from lampctl.accounts import StoreError, check_pin
-
-    try:
-        check_pin(text)
-    except StoreError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _when(text: str):
-    from lampctl.cli_log import parse_when
-
-    try:
-        return parse_when(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _add_duration(p: argparse.ArgumentParser) -> None:
     p.add_argument("lamp", metavar="LAMP")
     dur = p.add_mutually_exclusive_group(required=True)
-    dur.add_argument("--minutes", type=_positive, help="duration in minutes")
-    dur.add_argument("--seconds", type=_positive, help="duration in seconds")
+    dur.add_argument("--minutes", type=cli_args.positive, help="duration in minutes")
+    dur.add_argument("--seconds", type=cli_args.positive, help="duration in seconds")
     _add_remote(p)
 
 
@@ -181,10 +138,15 @@ def config_path(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # `serve` reaches the relay claim without importing the maintenance tools (S1: OFF first).
-    args = build_parser(with_tools=argv[:1] != ["serve"]).parse_args(argv)
+    # The core commands (serve above all: S1, relays OFF first) parse without importing the
+    # maintenance tools; help, a tool's name or a typo get the whole list.
+    args = build_parser(with_tools=not argv or argv[0] not in COMMANDS).parse_args(argv)
     try:
-        command = COMMANDS.get(args.command) or _tool_commands()[args.command]
+        command = COMMANDS.get(args.command)
+        if command is None:
+            from lampctl import cli_tools
+
+            command = cli_tools.commands()[args.command]
         code = command(args)
         sys.stdout.flush()  # a closed pipe shows here when the output was small
         return code

@@ -163,7 +163,7 @@ def click_lamp(bank, index: int, lamp, link: FirmwareSession | None, *, on_s: fl
             link.command("PING")
             link.command("ARM", index, int((on_s + wait_s) * 1000) + 1000)
         bank.set(index, True)
-        powered = _wait_for(lambda: bank.feedback_on(index), wait_s, sleep) if bank.has_feedback(index) else None
+        powered = _wait_for(lambda: bank.feedback_on(index), wait_s, sleep) if bank.feedback_on(index) is not None else None
         if link is not None:
             link.command("PING")
         sleep(on_s)

@@ -3,8 +3,7 @@
 Each tool module declares its subcommands with ``add_parser(subparsers)`` and maps their
 names to functions in ``COMMANDS``; every such function takes the parsed arguments and
 returns an exit code itself (0 done, 1 refused or failed at run time, 2 bad usage or
-config), printing one sentence on failure, so ``lampctl.cli`` only has to wire them in.
-``python -m lampctl.toolcli COMMAND ...`` runs them on their own.
+config), printing one sentence on failure, so ``lampctl.cli_tools`` only has to wire them in.
 """
 from __future__ import annotations
 
@@ -93,20 +92,3 @@ def refuse_while_serving(cfg: config_mod.Config, what: str) -> None:
     if service_answers(cfg):
         raise ToolFailed(f"the service answers on port {cfg.service.port}: stop it before {what} "
                          f"(sudo systemctl stop lampctl), then start it again")
-
-
-def main(argv: list[str] | None = None) -> int:
-    from lampctl import backup, doctor, firmware_tools
-
-    parser = argparse.ArgumentParser(prog="lampctl", description="lampctl maintenance commands.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands: dict[str, Callable] = {}
-    for tool in (backup, doctor, firmware_tools):
-        tool.add_parser(sub)
-        commands.update(tool.COMMANDS)
-    args = parser.parse_args(argv)
-    return commands[args.command](args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

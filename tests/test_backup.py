@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lampctl import toolcli
+from lampctl import cli
 from lampctl.backup import BACKUP_RE, backup_database, prune_events, restore_database
 from lampctl.toolcli import ToolFailed
 from tests.conftest import write_config
@@ -68,7 +68,7 @@ def test_backup_keeps_only_the_newest_n(cfg, usage_log, tmp_path):
 
 def test_backup_command_prints_the_copy(cfg, usage_log, tmp_path, capsys):
     record_sessions(usage_log, 2)
-    rc = toolcli.main(["backup", "--config", str(cfg.path), str(tmp_path / "b"), "--keep", "3"])
+    rc = cli.main(["backup", "--config", str(cfg.path), str(tmp_path / "b"), "--keep", "3"])
     out = capsys.readouterr().out
     assert rc == 0
     assert out.startswith(f"backup: {tmp_path / 'b'}/lampctl-") and "2 session(s)" in out and "integrity ok" in out
@@ -76,7 +76,7 @@ def test_backup_command_prints_the_copy(cfg, usage_log, tmp_path, capsys):
 
 def test_backup_without_a_database_exits_1(tmp_path, capsys):
     config = write_config(tmp_path)
-    rc = toolcli.main(["backup", "--config", str(config), str(tmp_path / "b")])
+    rc = cli.main(["backup", "--config", str(config), str(tmp_path / "b")])
     err = capsys.readouterr().err
     assert rc == 1
     assert err.startswith("lampctl: there is no database at ") and err.count("\n") == 1
@@ -84,14 +84,14 @@ def test_backup_without_a_database_exits_1(tmp_path, capsys):
 
 def test_backup_into_a_file_exits_1(cfg, usage_log, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
-    assert toolcli.main(["backup", "--config", str(cfg.path), str(tmp_path / "afile")]) == 1
+    assert cli.main(["backup", "--config", str(cfg.path), str(tmp_path / "afile")]) == 1
     assert "afile" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("keep", ["0", "-1", "many", "10001"])
 def test_backup_bad_keep_is_a_usage_error(cfg, tmp_path, keep, capsys):
     with pytest.raises(SystemExit) as exc:
-        toolcli.main(["backup", "--config", str(cfg.path), str(tmp_path), "--keep", keep])
+        cli.main(["backup", "--config", str(cfg.path), str(tmp_path), "--keep", keep])
     assert exc.value.code == 2
 
 
@@ -107,7 +107,7 @@ def test_backup_of_a_damaged_database_exits_1_and_keeps_no_copy(tmp_path, capsys
         fh.seek(db.stat().st_size - 3 * 4096 + 100)
         fh.write(b"\xff" * 200)
     config = write_config(tmp_path)
-    rc = toolcli.main(["backup", "--config", str(config), str(tmp_path / "b")])
+    rc = cli.main(["backup", "--config", str(config), str(tmp_path / "b")])
     err = capsys.readouterr().err
     assert rc == 1
     assert "integrity_check" in err and err.count("\n") == 1
@@ -147,7 +147,7 @@ def test_restore_refuses_while_the_service_answers(cfg, usage_log, tmp_path, cap
         listener.listen()
         port = listener.getsockname()[1]
         config = write_config(tmp_path, cfg.path.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"), "c2.toml")
-        assert toolcli.main(["restore", "--config", str(config), str(backup)]) == 1
+        assert cli.main(["restore", "--config", str(config), str(backup)]) == 1
     assert "stop it before restoring" in capsys.readouterr().err
 
 
@@ -172,12 +172,12 @@ def test_prune_events_keeps_sessions_unless_asked(cfg, usage_log):
 @pytest.mark.parametrize("days", ["0", "-3", "nan", "inf", "x"])
 def test_prune_events_bad_days_is_a_usage_error(cfg, days):
     with pytest.raises(SystemExit) as exc:
-        toolcli.main(["prune-events", "--config", str(cfg.path), "--older-than", days])
+        cli.main(["prune-events", "--config", str(cfg.path), "--older-than", days])
     assert exc.value.code == 2
 
 
 def tool(*args: str, config: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lampctl.toolcli", *args, "--config", str(config)],
+    return subprocess.run([sys.executable, "-m", "lampctl", *args, "--config", str(config)],
                           capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lampctl import doctor, toolcli
+from lampctl import cli, doctor
 from tests.procs import Simulator, free_port
 
 pytestmark = pytest.mark.integration
@@ -109,7 +109,7 @@ def test_doctor_unavailable_pin_factory_fails(tmp_path, simulator, capsys):
 def test_doctor_bad_config_exits_2(tmp_path, capsys):
     config = tmp_path / "config.toml"
     config.write_text("[service]\nbind = 8080\n")
-    assert toolcli.main(["doctor", "--config", str(config)]) == 2
+    assert cli.main(["doctor", "--config", str(config)]) == 2
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("FAIL config: ")
 

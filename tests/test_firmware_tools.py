@@ -10,8 +10,8 @@ import pytest
 
 from firmware_bridge import protocol
 from firmware_bridge.firmware.logic import FIRMWARE_VERSION
+from lampctl import cli
 from lampctl import config as config_mod
-from lampctl import toolcli
 from lampctl.firmware_tools import board_files, main_source, pico_pins
 from lampctl.toolcli import ToolFailed
 from tests.procs import Simulator, free_port
@@ -45,7 +45,7 @@ def simulator():
 @pytest.mark.integration
 def test_firmware_check_matching_config_exits_0(tmp_path, simulator, capsys):
     config = fw_config(tmp_path, f"socket://127.0.0.1:{simulator.port}")
-    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 0
+    assert cli.main(["firmware", "check", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert f"firmware {FIRMWARE_VERSION} on socket://127.0.0.1:{simulator.port}: protocol 1, 2 lamp(s), watchdog 1000 ms" in out
     assert "OK: the firmware matches" in out
@@ -55,7 +55,7 @@ def test_firmware_check_matching_config_exits_0(tmp_path, simulator, capsys):
 @pytest.mark.parametrize("lamps, watchdog_s, word", [(3, 1.0, "lamps:"), (2, 3.0, "watchdog:")])
 def test_firmware_check_mismatched_config_exits_1(tmp_path, simulator, capsys, lamps, watchdog_s, word):
     config = fw_config(tmp_path, f"socket://127.0.0.1:{simulator.port}", lamps=lamps, watchdog_s=watchdog_s)
-    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 1
+    assert cli.main(["firmware", "check", "--config", str(config)]) == 1
     captured = capsys.readouterr()
     mismatches = [l for l in captured.out.splitlines() if l.startswith("MISMATCH")]
     assert len(mismatches) == 1 and mismatches[0].startswith(f"MISMATCH {word}")
@@ -66,13 +66,13 @@ def test_firmware_check_mismatched_config_exits_1(tmp_path, simulator, capsys, l
 @pytest.mark.integration
 def test_firmware_check_leaves_every_lamp_off(tmp_path, simulator):
     config = fw_config(tmp_path, f"socket://127.0.0.1:{simulator.port}")
-    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 0
+    assert cli.main(["firmware", "check", "--config", str(config)]) == 0
     assert not any(line["on"] for line in simulator.lines)
 
 
 def test_firmware_check_unreachable_board_exits_1(tmp_path, capsys):
     config = fw_config(tmp_path, f"socket://127.0.0.1:{free_port()}")
-    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 1
+    assert cli.main(["firmware", "check", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lampctl: cannot open the firmware port socket://") and err.count("\n") == 1
 
@@ -80,18 +80,18 @@ def test_firmware_check_unreachable_board_exits_1(tmp_path, capsys):
 def test_firmware_check_without_firmware_table_exits_1(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text('[[lamps]]\nid = "a"\nrelay_pin = 17\n')
-    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 1
+    assert cli.main(["firmware", "check", "--config", str(config)]) == 1
     assert "no [firmware] table" in capsys.readouterr().err
 
 
 def test_firmware_check_bad_config_exits_2(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text("[service]\nbogus = 1\n")
-    assert toolcli.main(["firmware", "check", "--config", str(config)]) == 2
+    assert cli.main(["firmware", "check", "--config", str(config)]) == 2
 
 
 def _dry_run(config: Path, *extra: str, capsys) -> str:
-    assert toolcli.main(["firmware", "flash", "--dry-run", "--config", str(config), *extra]) == 0
+    assert cli.main(["firmware", "flash", "--dry-run", "--config", str(config), *extra]) == 0
     return capsys.readouterr().out
 
 
@@ -132,14 +132,14 @@ def test_firmware_flash_default_pins_follow_the_wiring_guide(tmp_path, capsys):
                                          ("2,2", "repeat"), ("2,25", "GP25")])
 def test_firmware_flash_refuses_bad_pico_pins(tmp_path, capsys, pins, words):
     config = fw_config(tmp_path, "/dev/lampctl-pico")
-    assert toolcli.main(["firmware", "flash", "--dry-run", "--pico-pins", pins, "--config", str(config)]) == 1
+    assert cli.main(["firmware", "flash", "--dry-run", "--pico-pins", pins, "--config", str(config)]) == 1
     assert words in capsys.readouterr().err
 
 
 def test_firmware_flash_mixed_polarity_needs_a_choice(tmp_path, capsys):
     config = fw_config(tmp_path, "/dev/lampctl-pico", lamps=1)
     config.write_text(config.read_text() + '[[lamps]]\nid = "low"\nrelay_pin = 20\nactive_high = false\n')
-    assert toolcli.main(["firmware", "flash", "--dry-run", "--config", str(config)]) == 1
+    assert cli.main(["firmware", "flash", "--dry-run", "--config", str(config)]) == 1
     assert "--pico-active-low" in capsys.readouterr().err
     assert "ACTIVE_HIGH = False\n" in _dry_run(config, "--pico-active-low", capsys=capsys)
 
@@ -157,7 +157,7 @@ def test_firmware_flash_runs_mpremote_with_the_staged_files(tmp_path, monkeypatc
     device = tmp_path / "ttyACM9"
     device.write_text("")
     config = fw_config(tmp_path, str(device))
-    assert toolcli.main(["firmware", "flash", "--config", str(config)]) == 0
+    assert cli.main(["firmware", "flash", "--config", str(config)]) == 0
     assert "flashed 6 files" in capsys.readouterr().out
     args = log.read_text().splitlines()[0].split()
     assert args[:6] == ["connect", str(device), "fs", "cp", "-r", args[5]] and args[5].endswith("/firmware_bridge")
@@ -175,14 +175,14 @@ def test_firmware_flash_reports_mpremote_failure(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     device = tmp_path / "ttyACM9"
     device.write_text("")
-    assert toolcli.main(["firmware", "flash", "--config", str(fw_config(tmp_path, str(device)))]) == 1
+    assert cli.main(["firmware", "flash", "--config", str(fw_config(tmp_path, str(device)))]) == 1
     err = capsys.readouterr().err
     assert "could not enter raw repl" in err and "maintenance mode" in err and err.count("\n") == 1
 
 
 def test_firmware_flash_needs_a_serial_device(tmp_path, capsys):
     config = fw_config(tmp_path, "socket://127.0.0.1:7777")
-    assert toolcli.main(["firmware", "flash", "--config", str(config)]) == 1
+    assert cli.main(["firmware", "flash", "--config", str(config)]) == 1
     assert "not socket://127.0.0.1:7777" in capsys.readouterr().err
 
 

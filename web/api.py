@@ -14,6 +14,8 @@ from lampctl.store import END_REASONS, StoreError
 from web import services
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+# An unknown token may be one `lampctl token create` made a moment ago: wait for the next reload.
+UNKNOWN_TOKEN_WAIT_S = 1.5
 
 
 class ApiError(Exception):
@@ -61,7 +63,10 @@ def require_token(role: str | None = None):
             if scheme.lower() != "bearer" or not token.strip():
                 raise ApiError(401, "unauthorized", "Send an API token as 'Authorization: Bearer <token>'.")
             # From memory: a hung disk cannot delay an API Stop (S10).
-            user = services().accounts.user_for_token(token.strip())
+            accounts = services().accounts
+            user = accounts.user_for_token(token.strip())
+            if user is None and accounts.wait_fresh(UNKNOWN_TOKEN_WAIT_S):
+                user = accounts.user_for_token(token.strip())  # made by the CLI a moment ago
             if user is None:
                 raise ApiError(401, "unauthorized", "The API token is not valid.")
             if role and user["role"] != role:

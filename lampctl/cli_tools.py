@@ -1,0 +1,20 @@
+"""The maintenance commands (backup, restore, prune-events, doctor, firmware) wired into `lampctl`."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def _modules() -> tuple:
+    from lampctl import backup, doctor, firmware_tools
+
+    return backup, doctor, firmware_tools
+
+
+def add_parsers(sub) -> None:
+    """Each tool module declares its own subcommands."""
+    for tool in _modules():
+        tool.add_parser(sub)
+
+
+def commands() -> dict[str, Callable]:
+    return {name: run for tool in _modules() for name, run in tool.COMMANDS.items()}
