@@ -10,6 +10,7 @@ A reconnect always turns every lamp off: HELLO resets the firmware.  So a
 caller must treat "link down" as "whatever was on is off now or soon".
 """
 
+import collections
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
 READ_TIMEOUT_S = 0.02       # how long the link thread blocks in read() before checking its timers
 JOIN_TIMEOUT_S = 5.0
+WRITE_GAPS_KEPT = 64        # recent host silences longer than the watchdog (each one cut every lamp)
 
 _REFUSALS = {
     protocol.NO_SUCH_LAMP: "the firmware has no output with that index",
@@ -102,6 +104,11 @@ class FirmwareLink:
         self._reported_up = None
         self._write_failure = None
         self.info = None            # fields of the last HELLO reply
+        # When the host last wrote a frame (monotonic), and (start, end) of every write
+        # gap longer than watchdog_s: the firmware surely cut every lamp at start + watchdog_s.
+        # Read without a lock by whoever asks when the firmware cut a lamp.
+        self.last_write = None
+        self.write_gaps = collections.deque(maxlen=WRITE_GAPS_KEPT)
         self._stop = threading.Event()
         self._thread = None
         self._closed = False
@@ -242,6 +249,7 @@ class FirmwareLink:
                     self._pending[seq] = waiter
             try:
                 port.write(protocol.encode_command(seq, word, *args))
+                self._wrote()
             except (serial.SerialException, OSError) as err:
                 with self._state_lock:
                     self._pending.pop(seq, None)
@@ -249,6 +257,25 @@ class FirmwareLink:
                 raise FirmwareTimeout(_sentence("Cannot send %s: writing to %s failed: %s"
                                                 % (word, self.url, err))) from err
         return seq, waiter
+
+    def _wrote(self):
+        now = self._clock()
+        last = self.last_write
+        if last is not None and now - last > self.watchdog_s:
+            self.write_gaps.append((last, now))
+        self.last_write = now
+
+    def silent_cut_at(self, since):
+        """When the firmware's watchdog surely cut every lamp after ``since`` (monotonic), or None.
+
+        From the host's own writes: a gap longer than watchdog_s that ended after
+        ``since``, or the silence going on now.  Lock-free and in memory.
+        """
+        cuts = [start + self.watchdog_s for start, end in list(self.write_gaps) if end > since]
+        last = self.last_write
+        if last is not None and self._clock() - last > self.watchdog_s:
+            cuts.append(last + self.watchdog_s)
+        return min(cuts) if cuts else None
 
     # -- link thread --------------------------------------------------------
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 
 from firmware_bridge.bridge import FirmwareError, FirmwareLink, FirmwareTimeout
 
-from lampctl.controller import Refused, Unavailable
+from lampctl.errors import Refused, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -18,17 +19,25 @@ class FirmwareBackstop:
     Every command goes through one worker thread in order, so an OFF queued when a
     session ends can never reach the firmware after the ARM of the next session on
     that lamp. arm() waits for its turn and the reply; release() returns at once,
-    because it is called while the controller holds its lock.
+    because it is called while the controller holds its lock. An arm() that gives
+    up leaves its ARM in the queue: the caller's release() then queues an OFF after
+    it, so the firmware's last word for that lamp is OFF (S12).
     """
 
-    def __init__(self, link: FirmwareLink, grace_s: float, usage_log=None):
+    def __init__(self, link: FirmwareLink, grace_s: float, usage_log=None, *,
+                 clock=time.monotonic, arm_wait_s: float | None = None):
         self.grace_s = grace_s
         self._link = link
         self._log = usage_log
+        self._clock = clock
+        self._arm_wait_s = arm_wait_s
         self._controller = None
         self._jobs: deque = deque()
         self._cond = threading.Condition()
         self._closed = False
+        # index -> monotonic time by which the firmware has surely cut that lamp by its own
+        # timer, from the last ARM it confirmed (S13); dropped by the OFF that follows.
+        self._armed: dict[int, float] = {}
         self._worker = threading.Thread(target=self._run, name="firmware-commands", daemon=True)
 
     @classmethod
@@ -58,13 +67,20 @@ class FirmwareBackstop:
         outcome: list = []
         self._submit(("arm", index, ms, done, outcome))
         # The link's own reply timeout bounds this; the margin covers queued OFFs.
-        if not done.wait(self._link.reply_timeout_s * 4 + 1):
+        wait_s = self._arm_wait_s if self._arm_wait_s is not None else self._link.reply_timeout_s * 4 + 1
+        if not done.wait(wait_s):
             raise Unavailable("The safety microcontroller did not answer in time.", "firmware-unavailable")
         if outcome:
             raise outcome[0]
 
     def release(self, index: int) -> None:
         self._submit(("off", index, None, None, None))
+
+    def cut_at(self, index: int, since: float) -> float | None:
+        """S13: when the firmware has surely cut lamp `index` by itself (monotonic), or None. Lock-free."""
+        cuts = [self._armed.get(index), self._link.silent_cut_at(since)]
+        cuts = [c for c in cuts if c is not None]
+        return min(cuts) if cuts else None
 
     def close(self) -> None:
         with self._cond:
@@ -90,7 +106,10 @@ class FirmwareBackstop:
             if kind == "arm":
                 try:
                     self._link.arm(index, ms)
+                    self._armed[index] = self._clock() + ms / 1000
                 except FirmwareTimeout as exc:
+                    # It may have been obeyed all the same: the cut is then no sooner than this.
+                    self._armed[index] = max(self._armed.get(index, 0.0), self._clock() + ms / 1000)
                     outcome.append(Unavailable(f"the safety microcontroller did not answer ({exc})",
                                                "firmware-unavailable"))
                 except FirmwareError as exc:
@@ -99,6 +118,7 @@ class FirmwareBackstop:
                     outcome.append(Unavailable(f"the firmware link failed ({exc})", "firmware-unavailable"))
                 done.set()
             else:
+                self._armed.pop(index, None)
                 try:
                     self._link.off(index)
                 except FirmwareError as exc:

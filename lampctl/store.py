@@ -20,7 +20,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 log = logging.getLogger(__name__)
 
-END_REASONS = ("completed", "stopped", "estop", "fault", "interrupted")
+END_REASONS = ("completed", "stopped", "estop", "fault", "interrupted", "firmware")
 ROLES = ("practitioner", "admin")
 USER_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 PIN_RE = re.compile(r"^[0-9]{4,8}$")
@@ -81,6 +81,30 @@ MIGRATIONS = [
         hours REAL NOT NULL
     );
     CREATE INDEX bulb_replacements_by_lamp ON bulb_replacements (lamp_id, at);
+    """,
+    # 3: end reason `firmware` and `continues` (S13, S18); latched faults survive a restart (S17)
+    """
+    CREATE TABLE sessions_v3 (
+        id INTEGER PRIMARY KEY,
+        lamp_id TEXT NOT NULL,
+        user TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        planned_s REAL NOT NULL,
+        actual_s REAL,
+        end_reason TEXT CHECK (end_reason IN ('completed','stopped','estop','fault','interrupted','firmware')),
+        continues INTEGER
+    );
+    INSERT INTO sessions_v3 (id, lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason)
+        SELECT id, lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason FROM sessions;
+    DROP TABLE sessions;
+    ALTER TABLE sessions_v3 RENAME TO sessions;
+    CREATE INDEX sessions_by_start ON sessions (started_at);
+    CREATE TABLE latches (
+        lamp_id TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
     """,
 ]
 
@@ -294,9 +318,10 @@ class UsageLog:
             self._next_id += 1
             return sid
 
-    def session_started(self, session_id: int, lamp_id: str, user: str, started_at: datetime, planned_s: float) -> None:
-        self._put("INSERT INTO sessions (id, lamp_id, user, started_at, planned_s) VALUES (?, ?, ?, ?, ?)",
-                  (session_id, lamp_id, user, iso(started_at), planned_s))
+    def session_started(self, session_id: int, lamp_id: str, user: str, started_at: datetime, planned_s: float,
+                        continues: int | None = None) -> None:
+        self._put("INSERT INTO sessions (id, lamp_id, user, started_at, planned_s, continues) VALUES (?, ?, ?, ?, ?, ?)",
+                  (session_id, lamp_id, user, iso(started_at), planned_s, continues))
 
     def session_extended(self, session_id: int, planned_s: float) -> None:
         self._put("UPDATE sessions SET planned_s = ? WHERE id = ?", (planned_s, session_id))
@@ -311,6 +336,19 @@ class UsageLog:
               at: datetime | None = None) -> None:
         self._put("INSERT INTO events (at, lamp_id, from_state, to_state, who, why) VALUES (?, ?, ?, ?, ?, ?)",
                   (iso(at or self._wall()), lamp_id, from_state, to_state, who, why))
+
+    def fault_latched(self, lamp_id: str, reason: str, at: datetime) -> None:
+        """S17: a latched fault, kept until fault_cleared so it survives a restart."""
+        self._put("INSERT INTO latches (lamp_id, reason, at) VALUES (?, ?, ?) "
+                  "ON CONFLICT (lamp_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+                  (lamp_id, reason, iso(at)))
+
+    def fault_cleared(self, lamp_id: str) -> None:
+        self._put("DELETE FROM latches WHERE lamp_id = ?", (lamp_id,))
+
+    def latched_faults(self) -> dict[str, str]:
+        """S17: {lamp_id: reason} of the faults latched when the service last ran."""
+        return {r["lamp_id"]: r["reason"] for r in self._conn().execute("SELECT lamp_id, reason FROM latches")}
 
     # ---- direct reads and writes (not on the safety path) -------------------------------
     def _conn(self) -> sqlite3.Connection:
