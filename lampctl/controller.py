@@ -7,9 +7,9 @@ from datetime import timedelta
 from typing import Callable, Sequence
 
 from lampctl.config import LampConfig
-from lampctl.errors import BadDuration, Refused, UnknownLamp, Unavailable, backstop_refusal, check_seconds
-from lampctl.ports import Backstop, Clock, Hardware
+from lampctl.errors import BadDuration, Refused, Unavailable, UnknownLamp, backstop_refusal, check_seconds
 from lampctl.lamp import Lamp, LampState, LampView, Session, fmt_min, fmt_s, make_view
+from lampctl.ports import Backstop, Clock, Hardware
 from lampctl.safety import s3_allows, s7_backstop_ms
 
 __all__ = ["SessionController", "Refused", "UnknownLamp", "BadDuration", "Unavailable", "LampView", "LampState"]
