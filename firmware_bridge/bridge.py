@@ -20,8 +20,6 @@ import serial
 from firmware_bridge import protocol
 from firmware_bridge.errors import REFUSALS, FirmwareError, FirmwareTimeout, LinkFailure, Waiter, check_hello, sentence
 
-__all__ = ["FirmwareLink", "FirmwareError", "FirmwareTimeout"]
-
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.1
@@ -269,11 +267,26 @@ class FirmwareLink:
 
     def _serve(self, port):
         """Handshake, then read replies and send heartbeats until the link fails or close()."""
+        splitter = protocol.LineSplitter()
+        info = self._greet(port, splitter)
+        if info is None:
+            return
+        self.info = info
+        with self._send_lock:
+            with self._state_changed:
+                self._port = port
+                self._up = True
+                self._state_changed.notify_all()
+        self._report(True, "Firmware %s on %s is up: %d lamps, watchdog %g s."
+                     % (info["firmware"], self.url, info["lamps"], info["watchdog_ms"] / 1000))
+        self._heartbeats(port, splitter)
+
+    def _greet(self, port, splitter):
+        """HELLO and its checks; the firmware's fields, or None when close() came first."""
         try:
             port.write_timeout = self.reply_timeout_s
         except (serial.SerialException, ValueError, AttributeError) as err:
             raise LinkFailure(sentence("Cannot configure %s: %s" % (self.url, err))) from err
-        splitter = protocol.LineSplitter()
         self._write_failure = None
         try:
             # A lone newline ends whatever half line the firmware may be holding.
@@ -284,7 +297,7 @@ class FirmwareLink:
         deadline = self._clock() + self.reply_timeout_s
         while not waiter.event.is_set():
             if self._stop.is_set():
-                return
+                return None
             if self._clock() >= deadline:
                 raise LinkFailure("The firmware on %s did not answer HELLO within %g s."
                                   % (self.url, self.reply_timeout_s))
@@ -292,15 +305,10 @@ class FirmwareLink:
         reply = waiter.reply
         if reply.word != "OK":
             raise LinkFailure("The firmware on %s refused HELLO (%s)." % (self.url, reply.args[0]))
-        info = check_hello(reply.args, self.url, self.lamp_count, self.watchdog_s, self.heartbeat_s)
-        self.info = info
-        with self._send_lock:
-            with self._state_changed:
-                self._port = port
-                self._up = True
-                self._state_changed.notify_all()
-        self._report(True, "Firmware %s on %s is up: %d lamps, watchdog %g s."
-                     % (info["firmware"], self.url, info["lamps"], info["watchdog_ms"] / 1000))
+        return check_hello(reply.args, self.url, self.lamp_count, self.watchdog_s, self.heartbeat_s)
+
+    def _heartbeats(self, port, splitter):
+        """Read replies and send a PING every heartbeat_s until the link fails or close()."""
         last_heard = self._clock()
         next_beat = last_heard + self.heartbeat_s
         beats = {}      # seq of an unanswered PING -> time sent
