@@ -158,11 +158,11 @@ def make_view(lamp: Lamp, now: float, relay_on: bool, feedback_on: bool | None) 
 
 
 def fmt_s(seconds: float) -> str:
-    if seconds >= 60 and abs(seconds / 60 - round(seconds / 60)) < 1e-6:
-        return f"{round(seconds / 60)} min"
-    if seconds >= 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:g} s"
+    """ "20 min", "4 min 57 s", "3 s": a rounded "5.0 min" would promise time that is not there."""
+    if seconds < 60:
+        return f"{seconds:g} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
 
 
 def fmt_min(minutes: float) -> str:
