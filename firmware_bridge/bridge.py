@@ -50,7 +50,8 @@ class FirmwareLink:
         # Quiet for this long means the firmware may be about to cut (or has
         # cut) the lamps: better to say "down" before it does.
         self.silence_limit_s = watchdog_s / 2
-        self._on_link_change = on_link_change
+        # on_link_change(up, reason): its owner may also set it after construction, before start().
+        self.on_link_change = on_link_change
         self._serial_for_url = serial_for_url
         self._clock = clock
         # Held while choosing a seq and writing it, so seqs reach the wire in order.
@@ -390,10 +391,10 @@ class FirmwareLink:
                 return
             self._reported_up = up
         log.info("firmware link %s: %s", "up" if up else "down", reason)
-        if self._on_link_change is None:
+        if self.on_link_change is None:
             return
         try:
-            self._on_link_change(up, reason)
+            self.on_link_change(up, reason)
         except Exception:
             # A broken callback must not stop heartbeats or reconnects.
             log.exception("on_link_change raised; the firmware link keeps running")

@@ -236,3 +236,21 @@ def test_s12_arm_reply_timeout_is_followed_by_off(cfg, relays, clock, usage_log,
     finally:
         link.gate.set()
         backstop.close()
+
+
+def test_s12_arm_given_up_while_still_queued_is_never_sent(cfg, relays, clock, usage_log, factory):
+    link = SlowLink()
+    backstop = FirmwareBackstop(link, grace_s=0.1, arm_wait_s=0.05)
+    ctl = SessionController(cfg.lamps, relays, clock, usage_log, backstop=backstop)
+    backstop.start(0)
+    try:
+        for lamp in ("room1", "room2"):  # room2's ARM waits behind room1's slow one, then is given up
+            with pytest.raises(Unavailable):
+                ctl.start(lamp, 600, "ann")
+        link.gate.set()
+        wait_until(lambda: len(link.wire) >= 3, 5, "the queued commands")
+        assert link.wire == [("ARM", 0), ("OFF", 0), ("OFF", 1)]
+        assert [l.relay_on for l in ctl.lamps()] == [False, False]
+    finally:
+        link.gate.set()
+        backstop.close()
