@@ -116,7 +116,7 @@ class SessionController:
             self._hw.set(lamp.index, True)
         except Exception as exc:
             self._release_backstop(lamp)  # S12: armed, but no session follows
-            self._hw.all_off()
+            self._all_off()
             self._latch(f"relay of {lamp.cfg.name} could not be switched on: {exc}", [lamp], "system")
             raise Refused(f"{lamp.cfg.name} was not started: its relay output failed ({exc}).", "hardware") from None
         lamp.session = Session(session_id, user, now, wall, seconds, prior, continues)
