@@ -190,7 +190,7 @@ class SessionController:
         """S5: every relay off at once; running sessions end `stopped`; starts in flight are cancelled."""
         self._all_off()
         with self._cond:
-            now = self._end_all("stopped", user, why)
+            now = self._cut_all("stopped", user, why)
             self._log.event(None, None, None, user, why, self._clock.wall())
             return [self._view(lamp, now) for lamp in self._lamps]
 
@@ -198,7 +198,7 @@ class SessionController:
         """S5: all off, sessions end `estop`, every lamp latched until an admin reset."""
         self._all_off()
         with self._cond:
-            now = self._end_all("estop", who, why, latch=True)
+            now = self._cut_all("estop", who, why, latch=True)
             self._latch(why, self._lamps, who)
             return [self._view(lamp, now) for lamp in self._lamps]
 
@@ -225,7 +225,7 @@ class SessionController:
         self._all_off()
         with self._cond:
             self._stopping = True
-            self._end_all("interrupted", "system", why, latch=True)
+            self._cut_all("interrupted", "system", why, latch=True)
             self._cond.notify_all()
 
     def reset_fault(self, lamp_id: str, user: str) -> LampView:
@@ -268,7 +268,7 @@ class SessionController:
                           "not-running")
         return lamp.session
 
-    def _end_all(self, end_reason: str, who: str, why: str, *, latch: bool = False) -> float:
+    def _cut_all(self, end_reason: str, who: str, why: str, *, latch: bool = False) -> float:
         """End each running session (relays already off) and cancel every start in flight."""
         now = self._clock.monotonic()
         for lamp in self._lamps:
@@ -278,7 +278,7 @@ class SessionController:
         return now
 
     def _latch(self, reason: str, targets: list[Lamp], who: str) -> None:
-        self._end_all("fault", who, reason, latch=True)
+        self._cut_all("fault", who, reason, latch=True)
         for lamp in targets:
             if lamp.state is not LampState.FAULT:
                 lamp.fault_reason = reason
