@@ -10,6 +10,7 @@ A reconnect always turns every lamp off: HELLO resets the firmware.  So a
 caller must treat "link down" as "whatever was on is off now or soon".
 """
 
+import collections
 import logging
 import threading
 import time
@@ -17,6 +18,7 @@ import time
 import serial
 
 from firmware_bridge import protocol
+from firmware_bridge.errors import REFUSALS, FirmwareError, FirmwareTimeout, LinkFailure, Waiter, check_hello, sentence
 
 log = logging.getLogger(__name__)
 
@@ -24,45 +26,7 @@ BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
 READ_TIMEOUT_S = 0.02       # how long the link thread blocks in read() before checking its timers
 JOIN_TIMEOUT_S = 5.0
-
-_REFUSALS = {
-    protocol.NO_SUCH_LAMP: "the firmware has no output with that index",
-    protocol.MS_OUT_OF_RANGE: "the duration is outside 1..%d ms" % protocol.MAX_ARM_MS,
-    protocol.OVER_CEILING: ("the lamp would stay on longer than the firmware's %d s ceiling"
-                            % (protocol.MAX_ARM_MS // 1000)),
-    protocol.NEED_HELLO: "the firmware has cut its lamps and waits for a new HELLO",
-    protocol.REPLAY: "the firmware saw a sequence number that was not newer than the last one",
-}
-
-
-class FirmwareError(Exception):
-    """The firmware refused a command (it answered ERR); str() is one sentence."""
-
-
-class FirmwareTimeout(FirmwareError):
-    """No answer within reply_timeout_s, or the link is down."""
-
-
-class _LinkFailure(Exception):
-    """Ends one connection; the message is the sentence reported to on_link_change."""
-
-
-class _Waiter:
-    """One caller waiting for the reply to its seq."""
-
-    __slots__ = ("word", "event", "reply", "error")
-
-    def __init__(self, word):
-        self.word = word
-        self.event = threading.Event()
-        self.reply = None
-        self.error = None
-
-
-def _sentence(text):
-    text = text.rstrip(".")
-    return text[:1].upper() + text[1:] + "."
-
+WRITE_GAPS_KEPT = 64        # recent host silences longer than the watchdog (each one cut every lamp)
 
 class FirmwareLink:
     """Commands, heartbeats and link state for one firmware on one serial URL."""
@@ -86,7 +50,8 @@ class FirmwareLink:
         # Quiet for this long means the firmware may be about to cut (or has
         # cut) the lamps: better to say "down" before it does.
         self.silence_limit_s = watchdog_s / 2
-        self._on_link_change = on_link_change
+        # on_link_change(up, reason): its owner may also set it after construction, before start().
+        self.on_link_change = on_link_change
         self._serial_for_url = serial_for_url
         self._clock = clock
         # Held while choosing a seq and writing it, so seqs reach the wire in order.
@@ -102,6 +67,11 @@ class FirmwareLink:
         self._reported_up = None
         self._write_failure = None
         self.info = None            # fields of the last HELLO reply
+        # When the host last wrote a frame (monotonic), and (start, end) of every write
+        # gap longer than watchdog_s: the firmware surely cut every lamp at start + watchdog_s.
+        # Read without a lock by whoever asks when the firmware cut a lamp.
+        self.last_write = None
+        self.write_gaps = collections.deque(maxlen=WRITE_GAPS_KEPT)
         self._stop = threading.Event()
         self._thread = None
         self._closed = False
@@ -219,7 +189,7 @@ class FirmwareLink:
         reply = waiter.reply
         if reply.word == "ERR":
             token = reply.args[0]
-            detail = _REFUSALS.get(token, "the firmware rejected the frame (%s)" % token)
+            detail = REFUSALS.get(token, "the firmware rejected the frame (%s)" % token)
             raise FirmwareError("Firmware refused %s: %s." % (what, detail))
         return reply.args
 
@@ -236,19 +206,39 @@ class FirmwareLink:
                     return 0, None
             self._seq = protocol.next_seq(self._seq)
             seq = self._seq
-            waiter = _Waiter(word) if want_reply else None
+            waiter = Waiter(word) if want_reply else None
             if waiter is not None:
                 with self._state_lock:
                     self._pending[seq] = waiter
             try:
                 port.write(protocol.encode_command(seq, word, *args))
+                self._wrote()
             except (serial.SerialException, OSError) as err:
                 with self._state_lock:
                     self._pending.pop(seq, None)
                     self._write_failure = "writing to %s failed: %s" % (self.url, err)
-                raise FirmwareTimeout(_sentence("Cannot send %s: writing to %s failed: %s"
-                                                % (word, self.url, err))) from err
+                raise FirmwareTimeout(sentence("Cannot send %s: writing to %s failed: %s"
+                                               % (word, self.url, err))) from err
         return seq, waiter
+
+    def _wrote(self):
+        now = self._clock()
+        last = self.last_write
+        if last is not None and now - last > self.watchdog_s:
+            self.write_gaps.append((last, now))
+        self.last_write = now
+
+    def silent_cut_at(self, since):
+        """When the firmware's watchdog surely cut every lamp after ``since`` (monotonic), or None.
+
+        From the host's own writes: a gap longer than watchdog_s that ended after
+        ``since``, or the silence going on now.  Lock-free and in memory.
+        """
+        cuts = [start + self.watchdog_s for start, end in list(self.write_gaps) if end > since]
+        last = self.last_write
+        if last is not None and self._clock() - last > self.watchdog_s:
+            cuts.append(last + self.watchdog_s)
+        return min(cuts) if cuts else None
 
     # -- link thread --------------------------------------------------------
 
@@ -258,12 +248,12 @@ class FirmwareLink:
             try:
                 port = self._serial_for_url(self.url, timeout=READ_TIMEOUT_S)
             except (serial.SerialException, OSError, ValueError) as err:
-                self._set_down(_sentence("Cannot open %s: %s" % (self.url, err)))
+                self._set_down(sentence("Cannot open %s: %s" % (self.url, err)))
             else:
                 try:
                     self._serve(port)
                     reason = "The firmware link was closed."
-                except _LinkFailure as failure:
+                except LinkFailure as failure:
                     reason = str(failure)
                 finally:
                     with self._send_lock:
@@ -278,30 +268,10 @@ class FirmwareLink:
 
     def _serve(self, port):
         """Handshake, then read replies and send heartbeats until the link fails or close()."""
-        try:
-            port.write_timeout = self.reply_timeout_s
-        except (serial.SerialException, ValueError, AttributeError) as err:
-            raise _LinkFailure(_sentence("Cannot configure %s: %s" % (self.url, err))) from err
         splitter = protocol.LineSplitter()
-        self._write_failure = None
-        try:
-            # A lone newline ends whatever half line the firmware may be holding.
-            port.write(b"\n")
-            seq, waiter = self._send(port, "HELLO", (), want_reply=True)
-        except (FirmwareError, serial.SerialException, OSError) as err:
-            raise _LinkFailure(_sentence("Cannot greet the firmware on %s: %s" % (self.url, err))) from err
-        deadline = self._clock() + self.reply_timeout_s
-        while not waiter.event.is_set():
-            if self._stop.is_set():
-                return
-            if self._clock() >= deadline:
-                raise _LinkFailure("The firmware on %s did not answer HELLO within %g s."
-                                   % (self.url, self.reply_timeout_s))
-            self._pump(port, splitter)
-        reply = waiter.reply
-        if reply.word != "OK":
-            raise _LinkFailure("The firmware on %s refused HELLO (%s)." % (self.url, reply.args[0]))
-        info = self._check_hello(reply.args)
+        info = self._greet(port, splitter)
+        if info is None:
+            return
         self.info = info
         with self._send_lock:
             with self._state_changed:
@@ -310,6 +280,36 @@ class FirmwareLink:
                 self._state_changed.notify_all()
         self._report(True, "Firmware %s on %s is up: %d lamps, watchdog %g s."
                      % (info["firmware"], self.url, info["lamps"], info["watchdog_ms"] / 1000))
+        self._heartbeats(port, splitter)
+
+    def _greet(self, port, splitter):
+        """HELLO and its checks; the firmware's fields, or None when close() came first."""
+        try:
+            port.write_timeout = self.reply_timeout_s
+        except (serial.SerialException, ValueError, AttributeError) as err:
+            raise LinkFailure(sentence("Cannot configure %s: %s" % (self.url, err))) from err
+        self._write_failure = None
+        try:
+            # A lone newline ends whatever half line the firmware may be holding.
+            port.write(b"\n")
+            seq, waiter = self._send(port, "HELLO", (), want_reply=True)
+        except (FirmwareError, serial.SerialException, OSError) as err:
+            raise LinkFailure(sentence("Cannot greet the firmware on %s: %s" % (self.url, err))) from err
+        deadline = self._clock() + self.reply_timeout_s
+        while not waiter.event.is_set():
+            if self._stop.is_set():
+                return None
+            if self._clock() >= deadline:
+                raise LinkFailure("The firmware on %s did not answer HELLO within %g s."
+                                  % (self.url, self.reply_timeout_s))
+            self._pump(port, splitter)
+        reply = waiter.reply
+        if reply.word != "OK":
+            raise LinkFailure("The firmware on %s refused HELLO (%s)." % (self.url, reply.args[0]))
+        return check_hello(reply.args, self.url, self.lamp_count, self.watchdog_s, self.heartbeat_s)
+
+    def _heartbeats(self, port, splitter):
+        """Read replies and send a PING every heartbeat_s until the link fails or close()."""
         last_heard = self._clock()
         next_beat = last_heard + self.heartbeat_s
         beats = {}      # seq of an unanswered PING -> time sent
@@ -319,45 +319,24 @@ class FirmwareLink:
                 if reply.seq in beats:
                     del beats[reply.seq]
                     if reply.word == "ERR":
-                        raise _LinkFailure("The firmware refused a heartbeat (%s), so it has cut its lamps."
-                                           % reply.args[0])
+                        raise LinkFailure("The firmware refused a heartbeat (%s), so it has cut its lamps."
+                                          % reply.args[0])
             if self._write_failure is not None:
-                raise _LinkFailure(_sentence(self._write_failure))
+                raise LinkFailure(sentence(self._write_failure))
             now = self._clock()
             if now - last_heard > self.silence_limit_s:
-                raise _LinkFailure("The firmware on %s sent nothing for %.2f s (limit %g s)."
-                                   % (self.url, now - last_heard, self.silence_limit_s))
+                raise LinkFailure("The firmware on %s sent nothing for %.2f s (limit %g s)."
+                                  % (self.url, now - last_heard, self.silence_limit_s))
             if now >= next_beat:
                 next_beat = max(next_beat + self.heartbeat_s, now)
                 try:
                     seq, _ = self._send(port, "PING", (), want_reply=False)
                 except FirmwareError as err:
-                    raise _LinkFailure(str(err)) from err
+                    raise LinkFailure(str(err)) from err
                 beats[seq] = now
                 # Old entries are PINGs whose replies were lost; silence detection covers them.
                 for old in [s for s, sent in beats.items() if now - sent > self.watchdog_s]:
                     del beats[old]
-
-    def _check_hello(self, args):
-        try:
-            info = protocol.parse_hello(args)
-        except protocol.FrameError:
-            raise _LinkFailure("The firmware on %s sent a HELLO reply that could not be read: %r."
-                               % (self.url, " ".join(args))) from None
-        if info["protocol"] != protocol.PROTOCOL_VERSION:
-            raise _LinkFailure("The firmware on %s speaks protocol %d; this host speaks %d."
-                               % (self.url, info["protocol"], protocol.PROTOCOL_VERSION))
-        if info["lamps"] < self.lamp_count:
-            raise _LinkFailure("The firmware on %s drives %d lamps but %d are configured."
-                               % (self.url, info["lamps"], self.lamp_count))
-        firmware_s = info["watchdog_ms"] / 1000
-        if firmware_s > self.watchdog_s + 0.0005:
-            raise _LinkFailure("The firmware on %s cuts after %g s of silence, longer than the "
-                               "configured watchdog of %g s." % (self.url, firmware_s, self.watchdog_s))
-        if firmware_s <= 2 * self.heartbeat_s:
-            raise _LinkFailure("The firmware on %s cuts after %g s of silence, too short for "
-                               "heartbeats every %g s." % (self.url, firmware_s, self.heartbeat_s))
-        return info
 
     def _pump(self, port, splitter):
         """Read what has arrived (waiting at most READ_TIMEOUT_S), hand replies to waiters.
@@ -372,7 +351,7 @@ class FirmwareLink:
                     data += port.read(min(waiting, 4096))
                     waiting = port.in_waiting
         except (serial.SerialException, OSError) as err:
-            raise _LinkFailure(_sentence("Lost %s: %s" % (self.url, err))) from err
+            raise LinkFailure(sentence("Lost %s: %s" % (self.url, err))) from err
         replies = []
         for line in splitter.feed(data):
             if isinstance(line, protocol.FrameError):
@@ -412,10 +391,10 @@ class FirmwareLink:
                 return
             self._reported_up = up
         log.info("firmware link %s: %s", "up" if up else "down", reason)
-        if self._on_link_change is None:
+        if self.on_link_change is None:
             return
         try:
-            self._on_link_change(up, reason)
+            self.on_link_change(up, reason)
         except Exception:
             # A broken callback must not stop heartbeats or reconnects.
             log.exception("on_link_change raised; the firmware link keeps running")

@@ -195,6 +195,7 @@ class Service:
                                                          self.usage_log, url=url)
         self.controller = controller = SessionController(
             cfg.lamps, self.relays, MonotonicClock(), self.usage_log, backstop=self.backstop,
+            latched=self.usage_log.latched_faults(),  # S17: a latch outlives a restart
         )
         if self.backstop is not None:
             self.backstop.attach(controller)

@@ -134,3 +134,52 @@ def test_api_sessions_filters(client, users, clock, usage_log):
     assert resp.status_code == 400 and "ISO-8601" in resp.get_json()["error"]
     assert get("?lamp=room9").status_code == 404
     assert get("?reason=exploded").status_code == 400
+
+
+def test_api_estop_any_role_latches_every_lamp_until_admin_reset(client, users, factory, usage_log):
+    start(client, users["ann"], "room1")
+    resp = client.post("/api/estop", headers=bearer(users["ann"]))
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["recorded"] is True
+    assert [(l["state"], l["relay_on"], l["fault_reason"]) for l in body["lamps"]] == [
+        ("fault", False, "emergency stop by ann")] * 2
+    assert pin_history(factory, 17) == [False, True, False]
+    assert [s["end_reason"] for s in usage_log.sessions()] == ["estop"]
+    assert start(client, users["ann"], "room2").get_json()["code"] == "fault"
+    assert client.post("/api/lamps/room1/reset", headers=bearer(users["ann"])).status_code == 403
+    resp = client.post("/api/lamps/room1/reset", headers=bearer(users["admin"]))
+    assert resp.status_code == 200 and resp.get_json()["recorded"] is True
+    assert client.post("/api/estop").status_code == 401
+
+
+def test_s18_api_start_continues_unless_new_patient(client, users, clock, usage_log):
+    ann = users["ann"]
+    first = start(client, ann, "room2", {"minutes": 20}).get_json()["session_id"]
+    clock.advance(20 * 60)
+    client.post("/api/lamps/room2/stop", headers=bearer(ann))
+    clock.advance(60)  # room2's cooldown
+    client.application.extensions["lampctl"].controller.tick()
+    lamp = client.get("/api/lamps/room2", headers=bearer(ann)).get_json()
+    assert lamp["state"] == "off" and lamp["continue_left_s"] == 600
+    resp = start(client, ann, "room2", {"minutes": 20})
+    assert resp.status_code == 409 and resp.get_json()["code"] == "over-limit"
+    resp = start(client, ann, "room2", {"minutes": 10})
+    assert resp.status_code == 201 and resp.get_json()["lamp"]["continues"] == first
+    client.post("/api/lamps/room2/stop", headers=bearer(ann))
+    clock.advance(60)
+    client.application.extensions["lampctl"].controller.tick()
+    resp = start(client, ann, "room2", {"minutes": 30, "new_patient": True})
+    assert resp.status_code == 201 and resp.get_json()["lamp"]["continues"] is None
+    assert [s["continues"] for s in usage_log.sessions()] == [None, first, None]
+
+
+def test_api_replies_say_whether_the_record_is_committed(client, users, usage_log, mocker):
+    resp = start(client, users["ann"])
+    assert resp.status_code == 201 and resp.get_json()["recorded"] is True
+    assert [s["id"] for s in usage_log.sessions()] == [resp.get_json()["session_id"]]  # read after write
+    flush = mocker.patch.object(usage_log, "flush", return_value=False)  # the disk is stuck
+    for path in ("/api/lamps/room1/extend", "/api/lamps/room1/stop", "/api/stop-all", "/api/estop"):
+        resp = client.post(path, json={"minutes": 5}, headers=bearer(users["ann"]))
+        assert resp.status_code == 200 and resp.get_json()["recorded"] is False, path
+    assert [c.args for c in flush.call_args_list] == [(2.0,)] * 4

@@ -476,3 +476,29 @@ def test_bridge_broken_callback_does_not_stop_the_link(links):
     time.sleep(0.3)
     link.arm(0, 1000)
     assert link.up
+
+
+class _WritePort:
+    def __init__(self):
+        self.frames = []
+
+    def write(self, data):
+        self.frames.append(data)
+
+
+def test_s13_bridge_knows_when_host_silence_let_the_watchdog_cut():
+    now = [100.0]
+    link = FirmwareLink("loop://", 2, watchdog_s=1.0, heartbeat_s=0.2, clock=lambda: now[0])
+    port = _WritePort()
+    beat = lambda: link._send(port, "PING", (), want_reply=False)
+    beat()
+    now[0] = 100.5
+    beat()
+    assert link.silent_cut_at(99.0) is None and link.last_write == 100.5
+    now[0] = 103.0  # the host was frozen 2.5 s: the firmware cut every lamp at 101.5
+    beat()
+    assert link.silent_cut_at(100.2) == 101.5
+    assert link.silent_cut_at(103.0) is None  # that silence ended before the session began
+    now[0] = 104.5  # silent again, and for longer than the watchdog by now
+    assert link.silent_cut_at(103.0) == 104.0
+    assert len(port.frames) == 3

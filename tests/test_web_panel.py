@@ -153,3 +153,28 @@ def test_panel_reloads_itself_without_js_only_while_a_timer_runs(web):
 
 def test_root_redirects_to_the_panel(web):
     assert web.get("/").headers["Location"] == "/panel/"
+
+
+def test_s18_panel_form_accepts_new_patient(web, controller, clock, usage_log):
+    for _ in range(2):  # room1's limit is 60 min: two sessions of 30 for one patient
+        act(web, "/panel/lamps/room1/start", minutes="30")
+        clock.advance(30 * 60)
+        controller.tick()
+    assert act(web, "/panel/lamps/room1/start", minutes="10")[0].startswith(
+        "Room 1 has already run 60 min for this patient")
+    assert act(web, "/panel/lamps/room1/start", minutes="10", new_patient="1") == ["Room 1 started for 10 min."]
+    assert act(web, "/panel/lamps/room2/start", minutes="10", new_patient="maybe") == [
+        "The new patient field must be 1 or 0."]
+    assert [s["continues"] for s in usage_log.sessions()] == [None, 1, None]
+
+
+def test_panel_estop_latches_every_lamp_and_answers_recorded(web, controller, factory, usage_log):
+    act(web, "/panel/lamps/room1/start", minutes="10")
+    resp = web.post("/panel/estop", headers={"Accept": "application/json"}, data={"csrf_token": _token(web)})
+    body = resp.get_json()
+    assert resp.status_code == 200 and body["ok"] is True and body["recorded"] is True
+    assert [l["state"] for l in body["lamps"]] == ["fault", "fault"]
+    assert controller.lamp("room2").fault_reason == "emergency stop by ann"
+    assert pin_history(factory, 17) == [False, True, False]
+    assert [s["end_reason"] for s in usage_log.sessions()] == ["estop"]
+    assert web.post("/panel/estop").status_code == 400  # no CSRF token

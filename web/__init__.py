@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
+
+if TYPE_CHECKING:
+    from lampctl.accounts import Accounts
+    from lampctl.config import Config
+    from lampctl.controller import SessionController
+    from lampctl.store import UsageLog
 
 SECRET_KEY_FILE = "secret.key"
 # No inline script or style anywhere: the pages load web/static only.
@@ -28,12 +34,11 @@ ERROR_SENTENCES = {
 class Services:
     """What the views are handed: the controller, the usage log, the config, and status probes."""
 
-    controller: object
-    usage_log: object
-    config: object
+    controller: SessionController
+    usage_log: UsageLog
+    config: Config
     firmware_status: Callable[[], str] = lambda: "absent"
-    accounts: object = None  # lampctl.accounts.Accounts (required: auth is answered from it)
-    extra: dict = field(default_factory=dict)
+    accounts: Accounts | None = None  # required by create_app: logins and tokens are answered from it
 
 
 def services() -> Services:

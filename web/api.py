@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import functools
+import json
+import math
 
 from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lampctl import queries
-from lampctl.controller import Refused
 from lampctl.db import LogUnavailable
-from lampctl.safety import DurationError, parse_duration
+from lampctl.errors import Refused
+from lampctl.safety import is_duration
 from lampctl.store import END_REASONS, StoreError
 from web import services
+from web.codes import REPLY_WAIT_S, status_for
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 # An unknown token may be one `lampctl token create` made a moment ago: wait for the next reload.
@@ -38,7 +41,7 @@ def _api_error(exc: ApiError):
 
 @bp.errorhandler(Refused)
 def _refused(exc: Refused):
-    return error(exc.status, exc.code, str(exc))
+    return error(status_for(exc.code), exc.code, str(exc))
 
 
 @bp.errorhandler(HTTPException)
@@ -79,14 +82,48 @@ def require_token(role: str | None = None):
     return wrap
 
 
-def _duration_body() -> float:
-    body = request.get_json(force=True, silent=True)
-    if body is None:
-        raise ApiError(400, "bad-body", 'The request body must be JSON such as {"minutes": 10}.')
+def _json_body() -> dict:
+    """The request body as a JSON object, or a 400 with one sentence; never a 500 whatever is sent."""
     try:
-        return parse_duration(body)
-    except DurationError as exc:
-        raise ApiError(400, "bad-duration", str(exc)) from None
+        body = json.loads(request.get_data(cache=True) or b"null")
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad-body", 'The request body must be a JSON object such as {"minutes": 10}.')
+    return body
+
+
+def parse_duration(body: dict, allowed: tuple[str, ...] = ()) -> float:
+    """Seconds from {"minutes": n} or {"seconds": n}; other keys only from `allowed`."""
+    extra = sorted(set(body) - {"minutes", "seconds", *allowed})
+    if extra:
+        names = " or ".join(f'"{k}"' for k in ("minutes", "seconds", *allowed))
+        raise ApiError(400, "bad-body", f"Unknown field {extra[0][:40]!r}: send only {names}.")
+    keys = [k for k in ("minutes", "seconds") if k in body]
+    if len(keys) != 1:
+        raise ApiError(400, "bad-duration", 'Send exactly one of "minutes" or "seconds", e.g. {"minutes": 10}.')
+    value = body[keys[0]]
+    if not is_duration(value):
+        raise ApiError(400, "bad-duration", f'"{keys[0]}" must be a number greater than 0, got {str(value)[:40]}.')
+    try:
+        seconds = float(value) * (60 if keys[0] == "minutes" else 1)
+    except OverflowError:  # an integer of hundreds of digits
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ApiError(400, "too-long", f'"{keys[0]}" is far longer than any lamp\'s limit.')
+    return seconds
+
+
+def _new_patient(body: dict) -> bool:
+    value = body.get("new_patient", False)
+    if not isinstance(value, bool):
+        raise ApiError(400, "bad-body", '"new_patient" must be true or false.')
+    return value
+
+
+def _recorded() -> bool:
+    """Wait (bounded) until the action's record is committed; the relay has already switched."""
+    return bool(services().usage_log.flush(REPLY_WAIT_S))
 
 
 @bp.get("/health")
@@ -134,12 +171,12 @@ def lamp(lamp_id):
 def start(lamp_id):
     s = services()
     s.controller.lamp(lamp_id)  # 404 before 400 for an unknown lamp
-    seconds = _duration_body()
-    session_id, view = s.controller.start(lamp_id, seconds, g.user["name"])
-    # Answer only once the session row is on disk, so a 201 means it is recorded;
-    # a slow disk delays this reply, never the lamp.
-    s.usage_log.flush(1.0)
-    return jsonify(session_id=session_id, lamp=view.as_dict()), 201
+    body = _json_body()
+    seconds = parse_duration(body, ("new_patient",))
+    session_id, view = s.controller.start(lamp_id, seconds, g.user["name"], new_patient=_new_patient(body))
+    # A 201 means the session is recorded unless "recorded" says otherwise; a slow disk
+    # delays this reply, never the lamp.
+    return jsonify(session_id=session_id, lamp=view.as_dict(), recorded=_recorded()), 201
 
 
 @bp.post("/lamps/<lamp_id>/extend")
@@ -147,27 +184,38 @@ def start(lamp_id):
 def extend(lamp_id):
     s = services()
     s.controller.lamp(lamp_id)
-    seconds = _duration_body()
-    return jsonify(lamp=s.controller.extend(lamp_id, seconds, g.user["name"]).as_dict())
+    seconds = parse_duration(_json_body())
+    view = s.controller.extend(lamp_id, seconds, g.user["name"])
+    return jsonify(lamp=view.as_dict(), recorded=_recorded())
 
 
 @bp.post("/lamps/<lamp_id>/stop")
 @require_token()
 def stop(lamp_id):
-    return jsonify(lamp=services().controller.stop(lamp_id, g.user["name"]).as_dict())
+    view = services().controller.stop(lamp_id, g.user["name"])
+    return jsonify(lamp=view.as_dict(), recorded=_recorded())
 
 
 @bp.post("/stop-all")
 @require_token()
 def stop_all():
     views = services().controller.stop_all(g.user["name"], "stop all (API)")
-    return jsonify(lamps=[v.as_dict() for v in views])
+    return jsonify(lamps=[v.as_dict() for v in views], recorded=_recorded())
+
+
+@bp.post("/estop")
+@require_token()
+def estop():
+    user = g.user["name"]
+    views = services().controller.estop(user, f"emergency stop by {user}")
+    return jsonify(lamps=[v.as_dict() for v in views], recorded=_recorded())
 
 
 @bp.post("/lamps/<lamp_id>/reset")
 @require_token("admin")
 def reset(lamp_id):
-    return jsonify(lamp=services().controller.reset_fault(lamp_id, g.user["name"]).as_dict())
+    view = services().controller.reset_fault(lamp_id, g.user["name"])
+    return jsonify(lamp=view.as_dict(), recorded=_recorded())
 
 
 @bp.get("/sessions")

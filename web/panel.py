@@ -5,9 +5,10 @@ import math
 
 from flask import Blueprint, flash, g, jsonify, redirect, render_template, request, url_for
 
-from lampctl.controller import BadDuration, Refused
+from lampctl.errors import BadDuration, Refused
 from web import services
 from web.auth import wants_json
+from web.codes import REPLY_WAIT_S, status_for
 
 bp = Blueprint("panel", __name__, url_prefix="/panel")
 
@@ -89,18 +90,28 @@ def state_json():
     return jsonify(state())
 
 
-def _done(message: str, ok: bool = True, status: int = 200):
+def _done(message: str, ok: bool = True, status: int = 200, recorded: bool | None = None):
     if wants_json():
-        return jsonify(ok=ok, message=message, **state()), status
+        extra = {} if recorded is None else {"recorded": recorded}
+        return jsonify(ok=ok, message=message, **extra, **state()), status
     flash(message, "ok" if ok else "error")
     return redirect(url_for("panel.panel"), code=303)
 
 
 def _act(action):
+    """Run an action; once the relay has switched, wait (bounded) for its record, as the API does."""
     try:
-        return _done(action())
+        message = action()
     except Refused as exc:
-        return _done(str(exc), ok=False, status=exc.status)
+        return _done(str(exc), ok=False, status=status_for(exc.code))
+    return _done(message, recorded=bool(services().usage_log.flush(REPLY_WAIT_S)))
+
+
+def _new_patient() -> bool:
+    value = request.form.get("new_patient", "")
+    if value not in ("", "0", "1", "on", "true"):
+        raise Refused("The new patient field must be 1 or 0.", "bad-form")
+    return value in ("1", "on", "true")
 
 
 @bp.post("/lamps/<lamp_id>/start")
@@ -114,8 +125,7 @@ def start(lamp_id):
             minutes = math.nan
         if not any(math.isclose(minutes, p) for p in lamp.presets):
             raise BadDuration(f"Choose one of {lamp.name}'s preset durations.")
-        s.controller.start(lamp_id, minutes * 60, g.user["name"])
-        s.usage_log.flush(1.0)  # as in the API: the reply comes once the session is recorded
+        s.controller.start(lamp_id, minutes * 60, g.user["name"], new_patient=_new_patient())
         return f"{lamp.name} started for {preset_label(minutes)}."
     return _act(act)
 
@@ -138,4 +148,13 @@ def stop_all():
     def act():
         services().controller.stop_all(g.user["name"], "stop all (panel)")
         return "All lamps stopped."
+    return _act(act)
+
+
+@bp.post("/estop")
+def estop():
+    def act():
+        user = g.user["name"]
+        services().controller.estop(user, f"emergency stop by {user}")
+        return "Emergency stop: every lamp is off and locked until an admin resets it."
     return _act(act)
