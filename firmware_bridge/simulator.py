@@ -265,19 +265,7 @@ def serve(args, stdout=None, stderr=None):
             return 1
         stderr.write("listening %s\n" % port.address)
         stderr.flush()
-        while not stop_requested:
-            wait_ms = firmware.poll()
-            # Wake when the firmware's next timer is due (a hair late rather than
-            # early, so one poll() settles it).
-            timeout = MAX_IDLE_WAIT_S if wait_ms is None else min(wait_ms / 1000 + 0.0005, MAX_IDLE_WAIT_S)
-            for key, _ in selector.select(timeout):
-                if key.data is None:
-                    try:
-                        wake_r.recv(64)
-                    except BlockingIOError:
-                        pass
-                else:
-                    key.data()
+        _run_until_stopped(firmware, selector, wake_r, stop_requested)
         return 0
     finally:
         firmware.shutdown()
@@ -290,6 +278,23 @@ def serve(args, stdout=None, stderr=None):
         selector.close()
         wake_r.close()
         wake_w.close()
+
+
+def _run_until_stopped(firmware, selector, wake_r, stop_requested):
+    """Poll the firmware's timers and serve the port until a signal asks to stop."""
+    while not stop_requested:
+        wait_ms = firmware.poll()
+        # Wake when the firmware's next timer is due (a hair late rather than
+        # early, so one poll() settles it).
+        timeout = MAX_IDLE_WAIT_S if wait_ms is None else min(wait_ms / 1000 + 0.0005, MAX_IDLE_WAIT_S)
+        for key, _ in selector.select(timeout):
+            if key.data is None:
+                try:
+                    wake_r.recv(64)  # the signal's wake-up byte
+                except BlockingIOError:
+                    pass
+            else:
+                key.data()
 
 
 def main(argv=None):

@@ -1,8 +1,6 @@
 """The shape of the code, checked with ast: one-way imports, an I/O-free controller, small modules, the safety doc.
 
-Known violations that are being fixed carry `xfail(strict=True)`, one case each: when a fix
-lands its case passes, strict xfail turns that into a failure, and the mark is dropped.
-Deliberate exceptions go in the ALLOWED_* tables with the reason.
+Deliberate exceptions go in the ALLOWED_* tables with the reason (none today).
 """
 
 from __future__ import annotations
@@ -12,8 +10,6 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("lampctl", "web", "firmware_bridge", "bench")  # the code under the size and import rules
@@ -36,21 +32,6 @@ FORBIDDEN_IN_CORE = (
 ALLOWED_LONG_MODULES: dict[str, str] = {}
 ALLOWED_LONG_FUNCTIONS: dict[str, str] = {}
 
-_FIXING = "being fixed under issue 8; drop this mark when the fix is merged"
-_UNASSIGNED = "over the limit on main and not yet assigned; drop this mark when fixed"
-KNOWN_LONG_MODULES = {
-}
-KNOWN_LONG_FUNCTIONS = {
-    "firmware_bridge/simulator.py::serve": _UNASSIGNED + " (68 lines)",
-}
-
-
-def known(table: dict, ids=None) -> list:
-    """One strict-xfail case per known violation."""
-    return [
-        pytest.param(case, id=ids(case) if ids else None, marks=pytest.mark.xfail(strict=True, reason=reason))
-        for case, reason in table.items()
-    ]
 
 
 # ---- the import graph ---------------------------------------------------------------------
@@ -275,26 +256,15 @@ def test_architecture_function_walker_measures_from_decorator_to_last_line():
 
 
 def test_architecture_no_module_over_400_lines():
-    skip = {*KNOWN_LONG_MODULES, *ALLOWED_LONG_MODULES}
+    skip = set(ALLOWED_LONG_MODULES)
     over = {path: n for path, n in module_lines().items() if n > MAX_MODULE_LINES and path not in skip}
     assert over == {}, f"modules over {MAX_MODULE_LINES} lines (one concern per module): {over}"
 
 
 def test_architecture_no_function_over_60_lines():
-    skip = {*KNOWN_LONG_FUNCTIONS, *ALLOWED_LONG_FUNCTIONS}
+    skip = set(ALLOWED_LONG_FUNCTIONS)
     over = {name: n for name, n in function_lines().items() if n > MAX_FUNCTION_LINES and name not in skip}
     assert over == {}, f"functions over {MAX_FUNCTION_LINES} lines: {over}"
-
-
-@pytest.mark.parametrize("path", known(KNOWN_LONG_MODULES))
-def test_architecture_known_long_module_fits(path):
-    assert module_lines().get(path, 0) <= MAX_MODULE_LINES
-
-
-@pytest.mark.parametrize("name", known(KNOWN_LONG_FUNCTIONS))
-def test_architecture_known_long_function_fits(name):
-    # A function split away (gone) fits too.
-    assert function_lines().get(name, 0) <= MAX_FUNCTION_LINES
 
 
 def test_architecture_exceptions_are_explained_and_still_needed():
