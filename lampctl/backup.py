@@ -17,7 +17,7 @@ from lampctl.toolcli import (
     guarded,
     load_config,
     positive_number,
-    refuse_while_serving,
+    service_stopped,
 )
 
 BACKUP_RE = re.compile(r"^lampctl-\d{8}T\d{6}\.\d{6}Z\.db$")
@@ -248,8 +248,8 @@ def run_backup(args) -> int:
 @guarded
 def run_restore(args) -> int:
     cfg = load_config(args)
-    refuse_while_serving(cfg, "restoring")
-    result, saved = restore_database(cfg.service.database, Path(args.backup))
+    with service_stopped(cfg, "restoring"):
+        result, saved = restore_database(cfg.service.database, Path(args.backup))
     print(f"restored {result.path} from {args.backup} ({_counts(result)})")
     if saved:
         print(f"the previous database was saved as {saved}")

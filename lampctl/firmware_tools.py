@@ -10,7 +10,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-
 from firmware_bridge import protocol
 from firmware_bridge.firmware.logic import FIRMWARE_VERSION
 from lampctl.toolcli import (
@@ -20,7 +19,7 @@ from lampctl.toolcli import (
     add_config,
     guarded,
     load_config,
-    refuse_while_serving,
+    service_stopped,
 )
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -240,8 +239,8 @@ def run_check(args) -> int:
     cfg = load_config(args)
     if cfg.firmware is None:
         raise ToolFailed(f"{cfg.path} has no [firmware] table: there is no microcontroller to check")
-    refuse_while_serving(cfg, "talking to the firmware")
-    info = query_firmware(cfg)
+    with service_stopped(cfg, "talking to the firmware"):
+        info = query_firmware(cfg)
     print(describe(info, cfg.firmware.port))
     problems = firmware_mismatches(info, cfg)
     for problem in problems:
@@ -271,8 +270,8 @@ def run_flash(args) -> int:
         return EXIT_OK
     if "://" in port:
         raise ToolFailed(f"flashing needs the board's serial device (e.g. /dev/lampctl-pico), not {port}: pass --port")
-    refuse_while_serving(cfg, "flashing the firmware")
-    _flash(port, files)
+    with service_stopped(cfg, "flashing the firmware"):
+        _flash(port, files)
     print(f"flashed {len(files)} files to {port} (relays on {', '.join(f'GP{p}' for p in pins)}); "
           f"remove the maintenance jumper, replug the board, then run `lampctl firmware check`")
     return EXIT_OK

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from lampctl import config as config_mod
 
@@ -88,7 +89,22 @@ def service_answers(cfg: config_mod.Config, timeout: float = 0.5) -> bool:
         return False
 
 
-def refuse_while_serving(cfg: config_mod.Config, what: str) -> None:
-    if service_answers(cfg):
-        raise ToolFailed(f"the service answers on port {cfg.service.port}: stop it before {what} "
-                         f"(sudo systemctl stop lampctl), then start it again")
+@contextmanager
+def service_stopped(cfg: config_mod.Config, what: str):
+    """Hold the service's own S16 lock while `what` runs, so no `lampctl serve` uses the database
+    or the board meanwhile (nor starts); refuse if one is running (its lock, or its port answering)."""
+    from lampctl.runtime import AlreadyRunning, InstanceLock
+
+    advice = f"stop it before {what} (sudo systemctl stop lampctl), then start it again"
+    try:
+        lock = InstanceLock(cfg.service.database).acquire()
+    except AlreadyRunning as exc:
+        raise ToolFailed(f"{exc}: {advice}") from None
+    except OSError as exc:
+        raise ToolFailed(f"cannot take the service's lock beside {cfg.service.database}: {exc.strerror}") from None
+    try:
+        if service_answers(cfg):
+            raise ToolFailed(f"the service answers on port {cfg.service.port}: {advice}")
+        yield
+    finally:
+        lock.release()

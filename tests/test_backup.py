@@ -151,6 +151,21 @@ def test_restore_refuses_while_the_service_answers(cfg, usage_log, tmp_path, cap
     assert "stop it before restoring" in capsys.readouterr().err
 
 
+def test_s16_restore_refuses_while_a_service_holds_the_database_lock(cfg, usage_log, tmp_path, capsys):
+    from lampctl.runtime import InstanceLock
+
+    record_sessions(usage_log, 1)
+    backup = backup_database(cfg.service.database, tmp_path / "b", keep=5).path
+    lock = InstanceLock(cfg.service.database).acquire()  # as a running `lampctl serve` holds it
+    try:
+        assert cli.main(["restore", "--config", str(cfg.path), str(backup)]) == 1
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert "already using" in err and "stop it before restoring" in err and len(err.splitlines()) == 1
+    assert cli.main(["restore", "--config", str(cfg.path), str(backup)]) == 0  # and once it is free
+
+
 def test_prune_events_keeps_sessions_unless_asked(cfg, usage_log):
     record_sessions(usage_log, 2, start=T0)                       # old
     record_sessions(usage_log, 1, start=T0 + timedelta(days=60))  # recent
