@@ -337,3 +337,49 @@ def _names_a_class(ref: str) -> bool:
     path, name = ref.split(":")
     tree = ast.parse((ROOT / path).read_text())
     return any(isinstance(n, ast.ClassDef) and n.name == name for n in tree.body)
+
+
+def tagged_tests() -> dict[str, list[str]]:
+    """{"S7": ["tests/test_x.py::test_s7_...", ...]}: every test that carries an invariant tag."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for match in TAG_RE.finditer(path.read_text()):
+            for tag in match.group(2).rstrip("_").split("_"):
+                found.setdefault(tag.upper(), []).append(f"tests/{path.name}::{match.group(1)}")
+    return found
+
+
+def test_architecture_safety_md_cites_every_tagged_test_under_each_of_its_tags():
+    sections = safety_sections()
+    missing = [f"{tag}: {test}" for tag, tests in tagged_tests().items() if tag in sections
+               for test in tests if f"`{test}`" not in sections[tag]]
+    assert missing == [], f"tests that prove an invariant but are not cited in its section of docs/SAFETY.md: {missing}"
+
+
+USER_DOCS = (ROOT / "README.md", SAFETY_DOC)
+PATH_RE = re.compile(r"`((?:lampctl|web|firmware_bridge|bench|deploy|docs|tests|scripts)/[\w./-]*\w)`")
+LINK_RE = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+MODULE_RE = re.compile(r"python -m ([\w.]+)")
+
+
+def _runnable(module: str) -> bool:
+    base = ROOT.joinpath(*module.split("."))
+    return (base / "__main__.py").is_file() or base.with_suffix(".py").is_file()
+
+
+def test_architecture_user_docs_name_files_links_and_modules_that_exist():
+    wrong = []
+    for doc in USER_DOCS:
+        text = doc.read_text()
+        name = doc.relative_to(ROOT).as_posix()
+        wrong += [f"{name}: {p}" for p in PATH_RE.findall(text) if not (ROOT / p.split(":")[0]).exists()]
+        wrong += [f"{name}: link {link}" for link in LINK_RE.findall(text)
+                  if "://" not in link and not (doc.parent / link).exists()]
+        wrong += [f"{name}: python -m {m}" for m in MODULE_RE.findall(text) if not _runnable(m)]
+    assert wrong == [], f"the README or docs/SAFETY.md point at what does not exist in the repository: {wrong}"
+
+
+def test_architecture_readme_leads_to_the_safety_case_in_the_repository():
+    text = (ROOT / "README.md").read_text()
+    assert "](docs/SAFETY.md)" in text, "the README links docs/SAFETY.md, where a newcomer finds every rule"
+    assert "shared/DESIGN.md" not in text, "a clone has no ../shared/DESIGN.md: point at docs/SAFETY.md"
