@@ -135,7 +135,8 @@ class FakeWire:
         self.open_error = None
         self.opens = 0
 
-    def __call__(self, url, timeout):
+    def __call__(self, url, timeout, exclusive=False):
+        self.exclusive = exclusive
         self.opens += 1
         if self.open_error:
             raise serial.SerialException(self.open_error)
@@ -258,6 +259,23 @@ def test_bridge_over_a_pty():
         assert process.wait_event(lamp=1, on=False)["why"] == "off"
     finally:
         link.close()
+        process.stop()
+
+
+def test_s16_bridge_opens_the_board_exclusively():
+    """A port another process (a second service, a terminal) holds is refused, and the link says why."""
+    process = SimProcess("--lamps", "2", "--watchdog", "1.0", listen="pty")
+    holder = serial.Serial(process.address, exclusive=True)
+    link = FirmwareLink(process.address, 2, watchdog_s=1.0, heartbeat_s=0.1)
+    try:
+        link.start()
+        assert not link.wait_up(1.0)
+        assert "lock" in link.reason.lower(), link.reason
+        holder.close()
+        assert link.wait_up(10), link.reason  # the board free again: the link comes up
+    finally:
+        link.close()
+        holder.close()
         process.stop()
 
 
