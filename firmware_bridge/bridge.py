@@ -246,8 +246,7 @@ class FirmwareLink:
         backoff = BACKOFF_FIRST_S
         while not self._stop.is_set():
             try:
-                # exclusive: a second service (or a stray terminal) on the same board is refused (S16).
-                port = self._serial_for_url(self.url, timeout=READ_TIMEOUT_S, exclusive=True)
+                port = self._serial_for_url(self.url, timeout=READ_TIMEOUT_S, exclusive=True)  # one host (S16)
             except (serial.SerialException, OSError, ValueError) as err:
                 self._set_down(sentence("Cannot open %s: %s" % (self.url, err)))
             else:
