@@ -4,6 +4,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,3 +72,24 @@ def describe(synchronised: bool | None) -> str:
         return "Cannot tell whether the system clock is synchronised (no timesync flag, adjtimex unavailable)."
     return ("The system clock is not synchronised: log times may be wrong until it is "
             "(check the network and `timedatectl timesync-status`); sessions stay timed correctly.")
+
+
+class ClockProbe:
+    """clock_synchronised(), asked at most once per `every_s`: cheap enough for a health request.
+
+    The probe is a stat of a tmpfs flag and a read-only adjtimex: neither waits for a disk.
+    """
+
+    def __init__(self, every_s: float = 30.0, probe: Callable[[], bool | None] = clock_synchronised,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self._every_s, self._probe, self._monotonic = every_s, probe, monotonic
+        self._lock = threading.Lock()
+        self._value: bool | None = None
+        self._at: float | None = None
+
+    def __call__(self) -> bool | None:
+        now = self._monotonic()
+        with self._lock:
+            if self._at is None or now - self._at >= self._every_s:
+                self._value, self._at = self._probe(), now
+            return self._value

@@ -212,12 +212,14 @@ class Service:
         self.on_close(stack, "scheduler", controller.stop_scheduler)
 
     def _open_web(self, stack: ExitStack) -> None:
+        from lampctl.clocksync import ClockProbe
         from lampctl.httpserver import make_server
         from web import Services, create_app
 
         backstop = self.backstop
         app = create_app(Services(controller=self.controller, usage_log=self.usage_log, config=self.cfg,
-                                  accounts=self.accounts, firmware_status=backstop.status if backstop else (lambda: "absent")))
+                                  accounts=self.accounts, clock_synchronised=ClockProbe(),
+                                  firmware_status=backstop.status if backstop else (lambda: "absent")))
         self.server = make_server(app, self.cfg.service.host, self.cfg.service.port)
         self.on_close(stack, "web server", self.server.close)
         log.info("serving on http://%s:%d/", self.cfg.service.host, self.server.port)

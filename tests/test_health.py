@@ -22,7 +22,7 @@ def test_health_ok_has_the_contract_fields(client):
     assert body == {"status": "ok", "problems": [], "firmware": "absent",
                     "lamps": [{"id": "room1", "state": "off", "relay_on": False},
                               {"id": "room2", "state": "off", "relay_on": False}],
-                    "log": {"pending": 0, "write_errors": 0, "dropped": 0}}
+                    "clock": "synchronised", "log": {"pending": 0, "write_errors": 0, "dropped": 0}}
 
 
 def test_health_fault_when_any_lamp_is_latched(client, controller):
@@ -38,6 +38,28 @@ def test_health_degraded_when_the_firmware_link_is_lost(cfg, controller, usage_l
     body = health(app.test_client())
     assert (body["status"], body["firmware"]) == ("degraded", "lost")
     assert body["problems"] == ["The link to the safety microcontroller is lost."]
+
+
+def test_health_degraded_while_the_clock_is_not_synchronised(cfg, controller, usage_log, accounts):
+    # A Pi has no battery clock: until NTP has set it, log times may be wrong (sessions are not).
+    state = {"synced": False}
+    app = create_app(Services(controller=controller, usage_log=usage_log, config=cfg, accounts=accounts,
+                              clock_synchronised=lambda: state["synced"]), {"TESTING": True, "SECRET_KEY": "k"})
+    body = health(app.test_client())
+    assert (body["status"], body["clock"]) == ("degraded", "unsynchronised")
+    assert len(body["problems"]) == 1 and body["problems"][0].startswith("The system clock is not synchronised")
+    state["synced"] = True
+    assert health(app.test_client())["status"] == "ok"
+
+
+def test_health_clock_probe_is_asked_at_most_once_per_period():
+    from lampctl.clocksync import ClockProbe
+
+    answers, now = [False, True], [0.0]
+    probe = ClockProbe(every_s=30, probe=lambda: answers.pop(0), monotonic=lambda: now[0])
+    assert probe() is False and probe() is False  # cached: one probe
+    now[0] = 30.0
+    assert probe() is True and answers == []
 
 
 def test_health_degraded_while_the_log_cannot_write(cfg, controller, accounts, tmp_path):

@@ -38,6 +38,8 @@ class Services:
     usage_log: UsageLog
     config: Config
     firmware_status: Callable[[], str] = lambda: "absent"
+    # True synchronised, False known not to be, None cannot tell (lampctl.clocksync.ClockProbe).
+    clock_synchronised: Callable[[], bool | None] = lambda: True
     accounts: Accounts | None = None  # required by create_app: logins and tokens are answered from it
 
 

@@ -138,6 +138,11 @@ def health():
     if firmware == "lost":
         problems.append("The link to the safety microcontroller is lost.")
     problems += log_health["problems"]
+    clock = s.clock_synchronised()
+    if clock is False:
+        from lampctl.clocksync import describe
+
+        problems.append(describe(False))
     if getattr(s.accounts, "reload_error", None):
         problems.append(f"Account changes cannot be read from the database ({s.accounts.reload_error}); "
                         "logins and tokens are checked against the accounts last read.")
@@ -150,6 +155,7 @@ def health():
         problems=problems,
         lamps=[{"id": l.id, "state": l.state, "relay_on": l.relay_on} for l in lamps],
         firmware=firmware,
+        clock={True: "synchronised", False: "unsynchronised", None: "unknown"}[clock],
         log={k: log_health[k] for k in ("pending", "write_errors", "dropped")},
     )
 
