@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import http.client
 import http.cookiejar
+import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
+
+BENCH_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Browser:
@@ -82,6 +88,34 @@ class Load:
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+
+class LoadProcess:
+    """Load run by `python -m bench.loadgen` for `seconds`; result() waits for its figures."""
+
+    def __init__(self, port: int, path: str, token: str | None, clients: int, seconds: float):
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.loadgen", str(port), path, token or "-",
+                                      str(clients), str(seconds)], stdout=subprocess.PIPE, text=True, cwd=BENCH_ROOT)
+        self._result: dict | None = None
+
+    def __enter__(self):
+        assert self.proc.stdout.readline().strip() == "ready", "the load generator did not start"
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is not None:
+            self.proc.kill()
+        else:
+            self.result()
+        self.proc.wait(120)
+        self.proc.stdout.close()
+
+    def result(self) -> dict:
+        """The load's figures, once it has run its time."""
+        if self._result is None:
+            self._result = json.loads(self.proc.stdout.readline())
+            self.proc.wait(120)
+        return self._result
 
 
 def timed_post(port: int, path: str, token: str, body: bytes = b"") -> float:

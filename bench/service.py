@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from bench import gen
-from bench.client import Browser, Load, timed_post
-from bench.stats import median, pct
+from bench.client import Browser, LoadProcess, timed_post
+from bench.stats import median
 from lampctl.testing import ServiceProcess, add_users, free_port, service_config, wait_until
 
 # The Pi drives at most 8 relays: the log's other two lamps are retired ones whose history stays.
@@ -117,9 +117,9 @@ def minimal_app(seconds: float, clients: int) -> tuple[float, float, float]:
     try:
         assert proc.stdout.readline().strip() == "serving"
         wait_until(lambda: _answers(port), 30, "the minimal app")
-        with Load(port, "/api/lamps", None, clients) as load:
-            time.sleep(seconds)
-        return load.rate, pct(load.latencies, 99), rss_mib(proc.pid)
+        with LoadProcess(port, "/api/lamps", None, clients, seconds) as load:
+            got = load.result()
+        return got["rate"], got["p99_ms"], rss_mib(proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -150,10 +150,10 @@ def _stops(svc: ServiceProcess, tokens: dict, trials: int) -> list[float]:
 
 def api_and_stop(svc: ServiceProcess, tokens: dict, seconds: float, trials: int, clients: int = 50) -> list[dict]:
     idle = _stops(svc, tokens, trials)
-    with Load(svc.port, "/api/lamps", tokens["ann"], clients) as load:
-        time.sleep(seconds / 2)
+    with LoadProcess(svc.port, "/api/lamps", tokens["ann"], clients, seconds) as load:
+        time.sleep(seconds / 4)
         loaded = _stops(svc, tokens, trials)
-        time.sleep(seconds / 2)
+        got = load.result()
     rss = rss_mib(svc.proc.pid)
     base_rate, base_p99, base_rss = minimal_app(seconds, clients)
     return [
@@ -162,10 +162,9 @@ def api_and_stop(svc: ServiceProcess, tokens: dict, seconds: float, trials: int,
              baseline=f"idle p50 {median(idle):.1f} ms", goal="<= 3x idle",
              json={"stop_under_load_ms": [median(loaded), median(idle)]}),
         dict(figure=f"GET /api/lamps, {clients} keep-alive connections, {seconds:g} s",
-             value=f"{load.rate:.0f} req/s, p99 {pct(load.latencies, 99):.0f} ms ({load.errors} errors)",
+             value=f"{got['rate']:.0f} req/s, p99 {got['p99_ms']:.0f} ms ({got['errors']} errors)",
              baseline=f"minimal Flask+waitress {base_rate:.0f} req/s, p99 {base_p99:.0f} ms",
-             goal=">= 0.9x", json={"api_rps": [load.rate, base_rate],
-                                   "api_p99_ms": [pct(load.latencies, 99), base_p99]}),
+             goal=">= 0.9x", json={"api_rps": [got["rate"], base_rate], "api_p99_ms": [got["p99_ms"], base_p99]}),
         dict(figure="service RSS after the traffic above (8 lamps)", value=f"{rss:.1f} MiB",
              baseline=f"minimal app {base_rss:.1f} MiB", goal="<= 40 MiB", json={"rss_mb": [rss, base_rss]}),
     ]

@@ -129,7 +129,7 @@ CSV_LINE_SQL = (f"printf('%d,%s,%s,%s,%s,%s,%s,%s', id, {_csv_text_sql('lamp_id'
                 "started_at, ended_at, planned_s, actual_s, end_reason)")
 
 
-def csv_chunks(path: Path, *, batch: int = 2000, **filters) -> Iterator[str]:
+def csv_chunks(path: Path, *, batch: int = 500, **filters) -> Iterator[str]:
     """Sessions oldest first as CSV text: the header (reports.SESSION_COLUMNS), then `batch` lines a chunk.
 
     The export's fast path: SQLite builds each line, so Python handles one string per

@@ -26,7 +26,7 @@ def test_bench_quick_prints_a_table_and_one_json_line_with_every_figure_and_base
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("figure") and "baseline, same run" in lines[0]
     figures = json.loads(lines[-1])
-    assert CONTRACT_KEYS <= figures.keys()
+    assert figures.keys() >= CONTRACT_KEYS
     for key in CONTRACT_KEYS:
         assert set(figures[key]) == {"value", "baseline"}, key
         assert all(isinstance(v, int | float) and v >= 0 for v in figures[key].values()), key
