@@ -45,11 +45,16 @@ def prepare(tmp: Path, base_db: Path) -> tuple[Path, dict, float]:
     return config, add_users(config), migrate_s
 
 
-def start_up(config: Path, root: Path) -> tuple[ServiceProcess, float, float]:
-    """(the service, ms exec -> relays OFF, s exec -> serving) on the big log."""
-    svc = ServiceProcess(config, root=root).start(timeout=300)
-    serving = time.monotonic() - svc.spawned_at
-    return svc, (relays_off_at(svc) - svc.spawned_at) * 1000, serving
+def start_up(config: Path, root: Path, starts: int) -> tuple[ServiceProcess, float, float]:
+    """(the service, median ms exec -> relays OFF, median s exec -> serving) on the big log; the last one runs on."""
+    offs, servings = [], []
+    for n in range(starts):
+        svc = ServiceProcess(config, root=root).start(timeout=300)
+        servings.append(time.monotonic() - svc.spawned_at)
+        offs.append((relays_off_at(svc) - svc.spawned_at) * 1000)
+        if n < starts - 1:
+            svc.stop(timeout=30)
+    return svc, median(offs), median(servings)
 
 
 def raw_month_ms(db: Path, repeat: int) -> float:
@@ -90,23 +95,44 @@ def _timed(cmd: list[str], out=subprocess.DEVNULL, cwd=None) -> tuple[float, flo
     return took, int(proc.stderr.strip().splitlines()[-1]) / 1024
 
 
-def csv_exports(svc: ServiceProcess, config: Path, db: Path, root: Path) -> list[dict]:
+def csv_exports(svc: ServiceProcess, config: Path, db: Path, root: Path, repeat: int) -> list[dict]:
+    """The CLI and web exports against `sqlite3 -csv`, interleaved `repeat` times, best of each."""
     sql = f"SELECT {SQL_SESSION_COLUMNS} FROM sessions ORDER BY started_at, id"
-    base_s, base_mb = _timed(["sqlite3", "-csv", "-header", str(db), sql])
     cli = [sys.executable, "-m", "lampctl", "log", "--csv", "--config", str(config)]
-    cli_s, cli_mb = _timed(cli, cwd=root)
-    day_s, day_mb = _timed([*cli[:-2], "--from", MONTH[0], "--to", MONTH[0], *cli[-2:]], cwd=root)
-    web_ms, size = Browser(svc.url, "admin", "1234").timed_get("/admin/log.csv")
+    runs = {"base": [], "cli": [], "web": []}
+    for _ in range(repeat):
+        runs["base"].append(_timed(["sqlite3", "-csv", "-header", str(db), sql]))
+        runs["cli"].append(_timed(cli, cwd=root))
+        web_ms, size = Browser(svc.url, "admin", "1234").timed_get("/admin/log.csv")
+        runs["web"].append((web_ms / 1000, 0.0))
+    (base_s, base_mb), (cli_s, cli_mb), (web_s, _) = (min(runs[k]) for k in ("base", "cli", "web"))
+    cli_mb = max(mb for _, mb in runs["cli"])
+    _, day_mb = _timed([*cli[:-2], "--from", MONTH[0], "--to", MONTH[0], *cli[-2:]], cwd=root)
     return [
-        dict(figure="full CSV export, CLI (lampctl log --csv)", value=f"{cli_s:.2f} s, peak RSS {cli_mb:.0f} MiB",
+        dict(figure=f"full CSV export, CLI (lampctl log --csv), best of {repeat}",
+             value=f"{cli_s:.2f} s, peak RSS {cli_mb:.0f} MiB",
              baseline=f"sqlite3 -csv {base_s:.2f} s ({base_mb:.0f} MiB)", goal="<= 1.5x sqlite3",
              json={"log_csv_s": [cli_s, base_s], "log_csv_peak_mb": [cli_mb, day_mb]}),
         dict(figure="CSV export memory (CLI peak RSS)", value=f"full log {cli_mb:.0f} MiB",
              baseline=f"one day {day_mb:.0f} MiB", goal="flat", json={}),
-        dict(figure=f"full CSV export, web (/admin/log.csv, {size / 1e6:.0f} MB)", value=f"{web_ms / 1000:.2f} s",
-             baseline=f"sqlite3 -csv {base_s:.2f} s", goal="<= 1.5x sqlite3",
-             json={"log_csv_web_s": [web_ms / 1000, base_s]}),
+        dict(figure=f"full CSV export, web (/admin/log.csv, {size / 1e6:.0f} MB), best of {repeat}",
+             value=f"{web_s:.2f} s", baseline=f"sqlite3 -csv {base_s:.2f} s", goal="<= 1.5x sqlite3",
+             json={"log_csv_web_s": [web_s, base_s]}),
     ]
+
+
+def open_sessions_ms(db: Path) -> float:
+    """What start-up reads to close sessions left open (S4), with plain SQL: best of 3, ms."""
+    conn = sqlite3.connect(db)
+    try:
+        best = 1e9
+        for _ in range(3):
+            t0 = time.perf_counter()
+            conn.execute("SELECT id, started_at, planned_s FROM sessions WHERE ended_at IS NULL").fetchall()
+            best = min(best, time.perf_counter() - t0)
+        return best * 1000
+    finally:
+        conn.close()
 
 
 def minimal_app(seconds: float, clients: int) -> tuple[float, float, float]:
