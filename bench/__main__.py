@@ -1,7 +1,7 @@
 """`python -m bench [--quick]`: every figure beside its baseline from the same run, a table, one JSON line.
 
 Full run: a generated log of about a million sessions (10 lamps, 10 years; generated once
-into var/bench/, about a minute), 400 timed sessions, 600 E-stop presses. --quick: 20,000
+into var/bench/ in 10-20 s), 400 timed sessions, 600 E-stop presses. --quick: 20,000
 sessions and a tenth of the repeats, under a minute. Benchmarks print figures; they never
 fail on one (CI does not run them).
 """
