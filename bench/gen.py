@@ -6,6 +6,7 @@ migrate the copy, so the same data serves the code before and after a schema cha
 """
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sqlite3
@@ -111,8 +112,7 @@ def cached(root: Path, sessions: int) -> Path:
     path = root / "var" / "bench" / f"sessions-{sessions}-v{BASE_VERSION}.db"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two runs at once each write their own
         generate(tmp, sessions)
         tmp.rename(path)
     return path
