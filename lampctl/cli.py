@@ -274,11 +274,10 @@ def cmd_log(args) -> int:
     lamp = _lamp_id(cfg, args.lamp) if args.lamp is not None else None
     start = args.start.bound(upper=False) if args.start else None
     end = args.end.bound(upper=True) if args.end else None
-    rows = cli_store.sessions(cfg, start=start, end=end, lamp=lamp)
     if args.csv:
-        write_csv(rows, sys.stdout)
+        write_csv(cfg, sys.stdout, start=start, end=end, lamp=lamp)
     else:
-        print_table(rows, sys.stdout, utc=args.utc)
+        print_table(cli_store.sessions(cfg, start=start, end=end, lamp=lamp), sys.stdout, utc=args.utc)
     return EXIT_OK
 
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from lampctl.reports import SESSION_COLUMNS, csv_cell, local_time
+from lampctl.reports import local_time
 
 # The log's date bounds: wide enough for any record, narrow enough that no time zone shift
 # can overflow Python's datetime (years 1-9999).
@@ -64,11 +64,23 @@ def print_table(rows, out, *, utc: bool) -> None:
                   f"{row['planned_s']:>8.1f} {actual:>8}  {row['end_reason'] or 'running'}\n")
 
 
-def write_csv(rows, out) -> None:
-    """The same columns and cell escaping as the web export; timestamps as stored (UTC, ISO-8601)."""
-    import csv
+def write_csv(cfg, out, *, start: str | None, end: str | None, lamp: str | None) -> None:
+    """The web export's CSV (same columns, cells escaped the same way, timestamps as stored: UTC).
 
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(SESSION_COLUMNS)
-    for row in rows:
-        writer.writerow([csv_cell(row[c]) for c in SESSION_COLUMNS])
+    Streamed in chunks SQLite builds (lampctl.queries.csv_chunks): flat memory and no
+    Python per cell, whatever the log's size. A database problem is StoreFailed, one sentence.
+    """
+    import sqlite3
+
+    from lampctl import queries
+    from lampctl.cli_store import StoreFailed
+    from lampctl.db import LogUnavailable, StoreError
+
+    path = cfg.service.database
+    try:
+        for chunk in queries.csv_chunks(path, start=start, end=end, lamp=lamp):
+            out.write(chunk)
+    except (StoreError, LogUnavailable) as exc:
+        raise StoreFailed(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise StoreFailed(f"cannot use the database {path}: {exc}") from None

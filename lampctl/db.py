@@ -103,6 +103,16 @@ MIGRATIONS = [
     CREATE TRIGGER logins_ins AFTER INSERT ON logins BEGIN UPDATE accounts_version SET version = version + 1; END;
     CREATE TRIGGER logins_del AFTER DELETE ON logins BEGIN UPDATE accounts_version SET version = version + 1; END;
     """,
+    # 4: indexes for a decade of sessions. The log page filters by user, lamp or end reason
+    # newest first; the practitioner list is a skip-scan of sessions_by_user; bulb hours sum
+    # actual_s from sessions_by_lamp alone (covering); start-up finds open sessions (S4)
+    # through a partial index instead of reading every row.
+    """
+    CREATE INDEX sessions_by_user ON sessions (user, started_at);
+    CREATE INDEX sessions_by_lamp ON sessions (lamp_id, started_at, actual_s);
+    CREATE INDEX sessions_by_reason ON sessions (end_reason, started_at);
+    CREATE INDEX sessions_open ON sessions (started_at) WHERE ended_at IS NULL;
+    """,
 ]
 
 MIN_UTC = datetime.min.replace(tzinfo=timezone.utc)

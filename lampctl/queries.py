@@ -9,7 +9,8 @@ import sqlite3
 from pathlib import Path
 from typing import Iterator
 
-from lampctl.db import LogUnavailable, connect, parse_bound, reading
+from lampctl.db import LogUnavailable, StoreError, connect, parse_bound, reading
+from lampctl.reports import SESSION_COLUMNS
 
 
 def _session_filter(start=None, end=None, lamp=None, user=None, reason=None) -> tuple[str, list]:
@@ -66,10 +67,98 @@ def sessions(path: Path, **filters) -> list[dict]:
         raise LogUnavailable(f"The usage log {path} cannot be read ({exc}); tell an admin.") from None
 
 
-def count_sessions(path: Path, *, start=None, end=None, lamp=None, user=None, reason=None) -> int:
+def count_sessions(path: Path, *, start=None, end=None, lamp=None, user=None, reason=None,
+                   cap: int | None = None) -> int:
+    """Sessions matching the filters; with cap, counting stops there (a decade's count is a full scan)."""
     clause, params = _session_filter(start, end, lamp, user, reason)
+    sql = f"SELECT count(*) FROM sessions{clause}"
+    if cap is not None:
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM sessions{clause} LIMIT ?)"
+        params.append(cap)
     with reading(path) as conn:
-        return conn.execute(f"SELECT count(*) FROM sessions{clause}", params).fetchone()[0]
+        return conn.execute(sql, params).fetchone()[0]
+
+
+def session_page(path: Path, size: int, *, before: int | None = None, after: int | None = None,
+                 **filters) -> tuple[list[dict], bool]:
+    """One page of the log, newest first, by keyset: (rows, whether more lie beyond them).
+
+    `before` is the id of the oldest row already shown (the page goes on to older rows),
+    `after` the id of the newest (the page goes back to newer ones); with neither, the newest
+    rows. The key is (started_at, id), the log's order, so a page reads `size` rows from an
+    index instead of skipping every row ahead of it. An id not in the log is a StoreError.
+    """
+    clause, params = _session_filter(**filters)
+    with reading(path) as conn:
+        if before is None and after is None:
+            sql = f"SELECT * FROM sessions{clause} ORDER BY started_at DESC, id DESC LIMIT ?"
+            rows = [dict(r) for r in conn.execute(sql, [*params, size + 1])]
+            return rows[:size], len(rows) > size
+        key_id = before if before is not None else after
+        key = conn.execute("SELECT started_at, id FROM sessions WHERE id = ?", (key_id,)).fetchone()
+        if key is None:
+            raise StoreError(f"There is no session {key_id} in the log; start again from the newest page.")
+        op, order = ("<", "DESC") if before is not None else (">", "ASC")
+        clause = (clause + " AND " if clause else " WHERE ") + f"(started_at, id) {op} (?, ?)"
+        sql = f"SELECT * FROM sessions{clause} ORDER BY started_at {order}, id {order} LIMIT ?"
+        rows = [dict(r) for r in conn.execute(sql, [*params, key[0], key[1], size + 1])]
+    more = len(rows) > size
+    rows = rows[:size]
+    return (rows if before is not None else rows[::-1]), more
+
+
+def _csv_text_sql(column: str) -> str:
+    """A free-text cell built by SQLite as csv.writer writes reports.csv_cell(value), CR quoted too.
+
+    Text a spreadsheet would run as a formula gets a leading '; a cell holding a comma, a
+    quote, CR or LF is quoted with its quotes doubled.
+    """
+    escaped = (f"(CASE WHEN substr({column}, 1, 1) IN ('=', '+', '-', '@', char(9), char(13)) "
+               f"THEN '''' || {column} ELSE {column} END)")
+    needs_quotes = (f"instr({column}, ',') OR instr({column}, '\"') OR instr({column}, char(10)) "
+                    f"OR instr({column}, char(13))")
+    return f"CASE WHEN {needs_quotes} THEN '\"' || replace({escaped}, '\"', '\"\"') || '\"' ELSE {escaped} END"
+
+
+# One CSV line per session, reports.SESSION_COLUMNS in order. lamp_id and user are free text
+# (TEXT columns a name or a config chose); the others hold what the store alone writes and
+# the schema constrains: an integer id, iso() timestamps, REAL seconds, end reasons from a
+# CHECK list, none of which can start a formula or hold a comma. printf's %s writes NULL as
+# an empty cell and a REAL as SQLite's shortest text (600.0, 192.61), as csv.writer did.
+CSV_LINE_SQL = (f"printf('%d,%s,%s,%s,%s,%s,%s,%s', id, {_csv_text_sql('lamp_id')}, {_csv_text_sql('user')}, "
+                "started_at, ended_at, planned_s, actual_s, end_reason)")
+
+
+def csv_chunks(path: Path, *, batch: int = 500, **filters) -> Iterator[str]:
+    """Sessions oldest first as CSV text: the header (reports.SESSION_COLUMNS), then `batch` lines a chunk.
+
+    The export's fast path: SQLite builds each line, so Python handles one string per
+    session instead of a dict and eight cells, and memory stays flat whatever the log's
+    size. Like iter_sessions, the query starts before this returns.
+    """
+    clause, params = _session_filter(**filters)
+    try:
+        conn = connect(path)
+    except sqlite3.Error as exc:
+        raise LogUnavailable(f"The usage log {path} cannot be opened ({exc}); tell an admin.") from None
+    try:
+        cursor = conn.execute(f"SELECT {CSV_LINE_SQL} FROM sessions{clause} ORDER BY started_at, id", params)
+        cursor.row_factory = None
+    except sqlite3.Error as exc:
+        conn.close()
+        raise LogUnavailable(f"The usage log {path} cannot be read ({exc}); tell an admin.") from None
+    return _chunks(path, conn, cursor, batch)
+
+
+def _chunks(path: Path, conn: sqlite3.Connection, cursor, size: int) -> Iterator[str]:
+    try:
+        yield ",".join(SESSION_COLUMNS) + "\n"
+        while rows := cursor.fetchmany(size):
+            yield "\n".join([r[0] for r in rows]) + "\n"
+    except sqlite3.Error as exc:
+        raise LogUnavailable(f"The usage log {path} cannot be read ({exc}); tell an admin.") from None
+    finally:
+        conn.close()
 
 
 def events(path: Path, *, limit: int = 200, offset: int = 0, lamp: str | None = None) -> list[dict]:

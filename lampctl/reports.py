@@ -62,8 +62,12 @@ def end_reasons(path: Path, start: str, end: str) -> list[dict]:
 
 def session_users(path: Path) -> list[str]:
     """Every name in the session log, removed users included (for the log filter)."""
+    # A skip-scan of sessions_by_user: one index seek per name, not a pass over every session.
     with reading(path) as conn:
-        return [r[0] for r in conn.execute("SELECT DISTINCT user FROM sessions ORDER BY user")]
+        return [r[0] for r in conn.execute(
+            "WITH RECURSIVE names(name) AS (SELECT min(user) FROM sessions UNION ALL "
+            "SELECT (SELECT min(user) FROM sessions WHERE user > name) FROM names WHERE name IS NOT NULL) "
+            "SELECT name FROM names WHERE name IS NOT NULL")]
 
 
 @dataclass(frozen=True)

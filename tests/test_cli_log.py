@@ -106,11 +106,12 @@ def test_cli_log_csv_keeps_utc_and_escapes_formulas(logged, capsys):
     assert [r[0] for r in rows[1:]] == ["1", "3"]
 
 
-def test_cli_log_database_problem_is_one_line_exit_1(tmp_path, capsys):
+@pytest.mark.parametrize("form", [[], ["--csv"]], ids=["table", "csv"])
+def test_cli_log_database_problem_is_one_line_exit_1(tmp_path, capsys, form):
     # The database's directory is a file: a real "cannot open", named as such.
     (tmp_path / "var").write_text("not a directory")
     config = write_config(tmp_path, '[service]\ndatabase = "var/x.db"\n[[lamps]]\nid = "a"\nrelay_pin = 17\n')
-    rc, out, err = run(capsys, "log", "--config", str(config))
+    rc, out, err = run(capsys, "log", *form, "--config", str(config))
     assert rc == 1 and out == "" and len(err.splitlines()) == 1
     assert err.startswith("lampctl: ") and str(tmp_path / "var" / "x.db") in err and "cannot be opened" in err
 
@@ -153,12 +154,13 @@ def test_cli_output_into_a_closed_pipe_exits_quietly(logged, buffered, command):
 
 
 @pytest.mark.integration
-def test_cli_log_piped_to_head_exits_quietly(tmp_path, config):
+@pytest.mark.parametrize("form, first", [([], "   id  lamp"), (["--csv"], "id,lamp_id,user,")], ids=["table", "csv"])
+def test_cli_log_piped_to_head_exits_quietly(tmp_path, config, form, first):
     rows = [(i, "room1", "ann", f"2026-03-{1 + i % 28:02d}T09:00:00.000Z", None, 600, None, None)
             for i in range(1, 3001)]  # ~250 kB, far more than a pipe holds
     fill(tmp_path / "lampctl.db", rows)
-    pipeline = f'"{sys.executable}" -m lampctl log --config "{config}" | head -1'
+    pipeline = f'"{sys.executable}" -m lampctl log {" ".join(form)} --config "{config}" | head -1'
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True, cwd=ROOT,
                           timeout=60, env=env(True), check=False)
-    assert proc.stdout.startswith("   id  lamp") and len(proc.stdout.splitlines()) == 1
+    assert proc.stdout.startswith(first) and len(proc.stdout.splitlines()) == 1
     assert proc.stderr == "" and proc.returncode == 1

@@ -63,6 +63,51 @@ def test_s10_stop_is_served_while_every_worker_is_busy():
     assert all(t.done.is_set() for t in slow[:2])
 
 
+def test_s10_reads_start_only_after_the_stop_being_served(monkeypatch):
+    # On two cores every busy reader takes the interpreter from the Stop's thread: none starts meanwhile.
+    monkeypatch.setattr(httpserver, "READ_HOLD_MAX_S", 30)
+    dispatcher = httpserver.SafetyLaneDispatcher(lane_threads=1)
+    dispatcher.set_thread_count(2)
+    release, order = threading.Event(), []
+    stop = Task("POST", "/api/stop-all", lambda: (release.wait(30), order.append("stop")))
+    read = Task("GET", "/api/lamps", lambda: order.append("read"))
+    try:
+        dispatcher.add_task(stop)
+        dispatcher.add_task(read)
+        assert not read.done.wait(0.3), "a read started while a Stop was being served"
+        release.set()
+        assert read.done.wait(10) and order == ["stop", "read"]
+        # With no Stop in the lane, reads go straight through.
+        again = Task("GET", "/api/lamps")
+        dispatcher.add_task(again)
+        assert again.done.wait(10)
+    finally:
+        release.set()
+        dispatcher.shutdown(timeout=10)
+
+
+def test_s10_a_stop_that_hangs_holds_reads_back_only_briefly(monkeypatch):
+    monkeypatch.setattr(httpserver, "READ_HOLD_MAX_S", 0.05)
+    dispatcher = httpserver.SafetyLaneDispatcher(lane_threads=1)
+    dispatcher.set_thread_count(1)
+    release = threading.Event()
+    read = Task("GET", "/api/lamps")
+    try:
+        dispatcher.add_task(Task("POST", "/api/lamps/room1/stop", lambda: release.wait(30)))
+        dispatcher.add_task(read)
+        assert read.done.wait(10), "reads stayed held back behind a Stop that hangs"
+    finally:
+        release.set()
+        dispatcher.shutdown(timeout=10)
+
+
+def test_server_bounds_unsent_output_and_keeps_waitress_queue_lines_out_of_the_journal(server):
+    import logging
+
+    assert server.adj.outbuf_high_watermark == httpserver.OUTBUF_HIGH_WATERMARK <= 1 << 20
+    assert logging.getLogger("waitress.queue").getEffectiveLevel() > logging.WARNING
+
+
 class Channel:
     def __init__(self, last_activity, busy=False):
         self.last_activity = last_activity

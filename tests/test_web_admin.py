@@ -51,13 +51,63 @@ def session_ids(page: str) -> list[int]:
     return [int(x) for x in re.findall(r'<tr data-session="(\d+)">', page)]
 
 
-def test_log_lists_newest_first_in_pages(web, controller, clock, usage_log):
+def pager(page: str) -> dict[str, str]:
+    """{"Newest"|"Newer"|"Older": href} of a log page."""
+    return {text: htmllib.unescape(href) for href, text in re.findall(r'<a class="btn btn-quiet" href="([^"]*)">'
+                                                                       r'(Newest|Newer|Older)</a>', page)}
+
+
+def test_log_lists_newest_first_in_keyset_pages(web, controller, clock, usage_log):
     run_sessions(controller, clock, usage_log)
     page1 = web.get("/admin/log").data.decode()
-    assert session_ids(page1) == [5, 4, 3] and "5 sessions · page 1 of 2" in page1
-    page2 = web.get("/admin/log?page=2").data.decode()
+    assert session_ids(page1) == [5, 4, 3] and "5 sessions, newest first" in page1
+    assert pager(page1) == {"Older": "/admin/log?before=3"}
+    page2 = web.get(pager(page1)["Older"]).data.decode()
     assert session_ids(page2) == [2, 1]
-    assert session_ids(web.get("/admin/log?page=99").data.decode()) == [2, 1]
+    assert pager(page2) == {"Newest": "/admin/log", "Newer": "/admin/log?after=2"}
+    back = web.get(pager(page2)["Newer"]).data.decode()
+    assert session_ids(back) == [5, 4, 3] and pager(back) == {"Newest": "/admin/log", "Older": "/admin/log?before=3"}
+
+
+def test_log_page_keeps_its_place_when_sessions_are_added(web, controller, clock, usage_log):
+    # An offset would shift every page by the sessions started since; the keyset does not.
+    run_sessions(controller, clock, usage_log)
+    controller.start("room1", 60, "ann")
+    usage_log.flush(2)
+    assert session_ids(web.get("/admin/log?before=3").data.decode()) == [2, 1]
+    newest = web.get("/admin/log?after=4").data.decode()
+    assert session_ids(newest) == [6, 5] and "Newer" not in pager(newest)
+
+
+def test_log_pages_sessions_with_equal_start_times_by_id(web, usage_log):
+    conn = connect(usage_log.path)
+    conn.executemany("INSERT INTO sessions (lamp_id, user, started_at, planned_s) VALUES ('room1', 'ann', ?, 60)",
+                     [("2026-01-05T10:00:00.000Z",)] * 5 + [("2026-01-04T10:00:00.000Z",)])
+    conn.close()
+    seen, href = [], "/admin/log"
+    while href:
+        page = web.get(href).data.decode()
+        seen += session_ids(page)
+        href = pager(page).get("Older")
+    assert seen == [5, 4, 3, 2, 1, 6]
+
+
+def test_log_page_key_that_is_not_a_session_is_a_400_sentence(web, controller, clock, usage_log):
+    run_sessions(controller, clock, usage_log)
+    for query, sentence in (("before=abc", "is not a session number"), ("after=-1", "is not a session number"),
+                            ("before=99", "There is no session 99 in the log"),
+                            ("after=" + "9" * 30, "is not a session number")):
+        resp = web.get(f"/admin/log?{query}")
+        assert resp.status_code == 400 and sentence in resp.data.decode(), query
+
+
+def test_log_count_stops_at_its_cap(web, controller, clock, usage_log, monkeypatch):
+    from web import admin
+
+    run_sessions(controller, clock, usage_log)
+    monkeypatch.setattr(admin, "COUNT_CAP", 4)
+    assert "More than 4 sessions, newest first" in web.get("/admin/log").data.decode()
+    assert "2 sessions, newest first" in web.get("/admin/log?lamp=room2").data.decode()
 
 
 def test_log_filters_by_lamp_user_reason_and_dates(web, controller, clock, usage_log):
@@ -106,6 +156,23 @@ def test_log_csv_quotes_cells_a_spreadsheet_would_run(web, usage_log, accounts, 
     resp.close()
     assert list(csv.reader(io.StringIO(text)))[1][2] == "'-bob"
     assert reports.csv_cell("=1+1") == "'=1+1" and reports.csv_cell(None) == "" and reports.csv_cell(-3) == -3
+
+
+def test_log_csv_fast_path_escapes_and_quotes_free_text_like_csv_writer(web, usage_log):
+    # Names no form accepts today, written straight into the file: the export must still be safe.
+    names = ["=cmd|' /C calc'!A0", "+1", "@x", "\tx", "a,b", 'say "hi"', "two\nlines", "cr\rhere", "plain", "ünï"]
+    conn = connect(usage_log.path)
+    conn.executemany("INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
+                     "VALUES (?, ?, '2026-01-05T10:00:00.000Z', NULL, 60.5, NULL, NULL)",
+                     [("-room", name) for name in names])
+    conn.close()
+    resp = web.get("/admin/log.csv")
+    text = resp.get_data(as_text=True)
+    resp.close()
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert [r[2] for r in rows[1:]] == [str(reports.csv_cell(n)) for n in names]
+    assert {r[1] for r in rows[1:]} == {"'-room"}
+    assert rows[1][3:] == ["2026-01-05T10:00:00.000Z", "", "60.5", "", ""]
 
 
 def test_log_csv_with_a_bad_filter_redirects_with_the_sentence(web):

@@ -1,9 +1,6 @@
 """Admin pages: session log with CSV export, usage charts, bulb hours, the audit log, users, and fault resets."""
 from __future__ import annotations
 
-import csv
-import io
-import math
 from datetime import date
 
 from flask import (Blueprint, Response, current_app, flash, g, redirect, render_template, request,
@@ -23,6 +20,8 @@ bp.before_request(require_admin)
 
 USAGE_DAYS = 30
 EVENTS_PAGE_SIZE = 100
+# The log page counts matching sessions up to this many: an exact count of a decade is a full scan.
+COUNT_CAP = 10000
 
 
 def _lamp_names() -> dict[str, str]:
@@ -69,27 +68,47 @@ def _log_filters() -> tuple[dict, dict, str | None]:
     return filters, form, None
 
 
+def _page_keys() -> tuple[int | None, int | None, str | None]:
+    """(before, after, an error sentence or None): the keyset cursor of a log page."""
+    keys = {}
+    for name in ("before", "after"):
+        text = (request.args.get(name) or "").strip()
+        if text and not (text.isascii() and text.isdigit() and len(text) <= 18):
+            return None, None, f"{text[:20]!r} is not a session number; start again from the newest page."
+        keys[name] = int(text) if text else None
+    return keys["before"], keys["after"], None
+
+
+def _pager(rows, more: bool, before, after) -> tuple[int | None, int | None]:
+    """(the id to go newer from, the id to go older from), None where there is nothing that way."""
+    if not rows:
+        return None, None
+    if after is not None:  # came back towards the newest: older rows exist, newer ones if more
+        return (rows[0]["id"] if more else None), rows[-1]["id"]
+    return (rows[0]["id"] if before is not None else None), (rows[-1]["id"] if more else None)
+
+
 @bp.get("/log")
 def log():
     filters, form, error = _log_filters()
     path = services().usage_log.path
     size = current_app.config["LOG_PAGE_SIZE"]
-    rows, total, page, pages = [], 0, 1, 1
+    rows, more, total = [], False, 0
+    before, after, key_error = _page_keys()
+    error = error or key_error
     if error is None:
-        total = queries.count_sessions(path, **filters)
-        pages = max(1, math.ceil(total / size))
         try:
-            page = min(max(1, int(request.args.get("page", 1))), pages)
-        except ValueError:
-            page = 1
-        # Newest first: page 1 is the end of the oldest-first list the store keeps.
-        end = total - (page - 1) * size
-        start = max(0, end - size)
-        rows = list(reversed(queries.sessions(path, **filters, limit=end - start, offset=start))) if end > 0 else []
+            # Keyset paging newest first: a page reads its own rows from an index, wherever it is.
+            rows, more = queries.session_page(path, size, before=before, after=after, **filters)
+        except StoreError as exc:
+            error = str(exc)
+        total = queries.count_sessions(path, **filters, cap=COUNT_CAP + 1)
+    newer, older = _pager(rows, more, before, after)
     args = {k: v for k, v in form.items() if v}
-    return render_template("admin/log.html", rows=rows, total=total, page=page, pages=pages, form=form, args=args,
-                           error=error, lamps=_lamp_names(), users=reports.session_users(path),
-                           reasons=END_REASONS, columns=reports.SESSION_COLUMNS), (400 if error else 200)
+    return render_template("admin/log.html", rows=rows, total=total, capped=total > COUNT_CAP, newer=newer,
+                           older=older, paged=bool(before or after), form=form, args=args, error=error,
+                           lamps=_lamp_names(), users=reports.session_users(path), reasons=END_REASONS,
+                           columns=reports.SESSION_COLUMNS), (400 if error else 200)
 
 
 @bp.get("/log.csv")
@@ -99,20 +118,11 @@ def log_csv():
         flash(error, "error")
         return redirect(url_for("admin.log", **{k: v for k, v in request.args.items()}), code=303)
     # Opened here, not in the generator: a log that cannot be read is a 503 before any byte is sent.
-    rows = queries.iter_sessions(services().usage_log.path, **filters)
+    chunks = queries.csv_chunks(services().usage_log.path, **filters)
 
     def generate():
-        # One row at a time from the database cursor: the table is never loaded whole.
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(reports.SESSION_COLUMNS)
-        for row in rows:
-            writer.writerow([reports.csv_cell(row[c]) for c in reports.SESSION_COLUMNS])
-            if buf.tell() > 8192:
-                yield buf.getvalue()
-                buf.seek(0)
-                buf.truncate()
-        yield buf.getvalue()
+        # A few thousand lines at a time, built by SQLite: the table is never loaded whole.
+        yield from chunks
 
     name = f"lampctl-sessions-{date.today().isoformat()}.csv"
     return Response(stream_with_context(generate()), mimetype="text/csv",

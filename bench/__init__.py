@@ -1,0 +1,1 @@
+"""Benchmarks that print figures beside their baselines (`python -m bench [--quick]`); they never gate CI."""
