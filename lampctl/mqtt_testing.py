@@ -22,13 +22,17 @@ def mosquitto_path() -> str | None:
 class Broker:
     """mosquitto with a temp config: loopback only, anonymous, TCP_NODELAY; restartable on the same port."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, *, persistent: bool = False):
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.conf = self.workdir / f"mosquitto-{self.port}.conf"
+        # persistent: sessions (the collector's subscription and its queue) survive a restart,
+        # as docs/fleet.md asks of a clinic's broker.
+        keep = (f"persistence true\npersistence_location {self.workdir}/\n" if persistent
+                else "persistence false\n")
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-                             "persistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n"
+                             f"{keep}max_queued_messages 0\nmax_inflight_messages 0\n"
                              "log_type error\nlog_type warning\n")
 
     @property
@@ -55,11 +59,19 @@ class Broker:
         return self
 
     def kill(self) -> None:
+        """SIGKILL: the broker vanishes without a word."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
 
-    stop = kill
+    def stop(self) -> None:
+        """SIGTERM: mosquitto saves its persistent sessions and leaves."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
 class Listener:
