@@ -50,9 +50,17 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     database = Path(r.text("collector.database", col.get("database", "var/central.db"), "a file path"))
     if not database.is_absolute():
         database = (path.parent / database).resolve()
-    host, port = config_mod._parse_bind(r, col.get("bind", "127.0.0.1:8090"))
+    host, port = _parse_bind(r, col.get("bind", "127.0.0.1:8090"))
     mqtt = parse_mqtt(r, data["mqtt"], path.parent)
     return CollectorConfig(path=path, database=database, host=host, port=port, mqtt=mqtt)
+
+
+def _parse_bind(r, bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not host.isprintable() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise r.fail("collector.bind", f"must be host:port such as 127.0.0.1:8090, got {bind[:80]!r}")
+    return host, int(port)
 
 
 class Collector:
@@ -76,6 +84,7 @@ class Collector:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
+        self.subscribed = threading.Event()  # set once the broker confirmed the subscriptions
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"lampctl-collect-{cfg.node}",
                                   protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
         if cfg.username:
@@ -85,6 +94,7 @@ class Collector:
         self.client.reconnect_delay_set(1, 2)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
         self._writer = threading.Thread(target=self._run_writer, name="collector-writer", daemon=True)
 
     def start(self) -> None:

@@ -29,8 +29,15 @@ class Broker:
         self.conf = self.workdir / f"mosquitto-{self.port}.conf"
         # persistent: sessions (the collector's subscription and its queue) survive a restart,
         # as docs/fleet.md asks of a clinic's broker.
-        keep = (f"persistence true\npersistence_location {self.workdir}/\n" if persistent
-                else "persistence false\n")
+        keep = "persistence false\n"
+        if persistent:
+            data = self.workdir / f"mosquitto-{self.port}.d"
+            data.mkdir(exist_ok=True)
+            keep = f"persistence true\npersistence_location {data}/\n"
+            if os.geteuid() == 0:
+                # Started as root, mosquitto would drop to its own user, who cannot enter a test's
+                # private tmp dir to save the sessions.
+                keep += "user root\n"
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
                              f"{keep}max_queued_messages 0\nmax_inflight_messages 0\n"
                              "log_type error\nlog_type warning\n")
@@ -85,10 +92,17 @@ class Listener:
         self._cond = threading.Condition()
         self._mqtt = mqtt
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
+        subscribed = threading.Event()
+        if topics:
+            self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
+            self.client.on_subscribe = lambda *_: subscribed.set()
+        else:
+            subscribed.set()
         self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 2)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        assert subscribed.wait(10), "the broker did not confirm the subscription"
 
     def _on_message(self, client, userdata, message) -> None:
         with self._cond:
