@@ -203,7 +203,10 @@ def run_collect(args) -> int:
         central = CentralLog(cfg.database)
     except (sqlite3.Error, OSError) as exc:
         raise ToolFailed(f"cannot open the central log {cfg.database}: {exc}") from None
-    collector = Collector(cfg.mqtt, central)
+    try:
+        collector = Collector(cfg.mqtt, central)
+    except ImportError as exc:
+        raise ToolFailed(f"paho-mqtt cannot be loaded ({exc}): pip install 'lampctl[mqtt]'") from None
     try:
         server = make_server(create_fleet_app(collector), cfg.host, cfg.port)
     except OSError as exc:

@@ -35,9 +35,9 @@ class Collect:
         self.config = workdir / "central.toml"
         self.config.write_text(f'[collector]\ndatabase = "central.db"\nbind = "127.0.0.1:{self.port}"\n\n'
                                f'[mqtt]\nurl = "{broker_url}"\nnode = "central"\n')
-        self.err = open(workdir / "collect.err", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lampctl", "collect", "--config", str(self.config)],
-                                     cwd=ROOT, stdout=self.err, stderr=self.err, stdin=subprocess.DEVNULL)
+        with open(workdir / "collect.err", "ab") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "lampctl", "collect", "--config", str(self.config)],
+                                         cwd=ROOT, stdout=err, stderr=err, stdin=subprocess.DEVNULL)
         wait_until(self._answers, 30, "the collector's pages")
 
     def _answers(self):
@@ -55,9 +55,7 @@ class Collect:
 
     def stop(self) -> int:
         self.proc.terminate()
-        rc = self.proc.wait(15)
-        self.err.close()
-        return rc
+        return self.proc.wait(15)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +86,8 @@ def test_fleet_discovery_topics_appear_and_match_home_assistant(fleet):
     for node in NODES:
         want = 2 * 3 + 1 + (5 if NODES[node] else 0)  # per lamp 2 sensors and Stop, Stop all, presets if commands
         configs = listener.wait(
-            lambda l, node=node: (found := {t: p for t, p in l.retained.items()
-                                            if t.startswith(f"homeassistant/") and f"/lampctl_{node}/" in t and p})
+            lambda l, node=node, want=want: (found := {t: p for t, p in l.retained.items()
+                                            if t.startswith("homeassistant/") and f"/lampctl_{node}/" in t and p})
             and len(found) >= want and found, 30, f"{node}'s discovery")
         assert len(configs) == want
         for topic, payload in configs.items():
@@ -135,7 +133,7 @@ def test_fleet_start_over_mqtt_refused_when_commands_are_off(fleet):
 
 
 def test_fleet_start_over_mqtt_obeys_every_limit_when_on(fleet):
-    n1, ann = fleet["nodes"]["n1"], fleet["tokens"]["n1"]["ann"]
+    n1 = fleet["nodes"]["n1"]
     for body, code in (({"action": "start", "minutes": 31, "user": "ann"}, "too-long"),
                        ({"action": "start", "minutes": 10, "user": "mallory"}, "unknown-user"),
                        ({"action": "start", "user": "ann"}, "bad-duration")):

@@ -41,7 +41,7 @@ def test_s9_s10_dead_broker_changes_nothing_and_records_wait_across_a_restart(
     for _ in range(3):
         controller.start("room1", 30, "ann")
         stopped = threading.Event()
-        threading.Thread(target=lambda: (controller.stop("room1", "ann"), stopped.set()), daemon=True).start()
+        threading.Thread(target=lambda done=stopped: (controller.stop("room1", "ann"), done.set()), daemon=True).start()
         assert stopped.wait(2)  # a Stop never waits for the broker
     assert pin_history(factory, 17) == [False] + [True, False] * 3
     usage_log.flush(5)

@@ -9,7 +9,6 @@ import pytest
 
 from lampctl import discovery
 from lampctl.config_mqtt import MqttConfig
-from lampctl.controller import SessionController
 from lampctl.mqtt_commands import Commands
 from lampctl.outbox import Outbox, set_enabled
 from tests.conftest import pin_history
