@@ -131,7 +131,7 @@ class MqttLink:
         self._thread.start()
 
     def close(self, timeout: float = 3.0) -> None:
-        """Say `offline` (a clean disconnect sends no last will), then stop every thread."""
+        """Publish the lamps as left, say `offline` (a clean disconnect sends no last will), stop every thread."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
@@ -139,6 +139,8 @@ class MqttLink:
             self._thread.join(timeout)
         self.commands.close()
         if self._connected:
+            with contextlib.suppress(Exception):  # the lamps as they are left (all off when the service stops)
+                self._publish_states(v.as_dict() for v in self._controller.lamps())
             info = self.client.publish(discovery.status_topic(self.node), "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):  # not connected after all, or paho's queue full
                 info.wait_for_publish(timeout)

@@ -13,6 +13,8 @@ from lampctl.errors import Refused
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 4096
+# Starts waiting for the controller; past this a flood of commands is refused, not queued for ever.
+MAX_WAITING_STARTS = 32
 # Who a stop is recorded under when the message names no account of this node.
 UNKNOWN_SENDER = "mqtt"
 
@@ -39,7 +41,7 @@ class Commands:
         self.accounts = accounts
         self.reply = reply
         self.builtin = builtin_users
-        self._starts: queue.SimpleQueue = queue.SimpleQueue()
+        self._starts: queue.Queue = queue.Queue(MAX_WAITING_STARTS)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -48,7 +50,7 @@ class Commands:
 
     def close(self, timeout: float = 5.0) -> None:
         if self._thread is not None:
-            self._starts.put(None)
+            self._starts.put(None, timeout=timeout)
             self._thread.join(timeout)
             self._thread = None
 
@@ -101,7 +103,11 @@ class Commands:
             return {"ok": True, "action": "estop", "lamps": [v.as_dict() for v in views]}
         if lamp_id is not None and action == "start":
             seconds, user, new_patient = self._check_start(body)
-            self._starts.put((lamp_id, seconds, user, new_patient, body, result_topic))
+            try:
+                self._starts.put_nowait((lamp_id, seconds, user, new_patient, body, result_topic))
+            except queue.Full:
+                raise Refused(f"{MAX_WAITING_STARTS} starts are already waiting on this node; try again.",
+                              "busy") from None
             return None
         where = "a lamp's cmd topic takes start or stop" if lamp_id else "the node's cmd topic takes stop-all or estop"
         raise BadCommand(f"Unknown action {str(action)[:40]!r}: {where}.")

@@ -80,3 +80,23 @@ def test_state_retained_and_status_online(tmp_path, controller, clock, link_for)
         listener.close()
     finally:
         broker.kill()
+
+
+def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_path, controller, link_for,
+                                                                         monkeypatch):
+    import lampctl.mqtt as mqtt_mod
+
+    monkeypatch.setattr(mqtt_mod, "REFRESH_S", 0.2)
+    broker = Broker(tmp_path).start()
+    try:
+        link = link_for(broker.port)
+        controller.add_listener(link.on_view)
+        listener = Listener(broker.port, ["lampctl/n1/lamp/room1/state"])
+        controller.start("room1", 600, "ann")
+        listener.wait(lambda l: sum(json.loads(p)["state"] == "on" for _, p, _ in l.messages) >= 4, 10,
+                      "the state of a lamp that is on, again and again")
+        controller.stop("room1", "ann")
+        listener.wait(lambda l: l.latest_json("lampctl/n1/lamp/room1/state")["state"] == "off", 10, "off")
+        listener.close()
+    finally:
+        broker.kill()

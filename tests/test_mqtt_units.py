@@ -256,3 +256,15 @@ def test_discovery_removes_preset_buttons_when_commands_are_off(cfg):
     starts = {t: p for t, p in configs.items() if "_start_" in t}
     assert starts and all(p == "" for p in starts.values())
     assert all(p for t, p in configs.items() if "_start_" not in t)
+
+
+def test_a_flood_of_starts_is_refused_not_queued_for_ever(controller, accounts, users, monkeypatch):
+    import lampctl.mqtt_commands as mc
+
+    replies = Replies()
+    cmds = Commands("n1", True, controller, accounts, replies, ("cli",))  # no start thread: nothing is taken
+    for _ in range(mc.MAX_WAITING_STARTS):
+        send(cmds, "lampctl/n1/lamp/room1/cmd", {"action": "start", "minutes": 1, "user": "ann"})
+    assert replies.q.empty()
+    send(cmds, "lampctl/n1/lamp/room1/cmd", {"action": "start", "minutes": 1, "user": "ann"})
+    assert replies.next()[1]["code"] == "busy"
