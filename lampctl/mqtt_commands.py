@@ -50,7 +50,10 @@ class Commands:
 
     def close(self, timeout: float = 5.0) -> None:
         if self._thread is not None:
-            self._starts.put(None, timeout=timeout)
+            try:
+                self._starts.put(None, timeout=timeout)
+            except queue.Full:  # a start stuck in the controller: the thread is a daemon, leave it
+                log.error("MQTT start thread did not take its stop request")
             self._thread.join(timeout)
             self._thread = None
 

@@ -221,16 +221,15 @@ class Service:
         if self.cfg.mqtt is None:
             return
         from lampctl.accounts import BUILTIN_USER
+        from lampctl.mqtt import MqttLink
 
         try:
-            from lampctl.mqtt import MqttLink
+            self.mqtt = link = MqttLink(self.cfg.mqtt, self.cfg.service.database, self.controller, self.accounts,
+                                        self.cfg.lamps, builtin_users=(BUILTIN_USER,))
         except ImportError as exc:  # the lamps do not need the broker: serve, and keep the records in the outbox
             log.error("[mqtt] is set but paho-mqtt cannot be loaded (%s): pip install 'lampctl[mqtt]'; "
                       "records wait in the outbox until then", exc)
             return
-
-        self.mqtt = link = MqttLink(self.cfg.mqtt, self.cfg.service.database, self.controller, self.accounts,
-                                    self.cfg.lamps, builtin_users=(BUILTIN_USER,))
         self.controller.add_listener(link.on_view)
         link.start()
         self.on_close(stack, "MQTT client", link.close)

@@ -188,3 +188,23 @@ def test_fleet_node_killed_goes_offline_through_last_will(fleet):
     fleet["nodes"]["n3"].kill9()
     listener.wait(lambda l: l.retained.get("lampctl/n3/status") == b"offline", 30, "n3 offline")
     wait_until(lambda: fleet["collect"].fleet()["nodes"].get("n3") == "offline", 10, "collector sees n3 offline")
+
+
+def test_s9_a_pi_without_paho_still_serves_and_keeps_its_records(tmp_path):
+    """[mqtt] set but paho-mqtt missing: the lamps work, the records wait in the outbox, the log says why."""
+    fake = tmp_path / "nopaho" / "paho"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('paho-mqtt removed for this test')\n")
+    config = service_config(tmp_path, TWO_LAMPS, extra='\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\nnode = "lone"\n')
+    tokens = add_users(config)
+    svc = ServiceProcess(config, extra_env={"PYTHONPATH": f"{fake.parent}:{ROOT}"}).start()
+    try:
+        assert svc.post("/api/lamps/room1/start", {"seconds": 0.3}, token=tokens["ann"])[0] == 201
+        wait_until(lambda: svc.get("/api/lamps/room1", token=tokens["ann"])[1]["state"] == "off", 10, "session over")
+        assert "paho-mqtt cannot be loaded" in svc.stderr()
+    finally:
+        assert svc.stop() == 0
+    from lampctl.outbox import Outbox
+
+    waiting = Outbox(tmp_path / "var" / "lampctl.db").after(0, 1000)
+    assert [r["id"] for _, kind, r in waiting if kind == "session"] == [1]
