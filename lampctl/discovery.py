@@ -34,8 +34,16 @@ def _device(node: str) -> dict:
             "model": "lampctl relay controller"}
 
 
-def _common(node: str, object_id: str, name: str) -> dict:
-    return {"name": name, "unique_id": f"lampctl_{node}_{object_id}", "object_id": f"lampctl_{node}_{object_id}",
+def _slug(text: str) -> str:
+    """An entity id's object part: lower case, digits and '_' only."""
+    return "".join(c if c.isalnum() and c.isascii() else "_" for c in text.lower())
+
+
+def _common(component: str, node: str, object_id: str, name: str) -> dict:
+    # default_entity_id (domain.slug) replaced object_id in Home Assistant 2025.10; object_id
+    # stopped working in 2026.4.
+    return {"name": name, "unique_id": f"lampctl_{node}_{object_id}",
+            "default_entity_id": f"{component}.{_slug(f'lampctl_{node}_{object_id}')}",
             "device": _device(node), "availability_topic": status_topic(node),
             "payload_available": "online", "payload_not_available": "offline"}
 
@@ -57,24 +65,24 @@ def configs(mqtt_cfg, lamps, user: str = "homeassistant") -> list[tuple[str, str
     for lamp in lamps:
         state = state_topic(node, lamp.id)
         add("sensor", f"{lamp.id}_state", {
-            **_common(node, f"{lamp.id}_state", f"{lamp.name} state"), "state_topic": state,
+            **_common("sensor", node, f"{lamp.id}_state", f"{lamp.name} state"), "state_topic": state,
             "value_template": "{{ value_json.state }}", "json_attributes_topic": state,
             "icon": "mdi:heat-wave"})
         add("sensor", f"{lamp.id}_remaining", {
-            **_common(node, f"{lamp.id}_remaining", f"{lamp.name} remaining"), "state_topic": state,
+            **_common("sensor", node, f"{lamp.id}_remaining", f"{lamp.name} remaining"), "state_topic": state,
             "value_template": "{{ (value_json.remaining_s or 0) | round(0) }}",
             "device_class": "duration", "unit_of_measurement": "s"})
         add("button", f"{lamp.id}_stop", {
-            **_common(node, f"{lamp.id}_stop", f"{lamp.name} Stop"), "command_topic": lamp_cmd_topic(node, lamp.id),
+            **_common("button", node, f"{lamp.id}_stop", f"{lamp.name} Stop"), "command_topic": lamp_cmd_topic(node, lamp.id),
             "payload_press": _press("stop", user), "qos": 1, "icon": "mdi:stop"})
         for minutes in lamp.presets:
             label = f"{minutes:g}"
             payload = None
             if mqtt_cfg.commands:
-                payload = {**_common(node, f"{lamp.id}_start_{label.replace('.', '_')}", f"{lamp.name} {label} min"),
+                payload = {**_common("button", node, f"{lamp.id}_start_{label.replace('.', '_')}", f"{lamp.name} {label} min"),
                            "command_topic": lamp_cmd_topic(node, lamp.id),
                            "payload_press": _press("start", user, minutes=minutes), "qos": 1, "icon": "mdi:timer"}
             add("button", f"{lamp.id}_start_{label.replace('.', '_')}", payload)
-    add("button", "stop_all", {**_common(node, "stop_all", "Stop all"), "command_topic": node_cmd_topic(node),
+    add("button", "stop_all", {**_common("button", node, "stop_all", "Stop all"), "command_topic": node_cmd_topic(node),
                                "payload_press": _press("stop-all", user), "qos": 1, "icon": "mdi:stop-circle"})
     return out

@@ -213,10 +213,10 @@ def test_stops_over_mqtt_always_obeyed_and_recorded(commands, controller, factor
 
 # ---- discovery ---------------------------------------------------------------------------
 HA_TOPIC = r"^ha/(sensor|button)/lampctl_n1/[A-Za-z0-9_-]+/config$"
-SENSOR_KEYS = {"name", "unique_id", "object_id", "device", "availability_topic", "payload_available",
+SENSOR_KEYS = {"name", "unique_id", "default_entity_id", "device", "availability_topic", "payload_available",
                "payload_not_available", "state_topic", "value_template", "json_attributes_topic", "icon",
                "device_class", "unit_of_measurement"}
-BUTTON_KEYS = {"name", "unique_id", "object_id", "device", "availability_topic", "payload_available",
+BUTTON_KEYS = {"name", "unique_id", "default_entity_id", "device", "availability_topic", "payload_available",
                "payload_not_available", "command_topic", "payload_press", "qos", "icon"}
 
 
@@ -237,6 +237,8 @@ def test_discovery_follows_home_assistant_schema(cfg):
         assert set(payload) <= (SENSOR_KEYS if component == "sensor" else BUTTON_KEYS), topic
         assert payload["availability_topic"] == "lampctl/n1/status"
         assert payload["device"]["identifiers"] == ["lampctl_n1"]
+        assert payload["default_entity_id"] == f"{component}.{payload['unique_id'].lower().replace('-', '_')}"
+        assert re.fullmatch(r"[a-z0-9_]+\.[a-z0-9_]+", payload["default_entity_id"])
         ids.add(payload["unique_id"])
         if component == "button":
             press = json.loads(payload["payload_press"])
@@ -268,3 +270,10 @@ def test_a_flood_of_starts_is_refused_not_queued_for_ever(controller, accounts, 
     assert replies.q.empty()
     send(cmds, "lampctl/n1/lamp/room1/cmd", {"action": "start", "minutes": 1, "user": "ann"})
     assert replies.next()[1]["code"] == "busy"
+
+
+def test_discovery_entity_ids_are_lower_case_slugs(cfg):
+    m = MqttConfig(host="b", port=1883, tls=False, node="Site-A", commands=False)
+    for _, text in discovery.configs(m, cfg.lamps):
+        if text:
+            assert json.loads(text)["default_entity_id"].split(".")[1].startswith("lampctl_site_a_")
