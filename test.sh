@@ -2,7 +2,8 @@
 # Run every lampctl test. First use creates .venv, installs lampctl with its test
 # dependencies, and on Debian installs what the tests drive when it is missing:
 # Chromium (browser tests), systemd-analyze (unit checks), Node.js (the firmware on
-# MicroPython's own VM, whose npm package goes into tests/mpvm/node_modules).
+# MicroPython's own VM, whose npm package goes into tests/mpvm/node_modules), mosquitto
+# (the fleet tests' MQTT broker).
 # Extra arguments go to pytest, e.g. ./test.sh -k controller
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,6 +32,7 @@ need() {
 need chromium chromium
 need systemd-analyze systemd
 need node nodejs npm
+need mosquitto mosquitto
 
 # MicroPython's WebAssembly port for tests/test_fw_micropython*.py, reinstalled whenever
 # package-lock.json changes (its hash names the stamp).

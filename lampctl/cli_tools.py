@@ -1,13 +1,13 @@
-"""The maintenance commands (backup, restore, prune-events, doctor, firmware) wired into `lampctl`."""
+"""The maintenance commands (backup, restore, prune-events, doctor, firmware) and the fleet's `collect`, wired into `lampctl`."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 
 def _modules() -> tuple:
-    from lampctl import backup, doctor, firmware_tools
+    from lampctl import backup, collector, doctor, firmware_tools
 
-    return backup, doctor, firmware_tools
+    return backup, doctor, firmware_tools, collector
 
 
 def add_parsers(sub) -> None:

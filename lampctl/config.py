@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lampctl.config_mqtt import MqttConfig, parse_mqtt
 from lampctl.safety import HARD_CEILING_MINUTES
 
 LAMP_ID_RE = re.compile(r"[a-z0-9-]{1,32}")
@@ -127,6 +128,7 @@ class Config:
     firmware: FirmwareConfig | None
     lamps: tuple[LampConfig, ...] = field(default_factory=tuple)
     panel: PanelConfig = field(default_factory=PanelConfig)
+    mqtt: MqttConfig | None = None  # fleet: lampctl.config_mqtt
 
     def lamp(self, lamp_id: str) -> LampConfig:
         for lamp in self.lamps:
@@ -148,7 +150,7 @@ _LAMP_KEYS = {
     "feedback_pin": (int,), "bulb_life_h": _NUM, "rest_window_s": _NUM, "buzzer_pin": (int,),
     "indicator_pin": (int,),
 }
-_TOP_KEYS = {"service", "safety", "firmware", "panel", "lamps"}
+_TOP_KEYS = {"service", "safety", "firmware", "panel", "lamps", "mqtt"}
 _LAMP_PINS = ("relay_pin", "feedback_pin", "buzzer_pin", "indicator_pin")
 
 
@@ -275,7 +277,8 @@ def parse(data: dict, path: Path) -> Config:
         raise r.fail("lamps", f"at most {MAX_LAMPS} lamps per Pi (an 8-channel relay board), got {len(lamps_raw)}")
     lamps = tuple(_parse_lamp(r, i, raw) for i, raw in enumerate(lamps_raw))
     _check_unique(r, safety, lamps)
-    return Config(path=path, service=service, safety=safety, firmware=firmware, lamps=lamps, panel=panel)
+    mqtt = parse_mqtt(r, data["mqtt"], path.parent) if "mqtt" in data else None
+    return Config(path=path, service=service, safety=safety, firmware=firmware, lamps=lamps, panel=panel, mqtt=mqtt)
 
 
 def _check_unique(r: _Reader, safety: SafetyConfig, lamps: tuple[LampConfig, ...]) -> None:

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 from lampctl.config import LampConfig
 from lampctl.errors import BadDuration, Refused, Unavailable, UnknownLamp, backstop_refusal, check_seconds
 from lampctl.lamp import Lamp, LampState, LampView, Session, fmt_min, fmt_s, make_view
+from lampctl.listeners import Listeners
 from lampctl.ports import Backstop, Clock, Hardware
 from lampctl.safety import s3_allows, s7_backstop_ms
 
@@ -34,6 +35,7 @@ class SessionController:
         self._backstop = backstop
         self._cond = threading.Condition(threading.RLock())
         self._reset_blockers: list[Callable[[], str | None]] = []
+        self.listeners = Listeners()
         self._scheduler: threading.Thread | None = None
         self._stopping = False
         self.last_tick = clock.monotonic()
@@ -167,7 +169,9 @@ class SessionController:
         self._log.event(lamp.cfg.id, "on", "on", user, f"extended by {fmt_s(seconds)}", self._clock.wall())
         self._log.session_extended(session.id, new_planned)
         self._cond.notify_all()
-        return self._view(lamp, self._clock.monotonic())
+        view = self._view(lamp, self._clock.monotonic())
+        self.listeners.publish(view)  # the countdown changed though the state did not
+        return view
 
     # ---- stops (S10: relay first, then the lock) ---------------------------------------
     def stop(self, lamp_id: str, user: str) -> LampView:
@@ -244,6 +248,10 @@ class SessionController:
             self._set_state(lamp, LampState.OFF, user, f"fault cleared ({cleared})")
             self._log.fault_cleared(lamp.cfg.id)
             return self._view(lamp, self._clock.monotonic())
+
+    def add_listener(self, fn: Callable[[LampView], None]) -> None:
+        """fn(view) after every state change, on its own thread, never under this lock."""
+        self.listeners.add(fn)
 
     def add_reset_blocker(self, blocker: Callable[[], str | None]) -> None:
         """blocker() returns why a fault may not be cleared yet, or None."""
@@ -334,6 +342,8 @@ class SessionController:
         old = lamp.state
         lamp.state = new
         self._log.event(lamp.cfg.id, old.value, new.value, who, why, self._clock.wall())
+        if self.listeners:
+            self.listeners.publish(self._view(lamp, self._clock.monotonic()))
 
     # ---- deadlines and the scheduler ---------------------------------------------------
     def tick(self, now: float | None = None) -> float | None:

@@ -113,6 +113,30 @@ MIGRATIONS = [
     CREATE INDEX sessions_by_reason ON sessions (end_reason, started_at);
     CREATE INDEX sessions_open ON sessions (started_at) WHERE ended_at IS NULL;
     """,
+    # 5: the fleet's durable outbox. Triggers queue every ended session
+    # and every audit row in the same transaction that writes it, so a record cannot be
+    # committed without its outbox row (nothing lost across a broker outage or a restart).
+    # They fire only while the service runs with [mqtt] (outbox_switch), so a Pi without a
+    # broker keeps no backlog.
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('session','event')),
+        ref INTEGER NOT NULL
+    );
+    CREATE TABLE outbox_switch (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        enabled INTEGER NOT NULL
+    );
+    INSERT INTO outbox_switch (id, enabled) VALUES (1, 0);
+    CREATE TRIGGER outbox_session AFTER UPDATE OF ended_at ON sessions
+        WHEN old.ended_at IS NULL AND new.ended_at IS NOT NULL
+         AND (SELECT enabled FROM outbox_switch WHERE id = 1)
+        BEGIN INSERT INTO outbox (kind, ref) VALUES ('session', new.id); END;
+    CREATE TRIGGER outbox_event AFTER INSERT ON events
+        WHEN (SELECT enabled FROM outbox_switch WHERE id = 1)
+        BEGIN INSERT INTO outbox (kind, ref) VALUES ('event', new.id); END;
+    """,
 ]
 
 MIN_UTC = datetime.min.replace(tzinfo=timezone.utc)

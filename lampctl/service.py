@@ -41,7 +41,7 @@ class Service:
     """The running service: each part started in order, each close step guarded and logged.
 
     Start: config -> S16 lock -> relays OFF -> guards -> simulator -> usage log and
-    recovery -> accounts -> backstop -> controller -> E-stop -> scheduler -> web server
+    recovery -> accounts -> backstop -> controller -> E-stop -> scheduler -> MQTT -> web server
     -> READY=1 -> watchdog pings. Close: relays OFF and sessions `interrupted` first,
     then every part in reverse through an ExitStack; a step that raises is logged and
     the rest still run (Klipper's shutdown handlers), so whichever part fails, the
@@ -59,6 +59,7 @@ class Service:
         self.accounts = None
         self.backstop = None
         self.server = None
+        self.mqtt = None
         self.close_errors: list[str] = []
         self._leaving: threading.Event | None = None
         self._stop_pings = threading.Event()
@@ -90,6 +91,7 @@ class Service:
         self._open_usage_log(stack)
         self._open_accounts(stack)
         self._open_controller(stack, url)
+        self._open_mqtt(stack)
         self._open_web(stack)
         self._open_watchdog(stack)
 
@@ -162,6 +164,9 @@ class Service:
         from lampctl.store import UsageLog
 
         self.usage_log = usage_log = UsageLog(self.cfg.service.database, queue_size=self.cfg.service.log_queue)
+        from lampctl.outbox import set_enabled
+
+        set_enabled(self.cfg.service.database, self.cfg.mqtt is not None)  # before S4 recovery: those records count
         recovered = usage_log.recover_interrupted()
         if recovered:
             log.warning("S4: %d session(s) left open by the last run marked interrupted: %s",
@@ -210,6 +215,26 @@ class Service:
         self.relays.on_estop(controller.estop)
         controller.start_scheduler()
         self.on_close(stack, "scheduler", controller.stop_scheduler)
+
+    def _open_mqtt(self, stack: ExitStack) -> None:
+        """Fleet (optional [mqtt]): a client on its own threads; the lamps never wait for it (S9, S10)."""
+        if self.cfg.mqtt is None:
+            return
+        from lampctl.accounts import BUILTIN_USER
+        from lampctl.mqtt import MqttLink
+
+        try:
+            self.mqtt = link = MqttLink(self.cfg.mqtt, self.cfg.service.database, self.controller, self.accounts,
+                                        self.cfg.lamps, builtin_users=(BUILTIN_USER,))
+        except ImportError as exc:  # the lamps do not need the broker: serve, and keep the records in the outbox
+            log.error("[mqtt] is set but paho-mqtt cannot be loaded (%s): pip install 'lampctl[mqtt]'; "
+                      "records wait in the outbox until then", exc)
+            return
+        self.controller.add_listener(link.on_view)
+        link.start()
+        self.on_close(stack, "MQTT client", link.close)
+        self.on_close(stack, "lamp listeners", self.controller.listeners.close)
+        log.info("MQTT: node %s publishing to %s", self.cfg.mqtt.node, self.cfg.mqtt.url)
 
     def _open_web(self, stack: ExitStack) -> None:
         from lampctl.clocksync import ClockProbe

@@ -20,6 +20,8 @@ MAX_FUNCTION_LINES = 60
 ALLOWED_LAMPCTL_TO_WEB = {
     "lampctl.service": "`lampctl serve` builds the web app (create_app) for the service it runs; "
     "nothing else in lampctl may know that web exists.",
+    "lampctl.collector": "`lampctl collect` builds the fleet's web app (create_fleet_app) for the central log "
+    "it keeps, as `serve` does for the panel.",
 }
 # The controller decides when a lamp is on; it gets hardware, clock and log handed in.
 CORE = "lampctl.controller"

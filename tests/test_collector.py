@@ -1,0 +1,134 @@
+"""The collector: central log unique per (node, session id), its config, its pages, and a real broker."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from lampctl.central_log import BadRecord, CentralLog, check_record
+from lampctl.collector import Collector, load_collector_config
+from lampctl.config import ConfigError
+from lampctl.mqtt_testing import Broker, Listener, mosquitto_path
+from lampctl.testing import lampctl, wait_until
+from web.fleet import create_fleet_app
+
+
+def session(i: int, **more) -> dict:
+    return {"id": i, "lamp_id": "room1", "user": "ann", "started_at": f"2026-11-2{i % 5}T10:00:00.000Z",
+            "ended_at": f"2026-11-2{i % 5}T10:10:00.000Z", "planned_s": 600.0, "actual_s": 600.0,
+            "end_reason": "completed", "continues": None, **more}
+
+
+def test_central_log_replay_is_harmless(tmp_path):
+    central = CentralLog(tmp_path / "central.db")
+    rows = [("session", check_record("session", "n1", session(1))),
+            ("session", check_record("session", "n2", session(1)))]
+    assert central.write(rows) == 2
+    assert central.write(rows) == 0  # the same records again: nothing new
+    assert [(r["node"], r["id"]) for r in central.sessions()] == [("n1", 1), ("n2", 1)]
+    assert central.nodes() == ["n1", "n2"]
+    central.close()
+
+
+@pytest.mark.parametrize("record, words", [
+    ([1], "JSON object"),
+    (session(1, node="n2"), "names node"),
+    ({**session(1), "id": None}, "without 'id'"),
+    ({**session(1), "id": "1"}, "wrong type"),
+    ({**session(1), "planned_s": True}, "wrong type"),
+])
+def test_central_log_refuses_bad_records(record, words):
+    with pytest.raises(BadRecord, match=words):
+        check_record("session", "n1", record)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[collector]\n", "mqtt: missing"),
+    ('[mqtt]\nurl = "mqtt://b"\n[collector]\nbind = "nowhere"\n', "collector.bind"),
+    ('[mqtt]\nurl = "mqtt://b"\n[collector]\ncolour = 1\n', "collector.colour: unknown key"),
+    ('[mqtt]\nurl = "mqtt://b"\n[lamps]\n', "lamps: unknown key"),
+    ("[mqtt\n", "cannot read"),
+])
+def test_collector_config_errors(tmp_path, text, words):
+    path = tmp_path / "central.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=words):
+        load_collector_config(path)
+
+
+def test_collect_bad_config_exits_2_in_one_line(tmp_path):
+    path = tmp_path / "central.toml"
+    path.write_text('[mqtt]\nurl = "ws://b"\n')
+    proc = lampctl("collect", config=path, check=False)
+    assert proc.returncode == 2
+    assert "mqtt.url" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+class StubCollector:
+    def __init__(self, central):
+        self.central = central
+        self.status = {"n1": "online", "n2": "offline"}
+        self.stored = self.duplicates = self.rejected = 0
+        self.subscribed = threading.Event()
+
+    def fleet(self):
+        return [{"node": "n1", "lamp_id": "room1", "name": "Room 1", "state": "on", "remaining_s": 90,
+                 "user": "ann", "node_status": "online"},
+                {"node": "n2", "lamp_id": "room1", "name": "Room 1", "state": "off", "remaining_s": None,
+                 "user": None, "node_status": "offline"}]
+
+
+@pytest.fixture
+def pages(tmp_path):
+    central = CentralLog(tmp_path / "central.db")
+    central.write([("session", check_record("session", node, session(i))) for node in ("n1", "n2")
+                   for i in range(1, 4)])
+    yield create_fleet_app(StubCollector(central), {"TESTING": True}).test_client()
+    central.close()
+
+
+def test_fleet_pages_filter_by_node(pages):
+    text = pages.get("/log?node=n2").get_data(as_text=True)
+    assert text.count('data-node="n2"') == 3 and 'data-node="n1"' not in text
+    assert "6 sessions" in pages.get("/log").get_data(as_text=True)
+    csv_text = pages.get("/log.csv?node=n1").get_data(as_text=True)
+    assert csv_text.splitlines()[0].startswith("node,id,lamp_id") and len(csv_text.splitlines()) == 4
+    usage = pages.get("/usage?node=n1").get_data(as_text=True)
+    assert "<td>n1</td>" in usage and "<td>n2</td>" not in usage
+    fleet = pages.get("/").get_data(as_text=True)
+    assert "off (last known)" in fleet and 'data-node="n1"' in fleet
+
+
+def test_fleet_pages_bad_query_is_a_sentence_not_a_500(pages):
+    assert pages.get("/log?from=yesterday").status_code == 200
+    assert "is not an ISO-8601 date" in pages.get("/log?from=yesterday").get_data(as_text=True)
+    assert pages.get("/log.csv?to=soon").status_code == 400
+    assert pages.get("/log?page=abc").status_code == 200
+
+
+@pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)")
+def test_collector_stores_each_record_once_through_a_real_broker(tmp_path):
+    broker = Broker(tmp_path).start()
+    from lampctl.config_mqtt import MqttConfig
+
+    central = CentralLog(tmp_path / "central.db")
+    collector = Collector(MqttConfig(host="127.0.0.1", port=broker.port, tls=False, node="central"), central)
+    sender = Listener(broker.port, [])
+    try:
+        collector.start()
+        assert collector.subscribed.wait(10)
+        sender.publish("lampctl/n1/sessions", {**session(1), "node": "n1"})
+        for payload in ({**session(1), "node": "n1"}, {**session(2), "node": "n1"}, b"not json",
+                        {**session(3), "node": "n9"}):
+            sender.publish("lampctl/n1/sessions", payload if isinstance(payload, bytes) else json.dumps(payload))
+        wait_until(lambda: collector.stored == 2 and collector.duplicates == 1 and collector.rejected == 2, 10,
+                   "records committed")
+        sender.publish("lampctl/n1/events", {"id": 7, "at": "2026-11-25T10:00:00.000Z", "lamp_id": None,
+                                             "from_state": None, "to_state": None, "who": "system", "why": "hi"})
+        wait_until(lambda: collector.stored == 3, 10, "event committed")
+        assert [(r["node"], r["id"]) for r in central.sessions()] == [("n1", 2), ("n1", 1)]
+    finally:
+        sender.close()
+        collector.close()
+        broker.kill()

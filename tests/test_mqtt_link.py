@@ -1,0 +1,102 @@
+"""The node's MQTT client in process, against a real mosquitto: a dead broker changes nothing, records wait and arrive in order."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from lampctl.config_mqtt import MqttConfig
+from lampctl.mqtt import MqttLink
+from lampctl.mqtt_testing import Broker, Listener, mosquitto_path
+from lampctl.outbox import Outbox, set_enabled
+from lampctl.testing import free_port, wait_until
+from tests.conftest import pin_history
+
+pytestmark = pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)")
+
+
+@pytest.fixture
+def link_for(cfg, controller, accounts, users):
+    made = []
+
+    def make(port: int) -> MqttLink:
+        mqtt = MqttConfig(host="127.0.0.1", port=port, tls=False, node="n1", commands=True)
+        link = MqttLink(mqtt, cfg.service.database, controller, accounts, cfg.lamps, builtin_users=("cli",))
+        made.append(link)
+        link.start()
+        return link
+
+    set_enabled(cfg.service.database, True)
+    yield make
+    for link in made:
+        link.close()
+
+
+def test_s9_s10_dead_broker_changes_nothing_and_records_wait_across_a_restart(
+        tmp_path, cfg, controller, clock, factory, usage_log, link_for):
+    port = free_port()  # nothing listens here yet
+    link = link_for(port)
+    controller.add_listener(link.on_view)
+    for _ in range(3):
+        controller.start("room1", 30, "ann")
+        stopped = threading.Event()
+        threading.Thread(target=lambda done=stopped: (controller.stop("room1", "ann"), done.set()), daemon=True).start()
+        assert stopped.wait(2)  # a Stop never waits for the broker
+    assert pin_history(factory, 17) == [False] + [True, False] * 3
+    usage_log.flush(5)
+    waiting = Outbox(cfg.service.database).count()
+    assert waiting >= 3 + 6  # three sessions and their state changes
+    link.close()  # the service restarts while the broker is still away
+
+    broker = Broker(tmp_path, port=port).start()
+    listener = Listener(port, ["lampctl/n1/sessions", "lampctl/n1/events"])
+    try:
+        link_for(port)
+        listener.wait(lambda l: len(l.messages) >= waiting, 20, "every waiting record")
+        wait_until(lambda: Outbox(cfg.service.database).count() == 0, 10, "outbox emptied by acknowledgements")
+        sessions = [json.loads(p) for t, p, _ in listener.messages if t.endswith("sessions")]
+        assert [(s["id"], s["end_reason"], s["node"]) for s in sessions] == [(i, "stopped", "n1") for i in (1, 2, 3)]
+        events = [json.loads(p)["id"] for t, p, _ in listener.messages if t.endswith("events")]
+        assert events == sorted(events) and len(events) == len(set(events))  # in order, once
+    finally:
+        listener.close()
+        broker.kill()
+
+
+def test_state_retained_and_status_online(tmp_path, controller, clock, link_for):
+    broker = Broker(tmp_path).start()
+    try:
+        link = link_for(broker.port)
+        controller.add_listener(link.on_view)
+        listener = Listener(broker.port, ["lampctl/n1/#"])
+        listener.wait(lambda l: l.retained.get("lampctl/n1/status") == b"online", 10, "online")
+        controller.start("room2", 120, "ann")
+        listener.wait(lambda l: (l.latest_json("lampctl/n1/lamp/room2/state") or {}).get("state") == "on", 10, "on")
+        controller.extend("room2", 60, "ann")
+        listener.wait(lambda l: l.latest_json("lampctl/n1/lamp/room2/state")["planned_s"] == 180, 10, "extended")
+        link.close()  # a clean leave says offline itself (no last will then)
+        listener.wait(lambda l: l.retained.get("lampctl/n1/status") == b"offline", 10, "offline")
+        listener.close()
+    finally:
+        broker.kill()
+
+
+def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_path, controller, link_for,
+                                                                         monkeypatch):
+    import lampctl.mqtt as mqtt_mod
+
+    monkeypatch.setattr(mqtt_mod, "REFRESH_S", 0.2)
+    broker = Broker(tmp_path).start()
+    try:
+        link = link_for(broker.port)
+        controller.add_listener(link.on_view)
+        listener = Listener(broker.port, ["lampctl/n1/lamp/room1/state"])
+        controller.start("room1", 600, "ann")
+        listener.wait(lambda l: sum(json.loads(p)["state"] == "on" for _, p, _ in l.messages) >= 4, 10,
+                      "the state of a lamp that is on, again and again")
+        controller.stop("room1", "ann")
+        listener.wait(lambda l: l.latest_json("lampctl/n1/lamp/room1/state")["state"] == "off", 10, "off")
+        listener.close()
+    finally:
+        broker.kill()
