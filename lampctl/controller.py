@@ -6,6 +6,7 @@ import threading
 from datetime import timedelta
 from typing import Callable, Sequence
 
+from lampctl.alerts import Alerts, next_due, sounding
 from lampctl.config import LampConfig
 from lampctl.errors import BadDuration, Refused, Unavailable, UnknownLamp, backstop_refusal, check_seconds
 from lampctl.lamp import Lamp, LampState, LampView, Session, fmt_min, fmt_s, make_view
@@ -32,6 +33,7 @@ class SessionController:
         self._clock = clock
         self._log = usage_log
         self._backstop = backstop
+        self._alerts = Alerts(hardware)  # buzzers, sounded once the lock is released
         self._cond = threading.Condition(threading.RLock())
         self._reset_blockers: list[Callable[[], str | None]] = []
         self._scheduler: threading.Thread | None = None
@@ -194,6 +196,7 @@ class SessionController:
             self._log.event(None, None, None, user, why, self._clock.wall())
             return [self._view(lamp, now) for lamp in self._lamps]
 
+    @sounding
     def estop(self, who: str = "E-stop button", why: str = "E-stop pressed") -> list[LampView]:
         """S5: all off, sessions end `estop`, every lamp latched until an admin reset."""
         self._all_off()
@@ -202,6 +205,7 @@ class SessionController:
             self._latch(why, self._lamps, who)
             return [self._view(lamp, now) for lamp in self._lamps]
 
+    @sounding
     def fault(self, reason: str, lamp_id: str | None = None, who: str = "system", *,
               running_only: bool = False) -> list[str]:
         """S6: all relays off; running sessions end `fault`; latched until reset.
@@ -284,6 +288,7 @@ class SessionController:
                 lamp.fault_reason = reason
                 self._set_state(lamp, LampState.FAULT, who, reason)
                 self._log.fault_latched(lamp.cfg.id, reason, self._clock.wall())
+                self._alerts.add(lamp.index, "fault")
         log.error("fault latched: %s", reason)
 
     def _end(self, lamp: Lamp, reason: str, who: str, why: str, now: float, latch: bool = False) -> None:
@@ -307,6 +312,7 @@ class SessionController:
             lamp.cooldown_until = now + lamp.cfg.cooldown_s
         lamp.session = None
         self._set_state(lamp, nxt, who, f"{reason}: {why}")
+        self._alerts.ended(lamp.index, reason)
         if relay_error is not None:
             self._latch(f"relay of {lamp.cfg.name} could not be switched off: {relay_error}", [lamp], "system")
 
@@ -336,7 +342,7 @@ class SessionController:
         self._log.event(lamp.cfg.id, old.value, new.value, who, why, self._clock.wall())
 
     # ---- deadlines and the scheduler ---------------------------------------------------
-    def tick(self, now: float | None = None) -> float | None:
+    def _tick(self, now: float | None = None) -> float | None:
         """Act on every due deadline; return the next time something is due (monotonic)."""
         with self._cond:
             now = self._clock.monotonic() if now is None else now
@@ -348,7 +354,8 @@ class SessionController:
                 if lamp.state is LampState.COOLDOWN and now >= lamp.cooldown_until:
                     self._set_state(lamp, LampState.OFF, "system", "cooldown over")
                 if lamp.state is LampState.ON:
-                    nxt = lamp.session.deadline if nxt is None else min(nxt, lamp.session.deadline)
+                    self._alerts.warn_if_due(lamp.index, lamp.session, now)
+                    nxt = next_due(lamp.session) if nxt is None else min(nxt, next_due(lamp.session))
                 elif lamp.state is LampState.COOLDOWN:
                     nxt = lamp.cooldown_until if nxt is None else min(nxt, lamp.cooldown_until)
                 poll, fault = lamp.check_feedback(self._hw.feedback_on(lamp.index), now)
@@ -358,6 +365,8 @@ class SessionController:
                 if poll:
                     nxt = min(nxt, now + FEEDBACK_POLL_S) if nxt is not None else now + FEEDBACK_POLL_S
             return nxt
+
+    tick = sounding(_tick)
 
     def start_scheduler(self) -> threading.Thread:
         self._scheduler = threading.Thread(target=self._run_scheduler, name="lamp-scheduler", daemon=True)
@@ -379,7 +388,9 @@ class SessionController:
         try:
             with self._cond:
                 while not self._stopping:
-                    nxt = self.tick()
+                    nxt = self._tick()
+                    if self._alerts.sound_unlocked(self._cond):  # S10: the lock is free meanwhile; look again
+                        continue
                     now = self._clock.monotonic()
                     limit = now + MAX_IDLE_S
                     self._clock.wait(self._cond, max(0.0, min(nxt or limit, limit) - now))

@@ -33,6 +33,7 @@ class Session:
     # Time already used by the sessions this one continues (S18): it counts against max_minutes.
     prior_s: float = 0.0
     continues: int | None = None
+    warned_for: float | None = None  # the deadline whose one-minute warning has sounded
 
     @property
     def deadline(self) -> float:
