@@ -134,14 +134,15 @@ def test_panel_shows_cooldown_fault_and_firmware_banners(web, services, controll
     part = region(web.get("/panel/").data.decode(), "room2")
     assert 'data-state="cooldown"' in part and "Cooling down" in part and ">1:00</p>" in part
     assert act(web, "/panel/lamps/room2/start", minutes="10")[0].startswith("Room 2 is cooling down; it can start again in")
-    controller.fault("relay of Room 1 is stuck closed", "room1")
+    controller.fault("Room 1 is still powered after its relay was switched off (relay stuck closed)", "room1")
     part = region(web.get("/panel/").data.decode(), "room1")
-    assert 'data-state="fault"' in part and "relay of Room 1 is stuck closed. The lamp stays off until an admin" in part
+    assert 'data-state="fault"' in part and "relay" not in part  # developer words go to the events page
+    assert "This lamp may still be powered although it was switched off. Switch it off at the wall now" in part
     assert "Reset fault" not in part  # practitioners cannot reset
     assert "an admin must reset it" in act(web, "/panel/lamps/room1/start", minutes="10")[0]
     services.firmware_status = lambda: "lost"
     html = web.get("/panel/").data.decode()
-    assert 'class="banner banner-firmware" role="alert">Link to the safety microcontroller lost' in html
+    assert 'class="banner banner-firmware" role="alert">The safety controller is not answering' in html
     assert web.get("/panel/state.json").get_json()["firmware"] == "lost"
 
 
@@ -157,10 +158,10 @@ def test_root_redirects_to_the_panel(web):
 
 def test_s18_panel_form_accepts_new_patient(web, controller, clock, usage_log):
     for _ in range(2):  # room1's limit is 60 min: two sessions of 30 for one patient
-        act(web, "/panel/lamps/room1/start", minutes="30")
+        act(web, "/panel/lamps/room1/start", minutes="30", new_patient="0")
         clock.advance(30 * 60)
         controller.tick()
-    assert act(web, "/panel/lamps/room1/start", minutes="10")[0].startswith(
+    assert act(web, "/panel/lamps/room1/start", minutes="10", new_patient="0")[0].startswith(
         "Room 1 has already run 60 min for this patient")
     assert act(web, "/panel/lamps/room1/start", minutes="10", new_patient="1") == ["Room 1 started for 10 min."]
     assert act(web, "/panel/lamps/room2/start", minutes="10", new_patient="maybe") == [
