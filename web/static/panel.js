@@ -99,7 +99,8 @@
     if (!box) return;
     const list = serverBanners.slice();
     if (offline) {
-      const since = new Date(Date.now() - (performance.now() - lastGood)).toLocaleTimeString();
+      const since = new Date(Date.now() - (performance.now() - lastGood)).toLocaleTimeString(
+        document.documentElement.lang, { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
       list.unshift({ kind: "offline", text: fill(words.noContact, { time: since }) });
     }
     const html = list.map(function (b) { return b.kind + "\u0000" + b.text; }).join("\u0001");
@@ -121,7 +122,7 @@
     regions.forEach(function (el, id) {
       el.toggleAttribute("data-stale", value);
       const lamp = lamps.get(id);
-      if (lamp) setField(el, "label", value ? words.lastKnown + " · " + lamp.label : lamp.label);
+      if (lamp) setField(el, "label", value ? words.lastKnown : lamp.label);
     });
     renderBanners();
     draw();
