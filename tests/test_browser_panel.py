@@ -190,3 +190,82 @@ def test_browser_continuation_question_without_javascript(browser, service):
         context.close()
     status, body = service.get("/api/sessions", token=service.tokens["admin"])
     assert body["sessions"][-1]["continues"] == body["sessions"][-2]["id"]
+
+
+def test_browser_frozen_service_shows_no_contact_and_an_undeliverable_stop(browser, tmp_path_factory):
+    """Item 2: `lampctl serve` frozen with SIGSTOP must never look like a heating lamp."""
+    from playwright.sync_api import expect
+
+    svc = _service(tmp_path_factory, "frozen")
+    context, page = new_page(browser, TABLET)
+    try:
+        log_in(page, svc.url, "ann", "2468")
+        room2 = page.get_by_role("region", name="Room 2")
+        room2.get_by_role("button", name="10 min").click()
+        expect(room2).to_have_attribute("data-state", "on")
+        _polled(page)
+        svc.signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        alert = page.get_by_role("alert").filter(has_text=re.compile(r"^No contact with the lamp controller"))
+        expect(alert).to_be_visible(timeout=4500)
+        took = time.monotonic() - frozen_at
+        print(f"no-contact alert after {took:.2f} s")
+        assert took < 4.5
+        expect(alert).to_contain_text("safety timer")
+        expect(alert).to_contain_text("wall switch or the E-stop")
+        expect(room2).to_have_attribute("data-stale", "")
+        expect(room2.locator(".lamp-state")).to_have_text("Last known")
+        clock = room2.get_by_role("timer").inner_text()
+        shot(page, "frozen")
+        room2.get_by_role("button", name="Stop").click()
+        expect(page.locator("#messages")).to_have_text(re.compile(r"^Stop could NOT be delivered"), timeout=1000)
+        assert room2.get_by_role("timer").inner_text() == clock  # a last known clock does not count down
+        svc.signal(signal.SIGCONT)
+        expect(alert).to_have_count(0, timeout=8000)
+        expect(room2).not_to_have_attribute("data-stale", "")
+        assert page.console_errors == []
+    finally:
+        context.close()
+        svc.signal(signal.SIGCONT)
+        svc.stop()
+
+
+def test_browser_idle_lock_keeps_stop_and_a_quick_switch_unlocks(browser, tmp_path_factory):
+    """Item 6: a locked panel can always stop a lamp, never start one; tap your name and PIN to take over."""
+    from playwright.sync_api import expect
+
+    svc = _service(tmp_path_factory, "locking", extra="[panel]\nlock_after_s = 3\n")
+    for viewport in (browser_kit.PHONE, TABLET):
+        context, page = new_page(browser, viewport)
+        try:
+            log_in(page, svc.url, "ann", "2468")
+            room2 = page.get_by_role("region", name="Room 2")
+            room2.get_by_role("button", name="10 min").click()
+            expect(room2).to_have_attribute("data-state", "on")
+            before = button_boxes(page)
+            expect(page.locator("#lock-note")).to_be_visible(timeout=8000)
+            expect(room2.get_by_role("button", name="+5 min")).to_be_disabled()
+            for name in ("10 min", "15 min"):
+                expect(page.get_by_role("region", name="Room 1").get_by_role("button", name="6 s")).to_be_disabled()
+                expect(room2.get_by_role("button", name=name)).to_be_disabled()
+            expect(room2.get_by_role("button", name="Stop")).to_be_enabled()
+            assert button_boxes(page) == before, "the lock moved a button"
+            shot(page, "locked")
+            room2.get_by_role("button", name="Stop").click()
+            expect(page.locator("#messages")).to_have_text("Room 2 stopped.")
+            expect(room2.get_by_role("button", name="10 min")).to_be_disabled()  # a Stop does not unlock
+            page.get_by_role("link", name="unlock with your PIN").click()
+            page.get_by_text("bob", exact=True).click()
+            page.get_by_label("PIN").fill("1357")
+            shot(page, "switch")
+            page.get_by_role("button", name="Unlock").click()
+            expect(page.locator("#messages")).to_have_text("The panel now works under bob.")
+            expect(page.locator("#lock-note")).to_be_hidden()
+            room2.get_by_role("button", name="10 min").click()
+            expect(room2.locator(".lamp-note")).to_contain_text("Started by bob")
+            page.get_by_role("button", name="Stop all").click()
+            expect(page.locator("#messages")).to_have_text("All lamps stopped.")
+            assert page.console_errors == []
+        finally:
+            context.close()
+    svc.stop()

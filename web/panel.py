@@ -34,8 +34,9 @@ def preset_label(minutes: float) -> str:
 def _running_info(view, d: dict, locked: bool) -> None:
     max_s = view.max_minutes * 60
     left = view.extend_left_s or 0.0
-    d["extend_ok"] = not locked and s3_allows(max_s - left + EXTEND_S, max_s)
-    if d["extend_ok"]:
+    room = s3_allows(max_s - left + EXTEND_S, max_s)
+    d["extend_ok"] = room and not locked
+    if room:
         more = gettext("%(left)s more may be added", left=seconds_text(left))
     else:
         more = gettext("at its %(limit)s limit: no more time can be added", limit=d["limit"])
