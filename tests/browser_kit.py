@@ -92,7 +92,7 @@ def overflowing(page) -> list[str]:
       document.querySelectorAll('button, .btn, a, th, td, h1, h2, label, .lamp, .lamp-state, .countdown, p, li, svg')
         .forEach(el => {
           const r = el.getBoundingClientRect();
-          if (r.width === 0 || getComputedStyle(el).visibility === 'hidden') return;
+          if (r.width <= 2 || getComputedStyle(el).visibility === 'hidden') return;  // hidden, or for screen readers only
           // A button or a clock that clips its text counts too (they hide their overflow).
           const clips = el.matches('button, .btn, .countdown');
           if (el.scrollWidth > el.clientWidth + 1 && (clips || getComputedStyle(el).overflowX === 'visible')
