@@ -232,9 +232,16 @@ def test_browser_frozen_service_shows_no_contact_and_an_undeliverable_stop(brows
 
 def test_browser_idle_lock_keeps_stop_and_a_quick_switch_unlocks(browser, tmp_path_factory):
     """Item 6: a locked panel can always stop a lamp, never start one; tap your name and PIN to take over."""
+    svc = _service(tmp_path_factory, "locking", extra="[panel]\nlock_after_s = 3\n")
+    try:
+        _lock_and_switch(browser, svc)
+    finally:
+        svc.stop()
+
+
+def _lock_and_switch(browser, svc) -> None:
     from playwright.sync_api import expect
 
-    svc = _service(tmp_path_factory, "locking", extra="[panel]\nlock_after_s = 3\n")
     for viewport in (browser_kit.PHONE, TABLET):
         context, page = new_page(browser, viewport)
         try:
@@ -268,4 +275,3 @@ def test_browser_idle_lock_keeps_stop_and_a_quick_switch_unlocks(browser, tmp_pa
             assert page.console_errors == []
         finally:
             context.close()
-    svc.stop()
