@@ -294,3 +294,26 @@ def test_panel_in_german_and_chinese(web):
     assert resp.status_code == 303 and resp.headers["Location"] == "/panel/"
     assert '<html lang="de">' in web.get("/panel/").data.decode()
     assert web.get("/language/fr").status_code == 404
+
+
+def test_panel_marks_the_last_minute_of_a_session(web, clock):
+    act(web, "/panel/lamps/room1/start", minutes="10")
+    clock.advance(539)
+    assert web.get("/panel/state.json").get_json()["lamps"][0]["warning"] is False
+    clock.advance(1)
+    assert web.get("/panel/state.json").get_json()["lamps"][0]["warning"] is True
+    assert '<section class="lamp warning" id="lamp-room1"' in web.get("/panel/").data.decode()
+
+
+def test_secure_cookies_setting_marks_the_login_cookie_secure(services, cfg, users):
+    from dataclasses import replace
+
+    services.config = replace(cfg, service=replace(cfg.service, secure_cookies=True))
+    app = create_app(services, {"TESTING": True, "SECRET_KEY": "k"})
+    assert app.config["SESSION_COOKIE_SECURE"] is True
+    client = app.test_client()
+    client.get("/login")
+    with client.session_transaction() as sess:
+        token = sess["csrf_token"]
+    resp = client.post("/login", data={"name": "ann", "pin": "2468", "csrf_token": token})
+    assert resp.status_code == 303 and "Secure" in resp.headers["Set-Cookie"]
