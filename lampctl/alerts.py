@@ -77,13 +77,18 @@ def next_due(session) -> float:
 
 
 def sounding(method):
-    """A controller method after which the buzzers it asked for sound (its lock is released by then)."""
+    """A controller method after which the buzzers it asked for sound (its lock is released by then).
+
+    Not in the scheduler's own thread: it holds the lock around tick() and sounds them itself with
+    the lock released (Alerts.sound_unlocked).
+    """
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         finally:
-            self._alerts.sound()
+            if threading.current_thread() is not getattr(self, "_scheduler", None):
+                self._alerts.sound()
 
     return call

@@ -342,7 +342,8 @@ class SessionController:
         self._log.event(lamp.cfg.id, old.value, new.value, who, why, self._clock.wall())
 
     # ---- deadlines and the scheduler ---------------------------------------------------
-    def _tick(self, now: float | None = None) -> float | None:
+    @sounding
+    def tick(self, now: float | None = None) -> float | None:
         """Act on every due deadline; return the next time something is due (monotonic)."""
         with self._cond:
             now = self._clock.monotonic() if now is None else now
@@ -366,8 +367,6 @@ class SessionController:
                     nxt = min(nxt, now + FEEDBACK_POLL_S) if nxt is not None else now + FEEDBACK_POLL_S
             return nxt
 
-    tick = sounding(_tick)
-
     def start_scheduler(self) -> threading.Thread:
         self._scheduler = threading.Thread(target=self._run_scheduler, name="lamp-scheduler", daemon=True)
         self._scheduler.start()
@@ -388,7 +387,7 @@ class SessionController:
         try:
             with self._cond:
                 while not self._stopping:
-                    nxt = self._tick()
+                    nxt = self.tick()
                     if self._alerts.sound_unlocked(self._cond):  # S10: the lock is free meanwhile; look again
                         continue
                     now = self._clock.monotonic()
