@@ -396,4 +396,5 @@ class SessionController:
         except BaseException as exc:
             # S6: a dead scheduler could miss a deadline, so nothing may stay on.
             self.fault(f"scheduler died: {type(exc).__name__}: {exc}")
+            self._alerts.sound()  # this thread's own fault(): the decorator leaves sounding to it
             raise

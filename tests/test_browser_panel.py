@@ -141,7 +141,8 @@ def test_browser_limit_disables_what_it_forbids_and_the_continuation_question(br
 
         # Room 1's limit is 1 min: after a 6 s session, 57 s more for the same patient would pass it.
         room1.get_by_role("button", name="6 s").click()
-        expect(room1.get_by_role("button", name="+5 min")).to_be_disabled()
+        expect(room1).to_have_attribute("data-state", "on")
+        expect(room1.get_by_role("button", name="+5 min")).to_be_disabled()  # 5 min would pass the 1 min limit
         expect(room1).to_have_attribute("data-state", "off", timeout=15_000)
         expect(room1.locator(".lamp-note")).to_contain_text(re.compile(r"The same patient has 5\d s left of 1 min"))
         room1.get_by_role("button", name="57 s").click()
