@@ -56,9 +56,10 @@ def new_page(browser, viewport: dict, **options):
     return context, page
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, *, full_page: bool = True) -> None:
+    """A screenshot to look at; full_page=False shows what is on screen (fixed overlays as the user sees them)."""
     SHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}-{size_name(page.viewport_size)}.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / f"{name}-{size_name(page.viewport_size)}.png"), full_page=full_page)
 
 
 def log_in(page, base: str, name: str, pin: str) -> None:
