@@ -218,6 +218,8 @@ def test_browser_frozen_service_shows_no_contact_and_an_undeliverable_stop(brows
         expect(alert).to_contain_text("wall switch or the E-stop")
         expect(room2).to_have_attribute("data-stale", "")
         expect(room2.locator(".lamp-state")).to_have_text("Last known")
+        expect(page.get_by_role("region", name="Room 1").get_by_role("button", name="6 s")).to_be_disabled()
+        expect(room2.get_by_role("button", name="+5 min")).to_be_disabled()
         clock = room2.get_by_role("timer").inner_text()
         shot(page, "frozen")
         room2.get_by_role("button", name="Stop").click()

@@ -123,6 +123,8 @@
       el.toggleAttribute("data-stale", value);
       const lamp = lamps.get(id);
       if (lamp) setField(el, "label", value ? words.lastKnown : lamp.label);
+      // Nothing can start without contact; Stop stays tappable (and says at once that it was not delivered).
+      el.querySelectorAll("[data-ok]").forEach(function (b) { b.disabled = value || !(lamp && lamp[b.dataset.ok]); });
     });
     renderBanners();
     draw();
