@@ -18,7 +18,7 @@
   const warned = new Map(); // lamp id -> the deadline whose one-minute warning was given
   let audio = null;
   let lastGood = performance.now();
-  let serverOffset = 0; // server wall clock minus ours, in seconds, from the last poll
+  let serverOffset = null; // server wall clock minus ours, in seconds, from the last poll (null: none yet)
   let offline = false;
   let serverBanners = Array.from(document.querySelectorAll("#banners .banner")).map(function (b) {
     return { kind: b.className.replace(/.*banner-/, ""), text: b.textContent };
@@ -269,7 +269,8 @@
     const isStop = form.hasAttribute("data-stop");
     if (isStop && offline) showMessage(words.stopUndelivered, false); // say so at once, and still try
     const body = new FormData(form, ev.submitter || null);
-    if (!isStop) body.set("sent_at", (Date.now() / 1000 + serverOffset).toFixed(3));
+    // On the server's clock, so a start that sat in a stalled connection is refused when it finally arrives.
+    if (!isStop && serverOffset !== null) body.set("sent_at", (Date.now() / 1000 + serverOffset).toFixed(3));
     const buttons = form.querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
     const sent = performance.now();
