@@ -3,26 +3,26 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Callable, Sequence
 
+from lampctl.alerts import Alerts, next_due, sounding
 from lampctl.config import LampConfig
 from lampctl.errors import BadDuration, Refused, Unavailable, UnknownLamp, backstop_refusal, check_seconds
 from lampctl.lamp import Lamp, LampState, LampView, Session, fmt_min, fmt_s, make_view
 from lampctl.listeners import Listeners
 from lampctl.ports import Backstop, Clock, Hardware
 from lampctl.safety import s3_allows, s7_backstop_ms
+from lampctl.scheduler import SchedulerThread
 
 __all__ = ["SessionController", "Refused", "UnknownLamp", "BadDuration", "Unavailable", "LampView", "LampState"]
 
 log = logging.getLogger(__name__)
 
 FEEDBACK_POLL_S = 0.1
-# The scheduler wakes at least this often so its liveness can be watched.
-MAX_IDLE_S = 1.0
 
 
-class SessionController:
+class SessionController(SchedulerThread):
     """Starts, extends and ends timed sessions; every path that ends one turns the relay off first."""
 
     def __init__(self, lamps: Sequence[LampConfig], hardware: Hardware, clock: Clock, usage_log,
@@ -33,6 +33,7 @@ class SessionController:
         self._clock = clock
         self._log = usage_log
         self._backstop = backstop
+        self._alerts = Alerts(hardware)  # buzzers, sounded once the lock is released
         self._cond = threading.Condition(threading.RLock())
         self._reset_blockers: list[Callable[[], str | None]] = []
         self.listeners = Listeners()
@@ -198,6 +199,7 @@ class SessionController:
             self._log.event(None, None, None, user, why, self._clock.wall())
             return [self._view(lamp, now) for lamp in self._lamps]
 
+    @sounding
     def estop(self, who: str = "E-stop button", why: str = "E-stop pressed") -> list[LampView]:
         """S5: all off, sessions end `estop`, every lamp latched until an admin reset."""
         self._all_off()
@@ -206,6 +208,7 @@ class SessionController:
             self._latch(why, self._lamps, who)
             return [self._view(lamp, now) for lamp in self._lamps]
 
+    @sounding
     def fault(self, reason: str, lamp_id: str | None = None, who: str = "system", *,
               running_only: bool = False) -> list[str]:
         """S6: all relays off; running sessions end `fault`; latched until reset.
@@ -292,6 +295,7 @@ class SessionController:
                 lamp.fault_reason = reason
                 self._set_state(lamp, LampState.FAULT, who, reason)
                 self._log.fault_latched(lamp.cfg.id, reason, self._clock.wall())
+                self._alerts.add(lamp.index, "fault")
         log.error("fault latched: %s", reason)
 
     def _end(self, lamp: Lamp, reason: str, who: str, why: str, now: float, latch: bool = False) -> None:
@@ -315,6 +319,7 @@ class SessionController:
             lamp.cooldown_until = now + lamp.cfg.cooldown_s
         lamp.session = None
         self._set_state(lamp, nxt, who, f"{reason}: {why}")
+        self._alerts.ended(lamp.index, reason)
         if relay_error is not None:
             self._latch(f"relay of {lamp.cfg.name} could not be switched off: {relay_error}", [lamp], "system")
 
@@ -346,6 +351,7 @@ class SessionController:
             self.listeners.publish(self._view(lamp, self._clock.monotonic()))
 
     # ---- deadlines and the scheduler ---------------------------------------------------
+    @sounding
     def tick(self, now: float | None = None) -> float | None:
         """Act on every due deadline; return the next time something is due (monotonic)."""
         with self._cond:
@@ -358,7 +364,8 @@ class SessionController:
                 if lamp.state is LampState.COOLDOWN and now >= lamp.cooldown_until:
                     self._set_state(lamp, LampState.OFF, "system", "cooldown over")
                 if lamp.state is LampState.ON:
-                    nxt = lamp.session.deadline if nxt is None else min(nxt, lamp.session.deadline)
+                    self._alerts.warn_if_due(lamp.index, lamp.session, now)
+                    nxt = next_due(lamp.session) if nxt is None else min(nxt, next_due(lamp.session))
                 elif lamp.state is LampState.COOLDOWN:
                     nxt = lamp.cooldown_until if nxt is None else min(nxt, lamp.cooldown_until)
                 poll, fault = lamp.check_feedback(self._hw.feedback_on(lamp.index), now)
@@ -368,32 +375,3 @@ class SessionController:
                 if poll:
                     nxt = min(nxt, now + FEEDBACK_POLL_S) if nxt is not None else now + FEEDBACK_POLL_S
             return nxt
-
-    def start_scheduler(self) -> threading.Thread:
-        self._scheduler = threading.Thread(target=self._run_scheduler, name="lamp-scheduler", daemon=True)
-        self._scheduler.start()
-        return self._scheduler
-
-    def stop_scheduler(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._scheduler is not None and self._scheduler is not threading.current_thread():
-            self._scheduler.join(5)
-
-    @property
-    def scheduler_alive(self) -> bool:
-        return self._scheduler is not None and self._scheduler.is_alive()
-
-    def _run_scheduler(self) -> None:
-        try:
-            with self._cond:
-                while not self._stopping:
-                    nxt = self.tick()
-                    now = self._clock.monotonic()
-                    limit = now + MAX_IDLE_S
-                    self._clock.wait(self._cond, max(0.0, min(nxt or limit, limit) - now))
-        except BaseException as exc:
-            # S6: a dead scheduler could miss a deadline, so nothing may stay on.
-            self.fault(f"scheduler died: {type(exc).__name__}: {exc}")
-            raise

@@ -33,6 +33,7 @@ class Session:
     # Time already used by the sessions this one continues (S18): it counts against max_minutes.
     prior_s: float = 0.0
     continues: int | None = None
+    warned_for: float | None = None  # the deadline whose one-minute warning has sounded
 
     @property
     def deadline(self) -> float:
@@ -129,12 +130,13 @@ class LampView:
     continue_left_s: float | None = None
     continues: int | None = None
     feedback_on: bool | None = None
+    extend_left_s: float | None = None  # while on: what may still be added before max_minutes (S3)
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in (
             "id", "name", "state", "relay_on", "remaining_s", "session_id", "max_minutes", "default_minutes",
             "planned_s", "user", "cooldown_remaining_s", "fault_reason", "continue_left_s", "continues",
-            "feedback_on")}
+            "feedback_on", "extend_left_s")}
         d["presets"] = list(self.presets)
         return d
 
@@ -154,6 +156,7 @@ def make_view(lamp: Lamp, now: float, relay_on: bool, feedback_on: bool | None) 
         continue_left_s=lamp.continue_left_s(now),
         continues=session.continues if session else None,
         feedback_on=feedback_on,
+        extend_left_s=round(max(0.0, lamp.cfg.max_s - session.prior_s - session.planned_s), 3) if session else None,
     )
 
 

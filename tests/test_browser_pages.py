@@ -2,42 +2,17 @@
 from __future__ import annotations
 
 import csv
-import os
 import re
-from pathlib import Path
 
 import pytest
 
+from tests import browser_kit
+from tests.browser_kit import PHONE, TABLET, log_in, new_page, shot
+from tests.browser_kit import size_name as _size
 from tests.procs import TWO_LAMPS, ServiceProcess, add_users, service_config
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SHOTS = Path(__file__).resolve().parent / "screenshots"
-TABLET = {"width": 1024, "height": 768}
-PHONE = {"width": 390, "height": 844}
-
-
-def _size(viewport: dict) -> str:
-    return f"{viewport['width']}x{viewport['height']}"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+browser = browser_kit.browser  # the shared fixture
 
 
 @pytest.fixture(scope="module")
@@ -51,33 +26,6 @@ def service(tmp_path_factory):
         yield svc
     finally:
         svc.stop()
-
-
-def new_page(browser, viewport: dict):
-    context = browser.new_context(viewport=viewport, accept_downloads=True)
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    errors: list[str] = []
-    # A CSP violation or a script error shows up as a console error: none is allowed.
-    # (A refused action's 4xx also logs "Failed to load resource"; that one is expected.)
-    page.on("console", lambda msg: errors.append(msg.text)
-            if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.console_errors = errors
-    return context, page
-
-
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}-{_size(page.viewport_size)}.png"), full_page=True)
-
-
-def log_in(page, base: str, name: str, pin: str) -> None:
-    page.goto(base + "/login")
-    page.get_by_label("Name").fill(name)
-    page.get_by_label("PIN").fill(pin)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r".*/panel/$"))
 
 
 def test_browser_practitioner_runs_a_session_to_its_end_and_stops_another(browser, service):
@@ -118,6 +66,12 @@ def test_browser_practitioner_runs_a_session_to_its_end_and_stops_another(browse
         expect(clock).to_have_text("Off")
 
         room1.get_by_role("button", name="10 min").click()
+        # Within the rest window the panel asks once whether this is the same patient (S18).
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("same patient or a new patient?")
+        shot(page, "panel-ask")
+        dialog.get_by_role("button", name=re.compile(r"^Same patient \(29 min 5\d s left\)$")).click()
+        expect(dialog).to_have_count(0)
         expect(room1).to_have_attribute("data-state", "on")
         expect(clock).to_have_text(re.compile(r"(10:00|9:5\d)"))
         room1.get_by_role("button", name="+5 min").click()
@@ -127,9 +81,10 @@ def test_browser_practitioner_runs_a_session_to_its_end_and_stops_another(browse
         for _ in range(2):
             room1.get_by_role("button", name="+5 min").click()
         expect(page.locator("#messages")).to_have_text(re.compile(r"25:00 left|24:5\d left"))
-        room1.get_by_role("button", name="+5 min").click()
-        expect(page.locator("#messages")).to_have_text(re.compile(r"would pass its limit of 30 min"))
-        shot(page, "panel-refused")
+        # At the limit +5 min is disabled and the note says so, instead of a refusal after the tap.
+        expect(room1.get_by_role("button", name="+5 min")).to_be_disabled()
+        expect(room1.locator(".lamp-note")).to_contain_text("at its 30 min limit: no more time can be added")
+        shot(page, "panel-at-limit")
         room1.get_by_role("button", name="Stop").click()
         expect(room1).to_have_attribute("data-state", "off")
         expect(page.locator("#messages")).to_have_text(re.compile("Room 1"))
@@ -207,7 +162,7 @@ def test_browser_five_wrong_pins_lock_the_name_out(browser, service):
     context, page = new_page(browser, PHONE)
     try:
         page.goto(service.url + "/login")
-        for attempt in range(5):
+        for _ in range(5):
             page.get_by_label("Name").fill("ann")
             page.get_by_label("PIN").fill("9999")
             page.get_by_role("button", name="Log in").click()

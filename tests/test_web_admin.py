@@ -220,7 +220,7 @@ def test_bulb_hours_warn_within_ten_percent_and_replacement_resets(web, usage_lo
     page = web.get("/admin/bulbs").data.decode()
     assert '<tr data-lamp="room1" class="bulb-ok">' in page
     assert '<tr data-lamp="room2" class="bulb-warn">' in page and "Within 10 % of its rated life" in page
-    resp = post(web, "/admin/bulbs/room2/replaced")
+    resp = post(web, "/admin/bulbs/room2/replaced", confirm="1")
     assert resp.status_code == 303
     assert flashes(web, "/admin/bulbs") == ["Room 2: bulb replacement recorded after 4501.0 h; its count starts again at 0."]
     [b1, b2] = reports.bulb_hours(usage_log.path, cfg.lamps)
@@ -261,7 +261,7 @@ def test_users_add_reset_pin_role_and_remove(web, accounts, usage_log, clock):
     assert accounts.user("bea")["role"] == "admin"
     post(web, "/admin/users/bea/role", role="king")
     assert flashes(web, "/admin/users")[-1] == "Role 'king' is not one of: practitioner, admin."
-    post(web, "/admin/users/bea/remove")
+    post(web, "/admin/users/bea/remove", confirm="1")
     assert accounts.user("bea") is None
     usage_log.flush(2)
     whys = [e["why"] for e in usage_log.events() if e["who"] == "admin"]
@@ -307,10 +307,10 @@ def test_fault_reset_from_the_lamps_page(web, controller, usage_log):
     controller.fault("relay of Room 1 is stuck closed", "room1")
     page = web.get("/admin/lamps").data.decode()
     assert "relay of Room 1 is stuck closed" in page and 'aria-label="Reset fault of Room 1"' in page
-    assert post(web, "/admin/lamps/room1/reset").headers["Location"] == "/admin/lamps"
+    assert post(web, "/admin/lamps/room1/reset", confirm="1").headers["Location"] == "/admin/lamps"
     assert controller.lamp("room1").state == "off"
     assert flashes(web, "/admin/lamps") == ["Room 1: fault cleared; the lamp is off and ready."]
-    post(web, "/admin/lamps/room1/reset", next="panel")
+    post(web, "/admin/lamps/room1/reset", next="panel", confirm="1")
     assert flashes(web, "/panel/") == ["Room 1 has no latched fault to clear."]
     usage_log.flush(2)
     assert any(e["why"].startswith("fault cleared") and e["who"] == "admin" for e in usage_log.events())
@@ -342,3 +342,21 @@ def test_api_sessions_extreme_compact_or_bad_bounds_never_500(web, controller, c
         assert resp.get_json()["error"].endswith("."), query
     assert web.get("/admin/log?from=0001-01-01&to=9999-12-31").status_code == 200
     assert web.get("/admin/log?to=" + "9" * 400).status_code == 400
+
+
+def test_bulb_remove_and_reset_ask_first_without_javascript(web, controller, accounts, usage_log):
+    controller.fault("firmware link lost: no reply for 1.50 s", "room1")
+    usage_log.flush(2)
+    page = web.get("/admin/lamps").data.decode()
+    assert re.search(r"<time datetime=[^>]+>\d{4}-\d\d-\d\d \d\d:\d\d[^<]*</time>: firmware link lost", page)
+    for path, question, button in (
+            ("/admin/lamps/room1/reset", "Reset the fault of Room 1?", "Yes, reset fault"),
+            ("/admin/bulbs/room2/replaced", "Record a new bulb in Room 2?", "Yes, bulb replaced"),
+            ("/admin/users/ann/remove", "Remove ann?", "Yes, remove ann")):
+        resp = post(web, path)
+        html = resp.data.decode()
+        assert resp.status_code == 200 and f"<h1 id=\"confirm-q\">{question}</h1>" in html, path
+        assert '<input type="hidden" name="confirm" value="1">' in html and f">{button}</button>" in html
+    assert "Latched since" in post(web, "/admin/lamps/room1/reset").data.decode()
+    assert controller.lamp("room1").state == "fault" and accounts.user("ann") is not None
+    assert "bulb replaced" not in [e["why"][:13] for e in usage_log.events()]

@@ -134,14 +134,15 @@ def test_panel_shows_cooldown_fault_and_firmware_banners(web, services, controll
     part = region(web.get("/panel/").data.decode(), "room2")
     assert 'data-state="cooldown"' in part and "Cooling down" in part and ">1:00</p>" in part
     assert act(web, "/panel/lamps/room2/start", minutes="10")[0].startswith("Room 2 is cooling down; it can start again in")
-    controller.fault("relay of Room 1 is stuck closed", "room1")
+    controller.fault("Room 1 is still powered after its relay was switched off (relay stuck closed)", "room1")
     part = region(web.get("/panel/").data.decode(), "room1")
-    assert 'data-state="fault"' in part and "relay of Room 1 is stuck closed. The lamp stays off until an admin" in part
+    assert 'data-state="fault"' in part and "relay" not in part  # developer words go to the events page
+    assert "This lamp may still be powered although it was switched off. Switch it off at the wall now" in part
     assert "Reset fault" not in part  # practitioners cannot reset
     assert "an admin must reset it" in act(web, "/panel/lamps/room1/start", minutes="10")[0]
     services.firmware_status = lambda: "lost"
     html = web.get("/panel/").data.decode()
-    assert 'class="banner banner-firmware" role="alert">Link to the safety microcontroller lost' in html
+    assert 'class="banner banner-firmware" role="alert">The safety controller is not answering' in html
     assert web.get("/panel/state.json").get_json()["firmware"] == "lost"
 
 
@@ -157,10 +158,10 @@ def test_root_redirects_to_the_panel(web):
 
 def test_s18_panel_form_accepts_new_patient(web, controller, clock, usage_log):
     for _ in range(2):  # room1's limit is 60 min: two sessions of 30 for one patient
-        act(web, "/panel/lamps/room1/start", minutes="30")
+        act(web, "/panel/lamps/room1/start", minutes="30", new_patient="0")
         clock.advance(30 * 60)
         controller.tick()
-    assert act(web, "/panel/lamps/room1/start", minutes="10")[0].startswith(
+    assert act(web, "/panel/lamps/room1/start", minutes="10", new_patient="0")[0].startswith(
         "Room 1 has already run 60 min for this patient")
     assert act(web, "/panel/lamps/room1/start", minutes="10", new_patient="1") == ["Room 1 started for 10 min."]
     assert act(web, "/panel/lamps/room2/start", minutes="10", new_patient="maybe") == [
@@ -178,3 +179,141 @@ def test_panel_estop_latches_every_lamp_and_answers_recorded(web, controller, fa
     assert pin_history(factory, 17) == [False, True, False]
     assert [s["end_reason"] for s in usage_log.sessions()] == ["estop"]
     assert web.post("/panel/estop").status_code == 400  # no CSRF token
+
+
+# ---- the continuation question (S18), the limit, the idle lock, the quick switch ---------------------------
+def test_s18_panel_asks_same_or_new_patient_once_without_js(web, controller, clock, usage_log):
+    act(web, "/panel/lamps/room1/start", minutes="10")
+    clock.advance(600)
+    controller.tick()
+    resp = post(web, "/panel/lamps/room1/start", minutes="30")
+    assert resp.status_code == 303 and resp.headers["Location"] == "/panel/?ask=room1&minutes=30"
+    assert controller.lamp("room1").state == "off"  # nothing starts before the answer
+    html = web.get(resp.headers["Location"]).data.decode()
+    assert 'role="dialog"' in html and "Room 1, 30 min: same patient or a new patient?" in html
+    assert ">Same patient (50 min left)</button>" in html and ">New patient</button>" in html
+    assert 'http-equiv="refresh"' not in html  # the question waits for its answer
+    assert act(web, "/panel/lamps/room1/start", minutes="30", new_patient="0") == ["Room 1 started for 30 min."]
+    assert usage_log.sessions()[-1]["continues"] == 1
+
+
+def test_s18_panel_question_disables_same_patient_past_the_limit(web, controller, clock):
+    act(web, "/panel/lamps/room2/start", minutes="20")  # room2: limit 30 min, cooldown 60 s
+    clock.advance(1200)
+    controller.tick()
+    clock.advance(60)
+    controller.tick()
+    html = web.get("/panel/?ask=room2&minutes=20").data.decode()
+    assert re.search(r'<button type="submit" class="btn btn-ask btn-same" disabled[^>]*>Same patient \(10 min left\)', html)
+    assert "20 min is more than the same patient has left." in html
+    body = web.post("/panel/lamps/room2/start", headers={"Accept": "application/json"},
+                    data={"minutes": "20", "csrf_token": _token(web)}).get_json()
+    assert body["ask"]["same_ok"] is False and 'role="dialog"' in body["ask_html"]
+
+
+def test_panel_bad_question_query_is_a_400_sentence(web):
+    resp = web.get("/panel/?ask=room9&minutes=10")
+    assert resp.status_code == 400 and b"There is no lamp &#39;room9&#39;" in resp.data
+    resp = web.get("/panel/?ask=room1&minutes=11")
+    assert resp.status_code == 400 and b"Choose one of Room 1&#39;s preset durations." in resp.data
+
+
+def test_s3_panel_disables_plus_five_at_the_limit(web):
+    act(web, "/panel/lamps/room2/start", minutes="20")
+    lamp = web.get("/panel/state.json").get_json()["lamps"][1]
+    assert lamp["extend_ok"] is True and "10 min more may be added" in lamp["note"]
+    act(web, "/panel/lamps/room2/extend")
+    act(web, "/panel/lamps/room2/extend")
+    lamp = web.get("/panel/state.json").get_json()["lamps"][1]
+    assert lamp["extend_ok"] is False and "at its 30 min limit: no more time can be added" in lamp["note"]
+    assert re.search(r'class="btn btn-extend" data-ok="extend_ok" disabled>\+5 min', region(web.get("/panel/").data.decode(), "room2"))
+
+
+@pytest.fixture
+def locking(services, cfg):
+    from dataclasses import replace
+
+    services.config = replace(cfg, panel=replace(cfg.panel, lock_after_s=120))
+    return services
+
+
+def test_panel_idle_lock_refuses_starts_but_never_a_stop(locking, web, controller, clock, factory):
+    act(web, "/panel/lamps/room1/start", minutes="10")
+    clock.advance(121)
+    assert web.get("/panel/state.json").get_json()["locked"] is True
+    [message] = act(web, "/panel/lamps/room2/start", minutes="10")
+    assert message.startswith("The panel is locked")
+    assert act(web, "/panel/lamps/room1/extend")[0].startswith("The panel is locked")
+    assert act(web, "/panel/lamps/room1/stop") == ["Room 1 stopped."]
+    assert pin_history(factory, 17) == [False, True, False]
+    assert web.get("/panel/state.json").get_json()["locked"] is True  # a Stop does not unlock
+    assert controller.lamp("room2").state == "off"
+
+
+def test_panel_quick_switch_unlocks_under_the_new_name(locking, web, accounts, controller, clock):
+    accounts.add_user("bob", "practitioner", "1357")
+    clock.advance(121)
+    page = web.get("/switch").data.decode()
+    assert "Unlock the panel" in page and 'value="bob"' in page and 'value="ann" required checked' in page
+    resp = post(web, "/switch", name="bob", pin="0000")
+    assert resp.status_code == 401 and b"That name and PIN do not match (4 tries left" in resp.data
+    resp = post(web, "/switch", name="bob", pin="1357")
+    assert resp.status_code == 303 and resp.headers["Location"] == "/panel/"
+    assert flashes(web) == ["The panel now works under bob."]
+    assert act(web, "/panel/lamps/room1/start", minutes="10") == ["Room 1 started for 10 min."]
+    assert controller.lamp("room1").user == "bob"
+
+
+def test_panel_start_that_arrives_too_late_is_refused(web, controller):
+    import time
+
+    for sent_at, code in ((time.time() - 30, 409), ("soon", 400)):
+        resp = web.post("/panel/lamps/room1/start", headers={"Accept": "application/json"},
+                        data={"minutes": "10", "csrf_token": _token(web), "sent_at": sent_at})
+        assert resp.status_code == code
+    assert controller.lamp("room1").state == "off"
+    resp = web.post("/panel/lamps/room1/start", headers={"Accept": "application/json"},
+                    data={"minutes": "10", "csrf_token": _token(web), "sent_at": time.time()})
+    assert resp.status_code == 200
+
+
+def test_panel_fault_words_for_people(web, controller):
+    controller.fault("firmware link lost: The firmware on socket://127.0.0.1:37363 sent nothing for 1.50 s", "room1")
+    note = web.get("/panel/state.json").get_json()["lamps"][0]["note"]
+    assert note == ("The safety controller stopped answering, so this lamp was switched off. It stays off until an "
+                    "admin resets it.")
+    assert "socket" not in web.get("/panel/").data.decode()
+
+
+def test_panel_in_german_and_chinese(web):
+    html = web.get("/panel/", headers={"Accept-Language": "de-DE,de;q=0.9"}).data.decode()
+    assert '<html lang="de">' in html and ">Alle stoppen</button>" in html
+    html = web.get("/panel/", headers={"Accept-Language": "zh-CN,zh;q=0.9"}).data.decode()
+    assert '<html lang="zh">' in html and ">全部停止</button>" in html
+    resp = web.get("/language/de?next=/panel/")
+    assert resp.status_code == 303 and resp.headers["Location"] == "/panel/"
+    assert '<html lang="de">' in web.get("/panel/").data.decode()
+    assert web.get("/language/fr").status_code == 404
+
+
+def test_panel_marks_the_last_minute_of_a_session(web, clock):
+    act(web, "/panel/lamps/room1/start", minutes="10")
+    clock.advance(539)
+    assert web.get("/panel/state.json").get_json()["lamps"][0]["warning"] is False
+    clock.advance(1)
+    assert web.get("/panel/state.json").get_json()["lamps"][0]["warning"] is True
+    assert '<section class="lamp warning" id="lamp-room1"' in web.get("/panel/").data.decode()
+
+
+def test_secure_cookies_setting_marks_the_login_cookie_secure(services, cfg, users):
+    from dataclasses import replace
+
+    services.config = replace(cfg, service=replace(cfg.service, secure_cookies=True))
+    app = create_app(services, {"TESTING": True, "SECRET_KEY": "k"})
+    assert app.config["SESSION_COOKIE_SECURE"] is True
+    client = app.test_client()
+    client.get("/login")
+    with client.session_transaction() as sess:
+        token = sess["csrf_token"]
+    resp = client.post("/login", data={"name": "ann", "pin": "2468", "csrf_token": token})
+    assert resp.status_code == 303 and "Secure" in resp.headers["Set-Cookie"]

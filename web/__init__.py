@@ -75,15 +75,18 @@ def create_app(services: Services, test_config: dict | None = None) -> Flask:
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         LOG_PAGE_SIZE=50,
     )
+    # Mark the login cookie Secure when the panel is served over HTTPS (service.secure_cookies).
+    app.config["SESSION_COOKIE_SECURE"] = bool(getattr(services.config.service, "secure_cookies", False))
     if test_config:
         app.config.update(test_config)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_secret_key(Path(services.config.service.database).parent)
     app.extensions["lampctl"] = services
 
-    from web import admin, api, auth, panel
+    from web import admin, api, auth, i18n, panel
     from web.auth import wants_json
 
+    i18n.init_app(app)
     auth.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(auth.bp)

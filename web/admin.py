@@ -3,13 +3,23 @@ from __future__ import annotations
 
 from datetime import date
 
-from flask import (Blueprint, Response, current_app, flash, g, redirect, render_template, request,
-                   stream_with_context, url_for)
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 
 from lampctl import queries, reports
 from lampctl.accounts import BUILTIN_USER, ROLES
 from lampctl.controller import Refused
-from lampctl.db import StoreError, parse_bound
+from lampctl.db import StoreError, parse_bound, reading
 from lampctl.store import END_REASONS
 from web import services
 from web.auth import require_admin
@@ -22,6 +32,17 @@ USAGE_DAYS = 30
 EVENTS_PAGE_SIZE = 100
 # The log page counts matching sessions up to this many: an exact count of a decade is a full scan.
 COUNT_CAP = 10000
+
+
+def _confirmed() -> bool:
+    return request.form.get("confirm") == "1"
+
+
+def _confirm(question: str, detail: str, button: str, back: str, **fields):
+    """Ask before an action that cannot be undone: the page's form posts the same action again with confirm=1,
+    so the step works without JavaScript."""
+    return render_template("admin/confirm.html", question=question, detail=detail, button=button, back=back,
+                           action=request.path, fields=fields)
 
 
 def _lamp_names() -> dict[str, str]:
@@ -160,6 +181,10 @@ def bulb_replaced(lamp_id):
         flash(f"There is no lamp {lamp_id!r}.", "error")
         return redirect(url_for("admin.bulbs"), code=303)
     hours = reports.bulb_hours(services().usage_log.path, [lamps[lamp_id]])[0].hours
+    if not _confirmed():
+        return _confirm(f"Record a new bulb in {lamps[lamp_id].name}?",
+                        f"Its hour count ({hours:.1f} h now) starts again at 0. Only do this after fitting a new bulb.",
+                        "Yes, bulb replaced", url_for("admin.bulbs"))
     services().usage_log.record_bulb_replacement(lamp_id, g.user["name"], hours)
     services().usage_log.flush(1.0)  # the page this redirects to reads the record back
     flash(f"{lamps[lamp_id].name}: bulb replacement recorded after {hours:.1f} h; its count starts again at 0.",
@@ -229,7 +254,10 @@ def remove_user(name):
     if why:
         flash(why, "error")
         return redirect(url_for("admin.users"), code=303)
-
+    # Only a removal that can happen is asked about; the others get their refusal at once.
+    if not _confirmed() and name != BUILTIN_USER and services().accounts.user(name) is not None:
+        return _confirm(f"Remove {name}?", "Their login and API tokens stop working at once; the sessions they "
+                        "ran stay in the log.", f"Yes, remove {name}", url_for("admin.users"))
     return _user_action(lambda: services().accounts.remove_user(name, by=g.user["name"]),
                         f"{name} removed; their login and API tokens stop working now.")
 
@@ -252,19 +280,38 @@ def set_role(name):
 
 
 # ---- lamps and faults --------------------------------------------------------------------
+def _latches() -> dict[str, dict]:
+    """{lamp_id: {"reason", "at"}}: when and why each fault latched, as the log keeps it (S17)."""
+    with reading(services().usage_log.path) as conn:
+        return {r["lamp_id"]: {"reason": r["reason"], "at": r["at"]}
+                for r in conn.execute("SELECT lamp_id, reason, at FROM latches")}
+
+
 @bp.get("/lamps")
 def lamps():
-    return render_template("admin/lamps.html", lamps=services().controller.lamps(),
+    return render_template("admin/lamps.html", lamps=services().controller.lamps(), latches=_latches(),
                            firmware=services().firmware_status())
 
 
 @bp.post("/lamps/<lamp_id>/reset")
 def reset_fault(lamp_id):
+    target = url_for("panel.panel") if request.form.get("next") == "panel" else url_for("admin.lamps")
+    if not _confirmed():
+        try:
+            view = services().controller.lamp(lamp_id)
+        except Refused as exc:
+            flash(str(exc), "error")
+            return redirect(target, code=303)
+        latch = _latches().get(lamp_id)
+        since = f" since {reports.local_time(latch['at'])}" if latch else ""
+        return _confirm(f"Reset the fault of {view.name}?",
+                        f"Latched{since}: {view.fault_reason or 'no fault now'}. Reset only when the cause is "
+                        "found and fixed: the lamp becomes ready to start.", "Yes, reset fault", target,
+                        next=request.form.get("next", ""))
     try:
         view = services().controller.reset_fault(lamp_id, g.user["name"])
     except Refused as exc:
         flash(str(exc), "error")
     else:
         flash(f"{view.name}: fault cleared; the lamp is off and ready.", "ok")
-    target = url_for("panel.panel") if request.form.get("next") == "panel" else url_for("admin.lamps")
     return redirect(target, code=303)

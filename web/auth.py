@@ -10,10 +10,11 @@ import unicodedata
 from typing import Callable
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, session,
-                   url_for)
+from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
+from flask_babel import gettext, ngettext
 from werkzeug.exceptions import BadRequest
 
+from lampctl.accounts import BUILTIN_USER
 from lampctl.db import LogUnavailable, StoreError
 from web import services
 
@@ -23,7 +24,7 @@ MAX_FAILURES = 5
 FAILURE_WINDOW_S = 300.0
 LOCKOUT_S = 300.0
 # Views anyone may reach; every other endpoint needs a login (the API checks its own tokens).
-PUBLIC_ENDPOINTS = {"auth.login", "static", "api.health"}
+PUBLIC_ENDPOINTS = {"auth.login", "static", "api.health", "i18n.language"}
 CSRF_FIELD = "csrf_token"
 
 
@@ -197,6 +198,48 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+def _check_login(name: str, pin: str) -> tuple[dict | None, str, int]:
+    """(the user, "", 200) for a right name and PIN, else (None, the sentence, the status); counts failures."""
+    if not name or not pin:
+        return None, gettext("Enter your name and your PIN."), 400
+    left = guard().reserve(name)
+    if left:
+        minutes = max(1, round(left / 60))
+        return None, ngettext("Too many wrong PINs for %(name)s: this name is locked for about %(num)s more minute.",
+                              "Too many wrong PINs for %(name)s: this name is locked for about %(num)s more minutes.",
+                              minutes, name=name), 429
+    user = services().accounts.check_pin(name, pin)
+    if user is None:
+        tries, locked_now = guard().failed(name)
+        if locked_now:
+            services().usage_log.event(None, None, None, name, f"login locked out after {MAX_FAILURES} wrong PINs")
+        if tries == 0:
+            return None, gettext("Too many wrong PINs for %(name)s: this name is locked for %(num)s minutes.",
+                                 name=name, num=round(LOCKOUT_S / 60)), 429
+        return None, ngettext("That name and PIN do not match (%(num)s try left before this name is locked for "
+                              "%(minutes)s minutes).", "That name and PIN do not match (%(num)s tries left before "
+                              "this name is locked for %(minutes)s minutes).", tries,
+                              minutes=round(LOCKOUT_S / 60)), 401
+    guard().succeeded(name)
+    return user, "", 200
+
+
+def _begin_login(user: dict, why: str) -> str | None:
+    """A fresh cookie session for `user`; None, or the sentence when the login could not be saved."""
+    try:
+        login_id = services().accounts.create_login(user["name"])
+    except (StoreError, sqlite3.Error):
+        return gettext("The login could not be saved (the database is not answering); try again in a minute.")
+    session.clear()  # a fresh session (and CSRF token) for the new login
+    session.permanent = True
+    session["user"] = user["name"]
+    session["login"] = login_id  # checked against the server's live logins on every request
+    csrf_token()
+    touch()
+    services().usage_log.event(None, None, None, user["name"], why)
+    return None
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "GET":
@@ -204,41 +247,62 @@ def login():
             return redirect(url_for("panel.panel"))
         return render_template("login.html", name="", next=request.args.get("next", ""))
     name = (request.form.get("name") or "").strip()
-    pin = request.form.get("pin") or ""
     nxt = request.form.get("next", "")
-
-    def refuse(message: str, status: int):
+    user, message, status = _check_login(name, request.form.get("pin") or "")
+    if user is not None:
+        message = _begin_login(user, "logged in to the panel")
+        status = 503
+    if message:
         return render_template("login.html", name=name, next=nxt, error=message), status
-
-    if not name or not pin:
-        return refuse("Enter your name and your PIN.", 400)
-    left = guard().reserve(name)
-    if left:
-        minutes = max(1, round(left / 60))
-        return refuse(f"Too many wrong PINs for {name}: this name is locked for about {minutes} more "
-                      f"minute{'s' if minutes != 1 else ''}.", 429)
-    user = services().accounts.check_pin(name, pin)
-    if user is None:
-        tries, locked_now = guard().failed(name)
-        if locked_now:
-            services().usage_log.event(None, None, None, name, f"login locked out after {MAX_FAILURES} wrong PINs")
-        if tries == 0:
-            return refuse(f"Too many wrong PINs for {name}: this name is locked for {round(LOCKOUT_S / 60)} minutes.",
-                          429)
-        return refuse(f"That name and PIN do not match ({tries} tr{'ies' if tries != 1 else 'y'} left "
-                      f"before this name is locked for {round(LOCKOUT_S / 60)} minutes).", 401)
-    guard().succeeded(name)
-    try:
-        login_id = services().accounts.create_login(user["name"])
-    except (StoreError, sqlite3.Error):
-        return refuse("The login could not be saved (the database is not answering); try again in a minute.", 503)
-    session.clear()  # a fresh session (and CSRF token) for the new login
-    session.permanent = True
-    session["user"] = user["name"]
-    session["login"] = login_id  # checked against the server's live logins on every request
-    csrf_token()
-    services().usage_log.event(None, None, None, user["name"], "logged in to the panel")
     return redirect(_safe_next(nxt), code=303)
+
+
+# ---- the shared tablet: idle lock and quick switch ------------------------------------------
+def _panel_clock() -> float:
+    return (current_app.config.get("PANEL_CLOCK") or current_app.config.get("LOGIN_CLOCK") or time.time)()
+
+
+def touch() -> None:
+    """Someone is at the panel: restart the idle lock's count."""
+    session["active_at"] = _panel_clock()
+
+
+def panel_locked() -> bool:
+    """The idle lock (panel.lock_after_s): a locked panel can stop lamps but not start or extend one."""
+    limit = services().config.panel.lock_after_s
+    if not limit or g.get("user") is None:
+        return False
+    at = session.get("active_at")
+    if not isinstance(at, (int, float)):
+        return True
+    idle = _panel_clock() - at
+    return idle > limit or idle < -60  # a clock stepped back by more than a minute: ask again
+
+
+def _switch_names() -> list[str]:
+    return [u["name"] for u in services().accounts.users() if u["name"] != BUILTIN_USER]
+
+
+@bp.route("/switch", methods=["GET", "POST"])
+def switch():
+    """Tap your name, enter your PIN: the tablet works under that name from now on (also unlocks it)."""
+    names = _switch_names()
+    if request.method == "GET":
+        return render_template("switch.html", names=names, chosen=g.user["name"], locked=panel_locked())
+    name = (request.form.get("name") or "").strip()
+    user, message, status = _check_login(name, request.form.get("pin") or "")
+    if user is not None:
+        before = g.user["name"]
+        old_login = session.get("login")
+        message = _begin_login(user, f"took over the panel from {before}" if before != user["name"]
+                               else "unlocked the panel")
+        status = 503
+        if message is None:
+            if old_login != session.get("login"):
+                services().accounts.end_login(old_login)
+            flash(gettext("The panel now works under %(name)s.", name=user["name"]), "ok")
+            return redirect(url_for("panel.panel"), code=303)
+    return render_template("switch.html", names=names, chosen=name, locked=panel_locked(), error=message), status
 
 
 @bp.post("/logout")
@@ -247,5 +311,5 @@ def logout():
     services().accounts.end_login(session.get("login"))  # a copy of this cookie stops working too
     session.clear()
     services().usage_log.event(None, None, None, name, "logged out")
-    flash("You are logged out.", "ok")
+    flash(gettext("You are logged out."), "ok")
     return redirect(url_for("auth.login"), code=303)

@@ -35,7 +35,7 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
     slot = plot_w / max(1, len(days))
     bar_w = max(2.0, slot * 0.7)
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
-           f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="13">']
+           f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="16">']
     for i in range(5):
         value = ymax * i / 4
         y = top + plot_h - plot_h * i / 4

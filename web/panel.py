@@ -2,55 +2,74 @@
 from __future__ import annotations
 
 import math
+import time
 
 from flask import Blueprint, flash, g, jsonify, redirect, render_template, request, url_for
+from flask_babel import gettext
+from werkzeug.exceptions import BadRequest
 
 from lampctl.errors import BadDuration, Refused
+from lampctl.safety import s3_allows
 from web import services
-from web.auth import wants_json
+from web.auth import panel_locked, touch, wants_json
 from web.codes import REPLY_WAIT_S, status_for
+from web.words import STATE_LABELS, clock_text, fault_text, minutes_text, seconds_text
 
 bp = Blueprint("panel", __name__, url_prefix="/panel")
 
 EXTEND_S = 300
-STATE_LABELS = {"off": "Off · ready", "on": "ON · heating", "cooldown": "Cooling down", "fault": "FAULT · locked off"}
+# The countdown turns to its warning look this long before the end (the buzzer's warning too).
+WARN_S = 60
+# A start or an extension the page sent more than this long ago (a frozen service, a stalled
+# network) is refused when it finally arrives: nobody at the couch is waiting for it any more.
+STALE_ACTION_S = 5.0
+
+__all__ = ["bp", "clock_text", "preset_label"]
 
 
 def preset_label(minutes: float) -> str:
-    """A button label: "10 min"; under a minute in seconds ("3 s")."""
-    if minutes < 1:
-        return f"{round(minutes * 60):g} s"
-    return f"{minutes:g} min"
+    return minutes_text(minutes)
 
 
-def clock_text(seconds: float | None) -> str:
-    """Seconds as m:ss, rounded up so 0:00 shows only when time is really up."""
-    if seconds is None:
-        return "--:--"
-    whole = max(0, math.ceil(seconds - 1e-6))
-    return f"{whole // 60}:{whole % 60:02d}"
+def _running_info(view, d: dict, locked: bool) -> None:
+    max_s = view.max_minutes * 60
+    left = view.extend_left_s or 0.0
+    room = s3_allows(max_s - left + EXTEND_S, max_s)
+    d["extend_ok"] = room and not locked
+    if room:
+        more = gettext("%(left)s more may be added", left=seconds_text(left))
+    else:
+        more = gettext("at its %(limit)s limit: no more time can be added", limit=d["limit"])
+    d["note"] = gettext("Started by %(user)s · %(planned)s planned · %(more)s.", user=view.user,
+                        planned=seconds_text(view.planned_s or 0), more=more)
+    d["clock"] = view.remaining_s
+    d["warning"] = view.remaining_s is not None and (view.planned_s or 0) > WARN_S and view.remaining_s <= WARN_S
 
 
-def lamp_info(view) -> dict:
-    """A lamp as the page and the state poll show it: the controller's view plus labels."""
+def lamp_info(view, locked: bool = False) -> dict:
+    """A lamp as the page and the state poll show it: the controller's view plus labels in plain words."""
     d = view.as_dict()
-    d["label"] = STATE_LABELS.get(view.state, view.state)
-    d["presets"] = [{"minutes": p, "label": preset_label(p)} for p in view.presets]
-    d["limit"] = preset_label(view.max_minutes)
+    d["label"] = str(STATE_LABELS.get(view.state, view.state))
+    d["presets"] = [{"minutes": p, "label": minutes_text(p)} for p in view.presets]
+    d["limit"] = minutes_text(view.max_minutes)
+    d["start_ok"] = view.state == "off" and not locked
+    d["extend_ok"] = False
+    d["warning"] = False
+    d["clock"] = None
     if view.state == "on":
-        d["note"] = f"Started by {view.user} · {preset_label((view.planned_s or 0) / 60)} planned · limit {d['limit']}"
-        d["clock"] = view.remaining_s
+        _running_info(view, d, locked)
     elif view.state == "cooldown":
-        d["note"] = "Resting after the last session; it can start again when the timer reaches 0:00."
+        d["note"] = gettext("Resting after the last session; it can start again when the timer reaches 0:00.")
         d["clock"] = view.cooldown_remaining_s
     elif view.state == "fault":
-        d["note"] = f"{view.fault_reason}. The lamp stays off until an admin resets it."
-        d["clock"] = None
+        d["note"] = fault_text(view.fault_reason)
+    elif view.continue_left_s is not None:
+        d["note"] = gettext("Ready. The same patient has %(left)s left of %(limit)s; a new patient starts afresh.",
+                            left=seconds_text(view.continue_left_s), limit=d["limit"])
     else:
-        d["note"] = f"Ready. Limit {d['limit']} per session."
-        d["clock"] = None
+        d["note"] = gettext("Ready. Limit %(limit)s per session.", limit=d["limit"])
     # With no timer running the big display names the state, readable from across the room.
-    d["idle_text"] = "Fault" if view.state == "fault" else "Off"
+    d["idle_text"] = gettext("Fault") if view.state == "fault" else gettext("Off")
     d["clock_text"] = d["idle_text"] if d["clock"] is None else clock_text(d["clock"])
     return d
 
@@ -59,30 +78,55 @@ def page_banners() -> list[dict]:
     s = services()
     banners = []
     if s.firmware_status() == "lost":
-        banners.append({"kind": "firmware", "text": "Link to the safety microcontroller lost: lamps that were on "
-                                                     "are off, and new sessions may be refused until it is back."})
+        banners.append({"kind": "firmware", "text": gettext(
+            "The safety controller is not answering: lamps that were on are off, and new sessions may be refused "
+            "until it is back. Tell an admin.")})
     log = s.usage_log
     if getattr(log, "write_errors", 0) and getattr(log, "pending", 0):
-        banners.append({"kind": "log", "text": f"The usage log cannot be written to disk ({log.pending} records "
-                                               "waiting); lamps still work. Tell an admin."})
+        banners.append({"kind": "log", "text": gettext(
+            "The usage log cannot be saved right now (%(num)s records waiting); lamps still work. Tell an admin.",
+            num=log.pending)})
     return banners
 
 
 def state() -> dict:
-    return {"lamps": [lamp_info(v) for v in services().controller.lamps()],
-            "firmware": services().firmware_status(), "banners": page_banners()}
+    locked = panel_locked()
+    return {"lamps": [lamp_info(v, locked) for v in services().controller.lamps()],
+            "firmware": services().firmware_status(), "banners": page_banners(), "locked": locked,
+            "server_time": round(time.time(), 3)}
 
 
 def index():
     return redirect(url_for("panel.panel"))
 
 
+def _question(lamp_id: str, minutes_arg: str) -> dict | None:
+    """The continuation question (S18) for a preset of a lamp in its rest window, or None when it does not arise."""
+    view = services().controller.lamp(lamp_id)  # an unknown lamp: 404 with its sentence
+    minutes = _preset(view, minutes_arg)
+    if view.state != "off" or view.continue_left_s is None:
+        return None
+    left = view.continue_left_s
+    return {"lamp": view.id, "name": view.name, "minutes": minutes, "label": minutes_text(minutes),
+            "left": seconds_text(left), "limit": minutes_text(view.max_minutes),
+            "same_ok": s3_allows(view.max_minutes * 60 - left + minutes * 60, view.max_minutes * 60)}
+
+
 @bp.get("/")
 def panel():
+    ask = None
+    if "ask" in request.args:
+        try:
+            ask = _question(request.args.get("ask", ""), request.args.get("minutes", ""))
+        except Refused as exc:
+            bad = BadRequest()
+            bad.sentence = str(exc)  # the error page shows this sentence
+            raise bad from None
     st = state()
     # Without JavaScript the page reloads itself while a timer runs, so the countdown stays roughly true.
-    live = any(l["state"] in ("on", "cooldown") for l in st["lamps"])
-    return render_template("panel.html", refresh=live, **st)
+    live = any(l["state"] in ("on", "cooldown") for l in st["lamps"]) and ask is None
+    return render_template("panel.html", refresh=live, ask=ask, lock_after_s=services().config.panel.lock_after_s,
+                           **st)
 
 
 @bp.get("/state.json")
@@ -98,56 +142,105 @@ def _done(message: str, ok: bool = True, status: int = 200, recorded: bool | Non
     return redirect(url_for("panel.panel"), code=303)
 
 
-def _act(action):
-    """Run an action; once the relay has switched, wait (bounded) for its record, as the API does."""
+def _act(action, *, starts: bool = False):
+    """Run an action; once the relay has switched, wait (bounded) for its record, as the API does.
+
+    A start or an extension is refused on a locked panel; a Stop never is (and does not unlock it).
+    """
+    locked = panel_locked()
     try:
+        if starts:
+            _check_fresh(locked)
         message = action()
     except Refused as exc:
         return _done(str(exc), ok=False, status=status_for(exc.code))
+    if not locked:
+        touch()
     return _done(message, recorded=bool(services().usage_log.flush(REPLY_WAIT_S)))
 
 
-def _new_patient() -> bool:
-    value = request.form.get("new_patient", "")
-    if value not in ("", "0", "1", "on", "true"):
-        raise Refused("The new patient field must be 1 or 0.", "bad-form")
+def _check_fresh(locked: bool) -> None:
+    if locked:
+        raise Refused(gettext("The panel is locked: tap Unlock, then your name and PIN, to start a lamp. "
+                              "Stop works while locked."), "locked")
+    sent = request.form.get("sent_at", "")
+    if not sent:
+        return  # a page without JavaScript sends no time; its form post cannot sit in a script's queue
+    try:
+        late = time.time() - float(sent)
+    except ValueError:
+        raise Refused(gettext("The sent_at field must be a time in seconds."), "bad-form") from None
+    if not math.isfinite(late) or late > STALE_ACTION_S:
+        raise Refused(gettext("That tap reached the lamp controller too late (the connection stalled), so it was "
+                              "not carried out; tap again if you still want it."), "stale")
+
+
+def _new_patient() -> bool | None:
+    """The form's answer to "same patient or new?": True, False, or None when it was not asked yet."""
+    value = request.form.get("new_patient")
+    if value is None or value == "":
+        return None
+    if value not in ("0", "1", "on", "true"):
+        raise Refused(gettext("The new patient field must be 1 or 0."), "bad-form")
     return value in ("1", "on", "true")
+
+
+def _preset(view, text: str) -> float:
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    for p in view.presets:
+        if math.isclose(minutes, p):
+            return p
+    raise BadDuration(gettext("Choose one of %(name)s's preset durations.", name=view.name))
+
+
+def _ask(question: dict):
+    """Ask the continuation question: in the JSON reply for the script, or on the panel page without it."""
+    if wants_json():
+        html = render_template("_ask.html", ask=question)
+        return jsonify(ok=False, ask=question, ask_html=html, message="", **state()), 200
+    return redirect(url_for("panel.panel", ask=question["lamp"], minutes=f"{question['minutes']:g}"), code=303)
 
 
 @bp.post("/lamps/<lamp_id>/start")
 def start(lamp_id):
+    try:
+        new_patient = _new_patient()
+        question = _question(lamp_id, request.form.get("minutes", "")) if new_patient is None else None
+    except Refused as exc:
+        return _done(str(exc), ok=False, status=status_for(exc.code))
+    if question is not None and not panel_locked():
+        return _ask(question)
+
     def act():
         s = services()
-        lamp = s.controller.lamp(lamp_id)
-        try:
-            minutes = float(request.form.get("minutes", ""))
-        except ValueError:
-            minutes = math.nan
-        if not any(math.isclose(minutes, p) for p in lamp.presets):
-            raise BadDuration(f"Choose one of {lamp.name}'s preset durations.")
-        s.controller.start(lamp_id, minutes * 60, g.user["name"], new_patient=_new_patient())
-        return f"{lamp.name} started for {preset_label(minutes)}."
-    return _act(act)
+        view = s.controller.lamp(lamp_id)
+        minutes = _preset(view, request.form.get("minutes", ""))
+        s.controller.start(lamp_id, minutes * 60, g.user["name"], new_patient=bool(new_patient))
+        return gettext("%(name)s started for %(time)s.", name=view.name, time=minutes_text(minutes))
+    return _act(act, starts=True)
 
 
 @bp.post("/lamps/<lamp_id>/extend")
 def extend(lamp_id):
     def act():
         view = services().controller.extend(lamp_id, EXTEND_S, g.user["name"])
-        return f"{view.name}: 5 min added, {clock_text(view.remaining_s)} left."
-    return _act(act)
+        return gettext("%(name)s: 5 min added, %(left)s left.", name=view.name, left=clock_text(view.remaining_s))
+    return _act(act, starts=True)
 
 
 @bp.post("/lamps/<lamp_id>/stop")
 def stop(lamp_id):
-    return _act(lambda: f"{services().controller.stop(lamp_id, g.user['name']).name} stopped.")
+    return _act(lambda: gettext("%(name)s stopped.", name=services().controller.stop(lamp_id, g.user["name"]).name))
 
 
 @bp.post("/stop-all")
 def stop_all():
     def act():
         services().controller.stop_all(g.user["name"], "stop all (panel)")
-        return "All lamps stopped."
+        return gettext("All lamps stopped.")
     return _act(act)
 
 
@@ -156,5 +249,6 @@ def estop():
     def act():
         user = g.user["name"]
         services().controller.estop(user, f"emergency stop by {user}")
-        return "Emergency stop: every lamp is off and locked until an admin resets it."
+        return gettext("Emergency stop: every lamp is off and locked until an admin resets it.")
     return _act(act)
+

@@ -1,15 +1,24 @@
-// Live panel: countdowns re-synced from the server every second, actions without a page reload,
-// and a chime plus a flash when a session ends. The page works without this script.
+// Live panel: countdowns re-synced from the server every second, actions without a page reload, a chime and a
+// flash when a session ends, a softer one a minute before, and a loud "No contact" alert when the server goes
+// quiet. The page works without this script. Nothing here ever moves a button: texts change inside boxes of
+// fixed size, and the continuation question opens over the page.
 "use strict";
 (function () {
   const root = document.getElementById("lamps");
   if (!root) return;
   const stateUrl = root.dataset.stateUrl;
   const POLL_MS = 1000;
+  const REQUEST_TIMEOUT_MS = 2500; // a poll that takes longer counts as no answer
+  const ACTION_TIMEOUT_MS = 4000;
+  const STALE_MS = 3000; // no fresh state for this long: the "No contact" alert
+  const words = document.getElementById("i18n").dataset;
   const regions = new Map();
   const deadlines = new Map(); // lamp id -> performance.now() at which its clock reads 0, or null
+  const lamps = new Map(); // lamp id -> the last state the server sent
+  const warned = new Map(); // lamp id -> the deadline whose one-minute warning was given
   let audio = null;
   let lastGood = performance.now();
+  let serverOffset = null; // server wall clock minus ours, in seconds, from the last poll (null: none yet)
   let offline = false;
   let serverBanners = Array.from(document.querySelectorAll("#banners .banner")).map(function (b) {
     return { kind: b.className.replace(/.*banner-/, ""), text: b.textContent };
@@ -17,11 +26,16 @@
 
   document.querySelectorAll(".lamp[data-lamp]").forEach(function (el) { regions.set(el.dataset.lamp, el); });
   document.body.dataset.chimes = "0";
+  document.body.dataset.warnings = "0";
+
+  function fill(template, values) {
+    return template.replace(/\{(\w+)\}/g, function (all, key) { return key in values ? values[key] : all; });
+  }
 
   // ---- sound: browsers allow audio only after a tap, so the first tap unlocks it ----
   const soundNote = document.getElementById("sound-note");
   function audioReady() { return audio !== null && audio.state === "running"; }
-  function showSoundNote() { if (soundNote) soundNote.hidden = audioReady(); }
+  function showSoundNote() { if (soundNote) soundNote.toggleAttribute("data-off", audioReady()); }
   function unlockAudio() {
     try {
       if (audio === null) {
@@ -41,19 +55,17 @@
   });
   window.setTimeout(showSoundNote, 500);
 
-  function chime() {
-    document.body.dataset.chimes = String(Number(document.body.dataset.chimes) + 1);
+  function tones(freqs, gainPeak, spacing) {
     if (!audioReady()) return;
     const t0 = audio.currentTime + 0.05;
-    // Three descending bell-like tones, loud enough to hear across a treatment room.
-    [1046.5, 784, 659.3].forEach(function (freq, i) {
+    freqs.forEach(function (freq, i) {
       const osc = audio.createOscillator();
       const gain = audio.createGain();
-      const t = t0 + i * 0.45;
+      const t = t0 + i * spacing;
       osc.type = "sine";
       osc.frequency.value = freq;
       gain.gain.setValueAtTime(0.0001, t);
-      gain.gain.exponentialRampToValueAtTime(0.6, t + 0.02);
+      gain.gain.exponentialRampToValueAtTime(gainPeak, t + 0.02);
       gain.gain.exponentialRampToValueAtTime(0.0001, t + 0.9);
       osc.connect(gain).connect(audio.destination);
       osc.start(t);
@@ -61,7 +73,17 @@
     });
   }
 
-  // ---- messages and banners ----
+  function chime() {
+    document.body.dataset.chimes = String(Number(document.body.dataset.chimes) + 1);
+    tones([1046.5, 784, 659.3], 0.6, 0.45); // three descending bell tones, heard across a treatment room
+  }
+
+  function softChime() {
+    document.body.dataset.warnings = String(Number(document.body.dataset.warnings) + 1);
+    tones([659.3, 784], 0.2, 0.35); // two quiet rising tones: one minute left
+  }
+
+  // ---- messages and banners (inside the fixed-height status slot) ----
   function showMessage(text, ok) {
     const box = document.getElementById("messages");
     if (!box || !text) return;
@@ -77,9 +99,9 @@
     if (!box) return;
     const list = serverBanners.slice();
     if (offline) {
-      const since = new Date(Date.now() - (performance.now() - lastGood)).toLocaleTimeString();
-      list.unshift({ kind: "offline", text: "No answer from the lamp controller since " + since +
-        ". The countdowns may be wrong; lamps still switch off by themselves at their time." });
+      const since = new Date(Date.now() - (performance.now() - lastGood)).toLocaleTimeString(
+        document.documentElement.lang, { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
+      list.unshift({ kind: "offline", text: fill(words.noContact, { time: since }) });
     }
     const html = list.map(function (b) { return b.kind + "\u0000" + b.text; }).join("\u0001");
     if (box.dataset.rendered === html) return;
@@ -93,9 +115,22 @@
     }));
   }
 
-  // ---- lamp regions ----
-  const idleText = new Map(); // lamp id -> what the big display shows with no timer ("Off", "Fault")
+  function setOffline(value) {
+    if (offline === value) return;
+    offline = value;
+    document.body.toggleAttribute("data-offline", value);
+    regions.forEach(function (el, id) {
+      el.toggleAttribute("data-stale", value);
+      const lamp = lamps.get(id);
+      if (lamp) setField(el, "label", value ? words.lastKnown : lamp.label);
+      // Nothing can start without contact; Stop stays tappable (and says at once that it was not delivered).
+      el.querySelectorAll("[data-ok]").forEach(function (b) { b.disabled = value || !(lamp && lamp[b.dataset.ok]); });
+    });
+    renderBanners();
+    draw();
+  }
 
+  // ---- lamp regions ----
   function clockText(seconds) {
     const whole = Math.max(0, Math.ceil(seconds - 1e-6));
     return Math.floor(whole / 60) + ":" + String(whole % 60).padStart(2, "0");
@@ -113,8 +148,18 @@
     el.dataset.ended = String(Number(el.dataset.ended || 0) + 1);
     const name = el.querySelector("h2").textContent;
     // After the user's own Stop, the reply's message ("Room 1 stopped.") stays on screen.
-    if (!quiet) showMessage(name + ": session over, lamp off.", true);
+    if (!quiet) showMessage(fill(words.ended, { name: name }), true);
     chime();
+  }
+
+  function enable(el, lamp) {
+    el.querySelectorAll("[data-when]").forEach(function (b) { b.disabled = b.dataset.when !== lamp.state; });
+    el.querySelectorAll("[data-ok]").forEach(function (b) { b.disabled = !lamp[b.dataset.ok]; });
+    el.querySelectorAll("[data-show]").forEach(function (x) {
+      const shown = x.dataset.show === lamp.state;
+      x.toggleAttribute("data-off", !shown);
+      x.querySelectorAll("button").forEach(function (b) { b.disabled = !shown; });
+    });
   }
 
   function apply(lamp, syncedAt, quiet) {
@@ -125,51 +170,95 @@
       ended(el, quiet);
     }
     if (lamp.state === "on" && session !== el.dataset.session) el.classList.remove("ended");
+    lamps.set(lamp.id, lamp);
     el.dataset.state = lamp.state;
     el.dataset.session = session;
     setField(el, "label", lamp.label);
     setField(el, "note", lamp.note);
-    el.querySelectorAll("[data-when]").forEach(function (b) { b.disabled = b.dataset.when !== lamp.state; });
-    el.querySelectorAll("[data-show]").forEach(function (x) { x.hidden = x.dataset.show !== lamp.state; });
-    idleText.set(lamp.id, lamp.idle_text);
+    enable(el, lamp);
     deadlines.set(lamp.id, lamp.clock === null ? null : syncedAt + lamp.clock * 1000);
   }
 
   function applyState(data, syncedAt, quiet) {
     data.lamps.forEach(function (lamp) { apply(lamp, syncedAt, quiet); });
     serverBanners = data.banners || [];
+    const lockNote = document.getElementById("lock-note");
+    if (lockNote) lockNote.hidden = !data.locked;
     renderBanners();
     draw();
   }
 
   function draw() {
+    if (offline) return; // the clocks stay at their last known value, marked as such
     const now = performance.now();
     deadlines.forEach(function (at, id) {
-      setField(regions.get(id), "clock", at === null ? idleText.get(id) : clockText((at - now) / 1000));
+      const el = regions.get(id);
+      const lamp = lamps.get(id);
+      const idle = lamp ? lamp.idle_text : el.querySelector('[data-field="clock"]').textContent;
+      setField(el, "clock", at === null ? idle : clockText((at - now) / 1000));
+      const left = at === null ? null : (at - now) / 1000;
+      const warning = lamp && lamp.state === "on" && lamp.planned_s > 60 && left !== null && left <= 60;
+      el.classList.toggle("warning", Boolean(warning));
+      if (warning && warned.get(id) !== lamp.session_id + ":" + lamp.planned_s) {
+        warned.set(id, lamp.session_id + ":" + lamp.planned_s);
+        showMessage(fill(words.warning, { name: lamp.name }), true);
+        softChime();
+      }
     });
   }
 
-  // ---- polling: the server's remaining_s is the truth; in between, count down locally ----
+  // ---- requests with a time limit: a frozen server must never look like a working one ----
+  async function timedFetch(url, options, ms) {
+    const ctrl = new AbortController();
+    const timer = window.setTimeout(function () { ctrl.abort(); }, ms);
+    try {
+      return await fetch(url, Object.assign({ signal: ctrl.signal, credentials: "same-origin" }, options));
+    } finally {
+      window.clearTimeout(timer);
+    }
+  }
+
   let pollTimer = null;
   async function poll() {
     window.clearTimeout(pollTimer);
     const sent = performance.now();
     try {
-      const resp = await fetch(stateUrl, { cache: "no-store", credentials: "same-origin",
-                                           headers: { Accept: "application/json" } });
+      const resp = await timedFetch(stateUrl, { cache: "no-store", headers: { Accept: "application/json" } },
+                                    REQUEST_TIMEOUT_MS);
       if (resp.status === 401) { window.location.reload(); return; }
       if (!resp.ok) throw new Error("HTTP " + resp.status);
       const data = await resp.json();
       const received = performance.now();
       lastGood = received;
-      offline = false;
+      serverOffset = data.server_time - Date.now() / 1000;
+      setOffline(false);
       // The server read its clock somewhere between send and receive: take the middle.
       applyState(data, (sent + received) / 2);
     } catch (err) {
-      if (performance.now() - lastGood > 3 * POLL_MS) { offline = true; renderBanners(); }
+      // judged by watch() below
     }
-    pollTimer = window.setTimeout(poll, POLL_MS);
+    pollTimer = window.setTimeout(poll, Math.max(0, POLL_MS - (performance.now() - sent)));
   }
+
+  function watch() {
+    if (performance.now() - lastGood > STALE_MS) setOffline(true);
+    draw();
+  }
+
+  // ---- the continuation question ----
+  function closeAsk() { document.getElementById("ask-slot").replaceChildren(); }
+  function openAsk(html) {
+    const slot = document.getElementById("ask-slot");
+    slot.innerHTML = html; // rendered by the server from its own template (values escaped there)
+    const first = slot.querySelector("button:not([disabled])");
+    if (first) first.focus();
+  }
+  document.addEventListener("click", function (ev) {
+    const cancel = ev.target.closest && ev.target.closest("[data-ask-cancel]");
+    if (!cancel) return;
+    ev.preventDefault();
+    closeAsk();
+  });
 
   // ---- actions: post the form with fetch so the page (and its unlocked audio) stays ----
   document.addEventListener("submit", async function (ev) {
@@ -177,31 +266,40 @@
     if (!(form instanceof HTMLFormElement) || !form.hasAttribute("data-js")) return;
     ev.preventDefault();
     unlockAudio();
+    const isStop = form.hasAttribute("data-stop");
+    if (isStop && offline) showMessage(words.stopUndelivered, false); // say so at once, and still try
     const body = new FormData(form, ev.submitter || null);
+    // On the server's clock, so a start that sat in a stalled connection is refused when it finally arrives.
+    if (!isStop && serverOffset !== null) body.set("sent_at", (Date.now() / 1000 + serverOffset).toFixed(3));
     const buttons = form.querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
     const sent = performance.now();
     try {
-      const resp = await fetch(form.action, { method: "POST", body: body, credentials: "same-origin",
-                                              headers: { Accept: "application/json" } });
+      const resp = await timedFetch(form.action, { method: "POST", body: body, headers: { Accept: "application/json" } },
+                                    ACTION_TIMEOUT_MS);
       let data = null;
       try { data = await resp.json(); } catch (err) { data = null; }
       if (resp.status === 401) { window.location.reload(); return; }
+      if (form.closest("#ask")) closeAsk();
       if (data === null) {
-        showMessage("The panel did not understand the reply (HTTP " + resp.status + "); reload the page.", false);
+        showMessage(words.badReply + " (HTTP " + resp.status + ")", false);
+      } else if (data.ask_html) {
+        openAsk(data.ask_html);
       } else {
         showMessage(data.message || data.error, resp.ok);
-        if (data.lamps) applyState(data, (sent + performance.now()) / 2, true);
       }
+      if (data && data.lamps) applyState(data, (sent + performance.now()) / 2, true);
     } catch (err) {
-      showMessage("The lamp controller did not answer; check the network and try again.", false);
+      if (form.closest("#ask")) closeAsk();
+      showMessage(isStop ? words.stopUndelivered : words.notDelivered, false);
     } finally {
-      // Buttons that follow a lamp's state get it back from the poll; the rest come back now.
-      buttons.forEach(function (b) { if (!b.dataset.when) b.disabled = false; });
+      // Buttons that follow a lamp's state get it back from the state; the rest come back now.
+      buttons.forEach(function (b) { if (!b.dataset.when && !b.dataset.ok) b.disabled = false; });
+      lamps.forEach(function (lamp, id) { enable(regions.get(id), lamp); });
       poll();
     }
   });
 
-  window.setInterval(draw, 200);
+  window.setInterval(watch, 200);
   poll();
 })();

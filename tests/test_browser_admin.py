@@ -1,0 +1,96 @@
+"""Admin pages in Chromium: nothing overflows its box and no page scrolls sideways at four sizes, and the
+actions that cannot be undone ask first (with and without JavaScript)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests import browser_kit
+from tests.browser_kit import SIZES, TABLET, log_in, new_page, overflowing, shot, size_name
+from tests.procs import TWO_LAMPS, ServiceProcess, add_users, lampctl, service_config, wait_until
+
+pytestmark = pytest.mark.browser
+browser = browser_kit.browser  # the shared fixture
+PAGES = ("Log", "Usage", "Bulbs", "Events", "Users", "Lamps")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    config = service_config(tmp_path_factory.mktemp("admin"), TWO_LAMPS)
+    tokens = add_users(config)
+    lampctl("user", "add", "practitioner-with-a-long-name", "--role", "practitioner", "--pin", "1357", config=config)
+    svc = ServiceProcess(config).start()
+    svc.tokens = tokens
+    try:
+        for lamp in ("room1", "room2"):
+            status, _ = svc.post(f"/api/lamps/{lamp}/start", {"seconds": 1, "new_patient": True},
+                                 token=tokens["ann"])
+            assert status == 201
+        wait_until(lambda: all(l["state"] == "off" for l in svc.get("/api/lamps", token=tokens["admin"])[1]["lamps"]),
+                   20, "both sessions ended")
+        assert svc.post("/api/estop", {}, token=tokens["ann"])[0] == 200  # both lamps latched
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.mark.parametrize("viewport", SIZES, ids=size_name)
+def test_browser_admin_pages_fit_every_size(browser, service, viewport):
+    from playwright.sync_api import expect
+
+    context, page = new_page(browser, viewport)
+    try:
+        log_in(page, service.url, "admin", "1234")
+        assert overflowing(page) == [], "panel"
+        shot(page, "fit-panel")
+        page.get_by_role("link", name="Admin", exact=True).click()
+        for name in PAGES:
+            page.get_by_role("link", name=name, exact=True).click()
+            expect(page.get_by_role("heading", level=1)).to_be_visible()
+            assert overflowing(page) == [], name
+            shot(page, f"fit-admin-{name.lower()}")
+        assert page.console_errors == []
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("javascript", [True, False], ids=["js", "nojs"])
+def test_browser_bulb_remove_and_reset_ask_first(browser, service, javascript):
+    from playwright.sync_api import expect
+
+    assert service.post("/api/estop", {}, token=service.tokens["ann"])[0] == 200  # latched afresh for each run
+    context, page = new_page(browser, TABLET, java_script_enabled=javascript)
+    try:
+        log_in(page, service.url, "admin", "1234")
+        page.goto(service.url + "/admin/lamps")
+        row = page.locator("tr[data-lamp=room1]")
+        expect(row).to_contain_text(re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d.*emergency stop by ann"))
+        row.get_by_role("button", name="Reset fault of Room 1").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Reset the fault of Room 1?")
+        shot(page, f"confirm-reset-{'js' if javascript else 'nojs'}")
+        page.get_by_role("link", name="Cancel").click()
+        expect(row).to_contain_text("fault")  # nothing happened
+        row.get_by_role("button", name="Reset fault of Room 1").click()
+        page.get_by_role("button", name="Yes, reset fault").click()
+        expect(page.locator("#messages")).to_have_text("Room 1: fault cleared; the lamp is off and ready.")
+
+        page.goto(service.url + "/admin/bulbs")
+        page.get_by_role("button", name="Bulb replaced in Room 2").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text("Record a new bulb in Room 2?")
+        page.get_by_role("button", name="Yes, bulb replaced").click()
+        expect(page.locator("#messages")).to_contain_text("Room 2: bulb replacement recorded")
+
+        page.goto(service.url + "/admin/users")
+        name = "practitioner-with-a-long-name"
+        if javascript:
+            page.get_by_role("button", name=f"Remove {name}").click()
+            expect(page.get_by_role("heading", level=1)).to_have_text(f"Remove {name}?")
+            page.get_by_role("link", name="Cancel").click()
+            expect(page.locator(f"tr[data-user='{name}']")).to_have_count(1)
+        else:
+            page.get_by_role("button", name=f"Remove {name}").click()
+            page.get_by_role("button", name=f"Yes, remove {name}").click()
+            expect(page.locator("#messages")).to_contain_text(f"{name} removed")
+    finally:
+        context.close()

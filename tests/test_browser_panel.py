@@ -1,0 +1,282 @@
+"""The panel at the couch in Chromium: buttons never move, no contact is never mistaken for heating, the limit
+and the continuation question are shown before a tap, and a shared tablet locks and switches users."""
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import pytest
+
+from tests import browser_kit
+from tests.browser_kit import PHONES, SIZES, TABLET, button_boxes, log_in, new_page, overflowing, shot, size_name
+from tests.procs import ServiceProcess, add_users, lampctl, service_config, wait_until
+
+pytestmark = pytest.mark.browser
+browser = browser_kit.browser  # the shared fixture
+
+# Room 1 has a tiny limit so the continuation rule (S18) shows in seconds; Room 2 is a clinic's usual lamp.
+LAMPS = """
+[[lamps]]
+id = "room1"
+name = "Room 1"
+relay_pin = 17
+max_minutes = 1
+default_minutes = 0.1
+presets = [0.1, 0.95]
+
+[[lamps]]
+id = "room2"
+name = "Room 2"
+relay_pin = 18
+max_minutes = 30
+presets = [10, 15, 20, 30]
+rest_window_s = 0
+"""
+
+
+def _service(tmp_path_factory, name: str, extra: str = ""):
+    config = service_config(tmp_path_factory.mktemp(name), LAMPS, extra=extra)
+    tokens = add_users(config)
+    lampctl("user", "add", "bob", "--role", "practitioner", "--pin", "1357", config=config)
+    svc = ServiceProcess(config).start()
+    svc.tokens = tokens
+    return svc
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    svc = _service(tmp_path_factory, "panel")
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def _all_off(service) -> None:
+    status, _ = service.post("/api/stop-all", {}, token=service.tokens["admin"])
+    assert status == 200
+
+
+def _polled(page) -> None:
+    """Wait until the page has applied a state poll of its own (its buttons then follow the server)."""
+    with page.expect_response(re.compile(r".*/panel/state\.json$")):
+        pass
+
+
+def _tap(page, locator) -> None:
+    locator.scroll_into_view_if_needed()
+    box = locator.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    if page.viewport_size in PHONES:
+        page.touchscreen.tap(x, y)
+    else:
+        page.mouse.click(x, y)
+
+
+@pytest.mark.parametrize("viewport", SIZES, ids=size_name)
+def test_browser_buttons_never_move_after_a_tap_a_message_a_refusal_or_a_banner(browser, service, viewport):
+    from playwright.sync_api import expect
+
+    _all_off(service)
+    context, page = new_page(browser, viewport)
+    try:
+        log_in(page, service.url, "ann", "2468")
+        _polled(page)
+        room2 = page.get_by_role("region", name="Room 2")
+        before = button_boxes(page)
+        shot(page, "move-0-first-view")
+        _tap(page, page.get_by_role("heading", name="Room 1"))  # the first touch unlocks the chime
+        expect(page.locator("#sound-note")).to_be_hidden()
+        assert button_boxes(page) == before, "the first tap moved a button"
+
+        _tap(page, room2.get_by_role("button", name="10 min"))
+        expect(page.locator("#messages")).to_have_text("Room 2 started for 10 min.")
+        expect(room2).to_have_attribute("data-state", "on")
+        assert button_boxes(page) == before, "a message moved a button"
+        shot(page, "move-1-message")
+
+        # A page that missed a change: its 20 min button still looks enabled; the refusal takes no room.
+        page.evaluate("document.querySelector('#lamp-room2 .btn-preset[value=\"20\"]').disabled = false")
+        _tap(page, room2.get_by_role("button", name="20 min"))
+        expect(page.locator("#messages")).to_have_text("Room 2 is already on.")
+        assert button_boxes(page) == before, "a refusal moved a button"
+        shot(page, "move-2-refusal")
+
+        page.route(re.compile(r".*/panel/state\.json$"), lambda route: route.abort())
+        alert = page.get_by_role("alert").filter(has_text="No contact with the lamp controller")
+        expect(alert).to_be_visible(timeout=6000)
+        assert button_boxes(page) == before, "a banner moved a button"
+        shot(page, "move-3-banner")
+        page.unroute(re.compile(r".*/panel/state\.json$"))
+        expect(alert).to_have_count(0, timeout=6000)
+
+        _tap(page, room2.get_by_role("button", name="Stop"))
+        expect(room2).to_have_attribute("data-state", "off")
+        assert button_boxes(page) == before
+        assert overflowing(page) == []
+        assert page.console_errors == []
+    finally:
+        context.close()
+
+
+def test_browser_limit_disables_what_it_forbids_and_the_continuation_question(browser, service):
+    from playwright.sync_api import expect
+
+    _all_off(service)
+    context, page = new_page(browser, TABLET)
+    try:
+        log_in(page, service.url, "ann", "2468")
+        room1 = page.get_by_role("region", name="Room 1")
+        room2 = page.get_by_role("region", name="Room 2")
+        room2.get_by_role("button", name="20 min").click()
+        expect(room2.get_by_role("button", name="+5 min")).to_be_enabled()
+        expect(room2.locator(".lamp-note")).to_contain_text("10 min more may be added")
+        for _ in range(2):
+            room2.get_by_role("button", name="+5 min").click()
+            expect(page.locator("#messages")).to_contain_text("5 min added")
+        expect(room2.get_by_role("button", name="+5 min")).to_be_disabled()
+        expect(room2.locator(".lamp-note")).to_contain_text("at its 30 min limit: no more time can be added")
+        room2.get_by_role("button", name="Stop").click()
+
+        # Room 1's limit is 1 min: after a 6 s session, 57 s more for the same patient would pass it.
+        room1.get_by_role("button", name="6 s").click()
+        expect(room1).to_have_attribute("data-state", "on")
+        expect(room1.get_by_role("button", name="+5 min")).to_be_disabled()  # 5 min would pass the 1 min limit
+        expect(room1).to_have_attribute("data-state", "off", timeout=15_000)
+        expect(room1.locator(".lamp-note")).to_contain_text(re.compile(r"The same patient has 5\d s left of 1 min"))
+        room1.get_by_role("button", name="57 s").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("Room 1, 57 s: same patient or a new patient?")
+        expect(dialog.get_by_role("button", name=re.compile(r"^Same patient \(5\d s left\)$"))).to_be_disabled()
+        dialog.get_by_role("button", name="Stop all").click(trial=True)  # stopping never waits for an answer
+        shot(page, "ask-limit", full_page=False)
+        dialog.get_by_role("button", name="New patient").click()
+        expect(room1).to_have_attribute("data-state", "on")
+        expect(page.locator("#messages")).to_have_text("Room 1 started for 57 s.")
+        assert page.console_errors == []
+    finally:
+        context.close()
+    status, body = service.get("/api/sessions", token=service.tokens["admin"])
+    assert [s["continues"] for s in body["sessions"] if s["lamp_id"] == "room1"][-2:] == [None, None]
+
+
+def _wait_off(service, lamp_id: str) -> None:
+    def off():
+        status, body = service.get(f"/api/lamps/{lamp_id}", token=service.tokens["admin"])
+        return status == 200 and body["state"] == "off"
+    wait_until(off, 20, f"{lamp_id} off")
+
+
+def test_browser_continuation_question_without_javascript(browser, service):
+    from playwright.sync_api import expect
+
+    _all_off(service)
+    _wait_off(service, "room1")
+    status, _ = service.post("/api/lamps/room1/start", {"seconds": 1, "new_patient": True}, token=service.tokens["ann"])
+    assert status == 201
+    _wait_off(service, "room1")
+    context, page = new_page(browser, browser_kit.PHONE, java_script_enabled=False)
+    try:
+        log_in(page, service.url, "ann", "2468")
+        page.get_by_role("region", name="Room 1").get_by_role("button", name="6 s").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("Room 1, 6 s: same patient or a new patient?")
+        same = dialog.get_by_role("button", name=re.compile(r"^Same patient \(5\d s left\)$"))
+        expect(same).to_be_enabled()
+        dialog.get_by_role("button", name="Stop all").click(trial=True)  # stopping never waits for an answer
+        shot(page, "ask-nojs", full_page=False)
+        same.click()
+        expect(page.locator("#messages")).to_have_text("Room 1 started for 6 s.")
+        expect(dialog).to_have_count(0)
+    finally:
+        context.close()
+    status, body = service.get("/api/sessions", token=service.tokens["admin"])
+    assert body["sessions"][-1]["continues"] == body["sessions"][-2]["id"]
+
+
+def test_browser_frozen_service_shows_no_contact_and_an_undeliverable_stop(browser, tmp_path_factory):
+    """Item 2: `lampctl serve` frozen with SIGSTOP must never look like a heating lamp."""
+    from playwright.sync_api import expect
+
+    svc = _service(tmp_path_factory, "frozen")
+    context, page = new_page(browser, TABLET)
+    try:
+        log_in(page, svc.url, "ann", "2468")
+        room2 = page.get_by_role("region", name="Room 2")
+        room2.get_by_role("button", name="10 min").click()
+        expect(room2).to_have_attribute("data-state", "on")
+        _polled(page)
+        svc.signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        alert = page.get_by_role("alert").filter(has_text=re.compile(r"^No contact with the lamp controller"))
+        expect(alert).to_be_visible(timeout=4500)
+        took = time.monotonic() - frozen_at
+        print(f"no-contact alert after {took:.2f} s")
+        assert took < 4.5
+        expect(alert).to_contain_text("safety timer")
+        expect(alert).to_contain_text("wall switch or the E-stop")
+        expect(room2).to_have_attribute("data-stale", "")
+        expect(room2.locator(".lamp-state")).to_have_text("Last known")
+        expect(page.get_by_role("region", name="Room 1").get_by_role("button", name="6 s")).to_be_disabled()
+        expect(room2.get_by_role("button", name="+5 min")).to_be_disabled()
+        clock = room2.get_by_role("timer").inner_text()
+        shot(page, "frozen")
+        room2.get_by_role("button", name="Stop").click()
+        expect(page.locator("#messages")).to_have_text(re.compile(r"^Stop could NOT be delivered"), timeout=1000)
+        assert room2.get_by_role("timer").inner_text() == clock  # a last known clock does not count down
+        svc.signal(signal.SIGCONT)
+        expect(alert).to_have_count(0, timeout=8000)
+        expect(room2).not_to_have_attribute("data-stale", "")
+        assert page.console_errors == []
+    finally:
+        context.close()
+        svc.signal(signal.SIGCONT)
+        svc.stop()
+
+
+def test_browser_idle_lock_keeps_stop_and_a_quick_switch_unlocks(browser, tmp_path_factory):
+    """Item 6: a locked panel can always stop a lamp, never start one; tap your name and PIN to take over."""
+    svc = _service(tmp_path_factory, "locking", extra="[panel]\nlock_after_s = 3\n")
+    try:
+        _lock_and_switch(browser, svc)
+    finally:
+        svc.stop()
+
+
+def _lock_and_switch(browser, svc) -> None:
+    from playwright.sync_api import expect
+
+    for viewport in (browser_kit.PHONE, TABLET):
+        context, page = new_page(browser, viewport)
+        try:
+            log_in(page, svc.url, "ann", "2468")
+            room2 = page.get_by_role("region", name="Room 2")
+            room2.get_by_role("button", name="10 min").click()
+            expect(room2).to_have_attribute("data-state", "on")
+            before = button_boxes(page)
+            expect(page.locator("#lock-note")).to_be_visible(timeout=8000)
+            expect(room2.get_by_role("button", name="+5 min")).to_be_disabled()
+            for name in ("10 min", "15 min"):
+                expect(page.get_by_role("region", name="Room 1").get_by_role("button", name="6 s")).to_be_disabled()
+                expect(room2.get_by_role("button", name=name)).to_be_disabled()
+            expect(room2.get_by_role("button", name="Stop")).to_be_enabled()
+            assert button_boxes(page) == before, "the lock moved a button"
+            shot(page, "locked")
+            room2.get_by_role("button", name="Stop").click()
+            expect(page.locator("#messages")).to_have_text("Room 2 stopped.")
+            expect(room2.get_by_role("button", name="10 min")).to_be_disabled()  # a Stop does not unlock
+            page.get_by_role("link", name="unlock with your PIN").click()
+            page.get_by_text("bob", exact=True).click()
+            page.get_by_label("PIN").fill("1357")
+            shot(page, "switch")
+            page.get_by_role("button", name="Unlock").click()
+            expect(page.locator("#messages")).to_have_text("The panel now works under bob.")
+            expect(page.locator("#lock-note")).to_be_hidden()
+            room2.get_by_role("button", name="10 min").click()
+            expect(room2.locator(".lamp-note")).to_contain_text("Started by bob")
+            page.get_by_role("button", name="Stop all").click()
+            expect(page.locator("#messages")).to_have_text("All lamps stopped.")
+            assert page.console_errors == []
+        finally:
+            context.close()

@@ -1,0 +1,66 @@
+"""Words for people at the couch: fault reasons in plain language, state labels and durations, translated."""
+from __future__ import annotations
+
+import math
+
+from flask_babel import format_decimal, gettext, lazy_gettext
+
+STATE_LABELS = {"off": lazy_gettext("Off · ready"), "on": lazy_gettext("ON · heating"),
+                "cooldown": lazy_gettext("Cooling down"), "fault": lazy_gettext("FAULT · locked off")}
+
+# (what the developer text contains, what the practitioner reads). First match wins; the
+# full reason stays in the events page for the admin.
+_FAULTS = [
+    ("still powered", lazy_gettext("This lamp may still be powered although it was switched off. Switch it off "
+                                   "at the wall now and tell an admin.")),
+    ("could not be switched off", lazy_gettext("This lamp's switch did not respond. Switch it off at the wall now "
+                                               "and tell an admin.")),
+    ("not powered", lazy_gettext("The lamp did not light (the bulb or its switch may have failed). It stays off "
+                                 "until an admin checks it.")),
+    ("could not be switched on", lazy_gettext("The lamp's switch did not respond, so it stays off until an admin "
+                                              "checks it.")),
+    ("firmware", lazy_gettext("The safety controller stopped answering, so this lamp was switched off. It stays "
+                              "off until an admin resets it.")),
+    ("scheduler", lazy_gettext("The lamp timer stopped working, so every lamp was switched off. They stay off "
+                               "until an admin resets them.")),
+]
+
+
+def fault_text(reason: str | None) -> str:
+    """A latched fault as a practitioner should read it: what happened and what to do."""
+    text = reason or ""
+    if text.startswith("emergency stop by "):
+        return gettext("Emergency stop pressed by %(name)s. Every lamp stays off until an admin resets it.",
+                       name=text.removeprefix("emergency stop by "))
+    if text.lower().startswith("e-stop"):
+        return gettext("The emergency stop button was pressed. Every lamp stays off until an admin resets it.")
+    for needle, words in _FAULTS:
+        if needle in text:
+            return str(words)
+    return gettext("A safety check switched this lamp off. It stays off until an admin resets it.")
+
+
+def minutes_text(minutes: float) -> str:
+    """A button label: "10 min"; under a minute in seconds ("3 s"); numbers in the page's locale."""
+    if minutes < 1:
+        return gettext("%(n)s s", n=format_decimal(round(minutes * 60)))
+    return gettext("%(n)s min", n=format_decimal(minutes))
+
+
+def seconds_text(seconds: float) -> str:
+    """ "4 min 57 s", "20 min", "3 s": never a rounded figure that promises time that is not there."""
+    whole = max(0, math.floor(seconds + 1e-6))
+    if whole < 60:
+        return gettext("%(n)s s", n=format_decimal(whole))
+    minutes, rest = divmod(whole, 60)
+    if rest:
+        return gettext("%(m)s min %(s)s s", m=format_decimal(minutes), s=format_decimal(rest))
+    return gettext("%(n)s min", n=format_decimal(minutes))
+
+
+def clock_text(seconds: float | None) -> str:
+    """Seconds as m:ss, rounded up so 0:00 shows only when time is really up."""
+    if seconds is None:
+        return "--:--"
+    whole = max(0, math.ceil(seconds - 1e-6))
+    return f"{whole // 60}:{whole % 60:02d}"
