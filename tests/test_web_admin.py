@@ -360,3 +360,15 @@ def test_bulb_remove_and_reset_ask_first_without_javascript(web, controller, acc
     assert "Latched since" in post(web, "/admin/lamps/room1/reset").data.decode()
     assert controller.lamp("room1").state == "fault" and accounts.user("ann") is not None
     assert "bulb replaced" not in [e["why"][:13] for e in usage_log.events()]
+
+
+def test_admin_pages_warn_while_the_clock_is_not_synchronised(services, clock, users):
+    synced = {"now": False}
+    services.clock_synchronised = lambda: synced["now"]
+    app = create_app(services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic})
+    client = app.test_client()
+    login(client, "admin", "1234")
+    for page in ("/admin/log", "/admin/usage", "/admin/lamps"):
+        assert b"The system clock is not synchronised" in client.get(page).data, page
+    synced["now"] = True
+    assert b"The system clock is not synchronised" not in client.get("/admin/log").data

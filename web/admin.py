@@ -28,6 +28,14 @@ from web.charts import colour, stacked_days_svg
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 bp.before_request(require_admin)
 
+
+@bp.context_processor
+def _clock_warning():
+    """Every admin page says so while the system clock is not synchronised: log times may be wrong."""
+    from lampctl.clocksync import describe
+
+    return {"clock_warning": describe(False) if services().clock_synchronised() is False else None}
+
 USAGE_DAYS = 30
 EVENTS_PAGE_SIZE = 100
 # The log page counts matching sessions up to this many: an exact count of a decade is a full scan.
