@@ -102,6 +102,20 @@ class LoopDisk:
         if done.returncode != 0:
             pytest.skip(f"chattr +i refused: {done.stderr.strip()}")
 
+    def shared_memory_unwritable(self) -> None:
+        """Everything read-only, SQLite's mapped -shm file included (a filesystem remounted
+        read-only after an I/O error leaves a mapping that faults the same way): SIGBUS."""
+        self.read_only()
+        shm = str(self.database) + "-shm"
+        _run("chattr", "+i", shm)
+        # Written back, its pages are clean and write-protected: SQLite's next write to the
+        # mapping faults in the kernel, which cannot make an immutable page writable.
+        fd = os.open(shm, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def writable(self) -> None:
         if self.mounted:
             for name in (str(self.database), str(self.database) + "-wal", str(self.database) + "-shm",

@@ -104,3 +104,26 @@ def test_s9_s10_database_file_deleted_then_restored(rig, seed, tmp_path):
         kept.unlink()
 
     disk_trials(rig, seed, "database deleted", delete, restore, trials=1)
+
+
+@pytest.mark.timeout(240)
+def test_s1_s15_database_shared_memory_unwritable_relays_off(disk_rig, disk):
+    """SQLite maps its -shm file: when it cannot be written the kernel sends SIGBUS, which ends
+    the process. The relays must go off first (S1, S15), as for every other fatal signal."""
+    rig = disk_rig
+    rig.start()
+    assert rig.call("start", "room1", seconds=30).status == 201
+    fault = rig.fault("database shared memory unwritable", target="service")
+    disk.shared_memory_unwritable()
+    rig.call("extend", "room1", seconds=5)  # a record to write: the writer touches the mapping
+    rc = rig.svc.proc.wait(60)
+    fault.t1 = rig.lives[-1].ended = time.monotonic()
+    rig.svc.stop()
+    assert rc == 1, f"exit {rc}: {rig.svc.stderr()[-2000:]}"
+    assert "SIGBUS received" in rig.svc.stderr()
+    disk.writable()
+    rig.finish()
+    oracle = Oracle(rig)
+    oracle.check()  # S1: no relay left on at the end of that life
+    [row] = rig.rows("SELECT end_reason FROM sessions")
+    assert row["end_reason"] == "interrupted"
