@@ -11,6 +11,8 @@ can honestly stretch: a frozen process cannot switch its relay, a killed one can
 """
 from __future__ import annotations
 
+import json
+import os
 from collections import defaultdict
 from datetime import datetime
 
@@ -51,6 +53,9 @@ class Oracle:
         self.down = [(f.t0, f.t1 or end) for f in rig.faults if f.target == "service"]
         for i, life in enumerate(rig.lives[1:], 1):
             self.down.append((rig.lives[i - 1].ended or life.began, life.serving or end))
+        # Lives in which the wall clock was stepped.
+        self.stepped = {n for n, life in enumerate(rig.lives) for f in rig.faults
+                        if f.target == "clock" and life.began <= f.t0 <= (life.ended or end)}
         self.relays = self._relay_intervals()
         self.firmware = self._firmware_intervals()
 
@@ -155,7 +160,12 @@ class Oracle:
         stretch = _overlap(on, off, self.frozen_svc)
         if ran > row["planned_s"] + OVERSHOOT_S + stretch:
             self.fail(f"S2: life {life} session {row['id']} relay on {ran:.3f} s, planned {row['planned_s']} s")
-        if row["actual_s"] is not None and row["actual_s"] > ran + RECORD_SLACK_S:
+        claim = ran + RECORD_SLACK_S
+        if row["end_reason"] == "interrupted" and life in self.stepped:
+            # Known limit (docs/faults.md): recovery bounds an interrupted session by the last
+            # "alive" mark in wall time, so a forward step can stretch it up to its plan.
+            claim = max(claim, row["planned_s"] + 1e-6)
+        if row["actual_s"] is not None and row["actual_s"] > claim:
             self.fail(f"S13: session {row['id']} records {row['actual_s']} s, its relay was on {ran:.3f} s")
         honest_end = row["end_reason"] in ("completed", "stopped", "estop", "fault")
         if honest_end and row["actual_s"] < ran - RECORD_SLACK_S - stretch:
@@ -238,9 +248,13 @@ def summary(rig: Rig, oracle: Oracle) -> dict:
     for c in rig.calls:
         kinds[c.kind][str(c.status)] += 1
     f = rig.figures
-    return {
+    samples = sorted(f.relay_off_samples)
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] if samples else 0.0
+    figures = {
+        "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
         "lives": len(rig.lives),
         "faults": len(rig.faults),
+        "fault_kinds": sorted({f.kind.split(" to ")[0] for f in rig.faults}),
         "calls": {k: dict(v) for k, v in kinds.items()},
         "sessions_on_disk": len(oracle.rows),
         "relay_on_intervals": sum(len(v) for v in oracle.relays.values()),
@@ -248,5 +262,10 @@ def summary(rig: Rig, oracle: Oracle) -> dict:
         "acknowledged_lost": 0 if not oracle.problems else None,
         "stops_measured": len(f.relay_off_samples),
         "worst_relay_off_ms": round(f.worst_relay_off_s * 1000, 1),
+        "p99_relay_off_ms": round(p99 * 1000, 1),
         "worst_stop_answer_ms": round(f.worst_stop_answer_s * 1000, 1),
     }
+    if os.environ.get("FAULT_FIGURES"):  # the soak run collects every trial's figures for docs/faults.md
+        with open(os.environ["FAULT_FIGURES"], "a") as fh:
+            fh.write(json.dumps(figures) + "\n")
+    return figures

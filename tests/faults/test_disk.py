@@ -14,6 +14,8 @@ from tests.faults.oracle import Oracle, summary
 from tests.faults.rig import Rig
 
 pytestmark = pytest.mark.integration
+# Trials per fault: a few in CI, more in the long form (pytest -m soak).
+TRIALS = pytest.mark.parametrize("trials", [2, pytest.param(10, marks=pytest.mark.soak, id="soak")])
 
 
 def log_failing(rig) -> bool:
@@ -70,29 +72,34 @@ def disk_rig(tmp_path, disk):
     rig.close()
 
 
-@pytest.mark.timeout(240)
-def test_s9_s10_disk_full(disk_rig, disk, seed):
-    disk_trials(disk_rig, seed, "disk full", disk.fill, lambda _: disk.unfill(), trials=2)
+@TRIALS
+@pytest.mark.timeout(900)
+def test_s9_s10_disk_full(disk_rig, disk, seed, trials):
+    disk_trials(disk_rig, seed, "disk full", disk.fill, lambda _: disk.unfill(), trials=trials)
 
 
-@pytest.mark.timeout(240)
-def test_s9_s10_disk_read_only(disk_rig, disk, seed):
-    disk_trials(disk_rig, seed, "disk read-only", disk.read_only, lambda _: disk.writable(), trials=2)
+@TRIALS
+@pytest.mark.timeout(900)
+def test_s9_s10_disk_read_only(disk_rig, disk, seed, trials):
+    disk_trials(disk_rig, seed, "disk read-only", disk.read_only, lambda _: disk.writable(), trials=trials)
 
 
-@pytest.mark.timeout(240)
-def test_s9_s10_disk_frozen(disk_rig, disk, seed):
-    disk_trials(disk_rig, seed, "disk frozen", disk.freeze, lambda _: disk.thaw(), trials=2)
+@TRIALS
+@pytest.mark.timeout(900)
+def test_s9_s10_disk_frozen(disk_rig, disk, seed, trials):
+    disk_trials(disk_rig, seed, "disk frozen", disk.freeze, lambda _: disk.thaw(), trials=trials)
 
 
-@pytest.mark.timeout(240)
-def test_s9_s10_database_locked(disk_rig, disk, seed):
+@TRIALS
+@pytest.mark.timeout(900)
+def test_s9_s10_database_locked(disk_rig, disk, seed, trials):
     disk_trials(disk_rig, seed, "database locked", lambda: DatabaseLock(disk.database),
-                lambda lock: lock.release(), trials=2)
+                lambda lock: lock.release(), trials=trials)
 
 
-@pytest.mark.timeout(240)
-def test_s9_s10_database_file_deleted_then_restored(rig, seed, tmp_path):
+@TRIALS
+@pytest.mark.timeout(900)
+def test_s9_s10_database_file_deleted_then_restored(rig, seed, tmp_path, trials):
     kept = tmp_path / "kept.db"
 
     def delete():
@@ -103,7 +110,7 @@ def test_s9_s10_database_file_deleted_then_restored(rig, seed, tmp_path):
         os.link(kept, rig.database)
         kept.unlink()
 
-    disk_trials(rig, seed, "database deleted", delete, restore, trials=1)
+    disk_trials(rig, seed, "database deleted", delete, restore, trials=max(1, trials // 2))
 
 
 @pytest.mark.timeout(240)

@@ -134,3 +134,13 @@ def test_oracle_catches_a_chain_past_the_max(fake):
         conn.execute("UPDATE sessions SET planned_s = 50, actual_s = 50 WHERE id = 1")
         conn.execute("UPDATE sessions SET continues = 1 WHERE id = 2")
     caught(fake, "S18")
+
+
+def test_oracle_catches_a_recovered_session_claiming_time_it_did_not_run(fake):
+    fake.lives[0].killed = True
+    fake.relay.pop()  # killed while on: the relay's time ends with the process
+    fake.lives[0].ended = 100.5
+    fake.sim.lines[1]["t"] = 101.4  # the firmware's watchdog cut
+    with sqlite3.connect(fake.database) as conn:
+        conn.execute("UPDATE sessions SET end_reason = 'interrupted' WHERE id = 1")
+    caught(fake, "S13")
