@@ -29,6 +29,10 @@ EVICT_LOG_INTERVAL_S = 10.0
 WORKER_THREADS = 8
 # Threads that serve only Stop requests: a Stop never queues behind reads.
 SAFETY_LANE_THREADS = 2
+# A Stop's reply waits up to 2 s for its record (web/codes.py): with the disk failing, each
+# Stop holds its thread that long, so the lane grows rather than queue the next Stop behind
+# them. The ceiling bounds a flood of authorised Stops; past it they queue.
+SAFETY_LANE_MAX_THREADS = 32
 # POST .../stop, /stop-all, /estop (API and panel forms).
 STOP_PATH = re.compile(r"/(stop|stop-all|estop)/?$")
 
@@ -56,7 +60,20 @@ class SafetyLaneDispatcher(ThreadedTaskDispatcher):
         self.lane.set_thread_count(lane_threads)
 
     def add_task(self, task) -> None:
-        (self.lane if is_stop(task) else super()).add_task(task)
+        if is_stop(task):
+            self._grow_lane()
+            self.lane.add_task(task)
+        else:
+            super().add_task(task)
+
+    def _grow_lane(self) -> None:
+        """One more lane thread when none is idle (S10: a Stop never waits for another's record)."""
+        lane = self.lane
+        with lane.lock:
+            running = len(lane.threads) - lane.stop_count
+            idle = running - lane.active_count - len(lane.queue)
+        if idle <= 0 and running < SAFETY_LANE_MAX_THREADS:
+            lane.set_thread_count(running + 1)
 
     def shutdown(self, cancel_pending=True, timeout=5):
         lane_done = self.lane.shutdown(cancel_pending, timeout)

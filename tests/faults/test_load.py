@@ -79,3 +79,33 @@ def test_s13_wall_clock_steps(rig, seed):
 @pytest.mark.timeout(900)
 def test_s13_wall_clock_steps_soak(rig, seed):
     clock_steps(rig, seed, steps=40)
+
+
+@pytest.mark.timeout(240)
+def test_s10_stop_never_queues_behind_stops_waiting_for_their_records(rig):
+    """A Stop's reply waits (up to 2 s) for its record; with the disk failing, Stops that came
+    first must not hold every thread of the safety lane while a later Stop waits its turn."""
+    import threading
+
+    from tests.faults.disk import DatabaseLock
+
+    rig.start()
+    lock = DatabaseLock(rig.database)  # every record now waits: each Stop's reply takes its full 2 s
+    fault = rig.fault("database locked", target="disk")
+    try:
+        blockers = [threading.Thread(target=rig.call, args=("stop-all",)) for _ in range(6)]
+        for t in blockers:
+            t.start()
+        wait_until(lambda: sum(c.kind == "stop-all" for c in list(rig.calls)) == 6, 10, "the Stops sent")
+        starter = threading.Thread(target=rig.call, args=("start", "room1"), kwargs={"seconds": 30})
+        starter.start()
+        wait_until(lambda: any(l["relay_on"] for l in rig.health().get("lamps", [])), 10, "room1 on")
+        stop = rig.call("stop", "room1")
+        assert stop.status in (200, 409), stop.body  # 409 if a queued stop-all got there first
+        for t in [*blockers, starter]:
+            t.join(30)
+    finally:
+        lock.release()
+        fault.t1 = time.monotonic()
+    wait_until(lambda: rig.health().get("log", {}).get("pending") == 0, 30, "the records written")
+    judge(rig)  # S10: room1's relay off within the bound of its Stop
