@@ -206,7 +206,8 @@ class Oracle:
             why = e["why"] or ""
             if why.startswith("extended by"):
                 whys["extend"] += 1
-            elif why in ("stopped: stopped by user", "start cancelled by stop"):
+            elif why.endswith(": stopped by user") or why == "start cancelled by stop":
+                # "<end reason>: stopped by user": `stopped`, or `firmware` when the firmware had cut first (S13)
                 whys["stop"] += 1
             elif e["lamp_id"] is None and why == "stop all (API)":
                 whys["stop-all"] += 1

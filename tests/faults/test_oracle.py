@@ -144,3 +144,11 @@ def test_oracle_catches_a_recovered_session_claiming_time_it_did_not_run(fake):
     with sqlite3.connect(fake.database) as conn:
         conn.execute("UPDATE sessions SET end_reason = 'interrupted' WHERE id = 1")
     caught(fake, "S13")
+
+
+def test_oracle_counts_a_stop_that_found_the_firmware_had_cut_first(fake):
+    with sqlite3.connect(fake.database) as conn:
+        conn.execute("INSERT INTO events (at, lamp_id, from_state, to_state, who, why) VALUES "
+                     "('2026-01-05T09:00:02.000Z', 'room1', 'on', 'off', 'ann', 'firmware: stopped by user')")
+    fake.calls.append(Call("stop", "room1", 103.0, 103.01, 200, {"recorded": True}, 0))
+    assert fake.check() == []
