@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import sqlite3
 import sys
 import threading
@@ -235,10 +234,3 @@ class Rig:
         self.faults.append(fault)
         return fault
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

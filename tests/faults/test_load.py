@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 import pytest
 
 from lampctl.testing import close_all, idle_connections, wait_until
+from tests.faults.disk import DatabaseLock
 from tests.faults.driver import Driver
 from tests.faults.oracle import Oracle, summary
 
@@ -85,10 +87,6 @@ def test_s13_wall_clock_steps_soak(rig, seed):
 def test_s10_stop_never_queues_behind_stops_waiting_for_their_records(rig):
     """A Stop's reply waits (up to 2 s) for its record; with the disk failing, Stops that came
     first must not hold every thread of the safety lane while a later Stop waits its turn."""
-    import threading
-
-    from tests.faults.disk import DatabaseLock
-
     rig.start()
     lock = DatabaseLock(rig.database)  # every record now waits: each Stop's reply takes its full 2 s
     fault = rig.fault("database locked", target="disk")
