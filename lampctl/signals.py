@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import signal
 import sys
 import threading
@@ -21,13 +20,6 @@ TERMINATING_SIGNALS = tuple(
         "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGUSR1", "SIGUSR2",
         "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGXFSZ",
     ) if hasattr(signal, name))
-# Signals that mean the process itself is broken. SIGBUS comes from a mapped file that can
-# no longer be written: SQLite maps the database's -shm file, so a disk gone read-only
-# (chattr, or ext4 remounting read-only after an I/O error) ends the process this way. The
-# faulting thread cannot go on, and waiting for close steps would spin it on the same fault:
-# relays OFF, sessions ended in memory, then out at once (exit 1; the next start marks
-# the sessions `interrupted`, and the firmware's watchdog covers its link).
-FATAL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGBUS",) if hasattr(signal, name))
 
 
 def s1_install_guards(all_off: Callable[[str], None],
@@ -55,17 +47,8 @@ def s1_install_guards(all_off: Callable[[str], None],
         log.warning("%s received: relays off, stopping", name)
         raise SystemExit(0)
 
-    def on_fatal_signal(signum, _frame):
-        all_off(f"{signal.Signals(signum).name} received")
-        log.critical("%s received: relays off; leaving at once (the process's memory maps are failing)",
-                     signal.Signals(signum).name)
-        logging.shutdown()
-        os._exit(1)
-
     for signum in TERMINATING_SIGNALS:
         signal.signal(signum, on_signal)
-    for signum in FATAL_SIGNALS:
-        signal.signal(signum, on_fatal_signal)
     atexit.register(all_off, "process exit")
 
     previous_thread_hook = threading.excepthook

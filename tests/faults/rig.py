@@ -161,9 +161,11 @@ class Rig:
         wait_until(lambda: all(not on for on in self.firmware_now().values()), 10, "every firmware output off")
 
     def close(self) -> None:
-        if self.svc is not None and self.svc.proc.poll() is None:
-            self.svc.proc.kill()
-            self.svc.proc.wait(10)
+        if self.svc is not None:
+            if self.svc.proc is not None and self.svc.proc.poll() is None:
+                self.svc.proc.kill()
+                self.svc.proc.wait(10)
+            self.svc._close_logs()  # even after a failed start: an open log file fails the next test
         self.sim.stop()
 
     # ---- calls, each written down ------------------------------------------------------
