@@ -33,6 +33,10 @@ OUTBUF_HIGH_WATERMARK = 1 << 20
 SAFETY_LANE_THREADS = 2
 # A read waits at most this long for the Stops being served before it starts anyway.
 READ_HOLD_MAX_S = 0.5
+# A Stop's reply waits up to 2 s for its record (web/codes.py): with the disk failing, each
+# Stop holds its thread that long, so the lane grows rather than queue the next Stop behind
+# them. The ceiling bounds a flood of authorised Stops; past it they queue.
+SAFETY_LANE_MAX_THREADS = 32
 # POST .../stop, /stop-all, /estop (API and panel forms).
 STOP_PATH = re.compile(r"/(stop|stop-all|estop)/?$")
 
@@ -108,6 +112,7 @@ class SafetyLaneDispatcher(ThreadedTaskDispatcher):
             with self._stops_lock:
                 self._stops += 1
                 self._no_stop.clear()
+            self._grow_lane()
             self.lane.add_task(_StopTask(task, self._stop_done))
         else:
             super().add_task(_ReadTask(task, self._no_stop))
@@ -117,6 +122,15 @@ class SafetyLaneDispatcher(ThreadedTaskDispatcher):
             self._stops -= 1
             if self._stops == 0:
                 self._no_stop.set()
+
+    def _grow_lane(self) -> None:
+        """One more lane thread when none is idle (S10: a Stop never waits for another's record)."""
+        lane = self.lane
+        with lane.lock:
+            running = len(lane.threads) - lane.stop_count
+            idle = running - lane.active_count - len(lane.queue)
+        if idle <= 0 and running < SAFETY_LANE_MAX_THREADS:
+            lane.set_thread_count(running + 1)
 
     def shutdown(self, cancel_pending=True, timeout=5):
         lane_done = self.lane.shutdown(cancel_pending, timeout)

@@ -385,10 +385,14 @@ def test_bridge_open_failures_back_off_exponentially(links):
     wire.open_error = "could not open port /dev/ttyACM0: No such file or directory"
     events = LinkEvents()
     link = links("fake://", on_link_change=events, serial_for_url=wire)
+    t0 = time.monotonic()
     link.start()
-    time.sleep(1.0)
-    # 0.1 + 0.2 + 0.4 s of backoff fit in 1 s, 0.8 more does not.
-    assert 3 <= wire.opens <= 5
+    end = t0 + 10
+    while wire.opens < 4 and time.monotonic() < end:
+        time.sleep(0.01)
+    # Four opens wait 0.1 + 0.2 + 0.4 s of backoff between them (0.3 s if it did not double):
+    # a lower bound, which a loaded machine can only lengthen.
+    assert wire.opens >= 4 and time.monotonic() - t0 >= 0.7 - 0.01
     assert events.states == [False]
     assert events.calls[0][2] == "Cannot open fake://: could not open port /dev/ttyACM0: No such file or directory."
     wire.open_error = None
@@ -487,11 +491,14 @@ def test_bridge_thread_is_named_daemon_and_callback_cannot_deadlock(links):
 
 
 def test_bridge_broken_callback_does_not_stop_the_link(links):
+    called = threading.Event()
+
     def callback(up, reason):
+        called.set()
         raise ValueError("callback bug")
 
     link = started(links("fake://", on_link_change=callback, serial_for_url=FakeWire(FirmwarePeer())))
-    time.sleep(0.3)
+    assert called.wait(5), "the link never called on_link_change"
     link.arm(0, 1000)
     assert link.up
 

@@ -49,10 +49,18 @@ def test_s10_stop_is_served_while_every_worker_is_busy():
     dispatcher = httpserver.SafetyLaneDispatcher(lane_threads=1)
     dispatcher.set_thread_count(2)
     release = threading.Event()
-    slow = [Task("GET", "/api/sessions", lambda: release.wait(30)) for _ in range(4)]
+    busy = threading.Semaphore(0)
+
+    def read():
+        busy.release()
+        release.wait(30)
+
+    slow = [Task("GET", "/api/sessions", read) for _ in range(4)]
     try:
         for task in slow:
             dispatcher.add_task(task)
+        # Both workers hold a read before the Stop comes (on a loaded machine they may take a while).
+        assert busy.acquire(timeout=20) and busy.acquire(timeout=20)
         stop = Task("POST", "/api/stop-all")
         dispatcher.add_task(stop)
         assert stop.done.wait(10), "the Stop waited behind the reads"

@@ -33,8 +33,13 @@ def test_s2_s4_session_completes_then_kill9_is_recorded_interrupted(tmp_path):
         wait_until(lambda: svc.get("/api/lamps/room1", tokens["ann"])[1]["state"] == "off", 5)
         _, lamp = svc.get("/api/lamps/room1", tokens["ann"])
         assert lamp["relay_on"] is False
-        _, sessions = svc.get("/api/sessions", token=tokens["admin"])
-        done = [s for s in sessions["sessions"] if s["id"] == first][0]
+
+        def ended():
+            # The relay is off before the record is written (S9): wait for the record itself.
+            rows = svc.get("/api/sessions", token=tokens["admin"])[1]["sessions"]
+            return next((s for s in rows if s["id"] == first and s["ended_at"]), None)
+
+        done = wait_until(ended, 10, "the completed session's record")
         assert done["end_reason"] == "completed"
         assert abs(done["actual_s"] - 2) <= 0.1
 
