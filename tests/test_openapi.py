@@ -119,3 +119,16 @@ def test_openapi_session_and_lamp_schemas_describe_a_whole_session(client, users
         _validator(_response_schema(path, method, status)).validate(resp.get_json())
     assert [s["end_reason"] for s in sessions.get_json()["sessions"]] == ["stopped"]
     assert estopped.get_json()["lamps"][0]["state"] == "fault"
+
+
+@pytest.mark.parametrize("method,path", [
+    ("put", "/api/lamps"), ("delete", "/api/lamps/room1"), ("get", "/api/stop-all"), ("post", "/api/openapi.json"),
+    ("put", "/login"),
+])
+def test_openapi_a_405_names_the_allowed_methods(client, method, path):
+    resp = getattr(client, method)(path)
+    assert resp.status_code == 405
+    allowed = {m.strip() for m in resp.headers["Allow"].split(",")}
+    assert allowed and method.upper() not in allowed
+    if path.startswith("/api/"):
+        assert resp.get_json()["code"] == "method-not-allowed"

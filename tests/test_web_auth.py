@@ -15,7 +15,7 @@ from tests.procs import wait_until
 from web import CSP, Services, create_app
 from web.auth import LoginGuard
 
-PUBLIC = {"auth.login", "static", "api.health"}
+PUBLIC = {"auth.login", "static", "api.health", "api.openapi"}
 
 
 def csrf_from(html: bytes) -> str:

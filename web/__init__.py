@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from flask import Flask, current_app, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 if TYPE_CHECKING:
@@ -101,6 +101,14 @@ def create_app(services: Services, test_config: dict | None = None) -> Flask:
         return resp
 
     def http_error(exc: HTTPException):
+        resp = make_response(error_reply(exc))
+        # Our body, the exception's other headers: a 405 must name the allowed methods (RFC 9110).
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                resp.headers[name] = value
+        return resp
+
+    def error_reply(exc: HTTPException):
         status = exc.code or 500
         if request.path.startswith("/api/"):
             return api._http_error(exc)  # the API's own JSON error bodies
