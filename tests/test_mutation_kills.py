@@ -5,12 +5,21 @@ import sqlite3
 import time
 from contextlib import ExitStack
 
+import pytest
+
+from firmware_bridge import protocol
 from lampctl import config as config_mod
 from lampctl import service
+from lampctl.clock import FakeClock
+from lampctl.controller import Refused, SessionController, Unavailable
+from lampctl.hardware import RelayBank
+from lampctl.safety import s7_backstop_ms
 from lampctl.db import connect
 from lampctl.store import UsageLog
 from tests.conftest import BASE_CONFIG, pin_history, write_config
 from tests.procs import wait_until
+from tests.test_fw_firmware import Rig
+from tests.test_controller_stops import gated, start_in_flight  # noqa: F401  (gated: a fixture)
 from tests.test_web_panel import web  # noqa: F401  (fixture: a practitioner logged in to the panel)
 
 BANK_INDICATOR = 5
@@ -51,3 +60,205 @@ def test_panel_log_banner_while_the_usage_log_cannot_write(web, services, tmp_pa
         assert "banner-log" not in web.get("/panel/").data.decode()
     finally:
         failing.close()
+
+
+# ---- controller ------------------------------------------------------------------------
+@pytest.mark.parametrize("earlier,stop", [(1, "stop"), (2, "stop_all")])
+def test_s11_a_stop_cancels_a_start_in_flight_whatever_stops_came_before(gated, factory, earlier, stop):
+    """The epoch a Stop bumps must differ from every earlier one, not merely from 0."""
+    backstop, ctl = gated
+    for _ in range(earlier):
+        ctl.stop_all("bob")
+    starter = start_in_flight(backstop, ctl)
+    if stop == "stop":
+        ctl.stop("room1", "bob")
+    else:
+        ctl.stop_all("bob")
+    backstop.gate.set()
+    assert starter.outcome().code == "cancelled"
+    assert pin_history(factory, 17) == [False]
+
+
+def test_s12_extension_the_firmware_refuses_is_refused_and_leaves_the_plan(gated):
+    backstop, ctl = gated
+    ctl.start("room1", 600, "ann")
+    backstop.fail = TimeoutError("no reply")
+    with pytest.raises(Unavailable) as exc:
+        ctl.extend("room1", 60, "ann")
+    assert exc.value.code == "firmware-unavailable"
+    assert str(exc.value) == ("Room 1 was not extended: the safety microcontroller did not accept it (no reply).")
+    assert ctl.lamp("room1").planned_s == 600
+
+
+def test_s3_extension_refusal_says_what_is_left_of_the_patients_budget(controller, clock):
+    controller.start("room1", 20 * 60, "ann")
+    clock.advance(20 * 60)
+    controller.tick()
+    controller.start("room1", 20 * 60, "ann")  # the same patient: 20 min already used
+    with pytest.raises(Refused, match=r"limit of 60 min per patient \(20 min left to add\)\.$"):
+        controller.extend("room1", 30 * 60, "ann")
+    controller.extend("room1", 20 * 60, "ann")
+    with pytest.raises(Refused, match=r"\(0 s left to add\)\.$"):
+        controller.extend("room1", 1, "ann")
+
+
+def _audit(usage_log) -> list[tuple]:
+    assert usage_log.flush(5)
+    return [(e["lamp_id"], e["from_state"], e["to_state"], e["who"], e["why"])
+            for e in reversed(usage_log.events()) if e["lamp_id"]]
+
+
+def test_s13_every_ending_is_recorded_with_who_and_why(controller, clock, usage_log, factory):
+    """A record without its who is refused by the database (NOT NULL) and lost: each path must name one."""
+    controller.start("room2", 60, "ann")
+    controller.stop("room2", "bob")
+    clock.advance(60)
+    controller.tick()
+    controller.start("room1", 60, "ann")
+    clock.advance(60)
+    controller.tick()
+    controller.start("room1", 60, "ann", new_patient=True)
+    controller.extend("room1", 30, "ann")
+    controller.stop_all("carol", "stop all (panel)")
+    controller.start("room1", 60, "ann", new_patient=True)
+    controller.estop("dan", "emergency stop by dan")
+    controller.reset_fault("room1", "admin")
+    controller.reset_fault("room2", "admin")
+    controller.start("room1", 60, "ann", new_patient=True)
+    controller.fault("relay of Room 2 is stuck closed", "room2")
+    controller.reset_fault("room2", "admin")
+    controller.start("room1", 60, "ann", new_patient=True)
+    controller.shutdown("service stopping")
+    assert _audit(usage_log) == [
+        ("room2", "off", "on", "ann", "started for 1 min"),
+        ("room2", "on", "cooldown", "bob", "stopped: stopped by user"),
+        ("room2", "cooldown", "off", "system", "cooldown over"),
+        ("room1", "off", "on", "ann", "started for 1 min"),
+        ("room1", "on", "off", "system", "completed: time up"),
+        ("room1", "off", "on", "ann", "started for 1 min"),
+        ("room1", "on", "on", "ann", "extended by 30 s"),
+        ("room1", "on", "off", "carol", "stopped: stop all (panel)"),
+        ("room1", "off", "on", "ann", "started for 1 min"),
+        ("room1", "on", "off", "dan", "estop: emergency stop by dan"),
+        ("room1", "off", "fault", "dan", "emergency stop by dan"),
+        ("room2", "off", "fault", "dan", "emergency stop by dan"),
+        ("room1", "fault", "off", "admin", "fault cleared (emergency stop by dan)"),
+        ("room2", "fault", "off", "admin", "fault cleared (emergency stop by dan)"),
+        ("room1", "off", "on", "ann", "started for 1 min"),
+        ("room1", "on", "off", "system", "fault: relay of Room 2 is stuck closed"),
+        ("room2", "off", "fault", "system", "relay of Room 2 is stuck closed"),
+        ("room2", "fault", "off", "admin", "fault cleared (relay of Room 2 is stuck closed)"),
+        ("room1", "off", "on", "ann", "started for 1 min"),
+        ("room1", "on", "off", "system", "interrupted: service stopping"),
+    ]
+
+
+class RecordingClock(FakeClock):
+    """A FakeClock that remembers how long each scheduler wait was asked to last."""
+
+    def __init__(self):
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, condition, timeout):
+        self.waits.append(timeout)
+        super().wait(condition, timeout)
+
+
+@pytest.fixture
+def plain(tmp_path, factory, usage_log):
+    """A controller whose lamps have no feedback input, on a clock that records the scheduler's waits."""
+    cfg = config_mod.load(write_config(tmp_path, BASE_CONFIG.replace("feedback_pin = 22\n", ""), "plain.toml"))
+    relays = RelayBank(cfg.lamps, factory)
+    clock = RecordingClock()
+    yield SessionController(cfg.lamps, relays, clock, usage_log), clock
+    relays.close()
+
+
+def test_s2_tick_wakes_for_the_earliest_deadline_or_cooldown_and_marks_its_time(plain):
+    ctl, clock = plain
+    assert ctl.tick() is None
+    ctl.start("room2", 60, "ann")          # cooldown_s = 60 after it
+    ctl.stop("room2", "ann")               # room2 cools down until now + 60
+    ctl.start("room1", 600, "ann")
+    clock.advance(5)
+    assert ctl.tick() == clock.monotonic() + 55
+    assert ctl.last_tick == clock.monotonic()
+    ctl.stop("room1", "ann")
+    ctl.start("room1", 30, "ann", new_patient=True)
+    assert ctl.tick() == clock.monotonic() + 30  # the deadline now comes before the cooldown's end
+
+
+def test_s6_feedback_is_polled_every_tenth_of_a_second_while_it_agrees(controller, clock):
+    assert controller.tick() == clock.monotonic() + 0.1
+
+
+def test_s6_idle_scheduler_still_wakes_every_second_and_stops_when_told(plain):
+    ctl, clock = plain
+    ctl.start_scheduler()
+    assert ctl._scheduler.daemon and ctl._scheduler.name == "lamp-scheduler"
+    wait_until(lambda: len(clock.waits) >= 3, 10, "three scheduler waits")
+    ctl.stop_scheduler()
+    assert not ctl.scheduler_alive
+    assert set(clock.waits[:3]) == {1.0}
+
+
+def test_s6_stuck_relay_latches_at_the_settle_time_and_again_after_a_reset(controller, clock, factory):
+    feedback = factory.pin(22)
+    controller.start("room1", 600, "ann")
+    controller.tick()                       # relay on, lamp not powered: the settle time starts
+    clock.advance(0.5)
+    controller.tick()
+    assert controller.lamp("room1").fault_reason == (
+        "Room 1 is not powered while its relay is on (relay stuck open or bulb failed)")
+    controller.reset_fault("room1", "admin")
+    feedback.drive_high()                   # now powered with the relay off: stuck closed
+    controller.tick()
+    clock.advance(0.5)
+    controller.tick()
+    assert controller.lamp("room1").fault_reason == (
+        "Room 1 is still powered after its relay was switched off (relay stuck closed)")
+
+
+def test_s7_backstop_rounds_up_to_whole_ms_after_dropping_float_noise():
+    assert s7_backstop_ms(0.1, 0.0004) == 111          # 110.4 ms: up, never down
+    assert s7_backstop_ms(840, 0.0) == 924000          # 924000.0000000001 is noise
+    assert s7_backstop_ms(0, 0.1000000004) == 100      # below a microsecond is noise too
+
+
+# ---- firmware and protocol -------------------------------------------------------------
+def test_firmware_remaining_is_zero_when_off_and_after_the_deadline():
+    rig = Rig()
+    rig.ok("HELLO")
+    assert rig.fw.remaining_ms(0) == 0
+    rig.ok("ARM", 0, 1000)
+    rig.clock.advance(400)
+    assert rig.fw.remaining_ms(0) == 600
+    rig.clock.advance(700)                  # past the deadline, before the loop polls
+    assert rig.fw.remaining_ms(0) == 0
+
+
+def test_firmware_shutdown_reports_every_lamp_off_as_off():
+    rig = Rig()
+    rig.ok("HELLO")
+    rig.ok("ARM", 1, 1000)
+    rig.fw.shutdown()
+    assert rig.levels() == [0, 0]
+    assert rig.changes[-1] == (0, 1, False, "off")
+    assert rig.err("ARM", 0, 1000) == "need-hello"  # a shut-down firmware obeys nothing before HELLO
+
+
+def test_protocol_frames_differ_by_seq_word_or_args():
+    frame = protocol.Frame(1, "ARM", (0, 100))
+    assert frame == protocol.Frame(1, "ARM", (0, 100))
+    for other in (protocol.Frame(2, "ARM", (0, 100)), protocol.Frame(1, "OFF", (0, 100)),
+                  protocol.Frame(1, "ARM", (1, 100)), (1, "ARM", (0, 100))):
+        assert frame != other
+
+
+def test_protocol_line_splitter_reset_forgets_the_half_line():
+    splitter = protocol.LineSplitter()
+    splitter.feed(b"x" * 100)
+    splitter.reset()
+    line = b"y" * (protocol.MAX_LINE - 1) + b"\n"
+    assert splitter.feed(line) == [line]
