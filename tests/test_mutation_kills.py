@@ -13,12 +13,14 @@ from lampctl import service
 from lampctl.clock import FakeClock
 from lampctl.controller import Refused, SessionController, Unavailable
 from lampctl.hardware import RelayBank
-from lampctl.safety import s7_backstop_ms
+from lampctl.lamp import fmt_s
+from lampctl.safety import s3_allows, s7_backstop_ms
 from lampctl.db import connect
 from lampctl.store import UsageLog
 from tests.conftest import BASE_CONFIG, pin_history, write_config
 from tests.procs import wait_until
 from tests.test_fw_firmware import Rig
+from tests.test_controller_records import CutBackstop
 from tests.test_controller_stops import gated, start_in_flight  # noqa: F401  (gated: a fixture)
 from tests.test_web_panel import web  # noqa: F401  (fixture: a practitioner logged in to the panel)
 
@@ -117,7 +119,8 @@ def test_s13_every_ending_is_recorded_with_who_and_why(controller, clock, usage_
     controller.start("room1", 60, "ann")
     clock.advance(60)
     controller.tick()
-    controller.start("room1", 60, "ann", new_patient=True)
+    controller.start("room1", 60, "ann")  # the same patient: continues session 2
+    assert controller.lamp("room1").user == "ann"
     controller.extend("room1", 30, "ann")
     controller.stop_all("carol", "stop all (panel)")
     controller.start("room1", 60, "ann", new_patient=True)
@@ -135,7 +138,7 @@ def test_s13_every_ending_is_recorded_with_who_and_why(controller, clock, usage_
         ("room2", "cooldown", "off", "system", "cooldown over"),
         ("room1", "off", "on", "ann", "started for 1 min"),
         ("room1", "on", "off", "system", "completed: time up"),
-        ("room1", "off", "on", "ann", "started for 1 min"),
+        ("room1", "off", "on", "ann", "started for 1 min, continuing session 2"),
         ("room1", "on", "on", "ann", "extended by 30 s"),
         ("room1", "on", "off", "carol", "stopped: stop all (panel)"),
         ("room1", "off", "on", "ann", "started for 1 min"),
@@ -262,3 +265,112 @@ def test_protocol_line_splitter_reset_forgets_the_half_line():
     splitter.reset()
     line = b"y" * (protocol.MAX_LINE - 1) + b"\n"
     assert splitter.feed(line) == [line]
+
+
+class FailingRelays:
+    """A relay bank whose set(index, on) raises for the (index, on) pairs in `broken`."""
+
+    def __init__(self, bank):
+        self.bank, self.broken = bank, set()
+
+    def set(self, index, on):
+        if (index, on) in self.broken:
+            raise OSError("GPIO write failed")
+        self.bank.set(index, on)
+
+    def __getattr__(self, name):
+        return getattr(self.bank, name)
+
+
+@pytest.fixture
+def failing(cfg, relays, clock, usage_log):
+    hw = FailingRelays(relays)
+    return hw, SessionController(cfg.lamps, hw, clock, usage_log)
+
+
+def test_s6_a_relay_that_will_not_switch_off_latches_a_fault(failing, factory):
+    hw, ctl = failing
+    ctl.start("room1", 600, "ann")
+    hw.broken.add((0, False))
+    ctl.stop("room1", "bob")
+    assert ctl.lamp("room1").fault_reason == "relay of Room 1 could not be switched off: GPIO write failed"
+    assert pin_history(factory, 17) == [False, True, False]  # the all-off got it
+
+
+def test_s6_a_relay_that_will_not_switch_on_refuses_the_start_and_latches(failing):
+    hw, ctl = failing
+    hw.broken.add((0, True))
+    with pytest.raises(Refused) as exc:
+        ctl.start("room1", 600, "ann")
+    assert (exc.value.code, str(exc.value)) == ("hardware", "Room 1 was not started: its relay output failed "
+                                                            "(GPIO write failed).")
+    assert ctl.lamp("room1").fault_reason == "relay of Room 1 could not be switched on: GPIO write failed"
+
+
+class SessionCutBackstop(CutBackstop):
+    """Reports the firmware's cut only when asked about the session it cut (since = its start)."""
+
+    def __init__(self, since):
+        super().__init__()
+        self.since = since
+
+    def cut_at(self, index, since):
+        return self.cut if since == self.since else None
+
+
+def test_s13_the_firmware_cut_is_looked_up_for_this_session(cfg, relays, clock, usage_log):
+    backstop = SessionCutBackstop(clock.monotonic())
+    ctl = SessionController(cfg.lamps, relays, clock, usage_log, backstop=backstop)
+    ctl.start("room1", 600, "ann")
+    backstop.cut = clock.monotonic() + 100
+    clock.advance(200)
+    ctl.stop("room1", "ann")
+    assert usage_log.flush(5)
+    [row] = usage_log.sessions()
+    assert (row["end_reason"], row["actual_s"]) == ("firmware", 100)
+
+
+def test_s8_a_one_second_cooldown_still_cools_down(tmp_path, factory, clock, usage_log):
+    cfg = config_mod.load(write_config(tmp_path, BASE_CONFIG.replace("cooldown_s = 60", "cooldown_s = 1"), "c1.toml"))
+    relays = RelayBank(cfg.lamps, factory)
+    try:
+        ctl = SessionController(cfg.lamps, relays, clock, usage_log)
+        ctl.start("room2", 60, "ann")
+        assert ctl.stop("room2", "ann").state == "cooldown"
+    finally:
+        relays.close()
+
+
+def test_controller_refusals_are_sentences_naming_the_lamp(controller, clock):
+    controller.start("room1", 50 * 60, "ann")
+    with pytest.raises(Refused, match=r"^Room 1 is already on\.$"):
+        controller.start("room1", 60, "ann")
+    clock.advance(50 * 60)
+    controller.tick()
+    with pytest.raises(Refused, match=r"^Room 1 has already run 50 min for this patient, so 10 min of its 60 min "
+                                      r"limit is left; start it for a new patient to begin afresh\.$"):
+        controller.start("room1", 20 * 60, "ann")
+    controller.fault("relay of Room 1 is stuck closed", "room1")
+    with pytest.raises(Refused, match=r"^Room 1 has a latched fault \(relay of Room 1 is stuck closed\); an admin "):
+        controller.start("room1", 60, "ann")
+    controller.shutdown("service stopping")
+    with pytest.raises(Refused) as exc:
+        controller.start("room2", 60, "ann")
+    assert (exc.value.code, str(exc.value)) == ("shutting-down", "The service is shutting down.")
+
+
+def test_controller_durations_read_as_people_say_them():
+    assert [fmt_s(s) for s in (3, 59.5, 60, 60.4, 297, 1200, 360000, 360001)] == [
+        "3 s", "59.5 s", "1 min", "1 min", "4 min 57 s", "20 min", "6000 min", "over 100 h"]
+
+
+def test_s3_limit_allows_float_slack_up_to_a_microsecond():
+    assert s3_allows(12 * 300.0, 3600) and s3_allows(3600 + 1e-6, 3600) and not s3_allows(3600 + 2e-6, 3600)
+
+
+def test_protocol_frame_errors_keep_their_reason():
+    exc = protocol.FrameError(protocol.BAD_ARGS)
+    assert (str(exc), exc.reason) == (protocol.BAD_ARGS, protocol.BAD_ARGS)
+    with pytest.raises(protocol.FrameError) as caught:
+        protocol.parse_status(["1:500", "2:0"])
+    assert caught.value.reason == protocol.BAD_ARGS
