@@ -77,8 +77,32 @@ def live(tmp_path_factory):
     try:
         tokens = add_users(service.config)
         yield service, tokens
+        # Here too, so the long form (-m soak, which deselects the test below) is checked the same way.
+        check_afterwards(service, tokens)
     finally:
         service.stop()
+
+
+def check_afterwards(service, tokens) -> None:
+    """S2: no lamp on outside a session; then every session closed once the service stops, and no traceback."""
+    if service.proc.poll() is not None:
+        return  # already checked and stopped
+    status, body = service.get("/api/lamps", token=tokens["admin"])
+    assert status == 200
+    for lamp in body["lamps"]:
+        # The relay is read back from the output device: on exactly while a session runs.
+        assert lamp["relay_on"] == (lamp["state"] == "on" and lamp["session_id"] is not None), lamp
+    status, body = service.post("/api/stop-all", token=tokens["admin"])
+    assert status == 200 and not any(l["relay_on"] for l in body["lamps"]), body
+    assert service.stop() == 0
+    db = sqlite3.connect(service.config.parent / "var" / "lampctl.db")
+    try:
+        open_sessions = db.execute("SELECT id, lamp_id FROM sessions WHERE ended_at IS NULL").fetchall()
+    finally:
+        db.close()
+    assert open_sessions == []
+    assert "Traceback" not in service.stderr()
+    print(f"fuzz: {STATS}")
 
 
 def _digest(case) -> bytes:
@@ -146,24 +170,8 @@ def test_fuzz_api_soak(case, soak_only, live):
 
 
 def test_fuzz_api_s2_no_lamp_on_outside_a_session_afterwards(live, request):
-    service, tokens = live
-    status, body = service.get("/api/lamps", token=tokens["admin"])
-    assert status == 200
-    for lamp in body["lamps"]:
-        # The relay is read back from the output device: on exactly while a session runs.
-        assert lamp["relay_on"] == (lamp["state"] == "on" and lamp["session_id"] is not None), lamp
-    status, body = service.post("/api/stop-all", token=tokens["admin"])
-    assert status == 200 and not any(l["relay_on"] for l in body["lamps"]), body
-    assert service.stop() == 0
-    db = sqlite3.connect(service.config.parent / "var" / "lampctl.db")
-    try:
-        open_sessions = db.execute("SELECT id, lamp_id FROM sessions WHERE ended_at IS NULL").fetchall()
-    finally:
-        db.close()
-    assert open_sessions == []
-    assert "Traceback" not in service.stderr()
+    check_afterwards(*live)
     fuzzed = request.session.items
     if any(item.originalname == "test_fuzz_api_no_5xx_and_every_reply_matches_the_spec" for item in fuzzed):
-        print(f"fuzz: {STATS}")
         assert STATS["requests"] >= FUZZ_CASES, STATS
         assert min(STATS["by_token"].values()) > STATS["requests"] // 4, STATS
