@@ -374,3 +374,62 @@ def test_protocol_frame_errors_keep_their_reason():
     with pytest.raises(protocol.FrameError) as caught:
         protocol.parse_status(["1:500", "2:0"])
     assert caught.value.reason == protocol.BAD_ARGS
+
+
+def test_protocol_damaged_frames_keep_their_seq_for_the_err_reply():
+    for parse, line, reason in (
+            (protocol.parse_command, protocol._encode(7, "ARM", ["1"]), protocol.BAD_ARGS),
+            (protocol.parse_command, protocol._encode(7, "ARM", ["1", "x"]), protocol.BAD_ARGS),
+            (protocol.parse_reply, protocol._encode(7, "NOPE", []), protocol.UNKNOWN_COMMAND),
+            (protocol.parse_reply, protocol._encode(7, "OK", ["a*b"]), protocol.BAD_ARGS),
+            (protocol.parse_reply, protocol._encode(7, "ERR", []), protocol.BAD_ARGS)):
+        with pytest.raises(protocol.FrameError) as caught:
+            parse(line)
+        assert (caught.value.reason, caught.value.seq) == (reason, 7), line
+    with pytest.raises(protocol.FrameError) as caught:
+        protocol.parse_hello(["1"])
+    assert caught.value.reason == protocol.BAD_ARGS
+
+
+def test_protocol_a_frame_of_exactly_max_line_bytes_is_valid():
+    n = 1 + protocol.MAX_LINE - len(protocol.encode_reply(9, True, "a"))  # one byte per byte of argument
+    line = protocol.encode_reply(9, True, "a" * n)
+    assert len(line) == protocol.MAX_LINE and protocol.parse_reply(line).args == ("a" * n,)
+    with pytest.raises(ValueError):
+        protocol.encode_reply(9, True, "a" * (n + 1))
+
+
+def test_protocol_line_splitter_limit_is_the_same_however_the_stream_is_cut():
+    too_long = b"y" * protocol.MAX_LINE + b"\n"          # MAX_LINE bytes before the newline: one too many
+    garbage = b"z" * (3 * protocol.MAX_LINE - 10)
+    whole = protocol.LineSplitter().feed(too_long + garbage)
+    splitter = protocol.LineSplitter()
+    chunked = [item for part in (too_long[:100], too_long[100:], garbage[:100], garbage[100:250], garbage[250:])
+               for item in splitter.feed(part)]
+    for items in (whole, chunked):
+        assert [getattr(i, "reason", i) for i in items] == [protocol.TOO_LONG] * 3
+
+
+def test_protocol_seq_window_is_half_the_counter():
+    half = protocol.SEQ_MODULO // 2
+    assert protocol.seq_is_newer(10 + half - 1, 10) and not protocol.seq_is_newer(10 + half, 10)
+    assert protocol.seq_is_newer(10 + protocol.SEQ_MODULO // 3, 10)
+
+
+def test_firmware_defaults_and_smallest_settings():
+    fw = Rig().fw
+    assert (fw.watchdog_ms, fw.bad_frame_limit) == (3000, 3)
+    one = Rig(lamps=1, watchdog_ms=1, bad_frame_limit=1)
+    one.ok("HELLO")
+    one.ok("ARM", 0, 1)                     # the shortest arm there is
+    assert one.levels() == [1]
+
+
+def test_firmware_poll_says_when_the_next_timer_is_due():
+    rig = Rig()
+    rig.ok("HELLO")
+    rig.ok("ARM", 0, 1000)
+    rig.ok("ARM", 1, 500)
+    assert rig.fw.poll() == 500
+    rig.clock.advance(100)
+    assert rig.fw.poll() == 400
