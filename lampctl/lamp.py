@@ -160,8 +160,14 @@ def make_view(lamp: Lamp, now: float, relay_on: bool, feedback_on: bool | None) 
     )
 
 
+# Past this a duration is only "over 100 h": a sentence never carries a number of 300 digits.
+FMT_LIMIT_S = 100 * 3600
+
+
 def fmt_s(seconds: float) -> str:
     """ "20 min", "4 min 57 s", "3 s": a rounded "5.0 min" would promise time that is not there."""
+    if seconds > FMT_LIMIT_S:
+        return "over 100 h"
     if seconds < 60:
         return f"{seconds:g} s"
     minutes, rest = divmod(round(seconds), 60)

@@ -71,3 +71,14 @@ def test_api_any_json_body_is_answered_4xx_never_5xx_and_no_lamp_left_on(client,
     else:
         assert 400 <= resp.status_code < 500 and reply["error"].endswith(".") and reply["code"]
     assert not any(view.relay_on for view in controller.lamps())
+
+
+@pytest.mark.parametrize("action,status,code", [("start", 400, "too-long"), ("extend", 409, "over-limit")])
+def test_api_huge_finite_duration_is_one_short_sentence(client, users, action, status, code):
+    """1.3e308 s is finite, so it reaches the limit check: the refusal must not print its 309 digits."""
+    if action == "extend":
+        client.post("/api/lamps/room1/start", json={"minutes": 10}, headers=bearer(users["ann"]))
+    resp = client.post(f"/api/lamps/room1/{action}", json={"seconds": 1.3e308}, headers=bearer(users["ann"]))
+    body = resp.get_json()
+    assert (resp.status_code, body["code"]) == (status, code)
+    assert len(body["error"]) < 200 and "over 100 h" in body["error"], body["error"]

@@ -15,7 +15,7 @@ from tests.procs import wait_until
 from web import CSP, Services, create_app
 from web.auth import LoginGuard
 
-PUBLIC = {"auth.login", "static", "api.health", "i18n.language"}
+PUBLIC = {"auth.login", "static", "api.health", "api.openapi", "i18n.language"}
 
 
 def csrf_from(html: bytes) -> str:

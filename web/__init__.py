@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from flask import Flask, current_app, jsonify, render_template, request
+from flask import Flask, current_app, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 if TYPE_CHECKING:
@@ -63,10 +63,31 @@ def load_secret_key(directory: Path) -> str:
     return key
 
 
+def http_error(exc: HTTPException):
+    """Every HTTP error: our body, the exception's other headers (a 405 must name the allowed methods, RFC 9110)."""
+    resp = make_response(_error_reply(exc))
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            resp.headers[name] = value
+    return resp
+
+
+def _error_reply(exc: HTTPException):
+    from web import api
+    from web.auth import wants_json
+
+    status = exc.code or 500
+    if request.path.startswith("/api/"):
+        return api._http_error(exc)  # the API's own JSON error bodies
+    message = getattr(exc, "sentence", None) or ERROR_SENTENCES.get(status, exc.description)
+    if wants_json():
+        return jsonify(error=message, code=(exc.name or "error").lower().replace(" ", "-")), status
+    return render_template("error.html", status=status, title=exc.name, message=message), status
+
+
 def create_app(services: Services, test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(
-        JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         SESSION_COOKIE_NAME="lampctl_session",
         SESSION_COOKIE_HTTPONLY=True,
@@ -84,7 +105,6 @@ def create_app(services: Services, test_config: dict | None = None) -> Flask:
     app.extensions["lampctl"] = services
 
     from web import admin, api, auth, i18n, panel
-    from web.auth import wants_json
 
     i18n.init_app(app)
     auth.init_app(app)
@@ -104,15 +124,6 @@ def create_app(services: Services, test_config: dict | None = None) -> Flask:
             # Lamp states and logs must never come from a cache (nor the back button after logout).
             resp.headers.setdefault("Cache-Control", "no-store")
         return resp
-
-    def http_error(exc: HTTPException):
-        status = exc.code or 500
-        if request.path.startswith("/api/"):
-            return api._http_error(exc)  # the API's own JSON error bodies
-        message = getattr(exc, "sentence", None) or ERROR_SENTENCES.get(status, exc.description)
-        if wants_json():
-            return jsonify(error=message, code=(exc.name or "error").lower().replace(" ", "-")), status
-        return render_template("error.html", status=status, title=exc.name, message=message), status
 
     # Registered last so these replace the API's routing-error handlers, which answer JSON only under /api.
     app.register_error_handler(HTTPException, http_error)

@@ -5,7 +5,7 @@ import functools
 import json
 import math
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lampctl import queries
@@ -158,6 +158,13 @@ def health():
         clock={True: "synchronised", False: "unsynchronised", None: "unknown"}[clock],
         log={k: log_health[k] for k in ("pending", "write_errors", "dropped")},
     )
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The API's own OpenAPI 3.1 description (web/openapi.json); no auth, it holds no secret."""
+    with bp.open_resource("openapi.json") as spec:
+        return Response(spec.read(), mimetype="application/json")
 
 
 @bp.get("/lamps")
