@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import contextlib
+
 import serial  # noqa: E402
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 
@@ -79,10 +81,8 @@ def trial(ctl, factory, offs, slow):
     time.sleep(slow / 2)  # halfway into the ARM round trip
     seen = len(offs)
     pressed = time.monotonic()
-    try:
+    with contextlib.suppress(Refused):  # a controller that does not see the start in flight answers "not running"
         ctl.stop("lamp0", "bench")
-    except Refused:  # a controller that does not see the start in flight answers "not running"
-        pass
     answered = time.monotonic() - pressed
     t.join()
     time.sleep(slow)
@@ -99,10 +99,8 @@ def trial(ctl, factory, offs, slow):
 
 
 def _start(ctl):
-    try:
+    with contextlib.suppress(Refused):
         ctl.start("lamp0", 600, "bench")
-    except Refused:
-        pass
 
 
 def main():
@@ -129,7 +127,7 @@ def main():
     relays.close()
     proc.terminate()
     proc.wait(5)
-    answered, came_on, fw_off = zip(*results)
+    answered, came_on, fw_off = zip(*results, strict=False)
     print(f"{args.trials} trials, ARM round trip {args.slow * 1000:.0f} ms, Stop pressed halfway into it")
     print(f"  Stop answered:          median {statistics.median(answered):7.1f} ms   max {max(answered):7.1f} ms")
     print(f"  Pi relay came on after the Stop was answered: {sum(came_on)} of {args.trials} trials"

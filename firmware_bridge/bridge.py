@@ -155,7 +155,7 @@ class FirmwareLink:
         try:
             lamps = protocol.parse_status(args)
         except protocol.FrameError:
-            raise FirmwareError("The firmware's STATUS reply %r could not be read." % (" ".join(args),))
+            raise FirmwareError("The firmware's STATUS reply %r could not be read." % (" ".join(args),)) from None
         if len(lamps) < self.lamp_count:
             raise FirmwareError("The firmware's STATUS listed %d lamps where %d are configured."
                                 % (len(lamps), self.lamp_count))
@@ -256,9 +256,8 @@ class FirmwareLink:
                 except LinkFailure as failure:
                     reason = str(failure)
                 finally:
-                    with self._send_lock:
-                        with self._state_lock:
-                            self._port = None
+                    with self._send_lock, self._state_lock:
+                        self._port = None
                     port.close()
                 if self._up:
                     backoff = BACKOFF_FIRST_S   # it worked until now: retry soon
@@ -273,11 +272,10 @@ class FirmwareLink:
         if info is None:
             return
         self.info = info
-        with self._send_lock:
-            with self._state_changed:
-                self._port = port
-                self._up = True
-                self._state_changed.notify_all()
+        with self._send_lock, self._state_changed:
+            self._port = port
+            self._up = True
+            self._state_changed.notify_all()
         self._report(True, "Firmware %s on %s is up: %d lamps, watchdog %g s."
                      % (info["firmware"], self.url, info["lamps"], info["watchdog_ms"] / 1000))
         self._heartbeats(port, splitter)

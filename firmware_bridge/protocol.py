@@ -133,12 +133,7 @@ def seq_is_newer(seq, last):
 
 
 def _is_token(text, chars):
-    if not text:
-        return False
-    for ch in text:
-        if ch not in chars:
-            return False
-    return True
+    return bool(text) and all(ch in chars for ch in text)
 
 
 def _parse_uint(text):

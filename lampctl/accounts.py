@@ -12,10 +12,10 @@ import re
 import secrets
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -100,7 +100,7 @@ class Accounts:
                  audit: Callable[..., None] | None = None, poll_s: float = POLL_S, connect_fn=None):
         self.path = Path(db_path)
         open_database(self.path)
-        self._wall = wall or (lambda: datetime.now(timezone.utc))
+        self._wall = wall or (lambda: datetime.now(UTC))
         self._audit = audit  # UsageLog.event: account changes go to the audit log through its owner
         self._poll_s = poll_s
         self._connect = connect_fn or connect  # tests swap it to simulate a hung disk

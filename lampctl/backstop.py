@@ -7,7 +7,6 @@ import time
 from collections import deque
 
 from firmware_bridge.bridge import FirmwareError, FirmwareLink, FirmwareTimeout
-
 from lampctl.errors import Refused, Unavailable
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 
 class MonotonicClock:
@@ -13,7 +13,7 @@ class MonotonicClock:
         return time.monotonic()
 
     def wall(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def wait(self, condition: threading.Condition, timeout: float | None) -> None:
         """Wait on a held condition until notified or until timeout seconds pass."""
@@ -26,7 +26,7 @@ class FakeClock:
     def __init__(self, start: float = 1000.0, wall: datetime | None = None):
         self._now = start
         self._start = start
-        self._wall0 = wall or datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+        self._wall0 = wall or datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
         self._lock = threading.Lock()
 
     def monotonic(self) -> float:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import contextmanager
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -139,8 +139,8 @@ MIGRATIONS = [
     """,
 ]
 
-MIN_UTC = datetime.min.replace(tzinfo=timezone.utc)
-MAX_UTC = datetime.max.replace(tzinfo=timezone.utc)
+MIN_UTC = datetime.min.replace(tzinfo=UTC)
+MAX_UTC = datetime.max.replace(tzinfo=UTC)
 
 
 class StoreError(Exception):
@@ -153,12 +153,12 @@ class LogUnavailable(Exception):
 
 def iso(dt: datetime) -> str:
     """The one timestamp format in the database: UTC, milliseconds, so strings sort by time."""
-    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _to_utc(dt: datetime) -> datetime:
     try:
-        return (dt if dt.tzinfo else dt.astimezone()).astimezone(timezone.utc)
+        return (dt if dt.tzinfo else dt.astimezone()).astimezone(UTC)
     except (OverflowError, ValueError, OSError):
         # Only the first and last days of the calendar land here: they mean "no bound".
         return MIN_UTC if dt.year < 5000 else MAX_UTC

@@ -1,6 +1,7 @@
 """`lampctl doctor`: check a fresh install end to end and say what to fix, one line per check."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import shutil
 import socket
@@ -172,10 +173,8 @@ def click_lamp(bank, index: int, lamp, link: FirmwareSession | None, *, on_s: fl
     finally:
         bank.set(index, False)
         if link is not None:
-            try:
+            with contextlib.suppress(ToolFailed):  # the firmware's own timer cuts it a second later
                 link.command("OFF", index)
-            except ToolFailed:
-                pass    # the firmware's own timer cuts it a second later
     if powered is None:
         return Check(name, WARN, f"relay {lamp.relay_pin} clicked; no feedback_pin: check by eye or ear that the lamp lit")
     released = _wait_for(lambda: not bank.feedback_on(index), wait_s, sleep)

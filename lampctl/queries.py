@@ -6,8 +6,8 @@ turns SQLite errors into LogUnavailable, which the web answers with 503 and a se
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from lampctl.db import LogUnavailable, StoreError, connect, parse_bound, reading
 from lampctl.reports import SESSION_COLUMNS

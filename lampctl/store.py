@@ -1,19 +1,29 @@
 """The usage log: sessions, audit events and fault latches, written through one bounded queue by one writer."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 
 from lampctl import queries
-from lampctl.db import (MIGRATIONS, LogUnavailable, StoreError, connect, iso, open_database, parse_bound,  # noqa: F401
-                        reading, transaction)
+from lampctl.db import (  # noqa: F401
+    MIGRATIONS,
+    LogUnavailable,
+    StoreError,
+    connect,
+    iso,
+    open_database,
+    parse_bound,
+    reading,
+    transaction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +48,7 @@ class UsageLog:
         open_database(self.path)
         with reading(self.path) as conn:
             self._next_id = (conn.execute("SELECT max(id) FROM sessions").fetchone()[0] or 0) + 1
-        self._wall = wall or (lambda: datetime.now(timezone.utc))
+        self._wall = wall or (lambda: datetime.now(UTC))
         self._monotonic = monotonic  # ages of waiting records (health); the writer keeps real time
         self.alive_every_s = alive_every_s
         self._id_lock = threading.Lock()
@@ -253,10 +263,8 @@ class _Writer:
 
     def close(self) -> None:
         if self.conn is not None:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 self.conn.close()
-            except sqlite3.Error:
-                pass
             self.conn = None
 
     def run(self) -> None:

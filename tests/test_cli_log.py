@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lampctl.cli import main
 from lampctl.accounts import Accounts
+from lampctl.cli import main
 from lampctl.store import UsageLog, connect, transaction
 from tests.conftest import write_config
 from tests.procs import ROOT

@@ -371,7 +371,7 @@ def test_bridge_cable_pulled_fails_pending_and_reconnects(links):
     peer = FirmwarePeer()
     wire = FakeWire(peer)
     events = LinkEvents()
-    link = started(links("fake://", on_link_change=events, serial_for_url=wire))
+    started(links("fake://", on_link_change=events, serial_for_url=wire))
     wire.ports[-1].pull_cable()
     _, _, reason = events.wait(False, timeout=2)
     assert reason == "Lost fake://: device disconnected."

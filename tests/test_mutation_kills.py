@@ -12,16 +12,16 @@ from lampctl import config as config_mod
 from lampctl import service
 from lampctl.clock import FakeClock
 from lampctl.controller import Refused, SessionController, Unavailable
+from lampctl.db import connect
 from lampctl.hardware import RelayBank
 from lampctl.lamp import fmt_s
 from lampctl.safety import s3_allows, s7_backstop_ms
-from lampctl.db import connect
 from lampctl.store import UsageLog
 from tests.conftest import BASE_CONFIG, pin_history, write_config
 from tests.procs import wait_until
-from tests.test_fw_firmware import Rig
 from tests.test_controller_records import CutBackstop
 from tests.test_controller_stops import gated, start_in_flight  # noqa: F401  (gated: a fixture)
+from tests.test_fw_firmware import Rig
 from tests.test_web_panel import web  # noqa: F401  (fixture: a practitioner logged in to the panel)
 
 BANK_INDICATOR = 5
@@ -53,7 +53,7 @@ def test_panel_log_banner_while_the_usage_log_cannot_write(web, services, tmp_pa
         failing.event(None, None, None, "system", "waits for the disk")
         wait_until(lambda: failing.write_errors, 10, "a write error")
         html = web.get("/panel/").data.decode()
-        assert ('class="banner banner-log" role="alert">The usage log cannot be written to disk (1 records waiting); '
+        assert ('class="banner banner-log" role="alert">The usage log cannot be saved right now (1 records waiting); '
                 "lamps still work. Tell an admin.") in html
         assert [b["kind"] for b in web.get("/panel/state.json").get_json()["banners"]] == ["log"]
         failing._connect = connect

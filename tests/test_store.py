@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -17,7 +17,7 @@ from lampctl.db import LogUnavailable, _statements, migrate
 from lampctl.store import END_REASONS, MIGRATIONS, StoreError, UsageLog, connect, iso, parse_bound
 from tests.procs import wait_until
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 def test_store_migrations_are_versioned_and_idempotent(tmp_path):
@@ -100,7 +100,7 @@ def test_s9_failing_disk_never_blocks_and_loses_nothing_that_fits_the_queue(tmp_
     disk.broken.set()
     log.start()
     try:
-        for i in range(1, 101):
+        for _ in range(1, 101):
             log.session_started(log.new_session_id(), "room1", "ann", T0, 60)  # returns at once
         assert not log.flush(0.3)
         assert log.write_errors >= 1 and "disk I/O error" in log.last_error
@@ -284,7 +284,7 @@ def test_store_parse_bound_raises_only_store_error_on_any_text(text, upper):
         assert len(out) == 24 and out.endswith("Z")
 
 
-_aware = st.datetimes(timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=-10)),
+_aware = st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-10)),
                                                  timezone(timedelta(hours=13, minutes=45))]))
 
 

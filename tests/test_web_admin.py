@@ -6,7 +6,7 @@ import html as htmllib
 import io
 import os
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -196,7 +196,7 @@ def test_usage_queries_and_chart(web, controller, clock, usage_log):
 
 
 def test_usage_page_counts_todays_sessions(web, usage_log):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     conn = connect(usage_log.path)
     conn.execute("INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
                  "VALUES ('room1', 'ann', ?, ?, 600, 600, 'completed')", (iso(now), iso(now + timedelta(minutes=10))))

@@ -276,7 +276,7 @@ def test_login_parallel_wrong_pins_never_pass_the_limit(web_app, accounts, usage
     def guess(client, token, n):
         resp = client.post("/login", data={"name": "ann", "pin": f"{9000 + n}", "csrf_token": token})
         codes.append(resp.status_code)
-    threads = [threading.Thread(target=guess, args=(c, t, n)) for n, (c, t) in enumerate(zip(clients, tokens))]
+    threads = [threading.Thread(target=guess, args=(c, t, n)) for n, (c, t) in enumerate(zip(clients, tokens, strict=False))]
     for t in threads:
         t.start()
     wait_until(lambda: len(codes) >= 5, 30, "five guesses refused without a check")

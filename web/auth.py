@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for

@@ -6,15 +6,15 @@ WebAssembly port with a stand-in ``machine``, which is how the tests exercise
 this loop without a board.
 """
 
-import sys
 import select
+import sys
 
 import machine
 
 try:
-    from time import ticks_ms, ticks_diff, ticks_add
+    from time import ticks_add, ticks_diff, ticks_ms
 except ImportError:     # CPython: the same arithmetic from the shim
-    from firmware_bridge.firmware.mpshim import ticks_ms, ticks_diff, ticks_add
+    from firmware_bridge.firmware.mpshim import ticks_add, ticks_diff, ticks_ms
 
 try:
     from firmware_bridge.firmware.logic import Firmware
