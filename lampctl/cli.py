@@ -21,11 +21,6 @@ class UsageError(Exception):
     """A command line that cannot be right (an unknown lamp, say): message printed, exit 2."""
 
 
-def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="PATH",
-                   help="config file (default: $LAMPCTL_CONFIG, else ./config.toml)")
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # One sentence: argparse would list every command after a mistyped one.
@@ -42,12 +37,12 @@ def build_parser(with_tools: bool = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("serve", help="run the service: relays, timers, log, web panel and API")
-    _add_config(p)
+    cli_args.add_config(p)
     p.add_argument("--simulate", action="store_true",
                    help="use simulated GPIO (gpiozero's mock pins) whatever the config says")
 
     p = sub.add_parser("check-config", help="validate the config without touching hardware")
-    _add_config(p)
+    cli_args.add_config(p)
     _add_account_commands(sub)
     _add_log_command(sub)
     _add_remote_commands(sub)
@@ -65,18 +60,18 @@ def _add_account_commands(sub) -> None:
     q.add_argument("name", type=cli_args.user_name)
     q.add_argument("--role", required=True, choices=["practitioner", "admin"])
     q.add_argument("--pin", required=True, type=cli_args.pin, help="4 to 8 digits")
-    _add_config(q)
+    cli_args.add_config(q)
     q = usub.add_parser("list", help="list users")
-    _add_config(q)
+    cli_args.add_config(q)
     q = usub.add_parser("remove", help="remove a user and their API tokens")
     q.add_argument("name")
-    _add_config(q)
+    cli_args.add_config(q)
 
     p = sub.add_parser("token", help="API tokens")
     tsub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     q = tsub.add_parser("create", help="create an API token for USER; prints the token alone")
     q.add_argument("user")
-    _add_config(q)
+    cli_args.add_config(q)
 
 
 def _add_log_command(sub) -> None:
@@ -91,7 +86,7 @@ def _add_log_command(sub) -> None:
     p.add_argument("--lamp", metavar="ID", help="only this lamp (an id from the config)")
     p.add_argument("--csv", action="store_true", help="CSV with a header row instead of a table")
     p.add_argument("--utc", action="store_true", help="show times in UTC instead of local time")
-    _add_config(p)
+    cli_args.add_config(p)
 
 
 def _add_remote_commands(sub) -> None:
@@ -127,13 +122,9 @@ def _add_duration(p: argparse.ArgumentParser) -> None:
 
 
 def _add_remote(p: argparse.ArgumentParser) -> None:
-    _add_config(p)
+    cli_args.add_config(p)
     p.add_argument("--token", help="API token (default: $LAMPCTL_TOKEN, else the service's cli.token file)")
     p.add_argument("--json", action="store_true", help="print the API's JSON reply")
-
-
-def config_path(args) -> str:
-    return args.config or os.environ.get("LAMPCTL_CONFIG") or "config.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +190,7 @@ def cmd_serve(args) -> int:
 
     configure_logging()
     try:
-        return serve(config_path(args), simulate=args.simulate)
+        return serve(cli_args.config_path(args), simulate=args.simulate)
     except OSError as exc:
         # The usual one: the port is taken by another lampctl.
         raise Failed(f"cannot serve: {exc.strerror or exc}") from None
@@ -214,7 +205,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    cfg = config_mod.load(config_path(args))
+    cfg = config_mod.load(cli_args.config_path(args))
     fw = f", firmware on {cfg.firmware.port}" if cfg.firmware else ", no firmware backstop"
     print(f"{cfg.path}: OK: {len(cfg.lamps)} lamp(s) ({', '.join(l.id for l in cfg.lamps)}){fw}")
     return EXIT_OK
@@ -244,7 +235,7 @@ def _store_command(command):
 def cmd_user(args) -> int:
     from lampctl import cli_store
 
-    cfg = config_mod.load(config_path(args))
+    cfg = config_mod.load(cli_args.config_path(args))
     if args.user_command == "add":
         cli_store.add_user(cfg, args.name, args.role, args.pin)
         print(f"added {args.role} {args.name}")
@@ -261,7 +252,7 @@ def cmd_user(args) -> int:
 def cmd_token(args) -> int:
     from lampctl import cli_store
 
-    print(cli_store.create_token(config_mod.load(config_path(args)), args.user))
+    print(cli_store.create_token(config_mod.load(cli_args.config_path(args)), args.user))
     return EXIT_OK
 
 
@@ -270,7 +261,7 @@ def cmd_log(args) -> int:
     from lampctl import cli_store
     from lampctl.cli_log import print_table, write_csv
 
-    cfg = config_mod.load(config_path(args))
+    cfg = config_mod.load(cli_args.config_path(args))
     lamp = _lamp_id(cfg, args.lamp) if args.lamp is not None else None
     start = args.start.bound(upper=False) if args.start else None
     end = args.end.bound(upper=True) if args.end else None
@@ -286,7 +277,7 @@ def _remote(args, method: str, action: str, body: dict | None = None) -> int:
     """One API call; action is "/stop-all" for the whole bank, or "start" etc. for args.lamp."""
     from lampctl.cli_remote import BadToken, RemoteFailed, call_api, print_lamps
 
-    cfg = config_mod.load(config_path(args))
+    cfg = config_mod.load(cli_args.config_path(args))
     path = action if action.startswith("/") else _lamp_path(cfg, args.lamp, action)
     try:
         reply = call_api(cfg, args.token, method, path, body)

@@ -2,6 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+
+def add_config(p: argparse.ArgumentParser) -> None:
+    """Every command takes --config after its name (the design's contract)."""
+    p.add_argument("--config", metavar="PATH",
+                   help="config file (default: $LAMPCTL_CONFIG, else ./config.toml)")
+
+
+def config_path(args) -> str:
+    return getattr(args, "config", None) or os.environ.get("LAMPCTL_CONFIG") or "config.toml"
 
 
 def _checked(check, text: str) -> str:

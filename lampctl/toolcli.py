@@ -10,28 +10,19 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import socket
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 
 from lampctl import config as config_mod
+from lampctl.cli_args import add_config, config_path  # noqa: F401  (the tool modules import them from here)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class ToolFailed(Exception):
     """A run-time refusal or failure: the message is printed and the exit code is 1."""
-
-
-def add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="PATH",
-                   help="config file (default: $LAMPCTL_CONFIG, else ./config.toml)")
-
-
-def config_path(args) -> str:
-    return getattr(args, "config", None) or os.environ.get("LAMPCTL_CONFIG") or "config.toml"
 
 
 def load_config(args) -> config_mod.Config:
