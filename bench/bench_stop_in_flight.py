@@ -27,25 +27,13 @@ import contextlib
 import serial  # noqa: E402
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 
+from bench.inproc import NullLog  # noqa: E402  (records go nowhere: this bench times relays)
 from firmware_bridge.bridge import FirmwareLink  # noqa: E402
 from lampctl import config as config_mod  # noqa: E402
 from lampctl.backstop import FirmwareBackstop  # noqa: E402
 from lampctl.clock import MonotonicClock  # noqa: E402
 from lampctl.controller import Refused, SessionController  # noqa: E402
 from lampctl.hardware import RelayBank  # noqa: E402
-
-
-class NullLog:
-    """Records go nowhere: this bench times relays, not the disk."""
-
-    _next = 0
-
-    def new_session_id(self):
-        self._next += 1
-        return self._next
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: True
 
 
 class SlowArmPort:

@@ -107,6 +107,16 @@ def bulb_hours(path: Path, lamps) -> list[BulbHours]:
     return out
 
 
+def clock_duration(seconds: float | None) -> str:
+    """A duration as people read it on a log page: m:ss, or h:mm:ss from an hour."""
+    if seconds is None:
+        return ""
+    whole = int(round(seconds))
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 def local_time(text: str | None) -> str:
     """A database timestamp (UTC) as the Pi's local time, to the second, for people to read."""
     if not text:

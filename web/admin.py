@@ -64,12 +64,7 @@ def _local_time(text):
 
 @bp.app_template_filter("duration")
 def _duration(seconds):
-    if seconds is None:
-        return ""
-    whole = int(round(seconds))
-    h, rest = divmod(whole, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    return reports.clock_duration(seconds)
 
 
 @bp.get("/")

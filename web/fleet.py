@@ -27,7 +27,7 @@ def create_fleet_app(collector, test_config: dict | None = None) -> Flask:
     app.config.update(test_config or {})
     app.extensions["fleet"] = collector
     app.add_template_filter(reports.local_time, "local_time")
-    app.add_template_filter(_duration, "duration")
+    app.add_template_filter(reports.clock_duration, "duration")
     app.register_blueprint(bp)
 
     @app.after_request
@@ -42,15 +42,6 @@ def create_fleet_app(collector, test_config: dict | None = None) -> Flask:
 
 def _collector():
     return current_app.extensions["fleet"]
-
-
-def _duration(seconds):
-    if seconds is None:
-        return ""
-    whole = int(round(seconds))
-    h, rest = divmod(whole, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _filters() -> tuple[dict, dict, str | None]:
