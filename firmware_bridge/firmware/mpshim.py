@@ -85,8 +85,3 @@ class WDT:
 
     def feed(self):
         pass
-
-
-def reset():
-    """The board reboots (all outputs off); the CPython stand-in just exits."""
-    raise SystemExit("machine.reset()")
