@@ -278,7 +278,8 @@ def login():
 
 # ---- the shared tablet: idle lock and quick switch ------------------------------------------
 def _panel_clock() -> float:
-    return (current_app.config.get("PANEL_CLOCK") or current_app.config.get("LOGIN_CLOCK") or time.time)()
+    # Monotonic (S22): a wall-clock step neither locks nor unlocks the panel.
+    return (current_app.config.get("PANEL_CLOCK") or current_app.config.get("LOGIN_CLOCK") or time.monotonic)()
 
 
 def touch() -> None:
@@ -295,7 +296,7 @@ def panel_locked() -> bool:
     if not isinstance(at, (int, float)):
         return True
     idle = _panel_clock() - at
-    return idle > limit or idle < -60  # a clock stepped back by more than a minute: ask again
+    return idle > limit or idle < 0  # a time from before a restart (another boot's monotonic clock): ask again
 
 
 def _switch_names() -> list[str]:
