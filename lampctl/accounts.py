@@ -12,6 +12,7 @@ import re
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,8 +34,10 @@ PIN_RE = re.compile(r"^[0-9]{4,8}$")
 # PINs are short, so the hash buys little offline; the login lockout is the real guard.
 # 100k rounds keep a login under a second on a Pi Zero 2 W.
 PIN_HASH_METHOD = "pbkdf2:sha256:100000"
-# A shift at the couch; the cookie lives as long (web's PERMANENT_SESSION_LIFETIME).
+# A shift at the couch, counted on the monotonic clock (S22); the cookie lives as long
+# (web's PERMANENT_SESSION_LIFETIME).
 LOGIN_LIFETIME = timedelta(hours=12)
+LOGIN_LIFETIME_S = LOGIN_LIFETIME.total_seconds()
 POLL_S = 0.5
 
 
@@ -97,10 +100,14 @@ class Accounts:
     """Users, PINs, tokens and logins; reads from memory, writes through the database."""
 
     def __init__(self, db_path: Path, *, wall: Callable[[], datetime] | None = None,
-                 audit: Callable[..., None] | None = None, poll_s: float = POLL_S, connect_fn=None):
+                 audit: Callable[..., None] | None = None, poll_s: float = POLL_S, connect_fn=None,
+                 monotonic: Callable[[], float] | None = None):
         self.path = Path(db_path)
         open_database(self.path)
         self._wall = wall or (lambda: datetime.now(UTC))
+        self._monotonic = monotonic or time.monotonic
+        # S22: when each login began, on the monotonic clock; its age never comes from the wall clock.
+        self._login_born: dict[str, float] = {}
         self._audit = audit  # UsageLog.event: account changes go to the audit log through its owner
         self._poll_s = poll_s
         self._connect = connect_fn or connect  # tests swap it to simulate a hung disk
@@ -145,9 +152,14 @@ class Accounts:
         key = hash_token(login_id)
         snap = self._snap
         entry = snap.logins.get(key)
-        if entry is None or key in self._revoked or self._wall() - entry[1] > LOGIN_LIFETIME:
+        if entry is None or key in self._revoked or self.login_expired(key):
             return None
         return _public(snap.users.get(entry[0]))
+
+    def login_expired(self, key: str) -> bool:
+        """S22: a login ends LOGIN_LIFETIME after it began on the monotonic clock; a wall-clock step moves nothing."""
+        born = self._login_born.get(key)
+        return born is None or self._monotonic() - born > LOGIN_LIFETIME_S
 
     # ---- reloading ----------------------------------------------------------------------
     def start(self) -> None:
@@ -209,7 +221,26 @@ class Accounts:
     def _install(self, snap: _Snapshot) -> None:
         with self._revoked_lock:
             self._revoked = {key for key in self._revoked if key in snap.logins}
+        self._date_logins(snap)
         self._snap = snap
+
+    def _date_logins(self, snap: _Snapshot) -> None:
+        """Give each login first seen its monotonic birth (S22); forget logins no longer on disk.
+
+        A login made here is born now. One read from the database at start is from before
+        this boot of the monotonic clock, so its age cannot be carried over exactly: it counts
+        the age its wall-clock record gives, held within 0..LOGIN_LIFETIME. So a restart ends
+        a login that is past its shift by the record, but a record "from the future" (the
+        clock was stepped back while the service was down) counts as fresh rather than
+        logging a tablet out; once running, the wall clock never moves a login's age again.
+        """
+        now_mono, now_wall = self._monotonic(), self._wall()
+        born = {key: b for key, b in self._login_born.items() if key in snap.logins}
+        for key, (_user, created) in snap.logins.items():
+            if key not in born:
+                age = min(max((now_wall - created).total_seconds(), 0.0), LOGIN_LIFETIME_S + 1.0)
+                born[key] = now_mono - age
+        self._login_born = born
 
     # ---- writes: database first, then memory at once -------------------------------------
     def _write(self, action: Callable[[sqlite3.Connection], object]):
@@ -318,15 +349,18 @@ class Accounts:
         """A new browser login for a user who just gave the right PIN; the id goes in the cookie."""
         _refuse_builtin(name, "logged in with")
         login_id = secrets.token_urlsafe(32)
-        now = self._wall()
+        key = hash_token(login_id)
+        # Expired by their monotonic age (S22), never by the wall clock, which a step can move.
+        expired = [k for k in self._login_born if self.login_expired(k)]
 
         def act(conn):
             if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
                 raise StoreError(f"There is no user named {name!r}.")
-            conn.execute("DELETE FROM logins WHERE created_at < ?", (iso(now - LOGIN_LIFETIME),))
+            conn.executemany("DELETE FROM logins WHERE login_hash = ?", [(k,) for k in expired])
             conn.execute("INSERT INTO logins (login_hash, user, created_at) VALUES (?, ?, ?)",
-                         (hash_token(login_id), name, iso(now)))
+                         (key, name, iso(self._wall())))
         self._write(act)
+        self._login_born = {**self._login_born, key: self._monotonic()}  # replaced whole: readers never lock
         return login_id
 
     def end_login(self, login_id: str) -> None:

@@ -275,7 +275,7 @@ def cmd_log(args) -> int:
 # ---- remote commands ---------------------------------------------------------------------
 def _remote(args, method: str, action: str, body: dict | None = None) -> int:
     """One API call; action is "/stop-all" for the whole bank, or "start" etc. for args.lamp."""
-    from lampctl.cli_remote import BadToken, RemoteFailed, call_api, print_lamps
+    from lampctl.cli_remote import BadToken, RemoteFailed, call_api, print_lamps, stop_sentences
 
     cfg = config_mod.load(cli_args.config_path(args))
     path = action if action.startswith("/") else _lamp_path(cfg, args.lamp, action)
@@ -292,6 +292,8 @@ def _remote(args, method: str, action: str, body: dict | None = None) -> int:
         print(json.dumps(reply, indent=2))
     else:
         print_lamps(_lamps(reply) if action.startswith("/") else _lamp(reply))
+        for line in stop_sentences(reply):  # what a Stop did: ended, cancelled a start, already off
+            print(line)
     return EXIT_OK
 
 

@@ -97,3 +97,22 @@ def print_lamps(lamps: list[dict]) -> None:
             extra = lamp.get("fault_reason") or ""
         relay = "relay ON " if lamp.get("relay_on") else "relay off"
         print(f"{lamp.get('id', '?'):<12} {lamp.get('state', '?'):<9} {relay}  {extra}".rstrip())
+
+
+STOP_SENTENCES = {
+    "ended": "{id}: stopped, its session ended",
+    "cancelled-start": "{id}: a start was cancelled, the lamp stays off",
+    "already-off": "{id}: was already off",
+}
+
+
+def stop_sentences(reply: dict) -> list[str]:
+    """One line per lamp saying what a Stop did ("result" of stop, "results" of stop-all and estop)."""
+    if isinstance(reply.get("result"), str) and isinstance(reply.get("lamp"), dict):
+        results = {reply["lamp"].get("id", "?"): reply["result"]}
+    elif isinstance(reply.get("results"), dict):
+        results = reply["results"]
+    else:
+        return []
+    return [STOP_SENTENCES.get(result, "{id}: " + str(result)[:40]).format(id=str(lamp_id)[:40])
+            for lamp_id, result in results.items()]

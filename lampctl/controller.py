@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 from lampctl.alerts import Alerts, next_due, sounding
@@ -12,7 +13,7 @@ from lampctl.errors import BadDuration, Refused, Unavailable, UnknownLamp, backs
 from lampctl.lamp import Lamp, LampState, LampView, Session, fmt_min, fmt_s, make_view
 from lampctl.listeners import Listeners
 from lampctl.ports import Backstop, Clock, Hardware
-from lampctl.safety import s3_allows, s7_backstop_ms
+from lampctl.safety import s3_allows, s7_backstop_ms, s19_overtaken
 from lampctl.scheduler import SchedulerThread
 
 __all__ = ["SessionController", "Refused", "UnknownLamp", "BadDuration", "Unavailable", "LampView", "LampState"]
@@ -35,6 +36,8 @@ class SessionController(SchedulerThread):
         self._backstop = backstop
         self._alerts = Alerts(hardware)  # buzzers, sounded once the lock is released
         self._cond = threading.Condition(threading.RLock())
+        # Guards Lamp.arriving only, so the HTTP server's network thread never waits for _cond.
+        self._arrivals = threading.Lock()
         self._reset_blockers: list[Callable[[], str | None]] = []
         self.listeners = Listeners()
         self._scheduler: threading.Thread | None = None
@@ -75,16 +78,66 @@ class SessionController(SchedulerThread):
         except (KeyError, TypeError):
             raise UnknownLamp(f"There is no lamp {lamp_id!r}; known lamps: {', '.join(self._by_id)}.") from None
 
+    def now(self) -> float:
+        """The controller's monotonic time: the arrival stamp of a request that comes by a path
+        with no stamp of its own (an MQTT message as it is received)."""
+        return self._clock.monotonic()
+
+    # ---- arrivals (S19) ----------------------------------------------------------------
+    def note_arrival(self, lamp_id: str, arrived: float) -> None:
+        """A start or extension of lamp_id arrived at `arrived` and is queued for the controller.
+
+        Only so that a Stop served ahead of it can say it cancelled a start; what refuses the
+        start is its arrival time (s19_overtaken), registered or not.
+        """
+        lamp = self._by_id.get(lamp_id)
+        if lamp is not None:
+            with self._arrivals:
+                lamp.arriving.append(arrived)
+
+    def drop_arrival(self, lamp_id: str, arrived: float) -> None:
+        """That request is answered (or reached the controller); idempotent."""
+        lamp = self._by_id.get(lamp_id)
+        if lamp is not None:
+            with self._arrivals:
+                if arrived in lamp.arriving:
+                    lamp.arriving.remove(arrived)
+
+    def _arrived(self, lamp: Lamp, arrived: float | None, action: str) -> float:
+        """Under the lock: a start or extension reaches the controller; refused if a Stop arrived after it (S19)."""
+        now = self._clock.monotonic()
+        if arrived is None:
+            return now
+        self.drop_arrival(lamp.cfg.id, arrived)
+        if s19_overtaken(arrived, lamp.stopped_at):
+            later = fmt_s(round(lamp.stopped_at - arrived, 3))
+            raise Refused(f"{lamp.cfg.name} was not {action}: a Stop of it arrived {later} after this request, "
+                          "and a Stop cancels every start or extension that came before it.", "cancelled")
+        return arrived
+
+    def _stopping_now(self, lamp: Lamp, arrived: float | None) -> str:
+        """Under the lock, before the cut: note the Stop's arrival (S19) and say what it will do to this lamp."""
+        at = self._clock.monotonic() if arrived is None else arrived
+        lamp.stopped_at = at if lamp.stopped_at is None else max(lamp.stopped_at, at)
+        if lamp.state is LampState.ON:
+            return "ended"
+        with self._arrivals:
+            queued = any(t < at for t in lamp.arriving)
+        return "cancelled-start" if lamp.starting or queued else "already-off"
+
     # ---- start and extend --------------------------------------------------------------
-    def start(self, lamp_id: str, seconds: float, user: str, *, new_patient: bool = False) -> tuple[int, LampView]:
+    def start(self, lamp_id: str, seconds: float, user: str, *, new_patient: bool = False,
+              arrived: float | None = None) -> tuple[int, LampView]:
         """Turn a lamp on for `seconds`; returns (session_id, lamp view).
 
         Within the lamp's rest window a start continues the last patient's budget (S18)
-        unless new_patient is True.
+        unless new_patient is True. `arrived` is when the request arrived (monotonic; None:
+        now): a Stop of this lamp that arrived later refuses it (S19).
         """
         lamp = self._get(lamp_id)
         seconds = check_seconds(seconds)
         with self._cond:
+            self._arrived(lamp, arrived, "started")
             if not s3_allows(seconds, lamp.cfg.max_s):
                 raise BadDuration(f"{fmt_s(seconds)} is longer than {lamp.cfg.name}'s limit of "
                                   f"{fmt_min(lamp.cfg.max_minutes)}.", "too-long")
@@ -129,10 +182,12 @@ class SessionController(SchedulerThread):
         self._cond.notify_all()
         return session_id, self._view(lamp, now)
 
-    def extend(self, lamp_id: str, seconds: float, user: str) -> LampView:
+    def extend(self, lamp_id: str, seconds: float, user: str, *, arrived: float | None = None) -> LampView:
+        """Add `seconds` to the running session; `arrived` as for start (S19)."""
         lamp = self._get(lamp_id)
         seconds = check_seconds(seconds)
         with self._cond:
+            self._arrived(lamp, arrived, "extended")
             session = self._running(lamp, "extended")
             if lamp.extending:
                 # S13: the plan is reserved by the extension in flight; never last writer wins.
@@ -175,38 +230,49 @@ class SessionController(SchedulerThread):
         return view
 
     # ---- stops (S10: relay first, then the lock) ---------------------------------------
-    def stop(self, lamp_id: str, user: str) -> LampView:
+    def stop(self, lamp_id: str, user: str, *, arrived: float | None = None) -> LampView:
+        """Turn the lamp off whatever its state; the view's `result` says what the Stop did.
+
+        "ended" a session, "cancelled-start" (a start in flight, or one that arrived before
+        this Stop and has not reached the controller: S19), or "already-off". `arrived` is
+        when the Stop arrived (monotonic; None: now).
+        """
         lamp = self._get(lamp_id)
         self._relay_off(lamp)
         with self._cond:
             now = self._clock.monotonic()
+            result = self._stopping_now(lamp, arrived)
+            state = lamp.state.value
             if lamp.starting:
                 # S11: the start in flight sees the new epoch and answers `cancelled`.
                 lamp.epoch += 1
-                self._log.event(lamp.cfg.id, lamp.state.value, lamp.state.value, user,
-                                "start cancelled by stop", self._clock.wall())
-            elif lamp.state is LampState.ON:
+            if result == "ended":
                 self._end(lamp, "stopped", user, "stopped by user", now)
+            elif result == "cancelled-start":
+                self._log.event(lamp.cfg.id, state, state, user, "start cancelled by stop", self._clock.wall())
             else:
-                raise Refused(f"{lamp.cfg.name} is not running ({lamp.state.value}).", "not-running")
-            return self._view(lamp, now)
+                self._log.event(lamp.cfg.id, state, state, user, "stop: the lamp was already off", self._clock.wall())
+            return replace(self._view(lamp, now), result=result)
 
-    def stop_all(self, user: str, why: str = "stop all") -> list[LampView]:
+    def stop_all(self, user: str, why: str = "stop all", *, arrived: float | None = None) -> list[LampView]:
         """S5: every relay off at once; running sessions end `stopped`; starts in flight are cancelled."""
         self._all_off()
         with self._cond:
+            results = {lamp.cfg.id: self._stopping_now(lamp, arrived) for lamp in self._lamps}
             now = self._cut_all("stopped", user, why)
             self._log.event(None, None, None, user, why, self._clock.wall())
-            return [self._view(lamp, now) for lamp in self._lamps]
+            return [replace(self._view(lamp, now), result=results[lamp.cfg.id]) for lamp in self._lamps]
 
     @sounding
-    def estop(self, who: str = "E-stop button", why: str = "E-stop pressed") -> list[LampView]:
+    def estop(self, who: str = "E-stop button", why: str = "E-stop pressed", *,
+              arrived: float | None = None) -> list[LampView]:
         """S5: all off, sessions end `estop`, every lamp latched until an admin reset."""
         self._all_off()
         with self._cond:
+            results = {lamp.cfg.id: self._stopping_now(lamp, arrived) for lamp in self._lamps}
             now = self._cut_all("estop", who, why, latch=True)
             self._latch(why, self._lamps, who)
-            return [self._view(lamp, now) for lamp in self._lamps]
+            return [replace(self._view(lamp, now), result=results[lamp.cfg.id]) for lamp in self._lamps]
 
     @sounding
     def fault(self, reason: str, lamp_id: str | None = None, who: str = "system", *,

@@ -8,8 +8,9 @@ import time
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 log = logging.getLogger("lampctl")
 
@@ -39,6 +40,48 @@ READ_HOLD_MAX_S = 0.5
 SAFETY_LANE_MAX_THREADS = 32
 # POST .../stop, /stop-all, /estop (API and panel forms).
 STOP_PATH = re.compile(r"/(stop|stop-all|estop)/?$")
+# POST /api/lamps/<id>/start|extend and /panel/lamps/<id>/start|extend: registered on arrival (S19).
+ARRIVING_PATH = re.compile(r"/lamps/([a-z0-9-]+)/(start|extend)/?$")
+# The WSGI environ key that carries a request's arrival time (time.monotonic, S19).
+ARRIVED_KEY = "lampctl.arrived"
+
+
+class StampedParser(HTTPRequestParser):
+    """waitress's request parser, stamping when the request was complete (S19: its time is when it arrived).
+
+    Stamped on the network thread as the last byte is parsed, before the request queues
+    for a worker: however long it waits, it keeps its place in time.
+    """
+
+    arrived: float | None = None
+
+    def received(self, data):
+        n = super().received(data)
+        if self.completed and self.arrived is None:
+            self.arrived = time.monotonic()
+        return n
+
+
+class StampedTask(WSGITask):
+    """A WSGI task that hands the app its request's arrival time as environ["lampctl.arrived"]."""
+
+    def get_environment(self):
+        environ = super().get_environment()
+        environ[ARRIVED_KEY] = getattr(self.request, "arrived", None)
+        return environ
+
+
+def _arriving(channel) -> tuple[str, float] | None:
+    """(lamp id, arrival) of a start or extension a channel is about to queue, else None."""
+    requests = getattr(channel, "requests", None)
+    if not requests:
+        return None
+    request = requests[0]
+    arrived = getattr(request, "arrived", None)
+    match = ARRIVING_PATH.search(getattr(request, "path", "") or "")
+    if getattr(request, "command", "") != "POST" or match is None or arrived is None:
+        return None
+    return match.group(1), arrived
 
 
 def is_stop(channel) -> bool:
@@ -73,19 +116,33 @@ class _StopTask:
 
 
 class _ReadTask:
-    """Any other request: it starts only once no Stop is being served (or after READ_HOLD_MAX_S)."""
+    """Any other request: it starts only once no Stop is being served (or after READ_HOLD_MAX_S).
 
-    __slots__ = ("task", "clear")
+    `done` runs once it is answered or cancelled (a start's arrival is forgotten, S19).
+    """
 
-    def __init__(self, task, clear: threading.Event):
-        self.task, self.clear = task, clear
+    __slots__ = ("task", "clear", "done")
+
+    def __init__(self, task, clear: threading.Event, done=None):
+        self.task, self.clear, self.done = task, clear, done
 
     def service(self):
-        self.clear.wait(READ_HOLD_MAX_S)
-        self.task.service()
+        try:
+            self.clear.wait(READ_HOLD_MAX_S)
+            self.task.service()
+        finally:
+            self._done()
 
     def cancel(self):
-        self.task.cancel()
+        try:
+            self.task.cancel()
+        finally:
+            self._done()
+
+    def _done(self):
+        done, self.done = self.done, None
+        if done is not None:
+            done()
 
 
 class SafetyLaneDispatcher(ThreadedTaskDispatcher):
@@ -98,8 +155,11 @@ class SafetyLaneDispatcher(ThreadedTaskDispatcher):
     under 50 polling panels than on an idle service.
     """
 
-    def __init__(self, lane_threads: int = SAFETY_LANE_THREADS):
+    def __init__(self, lane_threads: int = SAFETY_LANE_THREADS, arrivals=None):
         super().__init__()
+        # Told of each start or extension as it queues (note_arrival/drop_arrival), so a Stop
+        # served ahead of it can say it cancelled a start (S19); None: nobody is told.
+        self.arrivals = arrivals
         self.lane = ThreadedTaskDispatcher()
         self.lane.set_thread_count(lane_threads)
         self._stops = 0
@@ -115,7 +175,18 @@ class SafetyLaneDispatcher(ThreadedTaskDispatcher):
             self._grow_lane()
             self.lane.add_task(_StopTask(task, self._stop_done))
         else:
-            super().add_task(_ReadTask(task, self._no_stop))
+            super().add_task(_ReadTask(task, self._no_stop, self._note_arrival(task)))
+
+    def _note_arrival(self, task):
+        arriving = _arriving(task) if self.arrivals is not None else None
+        if arriving is None:
+            return None
+        try:
+            self.arrivals.note_arrival(*arriving)
+        except Exception:  # wording only: a failure here must not keep the request from its worker
+            log.exception("arrival of %s not noted", arriving[0])
+            return None
+        return lambda: self.arrivals.drop_arrival(*arriving)
 
     def _stop_done(self) -> None:
         with self._stops_lock:
@@ -141,6 +212,8 @@ class BoundedChannel(HTTPChannel):
     """An HTTP connection that remembers when its unfinished request began."""
 
     request_started: float | None = None
+    parser_class = StampedParser
+    task_class = StampedTask
 
     def received(self, data):
         before = self.request
@@ -203,13 +276,16 @@ class BoundedServer(TcpWSGIServer):
                 channel.will_close = True
 
 
-def make_server(app, host: str, port: int):
-    """A waitress server for app on host:port, not yet running; its effective port is server.port."""
+def make_server(app, host: str, port: int, arrivals=None):
+    """A waitress server for app on host:port, not yet running; its effective port is server.port.
+
+    arrivals (the controller) is told of each start and extension as it queues (S19).
+    """
     # waitress logs "Task queue depth is N" for each request queued while the workers are
     # busy: under polling panels that is a journal line per request, for a normal state.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
-    dispatcher = SafetyLaneDispatcher()
+    dispatcher = SafetyLaneDispatcher(arrivals=arrivals)
     dispatcher.set_thread_count(WORKER_THREADS)
     # What create_server does for one TCP listener, with our subclass.
     adj = Adjustments(host=host, port=port, **_adjustments())

@@ -1,7 +1,7 @@
 """One lamp as the controller keeps it: its state, its running session, its patient budget, and the view it shows."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
@@ -54,6 +54,10 @@ class Lamp:
     # Bumped by anything that must cancel a start in flight (stop, stop-all, fault, E-stop) (S11).
     epoch: int = 0
     feedback_bad_since: float | None = None
+    # S19: when the latest Stop, Stop all or E-stop of this lamp arrived (monotonic), and the
+    # arrival times of starts and extensions that arrived and have not reached the controller yet.
+    stopped_at: float | None = None
+    arriving: list[float] = field(default_factory=list)
     # S18: when the last session ended (monotonic), and what that patient has used so far.
     last_end: float | None = None
     chain_used_s: float = 0.0
@@ -131,6 +135,8 @@ class LampView:
     continues: int | None = None
     feedback_on: bool | None = None
     extend_left_s: float | None = None  # while on: what may still be added before max_minutes (S3)
+    # Set only on the views a Stop returns: "ended", "cancelled-start" or "already-off" (not in as_dict).
+    result: str | None = None
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in (

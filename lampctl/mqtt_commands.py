@@ -59,12 +59,13 @@ class Commands:
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One MQTT message on `lampctl/<node>/cmd` or `lampctl/<node>/lamp/<id>/cmd`."""
+        arrived = self.controller.now()  # S19: a command's time is when it was received
         lamp_id = self._lamp_of(topic)
         result_topic = topic.rsplit("/", 1)[0] + "/result"
         body: dict = {}
         try:
             body = self._parse(payload)
-            answer = self._dispatch(lamp_id, body, result_topic)
+            answer = self._dispatch(lamp_id, body, result_topic, arrived)
         except Refused as exc:
             answer = {"ok": False, "error": str(exc), "code": exc.code}
         except Exception as exc:  # never let one message stop the client; the lamps are not affected
@@ -91,23 +92,25 @@ class Commands:
             raise BadCommand("A command must be a JSON object with an \"action\".")
         return body
 
-    def _dispatch(self, lamp_id: str | None, body: dict, result_topic: str) -> dict | None:
+    def _dispatch(self, lamp_id: str | None, body: dict, result_topic: str, arrived: float) -> dict | None:
         action = body.get("action")
         if lamp_id is not None and action == "stop":
-            view = self.controller.stop(lamp_id, self._who(body))
-            return {"ok": True, "action": "stop", "lamp": view.as_dict()}
+            view = self.controller.stop(lamp_id, self._who(body), arrived=arrived)
+            return {"ok": True, "action": "stop", "result": view.result, "lamp": view.as_dict()}
         if lamp_id is None and action == "stop-all":
             who = self._who(body)
-            views = self.controller.stop_all(who, f"stop all by {who} over MQTT")
-            return {"ok": True, "action": "stop-all", "lamps": [v.as_dict() for v in views]}
+            views = self.controller.stop_all(who, f"stop all by {who} over MQTT", arrived=arrived)
+            return {"ok": True, "action": "stop-all", "results": {v.id: v.result for v in views},
+                    "lamps": [v.as_dict() for v in views]}
         if lamp_id is None and action == "estop":
             who = self._who(body)
-            views = self.controller.estop(who, f"emergency stop by {who} over MQTT")
-            return {"ok": True, "action": "estop", "lamps": [v.as_dict() for v in views]}
+            views = self.controller.estop(who, f"emergency stop by {who} over MQTT", arrived=arrived)
+            return {"ok": True, "action": "estop", "results": {v.id: v.result for v in views},
+                    "lamps": [v.as_dict() for v in views]}
         if lamp_id is not None and action == "start":
             seconds, user, new_patient = self._check_start(body)
             try:
-                self._starts.put_nowait((lamp_id, seconds, user, new_patient, body, result_topic))
+                self._starts.put_nowait((lamp_id, seconds, user, new_patient, body, result_topic, arrived))
             except queue.Full:
                 raise Refused(f"{MAX_WAITING_STARTS} starts are already waiting on this node; try again.",
                               "busy") from None
@@ -143,9 +146,10 @@ class Commands:
             item = self._starts.get()
             if item is None:
                 return
-            lamp_id, seconds, user, new_patient, body, result_topic = item
+            lamp_id, seconds, user, new_patient, body, result_topic, arrived = item
             try:
-                session_id, view = self.controller.start(lamp_id, seconds, user, new_patient=new_patient)
+                session_id, view = self.controller.start(lamp_id, seconds, user, new_patient=new_patient,
+                                                         arrived=arrived)
                 answer = {"ok": True, "action": "start", "session_id": session_id, "lamp": view.as_dict()}
             except Refused as exc:
                 answer = {"ok": False, "error": str(exc), "code": exc.code}

@@ -1,4 +1,4 @@
-"""The safety rules S1-S9 that are pure arithmetic or process wiring, each named for its invariant."""
+"""The safety rules that are pure arithmetic or process wiring, each named for its invariant."""
 from __future__ import annotations
 
 import math
@@ -28,3 +28,12 @@ def s7_backstop_ms(planned_s: float, grace_s: float) -> int:
     """S7: how long the microcontroller may hold the lamp on by itself."""
     # Round away float noise (840 x 1.1 = 924.0000000000001) before rounding up to whole ms.
     return int(math.ceil(round((planned_s * S7_BACKSTOP_FACTOR + grace_s) * 1000, 6)))
+
+
+def s19_overtaken(arrived: float, stopped_at: float | None) -> bool:
+    """S19: a start or extension that arrived before the lamp's latest Stop is never carried out.
+
+    Both times are arrivals on the monotonic clock, whatever order the requests reach the
+    controller in: a Stop served ahead of a queued start still cancels it.
+    """
+    return stopped_at is not None and arrived < stopped_at

@@ -245,7 +245,7 @@ class Service:
         app = create_app(Services(controller=self.controller, usage_log=self.usage_log, config=self.cfg,
                                   accounts=self.accounts, clock_synchronised=ClockProbe(),
                                   firmware_status=backstop.status if backstop else (lambda: "absent")))
-        self.server = make_server(app, self.cfg.service.host, self.cfg.service.port)
+        self.server = make_server(app, self.cfg.service.host, self.cfg.service.port, arrivals=self.controller)
         self.on_close(stack, "web server", self.server.close)
         log.info("serving on http://%s:%d/", self.cfg.service.host, self.server.port)
         print(f"lampctl: listening on http://{self.cfg.service.host}:{self.server.port}/", flush=True)

@@ -88,7 +88,7 @@ def usage_log(cfg, clock):
 @pytest.fixture
 def accounts(cfg, clock, usage_log):
     """Accounts on the same database, answering from memory; no reload thread (tests call reload())."""
-    acc = Accounts(cfg.service.database, wall=clock.wall, audit=usage_log.event)
+    acc = Accounts(cfg.service.database, wall=clock.wall, audit=usage_log.event, monotonic=clock.monotonic)
     yield acc
     acc.close()
 

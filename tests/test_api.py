@@ -17,8 +17,7 @@ def test_api_health_needs_no_auth(client):
 
 @pytest.mark.parametrize("method,path", [
     ("get", "/api/lamps"), ("get", "/api/lamps/room1"), ("post", "/api/lamps/room1/start"),
-    ("post", "/api/lamps/room1/extend"), ("post", "/api/lamps/room1/stop"), ("post", "/api/stop-all"),
-    ("post", "/api/lamps/room1/reset"), ("get", "/api/sessions"),
+    ("post", "/api/lamps/room1/extend"), ("post", "/api/lamps/room1/reset"), ("get", "/api/sessions"),
 ])
 def test_api_rejects_missing_and_bad_tokens(client, users, method, path):
     for headers in ({}, bearer("not-a-token"), {"Authorization": "Basic abc"}):
@@ -69,7 +68,8 @@ def test_api_status_codes_follow_the_contract(client, users, clock, factory):
     assert resp.status_code == 409 and resp.get_json()["code"] == "already-on"
     resp = client.post("/api/lamps/room2/extend", json={"minutes": 5}, headers=bearer(ann))
     assert resp.status_code == 409 and resp.get_json()["code"] == "over-limit"
-    assert client.post("/api/lamps/room1/stop", headers=bearer(ann)).status_code == 409
+    resp = client.post("/api/lamps/room1/stop", headers=bearer(ann))
+    assert resp.status_code == 200 and resp.get_json()["result"] == "already-off"
     resp = client.post("/api/lamps/room2/stop", headers=bearer(ann))
     assert resp.status_code == 200 and resp.get_json()["lamp"]["state"] == "cooldown"
     resp = start(client, ann, "room2")
@@ -150,7 +150,7 @@ def test_api_estop_any_role_latches_every_lamp_until_admin_reset(client, users, 
     assert client.post("/api/lamps/room1/reset", headers=bearer(users["ann"])).status_code == 403
     resp = client.post("/api/lamps/room1/reset", headers=bearer(users["admin"]))
     assert resp.status_code == 200 and resp.get_json()["recorded"] is True
-    assert client.post("/api/estop").status_code == 401
+    assert client.post("/api/estop").status_code == 200  # S21: no token needed
 
 
 def test_s18_api_start_continues_unless_new_patient(client, users, clock, usage_log):

@@ -110,7 +110,7 @@ def test_browser_panel_on_a_phone(browser, service):
         expect(room2).to_have_attribute("data-state", "on")
         shot(page, "panel-running")
         page.get_by_role("button", name="Stop all").click()
-        expect(page.locator("#messages")).to_have_text("All lamps stopped.")
+        expect(page.locator("#messages")).to_have_text("All lamps are off. Sessions ended: Room 2.")
         expect(room2).to_have_attribute("data-state", "off")
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], "the panel scrolls sideways on a phone"

@@ -264,7 +264,7 @@ def _lock_and_switch(browser, svc) -> None:
             assert button_boxes(page) == before, "the lock moved a button"
             shot(page, "locked")
             room2.get_by_role("button", name="Stop").click()
-            expect(page.locator("#messages")).to_have_text("Room 2 stopped.")
+            expect(page.locator("#messages")).to_have_text("Room 2 stopped: the session ended and the lamp is off.")
             expect(room2.get_by_role("button", name="10 min")).to_be_disabled()  # a Stop does not unlock
             page.get_by_role("link", name="unlock with your PIN").click()
             page.get_by_text("bob", exact=True).click()
@@ -276,7 +276,7 @@ def _lock_and_switch(browser, svc) -> None:
             room2.get_by_role("button", name="10 min").click()
             expect(room2.locator(".lamp-note")).to_contain_text("Started by bob")
             page.get_by_role("button", name="Stop all").click()
-            expect(page.locator("#messages")).to_have_text("All lamps stopped.")
+            expect(page.locator("#messages")).to_have_text("All lamps are off. Sessions ended: Room 2.")
             assert page.console_errors == []
         finally:
             context.close()

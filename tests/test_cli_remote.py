@@ -122,3 +122,16 @@ def test_cli_token_from_environment_and_file_checked(fake, capsys, monkeypatch, 
     (tmp_path / "var" / "cli.token").write_text("line one\nline two\n")
     rc, _, err = run(capsys, "status", "--config", config)
     assert rc == 1 and "does not hold a token" in err and len(server.requests) == 1
+
+
+def test_s19_cli_stop_of_an_off_lamp_exits_0_saying_it_was_already_off(fake, capsys):
+    server, config = fake
+    server.reply = (200, json.dumps({"lamp": LAMP_OFF, "result": "already-off", "recorded": True}).encode())
+    rc, out, err = run(capsys, "stop", "room1", "--config", config, "--token", "t")
+    assert rc == 0 and err == ""
+    assert out.splitlines()[-1] == "room1: was already off"
+    server.reply = (200, json.dumps({"lamps": [LAMP_OFF, {**LAMP_OFF, "id": "room2"}], "recorded": True,
+                                     "results": {"room1": "ended", "room2": "cancelled-start"}}).encode())
+    rc, out, err = run(capsys, "stop-all", "--config", config, "--token", "t")
+    assert rc == 0 and out.splitlines()[-2:] == [
+        "room1: stopped, its session ended", "room2: a start was cancelled, the lamp stays off"]

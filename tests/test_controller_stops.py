@@ -254,3 +254,86 @@ def test_s12_arm_given_up_while_still_queued_is_never_sent(cfg, relays, clock, u
     finally:
         link.gate.set()
         backstop.close()
+
+
+# ---- S19: a Stop beats every start or extension that arrived before it -----------------------
+def test_s19_start_that_arrived_before_a_stop_never_turns_the_lamp_on(controller, clock, factory, usage_log):
+    arrived = clock.monotonic()
+    controller.note_arrival("room1", arrived)  # queued behind busy workers
+    clock.advance(0.05)
+    stopped = controller.stop("room1", "bob", arrived=clock.monotonic())
+    assert (stopped.result, stopped.state, stopped.relay_on) == ("cancelled-start", "off", False)
+    clock.advance(0.5)  # the start reaches the controller after the Stop was answered
+    with pytest.raises(Refused) as exc:
+        controller.start("room1", 600, "ann", arrived=arrived)
+    assert exc.value.code == "cancelled"
+    assert "a Stop of it arrived 0.05 s after this request" in str(exc.value)
+    assert pin_history(factory, ROOM1) == [False]
+    usage_log.flush(5)
+    assert usage_log.sessions() == []
+    assert [e["why"] for e in usage_log.events() if e["lamp_id"] == "room1"] == ["start cancelled by stop"]
+    # A start that arrives after the Stop is obeyed.
+    controller.start("room1", 600, "ann", arrived=clock.monotonic())
+    assert pin_history(factory, ROOM1) == [False, True]
+
+
+def test_s19_extension_that_arrived_before_a_stop_is_refused_even_on_a_later_session(controller, clock, factory):
+    controller.start("room1", 600, "ann")
+    extend_arrived = clock.monotonic()
+    clock.advance(1)
+    assert controller.stop("room1", "bob", arrived=clock.monotonic()).result == "ended"
+    clock.advance(1)
+    controller.start("room1", 600, "cy")  # a new session, started after the Stop
+    with pytest.raises(Refused) as exc:
+        controller.extend("room1", 300, "ann", arrived=extend_arrived)
+    assert exc.value.code == "cancelled"
+    assert controller.lamp("room1").planned_s == 600
+    assert pin_history(factory, ROOM1) == [False, True, False, True]
+
+
+def test_s19_stop_all_and_estop_cancel_what_arrived_before_them_on_every_lamp(controller, clock, factory):
+    early = clock.monotonic()
+    controller.start("room1", 600, "ann")
+    controller.note_arrival("room2", early)
+    clock.advance(0.1)
+    views = controller.stop_all("bob", arrived=clock.monotonic())
+    assert {v.id: v.result for v in views} == {"room1": "ended", "room2": "cancelled-start"}
+    for lamp in ("room1", "room2"):
+        with pytest.raises(Refused) as exc:
+            controller.start(lamp, 60, "ann", arrived=early)
+        assert exc.value.code == "cancelled"
+    controller.drop_arrival("room2", early)
+    clock.advance(0.1)
+    before_estop = clock.monotonic()
+    clock.advance(0.1)
+    views = controller.estop("ann", "emergency stop by ann", arrived=clock.monotonic())
+    assert {v.id: v.result for v in views} == {"room1": "already-off", "room2": "already-off"}
+    controller.reset_fault("room1", "admin")
+    with pytest.raises(Refused) as exc:
+        controller.start("room1", 60, "ann", arrived=before_estop)
+    assert exc.value.code == "cancelled"
+    assert pin_history(factory, ROOM1) == [False, True, False]
+    assert pin_history(factory, ROOM2) == [False, True]  # active low: claimed off, never switched on
+
+
+def test_s19_an_older_stop_reaching_the_controller_late_never_moves_the_mark_back(controller, clock):
+    start_arrived = clock.monotonic() + 0.2
+    clock.advance(0.3)
+    controller.stop("room1", "bob", arrived=clock.monotonic())  # arrived at +0.3
+    controller.stop("room1", "cy", arrived=clock.monotonic() - 0.3)  # an older Stop, served late
+    with pytest.raises(Refused):
+        controller.start("room1", 60, "ann", arrived=start_arrived)
+
+
+def test_s19_stop_says_what_it_did(gated, clock, usage_log):
+    backstop, ctl = gated
+    assert ctl.stop("room1", "bob").result == "already-off"
+    starter = start_in_flight(backstop, ctl)
+    assert ctl.stop("room1", "bob").result == "cancelled-start"
+    backstop.gate.set()
+    assert isinstance(starter.outcome(), Refused)
+    ctl.start("room1", 600, "ann")
+    assert ctl.stop("room1", "bob").result == "ended"
+    usage_log.flush(5)
+    assert [e["why"] for e in usage_log.events() if e["lamp_id"] == "room1" and e["who"] == "bob"][::-1] == [
+        "stop: the lamp was already off", "start cancelled by stop", "stopped: stopped by user"]

@@ -84,9 +84,9 @@ def test_panel_stop_and_stop_all(web, controller, factory, usage_log, clock):
     act(web, "/panel/lamps/room1/start", minutes="10")
     act(web, "/panel/lamps/room2/start", minutes="10")
     clock.advance(30)
-    assert act(web, "/panel/lamps/room1/stop") == ["Room 1 stopped."]
+    assert act(web, "/panel/lamps/room1/stop") == ["Room 1 stopped: the session ended and the lamp is off."]
     assert controller.lamp("room1").state == "off"
-    assert act(web, "/panel/stop-all") == ["All lamps stopped."]
+    assert act(web, "/panel/stop-all") == ["All lamps are off. Sessions ended: Room 2."]
     assert pin_history(factory, 17) == [False, True, False]
     usage_log.flush(2)
     assert [(s["lamp_id"], s["end_reason"], s["actual_s"]) for s in usage_log.sessions()] == [
@@ -94,8 +94,9 @@ def test_panel_stop_and_stop_all(web, controller, factory, usage_log, clock):
     assert any(e["why"] == "stop all (panel)" and e["who"] == "ann" for e in usage_log.events())
 
 
-def test_panel_stop_when_not_running_shows_the_controller_sentence(web):
-    assert act(web, "/panel/lamps/room1/stop") == ["Room 1 is not running (off)."]
+def test_s19_panel_stop_of_an_off_lamp_says_it_was_already_off(web):
+    assert act(web, "/panel/lamps/room1/stop") == ["Room 1 was already off."]
+    assert act(web, "/panel/stop-all") == ["All lamps are off. None was running."]
 
 
 def test_panel_actions_answer_json_for_the_script(web, controller):
@@ -178,7 +179,7 @@ def test_panel_estop_latches_every_lamp_and_answers_recorded(web, controller, fa
     assert controller.lamp("room2").fault_reason == "emergency stop by ann"
     assert pin_history(factory, 17) == [False, True, False]
     assert [s["end_reason"] for s in usage_log.sessions()] == ["estop"]
-    assert web.post("/panel/estop").status_code == 400  # no CSRF token
+    assert web.post("/panel/estop").status_code == 303  # S21: no CSRF token needed for a Stop
 
 
 # ---- the continuation question (S18), the limit, the idle lock, the quick switch ---------------------------
@@ -244,7 +245,7 @@ def test_panel_idle_lock_refuses_starts_but_never_a_stop(locking, web, controlle
     [message] = act(web, "/panel/lamps/room2/start", minutes="10")
     assert message.startswith("The panel is locked")
     assert act(web, "/panel/lamps/room1/extend")[0].startswith("The panel is locked")
-    assert act(web, "/panel/lamps/room1/stop") == ["Room 1 stopped."]
+    assert act(web, "/panel/lamps/room1/stop") == ["Room 1 stopped: the session ended and the lamp is off."]
     assert pin_history(factory, 17) == [False, True, False]
     assert web.get("/panel/state.json").get_json()["locked"] is True  # a Stop does not unlock
     assert controller.lamp("room2").state == "off"

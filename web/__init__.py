@@ -104,6 +104,9 @@ def create_app(services: Services, test_config: dict | None = None) -> Flask:
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_secret_key(Path(services.config.service.database).parent)
     app.extensions["lampctl"] = services
+    from web.login_cookie import LoginCookieSessions
+
+    app.session_interface = LoginCookieSessions()  # S22: no wall-clock age on the cookie
 
     from web import admin, api, auth, i18n, panel
 

@@ -14,6 +14,7 @@ from lampctl.errors import Refused
 from lampctl.safety import is_duration
 from lampctl.store import END_REASONS, StoreError
 from web import services
+from web.auth import arrived, unauthenticated
 from web.codes import REPLY_WAIT_S, status_for
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -186,7 +187,8 @@ def start(lamp_id):
     s.controller.lamp(lamp_id)  # 404 before 400 for an unknown lamp
     body = _json_body()
     seconds = parse_duration(body, ("new_patient",))
-    session_id, view = s.controller.start(lamp_id, seconds, g.user["name"], new_patient=_new_patient(body))
+    session_id, view = s.controller.start(lamp_id, seconds, g.user["name"], new_patient=_new_patient(body),
+                                          arrived=arrived())
     # A 201 means the session is recorded unless "recorded" says otherwise; a slow disk
     # delays this reply, never the lamp.
     return jsonify(session_id=session_id, lamp=view.as_dict(), recorded=_recorded()), 201
@@ -198,30 +200,40 @@ def extend(lamp_id):
     s = services()
     s.controller.lamp(lamp_id)
     seconds = parse_duration(_json_body())
-    view = s.controller.extend(lamp_id, seconds, g.user["name"])
+    view = s.controller.extend(lamp_id, seconds, g.user["name"], arrived=arrived())
     return jsonify(lamp=view.as_dict(), recorded=_recorded())
+
+
+# ---- Stops: no credentials needed, none waited for (S21) ---------------------------------------
+def stop_who() -> str:
+    """S21: who a Stop is recorded under: the token's user if memory knows it (never waiting for a
+    reload, never refusing), else "unauthenticated (<client address>)"."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    user = None
+    if scheme.lower() == "bearer" and token.strip():
+        user = services().accounts.user_for_token(token.strip())
+    return user["name"] if user else unauthenticated()
 
 
 @bp.post("/lamps/<lamp_id>/stop")
-@require_token()
 def stop(lamp_id):
-    view = services().controller.stop(lamp_id, g.user["name"])
-    return jsonify(lamp=view.as_dict(), recorded=_recorded())
+    view = services().controller.stop(lamp_id, stop_who(), arrived=arrived())
+    return jsonify(lamp=view.as_dict(), result=view.result, recorded=_recorded())
 
 
 @bp.post("/stop-all")
-@require_token()
 def stop_all():
-    views = services().controller.stop_all(g.user["name"], "stop all (API)")
-    return jsonify(lamps=[v.as_dict() for v in views], recorded=_recorded())
+    views = services().controller.stop_all(stop_who(), "stop all (API)", arrived=arrived())
+    return jsonify(lamps=[v.as_dict() for v in views], results={v.id: v.result for v in views},
+                   recorded=_recorded())
 
 
 @bp.post("/estop")
-@require_token()
 def estop():
-    user = g.user["name"]
-    views = services().controller.estop(user, f"emergency stop by {user}")
-    return jsonify(lamps=[v.as_dict() for v in views], recorded=_recorded())
+    who = stop_who()
+    views = services().controller.estop(who, f"emergency stop by {who}", arrived=arrived())
+    return jsonify(lamps=[v.as_dict() for v in views], results={v.id: v.result for v in views},
+                   recorded=_recorded())
 
 
 @bp.post("/lamps/<lamp_id>/reset")

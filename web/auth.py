@@ -25,6 +25,9 @@ FAILURE_WINDOW_S = 300.0
 LOCKOUT_S = 300.0
 # Views anyone may reach; every other endpoint needs a login (the API checks its own tokens).
 PUBLIC_ENDPOINTS = {"auth.login", "static", "api.health", "i18n.language"}
+# S21: carried out whatever the cookie (none, unknown, expired) and without a CSRF token: a forged
+# Stop is safe, a refused one is not. Recorded under the user when known, else unauthenticated.
+STOP_ENDPOINTS = {"panel.stop", "panel.stop_all", "panel.estop"}
 CSRF_FIELD = "csrf_token"
 
 
@@ -141,11 +144,26 @@ def _load_user() -> None:
         g.user = user
 
 
+def unauthenticated() -> str:
+    """Who a Stop without known credentials is recorded under (S21)."""
+    return f"unauthenticated ({request.remote_addr or 'unknown address'})"
+
+
+def arrived() -> float | None:
+    """When this request arrived (time.monotonic, stamped by lampctl.httpserver), or None: now (S19)."""
+    from lampctl.httpserver import ARRIVED_KEY
+
+    value = request.environ.get(ARRIVED_KEY)
+    return value if isinstance(value, float) else None
+
+
 def _before_request():
     if request.blueprint == "api" or request.path.startswith("/api/"):
         # Bearer tokens, checked in web.api; a wrong method on an API URL is a 405, never a CSRF refusal.
         return None
     _load_user()
+    if request.endpoint in STOP_ENDPOINTS:
+        return None  # S21: no login, no CSRF, nothing waited for
     if request.endpoint is not None and request.endpoint not in PUBLIC_ENDPOINTS and g.user is None:
         if wants_json():
             return jsonify(error="Log in first.", code="unauthorized"), 401
@@ -260,7 +278,8 @@ def login():
 
 # ---- the shared tablet: idle lock and quick switch ------------------------------------------
 def _panel_clock() -> float:
-    return (current_app.config.get("PANEL_CLOCK") or current_app.config.get("LOGIN_CLOCK") or time.time)()
+    # Monotonic (S22): a wall-clock step neither locks nor unlocks the panel.
+    return (current_app.config.get("PANEL_CLOCK") or current_app.config.get("LOGIN_CLOCK") or time.monotonic)()
 
 
 def touch() -> None:
@@ -277,7 +296,7 @@ def panel_locked() -> bool:
     if not isinstance(at, (int, float)):
         return True
     idle = _panel_clock() - at
-    return idle > limit or idle < -60  # a clock stepped back by more than a minute: ask again
+    return idle > limit or idle < 0  # a time from before a restart (another boot's monotonic clock): ask again
 
 
 def _switch_names() -> list[str]:

@@ -11,7 +11,7 @@ from werkzeug.exceptions import BadRequest
 from lampctl.errors import BadDuration, Refused
 from lampctl.safety import s3_allows
 from web import services
-from web.auth import panel_locked, touch, wants_json
+from web.auth import arrived, panel_locked, touch, unauthenticated, wants_json
 from web.codes import REPLY_WAIT_S, status_for
 from web.words import STATE_LABELS, clock_text, fault_text, minutes_text, seconds_text
 
@@ -139,7 +139,8 @@ def _done(message: str, ok: bool = True, status: int = 200, recorded: bool | Non
         extra = {} if recorded is None else {"recorded": recorded}
         return jsonify(ok=ok, message=message, **extra, **state()), status
     flash(message, "ok" if ok else "error")
-    return redirect(url_for("panel.panel"), code=303)
+    # A Stop from the login page of a logged-out tablet goes back there (S21).
+    return redirect(url_for("panel.panel" if g.get("user") else "auth.login"), code=303)
 
 
 def _act(action, *, starts: bool = False):
@@ -154,7 +155,7 @@ def _act(action, *, starts: bool = False):
         message = action()
     except Refused as exc:
         return _done(str(exc), ok=False, status=status_for(exc.code))
-    if not locked:
+    if not locked and g.get("user") is not None:
         touch()
     return _done(message, recorded=bool(services().usage_log.flush(REPLY_WAIT_S)))
 
@@ -218,7 +219,7 @@ def start(lamp_id):
         s = services()
         view = s.controller.lamp(lamp_id)
         minutes = _preset(view, request.form.get("minutes", ""))
-        s.controller.start(lamp_id, minutes * 60, g.user["name"], new_patient=bool(new_patient))
+        s.controller.start(lamp_id, minutes * 60, g.user["name"], new_patient=bool(new_patient), arrived=arrived())
         return gettext("%(name)s started for %(time)s.", name=view.name, time=minutes_text(minutes))
     return _act(act, starts=True)
 
@@ -226,29 +227,58 @@ def start(lamp_id):
 @bp.post("/lamps/<lamp_id>/extend")
 def extend(lamp_id):
     def act():
-        view = services().controller.extend(lamp_id, EXTEND_S, g.user["name"])
+        view = services().controller.extend(lamp_id, EXTEND_S, g.user["name"], arrived=arrived())
         return gettext("%(name)s: 5 min added, %(left)s left.", name=view.name, left=clock_text(view.remaining_s))
     return _act(act, starts=True)
 
 
+# ---- Stops: from every page, whatever the login (S21), and saying what they did -------------------
+def _stop_who() -> str:
+    user = g.get("user")
+    return user["name"] if user else unauthenticated()
+
+
+def stop_text(view) -> str:
+    """What one lamp's Stop did, in plain words."""
+    if view.result == "ended":
+        return gettext("%(name)s stopped: the session ended and the lamp is off.", name=view.name)
+    if view.result == "cancelled-start":
+        return gettext("%(name)s: the start was cancelled; the lamp stays off.", name=view.name)
+    return gettext("%(name)s was already off.", name=view.name)
+
+
+def _stop_all_details(views) -> str:
+    ended = [v.name for v in views if v.result == "ended"]
+    cancelled = [v.name for v in views if v.result == "cancelled-start"]
+    parts = []
+    if ended:
+        parts.append(gettext("Sessions ended: %(names)s.", names=", ".join(ended)))
+    if cancelled:
+        parts.append(gettext("Starts cancelled: %(names)s.", names=", ".join(cancelled)))
+    if not parts:
+        parts.append(gettext("None was running."))
+    return " ".join(parts)
+
+
 @bp.post("/lamps/<lamp_id>/stop")
 def stop(lamp_id):
-    return _act(lambda: gettext("%(name)s stopped.", name=services().controller.stop(lamp_id, g.user["name"]).name))
+    return _act(lambda: stop_text(services().controller.stop(lamp_id, _stop_who(), arrived=arrived())))
 
 
 @bp.post("/stop-all")
 def stop_all():
     def act():
-        services().controller.stop_all(g.user["name"], "stop all (panel)")
-        return gettext("All lamps stopped.")
+        views = services().controller.stop_all(_stop_who(), "stop all (panel)", arrived=arrived())
+        return gettext("All lamps are off.") + " " + _stop_all_details(views)
     return _act(act)
 
 
 @bp.post("/estop")
 def estop():
     def act():
-        user = g.user["name"]
-        services().controller.estop(user, f"emergency stop by {user}")
-        return gettext("Emergency stop: every lamp is off and locked until an admin resets it.")
+        who = _stop_who()
+        views = services().controller.estop(who, f"emergency stop by {who}", arrived=arrived())
+        return (gettext("Emergency stop: every lamp is off and locked until an admin resets it.") + " "
+                + _stop_all_details(views))
     return _act(act)
 
