@@ -185,7 +185,8 @@ class Service:
         """Users and tokens held in memory (auth never waits for the disk), and a fresh token for the local CLI."""
         from lampctl.accounts import Accounts
 
-        self.accounts = Accounts(self.cfg.service.database, audit=self.usage_log.event)
+        self.accounts = Accounts(self.cfg.service.database, audit=self.usage_log.event,
+                                 clock_synced=self.clock_probe)  # S20: lockouts are kept with a clock anchor
         token = self.accounts.replace_system_token()
         self.accounts.start()
         self.on_close(stack, "accounts", self.accounts.close)

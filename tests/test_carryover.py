@@ -181,3 +181,49 @@ def test_s18_session_records_a_new_patient_declared_inside_the_rest_window(contr
     got = [(r["id"], r["continues"], r["new_patient"], r["new_patient_by"]) for r in usage_log.sessions()]
     assert got == [(first, None, False, None), (second, None, True, "bob"), (third, second, False, None)]
     assert any("declared a new patient by bob" in e["why"] for e in usage_log.events(lamp="room1"))
+
+
+def guard_on(cfg, clock, *, boot_id=None):
+    """A login guard as the service builds one after a start: from the lockouts on disk."""
+    from lampctl.accounts import Accounts
+    from web.auth import LoginGuard
+
+    accounts = Accounts(cfg.service.database, wall=clock.wall, monotonic=clock.monotonic)
+    if boot_id is not None:
+        accounts._boot_id = boot_id
+    return LoginGuard(clock.monotonic, store=accounts), accounts
+
+
+def wrong_pins(guard, name, count):
+    for _ in range(count):
+        assert guard.reserve(name) == 0
+        guard.failed(name)
+
+
+def test_s20_login_lockouts_outlive_a_restart(cfg, clock):
+    guard, _ = guard_on(cfg, clock)
+    wrong_pins(guard, "Ann", 5)
+    wrong_pins(guard, "bob", 3)
+    assert guard.locked_for("ann") == 300
+    clock.advance(100)
+    again, _ = guard_on(cfg, clock)  # a restart in the same boot: aged on the monotonic clock
+    assert again.locked_for("ann") == 200
+    assert again.reserve("bob") == 0
+    again.failed("bob")
+    assert again.reserve("bob") == 0
+    assert again.failed("bob") == (0, True)  # 3 before the restart + 2 after
+    clock.advance(50)
+    # Another boot, the wall clock not synchronised: the age is unknown, so still locked for what was left.
+    other, _ = guard_on(cfg, FakeClock(7.0, clock.wall() + timedelta(days=3)), boot_id="another-boot")
+    assert other.locked_for("ann") == 200 and other.locked_for("bob") == 300
+
+
+def test_s20_a_right_pin_and_a_run_out_lockout_are_forgotten_on_disk(cfg, clock):
+    guard, accounts = guard_on(cfg, clock)
+    wrong_pins(guard, "ann", 2)
+    wrong_pins(guard, "bob", 5)
+    guard.reserve("ann")
+    guard.succeeded("ann")
+    clock.advance(300)
+    accounts.purge_lockouts()
+    assert accounts.lockouts() == {}
