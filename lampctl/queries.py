@@ -130,11 +130,13 @@ def _csv_text_sql(column: str) -> str:
 
 # One CSV line per session, reports.SESSION_COLUMNS in order. lamp_id and user are free text
 # (TEXT columns a name or a config chose); the others hold what the store alone writes and
-# the schema constrains: an integer id, iso() timestamps, REAL seconds, end reasons from a
-# CHECK list, none of which can start a formula or hold a comma. printf's %s writes NULL as
+# the schema constrains: integer ids, iso() timestamps, REAL seconds, end reasons from a
+# CHECK list, new_patient as true/false, none of which can start a formula or hold a comma;
+# new_patient_by is a user name, free text like user. printf's %s writes NULL as
 # an empty cell and a REAL as SQLite's shortest text (600.0, 192.61), as csv.writer did.
-CSV_LINE_SQL = (f"printf('%d,%s,%s,%s,%s,%s,%s,%s', id, {_csv_text_sql('lamp_id')}, {_csv_text_sql('user')}, "
-                "started_at, ended_at, planned_s, actual_s, end_reason)")
+CSV_LINE_SQL = (f"printf('%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s', id, {_csv_text_sql('lamp_id')}, {_csv_text_sql('user')}, "
+                "started_at, ended_at, planned_s, actual_s, end_reason, continues, "
+                f"CASE new_patient WHEN 1 THEN 'true' ELSE 'false' END, {_csv_text_sql('new_patient_by')})")
 
 
 def csv_chunks(path: Path, *, batch: int = 500, **filters) -> Iterator[str]:

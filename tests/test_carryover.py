@@ -227,3 +227,46 @@ def test_s20_a_right_pin_and_a_run_out_lockout_are_forgotten_on_disk(cfg, clock)
     clock.advance(300)
     accounts.purge_lockouts()
     assert accounts.lockouts() == {}
+
+
+def test_s18_new_patient_declaration_is_shown_in_the_log_page_csv_api_and_cli(services, controller, clock, users,
+                                                                               usage_log, cfg, capsys):
+    import csv
+    import io
+
+    from lampctl import cli
+    from tests.conftest import bearer
+    from tests.test_web_auth import login
+    from web import create_app
+
+    api = create_app(services, {"TESTING": True}).test_client()
+    start = lambda body: api.post("/api/lamps/room1/start", json=body, headers=bearer(users["ann"]))
+    assert start({"seconds": 60}).status_code == 201
+    clock.advance(60)
+    controller.tick()
+    assert start({"seconds": 60, "new_patient": True}).status_code == 201
+    clock.advance(60)
+    controller.tick()
+    assert start({"seconds": 60}).status_code == 201
+    assert usage_log.flush(5)
+    sessions = api.get("/api/sessions", headers=bearer(users["admin"])).get_json()["sessions"]
+    assert [(s["continues"], s["new_patient"], s["new_patient_by"]) for s in sessions] == [
+        (None, False, None), (None, True, "ann"), (2, False, None)]
+
+    web = create_app(services, {"TESTING": True, "SECRET_KEY": "k", "LOGIN_CLOCK": clock.monotonic}).test_client()
+    login(web, "admin", "1234")
+    page = web.get("/admin/log").get_data(as_text=True)
+    row = page.split('data-session="2"')[1].split("</tr>")[0]
+    assert "declared by ann" in row
+    assert '<td data-label="Continues">2</td>' in page.split('data-session="3"')[1].split("</tr>")[0]
+    resp = web.get("/admin/log.csv")
+    rows = list(csv.reader(io.StringIO(resp.get_data(as_text=True))))
+    resp.close()
+    assert [r[-3:] for r in rows] == [["continues", "new_patient", "new_patient_by"], ["", "false", ""],
+                                      ["", "true", "ann"], ["2", "false", ""]]
+
+    assert cli.main(["log", "--config", str(cfg.path), "--utc"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("continues  new patient")
+    assert lines[2].endswith("  by ann")
+    assert lines[3].split()[-1] == "2"
