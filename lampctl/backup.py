@@ -329,7 +329,8 @@ def add_parser(sub) -> None:
     add_config(p)
     p = sub.add_parser("restore", help="replace the database with a backup (the service must be stopped)",
                        description="Checks BACKUP, saves the current database under before-restore/ beside it, "
-                                   "then copies BACKUP in. Stop the service first; run as its user.")
+                                   "then copies BACKUP in, keeping the current latched faults and login lockouts "
+                                   "(a restore never unlatches). Stop the service first; run as its user.")
     p.add_argument("backup", metavar="BACKUP", help="a file made by lampctl backup")
     add_config(p)
     p = sub.add_parser("prune-events", help="delete audit events older than DAYS (sessions are kept)",
