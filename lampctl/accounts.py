@@ -125,6 +125,7 @@ class Accounts:
         self.reload_error: str | None = None
         self._snap = _Snapshot()
         self.reload()
+        self._lockouts_at_start = self._load_lockouts()  # S20
 
     # ---- answers from memory (no disk, no lock held across I/O) ----------------------------
     def user(self, name: str) -> dict | None:
@@ -363,6 +364,11 @@ class Accounts:
         return ClockRef(self._boot_id, self._monotonic(), self._wall(), self._clock_synced())
 
     def lockouts(self) -> dict[str, tuple[int, bool, float]]:
+        """The saved lockouts as read when these accounts were opened (memory: building the web app
+        never waits for the disk)."""
+        return dict(self._lockouts_at_start)
+
+    def _load_lockouts(self) -> dict[str, tuple[int, bool, float]]:
         """{name key: (wrong PINs, locked, seconds left)} as saved, aged since; read at start-up.
 
         S20: an age that cannot be trusted (another boot and an unsynchronised wall clock, or a

@@ -289,12 +289,17 @@ def test_s20_login_page_stays_locked_after_the_app_is_built_again(services, cloc
     from tests.test_web_auth import login
     from web import create_app
 
-    def app():
-        return create_app(services, {"TESTING": True, "SECRET_KEY": "k", "LOGIN_CLOCK": clock.monotonic}).test_client()
+    from dataclasses import replace
 
-    first = app()
+    from lampctl.accounts import Accounts
+
+    def app(svc):
+        return create_app(svc, {"TESTING": True, "SECRET_KEY": "k", "LOGIN_CLOCK": clock.monotonic}).test_client()
+
+    first = app(services)
     assert [login(first, "ann", "0000").status_code for _ in range(5)] == [401, 401, 401, 401, 429]
     clock.advance(60)
-    again = app()  # what a restart builds: the guard reads the lockouts on disk
+    # What a restart builds: accounts opened again read the lockouts on disk, and the guard takes them.
+    again = app(replace(services, accounts=Accounts(services.accounts.path, wall=clock.wall)))
     resp = login(again, "ann", "2468")
     assert resp.status_code == 429 and b"locked" in resp.data
