@@ -20,6 +20,7 @@ from pathlib import Path
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from lampctl.carryover import ClockRef, read_boot_id, s20_elapsed_s
 from lampctl.db import StoreError, connect, iso, open_database, transaction
 from lampctl.runtime import CLI_USER
 
@@ -39,6 +40,8 @@ PIN_HASH_METHOD = "pbkdf2:sha256:100000"
 LOGIN_LIFETIME = timedelta(hours=12)
 LOGIN_LIFETIME_S = LOGIN_LIFETIME.total_seconds()
 POLL_S = 0.5
+# Saved lockouts that have run out are deleted every this many polls (30 s).
+LOCKOUT_PURGE_POLLS = 60
 
 
 def hash_token(token: str) -> str:
@@ -101,11 +104,15 @@ class Accounts:
 
     def __init__(self, db_path: Path, *, wall: Callable[[], datetime] | None = None,
                  audit: Callable[..., None] | None = None, poll_s: float = POLL_S, connect_fn=None,
+                 clock_synced: Callable[[], bool | None] = lambda: None,
                  monotonic: Callable[[], float] | None = None):
         self.path = Path(db_path)
+        # The clock anchor of a saved lockout (S20): this boot, its monotonic clock, the wall's state.
+        self._boot_id = read_boot_id()
+        self._clock_synced = clock_synced
+        self._monotonic = monotonic or time.monotonic
         open_database(self.path)
         self._wall = wall or (lambda: datetime.now(UTC))
-        self._monotonic = monotonic or time.monotonic
         # S22: when each login began, on the monotonic clock; its age never comes from the wall clock.
         self._login_born: dict[str, float] = {}
         self._audit = audit  # UsageLog.event: account changes go to the audit log through its owner
@@ -122,6 +129,7 @@ class Accounts:
         self.reload_error: str | None = None
         self._snap = _Snapshot()
         self.reload()
+        self._lockouts_at_start = self._load_lockouts()  # S20
 
     # ---- answers from memory (no disk, no lock held across I/O) ----------------------------
     def user(self, name: str) -> dict | None:
@@ -175,8 +183,12 @@ class Accounts:
             self._thread = None
 
     def _poll(self) -> None:
+        polls = 0
         while not self._stop.wait(self._poll_s):
             self.poll_once()
+            polls += 1
+            if polls % LOCKOUT_PURGE_POLLS == 0:
+                self.purge_lockouts()
             with self._polled:
                 self._polls += 1
                 self._polled.notify_all()
@@ -375,6 +387,82 @@ class Accounts:
         except sqlite3.Error as exc:
             # Memory already refuses it; a restart before the disk is back would accept it again.
             log.error("logout not saved (%s); the login is refused until the next restart", exc)
+
+
+    # ---- login lockouts (S20): the rules run in memory (web.auth.LoginGuard, monotonic clock);
+    # these keep their state across a restart. Only a login's own thread waits for them, never a Stop.
+    def _now_ref(self) -> ClockRef:
+        return ClockRef(self._boot_id, self._monotonic(), self._wall(), self._clock_synced())
+
+    def lockouts(self) -> dict[str, tuple[int, bool, float]]:
+        """The saved lockouts as read when these accounts were opened (memory: building the web app
+        never waits for the disk)."""
+        return dict(self._lockouts_at_start)
+
+    def _load_lockouts(self) -> dict[str, tuple[int, bool, float]]:
+        """{name key: (wrong PINs, locked, seconds left)} as saved, aged since; read at start-up.
+
+        S20: an age that cannot be trusted (another boot and an unsynchronised wall clock, or a
+        record from the future) counts as none: the name is still locked for what it had left.
+        What has run out is deleted; the rest is anchored again on this boot's clock.
+        """
+        now = self._now_ref()
+        out = {}
+        with self._write_lock:
+            conn = self._connect(self.path)
+            try:
+                with transaction(conn):
+                    for row in conn.execute("SELECT * FROM login_lockouts").fetchall():
+                        then = ClockRef(row["boot_id"], row["mono"], datetime.fromisoformat(row["at"]),
+                                        None if row["wall_synced"] is None else bool(row["wall_synced"]))
+                        left = row["left_s"] - (s20_elapsed_s(then, now) or 0.0)
+                        if left <= 0:
+                            conn.execute("DELETE FROM login_lockouts WHERE name_key = ?", (row["name_key"],))
+                            continue
+                        out[row["name_key"]] = (row["failures"], bool(row["locked"]), left)
+                        self._save_lockout(conn, row["name_key"], row["failures"], bool(row["locked"]), left, now)
+            finally:
+                conn.close()
+        return out
+
+    def _save_lockout(self, conn, key: str, failures: int, locked: bool, left_s: float, now: ClockRef) -> None:
+        conn.execute("INSERT OR REPLACE INTO login_lockouts (name_key, failures, locked, left_s, at, boot_id, mono, "
+                     "wall_synced) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (key, failures, int(locked), left_s, iso(now.wall), now.boot_id, now.mono,
+                      None if now.synced is None else int(now.synced)))
+
+    def save_lockout(self, key: str, failures: int, locked: bool, left_s: float) -> None:
+        """Keep a name's wrong PINs (or its lock) and how long they still count; raises sqlite3.Error."""
+        now = self._now_ref()
+        with self._write_lock:
+            conn = self._connect(self.path)
+            try:
+                with transaction(conn):
+                    self._save_lockout(conn, key, failures, locked, left_s, now)
+            finally:
+                conn.close()
+
+    def forget_lockout(self, key: str) -> None:
+        with self._write_lock:
+            conn = self._connect(self.path)
+            try:
+                conn.execute("DELETE FROM login_lockouts WHERE name_key = ?", (key,))
+            finally:
+                conn.close()
+
+    def purge_lockouts(self) -> None:
+        """Delete saved lockouts of this boot that have run out (so a later boot cannot revive them)."""
+        try:
+            now = self._now_ref()
+            conn = self._connect(self.path)
+            try:
+                expired = "FROM login_lockouts WHERE boot_id = ? AND mono + left_s <= ?"
+                if conn.execute(f"SELECT count(*) {expired}", (now.boot_id, now.mono)).fetchone()[0]:
+                    conn.execute(f"DELETE {expired}", (now.boot_id, now.mono))
+            finally:
+                conn.close()
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("expired login lockouts cannot be deleted now (%s)", exc)
 
 
 def _role_of(conn: sqlite3.Connection, name: str) -> str:

@@ -31,6 +31,7 @@ class BackupResult:
     sessions: int | None
     events: int | None
     removed: list[Path] = field(default_factory=list)
+    kept_latches: int = 0  # a restore: latches from before it that it kept (S20)
 
 
 def _open(path: Path, mode: str) -> sqlite3.Connection:
@@ -152,8 +153,10 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
             raise ToolFailed(f"{backup} is not a sound lampctl backup "
                              f"({_summary(problems) if problems else 'no sessions table'}); nothing was changed")
         saved = None
+        kept = KeptState()
         if database.exists():
             saved = backup_database(database, database.parent / "before-restore", keep=1000, now=now).path
+            kept = s20_kept_state(saved)
         try:
             dst = sqlite3.connect(database, timeout=10, isolation_level=None)
         except sqlite3.Error as exc:
@@ -161,6 +164,7 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
         try:
             src.backup(dst)
             dst.execute("PRAGMA journal_mode=WAL")
+            s20_keep(dst, kept)
             problems = integrity_problems(dst)
             counts = _count(dst, "sessions"), _count(dst, "events")
         except sqlite3.Error as exc:
@@ -173,7 +177,54 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
         raise ToolFailed(f"the restored {database} failed PRAGMA integrity_check ({_summary(problems)}); "
                          f"the previous database is in {saved}")
     keep_service_ownership(database)
-    return BackupResult(database, *counts), saved
+    result = BackupResult(database, *counts)
+    result.kept_latches = len(kept.latches)
+    return result, saved
+
+
+@dataclass
+class KeptState:
+    """What a restore must not roll back (S20): the latches and the login lockouts from before it."""
+
+    latches: list[tuple] = field(default_factory=list)
+    lockouts: list[tuple] = field(default_factory=list)
+
+
+LOCKOUT_COLUMNS = "name_key, failures, locked, left_s, at, boot_id, mono, wall_synced"
+
+
+def s20_kept_state(previous: Path) -> KeptState:
+    """The latches and lockouts of the database being replaced (read from its checked copy)."""
+    conn = _open(previous, "ro")
+    try:
+        kept = KeptState()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "latches" in tables:
+            kept.latches = conn.execute("SELECT lamp_id, reason, at FROM latches").fetchall()
+        if "login_lockouts" in tables:
+            kept.lockouts = conn.execute(f"SELECT {LOCKOUT_COLUMNS} FROM login_lockouts").fetchall()
+        return kept
+    except sqlite3.Error as exc:
+        raise ToolFailed(f"cannot read the latches of the database being replaced ({exc}); nothing was changed") \
+            from None
+    finally:
+        conn.close()
+
+
+def s20_keep(conn: sqlite3.Connection, kept: KeptState) -> None:
+    """S20: a restore never unlatches and never lifts a lockout: the union of before and after is kept
+    (where both hold one, the one from before the restore, the newer, stands)."""
+    from lampctl.db import StoreError, migrate, transaction
+
+    try:
+        migrate(conn)  # a backup from an older lampctl gains the tables first
+    except StoreError as exc:
+        raise ToolFailed(f"{exc} Upgrade lampctl before restoring this backup.") from None
+    with transaction(conn):
+        conn.executemany("INSERT INTO latches (lamp_id, reason, at) VALUES (?, ?, ?) ON CONFLICT (lamp_id) "
+                         "DO UPDATE SET reason = excluded.reason, at = excluded.at", kept.latches)
+        conn.executemany(f"INSERT OR REPLACE INTO login_lockouts ({LOCKOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         kept.lockouts)
 
 
 def keep_service_ownership(database: Path) -> None:
@@ -253,6 +304,9 @@ def run_restore(args) -> int:
     print(f"restored {result.path} from {args.backup} ({_counts(result)})")
     if saved:
         print(f"the previous database was saved as {saved}")
+    if result.kept_latches:
+        print(f"kept {result.kept_latches} latched fault(s) from before the restore: "
+              "an admin resets each lamp once its cause is checked")
     return EXIT_OK
 
 
@@ -275,7 +329,8 @@ def add_parser(sub) -> None:
     add_config(p)
     p = sub.add_parser("restore", help="replace the database with a backup (the service must be stopped)",
                        description="Checks BACKUP, saves the current database under before-restore/ beside it, "
-                                   "then copies BACKUP in. Stop the service first; run as its user.")
+                                   "then copies BACKUP in, keeping the current latched faults and login lockouts "
+                                   "(a restore never unlatches). Stop the service first; run as its user.")
     p.add_argument("backup", metavar="BACKUP", help="a file made by lampctl backup")
     add_config(p)
     p = sub.add_parser("prune-events", help="delete audit events older than DAYS (sessions are kept)",

@@ -57,11 +57,15 @@ def print_table(rows, out, *, utc: bool) -> None:
     """Times to the second, local as on the web log unless utc; the header names the zone."""
     shown = _utc_time if utc else local_time
     started = f"started ({zone_name(utc)})"
-    out.write(f"{'id':>5}  {'lamp':<10} {'user':<12} {started:<20} {'planned':>8} {'actual':>8}  end\n")
+    out.write(f"{'id':>5}  {'lamp':<10} {'user':<12} {started:<20} {'planned':>8} {'actual':>8}  {'end':<11} "
+              f"{'continues':>9}  new patient\n")
     for row in rows:
         actual = "" if row["actual_s"] is None else f"{row['actual_s']:.1f}"
+        continues = "" if row.get("continues") is None else str(row["continues"])
+        declared = f"by {row.get('new_patient_by') or '?'}" if row.get("new_patient") else ""
         out.write(f"{row['id']:>5}  {row['lamp_id']:<10} {row['user']:<12} {shown(row['started_at']):<20} "
-                  f"{row['planned_s']:>8.1f} {actual:>8}  {row['end_reason'] or 'running'}\n")
+                  f"{row['planned_s']:>8.1f} {actual:>8}  {row['end_reason'] or 'running':<11} "
+                  f"{continues:>9}  {declared}".rstrip() + "\n")
 
 
 def write_csv(cfg, out, *, start: str | None, end: str | None, lamp: str | None) -> None:

@@ -10,7 +10,7 @@ from datetime import timedelta
 from lampctl.alerts import Alerts, next_due, sounding
 from lampctl.config import LampConfig
 from lampctl.errors import BadDuration, Refused, Unavailable, UnknownLamp, backstop_refusal, check_seconds
-from lampctl.lamp import Lamp, LampState, LampView, Session, fmt_min, fmt_s, make_view
+from lampctl.lamp import Carried, Lamp, LampState, LampView, Session, fmt_min, fmt_s, make_view
 from lampctl.listeners import Listeners
 from lampctl.ports import Backstop, Clock, Hardware
 from lampctl.safety import s3_allows, s7_backstop_ms, s19_overtaken
@@ -27,7 +27,8 @@ class SessionController(SchedulerThread):
     """Starts, extends and ends timed sessions; every path that ends one turns the relay off first."""
 
     def __init__(self, lamps: Sequence[LampConfig], hardware: Hardware, clock: Clock, usage_log,
-                 backstop: Backstop | None = None, *, latched: dict[str, str] | None = None):
+                 backstop: Backstop | None = None, *, latched: dict[str, str] | None = None,
+                 carried: dict[str, Carried] | None = None):
         self._lamps = [Lamp(cfg, i) for i, cfg in enumerate(lamps)]
         self._by_id = {lamp.cfg.id: lamp for lamp in self._lamps}
         self._hw = hardware
@@ -45,6 +46,8 @@ class SessionController(SchedulerThread):
         self.last_tick = clock.monotonic()
         for lamp_id, reason in (latched or {}).items():
             self._restore_latch(lamp_id, reason)
+        for lamp_id, state in (carried or {}).items():
+            self._carry_over(lamp_id, state)
 
     def _restore_latch(self, lamp_id: str, reason: str) -> None:
         """S17: a fault latched before a restart stays latched until an admin resets it."""
@@ -55,6 +58,26 @@ class SessionController(SchedulerThread):
         lamp.state, lamp.fault_reason = LampState.FAULT, reason
         self._log.event(lamp_id, "off", "fault", "system", f"fault still latched from before the restart: {reason}",
                         self._clock.wall())
+
+    def _carry_over(self, lamp_id: str, state: Carried) -> None:
+        """S20: the last session's end, its patient's budget and the cooldown outlive a restart.
+
+        The age comes from the record, mapped onto this clock; an untrusted one is 0, so
+        the cooldown applies in full and a start within the rest window continues the budget.
+        """
+        lamp = self._by_id.get(lamp_id)
+        if lamp is None:
+            return
+        now = self._clock.monotonic()
+        lamp.last_end = now - max(0.0, state.age_s)
+        lamp.chain_used_s, lamp.chain_last_id = state.used_s, state.last_id
+        left = lamp.cfg.cooldown_s - max(0.0, state.age_s)
+        if left > 0 and lamp.state is LampState.OFF:
+            lamp.state, lamp.cooldown_until = LampState.COOLDOWN, now + left
+            why = "" if state.trusted else " (the time since it ended cannot be told, so in full)"
+            self._log.event(lamp_id, "off", "cooldown", "system",
+                            f"cooling down from session {state.last_id} before the restart: "
+                            f"{fmt_s(round(left, 1))} left{why}", self._clock.wall())
 
     # ---- queries -----------------------------------------------------------------------
     def lamp_ids(self) -> list[str]:
@@ -144,6 +167,8 @@ class SessionController(SchedulerThread):
             if self._stopping:
                 raise Refused("The service is shutting down.", "shutting-down")
             lamp.check_startable(self._clock.monotonic())
+            # Recorded only where it matters: inside the rest window it waives the budget (S18).
+            declared = bool(new_patient) and lamp.in_rest_window(self._clock.monotonic())
             prior, continues = lamp.budget(seconds, self._clock.monotonic(), new_patient)
             lamp.starting = True
             epoch = lamp.epoch
@@ -163,9 +188,10 @@ class SessionController(SchedulerThread):
                 if error is not None:
                     raise backstop_refusal(error, f"{lamp.cfg.name} was not started")
                 raise Refused(f"{lamp.cfg.name} was not started: it was stopped or faulted meanwhile.", "cancelled")
-            return self._begin(lamp, seconds, user, prior, continues)
+            return self._begin(lamp, seconds, user, prior, continues, declared)
 
-    def _begin(self, lamp: Lamp, seconds: float, user: str, prior: float, continues: int | None):
+    def _begin(self, lamp: Lamp, seconds: float, user: str, prior: float, continues: int | None,
+               new_patient: bool = False):
         now, wall = self._clock.monotonic(), self._clock.wall()
         session_id = self._log.new_session_id()
         try:
@@ -177,8 +203,12 @@ class SessionController(SchedulerThread):
             raise Refused(f"{lamp.cfg.name} was not started: its relay output failed ({exc}).", "hardware") from None
         lamp.session = Session(session_id, user, now, wall, seconds, prior, continues)
         why = f"started for {fmt_s(seconds)}" + (f", continuing session {continues}" if continues else "")
+        if new_patient:
+            why += f", declared a new patient by {user} inside the rest window"
         self._set_state(lamp, LampState.ON, user, why)
-        self._log.session_started(session_id, lamp.cfg.id, user, wall, seconds, continues=continues)
+        self._log.session_started(session_id, lamp.cfg.id, user, wall, seconds, continues=continues,
+                                  new_patient=new_patient, new_patient_by=user if new_patient else None,
+                                  started_mono=now)
         self._cond.notify_all()
         return session_id, self._view(lamp, now)
 
@@ -430,6 +460,8 @@ class SessionController(SchedulerThread):
                 if lamp.state is LampState.COOLDOWN and now >= lamp.cooldown_until:
                     self._set_state(lamp, LampState.OFF, "system", "cooldown over")
                 if lamp.state is LampState.ON:
+                    # S4/S13: the monotonic time run so far, kept in memory; the writer saves the newest.
+                    self._log.session_progress(lamp.session.id, now - lamp.session.started_mono)
                     self._alerts.warn_if_due(lamp.index, lamp.session, now)
                     nxt = next_due(lamp.session) if nxt is None else min(nxt, next_due(lamp.session))
                 elif lamp.state is LampState.COOLDOWN:

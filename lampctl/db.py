@@ -137,6 +137,36 @@ MIGRATIONS = [
         WHEN (SELECT enabled FROM outbox_switch WHERE id = 1)
         BEGIN INSERT INTO outbox (kind, ref) VALUES ('event', new.id); END;
     """,
+    # 6: what must outlive a restart is derived from the record (S20, S22). A session records
+    # whether it was declared a new patient inside the rest window, and by whom (S18). Its
+    # clock anchor (boot id, monotonic start, whether the wall clock was synchronised) tells
+    # at the next start how long ago it ended; its progress mark (monotonic seconds run,
+    # refreshed while it runs) bounds an `interrupted` record whatever the wall clock did (S4,
+    # S13). They live beside the sessions, not in them, so the log's columns stay the record's.
+    # Login lockouts are kept with the same kind of anchor, so a restart keeps them.
+    """
+    ALTER TABLE sessions ADD COLUMN new_patient INTEGER NOT NULL DEFAULT 0 CHECK (new_patient IN (0, 1));
+    ALTER TABLE sessions ADD COLUMN new_patient_by TEXT;
+    CREATE TABLE session_clocks (
+        session_id INTEGER PRIMARY KEY,
+        boot_id TEXT,
+        started_mono REAL NOT NULL,
+        wall_synced INTEGER,
+        progress_s REAL
+    );
+    CREATE TRIGGER session_clocks_del AFTER DELETE ON sessions
+        BEGIN DELETE FROM session_clocks WHERE session_id = old.id; END;
+    CREATE TABLE login_lockouts (
+        name_key TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        locked INTEGER NOT NULL CHECK (locked IN (0, 1)),
+        left_s REAL NOT NULL,
+        at TEXT NOT NULL,
+        boot_id TEXT,
+        mono REAL NOT NULL,
+        wall_synced INTEGER
+    );
+    """,
 ]
 
 MIN_UTC = datetime.min.replace(tzinfo=UTC)

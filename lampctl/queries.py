@@ -55,9 +55,17 @@ def iter_sessions(path: Path, *, start=None, end=None, lamp=None, user=None, rea
 def _rows(conn: sqlite3.Connection, cursor) -> Iterator[dict]:
     try:
         for row in cursor:
-            yield dict(row)
+            yield _session(row)
     finally:
         conn.close()
+
+
+def _session(row: sqlite3.Row) -> dict:
+    """A session as the API and the pages show it: new_patient is a boolean (SQLite keeps 0/1)."""
+    out = dict(row)
+    if "new_patient" in out:
+        out["new_patient"] = bool(out["new_patient"])
+    return out
 
 
 def sessions(path: Path, **filters) -> list[dict]:
@@ -92,7 +100,7 @@ def session_page(path: Path, size: int, *, before: int | None = None, after: int
     with reading(path) as conn:
         if before is None and after is None:
             sql = f"SELECT * FROM sessions{clause} ORDER BY started_at DESC, id DESC LIMIT ?"
-            rows = [dict(r) for r in conn.execute(sql, [*params, size + 1])]
+            rows = [_session(r) for r in conn.execute(sql, [*params, size + 1])]
             return rows[:size], len(rows) > size
         key_id = before if before is not None else after
         key = conn.execute("SELECT started_at, id FROM sessions WHERE id = ?", (key_id,)).fetchone()
@@ -101,7 +109,7 @@ def session_page(path: Path, size: int, *, before: int | None = None, after: int
         op, order = ("<", "DESC") if before is not None else (">", "ASC")
         clause = (clause + " AND " if clause else " WHERE ") + f"(started_at, id) {op} (?, ?)"
         sql = f"SELECT * FROM sessions{clause} ORDER BY started_at {order}, id {order} LIMIT ?"
-        rows = [dict(r) for r in conn.execute(sql, [*params, key[0], key[1], size + 1])]
+        rows = [_session(r) for r in conn.execute(sql, [*params, key[0], key[1], size + 1])]
     more = len(rows) > size
     rows = rows[:size]
     return (rows if before is not None else rows[::-1]), more
@@ -122,11 +130,13 @@ def _csv_text_sql(column: str) -> str:
 
 # One CSV line per session, reports.SESSION_COLUMNS in order. lamp_id and user are free text
 # (TEXT columns a name or a config chose); the others hold what the store alone writes and
-# the schema constrains: an integer id, iso() timestamps, REAL seconds, end reasons from a
-# CHECK list, none of which can start a formula or hold a comma. printf's %s writes NULL as
+# the schema constrains: integer ids, iso() timestamps, REAL seconds, end reasons from a
+# CHECK list, new_patient as true/false, none of which can start a formula or hold a comma;
+# new_patient_by is a user name, free text like user. printf's %s writes NULL as
 # an empty cell and a REAL as SQLite's shortest text (600.0, 192.61), as csv.writer did.
-CSV_LINE_SQL = (f"printf('%d,%s,%s,%s,%s,%s,%s,%s', id, {_csv_text_sql('lamp_id')}, {_csv_text_sql('user')}, "
-                "started_at, ended_at, planned_s, actual_s, end_reason)")
+CSV_LINE_SQL = (f"printf('%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s', id, {_csv_text_sql('lamp_id')}, {_csv_text_sql('user')}, "
+                "started_at, ended_at, planned_s, actual_s, end_reason, continues, "
+                f"CASE new_patient WHEN 1 THEN 'true' ELSE 'false' END, {_csv_text_sql('new_patient_by')})")
 
 
 def csv_chunks(path: Path, *, batch: int = 500, **filters) -> Iterator[str]:
@@ -159,6 +169,34 @@ def _chunks(path: Path, conn: sqlite3.Connection, cursor, size: int) -> Iterator
         raise LogUnavailable(f"The usage log {path} cannot be read ({exc}); tell an admin.") from None
     finally:
         conn.close()
+
+
+# A chain of continued sessions cannot be longer than this in practice (each continues the one
+# before within max_minutes); the bound only keeps a damaged record from looping.
+CHAIN_LIMIT = 1000
+
+
+def last_sessions(path: Path, lamp_ids) -> list[dict]:
+    """S20: per lamp its newest session (by id: no clock step can reorder ids), its clock anchor,
+    and `chain_used_s`, the time used by it and every session it continues (the patient's budget)."""
+    out = []
+    with reading(path) as conn:
+        for lamp_id in lamp_ids:
+            row = conn.execute(
+                "SELECT s.id, s.lamp_id, s.ended_at, s.actual_s, s.end_reason, s.continues, c.boot_id, "
+                "c.started_mono, c.wall_synced FROM sessions s LEFT JOIN session_clocks c ON c.session_id = s.id "
+                "WHERE s.lamp_id = ? ORDER BY s.id DESC LIMIT 1", (lamp_id,)).fetchone()
+            if row is None:
+                continue
+            used = conn.execute(
+                "WITH RECURSIVE chain (id, continues, actual_s, depth) AS ("
+                " SELECT id, continues, actual_s, 0 FROM sessions WHERE id = ?"
+                " UNION ALL SELECT s.id, s.continues, s.actual_s, chain.depth + 1 FROM sessions s"
+                " JOIN chain ON s.id = chain.continues AND s.id < chain.id"
+                " WHERE s.lamp_id = ? AND chain.depth < ?)"
+                " SELECT coalesce(sum(actual_s), 0) FROM chain", (row["id"], lamp_id, CHAIN_LIMIT)).fetchone()[0]
+            out.append({**dict(row), "chain_used_s": used})
+    return out
 
 
 def events(path: Path, *, limit: int = 200, offset: int = 0, lamp: str | None = None) -> list[dict]:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from lampctl.db import parse_bound, reading
 
-SESSION_COLUMNS = ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason"]
+# The last three came later and stay at the end, so a reader of older exports finds the first eight where they were.
+SESSION_COLUMNS = ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
+                   "continues", "new_patient", "new_patient_by"]
 # Share of a bulb's rated life after which the admin pages warn.
 BULB_WARN_FRACTION = 0.9
 

@@ -56,6 +56,7 @@ class Service:
         self.relays = None
         self.controller = None
         self.usage_log = None
+        self.clock_probe = None
         self.accounts = None
         self.backstop = None
         self.server = None
@@ -161,9 +162,12 @@ class Service:
         return url
 
     def _open_usage_log(self, stack: ExitStack) -> None:
+        from lampctl.clocksync import ClockProbe
         from lampctl.store import UsageLog
 
-        self.usage_log = usage_log = UsageLog(self.cfg.service.database, queue_size=self.cfg.service.log_queue)
+        self.clock_probe = ClockProbe()  # one probe: the records' clock anchors (S20) and /api/health
+        self.usage_log = usage_log = UsageLog(self.cfg.service.database, queue_size=self.cfg.service.log_queue,
+                                              clock_synced=self.clock_probe)
         from lampctl.outbox import set_enabled
 
         set_enabled(self.cfg.service.database, self.cfg.mqtt is not None)  # before S4 recovery: those records count
@@ -181,7 +185,8 @@ class Service:
         """Users and tokens held in memory (auth never waits for the disk), and a fresh token for the local CLI."""
         from lampctl.accounts import Accounts
 
-        self.accounts = Accounts(self.cfg.service.database, audit=self.usage_log.event)
+        self.accounts = Accounts(self.cfg.service.database, audit=self.usage_log.event,
+                                 clock_synced=self.clock_probe)  # S20: lockouts are kept with a clock anchor
         token = self.accounts.replace_system_token()
         self.accounts.start()
         self.on_close(stack, "accounts", self.accounts.close)
@@ -201,6 +206,7 @@ class Service:
         self.controller = controller = SessionController(
             cfg.lamps, self.relays, MonotonicClock(), self.usage_log, backstop=self.backstop,
             latched=self.usage_log.latched_faults(),  # S17: a latch outlives a restart
+            carried=self._carried(),  # S20: so do the cooldowns and the patients' budgets
         )
         if self.backstop is not None:
             self.backstop.attach(controller)
@@ -215,6 +221,20 @@ class Service:
         self.relays.on_estop(controller.estop)
         controller.start_scheduler()
         self.on_close(stack, "scheduler", controller.stop_scheduler)
+
+    def _carried(self) -> dict:
+        """S20: each lamp's cooldown and rest-window budget from its last session on disk, aged on this clock."""
+        from datetime import UTC, datetime
+
+        from lampctl.carryover import ClockRef, s20_carry_over
+
+        now = ClockRef(self.usage_log.boot_id, time.monotonic(), datetime.now(UTC), self.clock_probe())
+        carried = s20_carry_over(self.usage_log.last_sessions([lamp.id for lamp in self.cfg.lamps]), now)
+        for lamp_id, state in carried.items():
+            log.info("S20: %s last ended session %d %s; its patient has used %.1f s", lamp_id, state.last_id,
+                     f"{state.age_s:.1f} s ago" if state.trusted else "at an untrusted time (taken as now)",
+                     state.used_s)
+        return carried
 
     def _open_mqtt(self, stack: ExitStack) -> None:
         """Fleet (optional [mqtt]): a client on its own threads; the lamps never wait for it (S9, S10)."""
@@ -237,13 +257,12 @@ class Service:
         log.info("MQTT: node %s publishing to %s", self.cfg.mqtt.node, self.cfg.mqtt.url)
 
     def _open_web(self, stack: ExitStack) -> None:
-        from lampctl.clocksync import ClockProbe
         from lampctl.httpserver import make_server
         from web import Services, create_app
 
         backstop = self.backstop
         app = create_app(Services(controller=self.controller, usage_log=self.usage_log, config=self.cfg,
-                                  accounts=self.accounts, clock_synchronised=ClockProbe(),
+                                  accounts=self.accounts, clock_synchronised=self.clock_probe,
                                   firmware_status=backstop.status if backstop else (lambda: "absent")))
         self.server = make_server(app, self.cfg.service.host, self.cfg.service.port, arrivals=self.controller)
         self.on_close(stack, "web server", self.server.close)

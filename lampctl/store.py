@@ -9,10 +9,12 @@ import threading
 import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
 from lampctl import queries
+from lampctl.carryover import read_boot_id
 from lampctl.db import (  # noqa: F401
     MIGRATIONS,
     LogUnavailable,
@@ -43,8 +45,15 @@ class UsageLog:
     """
 
     def __init__(self, path: Path, *, queue_size: int = 10000, wall=None, monotonic=time.monotonic,
-                 alive_every_s: float = ALIVE_EVERY_S):
+                 alive_every_s: float = ALIVE_EVERY_S, boot_id: str | None | bool = True,
+                 clock_synced: Callable[[], bool | None] = lambda: None):
         self.path = Path(path)
+        # The clock anchor of each session (S20): this boot, and whether the wall clock is synchronised.
+        self.boot_id = read_boot_id() if boot_id is True else (boot_id or None)
+        self._clock_synced = clock_synced
+        # S4/S13: the newest progress mark of each open session, saved by the writer with "alive".
+        self._marks: dict[int, float] = {}
+        self._marks_lock = threading.Lock()
         open_database(self.path)
         with reading(self.path) as conn:
             self._next_id = (conn.execute("SELECT max(id) FROM sessions").fetchone()[0] or 0) + 1
@@ -157,9 +166,31 @@ class UsageLog:
             return sid
 
     def session_started(self, session_id: int, lamp_id: str, user: str, started_at: datetime, planned_s: float,
-                        continues: int | None = None) -> None:
-        self._put(("INSERT INTO sessions (id, lamp_id, user, started_at, planned_s, continues) "
-                   "VALUES (?, ?, ?, ?, ?, ?)", (session_id, lamp_id, user, iso(started_at), planned_s, continues)))
+                        continues: int | None = None, *, new_patient: bool = False,
+                        new_patient_by: str | None = None, started_mono: float | None = None) -> None:
+        """A session begins; with started_mono its clock anchor is recorded with it (S20)."""
+        statements = [("INSERT INTO sessions (id, lamp_id, user, started_at, planned_s, continues, new_patient, "
+                       "new_patient_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (session_id, lamp_id, user, iso(started_at), planned_s, continues, int(bool(new_patient)),
+                        new_patient_by))]
+        if started_mono is not None:
+            synced = self._clock_synced()
+            statements.append(("INSERT INTO session_clocks (session_id, boot_id, started_mono, wall_synced) "
+                               "VALUES (?, ?, ?, ?)",
+                               (session_id, self.boot_id, started_mono, None if synced is None else int(synced))))
+        self._put(*statements)
+
+    def session_progress(self, session_id: int, elapsed_s: float) -> None:
+        """S4/S13: the monotonic time a running session has run; in memory, saved by the writer with each
+        "alive" stamp (one mark per open session however long the disk is away: it never fills the queue)."""
+        with self._marks_lock:
+            self._marks[session_id] = elapsed_s
+
+    def progress_marks(self) -> list[tuple[float, int]]:
+        """(elapsed, session id) of every open session; kept until it ends, so a mark whose start was
+        not yet on disk is written again with the next "alive"."""
+        with self._marks_lock:
+            return [(round(elapsed, 3), sid) for sid, elapsed in self._marks.items()]
 
     def session_extended(self, session_id: int, planned_s: float) -> None:
         self._put(("UPDATE sessions SET planned_s = ? WHERE id = ?", (planned_s, session_id)))
@@ -167,6 +198,8 @@ class UsageLog:
     def session_ended(self, session_id: int, ended_at: datetime, actual_s: float, reason: str) -> None:
         if reason not in END_REASONS:
             raise ValueError(f"unknown end reason {reason!r}")
+        with self._marks_lock:
+            self._marks.pop(session_id, None)
         self._put(("UPDATE sessions SET ended_at = ?, actual_s = ?, end_reason = ? WHERE id = ?",
                    (iso(ended_at), round(actual_s, 3), reason, session_id)))
 
@@ -197,21 +230,31 @@ class UsageLog:
         with reading(self.path) as conn:
             return {r["lamp_id"]: r["reason"] for r in conn.execute("SELECT lamp_id, reason FROM latches")}
 
+    def last_sessions(self, lamp_ids) -> list[dict]:
+        """Each lamp's newest session with its clock anchor and its patient's time used (read at start-up, S20)."""
+        return queries.last_sessions(self.path, lamp_ids)
+
     def recover_interrupted(self) -> list[int]:
         """S4: close sessions left open by a crash as `interrupted`.
 
-        ended_at is the last moment the service was known alive (never before the start,
-        never after the planned end), so the log does not claim time the lamp may not have run.
+        ended_at is started_at plus the session's last progress mark, the monotonic time it
+        had run (S13: a wall-clock step cannot lengthen or shorten it); a session with no mark
+        yet ends at the last moment the service was known alive. Never before the start,
+        never after the planned end, so the log does not claim time the lamp may not have run.
         """
         conn = connect(self.path)
         try:
             alive_row = conn.execute("SELECT at FROM alive WHERE id = 1").fetchone()
-            rows = conn.execute("SELECT id, started_at, planned_s FROM sessions WHERE ended_at IS NULL").fetchall()
+            rows = conn.execute("SELECT s.id, s.started_at, s.planned_s, c.progress_s FROM sessions s "
+                                "LEFT JOIN session_clocks c ON c.session_id = s.id "
+                                "WHERE s.ended_at IS NULL").fetchall()
             closed = []
             for row in rows:
                 started = datetime.fromisoformat(row["started_at"])
                 ended = started + timedelta(seconds=row["planned_s"])
-                if alive_row is not None:
+                if row["progress_s"] is not None:
+                    ended = min(ended, started + timedelta(seconds=max(0.0, row["progress_s"])))
+                elif alive_row is not None:
                     ended = min(ended, datetime.fromisoformat(alive_row["at"]))
                 ended = max(ended, started)
                 with transaction(conn):
@@ -330,6 +373,9 @@ class _Writer:
             if alive:
                 self.conn.execute("INSERT INTO alive (id, at) VALUES (1, ?) "
                                   "ON CONFLICT (id) DO UPDATE SET at = excluded.at", (iso(self.log._wall()),))
+                # S4/S13: each open session's newest progress mark, after the batch that may hold its start.
+                self.conn.executemany("UPDATE session_clocks SET progress_s = ? WHERE session_id = ?",
+                                      self.log.progress_marks())
 
     def check_file(self) -> None:
         """Item 10: the file at the path must still be the one this connection writes to."""

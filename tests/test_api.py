@@ -125,7 +125,7 @@ def test_api_sessions_filters(client, users, clock, usage_log):
     assert [r["lamp_id"] for r in rows] == ["room1", "room2", "room1"]
     assert {r["end_reason"] for r in rows} == {"completed"}
     assert set(rows[0]) == {"id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
-                            "continues"}
+                            "continues", "new_patient", "new_patient_by"}
     assert len(get("?lamp=room1").get_json()["sessions"]) == 2
     assert len(get("?from=2026-01-05T10:00:00Z").get_json()["sessions"]) == 2
     assert len(get("?from=2026-01-05T09:00:00Z&to=2026-01-05T10:00:00Z").get_json()["sessions"]) == 2

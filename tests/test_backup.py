@@ -14,6 +14,7 @@ import pytest
 
 from lampctl import cli
 from lampctl.backup import BACKUP_RE, backup_database, prune_events, restore_database
+from lampctl.store import UsageLog
 from lampctl.toolcli import ToolFailed
 from tests.conftest import write_config
 from tests.procs import (
@@ -258,3 +259,17 @@ def test_restore_as_root_gives_a_new_database_to_the_data_directory_owner(cfg, u
     restore_database(data / "lampctl.db", backup)
     owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in data.glob("lampctl.db*")}
     assert "lampctl.db" in owners and set(owners.values()) == {(4321, 4321)}
+
+
+def test_s20_restore_never_unlatches_and_keeps_the_latches_of_both(cfg, usage_log, tmp_path):
+    usage_log.fault_latched("room2", "relay stuck", T0)
+    assert usage_log.flush(5)
+    backup = backup_database(cfg.service.database, tmp_path / "b", keep=5).path
+    usage_log.fault_cleared("room2")  # reset after the backup: the union latches it again (the safe side)
+    usage_log.fault_latched("room1", "emergency stop by ann", T0 + timedelta(hours=1))
+    assert usage_log.flush(5)
+    usage_log.close()
+    result, _ = restore_database(cfg.service.database, backup)
+    assert result.kept_latches == 1
+    assert UsageLog(cfg.service.database).latched_faults() == {"room1": "emergency stop by ann",
+                                                               "room2": "relay stuck"}

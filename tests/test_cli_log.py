@@ -101,8 +101,9 @@ def test_cli_log_csv_keeps_utc_and_escapes_formulas(logged, capsys):
     rc, out, _ = run(capsys, "log", "--csv", "--lamp", "room1", "--config", logged)
     rows = list(csv.reader(io.StringIO(out)))
     assert rc == 0 and rows[0] == ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s",
-                                   "end_reason"]
-    assert rows[1][:4] == ["1", "room1", "'=ann", "2026-03-02T09:00:00.000Z"] and rows[1][-1] == "completed"
+                                   "end_reason", "continues", "new_patient", "new_patient_by"]
+    assert rows[1][:4] == ["1", "room1", "'=ann", "2026-03-02T09:00:00.000Z"] and rows[1][7:] == [
+        "completed", "", "false", ""]
     assert [r[0] for r in rows[1:]] == ["1", "3"]
 
 

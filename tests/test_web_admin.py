@@ -134,7 +134,9 @@ def test_log_csv_streams_rows_matching_the_log(web, controller, clock, usage_log
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == reports.SESSION_COLUMNS
     db = usage_log.sessions(lamp="room2")
-    assert rows[1:] == [[str(r[c]) for c in reports.SESSION_COLUMNS] for r in db]
+    cell = {None: "", True: "true", False: "false"}
+    assert rows[1:] == [[cell.get(r[c], str(r[c])) if not isinstance(r[c], float) else str(r[c])
+                         for c in reports.SESSION_COLUMNS] for r in db]
     assert [r[7] for r in rows[1:]] == ["stopped", "stopped"]
 
 
@@ -172,7 +174,7 @@ def test_log_csv_fast_path_escapes_and_quotes_free_text_like_csv_writer(web, usa
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert [r[2] for r in rows[1:]] == [str(reports.csv_cell(n)) for n in names]
     assert {r[1] for r in rows[1:]} == {"'-room"}
-    assert rows[1][3:] == ["2026-01-05T10:00:00.000Z", "", "60.5", "", ""]
+    assert rows[1][3:] == ["2026-01-05T10:00:00.000Z", "", "60.5", "", "", "", "false", ""]
 
 
 def test_log_csv_with_a_bad_filter_redirects_with_the_sentence(web):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 import sqlite3
 import threading
@@ -19,6 +20,7 @@ from lampctl.db import LogUnavailable, StoreError
 from web import services
 
 bp = Blueprint("auth", __name__)
+log = logging.getLogger(__name__)
 
 MAX_FAILURES = 5
 FAILURE_WINDOW_S = 300.0
@@ -34,17 +36,43 @@ CSRF_FIELD = "csrf_token"
 class LoginGuard:
     """Counts wrong PINs per name; MAX_FAILURES within the window lock that name for LOCKOUT_S.
 
-    Held in memory: a restart forgets the count, which is acceptable because a restart
-    needs shell access to the Pi and so is no help to someone guessing at the tablet.
+    The rules run in memory on the monotonic clock (S22). With a store (the Accounts), every
+    wrong PIN and every lock is also saved, and read back at start, so a restart or a power
+    cut clears neither (S20); a saved age that cannot be trusted counts as none (still locked).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, *, max_failures: int = MAX_FAILURES,
-                 window_s: float = FAILURE_WINDOW_S, lockout_s: float = LOCKOUT_S):
+                 window_s: float = FAILURE_WINDOW_S, lockout_s: float = LOCKOUT_S, store=None):
         self._clock = clock
         self.max_failures, self.window_s, self.lockout_s = max_failures, window_s, lockout_s
         self._failures: dict[str, list[float]] = {}
         self._locked_until: dict[str, float] = {}
         self._lock = threading.Lock()
+        # Saves run outside _lock, one at a time, so the newest state is the one on disk.
+        self._store = store
+        self._save_lock = threading.Lock()
+        if store is not None:
+            self._restore(store.lockouts())
+
+    def _restore(self, saved: dict[str, tuple[int, bool, float]]) -> None:
+        """S20: the saved wrong PINs and locks, mapped onto this clock (a saved count ages from its newest)."""
+        now = self._clock()
+        for key, (failures, locked, left) in saved.items():
+            if locked:
+                self._locked_until[key] = now + min(left, self.lockout_s)
+            elif failures > 0:
+                self._failures[key] = [now - self.window_s + min(left, self.window_s)] * failures
+
+    def _save(self, key: str, state: tuple[int, bool, float] | None) -> None:
+        if self._store is None:
+            return
+        try:
+            if state is None:
+                self._store.forget_lockout(key)
+            else:
+                self._store.save_lockout(key, *state)
+        except (sqlite3.Error, OSError) as exc:  # memory still counts; only a restart would forget
+            log.error("login lockout of %r not saved (%s); it holds until the service restarts", key, exc)
 
     @staticmethod
     def _key(name: str) -> str:
@@ -83,20 +111,31 @@ class LoginGuard:
 
     def failed(self, name: str) -> tuple[int, bool]:
         """After a wrong PIN whose attempt was reserved: (tries left, whether this failure locked the name)."""
-        key, now = self._key(name), self._clock()
-        with self._lock:
-            if self._locked_until.get(key, 0.0) > now:
-                return 0, False
-            recent = [t for t in self._failures.get(key, []) if now - t < self.window_s]
-            if len(recent) >= self.max_failures:
-                self._failures.pop(key, None)
-                self._locked_until[key] = now + self.lockout_s
-                return 0, True
-            return self.max_failures - len(recent), False
+        key = self._key(name)
+        with self._save_lock:
+            now = self._clock()
+            with self._lock:
+                if self._locked_until.get(key, 0.0) > now:
+                    return 0, False
+                recent = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+                if len(recent) >= self.max_failures:
+                    self._failures.pop(key, None)
+                    self._locked_until[key] = now + self.lockout_s
+                    result, state = (0, True), (0, True, self.lockout_s)
+                else:
+                    newest = max(recent, default=now)
+                    result = self.max_failures - len(recent), False
+                    state = (len(recent), False, self.window_s - (now - newest))
+            self._save(key, state)
+        return result
 
     def succeeded(self, name: str) -> None:
-        with self._lock:
-            self._failures.pop(self._key(name), None)
+        key = self._key(name)
+        with self._save_lock:
+            with self._lock:
+                known = self._failures.pop(key, None) is not None
+            if known:
+                self._save(key, None)
 
     def _prune(self, now: float) -> None:
         for key in [k for k, ts in self._failures.items() if not ts or now - ts[-1] >= self.window_s]:
@@ -187,9 +226,10 @@ def _unavailable(exc):
 
 
 def init_app(app) -> None:
-    app.extensions["lampctl.login_guard"] = LoginGuard(app.config.get("LOGIN_CLOCK") or time.monotonic)
     if app.extensions["lampctl"].accounts is None:
         raise ValueError("create_app needs Services(accounts=...): logins and tokens are answered from memory")
+    app.extensions["lampctl.login_guard"] = LoginGuard(app.config.get("LOGIN_CLOCK") or time.monotonic,
+                                                       store=app.extensions["lampctl"].accounts)
     app.before_request(_before_request)
     # A page that cannot read the log answers 503 with a sentence, never 500 (item 10).
     app.register_error_handler(LogUnavailable, _unavailable)
