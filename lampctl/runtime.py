@@ -1,14 +1,17 @@
-"""Files the service keeps beside its database: the CLI's token, the cookie key, the one-service lock (S16)."""
+"""Files the service keeps beside its database: the CLI's token, its address, the cookie key, the one-service lock (S16)."""
 from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 from pathlib import Path
 
 # The built-in admin account the local command line acts as; it has no PIN.
 CLI_USER = "cli"
 CLI_TOKEN_FILE = "cli.token"
+# Where the running service really listens (service.bind may say port 0, or a demo another port).
+ADDRESS_FILE = "service.address"
 LOCK_SUFFIX = ".lock"
 
 
@@ -28,6 +31,67 @@ def write_secret_file(path: Path, text: str) -> None:
 
 def cli_token_path(database: Path) -> Path:
     return Path(database).parent / CLI_TOKEN_FILE
+
+
+def address_path(database: Path) -> Path:
+    return Path(database).parent / ADDRESS_FILE
+
+
+def _started(pid: int) -> str | None:
+    """When process pid started (clock ticks since boot, from /proc), or None where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: alive
+    # A pid is reused after its process ends: the start time tells the two apart.
+    return started is None or _started(pid) in (None, started)
+
+
+def write_address(database: Path, host: str, port: int) -> None:
+    """Record where this process serves, for the CLI (mode 0600, like cli.token)."""
+    pid = os.getpid()
+    write_secret_file(address_path(database), json.dumps(
+        {"pid": pid, "started": _started(pid), "host": host, "port": port}) + "\n")
+
+
+def remove_address(database: Path) -> None:
+    """Remove the address file if it is this process's own (a clean exit); idempotent."""
+    path = address_path(database)
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def read_address(database: Path) -> tuple[str, int] | None:
+    """(host, port) of the service running on this database, or None.
+
+    None when there is no file, it cannot be read or parsed, or the process that wrote it
+    has ended (killed -9, power loss) or its pid now belongs to another process: a stale
+    file is never trusted.
+    """
+    try:
+        data = json.loads(address_path(database).read_text())
+        pid, started, host, port = data["pid"], data.get("started"), data["host"], data["port"]
+    except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
+        return None
+    if (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not isinstance(host, str) or not host
+            or not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536
+            or not (started is None or isinstance(started, str))):
+        return None
+    return (host, port) if _alive(pid, started) else None
 
 
 def lock_path(database: Path) -> Path:
