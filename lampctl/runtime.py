@@ -5,6 +5,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 from pathlib import Path
 
 # The built-in admin account the local command line acts as; it has no PIN.
@@ -19,12 +20,64 @@ class AlreadyRunning(RuntimeError):
     """Another `lampctl serve` holds this database (S16)."""
 
 
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def private_dir(folder: Path) -> None:
+    """Create folder (and its parents) as 0700 whatever the umask; an existing folder is left as it is.
+
+    The files in it are private on their own (private_file), so a database put in /tmp or a
+    home directory never has that folder's mode changed under it.
+    """
+    folder = Path(folder)
+    if folder.is_dir():
+        return
+    private_dir(folder.parent)
+    try:
+        folder.mkdir(mode=PRIVATE_DIR)
+    except FileExistsError:
+        return  # made meanwhile by another process, or a file: the caller's open says which
+    os.chmod(folder, PRIVATE_DIR)  # mkdir's mode passes through the umask; 000 would leave 0777
+
+
+def private_file(path: Path) -> None:
+    """Make path exist with mode 0600 whatever the umask; an existing file of ours loses group and other access.
+
+    A database created this way before SQLite opens it gives its -wal and -shm files the
+    same mode (SQLite copies the database's permissions onto them). An existing file is
+    changed by its path only: opening and closing a database SQLite holds open in this
+    process would drop SQLite's POSIX locks on it.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    except FileExistsError:
+        private_if_present(path)
+        return
+    except OSError:
+        return  # a missing or read-only directory: the caller's open reports it in its own words
+    os.close(fd)
+
+
+def private_if_present(*paths: Path) -> None:
+    """Take group and other access from those of paths that are files (an older lampctl made them 0644)."""
+    for path in paths:
+        try:
+            mode = os.stat(path).st_mode
+            if stat.S_ISREG(mode) and mode & 0o077:
+                os.chmod(path, mode & PRIVATE_FILE)
+        except OSError:
+            pass  # gone, or another user's file (read by a CLI as that user): not ours to change
+
+
 def write_secret_file(path: Path, text: str) -> None:
     """Write a file only its owner can read (mode 0600 from creation, no window)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
     with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), PRIVATE_FILE)  # a .tmp left by a crash keeps its old mode otherwise
         fh.write(text)
     os.replace(tmp, path)
 
@@ -113,8 +166,8 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> InstanceLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -125,6 +178,7 @@ class InstanceLock:
             who = f" (pid {owner})" if owner.isdigit() else ""
             raise AlreadyRunning(f"another lampctl serve{who} is already using {self.path.with_suffix('')}; "
                                  f"stop it first (one service per database)") from None
+        private_if_present(self.path)  # a lock file an older lampctl left 0644
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
