@@ -5,8 +5,8 @@ import sqlite3
 from pathlib import Path
 
 from lampctl.db import connect, transaction
-from lampctl.runtime import private_dir
 from lampctl.outbox import EVENT_COLUMNS, SESSION_COLUMNS
+from lampctl.runtime import private_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
