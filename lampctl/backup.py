@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from lampctl.runtime import private_dir, private_file, private_if_present
 from lampctl.toolcli import (
     EXIT_OK,
     ToolFailed,
@@ -91,6 +92,7 @@ def copy_database(source: sqlite3.Connection, target: Path) -> tuple[int | None,
     One backup step copies every page inside one read transaction: in WAL mode that is a
     consistent snapshot, and the service's writer is never blocked by it.
     """
+    private_file(target)  # a backup holds the PIN hashes too: 0600 whatever the umask
     dst = sqlite3.connect(target, isolation_level=None)
     try:
         source.backup(dst)
@@ -113,7 +115,7 @@ def copy_database(source: sqlite3.Connection, target: Path) -> tuple[int | None,
 def backup_database(database: Path, dest: Path, keep: int, now: datetime | None = None) -> BackupResult:
     """A checked, timestamped copy of `database` in `dest`; then only the newest `keep` copies stay."""
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        private_dir(dest)  # made 0700; a folder that exists is left as it is (its files are 0600)
     except OSError as exc:
         raise ToolFailed(f"cannot use {dest} as the backup directory: {exc.strerror or exc}") from None
     if not dest.is_dir():
@@ -157,6 +159,8 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
         if database.exists():
             saved = backup_database(database, database.parent / "before-restore", keep=1000, now=now).path
             kept = s20_kept_state(saved)
+        private_dir(database.parent)
+        private_file(database)
         try:
             dst = sqlite3.connect(database, timeout=10, isolation_level=None)
         except sqlite3.Error as exc:
@@ -177,6 +181,7 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
         raise ToolFailed(f"the restored {database} failed PRAGMA integrity_check ({_summary(problems)}); "
                          f"the previous database is in {saved}")
     keep_service_ownership(database)
+    private_if_present(database, Path(f"{database}-wal"), Path(f"{database}-shm"))
     result = BackupResult(database, *counts)
     result.kept_latches = len(kept.latches)
     return result, saved

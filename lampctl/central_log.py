@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lampctl.db import connect, transaction
 from lampctl.outbox import EVENT_COLUMNS, SESSION_COLUMNS
+from lampctl.runtime import private_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -59,7 +60,7 @@ class CentralLog:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         conn = connect(self.path, create=True)
         try:
             conn.executescript(SCHEMA)

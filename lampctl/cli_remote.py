@@ -45,12 +45,23 @@ def token_for(cfg, given: str | None) -> str:
 
 
 def service_url(cfg) -> str:
-    host = cfg.service.host
+    """The running service's API: the address it wrote beside its database, else service.bind."""
+    from lampctl.runtime import ADDRESS_FILE, read_address
+
+    host, port = read_address(cfg.service.database) or (cfg.service.host, cfg.service.port)
+    if port == 0:
+        raise RemoteFailed(f"the service is not running: no live {ADDRESS_FILE} beside {cfg.service.database} "
+                           f"says where it listens, and service.bind in {cfg.path} has port 0")
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{cfg.service.port}/api"
+    return f"http://{host}:{port}/api"
+
+
+# Straight to the service: an http_proxy or https_proxy in the environment would otherwise
+# receive the Stop and the admin's token, and a proxy's 502 is no Stop.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def call_api(cfg, given_token: str | None, method: str, path: str, body: dict | None = None) -> dict:
@@ -61,7 +72,7 @@ def call_api(cfg, given_token: str | None, method: str, path: str, body: dict | 
     try:
         req = urllib.request.Request(url, data=data, method=method, headers={
             "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+        with _OPENER.open(req, timeout=TIMEOUT_S) as resp:
             return _json_reply(resp, url)
     except urllib.error.HTTPError as exc:
         with exc:

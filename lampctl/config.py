@@ -7,14 +7,15 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from firmware_bridge import protocol
 from lampctl.config_mqtt import MqttConfig, parse_mqtt
-from lampctl.safety import HARD_CEILING_MINUTES
+from lampctl.safety import HARD_CEILING_MINUTES, s7_backstop_ms
 
 LAMP_ID_RE = re.compile(r"[a-z0-9-]{1,32}")
 # gpiozero's own factory names (gpiozero.pins entry points) plus "mock".
 PIN_FACTORIES = ("mock", "lgpio", "rpigpio", "pigpio", "native")
-# One Pi drives a 4- or 8-channel relay board; the firmware protocol addresses 8 outputs.
-MAX_LAMPS = 8
+# One Pi drives a 4- or 8-channel relay board; the firmware protocol addresses this many outputs.
+MAX_LAMPS = protocol.MAX_LAMPS
 MAX_NAME = 64
 
 
@@ -260,8 +261,14 @@ def parse(data: dict, path: Path) -> Config:
     service = _parse_service(r, data.get("service", {}), path.parent if path.parent != Path("") else Path("."))
     saf = r.table(data.get("safety", {}), "safety", _SAFETY_KEYS)
     firmware = _parse_firmware(r, data["firmware"]) if "firmware" in data else None
-    heartbeat = r.number("safety.heartbeat_s", saf.get("heartbeat_s", 1.0), "safety.heartbeat_s",
-                         below=None if firmware is None else (firmware.watchdog_s / 2, "half of firmware.watchdog_s"))
+    # The firmware holds its watchdog in whole milliseconds (`lampctl firmware flash` writes
+    # round(watchdog_s x 1000)) and refuses a host whose heartbeat is not under half of that.
+    below = None
+    if firmware is not None:
+        held_ms = round(firmware.watchdog_s * 1000)
+        below = (held_ms / 2000, "half of firmware.watchdog_s" + (
+            "" if held_ms == firmware.watchdog_s * 1000 else " as the firmware holds it, in whole milliseconds"))
+    heartbeat = r.number("safety.heartbeat_s", saf.get("heartbeat_s", 1.0), "safety.heartbeat_s", below=below)
     safety = SafetyConfig(
         estop_pin=r.pin("safety.estop_pin", saf.get("estop_pin")),
         heartbeat_s=heartbeat,
@@ -277,8 +284,29 @@ def parse(data: dict, path: Path) -> Config:
         raise r.fail("lamps", f"at most {MAX_LAMPS} lamps per Pi (an 8-channel relay board), got {len(lamps_raw)}")
     lamps = tuple(_parse_lamp(r, i, raw) for i, raw in enumerate(lamps_raw))
     _check_unique(r, safety, lamps)
+    if firmware is not None:
+        _s14_check_backstop_fits(r, firmware, lamps)
     mqtt = parse_mqtt(r, data["mqtt"], path.parent) if "mqtt" in data else None
     return Config(path=path, service=service, safety=safety, firmware=firmware, lamps=lamps, panel=panel, mqtt=mqtt)
+
+
+def _s14_check_backstop_fits(r: _Reader, firmware: FirmwareConfig, lamps: tuple[LampConfig, ...]) -> None:
+    """S14: every session the config allows can be armed on the firmware (what check-config accepts works).
+
+    The backstop of a session is planned x 1.10 + grace_s (safety.s7_backstop_ms); the firmware
+    refuses an ARM above protocol.MAX_ARM_MS, so a lamp whose longest session does not fit
+    could never start it.
+    """
+    ceiling_s = protocol.MAX_ARM_MS / 1000
+    for i, lamp in enumerate(lamps):
+        armed_ms = s7_backstop_ms(lamp.max_s, firmware.grace_s)
+        if armed_ms > protocol.MAX_ARM_MS:
+            most_grace = (protocol.MAX_ARM_MS - s7_backstop_ms(lamp.max_s, 0)) / 1000
+            raise r.fail("firmware.grace_s", (
+                f"with lamps[{i}].max_minutes = {_shown(lamp.max_minutes)} and firmware.grace_s = "
+                f"{_shown(firmware.grace_s)} the firmware would be armed for {_shown(armed_ms / 1000)} s "
+                f"(max_minutes x 60 x 1.10 + grace_s), more than the {_shown(ceiling_s)} s it accepts: "
+                f"lower firmware.grace_s to at most {_shown(max(most_grace, 0))} or lamps[{i}].max_minutes"))
 
 
 def _check_unique(r: _Reader, safety: SafetyConfig, lamps: tuple[LampConfig, ...]) -> None:

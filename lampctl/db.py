@@ -7,6 +7,8 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from urllib.parse import quote
 
+from lampctl.runtime import private_dir, private_file, private_if_present
+
 MIGRATIONS = [
     # 1: the first schema
     """
@@ -227,6 +229,8 @@ def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
     Only the code that creates the database passes create=True: every other connection is
     opened with mode=rw, so a file deleted while serving is an error, never a new empty log.
     """
+    if create:
+        private_file(path)  # before SQLite: it creates files 0644 less the umask
     conn = sqlite3.connect(_uri(path, "rwc" if create else "rw"), uri=True, timeout=10, isolation_level=None,
                            check_same_thread=False)
     try:
@@ -297,11 +301,16 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def open_database(path: Path) -> None:
-    """Create the database file if need be and bring its schema up to date."""
+    """Create the database file if need be and bring its schema up to date.
+
+    It holds the PIN hashes: the folder is made 0700 and the database, its -wal and -shm 0600,
+    whatever the umask (an offline attack on a 4-digit PIN takes a minute).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     conn = connect(path, create=True)
     try:
         migrate(conn)
     finally:
         conn.close()
+    private_if_present(path, Path(f"{path}-wal"), Path(f"{path}-shm"))

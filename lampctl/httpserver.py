@@ -1,6 +1,7 @@
 """The panel's HTTP server: waitress, bounded so idle or slow clients cannot keep a Stop out (S10)."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -10,7 +11,7 @@ from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
-from waitress.task import ThreadedTaskDispatcher, WSGITask
+from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 
 log = logging.getLogger("lampctl")
 
@@ -25,6 +26,11 @@ IDLE_TIMEOUT_S = 30
 REQUEST_TIMEOUT_S = 10
 # How often idle and slow connections are looked for.
 CLEANUP_INTERVAL_S = 1
+# The largest request body the service reads (Flask's MAX_CONTENT_LENGTH, web/__init__.py):
+# waitress refuses a longer one with 413 before buffering it, not after spooling up to 1 GB
+# to a temporary file. A head (request line and headers, cookies included) is bounded too.
+MAX_BODY_BYTES = 64 * 1024
+MAX_HEAD_BYTES = 32 * 1024
 # Evicted per pass when at the limit, so a burst of new connections gets room fast.
 EVICT_BATCH = 16
 EVICT_LOG_INTERVAL_S = 10.0
@@ -82,6 +88,11 @@ def _arriving(channel) -> tuple[str, float] | None:
     if getattr(request, "command", "") != "POST" or match is None or arrived is None:
         return None
     return match.group(1), arrived
+
+
+def _now() -> float:
+    """S22: every timeout of the server (idle, slow request, eviction order, shutdown) runs on this clock."""
+    return time.monotonic()
 
 
 def is_stop(channel) -> bool:
@@ -204,16 +215,83 @@ class SafetyLaneDispatcher(ThreadedTaskDispatcher):
             lane.set_thread_count(running + 1)
 
     def shutdown(self, cancel_pending=True, timeout=5):
-        lane_done = self.lane.shutdown(cancel_pending, timeout)
-        return super().shutdown(cancel_pending, timeout) and lane_done
+        lane_done = shutdown_dispatcher(self.lane, cancel_pending, timeout)
+        return shutdown_dispatcher(self, cancel_pending, timeout) and lane_done
+
+
+def shutdown_dispatcher(dispatcher: ThreadedTaskDispatcher, cancel_pending: bool, timeout: float) -> bool:
+    """waitress's ThreadedTaskDispatcher.shutdown, with its timeout on the monotonic clock (S22).
+
+    waitress counts the wait for its threads on time.time(): a wall clock stepped back while
+    the service stops would hold the close steps (sessions `interrupted`, the log flushed)
+    until a hung request ended.
+    """
+    dispatcher.set_thread_count(0)
+    threads = dispatcher.threads
+    expiration = _now() + timeout
+    with dispatcher.lock:
+        while threads:
+            if _now() >= expiration:
+                dispatcher.logger.warning("%d thread(s) still running", len(threads))
+                break
+            dispatcher.thread_exit_cv.wait(0.1)
+        if cancel_pending:
+            queue = dispatcher.queue
+            if queue:
+                dispatcher.logger.warning("Canceling %d pending task(s)", len(queue))
+            while queue:
+                queue.popleft().cancel()
+            dispatcher.queue_cv.notify_all()
+            return True
+    return False
+
+
+class SentenceErrorTask(ErrorTask):
+    """waitress's own refusals of an oversized body or head, as one sentence (JSON under /api/)."""
+
+    SENTENCES = {
+        413: ("request-entity-too-large",
+              f"The request body is larger than {MAX_BODY_BYTES // 1024} KB, the most the service accepts."),
+        431: ("request-header-fields-too-large",
+              f"The request's headers are larger than {MAX_HEAD_BYTES // 1024} KB, the most the service accepts."),
+    }
+
+    def execute(self):
+        error = self.request.error
+        if error.code not in self.SENTENCES:
+            return super().execute()
+        code, sentence = self.SENTENCES[error.code]
+        if (getattr(self.request, "path", "") or "").startswith("/api/"):
+            body, kind = json.dumps({"error": sentence, "code": code}).encode(), "application/json"
+        else:
+            body, kind = (sentence + "\n").encode(), "text/plain; charset=utf-8"
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", kind))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
 
 
 class BoundedChannel(HTTPChannel):
-    """An HTTP connection that remembers when its unfinished request began."""
+    """An HTTP connection that remembers when its unfinished request began, on the monotonic clock (S22)."""
 
+    error_task_class = SentenceErrorTask
     request_started: float | None = None
     parser_class = StampedParser
     task_class = StampedTask
+
+    _last_activity = 0.0
+
+    @property
+    def last_activity(self) -> float:
+        return self._last_activity
+
+    @last_activity.setter
+    def last_activity(self, _wall: float) -> None:
+        # waitress stamps activity with time.time() in five places; whatever it passes, the
+        # stamp is monotonic, so a wall-clock step neither keeps an idle connection open for
+        # ever nor closes a busy one (S22).
+        self._last_activity = _now()
 
     def received(self, data):
         before = self.request
@@ -221,7 +299,7 @@ class BoundedChannel(HTTPChannel):
         if self.request is None:
             self.request_started = None
         elif self.request is not before:
-            self.request_started = time.time()
+            self.request_started = _now()
         return result
 
 
@@ -240,8 +318,9 @@ class BoundedServer(TcpWSGIServer):
 
     def readable(self):
         # waitress's own readable(), with eviction where it would stop accepting (and
-        # without its two log lines per round, which a flood would repeat endlessly).
-        now = time.time()
+        # without its two log lines per round, which a flood would repeat endlessly), and
+        # its clean-up on the monotonic clock (S22; waitress uses time.time()).
+        now = _now()
         if now >= self.next_channel_cleanup:
             self.next_channel_cleanup = now + self.adj.cleanup_interval
             self.maintenance(now)
@@ -259,7 +338,7 @@ class BoundedServer(TcpWSGIServer):
         for channel in idle:
             channel.will_close = True
         self._evicted += len(idle)
-        now = time.monotonic()
+        now = _now()
         if self._evicted and now >= self._next_evict_log:
             # Once per interval, so a flood cannot flood the journal too.
             log.warning("connection limit %d reached: closed %d idle connection(s) to make room",
@@ -268,6 +347,7 @@ class BoundedServer(TcpWSGIServer):
         return len(idle)
 
     def maintenance(self, now):
+        """Close idle (IDLE_TIMEOUT_S) and slow (REQUEST_TIMEOUT_S) connections; `now` is monotonic (S22)."""
         super().maintenance(now)
         cutoff = now - REQUEST_TIMEOUT_S
         for channel in self.active_channels.values():
@@ -300,6 +380,8 @@ def _adjustments() -> dict:
         threads=WORKER_THREADS, ident="lampctl", clear_untrusted_proxy_headers=True,
         connection_limit=CONNECTION_LIMIT, channel_timeout=IDLE_TIMEOUT_S,
         cleanup_interval=CLEANUP_INTERVAL_S,
+        # waitress refuses a body at least this long (its test is >=).
+        max_request_body_size=MAX_BODY_BYTES + 1, max_request_header_size=MAX_HEAD_BYTES,
         # A streamed reply (the CSV export) waits for the client past this much unsent
         # output, instead of waitress's 16 MB that stayed in the process after a download.
         outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from lampctl import config as config_mod
-from lampctl.runtime import InstanceLock, cli_token_path, write_secret_file
+from lampctl.runtime import InstanceLock, cli_token_path, remove_address, write_address, write_secret_file
 
 log = logging.getLogger("lampctl")
 
@@ -266,6 +266,9 @@ class Service:
                                   firmware_status=backstop.status if backstop else (lambda: "absent")))
         self.server = make_server(app, self.cfg.service.host, self.cfg.service.port, arrivals=self.controller)
         self.on_close(stack, "web server", self.server.close)
+        # The CLI reads where the panel really listens (service.bind may say port 0) beside cli.token.
+        write_address(self.cfg.service.database, self.cfg.service.host, self.server.port)
+        self.on_close(stack, "address file", remove_address, self.cfg.service.database)
         log.info("serving on http://%s:%d/", self.cfg.service.host, self.server.port)
         print(f"lampctl: listening on http://{self.cfg.service.host}:{self.server.port}/", flush=True)
 

@@ -69,8 +69,10 @@ class ServiceProcess:
     def start(self, timeout: float = 20) -> ServiceProcess:
         text = self.config.read_text()
         self.port = int(text.split('bind = "127.0.0.1:')[1].split('"')[0])
+        self._err_path = self.config.parent / f"serve-{self.port}.err"
         self.log_out = open(self.config.parent / f"serve-{self.port}.out", "ab")
-        self.log_err = open(self.config.parent / f"serve-{self.port}.err", "ab")
+        self.log_err = open(self._err_path, "ab")
+        announced = self.port == 0  # bind port 0: the service writes the port it got beside its database
         cmd = [*self.program, "serve", "--config", str(self.config)]
         if self.simulate:
             cmd.append("--simulate")
@@ -82,15 +84,26 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"lampctl serve exited {self.proc.returncode}: {self.stderr()}")
+            if announced:
+                self.port = self._announced_port() or 0
             try:
-                self.get("/api/health")
-                return self
+                if self.port:
+                    self.get("/api/health")
+                    return self
             except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise AssertionError(f"lampctl serve did not answer within {timeout} s: {self.stderr()}")
 
+    def _announced_port(self) -> int | None:
+        from lampctl.config import load
+        from lampctl.runtime import read_address
+
+        address = read_address(load(self.config).service.database)
+        return address[1] if address else None
+
     def stderr(self) -> str:
-        return (self.config.parent / f"serve-{self.port}.err").read_text(errors="replace")
+        return self._err_path.read_text(errors="replace")
 
     def request(self, method: str, path: str, body: dict | None = None, token: str | None = None):
         data = json.dumps(body).encode() if body is not None else None

@@ -273,3 +273,52 @@ def test_s20_restore_never_unlatches_and_keeps_the_latches_of_both(cfg, usage_lo
     assert result.kept_latches == 1
     assert UsageLog(cfg.service.database).latched_faults() == {"room1": "emergency stop by ann",
                                                                "room2": "relay stuck"}
+
+
+def _modes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777) for p in sorted(folder.rglob("*"))
+            if not p.name.startswith("serve-")}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_store_database_backups_lock_and_data_folder_are_private_whatever_the_umask(tmp_path, umask):
+    from tests.procs import TWO_LAMPS, ServiceProcess, add_users, lampctl, service_config
+
+    config = service_config(tmp_path, TWO_LAMPS)
+    var = tmp_path / "var"
+    old = os.umask(umask)  # inherited by every lampctl process below
+    try:
+        add_users(config)  # creates the database (the PIN hashes) and its folder
+        svc = ServiceProcess(config).start()
+        try:
+            backed_up = lampctl("backup", str(tmp_path / "backups"), config=config)
+            assert backed_up.returncode == 0
+            serving = _modes(var)
+            backups = _modes(tmp_path / "backups")
+        finally:
+            svc.stop()
+        (backup,) = (tmp_path / "backups").glob("lampctl-*.db")
+        lampctl("restore", str(backup), config=config)
+        restored = _modes(var)
+    finally:
+        os.umask(old)
+    assert oct(var.stat().st_mode & 0o777) == "0o700"
+    for name in ("lampctl.db", "lampctl.db-wal", "lampctl.db-shm", "lampctl.db.lock", "cli.token", "secret.key",
+                 "service.address"):
+        assert serving.get(name) == "0o600", f"{name} while serving: {serving}"
+    assert oct((tmp_path / "backups").stat().st_mode & 0o777) == "0o700"
+    assert set(backups.values()) == {"0o600"}, backups
+    assert restored["before-restore"] == "0o700", restored
+    assert {n: m for n, m in restored.items() if n != "before-restore"} == \
+        {n: "0o600" for n in restored if n != "before-restore"}, restored
+
+
+def test_store_database_an_older_lampctl_left_readable_is_made_private(tmp_path):
+    from lampctl.db import open_database
+
+    db = tmp_path / "lampctl.db"
+    open_database(db)
+    db.chmod(0o644)
+    open_database(db)
+    assert oct(db.stat().st_mode & 0o777) == "0o600"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -135,3 +136,93 @@ def test_s19_cli_stop_of_an_off_lamp_exits_0_saying_it_was_already_off(fake, cap
     rc, out, err = run(capsys, "stop-all", "--config", config, "--token", "t")
     assert rc == 0 and out.splitlines()[-2:] == [
         "room1: stopped, its session ended", "room2: a start was cancelled, the lamp stays off"]
+
+
+def test_cli_never_sends_a_stop_or_its_token_to_a_proxy(fake, capsys, monkeypatch):
+    server, config = fake
+    proxy = FakeService()  # records whatever reaches it, and answers as a proxy that cannot help would
+    proxy.reply = (502, b'{"error": "bad gateway"}')
+    try:
+        for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_address[1]}")
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        server.reply = (200, json.dumps({"lamps": [LAMP_OFF]}).encode())
+        rc, out, err = run(capsys, "stop-all", "--config", config, "--token", "admin-token")
+        assert proxy.requests == [], "the Stop and its token went to the proxy"
+        assert rc == 0 and err == ""
+        assert server.requests == [{"method": "POST", "path": "/api/stop-all", "auth": "Bearer admin-token",
+                                    "body": None}]
+    finally:
+        proxy.close()
+
+
+def _start_time(pid: int) -> str:
+    from pathlib import Path
+
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2:].split()[19]  # field 22 of proc(5): starttime
+
+
+def test_cli_follows_the_live_services_address_file_but_never_a_stale_one(fake, capsys, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    server, config = fake
+    server.reply = decoy_reply = (200, json.dumps({"lamps": [LAMP_OFF]}).encode())
+    decoy = FakeService()
+    decoy.reply = decoy_reply
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    address = tmp_path / "var" / "service.address"
+    address.parent.mkdir()
+    me = os.getpid()
+    cases = [
+        ("a process that has ended", {"pid": ended.pid, "started": None}, server),
+        ("a pid now used by another process", {"pid": me, "started": str(int(_start_time(me)) + 1)}, server),
+        ("not an address file", None, server),
+        ("the live service", {"pid": me, "started": _start_time(me)}, decoy),
+    ]
+    try:
+        for what, owner, reached in cases:
+            address.write_text("{not json" if owner is None else
+                               json.dumps({**owner, "host": "127.0.0.1", "port": decoy.server_address[1]}))
+            before = (len(server.requests), len(decoy.requests))
+            rc, _, err = run(capsys, "status", "--config", config, "--token", "t")
+            assert rc == 0, (what, err)
+            after = (len(server.requests), len(decoy.requests))
+            went = decoy if after[1] > before[1] else server
+            assert went is reached, f"with an address file of {what} the CLI went to the wrong port"
+    finally:
+        decoy.close()
+
+
+@pytest.mark.integration
+def test_cli_reaches_a_service_bound_to_port_0_and_its_address_file_goes_with_it(tmp_path):
+    import stat
+
+    from tests.procs import ServiceProcess, add_users, lampctl
+
+    config = service_config(tmp_path, TWO_LAMPS)
+    config.write_text(re.sub(r'bind = "127\.0\.0\.1:\d+"', 'bind = "127.0.0.1:0"', config.read_text()))
+    assert lampctl("check-config", config=config).returncode == 0
+    tokens = add_users(config)
+    svc = ServiceProcess(config).start()
+    address = tmp_path / "var" / "service.address"
+    try:
+        assert svc.port != 0
+        assert stat.S_IMODE(address.stat().st_mode) == 0o600
+        status = lampctl("status", config=config)
+        assert status.stdout.startswith("room1") and status.stderr == ""
+        assert svc.post("/api/lamps/room1/start", {"minutes": 5}, tokens["ann"])[0] == 201
+        stopped = lampctl("stop-all", config=config)
+        assert stopped.returncode == 0, stopped.stderr
+        lamp = svc.get("/api/lamps/room1", tokens["ann"])[1]
+        assert lamp["state"] == "off" and lamp["relay_on"] is False
+    finally:
+        assert svc.stop() == 0
+    assert not address.exists(), "a clean exit leaves its address file behind"
+    gone = lampctl("status", config=config, check=False)
+    assert gone.returncode == 1 and len(gone.stderr.splitlines()) == 1
+    assert "the service is not running" in gone.stderr and "port 0" in gone.stderr

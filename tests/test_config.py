@@ -226,8 +226,10 @@ S14_EDGES = [  # both ends of each documented range are accepted
     {"watchdog_s = 3.0": "watchdog_s = 10", "heartbeat_s = 1.0": "heartbeat_s = 4.99", "grace_s = 0.1": "grace_s = 60",
      "reply_timeout_s = 0.5": "reply_timeout_s = 5", "rest_window_s = 300": "rest_window_s = 86400",
      "bulb_life_h = 5000": "bulb_life_h = 100000", "lock_after_s = 120": "lock_after_s = 86400",
-     "log_queue = 10000": "log_queue = 1000000", "max_minutes = 30": "max_minutes = 60",
-     "default_minutes = 20": "default_minutes = 60", "presets = [10, 15, 20, 30]": "presets = [60]"},
+     # grace_s = 60 fits the firmware's longest arm with sessions up to 59 minutes (60 takes at most 10 s:
+     # test_s14_what_check_config_accepts_the_firmware_accepts).
+     "log_queue = 10000": "log_queue = 1000000", "max_minutes = 30": "max_minutes = 59",
+     "default_minutes = 20": "default_minutes = 59", "presets = [10, 15, 20, 30]": "presets = [59]"},
 ]
 
 
@@ -241,3 +243,76 @@ def test_s14_range_ends_are_accepted(tmp_path, changes):
     numbers = [cfg.firmware.watchdog_s, cfg.firmware.grace_s, cfg.safety.heartbeat_s, cfg.lamps[0].bulb_life_h]
     assert numbers == [float(changes[k].split("= ")[1]) for k in
                        ("watchdog_s = 3.0", "grace_s = 0.1", "heartbeat_s = 1.0", "bulb_life_h = 5000")]
+
+
+# Settings that span the host and the firmware: (lines of FULL_CONFIG replaced, the keys a refusal names,
+# or None where check-config accepts and the firmware must then take what the host sends).
+ONE_HOUR = {"max_minutes = 30": "max_minutes = 60"}
+CROSS_LAYER = [
+    ({**ONE_HOUR, "grace_s = 0.1": "grace_s = 60"}, ("firmware.grace_s", "lamps[0].max_minutes")),
+    ({**ONE_HOUR, "grace_s = 0.1": "grace_s = 10.001"}, ("firmware.grace_s", "lamps[0].max_minutes")),
+    ({"max_minutes = 30": "max_minutes = 59.9", "grace_s = 0.1": "grace_s = 60"},
+     ("firmware.grace_s", "lamps[0].max_minutes")),
+    ({**ONE_HOUR, "grace_s = 0.1": "grace_s = 10"}, None),
+    ({**ONE_HOUR, "grace_s = 0.1": "grace_s = 0"}, None),
+    ({"max_minutes = 30": "max_minutes = 59", "grace_s = 0.1": "grace_s = 60"}, None),
+    ({"grace_s = 0.1": "grace_s = 60"}, None),
+    ({"watchdog_s = 3.0": "watchdog_s = 0.2004", "heartbeat_s = 1.0": "heartbeat_s = 0.1001"},
+     ("safety.heartbeat_s", "firmware.watchdog_s")),
+    ({"watchdog_s = 3.0": "watchdog_s = 0.2", "heartbeat_s = 1.0": "heartbeat_s = 0.0999"}, None),
+    ({"watchdog_s = 3.0": "watchdog_s = 10", "heartbeat_s = 1.0": "heartbeat_s = 4.99"}, None),
+]
+
+
+@pytest.mark.parametrize("changes,refused", CROSS_LAYER, ids=[" ".join(c.values()) for c, _ in CROSS_LAYER])
+def test_s14_what_check_config_accepts_the_firmware_accepts(tmp_path, capsys, changes, refused):
+    from firmware_bridge import protocol
+    from firmware_bridge.errors import check_hello
+    from firmware_bridge.firmware.logic import Firmware
+    from firmware_bridge.firmware.mpshim import FakeTicks, Pin, ticks_add, ticks_diff
+    from lampctl.safety import s7_backstop_ms
+
+    text = FULL_CONFIG
+    for old, new in changes.items():
+        assert "\n" + old + "\n" in text
+        text = text.replace("\n" + old + "\n", "\n" + new + "\n", 1)
+    path = write_config(tmp_path, text)
+    code = main(["check-config", "--config", str(path)])
+    out, err = capsys.readouterr()
+    if refused:
+        assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+        assert all(key in err for key in refused), err
+        return
+    assert code == 0, err
+    cfg = config_mod.load(path)
+    # The firmware as flashed from this config: its watchdog in whole ms, one output per lamp.
+    watchdog_ms = round(cfg.firmware.watchdog_s * 1000)
+    clock = FakeTicks(0)
+    firmware = Firmware([Pin(n) for n in range(len(cfg.lamps))], clock.ticks_ms, ticks_diff, ticks_add,
+                        watchdog_ms=watchdog_ms)
+    hello = protocol.parse_reply(firmware.feed(protocol.encode_command(1, "HELLO"))[0])
+    check_hello(hello.args, "loop://", len(cfg.lamps), cfg.firmware.watchdog_s, cfg.safety.heartbeat_s)
+    for index, lamp in enumerate(cfg.lamps):
+        # The longest session the config allows, armed as the controller arms it.
+        ms = s7_backstop_ms(lamp.max_s, cfg.firmware.grace_s)
+        reply = protocol.parse_reply(firmware.feed(protocol.encode_command(2 + index, "ARM", index, ms))[0])
+        assert reply.word == "OK", f"{lamp.id}: a {lamp.max_minutes}-minute session is refused: {reply.args}"
+
+
+@pytest.mark.integration
+def test_s14_the_longest_session_check_config_accepts_starts_on_the_firmware(tmp_path):
+    from tests.procs import ServiceProcess, add_users, lampctl, service_config
+
+    lamp = '[[lamps]]\nid = "room1"\nrelay_pin = 17\nmax_minutes = 60\n'
+    for grace, accepted in (("60", False), ("10", True)):
+        config = service_config(tmp_path, lamp, extra=f'[firmware]\nport = "/dev/null"\ngrace_s = {grace}\n')
+        checked = lampctl("check-config", config=config, check=False)
+        assert (checked.returncode == 0) is accepted, checked.stderr
+    tokens = add_users(config)
+    svc = ServiceProcess(config).start()
+    try:
+        status, body = svc.post("/api/lamps/room1/start", {"minutes": 60}, tokens["ann"])
+        assert status == 201, body
+        assert svc.post("/api/lamps/room1/stop", token=tokens["ann"])[0] == 200
+    finally:
+        svc.stop()

@@ -1,6 +1,7 @@
 """The panel's HTTP server (S10): Stops have a lane of their own, and a full server closes its idlest connections."""
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -175,3 +176,178 @@ def test_s10_complete_request_has_no_request_clock(server):
         assert channel.request_started is not None
         channel.received(b"\r\n")
         assert channel.request_started is None  # complete: handed to a worker
+
+
+class SteppedClock:
+    """`time` as the server and waitress see it: a wall clock the test steps, a monotonic one it advances."""
+
+    def __init__(self, monotonic=None):
+        self.wall = 1_800_000_000.0
+        self.mono = 5_000.0
+        self._monotonic = monotonic
+
+    def time(self):
+        return self.wall
+
+    def monotonic(self):
+        return self._monotonic() if self._monotonic else self.mono
+
+    def __getattr__(self, name):  # sleep, gmtime, ... stay the real ones
+        return getattr(time, name)
+
+
+def _step_clock(monkeypatch, clock):
+    import waitress.channel
+    import waitress.server
+    import waitress.task
+
+    for module in (httpserver, waitress.channel, waitress.server, waitress.task):
+        monkeypatch.setattr(module, "time", clock)
+
+
+@pytest.mark.parametrize("step_s", [-3600.0, 3600.0])
+@pytest.mark.parametrize("kind", ["slow request", "idle connection"])
+def test_s22_wall_clock_step_moves_no_connection_timeout(server, monkeypatch, step_s, kind):
+    clock = SteppedClock()
+    _step_clock(monkeypatch, clock)
+    timeout = httpserver.REQUEST_TIMEOUT_S if kind == "slow request" else httpserver.IDLE_TIMEOUT_S
+    sock_a, sock_b = socket.socketpair()
+    with sock_a, sock_b:
+        channel = httpserver.BoundedChannel(server, sock_a, ("127.0.0.1", 1), server.adj, map={})
+        if kind == "slow request":
+            channel.received(b"POST /api/stop-all HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+        server.active_channels = {1: channel}
+
+        def tick(mono_s):
+            clock.mono += mono_s
+            clock.wall += mono_s
+            server.next_channel_cleanup = 0  # a clean-up pass on every readable() here
+            server.readable()
+            return channel.will_close
+
+        clock.wall += step_s  # NTP steps the clock while the connection is open
+        assert not tick(timeout - 1), f"a {kind} was closed early by a wall-clock step of {step_s:+.0f} s"
+        assert tick(2), f"a {kind} outlived its {timeout} s timeout after a wall-clock step of {step_s:+.0f} s"
+
+
+def test_s22_server_shutdown_waits_on_the_monotonic_clock(monkeypatch):
+    clock = SteppedClock(monotonic=time.monotonic)
+
+    def stepping_back():
+        clock.wall -= 1.0  # every reading earlier than the last
+        return clock.wall
+
+    monkeypatch.setattr(clock, "time", stepping_back)
+    _step_clock(monkeypatch, clock)
+    dispatcher = httpserver.SafetyLaneDispatcher(lane_threads=1)
+    dispatcher.set_thread_count(1)
+    release = threading.Event()
+    hung = Task("GET", "/api/sessions", lambda: release.wait(60))
+    dispatcher.add_task(hung)
+    done = threading.Event()
+    closer = threading.Thread(target=lambda: (dispatcher.shutdown(timeout=0.3), done.set()), daemon=True)
+    try:
+        closer.start()
+        assert done.wait(20), "shutdown kept waiting for a hung request while the wall clock stepped back"
+    finally:
+        release.set()
+        closer.join(10)
+
+
+def _raw_request(port: int, head: bytes, timeout: float = 20) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(head)
+    return sock
+
+
+def _reply(sock: socket.socket) -> tuple[int, dict, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"the server closed the connection without an answer (got {data[:200]!r})")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", 0)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def _fds_under(pid: int, folder) -> list[str]:
+    import os
+
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            found.append(target)
+    return found
+
+
+@pytest.fixture
+def live(tmp_path):
+    from tests.procs import TWO_LAMPS, ServiceProcess, service_config
+
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    svc = ServiceProcess(service_config(tmp_path, TWO_LAMPS), extra_env={"TMPDIR": str(spool)}).start()
+    yield svc, spool
+    svc.stop()
+
+
+TEN_MB = 10 * 1024 * 1024
+
+
+def test_httpserver_refuses_a_declared_10_mb_body_before_reading_it(live):
+    svc, spool = live
+    head = (f"POST /api/lamps/room1/start HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {TEN_MB}\r\n\r\n").encode()
+    with _raw_request(svc.port, head + b"{" + b" " * 1000) as sock:
+        status, headers, body = _reply(sock)  # answered with 10 MB still unsent
+    assert status == 413, body
+    assert json.loads(body) == {"code": "request-entity-too-large",
+                                "error": "The request body is larger than 64 KB, the most the service accepts."}
+    assert list(spool.iterdir()) == [] and _fds_under(svc.proc.pid, spool) == []
+
+
+def test_httpserver_refuses_a_chunked_10_mb_body_without_spooling_it(live):
+    import select
+
+    svc, spool = live
+    chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+    sent, spooled = 0, []
+    with _raw_request(svc.port, b"POST /admin/users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n") as sock:
+        while sent < TEN_MB:
+            readable, _, _ = select.select([sock], [], [], 0.05)
+            spooled += _fds_under(svc.proc.pid, spool)
+            if readable:
+                break
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += 0x10000
+        else:
+            sock.sendall(b"0\r\n\r\n")  # all 10 MB sent: end the body, so the answer says who refused it
+        status, headers, body = _reply(sock)
+    assert spooled == [], f"the body was spooled to {spooled[0]}"
+    assert status == 413 and body == b"The request body is larger than 64 KB, the most the service accepts.\n"
+    assert sent < 1024 * 1024, f"the server read {sent} bytes before refusing"
+    assert list(spool.iterdir()) == []
+
+
+def test_httpserver_refuses_an_oversized_head_with_a_sentence(live):
+    svc, _ = live
+    head = b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (40 * 1024) + b"\r\n\r\n"
+    with _raw_request(svc.port, head) as sock:
+        status, _, body = _reply(sock)
+    assert status == 431
+    assert body == b"The request's headers are larger than 32 KB, the most the service accepts.\n"

@@ -15,6 +15,8 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_babel import gettext
+from werkzeug.exceptions import BadRequest
 
 from lampctl import queries, reports
 from lampctl.accounts import BUILTIN_USER, ROLES
@@ -24,6 +26,7 @@ from lampctl.store import END_REASONS
 from web import services
 from web.auth import require_admin
 from web.charts import colour, stacked_days_svg
+from web.params import MAX_PAGE, page_number
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 bp.before_request(require_admin)
@@ -199,10 +202,11 @@ def bulb_replaced(lamp_id):
 @bp.get("/events")
 def events():
     lamp = request.args.get("lamp") or None
-    try:
-        page = max(1, int(request.args.get("page", 1)))
-    except ValueError:
-        page = 1
+    page = page_number(request.args)
+    if page is None:
+        bad = BadRequest()
+        bad.sentence = gettext("The page must be a whole number from 1 to %(most)s.", most=MAX_PAGE)
+        raise bad
     # One row more than shown tells whether an older page exists.
     rows = queries.events(services().usage_log.path, limit=EVENTS_PAGE_SIZE + 1,
                           offset=(page - 1) * EVENTS_PAGE_SIZE, lamp=lamp)

@@ -11,6 +11,7 @@ from flask import Blueprint, Flask, Response, abort, current_app, render_templat
 
 from lampctl import reports
 from lampctl.db import StoreError, parse_bound
+from web.params import MAX_PAGE, page_number
 
 PAGE_SIZE = 50
 CSV_COLUMNS = ("node", "id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
@@ -68,10 +69,9 @@ def fleet():
 def log():
     central = _collector().central
     found, form, error = _filters()
-    try:
-        page = max(1, int(request.args.get("page", "1")))
-    except ValueError:
-        page = 1
+    page = page_number(request.args)
+    if page is None:
+        abort(400, f"The page must be a whole number from 1 to {MAX_PAGE}.")  # the fleet pages are English only
     total = central.count(**found)
     pages = max(1, math.ceil(total / PAGE_SIZE))
     page = min(page, pages)
