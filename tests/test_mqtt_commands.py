@@ -174,10 +174,10 @@ def test_s19_no_start_is_taken_or_run_once_the_node_shuts_down(node, controller,
     n = node(run_starts=False)
     n.send(LAMP1, START)  # waiting when the shutdown begins
     n.cmds.close()
+    n.send(LAMP1, START)  # refused at once: no start thread is left to answer it
+    assert n.answer()["code"] == "shutting-down"
     n.cmds.start()
-    assert n.answer()["code"] == "shutting-down"
-    n.send(LAMP1, START)
-    assert n.answer()["code"] == "shutting-down"
+    assert n.answer()["code"] == "shutting-down"  # the one that was waiting is answered, never run
     controller.start("room2", 600, "ann")
     n.send(LAMP2, {"action": "stop", "user": "ann"})  # a Stop is still obeyed
     assert n.answer()["lamp"]["relay_on"] is False
@@ -234,6 +234,18 @@ def test_mqtt_bad_input_gets_one_sentence_and_a_code_and_changes_no_lamp(node, c
     assert (relays(factory), [v.state for v in controller.lamps()]) == before
     lines = [r for r in caplog.records if r.name == "lampctl.mqtt_commands"]
     assert len(lines) == 1 and lines[0].exc_info is None and code in lines[0].getMessage()
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"seconds": -10**5000}, "bad-duration"), ({"minutes": 10**5000}, "too-long"), ({"seconds": [[1]]}, "bad-duration"),
+])
+def test_duration_rule_names_what_was_wrong_without_printing_it(body, code):
+    """Shared by the API and MQTT (lampctl.errors.duration_from): a 5,000-digit number cannot even be printed."""
+    from lampctl.errors import BadDuration, duration_from
+
+    with pytest.raises(BadDuration) as refused:
+        duration_from(body)
+    assert refused.value.code == code and len(str(refused.value)) < 120
 
 
 TOPICS = st.sampled_from([LAMP1, LAMP2, NODE, "lampctl/n1/lamp/nosuch/cmd"])
