@@ -36,13 +36,15 @@ class MqttLink:
     makes the outbox wait: nothing here is on the path of a start, a Stop or a deadline.
     """
 
-    def __init__(self, cfg, database: Path, controller, accounts, lamps, *, builtin_users: tuple[str, ...] = ()):
+    def __init__(self, cfg, database: Path, controller, accounts, lamps, *, builtin_users: tuple[str, ...] = (),
+                 usage_log=None):
         self.cfg = cfg
         self.node = cfg.node
         self.lamps = lamps
         self._controller = controller
         self._outbox = Outbox(database)
-        self.commands = Commands(cfg.node, cfg.commands, controller, accounts, self._reply, builtin_users)
+        self.commands = Commands(cfg.node, cfg.commands, controller, accounts, self._reply, builtin_users,
+                                 clear=self._clear, usage_log=usage_log)
         self._cond = threading.Condition()
         self._views: dict[str, dict] = {}
         self._acked: set[int] = set()
@@ -62,6 +64,10 @@ class MqttLink:
     def _make_client(self):
         import paho.mqtt.client as mqtt
 
+        # S19: a clean session on every connect, reconnects included (paho 2.x sends MQTT 3.1.1's
+        # clean_session flag on each CONNECT; MQTT 5's default clean_start would be "first connect
+        # only"): the broker keeps no subscription and queues no command while the node is away,
+        # so nothing published then is delivered later as if it were live.
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"lampctl-{self.node}",
                              protocol=mqtt.MQTTv311, clean_session=True)
         client.will_set(discovery.status_topic(self.node), "offline", qos=1, retain=True)
@@ -84,6 +90,10 @@ class MqttLink:
         # The outbox is the one source of records: what paho kept from the last connection
         # is sent again from there, in order, instead of by paho.
         client.drop_out_messages()
+        if flags.session_present:  # a broker that kept a session despite clean_session: say so
+            log.error("MQTT broker %s resumed an old session of node %s although a clean one was asked for; "
+                      "queued commands may follow (starts among them marked dup are refused)", self.cfg.url, self.node)
+        # Retained commands arrive on this subscribe with the retain flag: refused and cleared (S19).
         client.subscribe([(discovery.node_cmd_topic(self.node), 1), (discovery.lamp_cmd_topic(self.node, "+"), 1)])
         log.info("MQTT connected to %s as node %s", self.cfg.url, self.node)
         with self._cond:
@@ -105,10 +115,14 @@ class MqttLink:
             self._cond.notify_all()
 
     def _on_message(self, client, userdata, message) -> None:
-        self.commands.handle(message.topic, message.payload)
+        self.commands.handle(message.topic, message.payload, retained=bool(message.retain), dup=bool(message.dup))
 
     def _reply(self, topic: str, answer: dict) -> None:
         self.client.publish(topic, _dump(answer), qos=1)
+
+    def _clear(self, topic: str) -> None:
+        """Delete a retained message on a cmd topic: an empty retained publish."""
+        self.client.publish(topic, b"", qos=1, retain=True)
 
     # ---- the controller's side -----------------------------------------------------------
     def on_view(self, view) -> None:

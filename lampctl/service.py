@@ -245,7 +245,7 @@ class Service:
 
         try:
             self.mqtt = link = MqttLink(self.cfg.mqtt, self.cfg.service.database, self.controller, self.accounts,
-                                        self.cfg.lamps, builtin_users=(BUILTIN_USER,))
+                                        self.cfg.lamps, builtin_users=(BUILTIN_USER,), usage_log=self.usage_log)
         except ImportError as exc:  # the lamps do not need the broker: serve, and keep the records in the outbox
             log.error("[mqtt] is set but paho-mqtt cannot be loaded (%s): pip install 'lampctl[mqtt]'; "
                       "records wait in the outbox until then", exc)

@@ -100,3 +100,31 @@ def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_pat
         listener.close()
     finally:
         broker.kill()
+
+
+def test_s19_commands_published_while_the_node_is_away_are_never_delivered_later(tmp_path, factory, link_for):
+    """Clean session on every connect: a broker that keeps sessions queues nothing for the node."""
+    broker = Broker(tmp_path, persistent=True).start()
+    sender = Listener(broker.port, ["lampctl/n1/lamp/room1/result"])
+    status = Listener(broker.port, ["lampctl/n1/status"])
+
+    def answered(request_id):
+        sender.wait(lambda l: any(json.loads(p).get("id") == request_id for _, p, _ in l.messages), 10, request_id)
+
+    try:
+        link = link_for(broker.port)
+        status.wait(lambda l: l.messages.count(("lampctl/n1/status", b"online", False)) == 1, 10, "online")
+        sender.publish("lampctl/n1/lamp/room1/cmd", {"action": "stop", "user": "ann", "id": "first"})
+        answered("first")  # subscribed: with a persistent session the broker would now queue for the node
+        link.close()
+        sender.publish("lampctl/n1/lamp/room1/cmd", {"action": "start", "minutes": 10, "user": "ann", "id": "q"})
+        link_for(broker.port)
+        status.wait(lambda l: l.messages.count(("lampctl/n1/status", b"online", False)) == 2, 10, "online again")
+        sender.publish("lampctl/n1/lamp/room1/cmd", {"action": "stop", "user": "ann", "id": "probe"})
+        answered("probe")
+        assert [json.loads(p)["id"] for _, p, _ in sender.messages] == ["first", "probe"]
+        assert pin_history(factory, 17) == [False]
+    finally:
+        sender.close()
+        status.close()
+        broker.kill()

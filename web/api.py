@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 
 from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from lampctl import queries
 from lampctl.db import LogUnavailable
-from lampctl.errors import Refused
-from lampctl.safety import is_duration
+from lampctl.errors import Refused, duration_from
 from lampctl.store import END_REASONS, StoreError
 from web import services
 from web.auth import arrived, unauthenticated
@@ -95,24 +93,12 @@ def _json_body() -> dict:
 
 
 def parse_duration(body: dict, allowed: tuple[str, ...] = ()) -> float:
-    """Seconds from {"minutes": n} or {"seconds": n}; other keys only from `allowed`."""
+    """Seconds from {"minutes": n} or {"seconds": n} (lampctl.errors.duration_from); other keys only from `allowed`."""
     extra = sorted(set(body) - {"minutes", "seconds", *allowed})
     if extra:
         names = " or ".join(f'"{k}"' for k in ("minutes", "seconds", *allowed))
         raise ApiError(400, "bad-body", f"Unknown field {extra[0][:40]!r}: send only {names}.")
-    keys = [k for k in ("minutes", "seconds") if k in body]
-    if len(keys) != 1:
-        raise ApiError(400, "bad-duration", 'Send exactly one of "minutes" or "seconds", e.g. {"minutes": 10}.')
-    value = body[keys[0]]
-    if not is_duration(value):
-        raise ApiError(400, "bad-duration", f'"{keys[0]}" must be a number greater than 0, got {str(value)[:40]}.')
-    try:
-        seconds = float(value) * (60 if keys[0] == "minutes" else 1)
-    except OverflowError:  # an integer of hundreds of digits
-        seconds = math.inf
-    if not math.isfinite(seconds):
-        raise ApiError(400, "too-long", f'"{keys[0]}" is far longer than any lamp\'s limit.')
-    return seconds
+    return duration_from(body)  # BadDuration is a Refused: 400 bad-duration or too-long
 
 
 def _new_patient(body: dict) -> bool:
