@@ -28,3 +28,15 @@ def s7_backstop_ms(planned_s: float, grace_s: float) -> int:
     """S7: how long the microcontroller may hold the lamp on by itself."""
     # Round away float noise (840 x 1.1 = 924.0000000000001) before rounding up to whole ms.
     return int(math.ceil(round((planned_s * S7_BACKSTOP_FACTOR + grace_s) * 1000, 6)))
+
+
+def s7_arm_holds(now: float, sent: float, ms: int, cut: float | None) -> bool:
+    """S7: is the firmware surely still holding the ARM asked for at `sent` (monotonic)?
+
+    The firmware's own timer started when the ARM reached it, no sooner than `sent`, so it
+    runs at least until sent + ms; `cut` is when its watchdog surely cut every lamp after
+    `sent` (the host's silence past the watchdog), or None. A host held up between the
+    ARM's reply and its relay (a frozen process, a starved thread) must not close its relay
+    once either has passed: the lamp would be on with no second channel behind it.
+    """
+    return now < sent + ms / 1000 and (cut is None or now < cut)
