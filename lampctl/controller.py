@@ -13,7 +13,7 @@ from lampctl.errors import BadDuration, Refused, Unavailable, UnknownLamp, backs
 from lampctl.lamp import Carried, Lamp, LampState, LampView, Session, fmt_min, fmt_s, make_view
 from lampctl.listeners import Listeners
 from lampctl.ports import Backstop, Clock, Hardware
-from lampctl.safety import s3_allows, s7_backstop_ms, s19_overtaken
+from lampctl.safety import s3_allows, s7_arm_holds, s7_backstop_ms, s19_overtaken
 from lampctl.scheduler import SchedulerThread
 
 __all__ = ["SessionController", "Refused", "UnknownLamp", "BadDuration", "Unavailable", "LampView", "LampState"]
@@ -174,13 +174,16 @@ class SessionController(SchedulerThread):
             epoch = lamp.epoch
         error = None
         if self._backstop is not None:
+            sent, ms = self._clock.monotonic(), s7_backstop_ms(seconds, self._backstop.grace_s)
             try:
                 # Armed before the relay closes, outside the lock: a slow reply never delays a Stop.
-                self._backstop.arm(lamp.index, s7_backstop_ms(seconds, self._backstop.grace_s))
+                self._backstop.arm(lamp.index, ms)
             except Exception as exc:
                 error = exc
         with self._cond:
             lamp.starting = False
+            if error is None and self._backstop is not None:
+                error = self._arm_lapsed(lamp, sent, ms)
             if error is not None or lamp.epoch != epoch or lamp.state is not LampState.OFF:
                 # S12: whatever refuses the session, the firmware's last word is OFF (queued
                 # after this ARM even if it is still on its way).
@@ -189,6 +192,18 @@ class SessionController(SchedulerThread):
                     raise backstop_refusal(error, f"{lamp.cfg.name} was not started")
                 raise Refused(f"{lamp.cfg.name} was not started: it was stopped or faulted meanwhile.", "cancelled")
             return self._begin(lamp, seconds, user, prior, continues, declared)
+
+    def _arm_lapsed(self, lamp: Lamp, sent: float, ms: int) -> Exception | None:
+        """S7: the refusal when the ARM confirmed for this start may no longer hold (checked under the lock)."""
+        try:
+            cut = self._backstop.cut_at(lamp.index, sent)
+        except Exception as exc:
+            return exc
+        if s7_arm_holds(self._clock.monotonic(), sent, ms, cut):
+            return None
+        log.warning("start of %s refused: its firmware arm ran out before the relay could close", lamp.cfg.id)
+        return Unavailable("its firmware arm ran out before the relay could close (the service was held up); "
+                           "try again")
 
     def _begin(self, lamp: Lamp, seconds: float, user: str, prior: float, continues: int | None,
                new_patient: bool = False):

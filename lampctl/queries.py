@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lampctl.db import LogUnavailable, StoreError, connect, parse_bound, reading
-from lampctl.reports import SESSION_COLUMNS
+from lampctl.reports import SESSION_COLUMNS, csv_cell_sql
 
 
 def _session_filter(start=None, end=None, lamp=None, user=None, reason=None) -> tuple[str, list]:
@@ -121,8 +121,7 @@ def _csv_text_sql(column: str) -> str:
     Text a spreadsheet would run as a formula gets a leading '; a cell holding a comma, a
     quote, CR or LF is quoted with its quotes doubled.
     """
-    escaped = (f"(CASE WHEN substr({column}, 1, 1) IN ('=', '+', '-', '@', char(9), char(13)) "
-               f"THEN '''' || {column} ELSE {column} END)")
+    escaped = csv_cell_sql(column)
     needs_quotes = (f"instr({column}, ',') OR instr({column}, '\"') OR instr({column}, char(10)) "
                     f"OR instr({column}, char(13))")
     return f"CASE WHEN {needs_quotes} THEN '\"' || replace({escaped}, '\"', '\"\"') || '\"' ELSE {escaped} END"

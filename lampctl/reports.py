@@ -14,12 +14,23 @@ SESSION_COLUMNS = ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s
 BULB_WARN_FRACTION = 0.9
 
 
+# The first characters that make a spreadsheet run a cell as a formula: = + - @ start one, a
+# leading tab or CR can hide one (OWASP CSV injection). The one list both exports use: the
+# fleet's through csv_cell, the local one through csv_cell_sql (SQLite builds its lines).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def csv_cell(value):
     """One CSV cell; text a spreadsheet would run as a formula is quoted with a leading '."""
-    # = + - @ start a formula; a leading tab or CR can hide one (OWASP CSV injection).
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    if isinstance(value, str) and value[:1] in FORMULA_STARTS:
         return "'" + value
     return "" if value is None else value
+
+
+def csv_cell_sql(column: str) -> str:
+    """csv_cell(column) as an SQLite expression: the same guard, from the same list."""
+    starts = ", ".join(f"char({ord(c)})" for c in FORMULA_STARTS)
+    return f"(CASE WHEN substr({column}, 1, 1) IN ({starts}) THEN '''' || {column} ELSE {column} END)"
 
 
 def day_range(days: int, today: date | None = None) -> list[date]:

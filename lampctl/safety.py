@@ -37,3 +37,15 @@ def s19_overtaken(arrived: float, stopped_at: float | None) -> bool:
     controller in: a Stop served ahead of a queued start still cancels it.
     """
     return stopped_at is not None and arrived < stopped_at
+
+
+def s7_arm_holds(now: float, sent: float, ms: int, cut: float | None) -> bool:
+    """S7: is the firmware surely still holding the ARM asked for at `sent` (monotonic)?
+
+    The firmware's own timer started when the ARM reached it, no sooner than `sent`, so it
+    runs at least until sent + ms; `cut` is when its watchdog surely cut every lamp after
+    `sent` (the host's silence past the watchdog), or None. A host held up between the
+    ARM's reply and its relay (a frozen process, a starved thread) must not close its relay
+    once either has passed: the lamp would be on with no second channel behind it.
+    """
+    return now < sent + ms / 1000 and (cut is None or now < cut)

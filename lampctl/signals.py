@@ -10,16 +10,22 @@ from collections.abc import Callable
 
 log = logging.getLogger("lampctl")
 
-# Every signal whose default action ends the process (S15). SIGABRT is what systemd's
-# watchdog sends (WatchdogSignal=); SIGHUP comes from a closed terminal or a reload
-# request we do not support; SIGPIPE stays ignored as Python sets it (a dropped client
-# must not end the service); SIGKILL and SIGSTOP cannot be caught: the firmware's own
-# watchdog covers those (S7).
+# Every signal whose default action ends the process (S15, man 7 signal), and that a handler
+# can survive. SIGABRT is what systemd's watchdog sends (WatchdogSignal=); SIGHUP comes from a
+# closed terminal or a reload request we do not support; SIGPWR from a UPS daemon; SIGIO,
+# SIGSTKFLT, SIGSYS, SIGTRAP and the real-time signals from any stray `kill`. Left out:
+# SIGPIPE, which Python ignores (a dropped client must not end the service); SIGKILL and
+# SIGSTOP, which cannot be caught (the firmware's watchdog covers those, S7); SIGSEGV,
+# SIGBUS, SIGFPE and SIGILL, which report a fault in the process itself: a Python handler
+# runs only after the faulting instruction, which the kernel restarts, so the process spins
+# instead of dying, and a dead service is restarted by systemd with its relays OFF (S1).
 TERMINATING_SIGNALS = tuple(
     getattr(signal, name) for name in (
         "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGUSR1", "SIGUSR2",
         "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGXFSZ",
-    ) if hasattr(signal, name))
+        "SIGIO", "SIGPWR", "SIGSTKFLT", "SIGSYS", "SIGTRAP",
+    ) if hasattr(signal, name)) + (
+    tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1)) if hasattr(signal, "SIGRTMIN") else ())
 
 
 def s1_install_guards(all_off: Callable[[str], None],
@@ -38,7 +44,7 @@ def s1_install_guards(all_off: Callable[[str], None],
     leaving = threading.Event()
 
     def on_signal(signum, _frame):
-        name = signal.Signals(signum).name
+        name = _name(signum)
         all_off(f"{name} received")
         if leaving.is_set():
             log.warning("%s received while stopping; relays are off, finishing the close steps", name)
@@ -67,3 +73,11 @@ def s1_install_guards(all_off: Callable[[str], None],
 
     sys.excepthook = main_hook
     return leaving
+
+
+def _name(signum: int) -> str:
+    """SIGTERM, or SIGRTMIN+3 for a real-time signal (which has no name of its own)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"

@@ -9,10 +9,13 @@ $S1_FAIL_CLOSE (a close step's name): that step raises instead of closing;
 $S1_HOLD_CLOSE (a close step's name) waits for the file $S1_HOLD_UNTIL before closing;
 $S1_FIRST_ANSWER (a path): the monotonic time of the panel's first answer is written there;
 $S1_NOTIFY_LOG (a path): each systemd notification is logged there with its monotonic time.
+The dump also holds the modules imported when the relays were claimed and each signal's
+disposition at exit.
 """
 import atexit
 import json
 import os
+import signal
 import sys
 import threading
 
@@ -36,16 +39,26 @@ def dump():
     for factory in captured:
         for info, pin in factory.pins.items():
             pins[str(info.name)] = [s.state for s in pin.states]
+    # How each signal would be received at the end (after serve's close steps, which keep
+    # the handlers): "handler" (a Python function), "default" or "ignore".
+    dispositions = {}
+    for signum in range(1, signal.NSIG):
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        dispositions[signum] = ("default" if handler == signal.SIG_DFL else
+                                "ignore" if handler == signal.SIG_IGN else "handler")
     with open(os.environ["S1_PIN_DUMP"], "w") as fh:
-        json.dump({"pins": pins, "flask_loaded_at_claim": FLASK_AT_CLAIM}, fh)
+        json.dump({"pins": pins, "modules_at_claim": MODULES_AT_CLAIM, "signals": dispositions}, fh)
 
 
-FLASK_AT_CLAIM = []
+MODULES_AT_CLAIM = []  # per RelayBank made: every module imported when its relays were claimed
 _init = hardware.RelayBank.__init__
 
 
 def init(self, *args, **kwargs):
-    FLASK_AT_CLAIM.append("flask" in sys.modules)
+    MODULES_AT_CLAIM.append(sorted(sys.modules))
     _init(self, *args, **kwargs)
 
 

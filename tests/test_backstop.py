@@ -40,11 +40,14 @@ class FakeLink:
     def close(self):
         pass
 
+    def silent_cut_at(self, since):
+        return None  # the host never fell silent here
+
 
 @pytest.fixture
 def rig(cfg, relays, clock, usage_log):
     link = FakeLink()
-    backstop = FirmwareBackstop(link, grace_s=0.1, usage_log=usage_log)
+    backstop = FirmwareBackstop(link, grace_s=0.1, usage_log=usage_log, clock=clock.monotonic)
     ctl = SessionController(cfg.lamps, relays, clock, usage_log, backstop=backstop)
     backstop.attach(ctl)
     backstop.start(0)

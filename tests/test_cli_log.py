@@ -16,6 +16,7 @@ from lampctl.accounts import Accounts
 from lampctl.cli import main
 from lampctl.store import UsageLog, connect, transaction
 from tests.conftest import write_config
+from tests.csv_cases import FORMULA_CELLS
 from tests.procs import ROOT
 
 # 2026-03-02 09:00 UTC is 10:00 in Central European (winter) time.
@@ -105,6 +106,15 @@ def test_cli_log_csv_keeps_utc_and_escapes_formulas(logged, capsys):
     assert rows[1][:4] == ["1", "room1", "'=ann", "2026-03-02T09:00:00.000Z"] and rows[1][7:] == [
         "completed", "", "false", ""]
     assert [r[0] for r in rows[1:]] == ["1", "3"]
+
+
+def test_cli_log_csv_quotes_every_first_character_a_spreadsheet_would_run(tmp_path, config, capsys):
+    fill(tmp_path / "lampctl.db",
+         [(i, "room1", name, "2026-03-02T09:00:00.000Z", None, 60, None, None)
+          for i, (name, _) in enumerate(FORMULA_CELLS, 1)])
+    rc, out, _ = run(capsys, "log", "--csv", "--config", config)
+    rows = list(csv.reader(io.StringIO(out, newline="")))
+    assert rc == 0 and [r[2] for r in rows[1:]] == [cell for _, cell in FORMULA_CELLS]
 
 
 @pytest.mark.parametrize("form", [[], ["--csv"]], ids=["table", "csv"])

@@ -1,6 +1,8 @@
 """The collector: central log unique per (node, session id), its config, its pages, and a real broker."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import threading
 
@@ -11,6 +13,7 @@ from lampctl.collector import Collector, load_collector_config
 from lampctl.config import ConfigError
 from lampctl.mqtt_testing import Broker, Listener, mosquitto_path
 from lampctl.testing import lampctl, wait_until
+from tests.csv_cases import FORMULA_CELLS
 from web.fleet import create_fleet_app
 
 
@@ -86,6 +89,23 @@ def pages(tmp_path):
                    for i in range(1, 4)])
     yield create_fleet_app(StubCollector(central), {"TESTING": True}).test_client()
     central.close()
+
+
+def test_fleet_csv_quotes_every_first_character_a_spreadsheet_would_run(tmp_path):
+    central = CentralLog(tmp_path / "central.db")
+    names = [name for name, _ in FORMULA_CELLS]
+    # The node and the lamp come from the broker too: free text like the user.
+    central.write([("session", check_record("session", "=node", session(i, user=name, lamp_id=name)))
+                   for i, name in enumerate(names, 1)])
+    try:
+        text = create_fleet_app(StubCollector(central), {"TESTING": True}).test_client().get("/log.csv").get_data(
+            as_text=True)
+    finally:
+        central.close()
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    header = rows[0]
+    got = sorted((r[header.index("user")], r[header.index("lamp_id")], r[header.index("node")]) for r in rows[1:])
+    assert got == sorted((cell, cell, "'=node") for _, cell in FORMULA_CELLS)
 
 
 def test_fleet_pages_filter_by_node(pages):

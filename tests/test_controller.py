@@ -261,6 +261,45 @@ def test_s7_start_arms_backstop_first_and_refusal_keeps_relay_off(cfg, relays, c
     assert ctl.lamp("room2").state == "off"
 
 
+class HeldUpBackstop(FakeBackstop):
+    """The ARM is confirmed, then the host is held up (frozen, starved) for `held_s` before its relay."""
+
+    def __init__(self, clock, held_s, silence_cut=None):
+        super().__init__()
+        self.clock, self.held_s, self.silence_cut = clock, held_s, silence_cut
+
+    def arm(self, index, ms):
+        super().arm(index, ms)
+        self.armed_at = self.clock.monotonic()
+        self.clock.advance(self.held_s)
+
+    def cut_at(self, index, since):
+        return None if self.silence_cut is None else self.armed_at + self.silence_cut
+
+
+@pytest.mark.parametrize("held_s, silence_cut, why", [
+    (0.431, None, "the firmware's own timer ran out (0.3 s x 1.1 + 0.1 s = 430 ms)"),
+    (0.2, 0.15, "the host's silence let the firmware's watchdog cut"),
+])
+def test_s7_s12_start_refused_when_its_arm_ran_out_before_the_relay(cfg, relays, clock, usage_log, factory,
+                                                                     held_s, silence_cut, why):
+    backstop = HeldUpBackstop(clock, held_s, silence_cut)
+    ctl = SessionController(cfg.lamps, relays, clock, usage_log, backstop=backstop)
+    with pytest.raises(Unavailable, match="firmware arm ran out"):
+        ctl.start("room1", 0.3, "ann")
+    assert pin_history(factory, ROOM1) == [False], why  # never on without the firmware armed
+    assert backstop.calls == [("arm", 0, 430), ("release", 0)]  # S12: the last word is OFF
+    assert ctl.lamp("room1").state == "off"
+
+
+def test_s7_start_held_up_less_than_its_arm_goes_on(cfg, relays, clock, usage_log, factory):
+    backstop = HeldUpBackstop(clock, 0.429, silence_cut=0.5)
+    ctl = SessionController(cfg.lamps, relays, clock, usage_log, backstop=backstop)
+    ctl.start("room1", 0.3, "ann")
+    assert pin_history(factory, ROOM1) == [False, True]
+    assert backstop.calls == [("arm", 0, 430)]
+
+
 def test_s6_scheduler_death_latches_fault(cfg, relays, usage_log, factory):
     class ExplodingClock(MonotonicClock):
         armed = False

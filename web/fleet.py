@@ -87,7 +87,10 @@ def log_csv():
     if error:
         abort(400, error)
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    # CRLF (RFC 4180): csv.writer quotes a cell holding a character of its line ending, so a
+    # lone CR in a name is quoted too; with "\n" it was not, and a spreadsheet split the cell
+    # there and ran the rest ("'\r=1+1" became "'" and a formula "=1+1").
+    writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for row in _collector().central.sessions(**found):
         writer.writerow([reports.csv_cell(row[c]) for c in CSV_COLUMNS])
