@@ -206,8 +206,10 @@ class Oracle:
             why = e["why"] or ""
             if why.startswith("extended by"):
                 whys["extend"] += 1
-            elif why.endswith(": stopped by user") or why == "start cancelled by stop":
-                # "<end reason>: stopped by user": `stopped`, or `firmware` when the firmware had cut first (S13)
+            elif why.endswith(": stopped by user") or why in ("start cancelled by stop",
+                                                               "stop: the lamp was already off"):
+                # "<end reason>: stopped by user": `stopped`, or `firmware` when the firmware had cut first (S13);
+                # a Stop of a lamp already off is answered 200 and recorded too (S19)
                 whys["stop"] += 1
             elif e["lamp_id"] is None and why == "stop all (API)":
                 whys["stop-all"] += 1
