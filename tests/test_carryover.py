@@ -300,6 +300,6 @@ def test_s20_login_page_stays_locked_after_the_app_is_built_again(services, cloc
     assert [login(first, "ann", "0000").status_code for _ in range(5)] == [401, 401, 401, 401, 429]
     clock.advance(60)
     # What a restart builds: accounts opened again read the lockouts on disk, and the guard takes them.
-    again = app(replace(services, accounts=Accounts(services.accounts.path, wall=clock.wall)))
+    again = app(replace(services, accounts=Accounts(services.accounts.path, wall=clock.wall, monotonic=clock.monotonic)))
     resp = login(again, "ann", "2468")
     assert resp.status_code == 429 and b"locked" in resp.data

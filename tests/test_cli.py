@@ -118,7 +118,8 @@ def test_s5_stop_all_from_cli_turns_every_lamp_off(tmp_path):
         too_long = lampctl("start", "room1", "--minutes", "45", config=config, check=False)
         assert too_long.returncode == 2 and "(400)" in too_long.stderr
         out = lampctl("stop-all", config=config).stdout
-        assert out.splitlines() == ["room1        off       relay off", "room2        off       relay off"]
+        assert out.splitlines() == ["room1        off       relay off", "room2        off       relay off",
+                                    "room1: stopped, its session ended", "room2: stopped, its session ended"]
         status, sessions = svc.get("/api/sessions", token=tokens["admin"])
         assert [(s["user"], s["end_reason"]) for s in sessions["sessions"]] == [("cli", "stopped")] * 2
         bad = lampctl("status", "--token", "wrong", config=config, check=False)
