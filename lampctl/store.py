@@ -8,8 +8,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 

@@ -286,12 +286,11 @@ def test_s18_new_patient_declaration_is_shown_in_the_log_page_csv_api_and_cli(se
 
 
 def test_s20_login_page_stays_locked_after_the_app_is_built_again(services, clock, users):
-    from tests.test_web_auth import login
-    from web import create_app
-
     from dataclasses import replace
 
     from lampctl.accounts import Accounts
+    from tests.test_web_auth import login
+    from web import create_app
 
     def app(svc):
         return create_app(svc, {"TESTING": True, "SECRET_KEY": "k", "LOGIN_CLOCK": clock.monotonic}).test_client()
