@@ -142,7 +142,7 @@ def test_browser_admin_finds_sessions_in_log_and_csv(browser, service, tmp_path)
             with path.open(newline="") as fh:
                 csv_rows = list(csv.reader(fh))
             assert csv_rows[0] == ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s",
-                                   "end_reason"]
+                                   "end_reason", "continues", "new_patient", "new_patient_by"]
             # Same sessions as the table (which shows newest first), with the same end reasons.
             assert [(r[0], r[1], r[2], r[7]) for r in reversed(csv_rows[1:])] == [
                 (r[0], "room1", r[2], r[7]) for r in table]
