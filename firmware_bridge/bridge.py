@@ -72,6 +72,9 @@ class FirmwareLink:
         # Read without a lock by whoever asks when the firmware cut a lamp.
         self.last_write = None
         self.write_gaps = collections.deque(maxlen=WRITE_GAPS_KEPT)
+        # When the firmware was last heard (monotonic), None before the first HELLO; read
+        # without a lock by the owner of on_link_change when the link is lost.
+        self.last_heard = None
         self._stop = threading.Event()
         self._thread = None
         self._closed = False
@@ -308,12 +311,12 @@ class FirmwareLink:
 
     def _heartbeats(self, port, splitter):
         """Read replies and send a PING every heartbeat_s until the link fails or close()."""
-        last_heard = self._clock()
+        last_heard = self.last_heard = self._clock()
         next_beat = last_heard + self.heartbeat_s
         beats = {}      # seq of an unanswered PING -> time sent
         while not self._stop.is_set():
             for reply in self._pump(port, splitter):
-                last_heard = self._clock()
+                last_heard = self.last_heard = self._clock()
                 if reply.seq in beats:
                     del beats[reply.seq]
                     if reply.word == "ERR":
@@ -375,12 +378,14 @@ class FirmwareLink:
             pending = list(self._pending.values())
             self._pending.clear()
             self._state_changed.notify_all()
+        # The owner hears of the loss before any caller waiting for a reply wakes up: a
+        # start whose ARM was in flight is still "being started" when the owner looks.
+        if report:
+            self._report(False, reason)
         for waiter in pending:
             waiter.error = FirmwareTimeout("The firmware link went down before %s was answered: %s"
                                            % (waiter.word, reason[:1].lower() + reason[1:]))
             waiter.event.set()
-        if report:
-            self._report(False, reason)
 
     def _report(self, up, reason):
         with self._state_lock:

@@ -140,10 +140,11 @@ class FirmwareBackstop:
         log.error("firmware link lost: %s", reason)
         latched = []
         if self._controller is not None:
-            # S6: a lamp on without its second channel must not stay on.
-            latched = self._controller.fault(f"firmware link lost: {reason}", running_only=True)
+            # S6: a lamp on without its second channel must not stay on. Whatever was on since
+            # the firmware was last heard latches, whichever thread got to the lamp first.
+            latched = self._controller.link_lost(f"firmware link lost: {reason}", self._link.last_heard)
         if self._log is not None and not latched:
-            self._log.event(None, None, None, "system", f"firmware link lost: {reason}")
+            self._log.event(None, None, None, "system", f"firmware link lost: {reason} No lamp was on: nothing latched.")
 
 
 class _Job:

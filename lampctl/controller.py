@@ -325,7 +325,7 @@ class SessionController(SchedulerThread):
         """S6: all relays off; running sessions end `fault`; latched until reset.
 
         Latches the named lamp, else with running_only the lamps that were on (or being
-        started), else every lamp. Returns the ids latched.
+        started), else every lamp. Returns the ids latched now (not those latched before).
         """
         self._all_off()
         with self._cond:
@@ -335,8 +335,26 @@ class SessionController(SchedulerThread):
                 targets = [l for l in self._lamps if l.state is LampState.ON or l.starting]
             else:
                 targets = list(self._lamps)
-            self._latch(reason, targets, who)
-            return [l.cfg.id for l in targets]
+            return self._latch(reason, targets, who)
+
+    @sounding
+    def link_lost(self, reason: str, since: float | None) -> list[str]:
+        """S6: the firmware link is lost; returns the ids latched ([] when every lamp was off).
+
+        Latches every lamp that was on, or being started, at any moment since `since` (when
+        the firmware was last heard, monotonic): what was on while its second channel was
+        unverified, whether the link thread, the scheduler or a Stop took this lock first.
+        With every lamp off meanwhile nothing latches: starts are refused while the link is
+        down (no ARM, no start, S7) and work again once it is back, with no reset.
+        """
+        self._all_off()
+        with self._cond:
+            targets = [l for l in self._lamps if l.state is LampState.ON or l.starting or (
+                since is not None and l.last_end is not None and l.last_end > since)]
+            if not targets:
+                log.warning("%s: no lamp was on, nothing latched", reason)
+                return []
+            return self._latch(reason, targets, who="system")
 
     def shutdown(self, why: str) -> None:
         """Service stopping (S1): relays off, running sessions end `interrupted`. Idempotent."""
@@ -395,19 +413,31 @@ class SessionController(SchedulerThread):
         now = self._clock.monotonic()
         for lamp in self._lamps:
             lamp.epoch += 1
-            if lamp.state is LampState.ON:
+            if lamp.state is LampState.ON and now >= lamp.session.deadline:
+                # Its time was up before this came (a late scheduler, a frozen process): it
+                # ended as the scheduler would have ended it, whichever got the lock first.
+                self._end(lamp, "completed", "system", "time up", now, latch=latch)
+            elif lamp.state is LampState.ON:
                 self._end(lamp, end_reason, who, why, now, latch=latch)
         return now
 
-    def _latch(self, reason: str, targets: list[Lamp], who: str) -> None:
+    def _latch(self, reason: str, targets: list[Lamp], who: str) -> list[str]:
+        """End every session and start in flight, latch each target not latched already; the ids latched."""
         self._cut_all("fault", who, reason, latch=True)
+        latched = []
         for lamp in targets:
             if lamp.state is not LampState.FAULT:
                 lamp.fault_reason = reason
                 self._set_state(lamp, LampState.FAULT, who, reason)
                 self._log.fault_latched(lamp.cfg.id, reason, self._clock.wall())
                 self._alerts.add(lamp.index, "fault")
-        log.error("fault latched: %s", reason)
+                latched.append(lamp.cfg.id)
+        if latched:
+            log.error("fault latched on %s: %s", ", ".join(latched), reason)
+        else:  # say what happened: the log is read after an incident
+            log.warning("%s: nothing latched (%s)", reason,
+                        "already latched: " + ", ".join(l.cfg.id for l in targets) if targets else "no lamp concerned")
+        return latched
 
     def _end(self, lamp: Lamp, reason: str, who: str, why: str, now: float, latch: bool = False) -> None:
         """End the running session: relay OFF first, then the records (S13: monotonic durations)."""
