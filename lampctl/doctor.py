@@ -97,10 +97,13 @@ def check_database(cfg) -> Check:
 
 def check_clock(synchronised: Callable[[], bool | None]) -> Check:
     state = synchronised()
-    status = OK if state else (WARN if state is None else FAIL)
+    # Sessions, timeouts and lockouts run on the monotonic clock (S22): an unsynchronised wall
+    # clock only mislabels the log, so it is a warning, never a reason not to serve.
+    status = OK if state else WARN
     detail = clocksync.describe(state)
     if state is False:
-        detail += " Fix: sudo timedatectl set-ntp true, and let the Pi reach an NTP server."
+        detail += (" To fix: sudo timedatectl set-ntp true, and let the Pi reach an NTP server (a clinic LAN "
+                   "without a time server may point timesyncd at a router that serves NTP).")
     return Check("clock", status, detail)
 
 
