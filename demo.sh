@@ -66,7 +66,7 @@ fi
 creds=var/demo-credentials.txt
 if [ ! -f "$creds" ]; then
     mkdir -p var
-    $lampctl check-config --config "$config" >&2
+    $lampctl check-config --simulate --config "$config" >&2
     $lampctl user add admin --role admin --pin 1234 --config "$config" >/dev/null
     $lampctl user add ann --role practitioner --pin 2468 --config "$config" >/dev/null
     token=$($lampctl token create admin --config "$config")

@@ -42,6 +42,8 @@ def build_parser(with_tools: bool = True) -> argparse.ArgumentParser:
                    help="use simulated GPIO (gpiozero's mock pins) whatever the config says")
 
     p = sub.add_parser("check-config", help="validate the config without touching hardware")
+    p.add_argument("--simulate", action="store_true",
+                   help="check it as `serve --simulate` uses it: mock pins and a simulated microcontroller")
     cli_args.add_config(p)
     _add_account_commands(sub)
     _add_log_command(sub)
@@ -206,7 +208,11 @@ def cmd_serve(args) -> int:
 
 def cmd_check_config(args) -> int:
     cfg = config_mod.load(cli_args.config_path(args))
-    fw = f", firmware on {cfg.firmware.port}" if cfg.firmware else ", no firmware backstop"
+    if getattr(args, "simulate", False):
+        # `serve --simulate` replaces the configured port with a simulator of its own.
+        fw = ", firmware simulated (the configured port is not used)"
+    else:
+        fw = f", firmware on {cfg.firmware.port}" if cfg.firmware else ", no firmware backstop"
     print(f"{cfg.path}: OK: {len(cfg.lamps)} lamp(s) ({', '.join(l.id for l in cfg.lamps)}){fw}")
     return EXIT_OK
 

@@ -90,6 +90,17 @@ def test_config_firmware_table_needs_port_and_heartbeat_below_watchdog(tmp_path,
     assert "safety.heartbeat_s" in capsys.readouterr().err
 
 
+def test_config_check_config_of_the_demo_names_the_simulator_not_the_port(capsys):
+    from lampctl.config import load
+
+    assert load("config.toml").firmware.port == "/dev/ttyACM0"  # the demo's config names a real port
+    assert main(["check-config", "--simulate", "--config", "config.toml"]) == 0
+    out = capsys.readouterr().out
+    assert "firmware simulated" in out and "/dev/ttyACM0" not in out
+    assert main(["check-config", "--config", "config.toml"]) == 0
+    assert "firmware on /dev/ttyACM0" in capsys.readouterr().out
+
+
 def test_config_env_variable_and_default_path(tmp_path, monkeypatch, capsys):
     path = write_config(tmp_path)
     monkeypatch.setenv("LAMPCTL_CONFIG", str(path))
