@@ -49,6 +49,8 @@ fi
 if ! .venv/bin/python - "$host" "${bind##*:}" <<'PY'
 import socket, sys
 s = socket.socket()
+# As the server itself does: a port left in TIME_WAIT by the demo just stopped is free to serve.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind((sys.argv[1], int(sys.argv[2])))
 except OSError as exc:
@@ -88,5 +90,6 @@ for name in admin ann; do
 done
 echo "PINs or tokens changed since? This list is not updated: ./demo.sh --reset starts the demo afresh."
 echo "  try: curl -H \"Authorization: Bearer <token>\" http://$bind/api/lamps"
+echo "  or the CLI: .venv/bin/lampctl status --config $config  (stop-all, start, log ... likewise)"
 echo "Panel: http://$bind/  (Ctrl-C stops the demo; every lamp goes off)"
 exec $lampctl serve --config "$config" --simulate
