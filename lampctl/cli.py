@@ -159,9 +159,40 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback kept for its fixer
+        known = _known_failure(exc, args)
+        if known:
+            print(f"lampctl: {known}", file=sys.stderr)
+            return EXIT_FAILED
         what = " ".join(str(exc).split())[:200]  # one line, whatever the exception holds
         print(f"lampctl: internal error: {type(exc).__name__}: {what}; {_save_details(argv)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _known_failure(exc: BaseException, args) -> str | None:
+    """One sentence with what to do for a damaged, newer or misplaced database or runtime file; None for a bug.
+
+    Checked by type where the module is already loaded, so `serve` imports nothing for it.
+    """
+    sqlite3 = sys.modules.get("sqlite3")
+    db = sys.modules.get("lampctl.db")
+    runtime = sys.modules.get("lampctl.runtime")
+    try:
+        where = str(config_mod.load(cli_args.config_path(args)).service.database)
+    except Exception:  # noqa: BLE001 - the sentence still helps without the path
+        where = "the database"
+    if runtime is not None and isinstance(exc, runtime.DamagedFile):
+        return str(exc)
+    if db is not None and isinstance(exc, db.StoreError) and "schema version" in str(exc):
+        return (f"{where}: {exc} Upgrade lampctl to the version that wrote it, or restore a backup made by this "
+                "version (lampctl restore FILE).")
+    if sqlite3 is not None and isinstance(exc, sqlite3.DatabaseError):
+        text = " ".join(str(exc).split())[:200]
+        if isinstance(exc, sqlite3.OperationalError) and "unable to open" in text:
+            return (f"{where} cannot be opened ({text}): service.database must name a file, not a folder, in a "
+                    "folder the service's user may write.")
+        return (f"{where} is damaged or is not a lampctl database ({text}): restore a backup with "
+                "`lampctl restore FILE`, or move the file away to start with an empty log.")
+    return None
 
 
 def _silence_stdout() -> None:

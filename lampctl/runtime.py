@@ -16,6 +16,10 @@ ADDRESS_FILE = "service.address"
 LOCK_SUFFIX = ".lock"
 
 
+class DamagedFile(RuntimeError):
+    """A file lampctl keeps beside the database cannot be used; str() says which and what to do."""
+
+
 class AlreadyRunning(RuntimeError):
     """Another `lampctl serve` holds this database (S16)."""
 

@@ -51,13 +51,16 @@ def services() -> Services:
 
 def load_secret_key(directory: Path) -> str:
     """The cookie-signing key from `secret.key` next to the database, created (mode 0600) on first run."""
-    from lampctl.runtime import write_secret_file
+    from lampctl.runtime import DamagedFile, write_secret_file
 
     path = Path(directory) / SECRET_KEY_FILE
     try:
         key = path.read_text().strip()
     except FileNotFoundError:
         key = ""
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise DamagedFile(f"{path} is not a key file ({exc.__class__.__name__}): remove it and start again; a new "
+                          "key is made, and every tablet logs in once more.") from None
     if not key:
         key = secrets.token_hex(32)
         write_secret_file(path, key + "\n")
