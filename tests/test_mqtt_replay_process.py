@@ -67,11 +67,22 @@ class Node:
     def wait_result(self, timeout: float = 20, **match) -> dict:
         return self.listener.wait(lambda _: self.results(**match), timeout, f"a result {match}")[-1]
 
-    def probe(self) -> None:
-        """A live command answered: whatever the broker replayed on the subscribe came before it."""
-        request_id = f"probe-{time.monotonic_ns()}"
-        self.listener.publish("lampctl/n1/lamp/room2/cmd", {"action": "stop", "user": "ann", "id": request_id})
-        self.wait_result(id=request_id)
+    def probe(self, timeout: float = 30) -> None:
+        """A live command answered: whatever the broker replayed on the subscribe came before it.
+
+        A restarted node may not have subscribed yet, and a command published before that is
+        (rightly) never delivered to it: the probe is sent again each second until one is answered.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            request_id = f"probe-{time.monotonic_ns()}"
+            self.listener.publish("lampctl/n1/lamp/room2/cmd", {"action": "stop", "user": "ann", "id": request_id})
+            try:
+                self.wait_result(timeout=1, id=request_id)
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
 
     def retained_commands(self) -> dict[str, bytes]:
         """What a fresh subscriber gets retained on the node's cmd topics (a live probe marks the end)."""
