@@ -70,11 +70,12 @@ SENT = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGUSR1", "SIGUSR2
         "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPWR", "SIGRTMIN", "SIGRTMAX")
 # What `lampctl serve` must not have imported when it claims the relays (S1: relays OFF
 # before any slow import): the web stack, the store and its database, the accounts, the
-# serial port, the firmware link, the broker client, the controller.
+# serial port, the firmware link, the broker client, the controller. (firmware_bridge.protocol
+# may be there: it is pure, and the config checks its limits against the firmware's, S14.)
 NOT_BEFORE_CLAIM = (
     "sqlite3", "_sqlite3", "lampctl.store", "lampctl.db", "lampctl.accounts", "lampctl.controller",
     "lampctl.backstop", "lampctl.httpserver", "web", "flask", "werkzeug", "jinja2", "waitress", "serial",
-    "firmware_bridge", "firmware_bridge.bridge", "paho", "paho.mqtt", "lampctl.mqtt",
+    "firmware_bridge.bridge", "firmware_bridge.simulator", "firmware_bridge.firmware", "paho", "paho.mqtt", "lampctl.mqtt",
 )
 
 
