@@ -34,7 +34,10 @@ class LoopDisk:
         self.mount.mkdir()
         with open(self.image, "wb") as fh:
             fh.truncate(SIZE_MB << 20)
-        made = _run("mkfs.ext4", "-q", "-F", str(self.image))
+        # 4 KiB blocks, as mkfs gives an SD card: on a filesystem this small it would choose 1 KiB,
+        # and SQLite, which allocates its mapped -shm file by writing one byte per 4 KiB page, would
+        # leave holes there that a full disk turns into SIGBUS (a fault of the rig, not of a Pi).
+        made = _run("mkfs.ext4", "-q", "-F", "-b", "4096", str(self.image))
         if made.returncode != 0:
             pytest.skip(f"mkfs.ext4 failed: {made.stderr.strip()}")
         mounted = _run("mount", "-o", "loop", str(self.image), str(self.mount))
@@ -57,7 +60,14 @@ class LoopDisk:
 
     # ---- the faults ----------------------------------------------------------------------
     def fill(self) -> None:
-        """Every free block taken by one file (the database cannot grow, its WAL cannot append)."""
+        """Every free block taken by one file (the database cannot grow, its WAL cannot append).
+
+        The WAL is first checkpointed and cut to nothing: a WAL that has grown before is
+        rewritten from its start after each checkpoint, in blocks it already owns, so a full
+        disk could go unnoticed for a thousand commits. Cut, its next commits must take new
+        blocks, and the first that finds none fails.
+        """
+        self.truncate_wal()
         with open(self.mount / "filler", "wb") as fh:
             chunk = b"\0" * (1 << 20)
             try:
@@ -73,6 +83,19 @@ class LoopDisk:
                     fh.write(b"\0" * small)
             except OSError:
                 pass
+
+    def truncate_wal(self, attempts: int = 50) -> None:
+        """PRAGMA wal_checkpoint(TRUNCATE), retried while the service's writers keep it busy."""
+        if not self.database.exists():
+            return
+        conn = sqlite3.connect(self.database, timeout=5, isolation_level=None)
+        try:
+            for _ in range(attempts):
+                busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return
+        finally:
+            conn.close()
 
     def unfill(self) -> None:
         for name in ("filler", "filler2"):
