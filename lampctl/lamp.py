@@ -153,6 +153,11 @@ class LampView:
     # Set only on the views a Stop returns: "ended", "cancelled-start" or "already-off" (not in as_dict).
     result: str | None = None
 
+    @property
+    def heating(self) -> bool:
+        """In a session, or its relay still closed: a lamp a Stop would switch off."""
+        return self.state == "on" or self.relay_on
+
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in (
             "id", "name", "state", "relay_on", "remaining_s", "session_id", "max_minutes", "default_minutes",

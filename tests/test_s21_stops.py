@@ -1,6 +1,9 @@
 """S21: Stop, Stop all and E-stop need no credentials and never wait for them, from the API and every panel page."""
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import pytest
 
 from tests.conftest import bearer, pin_history
@@ -128,3 +131,81 @@ def test_s21_panel_start_extend_and_reset_still_need_login_and_csrf(panel_app, u
     assert tablet.post("/panel/lamps/room1/extend").status_code == 400
     assert csrf_from(tablet.get("/panel/").data)
     assert pin_history(factory, 17) == [False]
+
+
+# ---- the login, lock and switch pages show every running lamp with its Stop (S21) ----------------
+def stop_forms(html: str) -> list[str]:
+    return re.findall(r'<form method="post" action="(/panel/(?:lamps/\w+/stop|stop-all))"', html)
+
+
+def row(html: str, lamp: str) -> str:
+    return re.search(rf'<li class="stops-lamp" data-lamp="{lamp}"[^>]*>.*?</li>', html, re.S).group(0)
+
+
+def test_s21_login_page_lists_each_running_lamp_with_its_countdown_and_a_working_stop(panel_app, client, users,
+                                                                                      factory, clock):
+    tablet = panel_app.test_client()
+    html = tablet.get("/login").data.decode()
+    assert "No lamp is on." in html and 'data-field="none" hidden' not in html
+    assert " hidden>" in row(html, "room1")  # listed but hidden until it heats
+    started(client, users)
+    clock.advance(15)
+    html = tablet.get("/login").data.decode()
+    assert 'data-field="none" hidden' in html
+    room1 = row(html, "room1")
+    assert " hidden>" not in room1 and "Room 1" in room1 and ">9:45<" in room1
+    assert 'aria-label="Stop Room 1"' in room1
+    assert " hidden>" in row(html, "room2")
+    assert stop_forms(html) == ["/panel/lamps/room1/stop", "/panel/lamps/room2/stop", "/panel/stop-all"]
+    resp = tablet.post("/panel/lamps/room1/stop")  # what the form sends
+    assert resp.status_code == 303 and resp.headers["Location"] == "/login"
+    assert pin_history(factory, 17) == [False, True, False]
+    assert "Room 1 stopped" in tablet.get("/login").data.decode()
+
+
+def test_s21_running_lamps_are_readable_without_a_login_and_name_nobody(panel_app, client, users):
+    started(client, users, "room2")
+    resp = panel_app.test_client().get("/panel/running.json")
+    assert resp.status_code == 200
+    lamps = {l["id"]: l for l in resp.get_json()["lamps"]}
+    assert lamps["room2"]["on"] is True and lamps["room2"]["clock_text"] == "10:00"
+    assert lamps["room1"] == {"id": "room1", "name": "Room 1", "on": False, "remaining_s": None, "clock_text": ""}
+    assert "ann" not in resp.get_data(as_text=True)
+
+
+def test_s21_lock_and_switch_pages_list_running_lamps_with_their_stops(services, clock, client, users):
+    services.config = replace(services.config, panel=replace(services.config.panel, lock_after_s=60))
+    app = create_app(services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic})
+    tablet = app.test_client()
+    login(tablet, "ann", "2468")
+    started(client, users)
+    clock.advance(120)  # idle past the lock
+    html = tablet.get("/switch").data.decode()
+    assert "Unlock the panel" in html
+    assert " hidden>" not in row(html, "room1")
+    assert stop_forms(html) == ["/panel/lamps/room1/stop", "/panel/lamps/room2/stop", "/panel/stop-all"]
+    assert tablet.post("/panel/stop-all").status_code == 303
+    assert services.controller.lamp("room1").relay_on is False
+
+
+def test_s21_logout_while_a_lamp_is_on_asks_first(panel_app, client, users, usage_log):
+    tablet = panel_app.test_client()
+    login(tablet, "ann", "2468")
+    started(client, users)
+    resp = post(tablet, "/logout")
+    assert resp.status_code == 200
+    html = resp.data.decode()
+    assert "Log out while a lamp is on?" in html and 'name="confirm" value="1"' in html
+    assert " hidden>" not in row(html, "room1")
+    assert tablet.get("/panel/").status_code == 200  # still logged in
+    resp = post(tablet, "/logout", confirm="1")
+    assert resp.status_code == 303 and resp.headers["Location"] == "/login"
+    assert tablet.get("/panel/").status_code == 302
+    assert stop_who(usage_log, "logged out") == ["ann"]
+
+
+def test_s21_logout_with_every_lamp_off_asks_nothing(panel_app, users):
+    tablet = panel_app.test_client()
+    login(tablet, "ann", "2468")
+    resp = post(tablet, "/logout")
+    assert resp.status_code == 303 and resp.headers["Location"] == "/login"

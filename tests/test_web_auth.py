@@ -15,7 +15,7 @@ from tests.procs import wait_until
 from web import CSP, Services, create_app
 from web.auth import LoginGuard
 
-PUBLIC = {"auth.login", "static", "api.health", "api.openapi", "i18n.language"}
+PUBLIC = {"auth.login", "static", "api.health", "api.openapi", "i18n.language", "panel.running_json"}
 # S21: Stops are carried out whatever the credentials (tested in test_s21_* below).
 STOPS = {"api.stop", "api.stop_all", "api.estop", "panel.stop", "panel.stop_all", "panel.estop"}
 

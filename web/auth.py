@@ -26,7 +26,7 @@ MAX_FAILURES = 5
 FAILURE_WINDOW_S = 300.0
 LOCKOUT_S = 300.0
 # Views anyone may reach; every other endpoint needs a login (the API checks its own tokens).
-PUBLIC_ENDPOINTS = {"auth.login", "static", "api.health", "i18n.language"}
+PUBLIC_ENDPOINTS = {"auth.login", "static", "api.health", "i18n.language", "panel.running_json"}
 # S21: carried out whatever the cookie (none, unknown, expired) and without a CSRF token: a forged
 # Stop is safe, a refused one is not. Recorded under the user when known, else unauthenticated.
 STOP_ENDPOINTS = {"panel.stop", "panel.stop_all", "panel.estop"}
@@ -367,6 +367,9 @@ def switch():
 
 @bp.post("/logout")
 def logout():
+    """Log out; while a lamp is on, ask first (the tablet then shows it with its Stop on the login page)."""
+    if request.form.get("confirm") != "1" and any(view.heating for view in services().controller.lamps()):
+        return render_template("logout.html")
     name = g.user["name"]
     services().accounts.end_login(session.get("login"))  # a copy of this cookie stops working too
     session.clear()

@@ -96,6 +96,20 @@ def state() -> dict:
             "server_time": round(time.time(), 3)}
 
 
+def running() -> list[dict]:
+    """Every lamp as the login, lock and switch pages list it: only whether it heats and how long is left (S21).
+
+    Shown to whoever is at the tablet, logged in or not, so it carries no user names and no notes.
+    """
+    out = []
+    for view in services().controller.lamps():
+        on = view.heating
+        out.append({"id": view.id, "name": view.name, "on": on, "remaining_s": view.remaining_s,
+                    "clock_text": clock_text(view.remaining_s) if on and view.remaining_s is not None
+                    else str(STATE_LABELS["on"]) if on else ""})
+    return out
+
+
 def index():
     return redirect(url_for("panel.panel"))
 
@@ -132,6 +146,17 @@ def panel():
 @bp.get("/state.json")
 def state_json():
     return jsonify(state())
+
+
+@bp.app_context_processor
+def _running_lamps():
+    return {"running_lamps": running}
+
+
+@bp.get("/running.json")
+def running_json():
+    """The running lamps for the login, lock and switch pages' live list; no login needed (S21)."""
+    return jsonify(lamps=running())
 
 
 def _done(message: str, ok: bool = True, status: int = 200, recorded: bool | None = None):
