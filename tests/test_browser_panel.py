@@ -148,17 +148,39 @@ def test_browser_limit_disables_what_it_forbids_and_the_continuation_question(br
         room1.get_by_role("button", name="57 s").click()
         dialog = page.get_by_role("dialog")
         expect(dialog).to_contain_text("Room 1, 57 s: same patient or a new patient?")
-        expect(dialog.get_by_role("button", name=re.compile(r"^Same patient \(5\d s left\)$"))).to_be_disabled()
+        # Item 17.1: "Same patient" offers what is left, never only "New patient".
+        same = dialog.get_by_role("button", name=re.compile(r"^Same patient: 5\d s, all that is left$"))
+        expect(same).to_be_enabled()
+        same_box = same.bounding_box()
+        new_box = dialog.get_by_role("button", name="New patient…").bounding_box()
         dialog.get_by_role("button", name="Stop all").click(trial=True)  # stopping never waits for an answer
         shot(page, "ask-limit", full_page=False)
-        dialog.get_by_role("button", name="New patient").click()
+        dialog.get_by_role("button", name="New patient…").click()
+        # A second, deliberate step; its "yes" sits where "Same patient" was, and where "New patient"
+        # was there is now "Same patient": a double tap lands on the safe choice.
+        expect(dialog).to_contain_text("Room 1: really a new patient?")
+        yes = dialog.get_by_role("button", name="Yes, a new patient: start 57 s")
+        assert _under(yes.bounding_box(), same_box), "the yes is not where Same patient was"
+        assert _under(dialog.get_by_role("button", name=re.compile(r"^Same patient: ")).bounding_box(), new_box), \
+            "a second tap on New patient would not land on Same patient"
+        expect(room1).to_have_attribute("data-state", "off")
+        shot(page, "ask-new-patient", full_page=False)
+        yes.click()
         expect(room1).to_have_attribute("data-state", "on")
-        expect(page.locator("#messages")).to_have_text("Room 1 started for 57 s.")
+        expect(page.locator("#messages")).to_have_text("Room 1 started for 57 s for a new patient (recorded).")
         assert page.console_errors == []
     finally:
         context.close()
     status, body = service.get("/api/sessions", token=service.tokens["admin"])
-    assert [s["continues"] for s in body["sessions"] if s["lamp_id"] == "room1"][-2:] == [None, None]
+    room1_sessions = [s for s in body["sessions"] if s["lamp_id"] == "room1"]
+    assert [s["continues"] for s in room1_sessions][-2:] == [None, None]
+    assert room1_sessions[-1]["new_patient"] is True and room1_sessions[-1]["new_patient_by"] == "ann"
+
+
+def _under(box: dict, tapped: dict) -> bool:
+    """Whether a tap at the middle of `tapped` lands inside `box`."""
+    x, y = tapped["x"] + tapped["width"] / 2, tapped["y"] + tapped["height"] / 2
+    return box["x"] <= x <= box["x"] + box["width"] and box["y"] <= y <= box["y"] + box["height"]
 
 
 def _wait_off(service, lamp_id: str) -> None:

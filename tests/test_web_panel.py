@@ -164,10 +164,52 @@ def test_s18_panel_form_accepts_new_patient(web, controller, clock, usage_log):
         controller.tick()
     assert act(web, "/panel/lamps/room1/start", minutes="10", new_patient="0")[0].startswith(
         "Room 1 has already run 60 min for this patient")
-    assert act(web, "/panel/lamps/room1/start", minutes="10", new_patient="1") == ["Room 1 started for 10 min."]
+    assert act(web, "/panel/lamps/room1/start", minutes="10", new_patient="1", confirmed="1") == [
+        "Room 1 started for 10 min for a new patient (recorded)."]
     assert act(web, "/panel/lamps/room2/start", minutes="10", new_patient="maybe") == [
         "The new patient field must be 1 or 0."]
     assert [s["continues"] for s in usage_log.sessions()] == [None, 1, None]
+    assert [s["new_patient_by"] for s in usage_log.sessions()] == [None, None, "ann"]
+
+
+def test_s18_panel_new_patient_in_the_rest_window_takes_a_second_step(web, controller, clock, usage_log):
+    act(web, "/panel/lamps/room1/start", minutes="30")
+    clock.advance(30 * 60)
+    controller.tick()
+    resp = post(web, "/panel/lamps/room1/start", minutes="10", new_patient="1")  # the first tap on "New patient"
+    assert resp.status_code == 303 and resp.headers["Location"] == "/panel/?ask=room1&minutes=10&step=new"
+    assert controller.lamp("room1").state == "off"
+    html = web.get(resp.headers["Location"]).data.decode()
+    assert "Room 1: really a new patient?" in html and "The last patient has 30 min left." in html
+    yes = html.index(">Yes, a new patient: start 10 min</button>")
+    assert html.index('name="confirmed" value="1"') < yes < html.index(">Same patient (30 min left)</button>")
+    resp = web.post("/panel/lamps/room1/start", headers={"Accept": "application/json"},
+                    data={"csrf_token": _token(web), "minutes": "10", "new_patient": "1"})
+    assert resp.status_code == 200 and resp.get_json()["ask"]["step"] == "new"  # the script's way: same question
+    assert controller.lamp("room1").state == "off"
+    # Outside the rest window there is no question: "new patient" starts at once.
+    clock.advance(3600)
+    assert act(web, "/panel/lamps/room1/start", minutes="10", new_patient="1") == ["Room 1 started for 10 min."]
+
+
+def test_s18_panel_same_patient_offers_what_is_left_when_the_preset_is_longer(web, controller, clock, usage_log):
+    act(web, "/panel/lamps/room1/start", minutes="30")
+    clock.advance(30 * 60)
+    controller.tick()
+    act(web, "/panel/lamps/room1/start", minutes="20", new_patient="0")
+    clock.advance(15 * 60)
+    act(web, "/panel/lamps/room1/stop")  # 45 min used of room1's 60: 15 min left, and a 20 min preset asked
+    resp = post(web, "/panel/lamps/room1/start", minutes="20")
+    html = web.get(resp.headers["Location"]).data.decode()
+    same = re.search(r'<form[^>]*>(?:(?!</form>).)*btn-same(?:(?!</form>).)*</form>', html, re.S).group(0)
+    assert ">Same patient: 15 min, all that is left</button>" in same and "disabled" not in same
+    assert 'name="fit" value="1"' in same
+    assert act(web, "/panel/lamps/room1/start", minutes="20", new_patient="0", fit="1") == [
+        "Room 1 started for 15 min, what the same patient had left."]
+    view = controller.lamp("room1")
+    assert view.planned_s == 15 * 60 and view.continues == 2
+    usage_log.flush(5)
+    assert usage_log.sessions()[-1]["new_patient"] in (0, False)
 
 
 def test_panel_estop_latches_every_lamp_and_answers_recorded(web, controller, factory, usage_log):
@@ -192,21 +234,28 @@ def test_s18_panel_asks_same_or_new_patient_once_without_js(web, controller, clo
     assert controller.lamp("room1").state == "off"  # nothing starts before the answer
     html = web.get(resp.headers["Location"]).data.decode()
     assert 'role="dialog"' in html and "Room 1, 30 min: same patient or a new patient?" in html
-    assert ">Same patient (50 min left)</button>" in html and ">New patient</button>" in html
+    assert ">Same patient (50 min left)</button>" in html and ">New patient…</button>" in html
     assert 'http-equiv="refresh"' not in html  # the question waits for its answer
     assert act(web, "/panel/lamps/room1/start", minutes="30", new_patient="0") == ["Room 1 started for 30 min."]
     assert usage_log.sessions()[-1]["continues"] == 1
 
 
-def test_s18_panel_question_disables_same_patient_past_the_limit(web, controller, clock):
+def test_s18_panel_question_disables_same_patient_only_when_nothing_is_left(web, controller, clock):
     act(web, "/panel/lamps/room2/start", minutes="20")  # room2: limit 30 min, cooldown 60 s
     clock.advance(1200)
     controller.tick()
     clock.advance(60)
     controller.tick()
+    html = web.get("/panel/?ask=room2&minutes=20").data.decode()  # 10 min left: offered, not refused
+    assert re.search(r'<button type="submit" class="btn btn-ask btn-same" >Same patient: 10 min, all that is left', html)
+    act(web, "/panel/lamps/room2/start", minutes="20", new_patient="0", fit="1")
+    clock.advance(600)
+    controller.tick()
+    clock.advance(60)
+    controller.tick()
     html = web.get("/panel/?ask=room2&minutes=20").data.decode()
-    assert re.search(r'<button type="submit" class="btn btn-ask btn-same" disabled[^>]*>Same patient \(10 min left\)', html)
-    assert "20 min is more than the same patient has left." in html
+    assert re.search(r'<button type="submit" class="btn btn-ask btn-same" disabled[^>]*>Same patient \(0 s left\)', html)
+    assert "The same patient has used the whole 30 min limit." in html
     body = web.post("/panel/lamps/room2/start", headers={"Accept": "application/json"},
                     data={"minutes": "20", "csrf_token": _token(web)}).get_json()
     assert body["ask"]["same_ok"] is False and 'role="dialog"' in body["ask_html"]

@@ -18,6 +18,8 @@ from web.words import STATE_LABELS, clock_text, fault_text, minutes_text, second
 bp = Blueprint("panel", __name__, url_prefix="/panel")
 
 EXTEND_S = 300
+# "Same patient" is offered while at least this much of the limit is left.
+MIN_SAME_S = 1.0
 # The countdown turns to its warning look this long before the end (the buzzer's warning too).
 WARN_S = 60
 # A start or an extension the page sent more than this long ago (a frozen service, a stalled
@@ -114,16 +116,22 @@ def index():
     return redirect(url_for("panel.panel"))
 
 
-def _question(lamp_id: str, minutes_arg: str) -> dict | None:
-    """The continuation question (S18) for a preset of a lamp in its rest window, or None when it does not arise."""
+def _question(lamp_id: str, minutes_arg: str, step: str = "choose") -> dict | None:
+    """The continuation question (S18) for a preset of a lamp in its rest window, or None when it does not arise.
+
+    "Same patient" always offers what is left: the preset, or the rest of the limit when the preset
+    is longer. "New patient" takes a second, deliberate step (step="new"), which is recorded.
+    """
     view = services().controller.lamp(lamp_id)  # an unknown lamp: 404 with its sentence
     minutes = _preset(view, minutes_arg)
     if view.state != "off" or view.continue_left_s is None:
         return None
     left = view.continue_left_s
+    same_s = min(minutes * 60, left)
     return {"lamp": view.id, "name": view.name, "minutes": minutes, "label": minutes_text(minutes),
             "left": seconds_text(left), "limit": minutes_text(view.max_minutes),
-            "same_ok": s3_allows(view.max_minutes * 60 - left + minutes * 60, view.max_minutes * 60)}
+            "same_ok": same_s >= MIN_SAME_S, "same_fits": same_s < minutes * 60, "same_label": seconds_text(same_s),
+            "step": "new" if step == "new" else "choose"}
 
 
 @bp.get("/")
@@ -131,7 +139,7 @@ def panel():
     ask = None
     if "ask" in request.args:
         try:
-            ask = _question(request.args.get("ask", ""), request.args.get("minutes", ""))
+            ask = _question(request.args.get("ask", ""), request.args.get("minutes", ""), request.args.get("step", ""))
         except Refused as exc:
             bad = BadRequest()
             bad.sentence = str(exc)  # the error page shows this sentence
@@ -227,24 +235,42 @@ def _ask(question: dict):
     if wants_json():
         html = render_template("_ask.html", ask=question)
         return jsonify(ok=False, ask=question, ask_html=html, message="", **state()), 200
-    return redirect(url_for("panel.panel", ask=question["lamp"], minutes=f"{question['minutes']:g}"), code=303)
+    step = {"step": "new"} if question["step"] == "new" else {}
+    return redirect(url_for("panel.panel", ask=question["lamp"], minutes=f"{question['minutes']:g}", **step),
+                    code=303)
 
 
 @bp.post("/lamps/<lamp_id>/start")
 def start(lamp_id):
+    """A preset; within the rest window first the continuation question, and for a new patient a second step."""
     try:
         new_patient = _new_patient()
-        question = _question(lamp_id, request.form.get("minutes", "")) if new_patient is None else None
+        question = None
+        if new_patient is None:
+            question = _question(lamp_id, request.form.get("minutes", ""))
+        elif new_patient and request.form.get("confirmed") != "1":
+            question = _question(lamp_id, request.form.get("minutes", ""), "new")
     except Refused as exc:
         return _done(str(exc), ok=False, status=status_for(exc.code))
     if question is not None and not panel_locked():
         return _ask(question)
+    fit = request.form.get("fit") == "1" and new_patient is False
 
     def act():
         s = services()
         view = s.controller.lamp(lamp_id)
         minutes = _preset(view, request.form.get("minutes", ""))
-        s.controller.start(lamp_id, minutes * 60, g.user["name"], new_patient=bool(new_patient), arrived=arrived())
+        seconds = minutes * 60
+        if fit and view.continue_left_s is not None and view.continue_left_s < seconds:
+            # "Same patient" for a preset longer than what is left: what is left (S18).
+            seconds = view.continue_left_s
+            s.controller.start(lamp_id, seconds, g.user["name"], arrived=arrived())
+            return gettext("%(name)s started for %(time)s, what the same patient had left.", name=view.name,
+                           time=seconds_text(seconds))
+        s.controller.start(lamp_id, seconds, g.user["name"], new_patient=bool(new_patient), arrived=arrived())
+        if new_patient and view.continue_left_s is not None:
+            return gettext("%(name)s started for %(time)s for a new patient (recorded).", name=view.name,
+                           time=minutes_text(minutes))
         return gettext("%(name)s started for %(time)s.", name=view.name, time=minutes_text(minutes))
     return _act(act, starts=True)
 
