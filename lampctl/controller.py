@@ -453,6 +453,7 @@ class SessionController(SchedulerThread):
         actual = max(0.0, end - session.started_mono)
         self._log.session_ended(session.id, session.started_wall + timedelta(seconds=actual), actual, reason)
         lamp.last_end, lamp.chain_used_s, lamp.chain_last_id = end, session.prior_s + actual, session.id
+        lamp.last_end_reason, lamp.last_end_why = reason, why
         if latch or lamp.cfg.cooldown_s <= 0:
             nxt = LampState.OFF
         else:

@@ -77,6 +77,9 @@ class Lamp:
     last_end: float | None = None
     chain_used_s: float = 0.0
     chain_last_id: int | None = None
+    # How the last session ended (its end_reason and why), for the panel's end or alarm.
+    last_end_reason: str | None = None
+    last_end_why: str | None = None
 
     def in_rest_window(self, now: float) -> bool:
         window = self.cfg.rest_window_s
@@ -152,6 +155,9 @@ class LampView:
     extend_left_s: float | None = None  # while on: what may still be added before max_minutes (S3)
     # Set only on the views a Stop returns: "ended", "cancelled-start" or "already-off" (not in as_dict).
     result: str | None = None
+    # How the last session ended: its end_reason ("completed", "stopped", "estop", ...) and why (not in as_dict).
+    last_end_reason: str | None = None
+    last_end_why: str | None = None
 
     @property
     def heating(self) -> bool:
@@ -183,7 +189,36 @@ def make_view(lamp: Lamp, now: float, relay_on: bool, feedback_on: bool | None) 
         continues=session.continues if session else None,
         feedback_on=feedback_on,
         extend_left_s=round(max(0.0, lamp.cfg.max_s - session.prior_s - session.planned_s), 3) if session else None,
+        last_end_reason=lamp.last_end_reason, last_end_why=lamp.last_end_why,
     )
+
+
+# How each path words an emergency stop in the record ("emergency stop by ann from the API"):
+# the panel reads who and where back from it (web/words.py:fault_text).
+ESTOP_VIA = ("from the panel", "from the API", "from the command line", "over MQTT")
+
+
+def estop_reason(who: str, via: str) -> str:
+    if via not in ESTOP_VIA:
+        raise ValueError(f"unknown emergency-stop path {via!r}")
+    return f"emergency stop by {who} {via}"
+
+
+def parse_estop_reason(reason: str | None) -> tuple[str, str | None] | None:
+    """(who, via) of an emergency stop's reason, via None when the record names no path; else None."""
+    text = reason or ""
+    if not text.startswith("emergency stop by "):
+        return None
+    rest = text.removeprefix("emergency stop by ")
+    for via in ESTOP_VIA:
+        if rest.endswith(" " + via):
+            return rest.removesuffix(" " + via), via
+    return rest, None
+
+
+def is_estop(reason: str | None) -> bool:
+    """A latch by an emergency stop: from a path (estop_reason) or the E-stop button ("E-stop pressed")."""
+    return parse_estop_reason(reason) is not None or (reason or "").lower().startswith("e-stop")
 
 
 # Past this a duration is only "over 100 h": a sentence never carries a number of 300 digits.

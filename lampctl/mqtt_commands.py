@@ -12,6 +12,7 @@ from datetime import datetime
 
 from lampctl.clock import MonotonicClock
 from lampctl.errors import Refused, duration_from, shown
+from lampctl.lamp import estop_reason
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class Commands:
                     "lamps": [v.as_dict() for v in views]}
         if lamp_id is None and action == "estop":
             who = self._who(body)
-            views = self.controller.estop(who, f"emergency stop by {who} over MQTT", arrived=arrived)
+            views = self.controller.estop(who, estop_reason(who, "over MQTT"), arrived=arrived)
             return {"ok": True, "action": "estop", "results": {v.id: v.result for v in views},
                     "lamps": [v.as_dict() for v in views]}
         if lamp_id is not None and action == "start":

@@ -143,7 +143,7 @@ def test_api_estop_any_role_latches_every_lamp_until_admin_reset(client, users, 
     body = resp.get_json()
     assert body["recorded"] is True
     assert [(l["state"], l["relay_on"], l["fault_reason"]) for l in body["lamps"]] == [
-        ("fault", False, "emergency stop by ann")] * 2
+        ("fault", False, "emergency stop by ann from the API")] * 2
     assert pin_history(factory, 17) == [False, True, False]
     assert [s["end_reason"] for s in usage_log.sessions()] == ["estop"]
     assert start(client, users["ann"], "room2").get_json()["code"] == "fault"

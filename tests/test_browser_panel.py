@@ -245,11 +245,15 @@ def test_browser_frozen_service_shows_no_contact_and_an_undeliverable_stop(brows
         clock = room2.get_by_role("timer").inner_text()
         shot(page, "frozen")
         room2.get_by_role("button", name="Stop").click()
-        expect(page.locator("#messages")).to_have_text(re.compile(r"^Stop could NOT be delivered"), timeout=1000)
+        undelivered = page.get_by_role("alert").filter(has_text=re.compile(r"^Stop could NOT be delivered"))
+        expect(undelivered).to_be_visible(timeout=1000)
         assert room2.get_by_role("timer").inner_text() == clock  # a last known clock does not count down
         svc.signal(signal.SIGCONT)
         expect(alert).to_have_count(0, timeout=8000)
         expect(room2).not_to_have_attribute("data-stale", "")
+        # The thawed service served the Stop that waited in its queue: nothing heats, and only then the alert goes.
+        expect(room2).not_to_have_attribute("data-state", "on")
+        expect(undelivered).to_have_count(0)
         assert page.console_errors == []
     finally:
         context.close()
@@ -302,3 +306,78 @@ def _lock_and_switch(browser, svc) -> None:
             assert page.console_errors == []
         finally:
             context.close()
+
+
+def _inside(box: dict, slot: dict) -> bool:
+    return (box["y"] >= slot["y"] - 0.5 and box["y"] + box["height"] <= slot["y"] + slot["height"] + 0.5
+            and box["x"] >= slot["x"] - 0.5 and box["x"] + box["width"] <= slot["x"] + slot["width"] + 0.5)
+
+
+def _alert_boxes(page) -> list[tuple[str, dict]]:
+    """Each banner in the status slot, top to bottom, with its box, and the slot's visible box last."""
+    return page.evaluate("""() => {
+      const slot = document.getElementById('status');
+      const r = slot.getBoundingClientRect();
+      const out = Array.from(slot.querySelectorAll('.banner')).map(b => {
+        const x = b.getBoundingClientRect();
+        return [b.className.replace(/.*banner-/, ''), {x: x.x, y: x.y, width: x.width, height: x.height}];
+      }).sort((a, b) => a[1].y - b[1].y);
+      out.push(['slot', {x: r.x, y: r.y, width: r.width, height: r.height}]);
+      return out;
+    }""")
+
+
+@pytest.mark.parametrize("viewport", SIZES, ids=size_name)
+def test_browser_every_alert_is_wholly_visible_most_severe_on_top(browser, service, viewport):
+    """Item 17.2: an alert below the visible part of the status slot is never seen."""
+    import json
+
+    from playwright.sync_api import expect
+
+    _all_off(service)
+    context, page = new_page(browser, viewport)
+    try:
+        log_in(page, service.url, "ann", "2468")
+        room2 = page.get_by_role("region", name="Room 2")
+        _tap(page, room2.get_by_role("button", name="10 min"))
+        expect(room2).to_have_attribute("data-state", "on")
+        page.evaluate("window.scrollTo(0, 0)")
+        # No contact, then a Stop that cannot be delivered: that alert goes on top, whole.
+        page.route(re.compile(r".*/panel/.*\.json$|.*/panel/lamps/.*"), lambda route: route.abort())
+        expect(page.locator(".banner-offline")).to_be_visible(timeout=6000)
+        *banners, (_, slot) = _alert_boxes(page)
+        assert [k for k, _ in banners] == ["offline"] and _inside(banners[0][1], slot), (banners, slot)
+        _tap(page, room2.get_by_role("button", name="Stop"))
+        expect(page.locator(".banner-undelivered")).to_be_visible()
+        # The failed Stop gave no button back that contact does not allow.
+        expect(page.get_by_role("region", name="Room 1").get_by_role("button", name="6 s")).to_be_disabled()
+        page.evaluate("window.scrollTo(0, 0)")
+        *banners, (_, slot) = _alert_boxes(page)
+        assert banners[0][0] == "undelivered" and all(_inside(b, slot) for _, b in banners), (banners, slot)
+        shot(page, "alert-undelivered", full_page=False)
+        page.unroute(re.compile(r".*/panel/.*\.json$|.*/panel/lamps/.*"))
+        _tap(page, room2.get_by_role("button", name="Stop"))
+        expect(page.locator(".banner-undelivered")).to_have_count(0)
+
+        # Three alarms at once, as the server would send them: each whole, in the order of harm.
+        def with_banners(route):
+            body = json.loads(route.fetch().text())
+            body["banners"] = [
+                {"kind": "estop", "text": "Emergency stop from the API by ann. Every lamp stays off until an admin "
+                 "resets it.", "short": "EMERGENCY STOP: every lamp locked off until an admin resets it."},
+                {"kind": "firmware", "text": "The safety controller is not answering: lamps that were on are off, "
+                 "and new sessions may be refused until it is back. Tell an admin.",
+                 "short": "Safety controller not answering: lamps off. Tell an admin."},
+                {"kind": "log", "text": "The usage log cannot be saved right now (3 records waiting); lamps still "
+                 "work. Tell an admin.", "short": "Usage log not saving (3 waiting). Tell an admin."}]
+            route.fulfill(json=body)
+        page.route(re.compile(r".*/panel/state\.json$"), with_banners)
+        expect(page.locator(".banner-log")).to_be_visible(timeout=4000)
+        page.evaluate("window.scrollTo(0, 0)")
+        *banners, (_, slot) = _alert_boxes(page)
+        assert [k for k, _ in banners] == ["estop", "firmware", "log"], banners
+        assert all(_inside(b, slot) for _, b in banners), (banners, slot)
+        shot(page, "alert-three", full_page=False)
+        assert page.console_errors == []
+    finally:
+        context.close()

@@ -356,13 +356,3 @@ def test_s10_blocked_database_reader_does_not_delay_bearer_or_session_auth(web_a
         thaw.set()
         reloader.join(10)
 
-
-def test_secure_cookies_marks_the_login_cookie_secure(services, clock, users):
-    from dataclasses import replace
-
-    for secure in (False, True):
-        services.config = replace(services.config, service=replace(services.config.service, secure_cookies=secure))
-        app = create_app(services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic})
-        resp = login(app.test_client(), "ann", "2468")
-        cookie = [h for h in resp.headers.getlist("Set-Cookie") if h.startswith("lampctl_session=")][-1]
-        assert ("; Secure" in cookie) is secure, cookie

@@ -143,7 +143,7 @@ def test_panel_shows_cooldown_fault_and_firmware_banners(web, services, controll
     assert "an admin must reset it" in act(web, "/panel/lamps/room1/start", minutes="10")[0]
     services.firmware_status = lambda: "lost"
     html = web.get("/panel/").data.decode()
-    assert 'class="banner banner-firmware" role="alert">The safety controller is not answering' in html
+    assert re.search(r'class="banner banner-firmware" role="alert" data-short="[^"]+">The safety controller is not answering', html)
     assert web.get("/panel/state.json").get_json()["firmware"] == "lost"
 
 
@@ -218,7 +218,7 @@ def test_panel_estop_latches_every_lamp_and_answers_recorded(web, controller, fa
     body = resp.get_json()
     assert resp.status_code == 200 and body["ok"] is True and body["recorded"] is True
     assert [l["state"] for l in body["lamps"]] == ["fault", "fault"]
-    assert controller.lamp("room2").fault_reason == "emergency stop by ann"
+    assert controller.lamp("room2").fault_reason == "emergency stop by ann from the panel"
     assert pin_history(factory, 17) == [False, True, False]
     assert [s["end_reason"] for s in usage_log.sessions()] == ["estop"]
     assert web.post("/panel/estop").status_code == 303  # S21: no CSRF token needed for a Stop
@@ -333,6 +333,40 @@ def test_panel_fault_words_for_people(web, controller):
     assert note == ("The safety controller stopped answering, so this lamp was switched off. It stays off until an "
                     "admin resets it.")
     assert "socket" not in web.get("/panel/").data.decode()
+
+
+@pytest.mark.parametrize(("via", "words"), [
+    ("from the API", "Emergency stop from the API by ann."),
+    ("from the panel", "Emergency stop from the panel by ann."),
+    ("over MQTT", "Emergency stop over MQTT (home automation) by ann."),
+    ("from the command line", "Emergency stop from the command line on the controller."),
+])
+def test_panel_says_where_an_emergency_stop_came_from_and_who(web, controller, via, words):
+    controller.estop("ann", f"emergency stop by ann {via}")
+    body = web.get("/panel/state.json").get_json()
+    assert body["lamps"][0]["note"] == words + " Every lamp stays off until an admin resets it."
+    assert [b["kind"] for b in body["banners"]] == ["estop"] and body["banners"][0]["text"].startswith(words)
+    assert body["lamps"][0]["estop"] is True
+
+
+def test_panel_an_abnormal_end_is_an_alarm_and_a_normal_one_is_not(web, controller, clock):
+    def end_alarm():
+        return web.get("/panel/state.json").get_json()["lamps"][0]["end_alarm"]
+
+    act(web, "/panel/lamps/room1/start", minutes="10")
+    clock.advance(600)
+    controller.tick()
+    assert end_alarm() is None  # time up
+    clock.advance(3600)
+    act(web, "/panel/lamps/room1/start", minutes="10", new_patient="1")
+    act(web, "/panel/lamps/room1/stop")
+    assert end_alarm() is None  # stopped by a practitioner
+    clock.advance(3600)
+    act(web, "/panel/lamps/room1/start", minutes="10", new_patient="1")
+    controller.fault("firmware link lost: sent nothing for 1.50 s", "room1")
+    assert end_alarm() == ("Room 1: the session was cut short. The safety controller stopped answering, so this "
+                           "lamp was switched off. It stays off until an admin resets it.")
+    assert web.get("/panel/state.json").get_json()["lamps"][0]["estop"] is False
 
 
 def test_panel_in_german_and_chinese(web):

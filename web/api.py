@@ -10,6 +10,8 @@ from werkzeug.exceptions import HTTPException
 from lampctl import queries
 from lampctl.db import LogUnavailable
 from lampctl.errors import Refused, duration_from
+from lampctl.lamp import estop_reason
+from lampctl.runtime import CLI_USER
 from lampctl.store import END_REASONS, StoreError
 from web import services
 from web.auth import arrived, unauthenticated
@@ -217,7 +219,8 @@ def stop_all():
 @bp.post("/estop")
 def estop():
     who = stop_who()
-    views = services().controller.estop(who, f"emergency stop by {who}", arrived=arrived())
+    via = "from the command line" if who == CLI_USER else "from the API"
+    views = services().controller.estop(who, estop_reason(who, via), arrived=arrived())
     return jsonify(lamps=[v.as_dict() for v in views], results={v.id: v.result for v in views},
                    recorded=_recorded())
 

@@ -9,11 +9,12 @@ from flask_babel import gettext
 from werkzeug.exceptions import BadRequest
 
 from lampctl.errors import BadDuration, Refused
+from lampctl.lamp import estop_reason, is_estop
 from lampctl.safety import s3_allows
 from web import services
 from web.auth import arrived, panel_locked, touch, unauthenticated, wants_json
 from web.codes import REPLY_WAIT_S, status_for
-from web.words import STATE_LABELS, clock_text, fault_text, minutes_text, seconds_text
+from web.words import STATE_LABELS, clock_text, end_alarm, fault_text, minutes_text, seconds_text
 
 bp = Blueprint("panel", __name__, url_prefix="/panel")
 
@@ -71,23 +72,32 @@ def lamp_info(view, locked: bool = False) -> dict:
     else:
         d["note"] = gettext("Ready. Limit %(limit)s per session.", limit=d["limit"])
     # With no timer running the big display names the state, readable from across the room.
+    d["end_alarm"] = end_alarm(view)  # how the last session ended, when that was an alarm
+    d["estop"] = view.state == "fault" and is_estop(view.fault_reason)  # said by the page's E-stop banner
     d["idle_text"] = gettext("Fault") if view.state == "fault" else gettext("Off")
     d["clock_text"] = d["idle_text"] if d["clock"] is None else clock_text(d["clock"])
     return d
 
 
 def page_banners() -> list[dict]:
+    """The page's alerts, most severe first; each with a short form for when several share the status slot."""
     s = services()
     banners = []
+    estops = {v.fault_reason for v in s.controller.lamps() if v.state == "fault" and is_estop(v.fault_reason)}
+    for reason in sorted(estops):
+        banners.append({"kind": "estop", "text": fault_text(reason),
+                        "short": gettext("EMERGENCY STOP: every lamp locked off until an admin resets it.")})
     if s.firmware_status() == "lost":
         banners.append({"kind": "firmware", "text": gettext(
             "The safety controller is not answering: lamps that were on are off, and new sessions may be refused "
-            "until it is back. Tell an admin.")})
+            "until it is back. Tell an admin."),
+            "short": gettext("Safety controller not answering: lamps off. Tell an admin.")})
     log = s.usage_log
     if getattr(log, "write_errors", 0) and getattr(log, "pending", 0):
         banners.append({"kind": "log", "text": gettext(
             "The usage log cannot be saved right now (%(num)s records waiting); lamps still work. Tell an admin.",
-            num=log.pending)})
+            num=log.pending),
+            "short": gettext("Usage log not saving (%(num)s waiting). Tell an admin.", num=log.pending)})
     return banners
 
 
@@ -328,7 +338,7 @@ def stop_all():
 def estop():
     def act():
         who = _stop_who()
-        views = services().controller.estop(who, f"emergency stop by {who}", arrived=arrived())
+        views = services().controller.estop(who, estop_reason(who, "from the panel"), arrived=arrived())
         return (gettext("Emergency stop: every lamp is off and locked until an admin resets it.") + " "
                 + _stop_all_details(views))
     return _act(act)

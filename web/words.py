@@ -5,6 +5,8 @@ import math
 
 from flask_babel import format_decimal, gettext, lazy_gettext
 
+from lampctl.lamp import parse_estop_reason
+
 STATE_LABELS = {"off": lazy_gettext("Off · ready"), "on": lazy_gettext("ON · heating"),
                 "cooldown": lazy_gettext("Cooling down"), "fault": lazy_gettext("FAULT · locked off")}
 
@@ -26,18 +28,45 @@ _FAULTS = [
 ]
 
 
+_VIA = {"from the panel": lazy_gettext("Emergency stop from the panel by %(name)s."),
+        "from the API": lazy_gettext("Emergency stop from the API by %(name)s."),
+        "over MQTT": lazy_gettext("Emergency stop over MQTT (home automation) by %(name)s."),
+        None: lazy_gettext("Emergency stop by %(name)s.")}
+
+
 def fault_text(reason: str | None) -> str:
     """A latched fault as a practitioner should read it: what happened and what to do."""
     text = reason or ""
-    if text.startswith("emergency stop by "):
-        return gettext("Emergency stop pressed by %(name)s. Every lamp stays off until an admin resets it.",
-                       name=text.removeprefix("emergency stop by "))
+    estop = parse_estop_reason(text)
+    if estop is not None:
+        who, via = estop
+        what = (gettext("Emergency stop from the command line on the controller.") if via == "from the command line"
+                else _VIA[via] % {"name": who})
+        return what + " " + gettext("Every lamp stays off until an admin resets it.")
     if text.lower().startswith("e-stop"):
         return gettext("The emergency stop button was pressed. Every lamp stays off until an admin resets it.")
     for needle, words in _FAULTS:
         if needle in text:
             return str(words)
     return gettext("A safety check switched this lamp off. It stays off until an admin resets it.")
+
+
+# Ends that are alarms, not a normal end: the panel marks them red, with the alarm tone, until acknowledged.
+ALARM_ENDS = ("estop", "fault", "firmware", "interrupted")
+
+
+def end_alarm(view) -> str | None:
+    """What an abnormal end of the lamp's last session says at the couch, or None for a normal end."""
+    reason = view.last_end_reason
+    if reason not in ALARM_ENDS:
+        return None
+    if reason == "firmware":
+        return gettext("%(name)s: the safety controller cut the lamp off before the service did. Check the patient "
+                       "and tell an admin.", name=view.name)
+    if reason == "interrupted":
+        return gettext("%(name)s: the session was interrupted. Check the patient.", name=view.name)
+    return gettext("%(name)s: the session was cut short.", name=view.name) + " " + fault_text(
+        view.fault_reason or view.last_end_why)
 
 
 def minutes_text(minutes: float) -> str:

@@ -1,7 +1,9 @@
-// Live panel: countdowns re-synced from the server every second, actions without a page reload, a chime and a
-// flash when a session ends, a softer one a minute before, and a loud "No contact" alert when the server goes
-// quiet. The page works without this script. Nothing here ever moves a button: texts change inside boxes of
-// fixed size, and the continuation question opens over the page.
+// Live panel: countdowns re-synced from the server every second, actions without a page reload, a loud "No
+// contact" alert when the server goes quiet. An end is marked over the lamp's clock with a chime, repeated a
+// few times, until someone taps OK; an alarm (an E-stop, a fault, a firmware cut) is marked red with its own
+// tone, repeated until someone taps OK. The one-minute warning is amber. The page works without this script.
+// Nothing here ever moves a button: texts change inside boxes of fixed size, the marks lie over the clock,
+// and the continuation question opens over the page (only more alerts than the status slot holds grow it).
 "use strict";
 (function () {
   const root = document.getElementById("lamps");
@@ -20,13 +22,15 @@
   let lastGood = performance.now();
   let serverOffset = null; // server wall clock minus ours, in seconds, from the last poll (null: none yet)
   let offline = false;
+  let undelivered = false; // a Stop could not be delivered: until it is, or nothing heats any more
   let serverBanners = Array.from(document.querySelectorAll("#banners .banner")).map(function (b) {
-    return { kind: b.className.replace(/.*banner-/, ""), text: b.textContent };
+    return { kind: b.className.replace(/.*banner-/, ""), text: b.textContent, short: b.dataset.short };
   });
 
   document.querySelectorAll(".lamp[data-lamp]").forEach(function (el) { regions.set(el.dataset.lamp, el); });
   document.body.dataset.chimes = "0";
   document.body.dataset.warnings = "0";
+  document.body.dataset.alarms = "0";
 
   function fill(template, values) {
     return template.replace(/\{(\w+)\}/g, function (all, key) { return key in values ? values[key] : all; });
@@ -78,31 +82,73 @@
     tones([1046.5, 784, 659.3], 0.6, 0.45); // three descending bell tones, heard across a treatment room
   }
 
+  function alarmTone() {
+    document.body.dataset.alarms = String(Number(document.body.dataset.alarms) + 1);
+    if (!audioReady()) return;
+    // Harsh and unlike the chime: a square wave alternating high and low, four times.
+    const t0 = audio.currentTime + 0.05;
+    [988, 740, 988, 740].forEach(function (freq, i) {
+      const osc = audio.createOscillator();
+      const gain = audio.createGain();
+      const t = t0 + i * 0.28;
+      osc.type = "square";
+      osc.frequency.value = freq;
+      gain.gain.setValueAtTime(0.0001, t);
+      gain.gain.exponentialRampToValueAtTime(0.35, t + 0.01);
+      gain.gain.setValueAtTime(0.35, t + 0.22);
+      gain.gain.exponentialRampToValueAtTime(0.0001, t + 0.26);
+      osc.connect(gain).connect(audio.destination);
+      osc.start(t);
+      osc.stop(t + 0.27);
+    });
+  }
+
   function softChime() {
     document.body.dataset.warnings = String(Number(document.body.dataset.warnings) + 1);
     tones([659.3, 784], 0.2, 0.35); // two quiet rising tones: one minute left
   }
 
   // ---- messages and banners (inside the fixed-height status slot) ----
+  // ok: true (news), false (an error: an alert), or "warn" (amber: look now, nothing is wrong yet).
   function showMessage(text, ok) {
     const box = document.getElementById("messages");
     if (!box || !text) return;
     const p = document.createElement("p");
-    p.className = "flash " + (ok ? "flash-ok" : "flash-error");
+    p.className = "flash " + (ok === "warn" ? "flash-warn" : ok ? "flash-ok" : "flash-error");
     if (!ok) p.setAttribute("role", "alert");
     p.textContent = text;
     box.replaceChildren(p);
+    fitSlot();
+  }
+
+  // Every alert wholly visible: when the alerts alone are taller than the slot, it grows for them.
+  function fitSlot() {
+    const slot = document.getElementById("status");
+    if (!slot) return;
+    slot.classList.remove("crowded");
+    const alerts = slot.querySelectorAll(".banner, .flash-error");
+    if (!alerts.length) return;
+    const gap = parseFloat(getComputedStyle(slot).rowGap) || 0;
+    let need = 0;
+    alerts.forEach(function (a) { need += a.offsetHeight; });
+    need += gap * (alerts.length - 1);
+    if (need > slot.clientHeight + 1) slot.classList.add("crowded");
   }
 
   function renderBanners() {
     const box = document.getElementById("banners");
     if (!box) return;
     const list = serverBanners.slice();
-    if (offline) {
+    if (undelivered) {
+      // Most severe of all, and it says "no contact" too: it takes the no-contact banner's place.
+      list.unshift({ kind: "undelivered", text: words.stopUndelivered });
+    } else if (offline) {
       const since = new Date(Date.now() - (performance.now() - lastGood)).toLocaleTimeString(
         document.documentElement.lang, { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
       list.unshift({ kind: "offline", text: fill(words.noContact, { time: since }) });
     }
+    // Several alerts share the slot: each says it in its short form.
+    if (list.length > 1) list.forEach(function (b, i) { if (b.short) list[i] = { kind: b.kind, text: b.short }; });
     const html = list.map(function (b) { return b.kind + "\u0000" + b.text; }).join("\u0001");
     if (box.dataset.rendered === html) return;
     box.dataset.rendered = html;
@@ -113,11 +159,14 @@
       p.textContent = b.text;
       return p;
     }));
+    fitSlot();
   }
 
   function setOffline(value) {
     if (offline === value) return;
     offline = value;
+    // The replies to earlier taps are history now: the no-contact alert takes the slot.
+    if (value) document.getElementById("messages").replaceChildren();
     document.body.toggleAttribute("data-offline", value);
     regions.forEach(function (el, id) {
       el.toggleAttribute("data-stale", value);
@@ -141,20 +190,85 @@
     if (node && node.textContent !== text) node.textContent = text;
   }
 
+  // ---- marks over the clock: an end (a chime, a few times) or an alarm (its tone, until OK) ----
+  const END_EVERY_MS = 10000;
+  const END_TIMES = 3;
+  const ALARM_EVERY_MS = 4000;
+  const marks = new Map(); // lamp id -> {kind, next: performance.now() of its next sound or null, left}
+
+  function mark(el, kind, text, sound) {
+    el.dataset.mark = kind;
+    setField(el, "mark", text);
+    const box = el.querySelector(".lamp-mark");
+    box.removeAttribute("data-off");
+    box.querySelector("[data-ack]").disabled = false;
+    marks.set(el.dataset.lamp, { kind: kind, next: sound ? performance.now() : null, left: END_TIMES });
+    ring();
+  }
+
+  function unmark(el) {
+    if (!el.dataset.mark) return;
+    delete el.dataset.mark;
+    el.classList.remove("ended");
+    const box = el.querySelector(".lamp-mark");
+    box.setAttribute("data-off", "");
+    box.querySelector("[data-ack]").disabled = true;
+    marks.delete(el.dataset.lamp);
+  }
+
+  // One sound at a time, an alarm before an end: never a cacophony of lamps at once.
+  function ring() {
+    const now = performance.now();
+    let alarmDue = false;
+    let endDue = false;
+    marks.forEach(function (m) {
+      if (m.next === null || now < m.next) return;
+      if (m.kind === "alarm") {
+        alarmDue = true;
+        m.next = now + ALARM_EVERY_MS;
+      } else {
+        endDue = true;
+        m.left -= 1;
+        m.next = m.left > 0 ? now + END_EVERY_MS : null;
+      }
+    });
+    if (alarmDue) alarmTone();
+    else if (endDue) chime();
+  }
+
+  document.addEventListener("click", function (ev) {
+    const ack = ev.target.closest && ev.target.closest("[data-ack]");
+    if (ack) unmark(ack.closest("[data-lamp]"));
+  });
+
   function ended(el, quiet) {
     el.classList.remove("ended");
     void el.offsetWidth; // restart the animation
     el.classList.add("ended");
     el.dataset.ended = String(Number(el.dataset.ended || 0) + 1);
     const name = el.querySelector("h2").textContent;
-    // After the user's own Stop, the reply's message ("Room 1 stopped.") stays on screen.
-    if (!quiet) showMessage(fill(words.ended, { name: name }), true);
-    chime();
+    // After the user's own Stop, the reply's message ("Room 1 stopped.") stays on screen, and nothing is marked.
+    if (quiet) {
+      chime();
+      return;
+    }
+    showMessage(fill(words.ended, { name: name }), true);
+    mark(el, "ended", words.endedMark, true);
+  }
+
+  // quiet: after the user's own E-stop its reply says what happened, and the mark stays silent.
+  // inBanner: the page's banner already says it (an E-stop): the message would only repeat it.
+  function alarm(el, text, quiet, inBanner) {
+    el.dataset.alarmed = String(Number(el.dataset.alarmed || 0) + 1);
+    if (!quiet && !inBanner) showMessage(text, false);
+    else if (!quiet) document.getElementById("messages").replaceChildren(); // old news beside an alarm misleads
+    mark(el, "alarm", words.alarmMark, !quiet);
   }
 
   function enable(el, lamp) {
     el.querySelectorAll("[data-when]").forEach(function (b) { b.disabled = b.dataset.when !== lamp.state; });
-    el.querySelectorAll("[data-ok]").forEach(function (b) { b.disabled = !lamp[b.dataset.ok]; });
+    // Nothing can start without contact, whatever the last known state allowed.
+    el.querySelectorAll("[data-ok]").forEach(function (b) { b.disabled = offline || !lamp[b.dataset.ok]; });
     el.querySelectorAll("[data-show]").forEach(function (x) {
       const shown = x.dataset.show === lamp.state;
       x.toggleAttribute("data-off", !shown);
@@ -166,10 +280,14 @@
     const el = regions.get(lamp.id);
     if (!el) return;
     const session = lamp.session_id === null ? "" : String(lamp.session_id);
-    if (el.dataset.state === "on" && el.dataset.session && (lamp.state !== "on" || session !== el.dataset.session)) {
-      ended(el, quiet);
+    const before = el.dataset.state;
+    if (before === "on" && el.dataset.session && (lamp.state !== "on" || session !== el.dataset.session)) {
+      if (lamp.end_alarm) alarm(el, lamp.end_alarm, quiet, lamp.estop);
+      else ended(el, quiet);
+    } else if (before && before !== "fault" && lamp.state === "fault") {
+      alarm(el, lamp.note, quiet, lamp.estop); // latched with no session running (an E-stop of an idle lamp)
     }
-    if (lamp.state === "on" && session !== el.dataset.session) el.classList.remove("ended");
+    if (lamp.state === "on" && session !== el.dataset.session) unmark(el); // a new session: someone is there
     lamps.set(lamp.id, lamp);
     el.dataset.state = lamp.state;
     el.dataset.session = session;
@@ -181,6 +299,7 @@
 
   function applyState(data, syncedAt, quiet) {
     data.lamps.forEach(function (lamp) { apply(lamp, syncedAt, quiet); });
+    if (undelivered && data.lamps.every(function (l) { return l.state !== "on" && !l.relay_on; })) undelivered = false;
     serverBanners = data.banners || [];
     const lockNote = document.getElementById("lock-note");
     if (lockNote) lockNote.hidden = !data.locked;
@@ -201,7 +320,7 @@
       el.classList.toggle("warning", Boolean(warning));
       if (warning && warned.get(id) !== lamp.session_id + ":" + lamp.planned_s) {
         warned.set(id, lamp.session_id + ":" + lamp.planned_s);
-        showMessage(fill(words.warning, { name: lamp.name }), true);
+        showMessage(fill(words.warning, { name: lamp.name }), "warn");
         softChime();
       }
     });
@@ -267,7 +386,7 @@
     ev.preventDefault();
     unlockAudio();
     const isStop = form.hasAttribute("data-stop");
-    if (isStop && offline) showMessage(words.stopUndelivered, false); // say so at once, and still try
+    if (isStop && offline) { undelivered = true; renderBanners(); } // say so at once, and still try
     const body = new FormData(form, ev.submitter || null);
     // On the server's clock, so a start that sat in a stalled connection is refused when it finally arrives.
     if (!isStop && serverOffset !== null) body.set("sent_at", (Date.now() / 1000 + serverOffset).toFixed(3));
@@ -281,6 +400,7 @@
       try { data = await resp.json(); } catch (err) { data = null; }
       if (resp.status === 401) { window.location.reload(); return; }
       if (form.closest("#ask")) closeAsk();
+      if (isStop && resp.ok && undelivered) { undelivered = false; renderBanners(); }
       if (data === null) {
         showMessage(words.badReply + " (HTTP " + resp.status + ")", false);
       } else if (data.ask_html) {
@@ -291,7 +411,12 @@
       if (data && data.lamps) applyState(data, (sent + performance.now()) / 2, true);
     } catch (err) {
       if (form.closest("#ask")) closeAsk();
-      showMessage(isStop ? words.stopUndelivered : words.notDelivered, false);
+      if (isStop) {
+        undelivered = true;
+        renderBanners();
+      } else {
+        showMessage(words.notDelivered, false);
+      }
     } finally {
       // Buttons that follow a lamp's state get it back from the state; the rest come back now.
       buttons.forEach(function (b) { if (!b.dataset.when && !b.dataset.ok) b.disabled = false; });
@@ -301,5 +426,6 @@
   });
 
   window.setInterval(watch, 200);
+  window.setInterval(ring, 250);
   poll();
 })();
