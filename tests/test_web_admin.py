@@ -274,6 +274,58 @@ def test_users_add_reset_pin_role_and_remove(web, accounts, usage_log, clock):
     assert not any("2222" in w or "1111" in w for w in whys)  # never a PIN in the log
 
 
+def _add_error(resp) -> str:
+    return htmllib.unescape(re.search(r'<p class="flash flash-error" role="alert" id="add-error">([^<]*)</p>',
+                                      resp.data.decode()).group(1))
+
+
+def test_users_add_names_of_any_script_and_refuse_bad_ones_with_a_sentence(web, accounts):
+    page = web.get("/admin/users").data.decode()
+    name_input = re.search(r'<input id="new-name"[^>]*>', page).group(0)
+    assert "pattern=" not in name_input and "maxlength" not in name_input  # the server's sentence is what shows
+    for name in ("Dr. Müller", "王医生", "maria schmidt", "O'Brien", "Anne-Marie"):
+        assert post(web, "/admin/users", name=name, role="practitioner", pin="1111").status_code == 303, name
+        assert flashes(web, "/admin/users") == [f"{name} added as practitioner."]
+        assert accounts.user(name)["role"] == "practitioner"
+    assert 'data-user="王医生"' in web.get("/admin/users").data.decode()
+    for name, sentence in [
+            ("a@b", "A name may hold letters, digits, spaces and . - ' _ only: 'a@b' has '@'."),
+            ("x" * 33, f"A name may have at most 32 characters: '{'x' * 33}' has 33."),
+            ("x  y", "A name may not hold two spaces in a row: 'x  y'."),
+            ("a\x07b", "A name may hold letters, digits, spaces and . - ' _ only: 'a\\x07b' has U+0007."),
+            ("maria", "A user named 'Maria' already exists; 'maria' differs only in case, and names count as the "
+                      "same whatever their case."),
+            ("MARIA SCHMIDT", "A user named 'maria schmidt' already exists; 'MARIA SCHMIDT' differs only in case, and "
+                              "names count as the same whatever their case.")]:
+        if name == "maria":
+            post(web, "/admin/users", name="Maria", role="practitioner", pin="1111")
+        resp = post(web, "/admin/users", name=name, role="practitioner", pin="1111")
+        assert resp.status_code == 400 and _add_error(resp) == sentence, name
+    # The empty name gets its sentence from the server too (the browser's `required` says it first).
+    resp = post(web, "/admin/users", name="", role="practitioner", pin="1111")
+    assert resp.status_code == 400 and _add_error(resp).startswith("Enter a name:")
+    # Like the login form, the page trims what a phone keyboard adds around a word: "  x" is kept as "x".
+    assert post(web, "/admin/users", name="  x ", role="practitioner", pin="1111").status_code == 303
+    assert accounts.user("x") is not None
+    assert sorted(u["name"] for u in accounts.users()) == sorted(
+        ["admin", "ann", "Dr. Müller", "王医生", "maria schmidt", "O'Brien", "Anne-Marie", "Maria", "x"])
+
+
+def test_users_refused_name_is_said_in_the_page_language(web):
+    web.set_cookie("lampctl_lang", "de")
+    resp = post(web, "/admin/users", name="a@b", role="practitioner", pin="1111")
+    assert resp.status_code == 400
+    assert _add_error(resp) == "Ein Name darf nur Buchstaben, Ziffern, Leerzeichen und . - ' _ enthalten: 'a@b' enthält '@'."
+
+
+def test_users_your_own_account_in_another_case_is_still_yours(web, accounts):
+    post(web, "/admin/users/ADMIN/remove", confirm="1")
+    assert flashes(web, "/admin/users") == ["You cannot remove or demote your own account here; ask another admin."]
+    post(web, "/admin/users/Admin/role", role="practitioner")
+    assert flashes(web, "/admin/users") == ["You cannot remove or demote your own account here; ask another admin."]
+    assert accounts.user("admin")["role"] == "admin"
+
+
 def test_users_page_marks_cli_and_refuses_changing_it_or_yourself(web, accounts):
     accounts.replace_system_token()
     page = web.get("/admin/users").data.decode()

@@ -23,10 +23,12 @@ from lampctl.accounts import BUILTIN_USER, ROLES
 from lampctl.controller import Refused
 from lampctl.db import StoreError, parse_bound, reading
 from lampctl.store import END_REASONS
+from lampctl.user_names import NameRefused
 from web import services
 from web.auth import require_admin
 from web.charts import colour, stacked_days_svg
 from web.params import MAX_PAGE, page_number
+from web.words import name_refusal
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 bp.before_request(require_admin)
@@ -236,19 +238,25 @@ def _user_action(action, success: str):
 
 
 def _target(name: str) -> str | None:
-    """Why `name` may not be changed here, or None (Accounts keeps the rules for every caller)."""
-    if name == g.user["name"]:
+    """Why `name` may not be changed here, or None (Accounts keeps the rules for every caller).
+
+    The name is looked up as the accounts find it (any case), so "ADMIN" is still your own "admin".
+    """
+    if (services().accounts.find(name) or name) == g.user["name"]:
         return "You cannot remove or demote your own account here; ask another admin."
     return None
 
 
 @bp.post("/users")
 def add_user():
+    # Trimmed as the login form trims what it is given: a phone keyboard adds a space after a word it suggests.
     name = (request.form.get("name") or "").strip()
     role = request.form.get("role") or ""
     pin = request.form.get("pin") or ""
     try:
-        services().accounts.add_user(name, role, pin, by=g.user["name"])
+        name = services().accounts.add_user(name, role, pin, by=g.user["name"])
+    except NameRefused as exc:
+        return _users_page(400, name=name, role=role, error=name_refusal(exc))
     except StoreError as exc:
         return _users_page(400, name=name, role=role, error=str(exc))
     flash(f"{name} added as {role}.", "ok")
@@ -262,7 +270,7 @@ def remove_user(name):
         flash(why, "error")
         return redirect(url_for("admin.users"), code=303)
     # Only a removal that can happen is asked about; the others get their refusal at once.
-    if not _confirmed() and name != BUILTIN_USER and services().accounts.user(name) is not None:
+    if not _confirmed() and name != BUILTIN_USER and services().accounts.find(name) is not None:
         return _confirm(f"Remove {name}?", "Their login and API tokens stop working at once; the sessions they "
                         "ran stay in the log.", f"Yes, remove {name}", url_for("admin.users"))
     return _user_action(lambda: services().accounts.remove_user(name, by=g.user["name"]),
