@@ -23,6 +23,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from lampctl.carryover import ClockRef, read_boot_id, s20_elapsed_s
 from lampctl.db import StoreError, connect, iso, open_database, transaction
 from lampctl.runtime import CLI_USER
+from lampctl.user_names import matching, name_key, taken, user_name
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 # and it can never log in, be added, removed, demoted or given a PIN by anyone.
 BUILTIN_USER = CLI_USER  # one name for the CLI's built-in account
 ROLES = ("practitioner", "admin")
-USER_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 PIN_RE = re.compile(r"^[0-9]{4,8}$")
 # PINs are short, so the hash buys little offline; the login lockout is the real guard.
 # 100k rounds keep a login under a second on a Pi Zero 2 W.
@@ -55,8 +55,8 @@ def _dummy_pin_hash() -> str:
 
 
 def check_user_name(name: str) -> None:
-    if not isinstance(name, str) or not USER_RE.match(name):
-        raise StoreError(f"User name {name!r} must be 1-32 letters, digits, '.', '_' or '-'.")
+    """NameRefused (a StoreError) with one sentence unless `name` may be a user's name (lampctl.user_names)."""
+    user_name(name)
 
 
 def check_pin(pin: str) -> None:
@@ -70,7 +70,7 @@ def _check_role(role: str) -> None:
 
 
 def _refuse_builtin(name: str, what: str) -> None:
-    if name == BUILTIN_USER:
+    if isinstance(name, str) and name_key(name) == name_key(BUILTIN_USER):
         raise StoreError(f"{BUILTIN_USER} is the built-in account of the command line; it cannot be {what}.")
 
 
@@ -135,13 +135,23 @@ class Accounts:
     def user(self, name: str) -> dict | None:
         return _public(self._snap.users.get(name))
 
+    def find(self, name: str) -> str | None:
+        """The stored name that `name` means: itself, else the one user whose name has its key (typed in
+        another case or Unicode spelling, lampctl.user_names.name_key); None for no user or several."""
+        found = matching(self._snap.users, name)
+        return found[0] if len(found) == 1 else None
+
     def users(self) -> list[dict]:
         snap = self._snap
         return [_public(snap.users[n]) for n in sorted(snap.users)]
 
     def check_pin(self, name: str, pin: str) -> dict | None:
-        """{"name", "role"} if name and PIN match, else None; the built-in account never matches."""
-        row = self._snap.users.get(name) if name != BUILTIN_USER else None
+        """{"name", "role"} if name and PIN match, else None; the built-in account never matches.
+
+        The name is found whatever its case (`find`): "maria" logs in as "Maria".
+        """
+        stored = self.find(name)
+        row = self._snap.users.get(stored) if stored is not None and stored != BUILTIN_USER else None
         # Hash even for an unknown name, so reply time does not tell which names exist.
         ok = check_password_hash(row["pin_hash"] if row else _dummy_pin_hash(), pin if isinstance(pin, str) else "")
         if row is None or not ok:
@@ -271,66 +281,75 @@ class Accounts:
         if self._audit is not None:
             self._audit(None, None, None, who, why)
 
-    def add_user(self, name: str, role: str, pin: str, by: str = "admin") -> None:
-        check_user_name(name)
+    def add_user(self, name: str, role: str, pin: str, by: str = "admin") -> str:
+        """Add a user; returns the name as kept (NFC). Refused when a user has it in any case."""
+        name = user_name(name)
         _refuse_builtin(name, "added")
         _check_role(role)
         check_pin(pin)
         pin_hash = generate_password_hash(pin, PIN_HASH_METHOD)
 
         def act(conn):
-            try:
-                conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, ?, ?, ?)",
-                             (name, role, pin_hash, iso(self._wall())))
-            except sqlite3.IntegrityError:
-                raise StoreError(f"A user named {name!r} already exists.") from None
+            # Checked inside the write transaction, so two adds (the CLI and a page) cannot both pass.
+            # Names that differ only in case and were added before this rule stay; none is refused afresh.
+            taken(name, [r[0] for r in conn.execute("SELECT name FROM users")])
+            conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, ?, ?, ?)",
+                         (name, role, pin_hash, iso(self._wall())))
         self._write(act)
         self._record(by, f"user {name} added as {role}")
+        return name
 
-    def remove_user(self, name: str, by: str = "admin") -> None:
+    # Each write that names an existing user finds it as `find` does (typed in any case), and
+    # records and answers with the name as kept.
+    def remove_user(self, name: str, by: str = "admin") -> str:
         """Remove a user with their tokens and logins; never the built-in account or the last admin."""
         _refuse_builtin(name, "removed")
 
         def act(conn):
-            role = _role_of(conn, name)
-            if role == "admin":
-                _keep_an_admin(conn, name, "removed")
-            conn.execute("DELETE FROM users WHERE name = ?", (name,))  # tokens and logins cascade
-        self._write(act)
-        self._record(by, f"user {name} removed")
+            stored = _resolve(conn, name)
+            if _role_of(conn, stored) == "admin":
+                _keep_an_admin(conn, stored, "removed")
+            conn.execute("DELETE FROM users WHERE name = ?", (stored,))  # tokens and logins cascade
+            return stored
+        stored = self._write(act)
+        self._record(by, f"user {stored} removed")
+        return stored
 
-    def set_role(self, name: str, role: str, by: str = "admin") -> None:
+    def set_role(self, name: str, role: str, by: str = "admin") -> str:
         _check_role(role)
         _refuse_builtin(name, "changed")
 
         def act(conn):
-            if _role_of(conn, name) == "admin" and role != "admin":
-                _keep_an_admin(conn, name, "demoted")
-            conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
-        self._write(act)
-        self._record(by, f"role of {name} set to {role}")
+            stored = _resolve(conn, name)
+            if _role_of(conn, stored) == "admin" and role != "admin":
+                _keep_an_admin(conn, stored, "demoted")
+            conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, stored))
+            return stored
+        stored = self._write(act)
+        self._record(by, f"role of {stored} set to {role}")
+        return stored
 
-    def set_pin(self, name: str, pin: str, by: str = "admin") -> None:
+    def set_pin(self, name: str, pin: str, by: str = "admin") -> str:
         """A new PIN; every browser login of that user ends."""
         _refuse_builtin(name, "given a PIN")
         check_pin(pin)
         pin_hash = generate_password_hash(pin, PIN_HASH_METHOD)
 
         def act(conn):
-            _role_of(conn, name)
-            conn.execute("UPDATE users SET pin_hash = ? WHERE name = ?", (pin_hash, name))
-            conn.execute("DELETE FROM logins WHERE user = ?", (name,))
-        self._write(act)
-        self._record(by, f"PIN of {name} reset")
+            stored = _resolve(conn, name)
+            conn.execute("UPDATE users SET pin_hash = ? WHERE name = ?", (pin_hash, stored))
+            conn.execute("DELETE FROM logins WHERE user = ?", (stored,))
+            return stored
+        stored = self._write(act)
+        self._record(by, f"PIN of {stored} reset")
+        return stored
 
     def create_token(self, name: str) -> str:
         _refuse_builtin(name, "given another token; create one for a named user")
         token = secrets.token_urlsafe(32)
 
         def act(conn):
-            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
-                raise StoreError(f"There is no user named {name!r}; add one with 'lampctl user add'.")
-            self._insert_token(conn, name, token)
+            self._insert_token(conn, _resolve(conn, name, "; add one with 'lampctl user add'"), token)
         self._write(act)
         return token
 
@@ -366,11 +385,10 @@ class Accounts:
         expired = [k for k in self._login_born if self.login_expired(k)]
 
         def act(conn):
-            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
-                raise StoreError(f"There is no user named {name!r}.")
+            stored = _resolve(conn, name)
             conn.executemany("DELETE FROM logins WHERE login_hash = ?", [(k,) for k in expired])
             conn.execute("INSERT INTO logins (login_hash, user, created_at) VALUES (?, ?, ?)",
-                         (key, name, iso(self._wall())))
+                         (key, stored, iso(self._wall())))
         self._write(act)
         self._login_born = {**self._login_born, key: self._monotonic()}  # replaced whole: readers never lock
         return login_id
@@ -463,6 +481,17 @@ class Accounts:
                 conn.close()
         except (sqlite3.Error, OSError) as exc:
             log.warning("expired login lockouts cannot be deleted now (%s)", exc)
+
+
+def _resolve(conn: sqlite3.Connection, name: str, hint: str = "") -> str:
+    """The stored name of the one user `name` means (lampctl.user_names.matching), or StoreError with a sentence."""
+    found = matching([r[0] for r in conn.execute("SELECT name FROM users")], name)
+    if not found:
+        raise StoreError(f"There is no user named {name!r}{hint}.")
+    if len(found) > 1:
+        raise StoreError(f"{name!r} could be any of {', '.join(map(repr, found))}, whose names differ only in case; "
+                         "give the name exactly as 'lampctl user list' shows it.")
+    return found[0]
 
 
 def _role_of(conn: sqlite3.Connection, name: str) -> str:

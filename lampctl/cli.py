@@ -59,20 +59,22 @@ def _add_account_commands(sub) -> None:
     p = sub.add_parser("user", help="manage practitioner and admin accounts")
     usub = p.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     q = usub.add_parser("add", help="add a user")
-    q.add_argument("name", type=cli_args.user_name)
+    q.add_argument("name", type=cli_args.user_name,
+                   help="letters of any script, digits, spaces and . - ' _, at most 32 characters; one user per "
+                        "name whatever its case (quote a name with spaces)")
     q.add_argument("--role", required=True, choices=["practitioner", "admin"])
     q.add_argument("--pin", required=True, type=cli_args.pin, help="4 to 8 digits")
     cli_args.add_config(q)
     q = usub.add_parser("list", help="list users")
     cli_args.add_config(q)
     q = usub.add_parser("remove", help="remove a user and their API tokens")
-    q.add_argument("name")
+    q.add_argument("name", help="the user's name, in any case")
     cli_args.add_config(q)
 
     p = sub.add_parser("token", help="API tokens")
     tsub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     q = tsub.add_parser("create", help="create an API token for USER; prints the token alone")
-    q.add_argument("user")
+    q.add_argument("user", help="the user's name, in any case")
     cli_args.add_config(q)
 
 
@@ -274,11 +276,9 @@ def cmd_user(args) -> int:
 
     cfg = config_mod.load(cli_args.config_path(args))
     if args.user_command == "add":
-        cli_store.add_user(cfg, args.name, args.role, args.pin)
-        print(f"added {args.role} {args.name}")
+        print(f"added {args.role} {cli_store.add_user(cfg, args.name, args.role, args.pin)}")
     elif args.user_command == "remove":
-        cli_store.remove_user(cfg, args.name)
-        print(f"removed {args.name}")
+        print(f"removed {cli_store.remove_user(cfg, args.name)}")
     else:
         for user in cli_store.users(cfg):
             print(f"{user['name']:<20} {user['role']:<13} since {user['created_at']}")

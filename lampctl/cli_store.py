@@ -39,14 +39,16 @@ def _accounts(cfg):
             log.close()
 
 
-def add_user(cfg, name: str, role: str, pin: str) -> None:
+def add_user(cfg, name: str, role: str, pin: str) -> str:
+    """The name as kept (NFC)."""
     with _accounts(cfg) as accounts:
-        accounts.add_user(name, role, pin, by=CLI_USER)
+        return accounts.add_user(name, role, pin, by=CLI_USER)
 
 
-def remove_user(cfg, name: str) -> None:
+def remove_user(cfg, name: str) -> str:
+    """The name of the user removed, as kept (NAME may differ from it in case)."""
     with _accounts(cfg) as accounts:
-        accounts.remove_user(name, by=CLI_USER)
+        return accounts.remove_user(name, by=CLI_USER)
 
 
 def users(cfg) -> list[dict]:

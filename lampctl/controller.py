@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -369,17 +369,45 @@ class SessionController(SchedulerThread):
         with self._cond:
             if lamp.state is not LampState.FAULT:
                 raise Refused(f"{lamp.cfg.name} has no latched fault to clear.", "no-fault")
-            for blocker in [lambda: "the E-stop button is still pressed" if self._hw.estop_pressed else None,
-                            *self._reset_blockers]:
-                why = blocker()
-                if why:
-                    raise Refused(f"{lamp.cfg.name}'s fault cannot be cleared yet: {why}.", "fault-persists")
-            cleared = lamp.fault_reason
-            lamp.fault_reason = None
-            lamp.feedback_bad_since = None
-            self._set_state(lamp, LampState.OFF, user, f"fault cleared ({cleared})")
-            self._log.fault_cleared(lamp.cfg.id)
+            why = self._reset_blocked()
+            if why:
+                raise Refused(f"{lamp.cfg.name}'s fault cannot be cleared yet: {why}.", "fault-persists")
+            self._clear_fault(lamp, user)
             return self._view(lamp, self._clock.monotonic())
+
+    def latched(self) -> dict[str, str]:
+        """{lamp id: fault reason} of every lamp latched now, in config order."""
+        with self._cond:
+            return {lamp.cfg.id: lamp.fault_reason or "" for lamp in self._lamps if lamp.state is LampState.FAULT}
+
+    def check_reset_all(self, expected: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The latches `reset_all` would clear now, or its Refused: none latched, not the ones
+        `expected` (what the admin was shown: {lamp id: reason}), or a cause that persists."""
+        with self._cond:
+            latched = self.latched()
+            if not latched:
+                raise Refused("No lamp has a latched fault to clear.", "no-fault")
+            if expected is not None and dict(expected) != latched:
+                # The admin confirmed a list; a lamp latched (or reset) since is not part of that confirmation.
+                raise Refused("The latched faults have changed since they were listed; look at the list again "
+                              "before resetting.", "faults-changed")
+            why = self._reset_blocked()
+            if why:
+                raise Refused(f"No fault can be cleared yet: {why}.", "fault-persists")
+            return latched
+
+    def reset_all(self, user: str, expected: Mapping[str, str] | None = None) -> list[LampView]:
+        """Clear every latched fault at once, each recorded as `reset_fault` records it; all or none.
+
+        The same rule as one reset (`_reset_blocked`): while the E-stop is still pressed, or
+        another cause persists, nothing is cleared. Returns the views of the lamps cleared.
+        """
+        with self._cond:
+            ids = self.check_reset_all(expected)
+            for lamp_id in ids:
+                self._clear_fault(self._by_id[lamp_id], user)
+            now = self._clock.monotonic()
+            return [self._view(self._by_id[lamp_id], now) for lamp_id in ids]
 
     def add_listener(self, fn: Callable[[LampView], None]) -> None:
         """fn(view) after every state change, on its own thread, never under this lock."""
@@ -390,6 +418,23 @@ class SessionController(SchedulerThread):
         self._reset_blockers.append(blocker)
 
     # ---- internals ---------------------------------------------------------------------
+    def _reset_blocked(self) -> str | None:
+        """Why no latched fault may be cleared now (S5, S6), or None: the one rule of every reset."""
+        for blocker in [lambda: "the E-stop button is still pressed" if self._hw.estop_pressed else None,
+                        *self._reset_blockers]:
+            why = blocker()
+            if why:
+                return why
+        return None
+
+    def _clear_fault(self, lamp: Lamp, user: str) -> None:
+        """Unlatch one lamp (the lock held): off and ready, the event and the latch's deletion recorded (S17)."""
+        cleared = lamp.fault_reason
+        lamp.fault_reason = None
+        lamp.feedback_bad_since = None
+        self._set_state(lamp, LampState.OFF, user, f"fault cleared ({cleared})")
+        self._log.fault_cleared(lamp.cfg.id)
+
     def _relay_off(self, lamp: Lamp) -> None:
         try:
             self._hw.set(lamp.index, False)

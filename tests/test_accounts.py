@@ -2,11 +2,14 @@
 built-in account and the last admin protected for every caller (web, CLI)."""
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 
 from lampctl.accounts import BUILTIN_USER, Accounts
 from lampctl.cli import main
 from lampctl.db import StoreError, connect
+from lampctl.user_names import NameRefused, name_key
 from tests.conftest import write_config
 from tests.procs import TWO_LAMPS, ServiceProcess, add_users, lampctl, service_config, wait_until
 
@@ -15,7 +18,7 @@ def test_accounts_users_pins_and_tokens(accounts):
     accounts.add_user("ann", "practitioner", "2468")
     with pytest.raises(StoreError, match="already exists"):
         accounts.add_user("ann", "admin", "1111")
-    for name, role, pin, words in [("a b", "admin", "1234", "letters"), ("bob", "boss", "1234", "Role"),
+    for name, role, pin, words in [("a@b", "admin", "1234", "letters"), ("bob", "boss", "1234", "Role"),
                                    ("bob", "admin", "12", "4 to 8 digits"), ("bob", "admin", "12ab", "digits"),
                                    ("bob", "admin", "1234\n", "digits")]:
         with pytest.raises(StoreError, match=words):
@@ -34,6 +37,110 @@ def test_accounts_users_pins_and_tokens(accounts):
     assert accounts.user_for_token(token) is None  # tokens go with their user, in memory at once
     with pytest.raises(StoreError, match="no user"):
         accounts.create_token("ann")
+
+
+ACCEPTED_NAMES = ["Dr. Müller", "王医生", "maria schmidt", "O'Brien", "Anne-Marie", "प्रिया", "ann_2"]
+REFUSED_NAMES = [
+    ("a@b", "A name may hold letters, digits, spaces and . - ' _ only: 'a@b' has '@'."),
+    ("", "Enter a name: letters, digits, spaces and . - ' _, at most 32 characters."),
+    ("x" * 33, f"A name may have at most 32 characters: '{'x' * 33}' has 33."),
+    ("  x", "A name may not begin or end with a space: '  x'."),
+    ("x ", "A name may not begin or end with a space: 'x '."),
+    ("x  y", "A name may not hold two spaces in a row: 'x  y'."),
+    ("a\x07b", "A name may hold letters, digits, spaces and . - ' _ only: 'a\\x07b' has U+0007."),
+    ("a\tb", "A name may hold letters, digits, spaces and . - ' _ only: 'a\\tb' has U+0009."),
+    ("王\u3000医生", "A name may hold letters, digits, spaces and . - ' _ only: '王\\u3000医生' has U+3000."),
+    ("ann\U0001F600", "A name may hold letters, digits, spaces and . - ' _ only: 'ann\U0001F600' has '\U0001F600'."),
+    ("...", "A name needs at least one letter or digit: '...' has none."),
+    ("System", "'System' is how the records name the system, not a person; choose another name."),
+    ("e-stop button", "'e-stop button' is how the records name the system, not a person; choose another name."),
+]
+
+
+def test_accounts_user_names_of_any_script_with_spaces_and_punctuation_are_accepted(accounts):
+    for name in ACCEPTED_NAMES:
+        assert accounts.add_user(name, "practitioner", "2468") == name
+        assert accounts.check_pin(name, "2468") == {"name": name, "role": "practitioner"}
+    assert [u["name"] for u in accounts.users()] == sorted(ACCEPTED_NAMES)
+    # 32 characters after normalisation is the limit, counted in characters, not bytes.
+    assert accounts.add_user("医" * 32, "practitioner", "2468") == "医" * 32
+
+
+@pytest.mark.parametrize("name,sentence", REFUSED_NAMES, ids=[repr(n)[:20] for n, _ in REFUSED_NAMES])
+def test_accounts_bad_user_names_are_refused_with_one_sentence(accounts, name, sentence):
+    with pytest.raises(NameRefused) as exc:
+        accounts.add_user(name, "practitioner", "2468")
+    assert str(exc.value) == sentence
+    assert accounts.users() == []
+
+
+def test_accounts_names_that_differ_only_in_case_are_one_user(accounts):
+    accounts.add_user("Maria", "practitioner", "2468")
+    for other in ("maria", "MARIA", " maria"):
+        with pytest.raises(StoreError) as exc:
+            accounts.add_user(other.strip(), "admin", "1357")
+        assert str(exc.value) == (f"A user named 'Maria' already exists; {other.strip()!r} differs only in case, "
+                                  "and names count as the same whatever their case.")
+    with pytest.raises(StoreError, match=r"^A user named 'Maria' already exists\.$"):
+        accounts.add_user("Maria", "admin", "1357")
+    # German sharp s folds to "ss": one person, however it is spelt in capitals.
+    accounts.add_user("Weiß", "practitioner", "2468")
+    with pytest.raises(StoreError, match="differs only in case"):
+        accounts.add_user("WEISS", "practitioner", "2468")
+    assert [u["name"] for u in accounts.users()] == ["Maria", "Weiß"]
+    # Logging in finds the user whatever case is typed, and answers with the name as kept.
+    assert accounts.check_pin("maria", "2468") == {"name": "Maria", "role": "practitioner"}
+    assert accounts.check_pin("MARIA", "2468") == {"name": "Maria", "role": "practitioner"}
+    assert accounts.check_pin("maria", "1357") is None
+    assert accounts.create_token("mArIa") and accounts.remove_user("MARIA") == "Maria"
+    assert accounts.user("Maria") is None
+
+
+def test_accounts_an_nfd_name_is_the_same_as_its_nfc_form(accounts):
+    nfc, nfd = "Müller", unicodedata.normalize("NFD", "Müller")
+    assert nfc != nfd and len(nfd) == len(nfc) + 1
+    assert name_key(nfd) == name_key(nfc) == name_key("MÜLLER")
+    assert accounts.add_user(nfd, "practitioner", "2468") == nfc  # kept in NFC
+    assert [u["name"] for u in accounts.users()] == [nfc]
+    with pytest.raises(StoreError, match=r"^A user named 'Müller' already exists\.$"):
+        accounts.add_user(nfc, "practitioner", "1357")
+    assert accounts.check_pin(nfd, "2468")["name"] == nfc
+    # 32 characters after normalisation: 32 decomposed ü are 64 code points before it.
+    assert accounts.add_user(unicodedata.normalize("NFD", "ü" * 32), "practitioner", "2468") == "ü" * 32
+
+
+def test_accounts_typographic_apostrophe_is_the_plain_one(accounts):
+    assert accounts.add_user("O\u2019Brien", "practitioner", "2468") == "O'Brien"  # as an iPad types it
+    assert accounts.check_pin("o\u2019brien", "2468")["name"] == "O'Brien"
+
+
+def test_accounts_builtin_account_is_refused_in_any_case(accounts):
+    for name in ("CLI", "Cli"):
+        with pytest.raises(StoreError, match="^cli is the built-in account of the command line; it cannot be added"):
+            accounts.add_user(name, "admin", "1234")
+
+
+def test_accounts_names_from_before_the_rule_that_differ_only_in_case_stay(accounts):
+    """Nothing is refused afresh: both stay and each logs in as typed; a third spelling finds neither."""
+    conn = connect(accounts.path)
+    pin_hash = __import__("werkzeug.security").security.generate_password_hash("2468")
+    for name in ("Maria", "maria"):
+        conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, 'practitioner', ?, 'x')",
+                     (name, pin_hash))
+    conn.close()
+    accounts.reload()
+    assert [u["name"] for u in accounts.users()] == ["Maria", "maria"]
+    assert accounts.check_pin("Maria", "2468")["name"] == "Maria"
+    assert accounts.check_pin("maria", "2468")["name"] == "maria"
+    assert accounts.check_pin("MARIA", "2468") is None and accounts.find("MARIA") is None
+    with pytest.raises(StoreError) as exc:
+        accounts.remove_user("MARIA")
+    assert str(exc.value) == ("'MARIA' could be any of 'Maria', 'maria', whose names differ only in case; give the "
+                              "name exactly as 'lampctl user list' shows it.")
+    with pytest.raises(StoreError, match="differs only in case"):
+        accounts.add_user("MARIA", "practitioner", "2468")
+    assert accounts.remove_user("maria") == "maria"
+    assert [u["name"] for u in accounts.users()] == ["Maria"]
 
 
 def test_accounts_changes_are_audited_through_the_usage_log(accounts, usage_log):
@@ -152,6 +259,28 @@ def test_cli_user_remove_refuses_builtin_and_last_admin(tmp_path, capsys):
         capsys.readouterr()
         assert main(argv + ["--config", config]) == 1
         assert capsys.readouterr().err.strip() == message
+
+
+def test_cli_user_add_takes_names_of_any_script_and_refuses_bad_ones(tmp_path, capsys):
+    config = str(write_config(tmp_path))
+    nfd = unicodedata.normalize("NFD", "Dr. Müller")
+    assert main(["user", "add", nfd, "--role", "admin", "--pin", "1357", "--config", config]) == 0
+    assert capsys.readouterr().out == "added admin Dr. Müller\n"  # kept in NFC
+    assert main(["user", "add", "王医生", "--role", "practitioner", "--pin", "2468", "--config", config]) == 0
+    capsys.readouterr()
+    assert main(["user", "add", "dr. müller", "--role", "practitioner", "--pin", "2468", "--config", config]) == 1
+    assert capsys.readouterr().err == ("lampctl: A user named 'Dr. Müller' already exists; 'dr. müller' differs only "
+                                       "in case, and names count as the same whatever their case.\n")
+    for name, sentence in [("a@b", "A name may hold letters, digits, spaces and . - ' _ only: 'a@b' has '@'."),
+                           ("x  y", "A name may not hold two spaces in a row: 'x  y'.")]:
+        with pytest.raises(SystemExit) as exc:
+            main(["user", "add", name, "--role", "practitioner", "--pin", "2468", "--config", config])
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"lampctl user add: error: argument name: {sentence}"
+    assert main(["token", "create", "DR. MÜLLER", "--config", config]) == 0
+    capsys.readouterr()
+    assert main(["user", "remove", "王医生", "--config", config]) == 0
+    assert capsys.readouterr().out == "removed 王医生\n"
 
 
 @pytest.mark.integration

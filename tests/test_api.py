@@ -17,7 +17,8 @@ def test_api_health_needs_no_auth(client):
 
 @pytest.mark.parametrize("method,path", [
     ("get", "/api/lamps"), ("get", "/api/lamps/room1"), ("post", "/api/lamps/room1/start"),
-    ("post", "/api/lamps/room1/extend"), ("post", "/api/lamps/room1/reset"), ("get", "/api/sessions"),
+    ("post", "/api/lamps/room1/extend"), ("post", "/api/lamps/room1/reset"), ("post", "/api/reset-all"),
+    ("get", "/api/sessions"),
 ])
 def test_api_rejects_missing_and_bad_tokens(client, users, method, path):
     for headers in ({}, bearer("not-a-token"), {"Authorization": "Basic abc"}):
@@ -151,6 +152,29 @@ def test_api_estop_any_role_latches_every_lamp_until_admin_reset(client, users, 
     resp = client.post("/api/lamps/room1/reset", headers=bearer(users["admin"]))
     assert resp.status_code == 200 and resp.get_json()["recorded"] is True
     assert client.post("/api/estop").status_code == 200  # S21: no token needed
+
+
+def test_s17_api_reset_all_clears_every_latch_admin_only_and_never_while_the_estop_is_pressed(
+        client, users, factory, usage_log, controller):
+    start(client, users["ann"], "room1")
+    factory.pin(27).drive_low()  # the E-stop button pressed, and held
+    assert [l.state for l in controller.lamps()] == ["fault", "fault"]
+    resp = client.post("/api/reset-all", headers=bearer(users["ann"]))
+    assert resp.status_code == 403 and resp.get_json()["code"] == "forbidden"
+    resp = client.post("/api/reset-all", headers=bearer(users["admin"]))
+    assert resp.status_code == 409 and resp.get_json() == {
+        "code": "fault-persists", "error": "No fault can be cleared yet: the E-stop button is still pressed."}
+    assert [l.state for l in controller.lamps()] == ["fault", "fault"]
+    assert usage_log.flush(5) and set(usage_log.latched_faults()) == {"room1", "room2"}
+    factory.pin(27).drive_high()  # released
+    resp = client.post("/api/reset-all", headers=bearer(users["admin"]))
+    assert resp.status_code == 200 and resp.get_json()["recorded"] is True
+    assert [(l["id"], l["state"]) for l in resp.get_json()["lamps"]] == [("room1", "off"), ("room2", "off")]
+    assert usage_log.latched_faults() == {}  # S17: a restart now finds no latch
+    cleared = [(e["lamp_id"], e["who"]) for e in usage_log.events() if e["why"].startswith("fault cleared")]
+    assert sorted(cleared) == [("room1", "admin"), ("room2", "admin")]
+    resp = client.post("/api/reset-all", headers=bearer(users["admin"]))
+    assert resp.status_code == 409 and resp.get_json()["code"] == "no-fault"
 
 
 def test_s18_api_start_continues_unless_new_patient(client, users, clock, usage_log):

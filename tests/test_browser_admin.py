@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tests import browser_kit
-from tests.browser_kit import SIZES, TABLET, log_in, new_page, overflowing, shot, size_name
+from tests.browser_kit import SIZES, SMALL_PHONE, TABLET, log_in, new_page, overflowing, shot, size_name
 from tests.procs import TWO_LAMPS, ServiceProcess, add_users, lampctl, service_config, wait_until
 
 pytestmark = pytest.mark.browser
@@ -94,3 +94,37 @@ def test_browser_bulb_remove_and_reset_ask_first(browser, service, javascript):
             expect(page.locator("#messages")).to_contain_text(f"{name} removed")
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("viewport", [TABLET, SMALL_PHONE], ids=size_name)
+def test_browser_reset_all_lists_every_latch_then_clears_them_all(browser, service, viewport):
+    from playwright.sync_api import expect
+
+    assert service.post("/api/estop", {}, token=service.tokens["ann"])[0] == 200  # both lamps latched afresh
+    context, page = new_page(browser, viewport)  # a phone size is touch and mobile
+    try:
+        log_in(page, service.url, "admin", "1234")
+        page.goto(service.url + "/admin/lamps")
+        shot(page, "reset-all-offered")
+        tap = (lambda loc: loc.tap()) if viewport == SMALL_PHONE else (lambda loc: loc.click())
+        tap(page.get_by_role("button", name="Reset all faults (2 lamps)"))
+        expect(page.get_by_role("heading", level=1)).to_have_text("Reset the faults of all 2 latched lamps?")
+        items = page.locator(".confirm-items li")
+        expect(items).to_have_count(2)
+        expect(items.nth(0)).to_have_text(re.compile(r"^Room 1, latched since \d{4}-\d\d-\d\d \d\d:\d\d.*: "
+                                                     r"emergency stop by ann$"))
+        expect(items.nth(1)).to_contain_text("Room 2, latched since")
+        assert overflowing(page) == [], "confirmation"
+        shot(page, "confirm-reset-all")
+        tap(page.get_by_role("button", name="Yes, reset all 2 faults"))
+        expect(page.locator("#messages")).to_have_text(
+            "Faults cleared on Room 1, Room 2; the lamps are off and ready.")
+        for lamp in ("room1", "room2"):
+            expect(page.locator(f"tr[data-lamp={lamp}] td[data-label=State]")).to_have_text("off")
+        expect(page.get_by_role("button", name=re.compile("^Reset all faults"))).to_have_count(0)
+        assert overflowing(page) == [], "lamps after the reset"
+        shot(page, "reset-all-done")
+        assert page.console_errors == []
+    finally:
+        context.close()
+

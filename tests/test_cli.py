@@ -43,7 +43,7 @@ def test_cli_users_add_list_remove(config, capsys):
 
 BAD_USAGE = [
     ["user", "add", "bob", "--role", "boss", "--pin", "1234"], ["user", "add", "bob", "--role", "admin", "--pin", "12"],
-    ["user", "add", "bob smith", "--role", "admin", "--pin", "1234"], ["start", "room1"],
+    ["user", "add", "bob@smith", "--role", "admin", "--pin", "1234"], ["start", "room1"],
     ["start", "room1", "--minutes", "ten"], ["start", "room1", "--minutes", "nan"], ["start", "room1", "--minutes", "1e999"],
     ["extend", "room1", "--seconds", "-5"], ["start", "room1", "--minutes", "0"], ["estop", "room1"],
     ["log", "--from", "0001-01-01"], ["log", "--to", "9999-12-31T23:59:59-10:00"], ["log", "--to", "20261125"],

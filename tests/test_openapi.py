@@ -92,6 +92,8 @@ def _response_schema(path: str, method: str, status: int) -> dict:
     ("post", "/api/lamps/room1/stop", None, None, "/api/lamps/{lamp_id}/stop", 200),
     ("post", "/api/estop", None, None, "/api/estop", 200),
     ("post", "/api/lamps/room1/reset", None, "ann", "/api/lamps/{lamp_id}/reset", 403),
+    ("post", "/api/reset-all", None, "ann", "/api/reset-all", 403),
+    ("post", "/api/reset-all", None, "admin", "/api/reset-all", 409),
     ("post", "/api/stop-all", None, "ann", "/api/stop-all", 200),
     ("get", "/api/sessions?from=yesterday", None, "admin", "/api/sessions", 400),
 ])
@@ -109,12 +111,14 @@ def test_openapi_session_and_lamp_schemas_describe_a_whole_session(client, users
     stopped = client.post("/api/lamps/room1/stop", headers=ann)
     estopped = client.post("/api/estop", headers=ann)
     reset = client.post("/api/lamps/room1/reset", headers=admin)
+    reset_all = client.post("/api/reset-all", headers=admin)  # room2, still latched
     sessions = client.get("/api/sessions?from=2000-01-01&reason=stopped", headers=admin)
     replies = [(started, "/api/lamps/{lamp_id}/start", "post", 201),
                (extended, "/api/lamps/{lamp_id}/extend", "post", 200),
                (stopped, "/api/lamps/{lamp_id}/stop", "post", 200),
                (estopped, "/api/estop", "post", 200),
                (reset, "/api/lamps/{lamp_id}/reset", "post", 200),
+               (reset_all, "/api/reset-all", "post", 200),
                (sessions, "/api/sessions", "get", 200)]
     for resp, path, method, status in replies:
         assert resp.status_code == status, (path, resp.get_json())

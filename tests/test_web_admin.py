@@ -274,6 +274,58 @@ def test_users_add_reset_pin_role_and_remove(web, accounts, usage_log, clock):
     assert not any("2222" in w or "1111" in w for w in whys)  # never a PIN in the log
 
 
+def _add_error(resp) -> str:
+    return htmllib.unescape(re.search(r'<p class="flash flash-error" role="alert" id="add-error">([^<]*)</p>',
+                                      resp.data.decode()).group(1))
+
+
+def test_users_add_names_of_any_script_and_refuse_bad_ones_with_a_sentence(web, accounts):
+    page = web.get("/admin/users").data.decode()
+    name_input = re.search(r'<input id="new-name"[^>]*>', page).group(0)
+    assert "pattern=" not in name_input and "maxlength" not in name_input  # the server's sentence is what shows
+    for name in ("Dr. Müller", "王医生", "maria schmidt", "O'Brien", "Anne-Marie"):
+        assert post(web, "/admin/users", name=name, role="practitioner", pin="1111").status_code == 303, name
+        assert flashes(web, "/admin/users") == [f"{name} added as practitioner."]
+        assert accounts.user(name)["role"] == "practitioner"
+    assert 'data-user="王医生"' in web.get("/admin/users").data.decode()
+    for name, sentence in [
+            ("a@b", "A name may hold letters, digits, spaces and . - ' _ only: 'a@b' has '@'."),
+            ("x" * 33, f"A name may have at most 32 characters: '{'x' * 33}' has 33."),
+            ("x  y", "A name may not hold two spaces in a row: 'x  y'."),
+            ("a\x07b", "A name may hold letters, digits, spaces and . - ' _ only: 'a\\x07b' has U+0007."),
+            ("maria", "A user named 'Maria' already exists; 'maria' differs only in case, and names count as the "
+                      "same whatever their case."),
+            ("MARIA SCHMIDT", "A user named 'maria schmidt' already exists; 'MARIA SCHMIDT' differs only in case, and "
+                              "names count as the same whatever their case.")]:
+        if name == "maria":
+            post(web, "/admin/users", name="Maria", role="practitioner", pin="1111")
+        resp = post(web, "/admin/users", name=name, role="practitioner", pin="1111")
+        assert resp.status_code == 400 and _add_error(resp) == sentence, name
+    # The empty name gets its sentence from the server too (the browser's `required` says it first).
+    resp = post(web, "/admin/users", name="", role="practitioner", pin="1111")
+    assert resp.status_code == 400 and _add_error(resp).startswith("Enter a name:")
+    # Like the login form, the page trims what a phone keyboard adds around a word: "  x" is kept as "x".
+    assert post(web, "/admin/users", name="  x ", role="practitioner", pin="1111").status_code == 303
+    assert accounts.user("x") is not None
+    assert sorted(u["name"] for u in accounts.users()) == sorted(
+        ["admin", "ann", "Dr. Müller", "王医生", "maria schmidt", "O'Brien", "Anne-Marie", "Maria", "x"])
+
+
+def test_users_refused_name_is_said_in_the_page_language(web):
+    web.set_cookie("lampctl_lang", "de")
+    resp = post(web, "/admin/users", name="a@b", role="practitioner", pin="1111")
+    assert resp.status_code == 400
+    assert _add_error(resp) == "Ein Name darf nur Buchstaben, Ziffern, Leerzeichen und . - ' _ enthalten: 'a@b' enthält '@'."
+
+
+def test_users_your_own_account_in_another_case_is_still_yours(web, accounts):
+    post(web, "/admin/users/ADMIN/remove", confirm="1")
+    assert flashes(web, "/admin/users") == ["You cannot remove or demote your own account here; ask another admin."]
+    post(web, "/admin/users/Admin/role", role="practitioner")
+    assert flashes(web, "/admin/users") == ["You cannot remove or demote your own account here; ask another admin."]
+    assert accounts.user("admin")["role"] == "admin"
+
+
 def test_users_page_marks_cli_and_refuses_changing_it_or_yourself(web, accounts):
     accounts.replace_system_token()
     page = web.get("/admin/users").data.decode()
@@ -318,6 +370,97 @@ def test_fault_reset_from_the_lamps_page(web, controller, usage_log):
     assert flashes(web, "/panel/") == ["Room 1 has no latched fault to clear."]
     usage_log.flush(2)
     assert any(e["why"].startswith("fault cleared") and e["who"] == "admin" for e in usage_log.events())
+
+
+def _confirm_fields(html: str) -> dict[str, str]:
+    """The hidden fields a confirmation page posts back (confirm=1 and what it listed)."""
+    return {htmllib.unescape(k): htmllib.unescape(v)
+            for k, v in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html) if k != "csrf_token"}
+
+
+def _reset_all_error(resp) -> str:
+    return htmllib.unescape(re.search(r'<p class="flash flash-error" role="alert" id="lamps-error">([^<]*)</p>',
+                                      resp.data.decode()).group(1))
+
+
+def test_s17_reset_all_clears_every_latch_after_one_confirmation_and_records_each(
+        web, controller, usage_log, factory, cfg, relays, clock):
+    controller.fault("relay of Room 1 is stuck closed", "room1")
+    factory.pin(27).drive_low()  # the E-stop button: every other lamp latches too
+    factory.pin(27).drive_high()  # and is released
+    assert controller.latched() == {"room1": "relay of Room 1 is stuck closed", "room2": "E-stop pressed"}
+    usage_log.flush(2)
+    page = web.get("/admin/lamps").data.decode()
+    assert ">Reset all faults (2 lamps)</button>" in page
+    asked = post(web, "/admin/lamps/reset-all")
+    html = asked.data.decode()
+    assert asked.status_code == 200 and '<h1 id="confirm-q">Reset the faults of all 2 latched lamps?</h1>' in html
+    items = [htmllib.unescape(i) for i in re.findall(r"<li>([^<]*)</li>", html)]
+    assert [re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:?\d*", "T", i) for i in items] == [
+        "Room 1, latched since T: relay of Room 1 is stuck closed", "Room 2, latched since T: E-stop pressed"]
+    assert ">Yes, reset all 2 faults</button>" in html
+    assert [l.state for l in controller.lamps()] == ["fault", "fault"]  # asking changed nothing
+    resp = post(web, "/admin/lamps/reset-all", **_confirm_fields(html))
+    assert resp.status_code == 303 and resp.headers["Location"] == "/admin/lamps"
+    assert flashes(web, "/admin/lamps") == ["Faults cleared on Room 1, Room 2; the lamps are off and ready."]
+    assert [(l.state, l.relay_on) for l in controller.lamps()] == [("off", False), ("off", False)]
+    usage_log.flush(2)
+    cleared = sorted((e["lamp_id"], e["who"], e["why"]) for e in usage_log.events() if e["why"].startswith("fault cl"))
+    assert cleared == [("room1", "admin", "fault cleared (relay of Room 1 is stuck closed)"),
+                       ("room2", "admin", "fault cleared (E-stop pressed)")]  # as one reset records it, per lamp
+    assert usage_log.latched_faults() == {}
+    from lampctl.controller import SessionController
+
+    restarted = SessionController(cfg.lamps, relays, clock, usage_log, latched=usage_log.latched_faults())
+    assert [l.state for l in restarted.lamps()] == ["off", "off"]  # S17: cleared for good, not back after a restart
+    assert ">Reset all faults" not in web.get("/admin/lamps").data.decode()
+
+
+def test_s5_s17_reset_all_refused_while_the_estop_is_pressed_and_nothing_is_reset(web, controller, usage_log,
+                                                                                   factory):
+    factory.pin(27).drive_low()  # pressed, and still held down
+    sentence = "No fault can be cleared yet: the E-stop button is still pressed."
+    resp = post(web, "/admin/lamps/reset-all")  # refused before asking
+    assert resp.status_code == 409 and _reset_all_error(resp) == sentence
+    fields = {"confirm": "1", **{f"latched-{k}": v for k, v in controller.latched().items()}}
+    resp = post(web, "/admin/lamps/reset-all", **fields)  # a confirmation from before it was pressed again
+    assert resp.status_code == 409 and _reset_all_error(resp) == sentence
+    assert [l.state for l in controller.lamps()] == ["fault", "fault"]
+    usage_log.flush(2)
+    assert set(usage_log.latched_faults()) == {"room1", "room2"}
+    assert not [e for e in usage_log.events() if e["why"].startswith("fault cleared")]
+    factory.pin(27).drive_high()
+    assert post(web, "/admin/lamps/reset-all", **fields).status_code == 303
+    assert [l.state for l in controller.lamps()] == ["off", "off"]
+
+
+def test_reset_all_resets_only_what_the_confirmation_listed(web, controller):
+    controller.fault("relay of Room 1 is stuck closed", "room1")
+    html = post(web, "/admin/lamps/reset-all").data.decode()
+    assert '<h1 id="confirm-q">Reset the fault of 1 lamp?</h1>' in html
+    controller.fault("Room 2 is still powered although it was switched off", "room2")  # latched after it was shown
+    resp = post(web, "/admin/lamps/reset-all", **_confirm_fields(html))
+    assert resp.status_code == 409 and _reset_all_error(resp) == (
+        "The latched faults have changed since they were listed; look at the list again before resetting.")
+    resp = post(web, "/admin/lamps/reset-all", confirm="1")  # a confirmation that listed nothing
+    assert resp.status_code == 409 and "have changed since they were listed" in _reset_all_error(resp)
+    assert [l.state for l in controller.lamps()] == ["fault", "fault"]
+    assert post(web, "/admin/lamps/reset-all", **_confirm_fields(post(web, "/admin/lamps/reset-all").data.decode())
+                ).status_code == 303
+    resp = post(web, "/admin/lamps/reset-all")
+    assert resp.status_code == 409 and _reset_all_error(resp) == "No lamp has a latched fault to clear."
+
+
+def test_reset_all_needs_an_admin_and_the_form_token(web, services, clock, controller):
+    controller.estop("ann", "emergency stop by ann")
+    fields = {"confirm": "1", **{f"latched-{k}": v for k, v in controller.latched().items()}}
+    resp = web.post("/admin/lamps/reset-all", data=fields)  # no CSRF token
+    assert resp.status_code == 400
+    practitioner = create_app(services, {"TESTING": True, "SECRET_KEY": "test-key",
+                                         "LOGIN_CLOCK": clock.monotonic}).test_client()
+    login(practitioner, "ann", "2468")
+    assert post(practitioner, "/admin/lamps/reset-all", **fields).status_code == 403
+    assert [l.state for l in controller.lamps()] == ["fault", "fault"]
 
 
 def test_panel_offers_admins_a_fault_reset(web, controller):

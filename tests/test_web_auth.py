@@ -117,6 +117,28 @@ def test_login_guard_unit_counts_per_name_case_blind():
     assert guard.locked_for("ann") == 0
 
 
+def test_login_finds_the_name_whatever_its_case_or_unicode_spelling(web, accounts):
+    import unicodedata
+
+    accounts.add_user("Dr. Müller", "practitioner", "1357")
+    for typed in ("dr. müller", "DR. MÜLLER", unicodedata.normalize("NFD", "dr. Müller"), " Dr. Müller "):
+        client = web.application.test_client()
+        assert login(client, typed, "1357").status_code == 303, typed
+        page = client.get("/panel/").data.decode()
+        assert "Dr. Müller" in page, typed  # works under the name as kept, not as typed
+
+
+def test_login_lockout_counts_every_spelling_of_a_name_as_one(web, accounts, usage_log):
+    import unicodedata
+
+    accounts.add_user("Müller", "practitioner", "1357")
+    for typed in ("müller", "MÜLLER", unicodedata.normalize("NFD", "Müller"), "mÜller"):
+        assert login(web, typed, "0000").status_code == 401, typed
+    resp = login(web, "MüLLER", "0000")
+    assert resp.status_code == 429 and b"locked for 5 minutes" in resp.data
+    assert login(web, "Müller", "1357").status_code == 429  # the right PIN, by any spelling, waits too
+
+
 def test_login_guard_reserves_attempts_before_the_check():
     guard = LoginGuard(lambda: 0.0)
     assert [guard.reserve("ann") for _ in range(7)] == [0, 0, 0, 0, 0, 300, 300]

@@ -15,7 +15,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from flask_babel import gettext
+from flask_babel import gettext, ngettext
 from werkzeug.exceptions import BadRequest
 
 from lampctl import queries, reports
@@ -23,10 +23,13 @@ from lampctl.accounts import BUILTIN_USER, ROLES
 from lampctl.controller import Refused
 from lampctl.db import StoreError, parse_bound, reading
 from lampctl.store import END_REASONS
+from lampctl.user_names import NameRefused
 from web import services
 from web.auth import require_admin
 from web.charts import colour, stacked_days_svg
+from web.codes import status_for
 from web.params import MAX_PAGE, page_number
+from web.words import name_refusal
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 bp.before_request(require_admin)
@@ -49,11 +52,11 @@ def _confirmed() -> bool:
     return request.form.get("confirm") == "1"
 
 
-def _confirm(question: str, detail: str, button: str, back: str, **fields):
+def _confirm(question: str, detail: str, button: str, back: str, *, items: list[str] | None = None, **fields):
     """Ask before an action that cannot be undone: the page's form posts the same action again with confirm=1,
-    so the step works without JavaScript."""
+    so the step works without JavaScript. `items`, when given, lists what the action applies to."""
     return render_template("admin/confirm.html", question=question, detail=detail, button=button, back=back,
-                           action=request.path, fields=fields)
+                           action=request.path, fields=fields, items=items or [])
 
 
 def _lamp_names() -> dict[str, str]:
@@ -236,19 +239,25 @@ def _user_action(action, success: str):
 
 
 def _target(name: str) -> str | None:
-    """Why `name` may not be changed here, or None (Accounts keeps the rules for every caller)."""
-    if name == g.user["name"]:
+    """Why `name` may not be changed here, or None (Accounts keeps the rules for every caller).
+
+    The name is looked up as the accounts find it (any case), so "ADMIN" is still your own "admin".
+    """
+    if (services().accounts.find(name) or name) == g.user["name"]:
         return "You cannot remove or demote your own account here; ask another admin."
     return None
 
 
 @bp.post("/users")
 def add_user():
+    # Trimmed as the login form trims what it is given: a phone keyboard adds a space after a word it suggests.
     name = (request.form.get("name") or "").strip()
     role = request.form.get("role") or ""
     pin = request.form.get("pin") or ""
     try:
-        services().accounts.add_user(name, role, pin, by=g.user["name"])
+        name = services().accounts.add_user(name, role, pin, by=g.user["name"])
+    except NameRefused as exc:
+        return _users_page(400, name=name, role=role, error=name_refusal(exc))
     except StoreError as exc:
         return _users_page(400, name=name, role=role, error=str(exc))
     flash(f"{name} added as {role}.", "ok")
@@ -262,7 +271,7 @@ def remove_user(name):
         flash(why, "error")
         return redirect(url_for("admin.users"), code=303)
     # Only a removal that can happen is asked about; the others get their refusal at once.
-    if not _confirmed() and name != BUILTIN_USER and services().accounts.user(name) is not None:
+    if not _confirmed() and name != BUILTIN_USER and services().accounts.find(name) is not None:
         return _confirm(f"Remove {name}?", "Their login and API tokens stop working at once; the sessions they "
                         "ran stay in the log.", f"Yes, remove {name}", url_for("admin.users"))
     return _user_action(lambda: services().accounts.remove_user(name, by=g.user["name"]),
@@ -294,10 +303,14 @@ def _latches() -> dict[str, dict]:
                 for r in conn.execute("SELECT lamp_id, reason, at FROM latches")}
 
 
+def _lamps_page(status: int = 200, error: str | None = None):
+    return render_template("admin/lamps.html", lamps=services().controller.lamps(), latches=_latches(),
+                           firmware=services().firmware_status(), error=error), status
+
+
 @bp.get("/lamps")
 def lamps():
-    return render_template("admin/lamps.html", lamps=services().controller.lamps(), latches=_latches(),
-                           firmware=services().firmware_status())
+    return _lamps_page()
 
 
 @bp.post("/lamps/<lamp_id>/reset")
@@ -322,3 +335,42 @@ def reset_fault(lamp_id):
     else:
         flash(f"{view.name}: fault cleared; the lamp is off and ready.", "ok")
     return redirect(target, code=303)
+
+
+LATCHED_FIELD = "latched-"  # confirmation fields: latched-<lamp id> = the reason the admin was shown
+
+
+@bp.post("/lamps/reset-all")
+def reset_all():
+    """After an E-stop: one confirmation listing every latched lamp with its reason, one POST that clears them all.
+
+    The confirmation carries what it listed; a lamp latched or reset since refuses the whole reset
+    (409), as does a cause that persists (the E-stop still pressed): then nothing is cleared.
+    """
+    controller = services().controller
+    if not _confirmed():
+        try:
+            latched = controller.check_reset_all()
+        except Refused as exc:
+            return _lamps_page(status_for(exc.code), str(exc))
+        names, latches = _lamp_names(), _latches()
+        items = [gettext("%(name)s, latched since %(since)s: %(reason)s", name=names[lamp_id],
+                         since=reports.local_time(latches[lamp_id]["at"]), reason=reason) if lamp_id in latches
+                 else gettext("%(name)s: %(reason)s", name=names[lamp_id], reason=reason)
+                 for lamp_id, reason in latched.items()]
+        n = len(latched)
+        return _confirm(ngettext("Reset the fault of %(num)s lamp?", "Reset the faults of all %(num)s latched lamps?", n),
+                        gettext("Reset only when each cause is found and fixed: every lamp listed becomes ready to "
+                                "start."),
+                        ngettext("Yes, reset %(num)s fault", "Yes, reset all %(num)s faults", n), url_for("admin.lamps"),
+                        items=items, **{LATCHED_FIELD + lamp_id: reason for lamp_id, reason in latched.items()})
+    expected = {key.removeprefix(LATCHED_FIELD): value for key, value in request.form.items()
+                if key.startswith(LATCHED_FIELD)}
+    try:
+        views = controller.reset_all(g.user["name"], expected)
+    except Refused as exc:
+        return _lamps_page(status_for(exc.code), str(exc))
+    flash(ngettext("Fault cleared on %(names)s; the lamp is off and ready.",
+                   "Faults cleared on %(names)s; the lamps are off and ready.", len(views),
+                   names=", ".join(view.name for view in views)), "ok")
+    return redirect(url_for("admin.lamps"), code=303)

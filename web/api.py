@@ -232,6 +232,15 @@ def reset(lamp_id):
     return jsonify(lamp=view.as_dict(), recorded=_recorded())
 
 
+@bp.post("/reset-all")
+@require_token("admin")
+def reset_all():
+    """Clear every latched fault at once (after an E-stop), by the rule of one reset; 409 and nothing cleared
+    while a cause persists (the E-stop still pressed) or when no lamp is latched."""
+    views = services().controller.reset_all(g.user["name"])
+    return jsonify(lamps=[v.as_dict() for v in views], recorded=_recorded())
+
+
 @bp.get("/sessions")
 @require_token("admin")
 def sessions():

@@ -17,6 +17,7 @@ from werkzeug.exceptions import BadRequest
 
 from lampctl.accounts import BUILTIN_USER
 from lampctl.db import LogUnavailable, StoreError
+from lampctl.user_names import name_key
 from web import services
 
 bp = Blueprint("auth", __name__)
@@ -74,9 +75,9 @@ class LoginGuard:
         except (sqlite3.Error, OSError) as exc:  # memory still counts; only a restart would forget
             log.error("login lockout of %r not saved (%s); it holds until the service restarts", key, exc)
 
-    @staticmethod
-    def _key(name: str) -> str:
-        return name.strip().casefold()
+    # The lockout counts per person, under the key that finds the user at login (any case, any
+    # Unicode spelling), so typing "MARIA" gets no fresh tries for "Maria".
+    _key = staticmethod(name_key)
 
     def locked_for(self, name: str) -> float:
         """Seconds this name stays locked; 0 when it may try."""

@@ -1,4 +1,5 @@
-"""Words for people at the couch: fault reasons in plain language, state labels and durations, translated."""
+"""Words for people at the couch: fault reasons in plain language, state labels, durations and refused
+user names, translated."""
 from __future__ import annotations
 
 import math
@@ -93,3 +94,24 @@ def clock_text(seconds: float | None) -> str:
         return "--:--"
     whole = max(0, math.ceil(seconds - 1e-6))
     return f"{whole // 60}:{whole % 60:02d}"
+
+
+# lampctl.user_names.NameRefused.why -> its sentence in the page's language (params from the refusal).
+_NAME_REFUSALS = {
+    "empty": lazy_gettext("Enter a name: letters, digits, spaces and . - ' _, at most %(most)s characters."),
+    "bad-char": lazy_gettext("A name may hold letters, digits, spaces and . - ' _ only: %(name)s has %(char)s."),
+    "too-long": lazy_gettext("A name may have at most %(most)s characters: %(name)s has %(count)s."),
+    "edge-space": lazy_gettext("A name may not begin or end with a space: %(name)s."),
+    "double-space": lazy_gettext("A name may not hold two spaces in a row: %(name)s."),
+    "no-letter": lazy_gettext("A name needs at least one letter or digit: %(name)s has none."),
+    "reserved": lazy_gettext("%(name)s is how the records name the system, not a person; choose another name."),
+    "taken": lazy_gettext("A user named %(existing)s already exists."),
+    "taken-case": lazy_gettext("A user named %(existing)s already exists; %(name)s differs only in case, and names "
+                               "count as the same whatever their case."),
+}
+
+
+def name_refusal(exc) -> str:
+    """A refused user name (lampctl.user_names.NameRefused) as one sentence in the page's language."""
+    words = _NAME_REFUSALS.get(exc.why)
+    return str(words) % exc.params if words is not None else str(exc)
