@@ -112,7 +112,7 @@ def test_browser_reset_all_lists_every_latch_then_clears_them_all(browser, servi
         items = page.locator(".confirm-items li")
         expect(items).to_have_count(2)
         expect(items.nth(0)).to_have_text(re.compile(r"^Room 1, latched since \d{4}-\d\d-\d\d \d\d:\d\d.*: "
-                                                     r"emergency stop by ann$"))
+                                                     r"emergency stop by ann from the API$"))
         expect(items.nth(1)).to_contain_text("Room 2, latched since")
         assert overflowing(page) == [], "confirmation"
         shot(page, "confirm-reset-all")
