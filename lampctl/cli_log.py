@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from lampctl.reports import local_time
+from lampctl.reports import duration_text, local_time
 
 # The log's date bounds: wide enough for any record, narrow enough that no time zone shift
 # can overflow Python's datetime (years 1-9999).
@@ -57,14 +57,14 @@ def print_table(rows, out, *, utc: bool) -> None:
     """Times to the second, local as on the web log unless utc; the header names the zone."""
     shown = _utc_time if utc else local_time
     started = f"started ({zone_name(utc)})"
-    out.write(f"{'id':>5}  {'lamp':<10} {'user':<12} {started:<20} {'planned':>8} {'actual':>8}  {'end':<11} "
+    out.write(f"{'id':>5}  {'lamp':<10} {'user':<12} {started:<20} {'planned':>12} {'actual':>12}  {'end':<11} "
               f"{'continues':>9}  new patient\n")
     for row in rows:
-        actual = "" if row["actual_s"] is None else f"{row['actual_s']:.1f}"
+        actual = duration_text(row["actual_s"])
         continues = "" if row.get("continues") is None else str(row["continues"])
         declared = f"by {row.get('new_patient_by') or '?'}" if row.get("new_patient") else ""
         out.write(f"{row['id']:>5}  {row['lamp_id']:<10} {row['user']:<12} {shown(row['started_at']):<20} "
-                  f"{row['planned_s']:>8.1f} {actual:>8}  {row['end_reason'] or 'running':<11} "
+                  f"{duration_text(row['planned_s']):>12} {actual:>12}  {row['end_reason'] or 'running':<11} "
                   f"{continues:>9}  {declared}".rstrip() + "\n")
 
 

@@ -6,6 +6,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from lampctl.db import parse_bound, reading
+from lampctl.lamp import fmt_s
 
 # The last three came later and stay at the end, so a reader of older exports finds the first eight where they were.
 SESSION_COLUMNS = ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
@@ -120,14 +121,11 @@ def bulb_hours(path: Path, lamps) -> list[BulbHours]:
     return out
 
 
-def clock_duration(seconds: float | None) -> str:
-    """A duration as people read it on a log page: m:ss, or h:mm:ss from an hour."""
+def duration_text(seconds: float | None) -> str:
+    """A duration as people read it everywhere, with its unit: "30 s", "4 min 57 s", "75 min" (whole seconds)."""
     if seconds is None:
         return ""
-    whole = int(round(seconds))
-    h, rest = divmod(whole, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    return fmt_s(round(seconds))
 
 
 def local_time(text: str | None) -> str:

@@ -74,7 +74,7 @@ def test_cli_log_table_in_local_time_to_the_second_zone_in_header(logged, capsys
     assert rc == 0 and err == "" and len(lines) == 4
     assert "started (local, CET/CEST)" in lines[0]
     assert "2026-03-02 10:00:00" in lines[1] and lines[1].endswith("completed")
-    assert "2026-03-02 23:30:00" in lines[2] and "300.2" in lines[2]
+    assert "2026-03-02 23:30:00" in lines[2] and "10 min        5 min" in lines[2]  # durations with their unit
     assert "2026-03-03 09:00:00" in lines[3] and lines[3].endswith("running")
 
 

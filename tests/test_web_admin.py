@@ -519,3 +519,15 @@ def test_admin_pages_warn_while_the_clock_is_not_synchronised(services, clock, u
         assert b"The system clock is not synchronised" in client.get(page).data, page
     synced["now"] = True
     assert b"The system clock is not synchronised" not in client.get("/admin/log").data
+
+
+def test_log_page_durations_carry_their_unit(web, controller, clock, usage_log):
+    """Item 17.9: a 30 s session read "0:30" under an h:mm:ss heading; now one format, the panel's, with its unit."""
+    run_sessions(controller, clock, usage_log)
+    page = web.get("/admin/log").data.decode()
+    cells = re.findall(r'<td class="num" data-label="(Planned|Actual)">([^<]*)</td>', page)
+    assert cells[:6] == [("Planned", "10 min"), ("Actual", "10 s"), ("Planned", "10 min"), ("Actual", "45 s"),
+                         ("Planned", "2 min"), ("Actual", "2 min")]
+    assert "durations are in minutes and seconds" in page and "h:mm:ss" not in page
+    page = web.get("/admin/log", headers={"Accept-Language": "de"}).data.decode()
+    assert ("Actual", "45 s") in re.findall(r'<td class="num" data-label="(Planned|Actual)">([^<]*)</td>', page)

@@ -37,7 +37,8 @@ def region(html: str, lamp_id: str) -> str:
 
 
 def test_preset_labels_minutes_and_seconds():
-    assert [preset_label(p) for p in (10, 15, 0.05, 1.5)] == ["10 min", "15 min", "3 s", "1.5 min"]
+    assert [preset_label(p) for p in (10, 15, 0.05, 1.5, 1.25)] == ["10 min", "15 min", "3 s", "1 min 30 s",
+                                                                   "1 min 15 s"]
     assert [clock_text(s) for s in (600, 599.2, 0.2, 0, None)] == ["10:00", "10:00", "0:01", "0:00", "--:--"]
 
 
@@ -277,6 +278,17 @@ def test_s3_panel_disables_plus_five_at_the_limit(web):
     lamp = web.get("/panel/state.json").get_json()["lamps"][1]
     assert lamp["extend_ok"] is False and "at its 30 min limit: no more time can be added" in lamp["note"]
     assert re.search(r'class="btn btn-extend" data-ok="extend_ok" disabled>\+5 min', region(web.get("/panel/").data.decode(), "room2"))
+
+
+def test_s3_panel_says_what_may_still_be_added_when_only_plus_five_no_longer_fits(web, controller):
+    """Item 17.9: "at its limit" was said while 3 min could still be added."""
+    act(web, "/panel/lamps/room2/start", minutes="20")
+    act(web, "/panel/lamps/room2/extend")  # 25 of 30 min: +5 fits once more
+    controller.extend("room2", 120, "ann")  # 27 of 30 min: 3 min left, +5 min does not fit
+    lamp = web.get("/panel/state.json").get_json()["lamps"][1]
+    assert lamp["extend_ok"] is False
+    assert "only 3 min more may be added, too little for +5 min" in lamp["note"]
+    assert "no more time can be added" not in lamp["note"]
 
 
 @pytest.fixture

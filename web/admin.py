@@ -29,7 +29,7 @@ from web.auth import require_admin
 from web.charts import colour, stacked_days_svg
 from web.codes import status_for
 from web.params import MAX_PAGE, page_number
-from web.words import name_refusal
+from web.words import name_refusal, seconds_text
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 bp.before_request(require_admin)
@@ -70,7 +70,8 @@ def _local_time(text):
 
 @bp.app_template_filter("duration")
 def _duration(seconds):
-    return reports.clock_duration(seconds)
+    """One format with its unit, as the panel says it ("30 s", "4 min 57 s"), in the page's language."""
+    return "" if seconds is None else seconds_text(round(seconds))
 
 
 @bp.get("/")

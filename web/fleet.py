@@ -28,7 +28,7 @@ def create_fleet_app(collector, test_config: dict | None = None) -> Flask:
     app.config.update(test_config or {})
     app.extensions["fleet"] = collector
     app.add_template_filter(reports.local_time, "local_time")
-    app.add_template_filter(reports.clock_duration, "duration")
+    app.add_template_filter(reports.duration_text, "duration")
     app.register_blueprint(bp)
 
     @app.after_request

@@ -41,6 +41,8 @@ def _running_info(view, d: dict, locked: bool) -> None:
     d["extend_ok"] = room and not locked
     if room:
         more = gettext("%(left)s more may be added", left=seconds_text(left))
+    elif left >= 1:  # time is left, only +5 min no longer fits: say so, not "at its limit"
+        more = gettext("only %(left)s more may be added, too little for +5 min", left=seconds_text(left))
     else:
         more = gettext("at its %(limit)s limit: no more time can be added", limit=d["limit"])
     d["note"] = gettext("Started by %(user)s · %(planned)s planned · %(more)s.", user=view.user,

@@ -71,10 +71,13 @@ def end_alarm(view) -> str | None:
 
 
 def minutes_text(minutes: float) -> str:
-    """A button label: "10 min"; under a minute in seconds ("3 s"); numbers in the page's locale."""
+    """A button label: "10 min"; under a minute in seconds ("3 s"); a part of a minute in seconds too
+    ("1 min 15 s", never "1.25 min"); numbers in the page's locale."""
     if minutes < 1:
         return gettext("%(n)s s", n=format_decimal(round(minutes * 60)))
-    return gettext("%(n)s min", n=format_decimal(minutes))
+    if not math.isclose(minutes, round(minutes)):
+        return seconds_text(round(minutes * 60))
+    return gettext("%(n)s min", n=format_decimal(round(minutes)))
 
 
 def seconds_text(seconds: float) -> str:
