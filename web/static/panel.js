@@ -290,6 +290,7 @@
     if (lamp.state === "on" && session !== el.dataset.session) unmark(el); // a new session: someone is there
     lamps.set(lamp.id, lamp);
     el.dataset.state = lamp.state;
+    document.querySelectorAll('[data-quick="' + lamp.id + '"]').forEach(function (f) { f.hidden = lamp.state !== "on"; });
     el.dataset.session = session;
     setField(el, "label", lamp.label);
     setField(el, "note", lamp.note);
