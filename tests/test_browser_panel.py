@@ -211,10 +211,18 @@ def test_browser_continuation_question_without_javascript(browser, service):
         same.click()
         expect(page.locator("#messages")).to_have_text("Room 1 started for 6 s.")
         expect(dialog).to_have_count(0)
+        # Item 17.1 without JavaScript: a new patient takes the second step too.
+        page.get_by_role("region", name="Room 1").get_by_role("button", name="Stop").click()
+        page.get_by_role("region", name="Room 1").get_by_role("button", name="6 s").click()
+        page.get_by_role("dialog").get_by_role("button", name="New patient…").click()
+        expect(page.get_by_role("dialog")).to_contain_text("Room 1: really a new patient?")
+        page.get_by_role("dialog").get_by_role("button", name="Yes, a new patient: start 6 s").click()
+        expect(page.locator("#messages")).to_have_text("Room 1 started for 6 s for a new patient (recorded).")
     finally:
         context.close()
     status, body = service.get("/api/sessions", token=service.tokens["admin"])
-    assert body["sessions"][-1]["continues"] == body["sessions"][-2]["id"]
+    assert body["sessions"][-2]["continues"] == body["sessions"][-3]["id"]
+    assert body["sessions"][-1]["new_patient_by"] == "ann" and body["sessions"][-1]["continues"] is None
 
 
 def test_browser_frozen_service_shows_no_contact_and_an_undeliverable_stop(browser, tmp_path_factory):
