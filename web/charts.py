@@ -37,6 +37,8 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
     ymax = max(10.0, _nice_max(max(totals, default=0.0)))
     slot = plot_w / max(1, len(days))
     bar_w = max(2.0, slot * 0.7)
+    # Outside the f-strings, where pybabel finds them.
+    axis = escape(gettext("minutes"))
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
            f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="16">']
     for i in range(5):
@@ -45,7 +47,7 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#bbb" stroke-width="1"/>')
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#222">{value:g}</text>')
     out.append(f'<text x="14" y="{top + plot_h / 2:.0f}" transform="rotate(-90 14 {top + plot_h / 2:.0f})" '
-               f'text-anchor="middle" fill="#222">{escape(gettext("minutes"))}</text>')
+               f'text-anchor="middle" fill="#222">{axis}</text>')
     for i, day in enumerate(days):
         x = left + i * slot + (slot - bar_w) / 2
         y = top + plot_h
@@ -54,10 +56,10 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
             if minutes <= 0:
                 continue
             h = plot_h * minutes / ymax
+            tip = gettext("%(n)s min", n=format_decimal(round(minutes)))
             y -= h
             out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{colour(j)}">'
-                       f'<title>{escape(name)}, {day.isoformat()}: '
-                       f'{escape(gettext("%(n)s min", n=format_decimal(round(minutes))))}</title></rect>')
+                       f'<title>{escape(name)}, {day.isoformat()}: {escape(tip)}</title></rect>')
         if i % 5 == 0 or i == len(days) - 1:
             out.append(f'<text x="{left + i * slot + slot / 2:.1f}" y="{height - bottom + 18}" text-anchor="middle" '
                        f'fill="#222">{day.isoformat()}</text>')
