@@ -22,8 +22,8 @@ CORE = ("relay of Room 1 is stuck closed",)
 # page -> (words of the chosen language that must be there, English words that must not be)
 PAGES = {
     "/admin/log": {
-        "de": ["Sitzungsprotokoll", "Geplant", "Tatsächlich", "Endgrund", "Behandler/in", "CSV herunterladen",
-               "6 Sitzungen, neueste zuerst", "Filtern", "abgeschlossen", "gestoppt", "10 Min."],
+        "de": ["Sitzungsprotokoll", ">Soll</th>", ">Ist</th>", "Endgrund", "Behandler/in", "CSV herunterladen",
+               "6 Sitzungen, neueste zuerst", "Filtern", "fertig", "gestoppt", "10 Min."],
         "zh": ["疗程日志", "计划", "实际", "结束原因", "治疗师", "下载 CSV", "6 个疗程，最新的在前", "筛选", "已完成",
                "已停止"],
         "en": ["Session log", "Planned", "Actual", "End reason", "Practitioner", "Download CSV", "newest first",

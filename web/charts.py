@@ -61,7 +61,10 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
             out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{colour(j)}">'
                        f'<title>{escape(name)}, {day.isoformat()}: {escape(tip)}</title></rect>')
         if i % 5 == 0 or i == len(days) - 1:
-            out.append(f'<text x="{left + i * slot + slot / 2:.1f}" y="{height - bottom + 18}" text-anchor="middle" '
+            # The last day ends at the plot's right edge: centred under its bar, an ISO date would be cut off.
+            x_text, anchor = ((width - right, "end") if i == len(days) - 1
+                              else (left + i * slot + slot / 2, "middle"))
+            out.append(f'<text x="{x_text:.1f}" y="{height - bottom + 18}" text-anchor="{anchor}" '
                        f'fill="#222">{day.isoformat()}</text>')
     out.append(f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#222"/>')
     out.append("</svg>")
