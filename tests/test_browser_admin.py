@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tests import browser_kit
-from tests.browser_kit import SIZES, SMALL_PHONE, TABLET, log_in, new_page, overflowing, shot, size_name
+from tests.browser_kit import PHONE, SIZES, SMALL_PHONE, TABLET, log_in, new_page, overflowing, shot, size_name
 from tests.procs import TWO_LAMPS, ServiceProcess, add_users, lampctl, service_config, wait_until
 
 pytestmark = pytest.mark.browser
@@ -50,6 +50,36 @@ def test_browser_admin_pages_fit_every_size(browser, service, viewport):
             expect(page.get_by_role("heading", level=1)).to_be_visible()
             assert overflowing(page) == [], name
             shot(page, f"fit-admin-{name.lower()}")
+        assert page.console_errors == []
+    finally:
+        context.close()
+
+
+# The admin pages in German (issue 17.7): its longer words must fit as the English ones do.
+GERMAN_PAGES = (("Protokoll", "/admin/log", "Sitzungsprotokoll"), ("Nutzung", "/admin/usage", "Nutzung"),
+                ("Birnen", "/admin/bulbs", "Birnenstunden"), ("Ereignisse", "/admin/events", "Ereignisse"),
+                ("Benutzer", "/admin/users", "Benutzer"), ("Lampen", "/admin/lamps", "Lampen"))
+
+
+@pytest.mark.parametrize("viewport", [TABLET, PHONE], ids=size_name)
+def test_browser_admin_pages_in_german_fit(browser, service, viewport):
+    from playwright.sync_api import expect
+
+    context, page = new_page(browser, viewport)
+    try:
+        log_in(page, service.url, "admin", "1234")
+        page.goto(service.url + "/language/de?next=/admin/log")
+        expect(page.locator("html")).to_have_attribute("lang", "de")
+        for link, path, heading in GERMAN_PAGES:
+            page.get_by_role("link", name=link, exact=True).click()
+            page.wait_for_url(re.compile(f".*{path}$"))
+            expect(page.get_by_role("heading", level=1)).to_have_text(heading)
+            shot(page, f"admin-{path.rsplit('/', 1)[1]}-de")
+            assert overflowing(page) == [], path
+        page.goto(service.url + "/admin/log")
+        if viewport == TABLET:  # a phone stacks the table: the header row is for screen readers only
+            expect(page.get_by_role("columnheader", name="Ist")).to_be_visible()
+        expect(page.get_by_role("link", name="CSV herunterladen")).to_be_visible()
         assert page.console_errors == []
     finally:
         context.close()

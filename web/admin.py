@@ -15,7 +15,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from flask_babel import gettext, ngettext
+from flask_babel import gettext, lazy_gettext, ngettext
 from werkzeug.exceptions import BadRequest
 
 from lampctl import queries, reports
@@ -38,9 +38,47 @@ bp.before_request(require_admin)
 @bp.context_processor
 def _clock_warning():
     """Every admin page says so while the system clock is not synchronised: log times may be wrong."""
-    from lampctl.clocksync import describe
+    # lampctl.clocksync.describe(False) says the same for the command line, in English.
+    warning = gettext("The system clock is not synchronised: log times may be wrong until it is (check the network "
+                      "and `timedatectl timesync-status`); sessions stay timed correctly.")
+    return {"clock_warning": warning if services().clock_synchronised() is False else None}
 
-    return {"clock_warning": describe(False) if services().clock_synchronised() is False else None}
+
+# What the pages show for the codes the records keep (the CSV, the API and the form values keep the codes).
+END_REASON_LABELS = {"completed": lazy_gettext("completed"), "stopped": lazy_gettext("stopped"),
+                     "estop": lazy_gettext("estop"), "fault": lazy_gettext("fault"),
+                     "interrupted": lazy_gettext("interrupted"), "firmware": lazy_gettext("firmware"),
+                     None: lazy_gettext("running")}
+STATE_LABELS = {"off": lazy_gettext("off"), "on": lazy_gettext("on"), "cooldown": lazy_gettext("cooldown"),
+                "fault": lazy_gettext("fault")}
+ROLE_LABELS = {"practitioner": lazy_gettext("practitioner"), "admin": lazy_gettext("admin")}
+FIRMWARE_LABELS = {"ok": lazy_gettext("ok"), "lost": lazy_gettext("lost"), "absent": lazy_gettext("absent")}
+
+
+def _label(labels: dict, code) -> str:
+    """The page's word for a code; a code the page does not know is shown as it is."""
+    return str(labels[code]) if code in labels else ("" if code is None else str(code))
+
+
+@bp.app_template_filter("reason_label")
+def _reason_label(code):
+    return _label(END_REASON_LABELS, code or None)
+
+
+@bp.app_template_filter("state_label")
+def _state_label(code):
+    return _label(STATE_LABELS, code)
+
+
+@bp.app_template_filter("role_label")
+def _role_label(code):
+    return _label(ROLE_LABELS, code)
+
+
+@bp.app_template_filter("firmware_label")
+def _firmware_label(code):
+    return _label(FIRMWARE_LABELS, code)
+
 
 USAGE_DAYS = 30
 EVENTS_PAGE_SIZE = 100
@@ -93,9 +131,9 @@ def _log_filters() -> tuple[dict, dict, str | None]:
     except StoreError as exc:
         return filters, form, str(exc)
     if filters["reason"] and filters["reason"] not in END_REASONS:
-        return filters, form, f"End reason must be one of: {', '.join(END_REASONS)}."
+        return filters, form, gettext("End reason must be one of: %(reasons)s.", reasons=", ".join(END_REASONS))
     if filters["lamp"] and filters["lamp"] not in _lamp_names():
-        return filters, form, f"There is no lamp {filters['lamp']!r}."
+        return filters, form, gettext("There is no lamp %(lamp)s.", lamp=repr(filters["lamp"]))
     return filters, form, None
 
 
@@ -105,7 +143,8 @@ def _page_keys() -> tuple[int | None, int | None, str | None]:
     for name in ("before", "after"):
         text = (request.args.get(name) or "").strip()
         if text and not (text.isascii() and text.isdigit() and len(text) <= 18):
-            return None, None, f"{text[:20]!r} is not a session number; start again from the newest page."
+            return None, None, gettext("%(text)s is not a session number; start again from the newest page.",
+                                       text=repr(text[:20]))
         keys[name] = int(text) if text else None
     return keys["before"], keys["after"], None
 
@@ -168,7 +207,8 @@ def usage():
     per_day = reports.minutes_per_lamp_per_day(path, days)
     lamps = services().config.lamps
     series = [(lamp.name, per_day.get(lamp.id, {})) for lamp in lamps]
-    chart = stacked_days_svg(days, series, title=f"Minutes per lamp per day, last {USAGE_DAYS} days")
+    chart = stacked_days_svg(days, series, title=ngettext("Minutes per lamp per day, last %(num)s day",
+                                                          "Minutes per lamp per day, last %(num)s days", USAGE_DAYS))
     start, end = days[0].isoformat(), days[-1].isoformat()
     return render_template("admin/usage.html", chart=chart, days=days, series=series,
                            legend=[(name, colour(i)) for i, (name, _) in enumerate(series)],
@@ -188,17 +228,18 @@ def bulbs():
 def bulb_replaced(lamp_id):
     lamps = {lamp.id: lamp for lamp in services().config.lamps}
     if lamp_id not in lamps:
-        flash(f"There is no lamp {lamp_id!r}.", "error")
+        flash(gettext("There is no lamp %(lamp)s.", lamp=repr(lamp_id)), "error")
         return redirect(url_for("admin.bulbs"), code=303)
     hours = reports.bulb_hours(services().usage_log.path, [lamps[lamp_id]])[0].hours
     if not _confirmed():
-        return _confirm(f"Record a new bulb in {lamps[lamp_id].name}?",
-                        f"Its hour count ({hours:.1f} h now) starts again at 0. Only do this after fitting a new bulb.",
-                        "Yes, bulb replaced", url_for("admin.bulbs"))
+        return _confirm(gettext("Record a new bulb in %(name)s?", name=lamps[lamp_id].name),
+                        gettext("Its hour count (%(hours)s h now) starts again at 0. Only do this after fitting a new "
+                                "bulb.", hours=format(hours, ".1f")),
+                        gettext("Yes, bulb replaced"), url_for("admin.bulbs"))
     services().usage_log.record_bulb_replacement(lamp_id, g.user["name"], hours)
     services().usage_log.flush(1.0)  # the page this redirects to reads the record back
-    flash(f"{lamps[lamp_id].name}: bulb replacement recorded after {hours:.1f} h; its count starts again at 0.",
-          "ok")
+    flash(gettext("%(name)s: bulb replacement recorded after %(hours)s h; its count starts again at 0.",
+                  name=lamps[lamp_id].name, hours=format(hours, ".1f")), "ok")
     return redirect(url_for("admin.bulbs"), code=303)
 
 
@@ -245,7 +286,7 @@ def _target(name: str) -> str | None:
     The name is looked up as the accounts find it (any case), so "ADMIN" is still your own "admin".
     """
     if (services().accounts.find(name) or name) == g.user["name"]:
-        return "You cannot remove or demote your own account here; ask another admin."
+        return gettext("You cannot remove or demote your own account here; ask another admin.")
     return None
 
 
@@ -261,7 +302,7 @@ def add_user():
         return _users_page(400, name=name, role=role, error=name_refusal(exc))
     except StoreError as exc:
         return _users_page(400, name=name, role=role, error=str(exc))
-    flash(f"{name} added as {role}.", "ok")
+    flash(gettext("%(name)s added as %(role)s.", name=name, role=_role_label(role)), "ok")
     return redirect(url_for("admin.users"), code=303)
 
 
@@ -273,16 +314,17 @@ def remove_user(name):
         return redirect(url_for("admin.users"), code=303)
     # Only a removal that can happen is asked about; the others get their refusal at once.
     if not _confirmed() and name != BUILTIN_USER and services().accounts.find(name) is not None:
-        return _confirm(f"Remove {name}?", "Their login and API tokens stop working at once; the sessions they "
-                        "ran stay in the log.", f"Yes, remove {name}", url_for("admin.users"))
+        return _confirm(gettext("Remove %(name)s?", name=name),
+                        gettext("Their login and API tokens stop working at once; the sessions they ran stay in the "
+                                "log."), gettext("Yes, remove %(name)s", name=name), url_for("admin.users"))
     return _user_action(lambda: services().accounts.remove_user(name, by=g.user["name"]),
-                        f"{name} removed; their login and API tokens stop working now.")
+                        gettext("%(name)s removed; their login and API tokens stop working now.", name=name))
 
 
 @bp.post("/users/<name>/pin")
 def reset_pin(name):
     return _user_action(lambda: services().accounts.set_pin(name, request.form.get("pin") or "", by=g.user["name"]),
-                        f"New PIN set for {name}; their logins have ended.")
+                        gettext("New PIN set for %(name)s; their logins have ended.", name=name))
 
 
 @bp.post("/users/<name>/role")
@@ -293,7 +335,8 @@ def set_role(name):
         flash(why, "error")
         return redirect(url_for("admin.users"), code=303)
 
-    return _user_action(lambda: services().accounts.set_role(name, role, by=g.user["name"]), f"{name} is now {role}.")
+    return _user_action(lambda: services().accounts.set_role(name, role, by=g.user["name"]),
+                        gettext("%(name)s is now %(role)s.", name=name, role=_role_label(role)))
 
 
 # ---- lamps and faults --------------------------------------------------------------------
@@ -324,17 +367,19 @@ def reset_fault(lamp_id):
             flash(str(exc), "error")
             return redirect(target, code=303)
         latch = _latches().get(lamp_id)
-        since = f" since {reports.local_time(latch['at'])}" if latch else ""
-        return _confirm(f"Reset the fault of {view.name}?",
-                        f"Latched{since}: {view.fault_reason or 'no fault now'}. Reset only when the cause is "
-                        "found and fixed: the lamp becomes ready to start.", "Yes, reset fault", target,
+        reason = view.fault_reason or gettext("no fault now")
+        latched = (gettext("Latched since %(since)s: %(reason)s.", since=reports.local_time(latch["at"]), reason=reason)
+                   if latch else gettext("Latched: %(reason)s.", reason=reason))
+        return _confirm(gettext("Reset the fault of %(name)s?", name=view.name),
+                        latched + " " + gettext("Reset only when the cause is found and fixed: the lamp becomes ready "
+                                                "to start."), gettext("Yes, reset fault"), target,
                         next=request.form.get("next", ""))
     try:
         view = services().controller.reset_fault(lamp_id, g.user["name"])
     except Refused as exc:
         flash(str(exc), "error")
     else:
-        flash(f"{view.name}: fault cleared; the lamp is off and ready.", "ok")
+        flash(gettext("%(name)s: fault cleared; the lamp is off and ready.", name=view.name), "ok")
     return redirect(target, code=303)
 
 

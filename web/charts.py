@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from datetime import date
 
+from flask_babel import format_decimal, gettext
 from markupsafe import Markup, escape
 
 # Distinguishable for common colour blindness (Okabe-Ito), all dark enough on white.
@@ -25,7 +26,9 @@ def _nice_max(value: float) -> float:
 
 
 def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]]], *, title: str) -> Markup:
-    """Bars per day, one stacked segment per series; each segment carries a <title> tooltip."""
+    """Bars per day, one stacked segment per series; each segment carries a <title> tooltip.
+
+    Words in the page's language; days as ISO dates (YYYY-MM-DD), as every admin page writes them."""
     width, height = 960, 320
     left, right, top, bottom = 56, 12, 16, 40
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -34,6 +37,8 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
     ymax = max(10.0, _nice_max(max(totals, default=0.0)))
     slot = plot_w / max(1, len(days))
     bar_w = max(2.0, slot * 0.7)
+    # Outside the f-strings, where pybabel finds them.
+    axis = escape(gettext("minutes"))
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
            f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="16">']
     for i in range(5):
@@ -42,7 +47,7 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#bbb" stroke-width="1"/>')
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#222">{value:g}</text>')
     out.append(f'<text x="14" y="{top + plot_h / 2:.0f}" transform="rotate(-90 14 {top + plot_h / 2:.0f})" '
-               f'text-anchor="middle" fill="#222">minutes</text>')
+               f'text-anchor="middle" fill="#222">{axis}</text>')
     for i, day in enumerate(days):
         x = left + i * slot + (slot - bar_w) / 2
         y = top + plot_h
@@ -51,12 +56,16 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
             if minutes <= 0:
                 continue
             h = plot_h * minutes / ymax
+            tip = gettext("%(n)s min", n=format_decimal(round(minutes)))
             y -= h
             out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{colour(j)}">'
-                       f'<title>{escape(name)}, {day.isoformat()}: {minutes:.0f} min</title></rect>')
+                       f'<title>{escape(name)}, {day.isoformat()}: {escape(tip)}</title></rect>')
         if i % 5 == 0 or i == len(days) - 1:
-            out.append(f'<text x="{left + i * slot + slot / 2:.1f}" y="{height - bottom + 18}" text-anchor="middle" '
-                       f'fill="#222">{day.strftime("%d %b")}</text>')
+            # The last day ends at the plot's right edge: centred under its bar, an ISO date would be cut off.
+            x_text, anchor = ((width - right, "end") if i == len(days) - 1
+                              else (left + i * slot + slot / 2, "middle"))
+            out.append(f'<text x="{x_text:.1f}" y="{height - bottom + 18}" text-anchor="{anchor}" '
+                       f'fill="#222">{day.isoformat()}</text>')
     out.append(f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#222"/>')
     out.append("</svg>")
     return Markup("".join(out))
