@@ -53,8 +53,8 @@ def test_panel_log_banner_while_the_usage_log_cannot_write(web, services, tmp_pa
         failing.event(None, None, None, "system", "waits for the disk")
         wait_until(lambda: failing.write_errors, 10, "a write error")
         html = web.get("/panel/").data.decode()
-        assert ('class="banner banner-log" role="alert">The usage log cannot be saved right now (1 records waiting); '
-                "lamps still work. Tell an admin.") in html
+        assert ('class="banner banner-log" role="alert" data-short="Usage log not saving (1 waiting). Tell an admin.">'
+                "The usage log cannot be saved right now (1 records waiting); lamps still work. Tell an admin.") in html
         assert [b["kind"] for b in web.get("/panel/state.json").get_json()["banners"]] == ["log"]
         failing._connect = connect
         assert failing.flush(10)
