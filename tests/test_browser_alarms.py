@@ -124,7 +124,7 @@ def test_browser_an_estop_is_an_alarm_until_ok_is_tapped(browser, service, viewp
         _reset_all(service)
 
 
-@pytest.mark.parametrize("viewport", [browser_kit.SMALL_PHONE, TABLET], ids=size_name)
+@pytest.mark.parametrize("viewport", SIZES, ids=size_name)
 def test_browser_a_normal_end_stays_marked_and_chimes_a_few_times_until_ok(browser, service, viewport):
     from playwright.sync_api import expect
 

@@ -90,7 +90,7 @@ def test_s21_browser_logged_out_tablet_shows_the_running_lamp_and_stops_it(brows
         context.close()
 
 
-@pytest.mark.parametrize("viewport", [browser_kit.SMALL_PHONE, browser_kit.TABLET], ids=size_name)
+@pytest.mark.parametrize("viewport", SIZES, ids=size_name)
 def test_s21_browser_logout_while_a_lamp_heats_asks_first_and_the_login_page_keeps_its_stop(
         browser, service, viewport):
     from playwright.sync_api import expect
