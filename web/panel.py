@@ -81,11 +81,14 @@ def lamp_info(view, locked: bool = False) -> dict:
     return d
 
 
-def page_banners() -> list[dict]:
-    """The page's alerts, most severe first; each with a short form for when several share the status slot."""
+def page_banners(views) -> list[dict]:
+    """The page's alerts, most severe first; each with a short form for when several share the status slot.
+
+    `views`: the lamps as the same page or poll shows them (one snapshot, one trip through the controller's lock).
+    """
     s = services()
     banners = []
-    estops = {v.fault_reason for v in s.controller.lamps() if v.state == "fault" and is_estop(v.fault_reason)}
+    estops = {v.fault_reason for v in views if v.state == "fault" and is_estop(v.fault_reason)}
     for reason in sorted(estops):
         banners.append({"kind": "estop", "text": fault_text(reason),
                         "short": gettext("EMERGENCY STOP: every lamp locked off until an admin resets it.")})
@@ -105,8 +108,9 @@ def page_banners() -> list[dict]:
 
 def state() -> dict:
     locked = panel_locked()
-    return {"lamps": [lamp_info(v, locked) for v in services().controller.lamps()],
-            "firmware": services().firmware_status(), "banners": page_banners(), "locked": locked,
+    views = services().controller.lamps()
+    return {"lamps": [lamp_info(v, locked) for v in views],
+            "firmware": services().firmware_status(), "banners": page_banners(views), "locked": locked,
             "server_time": round(time.time(), 3)}
 
 
@@ -273,13 +277,14 @@ def start(lamp_id):
         view = s.controller.lamp(lamp_id)
         minutes = _preset(view, request.form.get("minutes", ""))
         seconds = minutes * 60
-        if fit and view.continue_left_s is not None and view.continue_left_s < seconds:
-            # "Same patient" for a preset longer than what is left: what is left (S18).
+        # "Same patient" for a preset longer than what is left: what is left (S18).
+        fitted = fit and view.continue_left_s is not None and view.continue_left_s < seconds
+        if fitted:
             seconds = view.continue_left_s
-            s.controller.start(lamp_id, seconds, g.user["name"], arrived=arrived())
+        s.controller.start(lamp_id, seconds, g.user["name"], new_patient=bool(new_patient), arrived=arrived())
+        if fitted:
             return gettext("%(name)s started for %(time)s, what the same patient had left.", name=view.name,
                            time=seconds_text(seconds))
-        s.controller.start(lamp_id, seconds, g.user["name"], new_patient=bool(new_patient), arrived=arrived())
         if new_patient and view.continue_left_s is not None:
             return gettext("%(name)s started for %(time)s for a new patient (recorded).", name=view.name,
                            time=minutes_text(minutes))
