@@ -108,3 +108,29 @@ def overflowing(page) -> list[str]:
       });
       return bad;
     }""")
+
+
+def tap(page, locator) -> None:
+    """A finger on a phone size, a mouse elsewhere, at the middle of `locator` scrolled to the middle of the
+    screen (never under the sticky Stop-all bar)."""
+    locator.evaluate("e => e.scrollIntoView({block: 'center'})")
+    box = locator.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    if page.viewport_size in PHONES:
+        page.touchscreen.tap(x, y)
+    else:
+        page.mouse.click(x, y)
+
+
+def served(tmp_path_factory, name: str, lamps: str):
+    """For a module fixture (`yield from served(...)`): a real `lampctl serve --simulate` with `lamps`, its
+    admin's and ann's API tokens as `.tokens`, stopped after the module."""
+    from tests.procs import ServiceProcess, add_users, service_config
+
+    config = service_config(tmp_path_factory.mktemp(name), lamps)
+    svc = ServiceProcess(config).start()
+    svc.tokens = add_users(config)
+    try:
+        yield svc
+    finally:
+        svc.stop()

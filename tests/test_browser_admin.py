@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tests import browser_kit
-from tests.browser_kit import PHONE, SIZES, SMALL_PHONE, TABLET, log_in, new_page, overflowing, shot, size_name
+from tests.browser_kit import PHONE, SIZES, SMALL_PHONE, TABLET, log_in, new_page, overflowing, shot, size_name, tap
 from tests.procs import TWO_LAMPS, ServiceProcess, add_users, lampctl, service_config, wait_until
 
 pytestmark = pytest.mark.browser
@@ -136,8 +136,7 @@ def test_browser_reset_all_lists_every_latch_then_clears_them_all(browser, servi
         log_in(page, service.url, "admin", "1234")
         page.goto(service.url + "/admin/lamps")
         shot(page, "reset-all-offered")
-        tap = (lambda loc: loc.tap()) if viewport == SMALL_PHONE else (lambda loc: loc.click())
-        tap(page.get_by_role("button", name="Reset all faults (2 lamps)"))
+        tap(page, page.get_by_role("button", name="Reset all faults (2 lamps)"))
         expect(page.get_by_role("heading", level=1)).to_have_text("Reset the faults of all 2 latched lamps?")
         items = page.locator(".confirm-items li")
         expect(items).to_have_count(2)
@@ -146,7 +145,7 @@ def test_browser_reset_all_lists_every_latch_then_clears_them_all(browser, servi
         expect(items.nth(1)).to_contain_text("Room 2, latched since")
         assert overflowing(page) == [], "confirmation"
         shot(page, "confirm-reset-all")
-        tap(page.get_by_role("button", name="Yes, reset all 2 faults"))
+        tap(page, page.get_by_role("button", name="Yes, reset all 2 faults"))
         expect(page.locator("#messages")).to_have_text(
             "Faults cleared on Room 1, Room 2; the lamps are off and ready.")
         for lamp in ("room1", "room2"):

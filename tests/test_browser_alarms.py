@@ -7,8 +7,7 @@ import re
 import pytest
 
 from tests import browser_kit
-from tests.browser_kit import PHONES, SIZES, TABLET, button_boxes, log_in, new_page, shot, size_name
-from tests.procs import ServiceProcess, add_users, service_config
+from tests.browser_kit import SIZES, TABLET, button_boxes, log_in, new_page, shot, size_name, tap
 
 pytestmark = pytest.mark.browser
 browser = browser_kit.browser  # the shared fixture
@@ -35,13 +34,7 @@ rest_window_s = 0
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    config = service_config(tmp_path_factory.mktemp("alarms"), LAMPS)
-    svc = ServiceProcess(config).start()
-    svc.tokens = add_users(config)
-    try:
-        yield svc
-    finally:
-        svc.stop()
+    yield from browser_kit.served(tmp_path_factory, "alarms", LAMPS)
 
 
 def _post(service, path: str, body: dict | None = None, user: str = "admin") -> dict:
@@ -58,15 +51,6 @@ def _reset_all(service) -> None:
             _post(service, f"/api/lamps/{lamp}/reset")
 
 
-def _tap(page, locator) -> None:
-    # To the middle of the screen: never under the sticky Stop all bar.
-    locator.evaluate("e => e.scrollIntoView({block: 'center'})")
-    box = locator.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    if page.viewport_size in PHONES:
-        page.touchscreen.tap(x, y)
-    else:
-        page.mouse.click(x, y)
 
 
 def _count(page, name: str) -> int:
@@ -84,7 +68,7 @@ def test_browser_an_estop_is_an_alarm_until_ok_is_tapped(browser, service, viewp
         log_in(page, service.url, "ann", "2468")
         room1 = page.get_by_role("region", name="Room 1")
         room2 = page.get_by_role("region", name="Room 2")
-        _tap(page, room2.get_by_role("button", name="10 min"))
+        tap(page, room2.get_by_role("button", name="10 min"))
         expect(room2).to_have_attribute("data-state", "on")
         before = button_boxes(page)
         _post(service, "/api/estop", user="ann")  # from elsewhere: this page learns it from its poll
@@ -107,12 +91,12 @@ def test_browser_an_estop_is_an_alarm_until_ok_is_tapped(browser, service, viewp
         first = _count(page, "alarms")
         page.clock.fast_forward(4500)
         expect(page.locator("body")).not_to_have_attribute("data-alarms", str(first))
-        _tap(page, room2.get_by_role("button", name="OK"))
+        tap(page, room2.get_by_role("button", name="OK"))
         expect(room2).not_to_have_attribute("data-mark", "alarm")
         page.clock.fast_forward(4500)
         second = _count(page, "alarms")
         assert second > first  # Room 1 still alarmed
-        _tap(page, room1.get_by_role("button", name="OK"))
+        tap(page, room1.get_by_role("button", name="OK"))
         expect(room1).not_to_have_attribute("data-mark", "alarm")
         settled = _count(page, "alarms")
         page.clock.fast_forward(9000)
@@ -136,7 +120,7 @@ def test_browser_a_normal_end_stays_marked_and_chimes_a_few_times_until_ok(brows
         expect(page.locator("#sound-note")).to_be_visible()  # no tap yet: the page says sound is off
         expect(page.locator("#sound-note")).to_have_text("Sound is off: tap anywhere to turn it on.")
         room1 = page.get_by_role("region", name="Room 1")
-        _tap(page, room1.get_by_role("button", name="6 s"))
+        tap(page, room1.get_by_role("button", name="6 s"))
         expect(page.locator("#sound-note")).to_be_hidden()
         expect(room1).to_have_attribute("data-state", "on")
         expect(room1).to_have_attribute("data-mark", "ended", timeout=15_000)
@@ -151,7 +135,7 @@ def test_browser_a_normal_end_stays_marked_and_chimes_a_few_times_until_ok(brows
         page.clock.fast_forward(10_500)
         assert _count(page, "chimes") == 3  # a few times, then quiet; the mark stays
         expect(room1).to_have_attribute("data-mark", "ended")
-        _tap(page, room1.get_by_role("button", name="OK"))
+        tap(page, room1.get_by_role("button", name="OK"))
         expect(room1).not_to_have_attribute("data-mark", "ended")
         assert page.console_errors == []
     finally:
@@ -167,7 +151,7 @@ def test_browser_the_one_minute_warning_is_amber(browser, service):
         page.clock.install()
         log_in(page, service.url, "ann", "2468")
         room2 = page.get_by_role("region", name="Room 2")
-        _tap(page, room2.get_by_role("button", name="10 min"))
+        tap(page, room2.get_by_role("button", name="10 min"))
         expect(room2).to_have_attribute("data-state", "on")
         page.clock.fast_forward(9 * 60_000 + 5_000)  # the page's own clock: a minute left by its countdown
         warn = page.locator("#messages .flash-warn")

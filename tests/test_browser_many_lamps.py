@@ -8,7 +8,6 @@ import pytest
 
 from tests import browser_kit
 from tests.browser_kit import PHONES, TABLET, new_page, shot, size_name
-from tests.procs import ServiceProcess, add_users, service_config
 
 pytestmark = pytest.mark.browser
 browser = browser_kit.browser  # the shared fixture
@@ -29,13 +28,7 @@ rest_window_s = 0
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    config = service_config(tmp_path_factory.mktemp("eight"), LAMPS)
-    svc = ServiceProcess(config).start()
-    svc.tokens = add_users(config)
-    try:
-        yield svc
-    finally:
-        svc.stop()
+    yield from browser_kit.served(tmp_path_factory, "eight", LAMPS)
 
 
 def _german_panel(browser, service, viewport):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests import browser_kit
-from tests.browser_kit import PHONES, SIZES, TABLET, button_boxes, log_in, new_page, overflowing, shot, size_name
+from tests.browser_kit import SIZES, TABLET, button_boxes, log_in, new_page, overflowing, shot, size_name, tap
 from tests.procs import ServiceProcess, add_users, lampctl, service_config, wait_until
 
 pytestmark = pytest.mark.browser
@@ -64,14 +64,6 @@ def _polled(page) -> None:
         pass
 
 
-def _tap(page, locator) -> None:
-    locator.scroll_into_view_if_needed()
-    box = locator.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    if page.viewport_size in PHONES:
-        page.touchscreen.tap(x, y)
-    else:
-        page.mouse.click(x, y)
 
 
 @pytest.mark.parametrize("viewport", SIZES, ids=size_name)
@@ -86,11 +78,11 @@ def test_browser_buttons_never_move_after_a_tap_a_message_a_refusal_or_a_banner(
         room2 = page.get_by_role("region", name="Room 2")
         before = button_boxes(page)
         shot(page, "move-0-first-view")
-        _tap(page, page.get_by_role("heading", name="Room 1"))  # the first touch unlocks the chime
+        tap(page, page.get_by_role("heading", name="Room 1"))  # the first touch unlocks the chime
         expect(page.locator("#sound-note")).to_be_hidden()
         assert button_boxes(page) == before, "the first tap moved a button"
 
-        _tap(page, room2.get_by_role("button", name="10 min"))
+        tap(page, room2.get_by_role("button", name="10 min"))
         expect(page.locator("#messages")).to_have_text("Room 2 started for 10 min.")
         expect(room2).to_have_attribute("data-state", "on")
         assert button_boxes(page) == before, "a message moved a button"
@@ -98,7 +90,7 @@ def test_browser_buttons_never_move_after_a_tap_a_message_a_refusal_or_a_banner(
 
         # A page that missed a change: its 20 min button still looks enabled; the refusal takes no room.
         page.evaluate("document.querySelector('#lamp-room2 .btn-preset[value=\"20\"]').disabled = false")
-        _tap(page, room2.get_by_role("button", name="20 min"))
+        tap(page, room2.get_by_role("button", name="20 min"))
         expect(page.locator("#messages")).to_have_text("Room 2 is already on.")
         assert button_boxes(page) == before, "a refusal moved a button"
         shot(page, "move-2-refusal")
@@ -111,7 +103,7 @@ def test_browser_buttons_never_move_after_a_tap_a_message_a_refusal_or_a_banner(
         page.unroute(re.compile(r".*/panel/state\.json$"))
         expect(alert).to_have_count(0, timeout=6000)
 
-        _tap(page, room2.get_by_role("button", name="Stop"))
+        tap(page, room2.get_by_role("button", name="Stop"))
         expect(room2).to_have_attribute("data-state", "off")
         assert button_boxes(page) == before
         assert overflowing(page) == []
@@ -347,7 +339,7 @@ def test_browser_every_alert_is_wholly_visible_most_severe_on_top(browser, servi
     try:
         log_in(page, service.url, "ann", "2468")
         room2 = page.get_by_role("region", name="Room 2")
-        _tap(page, room2.get_by_role("button", name="10 min"))
+        tap(page, room2.get_by_role("button", name="10 min"))
         expect(room2).to_have_attribute("data-state", "on")
         page.evaluate("window.scrollTo(0, 0)")
         # No contact, then a Stop that cannot be delivered: that alert goes on top, whole.
@@ -355,7 +347,7 @@ def test_browser_every_alert_is_wholly_visible_most_severe_on_top(browser, servi
         expect(page.locator(".banner-offline")).to_be_visible(timeout=6000)
         *banners, (_, slot) = _alert_boxes(page)
         assert [k for k, _ in banners] == ["offline"] and _inside(banners[0][1], slot), (banners, slot)
-        _tap(page, room2.get_by_role("button", name="Stop"))
+        tap(page, room2.get_by_role("button", name="Stop"))
         expect(page.locator(".banner-undelivered")).to_be_visible()
         # The failed Stop gave no button back that contact does not allow.
         expect(page.get_by_role("region", name="Room 1").get_by_role("button", name="6 s")).to_be_disabled()
@@ -364,7 +356,7 @@ def test_browser_every_alert_is_wholly_visible_most_severe_on_top(browser, servi
         assert banners[0][0] == "undelivered" and all(_inside(b, slot) for _, b in banners), (banners, slot)
         shot(page, "alert-undelivered", full_page=False)
         page.unroute(re.compile(r".*/panel/.*\.json$|.*/panel/lamps/.*"))
-        _tap(page, room2.get_by_role("button", name="Stop"))
+        tap(page, room2.get_by_role("button", name="Stop"))
         expect(page.locator(".banner-undelivered")).to_have_count(0)
 
         # Three alarms at once, as the server would send them: each whole, in the order of harm.

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from tests import browser_kit
-from tests.browser_kit import PHONES, SIZES, log_in, new_page, shot, size_name
-from tests.procs import TWO_LAMPS, ServiceProcess, add_users, service_config
+from tests.browser_kit import SIZES, log_in, new_page, shot, size_name, tap
+from tests.procs import TWO_LAMPS
 
 pytestmark = pytest.mark.browser
 browser = browser_kit.browser  # the shared fixture
@@ -16,13 +16,7 @@ browser = browser_kit.browser  # the shared fixture
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    config = service_config(tmp_path_factory.mktemp("s21"), TWO_LAMPS)
-    svc = ServiceProcess(config).start()
-    svc.tokens = add_users(config)
-    try:
-        yield svc
-    finally:
-        svc.stop()
+    yield from browser_kit.served(tmp_path_factory, "s21", TWO_LAMPS)
 
 
 def _api(service, path: str, body: dict | None = None) -> dict:
@@ -36,13 +30,6 @@ def _relay_on(service, lamp: str) -> bool:
     return {l["id"]: l["relay_on"] for l in health["lamps"]}[lamp]
 
 
-def _tap(page, locator) -> None:
-    box = locator.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    if page.viewport_size in PHONES:
-        page.touchscreen.tap(x, y)
-    else:
-        page.mouse.click(x, y)
 
 
 @pytest.mark.parametrize("viewport", SIZES, ids=size_name)
@@ -73,14 +60,12 @@ def test_s21_browser_logged_out_tablet_shows_the_running_lamp_and_stops_it(brows
         expect(room1).to_be_visible(timeout=4000)
         assert login_button.bounding_box() == before  # ...below the form: the Log in button never moves
         shot(page, "s21-login-running")
-        stop.scroll_into_view_if_needed()
-        _tap(page, stop)
+        tap(page, stop)
         page.wait_for_url(re.compile(r".*/login$"))
         expect(page.locator("#messages")).to_have_text("Room 2 stopped: the session ended and the lamp is off.")
         assert not _relay_on(service, "room2")
         expect(page.get_by_role("region", name="Lamps on now").locator("[data-lamp=room2]")).to_be_hidden()
-        page.get_by_role("button", name="Stop all").scroll_into_view_if_needed()
-        _tap(page, page.get_by_role("button", name="Stop all"))
+        tap(page, page.get_by_role("button", name="Stop all"))
         expect(page.locator("#messages")).to_have_text("All lamps are off. Sessions ended: Room 1.")
         assert not _relay_on(service, "room1")
         expect(page.locator(".stops-none")).to_be_visible()
@@ -113,8 +98,7 @@ def test_s21_browser_logout_while_a_lamp_heats_asks_first_and_the_login_page_kee
         expect(page.locator("#messages")).to_have_text("You are logged out.")
         stop = page.get_by_role("button", name="Stop Room 1")
         expect(stop).to_be_visible()
-        stop.scroll_into_view_if_needed()
-        _tap(page, stop)
+        tap(page, stop)
         expect(page.locator("#messages")).to_have_text("Room 1 stopped: the session ended and the lamp is off.")
         assert not _relay_on(service, "room1")
         assert page.console_errors == []
