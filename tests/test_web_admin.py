@@ -517,6 +517,10 @@ def test_admin_pages_warn_while_the_clock_is_not_synchronised(services, clock, u
     login(client, "admin", "1234")
     for page in ("/admin/log", "/admin/usage", "/admin/lamps"):
         assert b"The system clock is not synchronised" in client.get(page).data, page
+    # The page keeps its own translatable copy of the command line's sentence: the two say the same in English.
+    from lampctl.clocksync import describe
+
+    assert htmllib.escape(describe(False), quote=False) in client.get("/admin/log").data.decode()
     synced["now"] = True
     assert b"The system clock is not synchronised" not in client.get("/admin/log").data
 
