@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lampctl.mqtt_testing import Broker  # noqa: E402
 from lampctl.testing import free_port, wait_until  # noqa: E402
+from lampctl.testing.mqtt import Broker  # noqa: E402
 
 
 def cpu_s(pid: int) -> float:

@@ -30,10 +30,10 @@ from gpiozero.pins.mock import MockFactory  # noqa: E402
 from bench.inproc import NullLog  # noqa: E402  (records go nowhere: this bench times relays)
 from firmware_bridge.bridge import FirmwareLink  # noqa: E402
 from lampctl import config as config_mod  # noqa: E402
-from lampctl.backstop import FirmwareBackstop  # noqa: E402
-from lampctl.clock import MonotonicClock  # noqa: E402
-from lampctl.controller import Refused, SessionController  # noqa: E402
-from lampctl.hardware import RelayBank  # noqa: E402
+from lampctl.core.clock import MonotonicClock  # noqa: E402
+from lampctl.core.controller import Refused, SessionController  # noqa: E402
+from lampctl.devices.backstop import FirmwareBackstop  # noqa: E402
+from lampctl.devices.hardware import RelayBank  # noqa: E402
 
 
 class SlowArmPort:

@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from lampctl.db import MIGRATIONS, _statements, iso, open_database
+from lampctl.storage.db import MIGRATIONS, _statements, iso, open_database
 
 BASE_VERSION = 3
 LAMPS = [f"room{n}" for n in range(1, 11)]

@@ -51,9 +51,9 @@ class Rig:
     """A controller on 8 mock relays with the real clock, its scheduler running, and an E-stop."""
 
     def __init__(self):
-        from lampctl.clock import MonotonicClock
-        from lampctl.controller import SessionController
-        from lampctl.hardware import RelayBank
+        from lampctl.core.clock import MonotonicClock
+        from lampctl.core.controller import SessionController
+        from lampctl.devices.hardware import RelayBank
 
         with tempfile.TemporaryDirectory() as tmp:
             self.cfg = _config(Path(tmp))

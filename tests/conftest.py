@@ -9,11 +9,11 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from lampctl import config as config_mod
-from lampctl.accounts import Accounts
-from lampctl.clock import FakeClock
-from lampctl.controller import SessionController
-from lampctl.hardware import RelayBank
-from lampctl.store import UsageLog
+from lampctl.core.clock import FakeClock
+from lampctl.core.controller import SessionController
+from lampctl.devices.hardware import RelayBank
+from lampctl.storage.accounts import Accounts
+from lampctl.storage.store import UsageLog
 from web import Services, create_app
 
 BASE_CONFIG = """

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 
-import lampctl.hardware as hardware
+import lampctl.devices.hardware as hardware
 
 captured = []
 _make = hardware.make_pin_factory

@@ -6,10 +6,10 @@ import unicodedata
 
 import pytest
 
-from lampctl.accounts import BUILTIN_USER, Accounts
 from lampctl.cli import main
-from lampctl.db import StoreError, connect
-from lampctl.user_names import NameRefused, name_key
+from lampctl.storage.accounts import BUILTIN_USER, Accounts
+from lampctl.storage.db import StoreError, connect
+from lampctl.storage.user_names import NameRefused, name_key
 from tests.conftest import write_config
 from tests.procs import TWO_LAMPS, ServiceProcess, add_users, lampctl, service_config, wait_until
 

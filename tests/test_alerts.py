@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from lampctl import config as config_mod
-from lampctl.controller import SessionController
-from lampctl.hardware import RelayBank
+from lampctl.core.controller import SessionController
+from lampctl.devices.hardware import RelayBank
 from tests.conftest import BASE_CONFIG, pin_history, write_config
 from tests.procs import wait_until
 

@@ -15,28 +15,49 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("lampctl", "web", "firmware_bridge", "bench")  # the code under the import rules
 
-# The one place lampctl may import web: the service builds the Flask app it serves.
+# The one place lampctl may import web: the module that composes a Flask app and serves it.
 ALLOWED_LAMPCTL_TO_WEB = {
-    "lampctl.service": "`lampctl serve` builds the web app (create_app) for the service it runs; "
-    "nothing else in lampctl may know that web exists.",
-    "lampctl.collector": "`lampctl collect` builds the fleet's web app (create_fleet_app) for the central log "
-    "it keeps, as `serve` does for the panel.",
+    "lampctl.service.serving": "`lampctl serve` and `lampctl collect` build their web app (create_app, "
+    "create_fleet_app) here; nothing else in lampctl may know that web exists.",
 }
 # The controller decides when a lamp is on; it gets hardware, clock and log handed in.
-CORE = "lampctl.controller"
+CORE = "lampctl.core.controller"
 FORBIDDEN_IN_CORE = (
     dict.fromkeys(["flask", "werkzeug", "waitress"], "the web")
     | dict.fromkeys(["gpiozero", "lgpio", "RPi", "pigpio"], "GPIO")
     | {"serial": "the firmware link", "sqlite3": "the disk"}
 )
 
+# The rooms of the house and what each may import of ours (besides itself). A newcomer finds the
+# core, the storage, the fleet and the tools by folder; these rules keep each folder one concern.
+ROOMS = {
+    "lampctl.core": set(),  # the state machine and the rules: pure, handed everything (config only for types)
+    "lampctl.config": {"lampctl.core", "firmware_bridge"},  # the limits it checks are the core's and the firmware's
+    "lampctl.platform": set(),  # the process and the machine: files, lock, signals, clock, HTTP server
+    "lampctl.devices": {"lampctl.core", "lampctl.config", "lampctl.platform", "firmware_bridge"},
+    "lampctl.storage": {"lampctl.core", "lampctl.config", "lampctl.platform"},
+    "lampctl.fleet": {"lampctl.core", "lampctl.config", "lampctl.platform", "lampctl.storage"},
+    "lampctl.tools": {"lampctl.core", "lampctl.config", "lampctl.platform", "lampctl.devices", "lampctl.storage",
+                      "firmware_bridge"},
+    "lampctl.service": {"lampctl.core", "lampctl.config", "lampctl.platform", "lampctl.devices", "lampctl.storage",
+                        "lampctl.fleet", "web"},
+    "lampctl.cli": {"lampctl.core", "lampctl.config", "lampctl.platform", "lampctl.devices", "lampctl.storage",
+                    "lampctl.fleet", "lampctl.tools", "lampctl.service", "firmware_bridge"},
+    "lampctl.testing": {"lampctl.core", "lampctl.config", "lampctl.platform", "firmware_bridge"},
+    "web": {"lampctl.core", "lampctl.config", "lampctl.platform", "lampctl.storage"},
+    "firmware_bridge": set(),
+    "bench": {"lampctl", "web", "firmware_bridge"},  # measures the whole product, through its own doors
+}
+# What may import lampctl.testing (real processes on loopback ports): the tests and the benchmarks.
+TESTING_USERS = ("tests", "bench", "lampctl.testing")
+MAX_IMPORT_DEPTH = 8  # modules in the longest chain of imports, the importer included
 
 
 # ---- the import graph ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Import:
     importer: str
-    target: str  # a module of ours ("lampctl.store") or an outside top-level name ("sqlite3")
+    target: str  # a module of ours ("lampctl.storage.store") or an outside top-level name ("sqlite3")
     line: int
 
     @property
@@ -156,9 +177,9 @@ def in_package(name: str, package: str) -> bool:
 
 def test_architecture_import_walker_sees_function_level_and_relative_imports():
     found = {(imp.importer, imp.target) for imp in imports()}
-    assert ("lampctl.service", "web") in found  # inside serve()
-    assert ("lampctl.service", "lampctl.hardware") in found  # inside serve(), after the config
-    assert ("lampctl.controller", "lampctl.safety") in found  # module level
+    assert ("lampctl.service.serving", "web") in found  # inside serve_panel()
+    assert ("lampctl.service", "lampctl.devices.hardware") in found  # inside serve(), after the config
+    assert ("lampctl.core.controller", "lampctl.core.safety") in found  # module level
     assert ("lampctl.cli", "argparse") in found  # outside name, top level only
     assert ("web", "flask") in found
 
@@ -166,9 +187,9 @@ def test_architecture_import_walker_sees_function_level_and_relative_imports():
 def test_architecture_cycle_finder_and_type_only_imports():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import sqlite3\nelse:\n    import json\n"
-    visitor = _ImportVisitor("lampctl.x", False)
-    visitor.visit(ast.parse(source + "from . import safety\nfrom .store import UsageLog\n"))
-    assert [imp.target for imp in visitor.found] == ["typing", "json", "lampctl.safety", "lampctl.store"]
+    visitor = _ImportVisitor("lampctl.core.x", False)
+    visitor.visit(ast.parse(source + "from . import safety\nfrom ..storage.store import UsageLog\n"))
+    assert [imp.target for imp in visitor.found] == ["typing", "json", "lampctl.core.safety", "lampctl.storage.store"]
 
 
 def test_architecture_no_import_cycle():
@@ -192,6 +213,66 @@ def test_architecture_lampctl_imports_web_only_where_allowed():
         assert crossing(allowed, "web"), f"{allowed} no longer imports web: update ALLOWED_LAMPCTL_TO_WEB"
 
 
+def room_of(module: str) -> str | None:
+    """The room (subpackage) a module of ours lives in: the longest ROOMS key it is in."""
+    rooms = [room for room in ROOMS if in_package(module, room)]
+    return max(rooms, key=len) if rooms else None
+
+
+def test_architecture_every_module_lives_in_a_room():
+    loose = [name for name in _modules()
+             if not in_package(name, "tests") and name not in ("lampctl", "lampctl.__main__") and room_of(name) is None]
+    assert loose == [], f"modules outside every room of ROOMS (put each in the folder of its concern): {loose}"
+
+
+def test_architecture_each_room_imports_only_the_rooms_below_it():
+    wrong = []
+    for imp in imports():
+        here, there = room_of(imp.importer), room_of(imp.target)
+        if here is None or there is None or here == there or in_package(there, here):
+            continue
+        allowed = ROOMS[here]
+        if not any(in_package(there, room) or room == there for room in allowed) and not (
+            here == "bench" and there.split(".")[0] in allowed
+        ):
+            wrong.append(f"{imp.where} ({here}) imports {imp.target} ({there})")
+    assert wrong == [], "imports against the rooms' order (ROOMS in this file): " + "; ".join(sorted(set(wrong)))
+
+
+def test_architecture_the_rooms_order_has_no_circle():
+    edges = {room: {r for r in allowed if r in ROOMS} for room, allowed in ROOMS.items()}
+    assert cycles(edges) == []
+    assert room_of("lampctl.core.controller") == "lampctl.core" and room_of("web.panel") == "web"
+    assert room_of("lampctl.cli") == "lampctl.cli" and room_of("lampctl.__main__") is None
+
+
+def test_architecture_only_tests_and_bench_import_the_testing_kit():
+    wrong = [f"{imp.where} imports {imp.target}" for imp in imports()
+             if in_package(imp.target, "lampctl.testing")
+             and not any(in_package(imp.importer, user) for user in TESTING_USERS)]
+    assert wrong == [], "lampctl.testing serves the tests and bench/ only, as trio.testing does: " + "; ".join(wrong)
+
+
+def longest_chain(edges: dict[str, set[str]]) -> list[str]:
+    """The longest path of imports (the graph has no circle), as the modules along it."""
+    best: dict[str, list[str]] = {}
+
+    def walk(name: str) -> list[str]:
+        if name not in best:
+            best[name] = [name, *max((walk(n) for n in edges[name]), key=len, default=[])]
+        return best[name]
+
+    return max((walk(name) for name in edges), key=len, default=[])
+
+
+def test_architecture_import_chains_are_short():
+    assert longest_chain({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == ["a", "b", "c"]
+    edges = {name: targets for name, targets in cycle_graph().items() if not in_package(name, "tests")}
+    chain = longest_chain(edges)
+    assert len(chain) <= MAX_IMPORT_DEPTH, (
+        f"an import chain {len(chain)} modules deep (at most {MAX_IMPORT_DEPTH}): " + " -> ".join(chain))
+
+
 def test_architecture_firmware_bridge_imports_nothing_from_lampctl():
     wrong = crossing("firmware_bridge", "lampctl")
     assert wrong == [], "firmware_bridge stands alone (the simulator and the firmware use it): " + "; ".join(wrong)
@@ -204,7 +285,7 @@ def test_architecture_bench_imports_nothing_from_tests():
 def test_architecture_controller_and_what_it_imports_do_no_io():
     edges = graph()
     core = {CORE, *reachable(edges, CORE)}
-    # Importing lampctl.controller also runs each enclosing package's __init__.
+    # Importing lampctl.core.controller also runs each enclosing package's __init__.
     core |= {".".join(name.split(".")[:n]) for name in set(core) for n in range(1, name.count(".") + 1)}
     core |= {name for root in set(core) for name in reachable(edges, root)}
     wrong = [
@@ -213,7 +294,7 @@ def test_architecture_controller_and_what_it_imports_do_no_io():
         if imp.importer in core and imp.target in FORBIDDEN_IN_CORE
     ]
     assert wrong == [], f"{CORE} must be handed its I/O, not import it: " + "; ".join(wrong)
-    assert "lampctl.safety" in core  # the walk really followed the controller's imports
+    assert "lampctl.core.safety" in core  # the walk really followed the controller's imports
 
 
 # ---- functions, which the safety case names --------------------------------------------------

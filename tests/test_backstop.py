@@ -6,8 +6,8 @@ import threading
 import pytest
 
 from firmware_bridge.bridge import FirmwareError, FirmwareTimeout
-from lampctl.backstop import FirmwareBackstop
-from lampctl.controller import Refused, SessionController
+from lampctl.core.controller import Refused, SessionController
+from lampctl.devices.backstop import FirmwareBackstop
 from tests.conftest import pin_history
 
 

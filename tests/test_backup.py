@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from lampctl import cli
-from lampctl.backup import BACKUP_RE, backup_database, prune_events, restore_database
-from lampctl.store import UsageLog
-from lampctl.toolcli import ToolFailed
+from lampctl.cli.toolcli import ToolFailed
+from lampctl.storage.store import UsageLog
+from lampctl.tools.backup import BACKUP_RE, backup_database, prune_events, restore_database
 from tests.conftest import write_config
 from tests.procs import (
     ROOT,
@@ -153,7 +153,7 @@ def test_restore_refuses_while_the_service_answers(cfg, usage_log, tmp_path, cap
 
 
 def test_s16_restore_refuses_while_a_service_holds_the_database_lock(cfg, usage_log, tmp_path, capsys):
-    from lampctl.runtime import InstanceLock
+    from lampctl.platform.runtime import InstanceLock
 
     record_sessions(usage_log, 1)
     backup = backup_database(cfg.service.database, tmp_path / "b", keep=5).path
@@ -315,7 +315,7 @@ def test_store_database_backups_lock_and_data_folder_are_private_whatever_the_um
 
 
 def test_store_database_an_older_lampctl_left_readable_is_made_private(tmp_path):
-    from lampctl.db import open_database
+    from lampctl.storage.db import open_database
 
     db = tmp_path / "lampctl.db"
     open_database(db)

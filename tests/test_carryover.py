@@ -5,11 +5,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lampctl.carryover import ClockRef, s20_carry_over, s20_elapsed_s
-from lampctl.clock import FakeClock
-from lampctl.controller import Refused, SessionController
-from lampctl.db import connect
-from lampctl.store import UsageLog
+from lampctl.core.carryover import ClockRef, s20_carry_over, s20_elapsed_s
+from lampctl.core.clock import FakeClock
+from lampctl.core.controller import Refused, SessionController
+from lampctl.storage.db import connect
+from lampctl.storage.store import UsageLog
 from lampctl.testing import wait_until
 from tests.conftest import pin_history
 
@@ -185,7 +185,7 @@ def test_s18_session_records_a_new_patient_declared_inside_the_rest_window(contr
 
 def guard_on(cfg, clock, *, boot_id=None):
     """A login guard as the service builds one after a start: from the lockouts on disk."""
-    from lampctl.accounts import Accounts
+    from lampctl.storage.accounts import Accounts
     from web.auth import LoginGuard
 
     accounts = Accounts(cfg.service.database, wall=clock.wall, monotonic=clock.monotonic)
@@ -288,7 +288,7 @@ def test_s18_new_patient_declaration_is_shown_in_the_log_page_csv_api_and_cli(se
 def test_s20_login_page_stays_locked_after_the_app_is_built_again(services, clock, users):
     from dataclasses import replace
 
-    from lampctl.accounts import Accounts
+    from lampctl.storage.accounts import Accounts
     from tests.test_web_auth import login
     from web import create_app
 

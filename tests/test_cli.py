@@ -145,7 +145,7 @@ def test_cli_module_imports_nothing_beyond_argparse_and_config():
             "print(json.dumps([sorted(after - before), sorted(set(sys.modules) - before)]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True)
     on_import, after_check = json.loads(proc.stdout.splitlines()[-1])
-    assert on_import == ["lampctl.cli", "lampctl.cli_args"]
-    slow = {"urllib", "urllib.request", "http.client", "csv", "sqlite3", "lampctl.store", "werkzeug", "contextlib",
+    assert on_import == ["lampctl.cli", "lampctl.cli.args"]
+    slow = {"urllib", "urllib.request", "http.client", "csv", "sqlite3", "lampctl.storage.store", "werkzeug", "contextlib",
             "gpiozero", "flask", "tempfile"}
     assert not slow & set(after_check), slow & set(after_check)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lampctl.accounts import Accounts
 from lampctl.cli import main
-from lampctl.store import UsageLog, connect, transaction
+from lampctl.storage.accounts import Accounts
+from lampctl.storage.store import UsageLog, connect, transaction
 from tests.conftest import write_config
 from tests.csv_cases import FORMULA_CELLS
 from tests.procs import ROOT

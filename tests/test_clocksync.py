@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from lampctl import clocksync
-from lampctl.clocksync import STA_UNSYNC, TIME_ERROR, clock_synchronised
+from lampctl.platform import clocksync
+from lampctl.platform.clocksync import STA_UNSYNC, TIME_ERROR, clock_synchronised
 
 
 def no_kernel():

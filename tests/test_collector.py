@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from lampctl.central_log import BadRecord, CentralLog, check_record
-from lampctl.collector import Collector, load_collector_config
 from lampctl.config import ConfigError
-from lampctl.mqtt_testing import Broker, Listener, mosquitto_path
+from lampctl.fleet.central_log import BadRecord, CentralLog, check_record
+from lampctl.fleet.collector import Collector, load_collector_config
 from lampctl.testing import lampctl, wait_until
+from lampctl.testing.mqtt import Broker, Listener, mosquitto_path
 from tests.csv_cases import FORMULA_CELLS
 from web.fleet import create_fleet_app
 
@@ -130,7 +130,7 @@ def test_fleet_pages_bad_query_is_a_sentence_not_a_500(pages):
 @pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)")
 def test_collector_stores_each_record_once_through_a_real_broker(tmp_path):
     broker = Broker(tmp_path).start()
-    from lampctl.config_mqtt import MqttConfig
+    from lampctl.config.mqtt import MqttConfig
 
     central = CentralLog(tmp_path / "central.db")
     collector = Collector(MqttConfig(host="127.0.0.1", port=broker.port, tls=False, node="central"), central)

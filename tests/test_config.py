@@ -281,7 +281,7 @@ def test_s14_what_check_config_accepts_the_firmware_accepts(tmp_path, capsys, ch
     from firmware_bridge.errors import check_hello
     from firmware_bridge.firmware.logic import Firmware
     from firmware_bridge.firmware.mpshim import FakeTicks, Pin, ticks_add, ticks_diff
-    from lampctl.safety import s7_backstop_ms
+    from lampctl.core.safety import s7_backstop_ms
 
     text = FULL_CONFIG
     for old, new in changes.items():

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from lampctl.clock import MonotonicClock
-from lampctl.controller import BadDuration, Refused, SessionController, Unavailable
+from lampctl.core.clock import MonotonicClock
+from lampctl.core.controller import BadDuration, Refused, SessionController, Unavailable
 from tests.conftest import pin_history
 
 ROOM1, ROOM2 = 17, 18  # room2 is active-low: ON drives the pin low

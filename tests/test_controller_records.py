@@ -6,9 +6,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from lampctl.backstop import FirmwareBackstop
-from lampctl.clock import FakeClock
-from lampctl.controller import Refused, SessionController
+from lampctl.core.clock import FakeClock
+from lampctl.core.controller import Refused, SessionController
+from lampctl.devices.backstop import FirmwareBackstop
 from tests.conftest import pin_history
 from tests.test_controller_stops import Call, GatedBackstop
 

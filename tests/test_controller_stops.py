@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from lampctl.backstop import FirmwareBackstop
-from lampctl.controller import Refused, SessionController, Unavailable
+from lampctl.core.controller import Refused, SessionController, Unavailable
+from lampctl.devices.backstop import FirmwareBackstop
 from tests.conftest import pin_history
 from tests.procs import wait_until
 

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from lampctl.db import open_database
+from lampctl.storage.db import open_database
 from tests.procs import TWO_LAMPS, lampctl, service_config
 
 

@@ -234,8 +234,8 @@ def test_deploy_install_default_makes_a_venv_that_sees_system_packages(tmp_path)
 def test_s1_maintenance_commands_import_nothing_slow():
     # cli.py declares these subcommands before `serve` claims the relays, so importing them
     # must not pull in the store (werkzeug), pyserial, Flask or gpiozero.
-    code = ("import sys, lampctl.backup, lampctl.doctor, lampctl.firmware_tools, lampctl.clocksync; "
-            "print(' '.join(m for m in ('lampctl.store', 'werkzeug', 'serial', 'flask', 'gpiozero') if m in sys.modules))")
+    code = ("import sys, lampctl.tools.backup, lampctl.tools.doctor, lampctl.tools.firmware, lampctl.platform.clocksync; "
+            "print(' '.join(m for m in ('lampctl.storage.store', 'werkzeug', 'serial', 'flask', 'gpiozero') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""

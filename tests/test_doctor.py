@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lampctl import cli, doctor
+from lampctl import cli
+from lampctl.tools import doctor
 from tests.procs import Simulator, free_port
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from firmware_bridge import protocol
 from firmware_bridge.firmware.logic import FIRMWARE_VERSION
 from lampctl import cli
 from lampctl import config as config_mod
-from lampctl.firmware_tools import board_files, main_source, pico_pins
-from lampctl.toolcli import ToolFailed
+from lampctl.cli.toolcli import ToolFailed
+from lampctl.tools.firmware import board_files, main_source, pico_pins
 from tests.procs import Simulator, free_port
 
 
@@ -153,7 +153,7 @@ def test_firmware_flash_runs_mpremote_with_the_staged_files(tmp_path, monkeypatc
     fake.write_text(f'#!/bin/sh\necho "$@" > {log}\ncat "${{12}}" >> {log}\n')   # ${{12}}: settings.py
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    monkeypatch.setattr("lampctl.firmware_tools.sys.executable", str(bindir / "python"))
+    monkeypatch.setattr("lampctl.tools.firmware.sys.executable", str(bindir / "python"))
     device = tmp_path / "ttyACM9"
     device.write_text("")
     config = fw_config(tmp_path, str(device))
@@ -190,6 +190,6 @@ def test_firmware_main_source_refuses_a_main_without_the_constant(monkeypatch, t
     fake_dir = tmp_path / "firmware_bridge" / "firmware"
     fake_dir.mkdir(parents=True)
     (fake_dir / "main.py").write_text("RELAY_PINS = (2,)\nACTIVE_HIGH = True\n")
-    monkeypatch.setattr("lampctl.firmware_tools.FIRMWARE_DIR", tmp_path / "firmware_bridge")
+    monkeypatch.setattr("lampctl.tools.firmware.FIRMWARE_DIR", tmp_path / "firmware_bridge")
     with pytest.raises(ToolFailed, match="WATCHDOG_MS"):
         main_source({"RELAY_PINS": (2,), "ACTIVE_HIGH": True, "WATCHDOG_MS": 3000})

@@ -12,8 +12,8 @@ import urllib.request
 
 import pytest
 
-from lampctl.mqtt_testing import Broker, Listener, mosquitto_path
 from lampctl.testing import ROOT, TWO_LAMPS, ServiceProcess, add_users, free_port, service_config, wait_until
+from lampctl.testing.mqtt import Broker, Listener, mosquitto_path
 from tests.test_mqtt_units import BUTTON_KEYS, SENSOR_KEYS
 
 pytestmark = [pytest.mark.integration,
@@ -204,7 +204,7 @@ def test_s9_a_pi_without_paho_still_serves_and_keeps_its_records(tmp_path):
         assert "paho-mqtt cannot be loaded" in svc.stderr()
     finally:
         assert svc.stop() == 0
-    from lampctl.outbox import Outbox
+    from lampctl.fleet.outbox import Outbox
 
     waiting = Outbox(tmp_path / "var" / "lampctl.db").after(0, 1000)
     assert [r["id"] for _, kind, r in waiting if kind == "session"] == [1]

@@ -15,8 +15,8 @@ from gpiozero import DigitalOutputDevice
 from gpiozero.exc import GPIOPinInUse
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from lampctl import hardware
-from lampctl.hardware import BEEP_PATTERNS, PinFactoryError, RelayBank, make_pin_factory
+from lampctl.devices import hardware
+from lampctl.devices.hardware import BEEP_PATTERNS, PinFactoryError, RelayBank, make_pin_factory
 from tests.conftest import pin_history
 from tests.procs import wait_until
 
@@ -123,7 +123,7 @@ def test_hardware_all_off_tries_every_relay_and_logs_the_one_that_failed(factory
     for i in range(3):
         bank.set(i, True)
     broken.broken = True
-    with caplog.at_level(logging.ERROR, logger="lampctl.hardware"):
+    with caplog.at_level(logging.ERROR, logger="lampctl.devices.hardware"):
         bank.all_off()
     assert pin_history(factory, ROOM2) == [False, True, False]
     assert pin_history(factory, 24) == [False, True, False]
@@ -172,7 +172,7 @@ def test_hardware_a_broken_indicator_never_fails_a_relay_action(factory, caplog)
     led = factory.pin(LAMP_LED, pin_class=BrokenOutputPin)
     bank = RelayBank([lamp(ROOM1, indicator_pin=LAMP_LED)], factory)
     led.broken = True
-    with caplog.at_level(logging.ERROR, logger="lampctl.hardware"):
+    with caplog.at_level(logging.ERROR, logger="lampctl.devices.hardware"):
         bank.set(0, True)
         bank.set(0, False)
     assert pin_history(factory, ROOM1) == [False, True, False]

@@ -5,8 +5,8 @@ import sqlite3
 import threading
 import time
 
-from lampctl.db import connect
-from lampctl.store import UsageLog
+from lampctl.storage.db import connect
+from lampctl.storage.store import UsageLog
 from tests.procs import wait_until
 from web import Services, create_app
 
@@ -53,7 +53,7 @@ def test_health_degraded_while_the_clock_is_not_synchronised(cfg, controller, us
 
 
 def test_health_clock_probe_is_asked_at_most_once_per_period():
-    from lampctl.clocksync import ClockProbe
+    from lampctl.platform.clocksync import ClockProbe
 
     answers, now = [False, True], [0.0]
     probe = ClockProbe(every_s=30, probe=lambda: answers.pop(0), monotonic=lambda: now[0])

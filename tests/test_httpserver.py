@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lampctl import httpserver
+from lampctl.platform import httpserver
 
 
 class Request:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from lampctl.httpserver import CONNECTION_LIMIT
+from lampctl.platform.httpserver import CONNECTION_LIMIT
 from lampctl.testing import close_all, idle_connections, timed_post
 from tests.procs import (
     ROOT,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lampctl.mqtt_commands import Commands
+from lampctl.fleet.commands import Commands
 from tests.conftest import pin_history
 
 LAMP1 = "lampctl/n1/lamp/room1/cmd"
@@ -225,14 +225,14 @@ def test_mqtt_bad_input_gets_one_sentence_and_a_code_and_changes_no_lamp(node, c
     controller.start("room2", 600, "ann")
     before = relays(factory), [v.state for v in controller.lamps()]
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="lampctl.mqtt_commands"):
+    with caplog.at_level(logging.INFO, logger="lampctl.fleet.commands"):
         n.send(topic, payload if isinstance(payload, bytes) else payload.encode())
         answer = n.answer()
     assert (answer["ok"], answer["code"]) == (False, code), answer
     error = answer["error"]
     assert error.endswith(".") and "\n" not in error and len(error) < 300, error
     assert (relays(factory), [v.state for v in controller.lamps()]) == before
-    lines = [r for r in caplog.records if r.name == "lampctl.mqtt_commands"]
+    lines = [r for r in caplog.records if r.name == "lampctl.fleet.commands"]
     assert len(lines) == 1 and lines[0].exc_info is None and code in lines[0].getMessage()
 
 
@@ -240,8 +240,8 @@ def test_mqtt_bad_input_gets_one_sentence_and_a_code_and_changes_no_lamp(node, c
     ({"seconds": -10**5000}, "bad-duration"), ({"minutes": 10**5000}, "too-long"), ({"seconds": [[1]]}, "bad-duration"),
 ])
 def test_duration_rule_names_what_was_wrong_without_printing_it(body, code):
-    """Shared by the API and MQTT (lampctl.errors.duration_from): a 5,000-digit number cannot even be printed."""
-    from lampctl.errors import BadDuration, duration_from
+    """Shared by the API and MQTT (lampctl.core.errors.duration_from): a 5,000-digit number cannot even be printed."""
+    from lampctl.core.errors import BadDuration, duration_from
 
     with pytest.raises(BadDuration) as refused:
         duration_from(body)

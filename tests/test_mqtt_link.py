@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from lampctl.config_mqtt import MqttConfig
-from lampctl.mqtt import MqttLink
-from lampctl.mqtt_testing import Broker, Listener, mosquitto_path
-from lampctl.outbox import Outbox, set_enabled
+from lampctl.config.mqtt import MqttConfig
+from lampctl.fleet.mqtt import MqttLink
+from lampctl.fleet.outbox import Outbox, set_enabled
 from lampctl.testing import free_port, wait_until
+from lampctl.testing.mqtt import Broker, Listener, mosquitto_path
 from tests.conftest import pin_history
 
 pytestmark = pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)")
@@ -84,7 +84,7 @@ def test_state_retained_and_status_online(tmp_path, controller, clock, link_for)
 
 def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_path, controller, link_for,
                                                                          monkeypatch):
-    import lampctl.mqtt as mqtt_mod
+    import lampctl.fleet.mqtt as mqtt_mod
 
     monkeypatch.setattr(mqtt_mod, "REFRESH_S", 0.2)
     broker = Broker(tmp_path).start()

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from lampctl.mqtt_testing import Broker, Listener, mosquitto_path
 from lampctl.testing import TWO_LAMPS, ServiceProcess, add_users, service_config, wait_until
+from lampctl.testing.mqtt import Broker, Listener, mosquitto_path
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)"),

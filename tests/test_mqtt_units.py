@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from lampctl import discovery
-from lampctl.config_mqtt import MqttConfig
-from lampctl.mqtt_commands import Commands
-from lampctl.outbox import Outbox, set_enabled
+from lampctl.config.mqtt import MqttConfig
+from lampctl.fleet import discovery
+from lampctl.fleet.commands import Commands
+from lampctl.fleet.outbox import Outbox, set_enabled
 from tests.conftest import pin_history
 
 
@@ -102,7 +102,7 @@ def test_outbox_delete_and_pruned_rows(cfg, usage_log):
 
 def test_s4_interrupted_sessions_reach_the_outbox(cfg, clock):
     """Sessions a crash left open are closed `interrupted` at start-up and queued for the fleet."""
-    from lampctl.store import UsageLog
+    from lampctl.storage.store import UsageLog
 
     first = UsageLog(cfg.service.database, wall=clock.wall)
     first.session_started(first.new_session_id(), "room1", "ann", clock.wall(), 600)
@@ -261,7 +261,7 @@ def test_discovery_removes_preset_buttons_when_commands_are_off(cfg):
 
 
 def test_a_flood_of_starts_is_refused_not_queued_for_ever(controller, accounts, users, monkeypatch):
-    import lampctl.mqtt_commands as mc
+    import lampctl.fleet.commands as mc
 
     replies = Replies()
     cmds = Commands("n1", True, controller, accounts, replies, ("cli",))  # no start thread: nothing is taken

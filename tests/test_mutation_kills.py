@@ -10,13 +10,13 @@ import pytest
 from firmware_bridge import protocol
 from lampctl import config as config_mod
 from lampctl import service
-from lampctl.clock import FakeClock
-from lampctl.controller import Refused, SessionController, Unavailable
-from lampctl.db import connect
-from lampctl.hardware import RelayBank
-from lampctl.lamp import fmt_s
-from lampctl.safety import s3_allows, s7_backstop_ms
-from lampctl.store import UsageLog
+from lampctl.core.clock import FakeClock
+from lampctl.core.controller import Refused, SessionController, Unavailable
+from lampctl.core.lamp import fmt_s
+from lampctl.core.safety import s3_allows, s7_backstop_ms
+from lampctl.devices.hardware import RelayBank
+from lampctl.storage.db import connect
+from lampctl.storage.store import UsageLog
 from tests.conftest import BASE_CONFIG, pin_history, write_config
 from tests.procs import wait_until
 from tests.test_controller_records import CutBackstop

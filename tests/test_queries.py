@@ -8,8 +8,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lampctl import queries, reports
-from lampctl.db import connect, open_database
+from lampctl.storage import queries, reports
+from lampctl.storage.db import connect, open_database
 
 SESSION_INSERT = ("INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?)")

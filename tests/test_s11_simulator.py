@@ -8,9 +8,9 @@ import pytest
 import serial
 
 from firmware_bridge.bridge import FirmwareLink
-from lampctl.backstop import FirmwareBackstop
-from lampctl.clock import MonotonicClock
-from lampctl.controller import Refused, SessionController
+from lampctl.core.clock import MonotonicClock
+from lampctl.core.controller import Refused, SessionController
+from lampctl.devices.backstop import FirmwareBackstop
 from tests.conftest import pin_history
 from tests.procs import Simulator, wait_until
 

@@ -59,7 +59,7 @@ TERMINATE_BY_DEFAULT = (
     "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGXCPU",
     "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSYS",
 )  # and every real-time signal, SIGRTMIN..SIGRTMAX
-# The ones the service does not handle, and why (lampctl/signals.py): uncatchable; ignored by
+# The ones the service does not handle, and why (lampctl/platform/signals.py): uncatchable; ignored by
 # Python (a dropped client must not end the service); a fault of the process itself, which a
 # Python handler would turn into a spinning process instead of a dead one systemd restarts.
 NOT_HANDLED = {"SIGKILL": "default", "SIGPIPE": "ignore",
@@ -73,9 +73,9 @@ SENT = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGUSR1", "SIGUSR2
 # serial port, the firmware link, the broker client, the controller. (firmware_bridge.protocol
 # may be there: it is pure, and the config checks its limits against the firmware's, S14.)
 NOT_BEFORE_CLAIM = (
-    "sqlite3", "_sqlite3", "lampctl.store", "lampctl.db", "lampctl.accounts", "lampctl.controller",
-    "lampctl.backstop", "lampctl.httpserver", "web", "flask", "werkzeug", "jinja2", "waitress", "serial",
-    "firmware_bridge.bridge", "firmware_bridge.simulator", "firmware_bridge.firmware", "paho", "paho.mqtt", "lampctl.mqtt",
+    "sqlite3", "_sqlite3", "lampctl.storage.store", "lampctl.storage.db", "lampctl.storage.accounts", "lampctl.core.controller",
+    "lampctl.devices.backstop", "lampctl.platform.httpserver", "web", "flask", "werkzeug", "jinja2", "waitress", "serial",
+    "firmware_bridge.bridge", "firmware_bridge.simulator", "firmware_bridge.firmware", "paho", "paho.mqtt", "lampctl.fleet.mqtt",
 )
 
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 import itsdangerous.timed
 import pytest
 
-from lampctl.accounts import LOGIN_LIFETIME_S, Accounts
+from lampctl.storage.accounts import LOGIN_LIFETIME_S, Accounts
 from tests.conftest import pin_history
 from tests.test_web_auth import login, post
 from web import Services, create_app

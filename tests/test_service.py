@@ -9,7 +9,7 @@ from contextlib import ExitStack
 import pytest
 
 from lampctl import service
-from lampctl.runtime import AlreadyRunning, InstanceLock, lock_path, write_secret_file
+from lampctl.platform.runtime import AlreadyRunning, InstanceLock, lock_path, write_secret_file
 
 
 class FakeController:

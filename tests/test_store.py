@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lampctl import queries
-from lampctl.clock import FakeClock
-from lampctl.db import LogUnavailable, _statements, migrate
-from lampctl.store import END_REASONS, MIGRATIONS, StoreError, UsageLog, connect, iso, parse_bound
+from lampctl.core.clock import FakeClock
+from lampctl.storage import queries
+from lampctl.storage.db import LogUnavailable, _statements, migrate
+from lampctl.storage.store import END_REASONS, MIGRATIONS, StoreError, UsageLog, connect, iso, parse_bound
 from tests.procs import wait_until
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -10,8 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from lampctl import reports
-from lampctl.store import connect, iso
+from lampctl.storage import reports
+from lampctl.storage.store import connect, iso
 from tests.csv_cases import FORMULA_CELLS
 from tests.test_web_auth import login, post
 from web import create_app
@@ -409,7 +409,7 @@ def test_s17_reset_all_clears_every_latch_after_one_confirmation_and_records_eac
     assert cleared == [("room1", "admin", "fault cleared (relay of Room 1 is stuck closed)"),
                        ("room2", "admin", "fault cleared (E-stop pressed)")]  # as one reset records it, per lamp
     assert usage_log.latched_faults() == {}
-    from lampctl.controller import SessionController
+    from lampctl.core.controller import SessionController
 
     restarted = SessionController(cfg.lamps, relays, clock, usage_log, latched=usage_log.latched_faults())
     assert [l.state for l in restarted.lamps()] == ["off", "off"]  # S17: cleared for good, not back after a restart
@@ -518,7 +518,7 @@ def test_admin_pages_warn_while_the_clock_is_not_synchronised(services, clock, u
     for page in ("/admin/log", "/admin/usage", "/admin/lamps"):
         assert b"The system clock is not synchronised" in client.get(page).data, page
     # The page keeps its own translatable copy of the command line's sentence: the two say the same in English.
-    from lampctl.clocksync import describe
+    from lampctl.platform.clocksync import describe
 
     assert htmllib.escape(describe(False), quote=False) in client.get("/admin/log").data.decode()
     synced["now"] = True

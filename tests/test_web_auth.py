@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from lampctl.accounts import Accounts
-from lampctl.db import connect
+from lampctl.storage.accounts import Accounts
+from lampctl.storage.db import connect
 from tests.conftest import pin_history
 from tests.procs import wait_until
 from web import CSP, Services, create_app

@@ -73,7 +73,7 @@ def test_pages_panel_preset_in_the_query_is_refused_with_a_sentence(services, cl
 
 @pytest.fixture
 def fleet(tmp_path):
-    from lampctl.central_log import CentralLog
+    from lampctl.fleet.central_log import CentralLog
     from web.fleet import create_fleet_app
 
     central = CentralLog(tmp_path / "central.db")

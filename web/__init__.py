@@ -12,10 +12,10 @@ from flask import Flask, current_app, jsonify, make_response, render_template, r
 from werkzeug.exceptions import HTTPException
 
 if TYPE_CHECKING:
-    from lampctl.accounts import Accounts
     from lampctl.config import Config
-    from lampctl.controller import SessionController
-    from lampctl.store import UsageLog
+    from lampctl.core.controller import SessionController
+    from lampctl.storage.accounts import Accounts
+    from lampctl.storage.store import UsageLog
 
 SECRET_KEY_FILE = "secret.key"
 # No inline script or style anywhere: the pages load web/static only.
@@ -39,7 +39,7 @@ class Services:
     usage_log: UsageLog
     config: Config
     firmware_status: Callable[[], str] = lambda: "absent"
-    # True synchronised, False known not to be, None cannot tell (lampctl.clocksync.ClockProbe).
+    # True synchronised, False known not to be, None cannot tell (lampctl.platform.clocksync.ClockProbe).
     clock_synchronised: Callable[[], bool | None] = lambda: True
     accounts: Accounts | None = None  # required by create_app: logins and tokens are answered from it
 
@@ -51,7 +51,7 @@ def services() -> Services:
 
 def load_secret_key(directory: Path) -> str:
     """The cookie-signing key from `secret.key` next to the database, created (mode 0600) on first run."""
-    from lampctl.runtime import DamagedFile, write_secret_file
+    from lampctl.platform.runtime import DamagedFile, write_secret_file
 
     path = Path(directory) / SECRET_KEY_FILE
     try:

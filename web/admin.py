@@ -18,12 +18,12 @@ from flask import (
 from flask_babel import gettext, lazy_gettext, ngettext
 from werkzeug.exceptions import BadRequest
 
-from lampctl import queries, reports
-from lampctl.accounts import BUILTIN_USER, ROLES
-from lampctl.controller import Refused
-from lampctl.db import StoreError, parse_bound, reading
-from lampctl.store import END_REASONS
-from lampctl.user_names import NameRefused
+from lampctl.core.controller import Refused
+from lampctl.storage import queries, reports
+from lampctl.storage.accounts import BUILTIN_USER, ROLES
+from lampctl.storage.db import StoreError, parse_bound, reading
+from lampctl.storage.store import END_REASONS
+from lampctl.storage.user_names import NameRefused
 from web import services
 from web.auth import require_admin
 from web.charts import colour, stacked_days_svg
@@ -38,7 +38,7 @@ bp.before_request(require_admin)
 @bp.context_processor
 def _clock_warning():
     """Every admin page says so while the system clock is not synchronised: log times may be wrong."""
-    # lampctl.clocksync.describe(False) says the same for the command line, in English.
+    # lampctl.platform.clocksync.describe(False) says the same for the command line, in English.
     warning = gettext("The system clock is not synchronised: log times may be wrong until it is (check the network "
                       "and `timedatectl timesync-status`); sessions stay timed correctly.")
     return {"clock_warning": warning if services().clock_synchronised() is False else None}
@@ -119,7 +119,7 @@ def index():
 
 # ---- session log -------------------------------------------------------------------------
 def _log_filters() -> tuple[dict, dict, str | None]:
-    """(filters for lampctl.queries, the form's values, an error sentence or None)."""
+    """(filters for lampctl.storage.queries, the form's values, an error sentence or None)."""
     args = request.args
     form = {k: (args.get(k) or "").strip() for k in ("from", "to", "lamp", "user", "reason")}
     filters = {"start": form["from"] or None, "end": form["to"] or None, "lamp": form["lamp"] or None,

@@ -7,12 +7,12 @@ import json
 from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from lampctl import queries
-from lampctl.db import LogUnavailable
-from lampctl.errors import Refused, duration_from
-from lampctl.lamp import estop_reason
-from lampctl.runtime import CLI_USER
-from lampctl.store import END_REASONS, StoreError
+from lampctl.core.errors import Refused, duration_from
+from lampctl.core.lamp import estop_reason
+from lampctl.platform.runtime import CLI_USER
+from lampctl.storage import queries
+from lampctl.storage.db import LogUnavailable
+from lampctl.storage.store import END_REASONS, StoreError
 from web import services
 from web.auth import arrived, unauthenticated
 from web.codes import REPLY_WAIT_S, status_for
@@ -95,7 +95,7 @@ def _json_body() -> dict:
 
 
 def parse_duration(body: dict, allowed: tuple[str, ...] = ()) -> float:
-    """Seconds from {"minutes": n} or {"seconds": n} (lampctl.errors.duration_from); other keys only from `allowed`."""
+    """Seconds from {"minutes": n} or {"seconds": n} (lampctl.core.errors.duration_from); other keys only from `allowed`."""
     extra = sorted(set(body) - {"minutes", "seconds", *allowed})
     if extra:
         names = " or ".join(f'"{k}"' for k in ("minutes", "seconds", *allowed))
@@ -129,7 +129,7 @@ def health():
     problems += log_health["problems"]
     clock = s.clock_synchronised()
     if clock is False:
-        from lampctl.clocksync import describe
+        from lampctl.platform.clocksync import describe
 
         problems.append(describe(False))
     if getattr(s.accounts, "reload_error", None):

@@ -15,9 +15,9 @@ from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, re
 from flask_babel import gettext, ngettext
 from werkzeug.exceptions import BadRequest
 
-from lampctl.accounts import BUILTIN_USER
-from lampctl.db import LogUnavailable, StoreError
-from lampctl.user_names import name_key
+from lampctl.storage.accounts import BUILTIN_USER
+from lampctl.storage.db import LogUnavailable, StoreError
+from lampctl.storage.user_names import name_key
 from web import services
 
 bp = Blueprint("auth", __name__)
@@ -190,8 +190,8 @@ def unauthenticated() -> str:
 
 
 def arrived() -> float | None:
-    """When this request arrived (time.monotonic, stamped by lampctl.httpserver), or None: now (S19)."""
-    from lampctl.httpserver import ARRIVED_KEY
+    """When this request arrived (time.monotonic, stamped by lampctl.platform.httpserver), or None: now (S19)."""
+    from lampctl.platform.httpserver import ARRIVED_KEY
 
     value = request.environ.get(ARRIVED_KEY)
     return value if isinstance(value, float) else None

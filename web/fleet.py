@@ -9,8 +9,8 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 
-from lampctl import reports
-from lampctl.db import StoreError, parse_bound
+from lampctl.storage import reports
+from lampctl.storage.db import StoreError, parse_bound
 from web.params import MAX_PAGE, page_number
 
 PAGE_SIZE = 50
@@ -22,7 +22,7 @@ bp = Blueprint("fleet", __name__)
 
 
 def create_fleet_app(collector, test_config: dict | None = None) -> Flask:
-    """collector: lampctl.collector.Collector (its central log and the live states it heard)."""
+    """collector: lampctl.fleet.collector.Collector (its central log and the live states it heard)."""
     web_dir = Path(__file__).parent
     app = Flask(__name__, template_folder=str(web_dir / "templates"), static_folder=str(web_dir / "static"))
     app.config.update(test_config or {})

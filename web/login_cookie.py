@@ -12,7 +12,7 @@ class LoginCookieSessions(SecureCookieSessionInterface):
     or later than now, on the wall clock: a Pi that boots at 1970 and is stepped by NTP,
     or a clock 2 s fast stepped back, logged the tablet out. The cookie now carries the
     login id, and the login's age is kept by the server on the monotonic clock
-    (lampctl.accounts.Accounts.login_expired). The browser is told Max-Age, which it
+    (lampctl.storage.accounts.Accounts.login_expired). The browser is told Max-Age, which it
     counts from its own receipt and which takes precedence over the Expires date (from the
     Pi's wall clock) that Werkzeug adds beside it (RFC 6265, 5.3).
     """

@@ -8,9 +8,9 @@ from flask import Blueprint, flash, g, jsonify, redirect, render_template, reque
 from flask_babel import gettext
 from werkzeug.exceptions import BadRequest
 
-from lampctl.errors import BadDuration, Refused
-from lampctl.lamp import estop_reason, is_estop
-from lampctl.safety import s3_allows
+from lampctl.core.errors import BadDuration, Refused
+from lampctl.core.lamp import estop_reason, is_estop
+from lampctl.core.safety import s3_allows
 from web import services
 from web.auth import arrived, panel_locked, touch, unauthenticated, wants_json
 from web.codes import REPLY_WAIT_S, status_for

@@ -6,7 +6,7 @@ import math
 
 from flask_babel import format_decimal, gettext, lazy_gettext
 
-from lampctl.lamp import parse_estop_reason
+from lampctl.core.lamp import parse_estop_reason
 
 STATE_LABELS = {"off": lazy_gettext("Off · ready"), "on": lazy_gettext("ON · heating"),
                 "cooldown": lazy_gettext("Cooling down"), "fault": lazy_gettext("FAULT · locked off")}
@@ -99,7 +99,7 @@ def clock_text(seconds: float | None) -> str:
     return f"{whole // 60}:{whole % 60:02d}"
 
 
-# lampctl.user_names.NameRefused.why -> its sentence in the page's language (params from the refusal).
+# lampctl.storage.user_names.NameRefused.why -> its sentence in the page's language (params from the refusal).
 _NAME_REFUSALS = {
     "empty": lazy_gettext("Enter a name: letters, digits, spaces and . - ' _, at most %(most)s characters."),
     "bad-char": lazy_gettext("A name may hold letters, digits, spaces and . - ' _ only: %(name)s has %(char)s."),
@@ -115,6 +115,6 @@ _NAME_REFUSALS = {
 
 
 def name_refusal(exc) -> str:
-    """A refused user name (lampctl.user_names.NameRefused) as one sentence in the page's language."""
+    """A refused user name (lampctl.storage.user_names.NameRefused) as one sentence in the page's language."""
     words = _NAME_REFUSALS.get(exc.why)
     return str(words) % exc.params if words is not None else str(exc)

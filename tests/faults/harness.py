@@ -70,9 +70,9 @@ class _Offset:
 
 
 def install_wall(path: str) -> None:
-    import lampctl.accounts as accounts
-    import lampctl.clock as clock
-    import lampctl.store as store
+    import lampctl.core.clock as clock
+    import lampctl.storage.accounts as accounts
+    import lampctl.storage.store as store
 
     def poll():
         while True:

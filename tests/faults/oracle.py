@@ -16,7 +16,7 @@ import os
 from collections import defaultdict
 from datetime import datetime
 
-from lampctl.store import END_REASONS
+from lampctl.storage.store import END_REASONS
 from tests.faults.rig import LAMP_IDS, PIN_LAMP, STOPS, Rig
 
 MAX_S = 60.0  # both lamps: max_minutes = 1

@@ -14,7 +14,7 @@ from tests.faults.driver import Driver
 from tests.faults.oracle import Oracle, summary
 
 pytestmark = pytest.mark.integration
-IDLE = 300  # past the server's limit of 250: the idlest are closed to make room (lampctl/httpserver.py)
+IDLE = 300  # past the server's limit of 250: the idlest are closed to make room (lampctl/platform/httpserver.py)
 
 
 def storm(rig, seed: int, seconds: float) -> dict:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lampctl.db import open_database
+from lampctl.storage.db import open_database
 from tests.faults.harness import PinTrace
 from tests.faults.oracle import Oracle
 from tests.faults.rig import Call, Figures, Life, Rig

@@ -1,0 +1,241 @@
+"""One lamp as the controller keeps it: its state, its running session, its patient budget, and the view it shows."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lampctl.config import LampConfig
+from lampctl.core.errors import Refused
+from lampctl.core.safety import s3_allows
+
+# A feedback input may lag its relay by a contact's bounce and a lamp's inrush;
+# a mismatch that outlasts this is a stuck relay or a dead lamp (S6).
+FEEDBACK_SETTLE_S = 0.5
+
+
+class LampState(str, Enum):
+    OFF = "off"
+    ON = "on"
+    COOLDOWN = "cooldown"
+    FAULT = "fault"
+
+
+@dataclass
+class Session:
+    """A running session. Times on the monotonic clock; started_wall only anchors the record (S13)."""
+
+    id: int
+    user: str
+    started_mono: float
+    started_wall: datetime
+    planned_s: float
+    # Time already used by the sessions this one continues (S18): it counts against max_minutes.
+    prior_s: float = 0.0
+    continues: int | None = None
+    warned_for: float | None = None  # the deadline whose one-minute warning has sounded
+
+    @property
+    def deadline(self) -> float:
+        return self.started_mono + self.planned_s
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What a lamp takes over from the record at start (S20), derived by lampctl.core.carryover.
+
+    age_s: seconds since its last session ended (0 where that cannot be trusted, so the
+    cooldown applies in full and the rest window runs from now); used_s: what that patient
+    has used (the session and those it continues); last_id: the session a start continues.
+    """
+
+    age_s: float
+    used_s: float
+    last_id: int
+    trusted: bool = True
+
+
+@dataclass
+class Lamp:
+    cfg: LampConfig
+    index: int
+    state: LampState = LampState.OFF
+    session: Session | None = None
+    cooldown_until: float = 0.0
+    fault_reason: str | None = None
+    # A start or an extension waiting for the firmware's reply, outside the lock.
+    starting: bool = False
+    extending: bool = False
+    # Bumped by anything that must cancel a start in flight (stop, stop-all, fault, E-stop) (S11).
+    epoch: int = 0
+    feedback_bad_since: float | None = None
+    # S19: when the latest Stop, Stop all or E-stop of this lamp arrived (monotonic), and the
+    # arrival times of starts and extensions that arrived and have not reached the controller yet.
+    stopped_at: float | None = None
+    arriving: list[float] = field(default_factory=list)
+    # S18: when the last session ended (monotonic), and what that patient has used so far.
+    last_end: float | None = None
+    chain_used_s: float = 0.0
+    chain_last_id: int | None = None
+    # How the last session ended (its end_reason and why), for the panel's end or alarm.
+    last_end_reason: str | None = None
+    last_end_why: str | None = None
+
+    def in_rest_window(self, now: float) -> bool:
+        window = self.cfg.rest_window_s
+        return window > 0 and self.last_end is not None and now - self.last_end < window
+
+    def continue_left_s(self, now: float) -> float | None:
+        """Seconds a continuation of the last patient's session may still use, or None outside the window."""
+        if self.state is LampState.ON or not self.in_rest_window(now):
+            return None
+        return round(max(0.0, self.cfg.max_s - self.chain_used_s), 3)
+
+    def check_startable(self, now: float) -> None:
+        name = self.cfg.name
+        if self.starting or self.state is LampState.ON:
+            raise Refused(f"{name} is already on.", "already-on")
+        if self.extending:
+            raise Refused(f"{name}'s last extension is still being settled; try again.", "busy")
+        if self.state is LampState.COOLDOWN:
+            left = max(0.0, self.cooldown_until - now)
+            raise Refused(f"{name} is cooling down; it can start again in {fmt_s(left)}.", "cooldown")
+        if self.state is LampState.FAULT:
+            raise Refused(f"{name} has a latched fault ({self.fault_reason}); an admin must reset it.", "fault")
+
+    def budget(self, seconds: float, now: float, new_patient: bool) -> tuple[float, int | None]:
+        """S18: (time already used by the sessions a start continues, the id it continues), or over-limit."""
+        if new_patient or not self.in_rest_window(now):
+            return 0.0, None
+        if not s3_allows(self.chain_used_s + seconds, self.cfg.max_s):
+            left = max(0.0, self.cfg.max_s - self.chain_used_s)
+            raise Refused(
+                f"{self.cfg.name} has already run {fmt_s(round(self.chain_used_s))} for this patient, so "
+                f"{fmt_s(round(left, 1))} of its {fmt_min(self.cfg.max_minutes)} limit is left; "
+                "start it for a new patient to begin afresh.", "over-limit")
+        return self.chain_used_s, self.chain_last_id
+
+    def check_feedback(self, powered: bool | None, now: float) -> tuple[bool, str | None]:
+        """S6 stuck relay: the feedback input must agree with the relay within the settle time.
+
+        Returns (keep polling, what is wrong when the mismatch outlasted the settle time).
+        """
+        if powered is None:
+            return False, None
+        if self.state is LampState.FAULT and self.feedback_bad_since is not None:
+            return True, None
+        if powered == (self.state is LampState.ON):
+            self.feedback_bad_since = None
+        elif self.feedback_bad_since is None:
+            self.feedback_bad_since = now
+        elif now - self.feedback_bad_since >= FEEDBACK_SETTLE_S:
+            return True, ("still powered after its relay was switched off (relay stuck closed)" if powered else
+                          "not powered while its relay is on (relay stuck open or bulb failed)")
+        return True, None
+
+
+@dataclass(frozen=True)
+class LampView:
+    id: str
+    name: str
+    state: str
+    relay_on: bool
+    remaining_s: float | None
+    session_id: int | None
+    max_minutes: float
+    presets: tuple
+    default_minutes: float
+    planned_s: float | None
+    user: str | None
+    cooldown_remaining_s: float | None
+    fault_reason: str | None
+    continue_left_s: float | None = None
+    continues: int | None = None
+    feedback_on: bool | None = None
+    extend_left_s: float | None = None  # while on: what may still be added before max_minutes (S3)
+    # Set only on the views a Stop returns: "ended", "cancelled-start" or "already-off" (not in as_dict).
+    result: str | None = None
+    # How the last session ended: its end_reason ("completed", "stopped", "estop", ...) and why (not in as_dict).
+    last_end_reason: str | None = None
+    last_end_why: str | None = None
+
+    @property
+    def heating(self) -> bool:
+        """In a session, or its relay still closed: a lamp a Stop would switch off."""
+        return self.state == "on" or self.relay_on
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in (
+            "id", "name", "state", "relay_on", "remaining_s", "session_id", "max_minutes", "default_minutes",
+            "planned_s", "user", "cooldown_remaining_s", "fault_reason", "continue_left_s", "continues",
+            "feedback_on", "extend_left_s")}
+        d["presets"] = list(self.presets)
+        return d
+
+
+def make_view(lamp: Lamp, now: float, relay_on: bool, feedback_on: bool | None) -> LampView:
+    session = lamp.session if lamp.state is LampState.ON else None
+    return LampView(
+        id=lamp.cfg.id, name=lamp.cfg.name, state=lamp.state.value, relay_on=relay_on,
+        remaining_s=round(max(0.0, session.deadline - now), 3) if session else None,
+        session_id=session.id if session else None,
+        max_minutes=lamp.cfg.max_minutes, presets=lamp.cfg.presets, default_minutes=lamp.cfg.default_minutes,
+        planned_s=round(session.planned_s, 3) if session else None,
+        user=session.user if session else None,
+        cooldown_remaining_s=(round(max(0.0, lamp.cooldown_until - now), 3)
+                              if lamp.state is LampState.COOLDOWN else None),
+        fault_reason=lamp.fault_reason if lamp.state is LampState.FAULT else None,
+        continue_left_s=lamp.continue_left_s(now),
+        continues=session.continues if session else None,
+        feedback_on=feedback_on,
+        extend_left_s=round(max(0.0, lamp.cfg.max_s - session.prior_s - session.planned_s), 3) if session else None,
+        last_end_reason=lamp.last_end_reason, last_end_why=lamp.last_end_why,
+    )
+
+
+# How each path words an emergency stop in the record ("emergency stop by ann from the API"):
+# the panel reads who and where back from it (web/words.py:fault_text).
+ESTOP_VIA = ("from the panel", "from the API", "from the command line", "over MQTT")
+
+
+def estop_reason(who: str, via: str) -> str:
+    if via not in ESTOP_VIA:
+        raise ValueError(f"unknown emergency-stop path {via!r}")
+    return f"emergency stop by {who} {via}"
+
+
+def parse_estop_reason(reason: str | None) -> tuple[str, str | None] | None:
+    """(who, via) of an emergency stop's reason, via None when the record names no path; else None."""
+    text = reason or ""
+    if not text.startswith("emergency stop by "):
+        return None
+    rest = text.removeprefix("emergency stop by ")
+    for via in ESTOP_VIA:
+        if rest.endswith(" " + via):
+            return rest.removesuffix(" " + via), via
+    return rest, None
+
+
+def is_estop(reason: str | None) -> bool:
+    """A latch by an emergency stop: from a path (estop_reason) or the E-stop button ("E-stop pressed")."""
+    return parse_estop_reason(reason) is not None or (reason or "").lower().startswith("e-stop")
+
+
+# Past this a duration is only "over 100 h": a sentence never carries a number of 300 digits.
+FMT_LIMIT_S = 100 * 3600
+
+
+def fmt_s(seconds: float) -> str:
+    """ "20 min", "4 min 57 s", "3 s": a rounded "5.0 min" would promise time that is not there."""
+    if seconds > FMT_LIMIT_S:
+        return "over 100 h"
+    if seconds < 60:
+        return f"{seconds:g} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+
+
+def fmt_min(minutes: float) -> str:
+    return fmt_s(minutes * 60)

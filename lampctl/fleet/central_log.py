@@ -1,0 +1,133 @@
+"""The collector's SQLite log: every node's sessions and events, unique per (node, id), so a replay is harmless."""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from lampctl.fleet.outbox import EVENT_COLUMNS, SESSION_COLUMNS
+from lampctl.platform.runtime import private_dir
+from lampctl.storage.db import connect, transaction
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    node TEXT NOT NULL, id INTEGER NOT NULL, lamp_id TEXT NOT NULL, user TEXT NOT NULL,
+    started_at TEXT NOT NULL, ended_at TEXT, planned_s REAL NOT NULL, actual_s REAL, end_reason TEXT,
+    continues INTEGER, received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (node, id)
+);
+CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (started_at);
+CREATE TABLE IF NOT EXISTS events (
+    node TEXT NOT NULL, id INTEGER NOT NULL, at TEXT NOT NULL, lamp_id TEXT, from_state TEXT, to_state TEXT,
+    who TEXT NOT NULL, why TEXT NOT NULL,
+    PRIMARY KEY (node, id)
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
+"""
+_TEXT = {"lamp_id", "user", "started_at", "ended_at", "end_reason", "at", "from_state", "to_state", "who", "why"}
+_NUMBER = {"planned_s", "actual_s"}
+_INTEGER = {"id", "continues"}
+_REQUIRED = {"session": ("id", "lamp_id", "user", "started_at", "planned_s"), "event": ("id", "at", "who", "why")}
+
+
+class BadRecord(ValueError):
+    """A published record the central log cannot take; str() is one sentence."""
+
+
+def check_record(kind: str, node: str, record) -> tuple:
+    """The row to insert for a session or event JSON from `node`, or BadRecord."""
+    if not isinstance(record, dict):
+        raise BadRecord("a record must be a JSON object")
+    columns = SESSION_COLUMNS if kind == "session" else EVENT_COLUMNS
+    if record.get("node", node) != node:
+        raise BadRecord(f"record names node {str(record.get('node'))[:40]!r} but came on {node!r}'s topic")
+    for key in _REQUIRED[kind]:
+        if record.get(key) is None:
+            raise BadRecord(f"{kind} record without {key!r}")
+    row = [node]
+    for key in columns:
+        value = record.get(key)
+        ok = (value is None or (key in _TEXT and isinstance(value, str))
+              or (key in _INTEGER and isinstance(value, int) and not isinstance(value, bool))
+              or (key in _NUMBER and isinstance(value, (int, float)) and not isinstance(value, bool)))
+        if not ok:
+            raise BadRecord(f"{kind} record: {key!r} has the wrong type")
+        row.append(value)
+    return tuple(row)
+
+
+class CentralLog:
+    """One writer connection (the collector's writer thread) and short-lived readers (the pages)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        private_dir(self.path.parent)
+        conn = connect(self.path, create=True)
+        try:
+            conn.executescript(SCHEMA)
+        finally:
+            conn.close()
+        self._conn: sqlite3.Connection | None = None
+
+    def write(self, rows: list[tuple[str, tuple]]) -> int:
+        """Insert (kind, row) pairs in one transaction; a row already stored is skipped. Returns new rows."""
+        if self._conn is None:
+            self._conn = connect(self.path)
+        before = self._conn.total_changes
+        try:
+            with transaction(self._conn):
+                for kind, row in rows:
+                    columns = ("node",) + (SESSION_COLUMNS if kind == "session" else EVENT_COLUMNS)
+                    table = "sessions" if kind == "session" else "events"
+                    self._conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                                       f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING", row)
+        except sqlite3.Error:
+            self.close()
+            raise
+        return self._conn.total_changes - before
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # ---- reads for the pages ---------------------------------------------------------------
+    def sessions(self, *, node: str | None = None, lamp: str | None = None, start: str | None = None,
+                 end: str | None = None, limit: int | None = None, offset: int = 0) -> list[dict]:
+        where, params = _filters(node, lamp, start, end)
+        sql = f"SELECT * FROM sessions{where} ORDER BY started_at DESC, node, id DESC"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [limit, offset]
+        return self._read(sql, params)
+
+    def count(self, *, node: str | None = None, lamp: str | None = None, start: str | None = None,
+              end: str | None = None) -> int:
+        where, params = _filters(node, lamp, start, end)
+        return self._read(f"SELECT count(*) AS n FROM sessions{where}", params)[0]["n"]
+
+    def usage(self, *, node: str | None = None, start: str | None = None, end: str | None = None) -> list[dict]:
+        """Minutes per node, lamp and day."""
+        where, params = _filters(node, None, start, end)
+        return self._read("SELECT node, lamp_id, substr(started_at, 1, 10) AS day, count(*) AS sessions, "
+                          f"round(sum(coalesce(actual_s, 0)) / 60.0, 1) AS minutes FROM sessions{where} "
+                          "GROUP BY node, lamp_id, day ORDER BY day DESC, node, lamp_id", params)
+
+    def nodes(self) -> list[str]:
+        return [r["node"] for r in self._read("SELECT DISTINCT node FROM sessions ORDER BY node", [])]
+
+    def _read(self, sql: str, params: list) -> list[dict]:
+        conn = connect(self.path)
+        try:
+            return [dict(r) for r in conn.execute(sql, params)]
+        finally:
+            conn.close()
+
+
+def _filters(node, lamp, start, end) -> tuple[str, list]:
+    clauses, params = [], []
+    for clause, value in (("node = ?", node), ("lamp_id = ?", lamp), ("started_at >= ?", start),
+                          ("started_at <= ?", end)):
+        if value:
+            clauses.append(clause)
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params

@@ -1,0 +1,23 @@
+"""The one place lampctl reaches web/: build the panel's or the fleet's Flask app and serve it (S10).
+
+web/ depends on lampctl, never the other way; the two commands that serve pages, `lampctl serve`
+and `lampctl collect`, compose their app here, on the bounded server of lampctl.platform.httpserver.
+"""
+
+from __future__ import annotations
+
+from lampctl.platform.httpserver import make_server
+
+
+def serve_panel(services_fields: dict, host: str, port: int, *, arrivals=None):
+    """The node's panel, API and admin pages, from the Services fields web.Services takes."""
+    from web import Services, create_app
+
+    return make_server(create_app(Services(**services_fields)), host, port, arrivals=arrivals)
+
+
+def serve_fleet(collector, host: str, port: int):
+    """The collector's fleet, log, CSV and usage pages."""
+    from web.fleet import create_fleet_app
+
+    return make_server(create_fleet_app(collector), host, port)

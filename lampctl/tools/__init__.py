@@ -1,0 +1,1 @@
+"""Maintenance commands: backup and restore, doctor, firmware check and flash."""
