@@ -237,13 +237,7 @@ class SessionController(SchedulerThread):
             if lamp.extending:
                 # S13: the plan is reserved by the extension in flight; never last writer wins.
                 raise Refused(f"Another extension of {lamp.cfg.name} is being applied; try again.", "busy")
-            new_planned = session.planned_s + seconds
-            if not s3_allows(session.prior_s + new_planned, lamp.cfg.max_s):
-                left = max(0.0, lamp.cfg.max_s - session.prior_s - session.planned_s)
-                raise Refused(
-                    f"Extending {lamp.cfg.name} by {fmt_s(seconds)} would pass its limit of "
-                    f"{fmt_min(lamp.cfg.max_minutes)} per patient ({fmt_s(round(left, 1))} left to add).",
-                    "over-limit")
+            new_planned = lamp.extended_plan(session, seconds)
             if self._backstop is None:
                 return self._apply_extension(lamp, session, new_planned, seconds, user)
             lamp.extending = True

@@ -7,6 +7,7 @@ import pytest
 
 from lampctl.clock import MonotonicClock
 from lampctl.controller import BadDuration, Refused, SessionController, Unavailable
+from lampctl.safety import s3_left_s
 from tests.conftest import pin_history
 
 ROOM1, ROOM2 = 17, 18  # room2 is active-low: ON drives the pin low
@@ -92,6 +93,40 @@ def test_s3_start_longer_than_max_is_refused_and_relay_untouched(controller, fac
             controller.start("room1", bad, "ann")
     assert pin_history(factory, ROOM1) == [False]
     assert pin_history(factory, ROOM2)[1:] == [True]
+
+
+# (case, time the patient has had, the lamp's limit, what is left), all in seconds
+S3_BUDGETS = [
+    ("nothing used: the whole limit", 0, 1800, 1800),
+    ("part used", 1200, 1800, 600),
+    ("a fraction of a second used", 0.25, 60, 59.75),
+    ("the whole limit used", 1800, 1800, 0),
+    ("more used than the limit, as a session carried over past it counts: none, never negative", 1830.5, 1800, 0),
+]
+
+
+@pytest.mark.parametrize(("case", "used_s", "max_s", "left_s"), S3_BUDGETS, ids=[c[0] for c in S3_BUDGETS])
+def test_s3_budget_is_what_is_left_of_the_limit_never_below_zero(case, used_s, max_s, left_s):
+    assert s3_left_s(used_s, max_s) == left_s
+
+
+def test_s3_view_offers_plus_five_only_while_five_minutes_still_fit(controller):
+    _, view = controller.start("room2", 20 * 60, "ann")  # room2: max 30 min
+    assert (view.extend_ok, view.extend_left_s) == (True, 600)
+    view = controller.extend("room2", 300, "ann")
+    assert (view.extend_ok, view.extend_left_s) == (True, 300)  # exactly five minutes left: it fits
+    view = controller.extend("room2", 1, "ann")
+    assert (view.extend_ok, view.extend_left_s) == (False, 299)
+    assert controller.lamp("room1").extend_ok is False  # off: nothing to extend
+
+
+def test_s18_view_says_what_a_start_for_the_same_patient_may_run(controller, clock):
+    assert controller.lamp("room1").same_patient_s(600) is None  # no rest window yet: every start is fresh
+    controller.start("room1", 50 * 60, "ann")  # room1: max 60 min, rest window 300 s
+    clock.advance(45 * 60)
+    view = controller.stop("room1", "ann")
+    assert view.same_patient_s(10 * 60) == 10 * 60  # fits: all of it
+    assert view.same_patient_s(20 * 60) == 15 * 60  # longer than what is left: what is left
 
 
 def test_controller_refuses_double_start_and_stop_when_off(controller):
