@@ -147,9 +147,8 @@ def query_firmware(cfg, timeout: float = REPLY_TIMEOUT_S) -> dict:
 
 # ---- flash -------------------------------------------------------------------------------
 def pico_pins(cfg, requested: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The Pico GPIO per lamp: --pico-pins, else firmware.relay_pins in the config, else GP2, GP3, ..."""
-    pins = requested or getattr(cfg.firmware, "relay_pins", None) or DEFAULT_PICO_PINS[:len(cfg.lamps)]
-    pins = tuple(pins)
+    """The Pico GPIO per lamp: --pico-pins, else GP2, GP3, ... (docs/wiring.md)."""
+    pins = tuple(requested or DEFAULT_PICO_PINS[:len(cfg.lamps)])
     if len(pins) != len(cfg.lamps):
         raise ToolFailed(f"{len(pins)} Pico pin(s) given for {len(cfg.lamps)} lamp(s): give one per lamp, lamp 0 first")
     for pin in pins:
