@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lampctl import config as config_mod
+from lampctl import discovery
 from lampctl.central_log import BadRecord, CentralLog, check_record
 from lampctl.config_mqtt import MqttConfig, parse_mqtt
 from lampctl.toolcli import EXIT_OK, ToolFailed, add_config, config_path, guarded
@@ -114,8 +115,8 @@ class Collector:
         if reason_code.is_failure:
             log.error("the broker %s refused the collector: %s", self.cfg.url, reason_code)
             return
-        client.subscribe([("lampctl/+/sessions", 1), ("lampctl/+/events", 1), ("lampctl/+/status", 1),
-                          ("lampctl/+/lamp/+/state", 1)])
+        client.subscribe([(discovery.records_topic("+", "sessions"), 1), (discovery.records_topic("+", "events"), 1),
+                          (discovery.status_topic("+"), 1), (discovery.state_topic("+", "+"), 1)])
         log.info("collector connected to %s", self.cfg.url)
 
     def _on_message(self, client, userdata, message) -> None:
@@ -185,7 +186,8 @@ class Collector:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("collect", help="keep the central log of every node (MQTT) and serve its pages",
-                       description="Subscribe to lampctl/+/sessions and lampctl/+/events on the broker in "
+                       description=f"Subscribe to {discovery.records_topic('+', 'sessions')} and "
+                                   f"{discovery.records_topic('+', 'events')} on the broker in "
                                    "central.toml's [mqtt], store them in [collector] database and serve the "
                                    "fleet, log, CSV and usage pages on [collector] bind.")
     add_config(p)

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 
+from lampctl import discovery
 from lampctl.clock import MonotonicClock
 from lampctl.errors import Refused, duration_from, shown
 from lampctl.lamp import estop_reason
@@ -52,7 +53,7 @@ class Commands:
     def __init__(self, node: str, enabled: bool, controller, accounts, reply: Callable[[str, dict], None],
                  builtin_users: tuple[str, ...] = (), *, clear: Callable[[str], None] | None = None,
                  usage_log=None, clock=None):
-        self.prefix = f"lampctl/{node}/"
+        self.prefix = f"{discovery.base(node)}/"
         self.enabled = enabled
         self.controller = controller
         self.accounts = accounts
