@@ -41,7 +41,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         raise config_mod.ConfigError(f"{path}: file not found (pass --config PATH)") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
         raise config_mod.ConfigError(f"{path}: cannot read the collector config: {exc}") from None
-    r = config_mod._Reader(path)
+    r = config_mod.reader(path)
     for key in data:
         if key not in ("collector", "mqtt"):
             raise r.fail(key, "unknown key (allowed: collector, mqtt)")
