@@ -9,11 +9,20 @@ from datetime import timedelta
 
 from lampctl.alerts import Alerts, next_due, sounding
 from lampctl.config import LampConfig
-from lampctl.errors import BadDuration, Refused, Unavailable, UnknownLamp, backstop_refusal, check_seconds
-from lampctl.lamp import Carried, Lamp, LampState, LampView, Session, fmt_min, fmt_s, make_view
+from lampctl.errors import (
+    BadDuration,
+    Refused,
+    Unavailable,
+    UnknownLamp,
+    backstop_refusal,
+    check_duration,
+    fmt_min,
+    fmt_s,
+)
+from lampctl.lamp import Carried, Lamp, LampState, LampView, Session, make_view
 from lampctl.listeners import Listeners
 from lampctl.ports import Backstop, Clock, Hardware
-from lampctl.safety import s3_allows, s7_arm_holds, s7_backstop_ms, s19_overtaken
+from lampctl.safety import s7_arm_holds, s7_backstop_ms, s19_overtaken
 from lampctl.scheduler import SchedulerThread
 
 __all__ = ["SessionController", "Refused", "UnknownLamp", "BadDuration", "Unavailable", "LampView", "LampState"]
@@ -158,12 +167,12 @@ class SessionController(SchedulerThread):
         now): a Stop of this lamp that arrived later refuses it (S19).
         """
         lamp = self._get(lamp_id)
-        seconds = check_seconds(seconds)
+        name = f"A start of {lamp.cfg.name}"
+        seconds = check_duration(seconds, name)
         with self._cond:
             self._arrived(lamp, arrived, "started")
-            if not s3_allows(seconds, lamp.cfg.max_s):
-                raise BadDuration(f"{fmt_s(seconds)} is longer than {lamp.cfg.name}'s limit of "
-                                  f"{fmt_min(lamp.cfg.max_minutes)}.", "too-long")
+            # S3: a session no longer than the lamp's limit (checked after S19 may refuse it).
+            check_duration(seconds, name, most=(lamp.cfg.max_s, f"its limit of {fmt_min(lamp.cfg.max_minutes)}"))
             if self._stopping:
                 raise Refused("The service is shutting down.", "shutting-down")
             lamp.check_startable(self._clock.monotonic())
@@ -230,7 +239,7 @@ class SessionController(SchedulerThread):
     def extend(self, lamp_id: str, seconds: float, user: str, *, arrived: float | None = None) -> LampView:
         """Add `seconds` to the running session; `arrived` as for start (S19)."""
         lamp = self._get(lamp_id)
-        seconds = check_seconds(seconds)
+        seconds = check_duration(seconds, f"An extension of {lamp.cfg.name}")
         with self._cond:
             self._arrived(lamp, arrived, "extended")
             session = self._running(lamp, "extended")

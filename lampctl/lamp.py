@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import Enum
 
 from lampctl.config import LampConfig
-from lampctl.errors import Refused
+from lampctl.errors import Refused, fmt_min, fmt_s
 from lampctl.safety import s3_allows, s3_left_s
 
 # A feedback input may lag its relay by a contact's bounce and a lamp's inrush;
@@ -240,21 +240,3 @@ def parse_estop_reason(reason: str | None) -> tuple[str, str | None] | None:
 def is_estop(reason: str | None) -> bool:
     """A latch by an emergency stop: from a path (estop_reason) or the E-stop button ("E-stop pressed")."""
     return parse_estop_reason(reason) is not None or (reason or "").lower().startswith("e-stop")
-
-
-# Past this a duration is only "over 100 h": a sentence never carries a number of 300 digits.
-FMT_LIMIT_S = 100 * 3600
-
-
-def fmt_s(seconds: float) -> str:
-    """ "20 min", "4 min 57 s", "3 s": a rounded "5.0 min" would promise time that is not there."""
-    if seconds > FMT_LIMIT_S:
-        return "over 100 h"
-    if seconds < 60:
-        return f"{seconds:g} s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
-
-
-def fmt_min(minutes: float) -> str:
-    return fmt_s(minutes * 60)

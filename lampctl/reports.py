@@ -6,7 +6,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from lampctl.db import parse_bound, reading
-from lampctl.lamp import fmt_s
+from lampctl.errors import fmt_s
 
 # The last three came later and stay at the end, so a reader of older exports finds the first eight where they were.
 SESSION_COLUMNS = ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",

@@ -13,8 +13,8 @@ from lampctl import service
 from lampctl.clock import FakeClock
 from lampctl.controller import Refused, SessionController, Unavailable
 from lampctl.db import connect
+from lampctl.errors import fmt_s
 from lampctl.hardware import RelayBank
-from lampctl.lamp import fmt_s
 from lampctl.safety import s3_allows, s7_backstop_ms
 from lampctl.store import UsageLog
 from tests.conftest import BASE_CONFIG, pin_history, write_config
