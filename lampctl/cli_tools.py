@@ -1,20 +1,10 @@
 """The maintenance commands (backup, restore, prune-events, doctor, firmware) and the fleet's `collect`, wired into `lampctl`."""
 from __future__ import annotations
 
-from collections.abc import Callable
-
-
-def _modules() -> tuple:
-    from lampctl import backup, collector, doctor, firmware_tools
-
-    return backup, doctor, firmware_tools, collector
-
 
 def add_parsers(sub) -> None:
-    """Each tool module declares its own subcommands."""
-    for tool in _modules():
+    """Each tool module registers its own commands (lampctl.cli_args.command), as lampctl.cli does the main ones."""
+    from lampctl import backup, collector, doctor, firmware_tools
+
+    for tool in (backup, doctor, firmware_tools, collector):
         tool.add_parser(sub)
-
-
-def commands() -> dict[str, Callable]:
-    return {name: run for tool in _modules() for name, run in tool.COMMANDS.items()}

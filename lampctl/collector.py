@@ -14,8 +14,8 @@ from pathlib import Path
 from lampctl import config as config_mod
 from lampctl import discovery
 from lampctl.central_log import BadRecord, CentralLog, check_record
+from lampctl.cli_args import EXIT_OK, Failed, add_config, command, config_path
 from lampctl.config_mqtt import MqttConfig, parse_mqtt
-from lampctl.toolcli import EXIT_OK, ToolFailed, add_config, config_path, guarded
 
 log = logging.getLogger(__name__)
 
@@ -185,15 +185,14 @@ class Collector:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("collect", help="keep the central log of every node (MQTT) and serve its pages",
-                       description=f"Subscribe to {discovery.records_topic('+', 'sessions')} and "
-                                   f"{discovery.records_topic('+', 'events')} on the broker in "
-                                   "central.toml's [mqtt], store them in [collector] database and serve the "
-                                   "fleet, log, CSV and usage pages on [collector] bind.")
+    p = command(sub, "collect", run_collect, help="keep the central log of every node (MQTT) and serve its pages",
+                description=f"Subscribe to {discovery.records_topic('+', 'sessions')} and "
+                            f"{discovery.records_topic('+', 'events')} on the broker in "
+                            "central.toml's [mqtt], store them in [collector] database and serve the "
+                            "fleet, log, CSV and usage pages on [collector] bind.")
     add_config(p)
 
 
-@guarded
 def run_collect(args) -> int:
     from lampctl.httpserver import make_server
     from lampctl.service import configure_logging
@@ -204,15 +203,15 @@ def run_collect(args) -> int:
     try:
         central = CentralLog(cfg.database)
     except (sqlite3.Error, OSError) as exc:
-        raise ToolFailed(f"cannot open the central log {cfg.database}: {exc}") from None
+        raise Failed(f"cannot open the central log {cfg.database}: {exc}") from None
     try:
         collector = Collector(cfg.mqtt, central)
     except ImportError as exc:
-        raise ToolFailed(f"paho-mqtt cannot be loaded ({exc}): pip install 'lampctl[mqtt]'") from None
+        raise Failed(f"paho-mqtt cannot be loaded ({exc}): pip install 'lampctl[mqtt]'") from None
     try:
         server = make_server(create_fleet_app(collector), cfg.host, cfg.port)
     except OSError as exc:
-        raise ToolFailed(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+        raise Failed(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
     def leave(signum, frame):
         raise SystemExit(EXIT_OK)
 
@@ -229,5 +228,3 @@ def run_collect(args) -> int:
         collector.close()
     return EXIT_OK
 
-
-COMMANDS = {"collect": run_collect}

@@ -14,8 +14,8 @@ import pytest
 
 from lampctl import cli
 from lampctl.backup import BACKUP_RE, backup_database, prune_events, restore_database
+from lampctl.cli_args import Failed
 from lampctl.store import UsageLog
-from lampctl.toolcli import ToolFailed
 from tests.conftest import write_config
 from tests.procs import (
     ROOT,
@@ -135,7 +135,7 @@ def test_restore_refuses_a_file_that_is_not_a_backup(cfg, usage_log, tmp_path):
     record_sessions(usage_log, 1)
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database at all" * 100)
-    with pytest.raises(ToolFailed, match="nothing was changed"):
+    with pytest.raises(Failed, match="nothing was changed"):
         restore_database(cfg.service.database, junk)
     assert rows(cfg.service.database, "sessions") == 1
 
