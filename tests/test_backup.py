@@ -185,7 +185,8 @@ def test_prune_events_keeps_sessions_unless_asked(cfg, usage_log):
     assert len(whys) == 2 and whys[0].startswith("retention: 2 event(s) older than 2026-04-02T09:00")
 
 
-@pytest.mark.parametrize("days", ["0", "-3", "nan", "inf", "x"])
+# 1000000 days: before year 1, which no date can hold (it was a traceback).
+@pytest.mark.parametrize("days", ["0", "-3", "nan", "inf", "x", "1000000"])
 def test_prune_events_bad_days_is_a_usage_error(cfg, days):
     with pytest.raises(SystemExit) as exc:
         cli.main(["prune-events", "--config", str(cfg.path), "--older-than", days])
