@@ -63,7 +63,7 @@ def test_api_status_codes_follow_the_contract(client, users, clock, factory):
     assert start(client, ann, "nope").get_json()["code"] == "unknown-lamp"
     assert client.get("/api/lamps/nope", headers=bearer(ann)).status_code == 404
     resp = start(client, ann, "room2", {"minutes": 31})
-    assert resp.status_code == 400 and "longer than Room 2's limit of 30 min" in resp.get_json()["error"]
+    assert resp.status_code == 400 and "at most its limit of 30 min, got 31 min." in resp.get_json()["error"]
     assert start(client, ann, "room2", {"minutes": 30}).status_code == 201
     resp = start(client, ann, "room2")
     assert resp.status_code == 409 and resp.get_json()["code"] == "already-on"

@@ -282,6 +282,22 @@ def test_architecture_bench_imports_nothing_from_tests():
     assert crossing("bench", "tests") == []
 
 
+def test_architecture_web_applies_no_safety_rule_of_its_own():
+    """The panel offers what the lamp's view says fits (extend_ok, extend_left_s, same_patient_s): S3 and its
+    budget are lampctl.core.safety's, applied by the controller, and web never re-derives them."""
+    rules = {node.name for node in ast.parse((ROOT / "lampctl/core/safety.py").read_text()).body
+             if isinstance(node, ast.FunctionDef)}
+    assert {"s3_allows", "s3_left_s"} <= rules  # the walk below looks for what it should
+    wrong = crossing("web", "lampctl.core.safety")
+    for path in sorted((ROOT / "web").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = getattr(node, "id", None) or getattr(node, "attr", None) or getattr(node, "asname", None) \
+                or (node.name if isinstance(node, ast.alias) else None)
+            if name in rules:
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {name}")
+    assert wrong == [], "web shows the controller's decisions and applies no safety rule itself: " + "; ".join(wrong)
+
+
 def test_architecture_controller_and_what_it_imports_do_no_io():
     edges = graph()
     core = {CORE, *reachable(edges, CORE)}

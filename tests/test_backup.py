@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lampctl import cli
-from lampctl.cli.toolcli import ToolFailed
+from lampctl.cli.args import Failed
 from lampctl.storage.store import UsageLog
 from lampctl.tools.backup import BACKUP_RE, backup_database, prune_events, restore_database
 from tests.conftest import write_config
@@ -135,7 +135,7 @@ def test_restore_refuses_a_file_that_is_not_a_backup(cfg, usage_log, tmp_path):
     record_sessions(usage_log, 1)
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database at all" * 100)
-    with pytest.raises(ToolFailed, match="nothing was changed"):
+    with pytest.raises(Failed, match="nothing was changed"):
         restore_database(cfg.service.database, junk)
     assert rows(cfg.service.database, "sessions") == 1
 
@@ -185,7 +185,8 @@ def test_prune_events_keeps_sessions_unless_asked(cfg, usage_log):
     assert len(whys) == 2 and whys[0].startswith("retention: 2 event(s) older than 2026-04-02T09:00")
 
 
-@pytest.mark.parametrize("days", ["0", "-3", "nan", "inf", "x"])
+# 1000000 days: before year 1, which no date can hold (it was a traceback).
+@pytest.mark.parametrize("days", ["0", "-3", "nan", "inf", "x", "1000000"])
 def test_prune_events_bad_days_is_a_usage_error(cfg, days):
     with pytest.raises(SystemExit) as exc:
         cli.main(["prune-events", "--config", str(cfg.path), "--older-than", days])

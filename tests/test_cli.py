@@ -1,13 +1,14 @@
 """The command line: exit codes 0/1/2, one-line errors, and S5 stop-all through a real service."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from lampctl.cli import main
+from lampctl.cli import build_parser, main
 from tests.conftest import write_config
 from tests.procs import (
     ROOT,
@@ -51,6 +52,17 @@ BAD_USAGE = [
     ["log", "--from", "2026-03-01T25:00"], ["log", "--from", "2026-03-01T10:00+25:00"], ["log", "--to", "\x00"],
     ["frobnicate"], [],
 ]
+
+
+def test_cli_every_command_main_or_tool_is_registered_one_way():
+    """cli_args.command registers each subparser with the function that runs it: no second table of commands."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    names = {"serve", "check-config", "user", "token", "log", "status", "start", "extend", "stop", "stop-all",
+             "estop", "reset", "backup", "restore", "prune-events", "doctor", "firmware", "collect"}
+    assert set(sub.choices) == names
+    assert [name for name, p in sub.choices.items() if not callable(p.get_default("run"))] == []
+    main_only = next(a for a in build_parser(with_tools=False)._actions if isinstance(a, argparse._SubParsersAction))
+    assert "backup" not in main_only.choices and "serve" in main_only.choices
 
 
 @pytest.mark.parametrize("argv", BAD_USAGE, ids=[" ".join(a)[:40] or "nothing" for a in BAD_USAGE])

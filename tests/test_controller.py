@@ -7,6 +7,9 @@ import pytest
 
 from lampctl.core.clock import MonotonicClock
 from lampctl.core.controller import BadDuration, Refused, SessionController, Unavailable
+from lampctl.core.errors import BadDuration as DurationRefused
+from lampctl.core.errors import check_duration
+from lampctl.core.safety import s3_left_s
 from tests.conftest import pin_history
 
 ROOM1, ROOM2 = 17, 18  # room2 is active-low: ON drives the pin low
@@ -92,6 +95,73 @@ def test_s3_start_longer_than_max_is_refused_and_relay_untouched(controller, fac
             controller.start("room1", bad, "ann")
     assert pin_history(factory, ROOM1) == [False]
     assert pin_history(factory, ROOM2)[1:] == [True]
+
+
+# (case, time the patient has had, the lamp's limit, what is left), all in seconds
+S3_BUDGETS = [
+    ("nothing used: the whole limit", 0, 1800, 1800),
+    ("part used", 1200, 1800, 600),
+    ("a fraction of a second used", 0.25, 60, 59.75),
+    ("the whole limit used", 1800, 1800, 0),
+    ("more used than the limit, as a session carried over past it counts: none, never negative", 1830.5, 1800, 0),
+]
+
+
+@pytest.mark.parametrize(("case", "used_s", "max_s", "left_s"), S3_BUDGETS, ids=[c[0] for c in S3_BUDGETS])
+def test_s3_budget_is_what_is_left_of_the_limit_never_below_zero(case, used_s, max_s, left_s):
+    assert s3_left_s(used_s, max_s) == left_s
+
+
+def test_s3_view_offers_plus_five_only_while_five_minutes_still_fit(controller):
+    _, view = controller.start("room2", 20 * 60, "ann")  # room2: max 30 min
+    assert (view.extend_ok, view.extend_left_s) == (True, 600)
+    view = controller.extend("room2", 300, "ann")
+    assert (view.extend_ok, view.extend_left_s) == (True, 300)  # exactly five minutes left: it fits
+    view = controller.extend("room2", 1, "ann")
+    assert (view.extend_ok, view.extend_left_s) == (False, 299)
+    assert controller.lamp("room1").extend_ok is False  # off: nothing to extend
+
+
+def test_s18_view_says_what_a_start_for_the_same_patient_may_run(controller, clock):
+    assert controller.lamp("room1").same_patient_s(600) is None  # no rest window yet: every start is fresh
+    controller.start("room1", 50 * 60, "ann")  # room1: max 60 min, rest window 300 s
+    clock.advance(45 * 60)
+    view = controller.stop("room1", "ann")
+    assert view.same_patient_s(10 * 60) == 10 * 60  # fits: all of it
+    assert view.same_patient_s(20 * 60) == 15 * 60  # longer than what is left: what is left
+
+
+# (case, value, unit, limit in seconds or None, the seconds it is, or the code and the end of its sentence)
+DURATIONS = [
+    ("whole minutes", 10, "minutes", None, 600.0),
+    ("a fraction of a second", 0.5, "seconds", None, 0.5),
+    ("exactly at the limit", 1800, "seconds", 1800, 1800.0),
+    ("a microsecond past the limit: float slack", 1800.000001, "seconds", 1800, 1800.000001),
+    ("zero", 0, "seconds", None, ("bad-duration", "greater than 0, got 0.")),
+    ("negative minutes", -5.0, "minutes", None, ("bad-duration", "greater than 0, got -5.")),
+    ("a boolean", True, "minutes", None, ("bad-duration", "greater than 0, got True.")),
+    ("a string of digits", "10", "minutes", None, ("bad-duration", "greater than 0, got '10'.")),
+    ("not a number", float("nan"), "seconds", None, ("bad-duration", "greater than 0, got nan.")),
+    ("infinity", float("inf"), "seconds", None, ("bad-duration", "greater than 0, got inf.")),
+    ("an integer of 400 digits", int("9" * 400), "minutes", None,
+     ("too-long", "greater than 0, got a number of 400 digits, far longer than any limit.")),
+    ("finite, but not in seconds", 1e308, "minutes", None, ("too-long", "got 1e+308, far longer than any limit.")),
+    ("past the limit, shown as a duration", 1801, "seconds", 1800, ("too-long", "at most 30 min, got 30 min 1 s.")),
+    ("days past their limit", 36501, "days", 36500 * 86400, ("too-long", "at most 30 min, got 36501.")),
+]
+
+
+@pytest.mark.parametrize(("case", "value", "unit", "most_s", "expected"), DURATIONS, ids=[c[0] for c in DURATIONS])
+def test_duration_one_check_and_one_sentence_naming_value_and_range(case, value, unit, most_s, expected):
+    most = (most_s, "30 min") if most_s is not None else None
+    if not isinstance(expected, tuple):
+        assert check_duration(value, "It", unit=unit, most=most) == expected
+        return
+    with pytest.raises(DurationRefused) as exc:
+        check_duration(value, "It", unit=unit, most=most)
+    code, end = expected
+    span = f"It must be a number of {unit} greater than 0" + (" and at most 30 min" if most else "")
+    assert exc.value.code == code and str(exc.value).startswith(span + ", got ") and str(exc.value).endswith(end)
 
 
 def test_controller_refuses_double_start_and_stop_when_off(controller):

@@ -12,7 +12,7 @@ from firmware_bridge import protocol
 from firmware_bridge.firmware.logic import FIRMWARE_VERSION
 from lampctl import cli
 from lampctl import config as config_mod
-from lampctl.cli.toolcli import ToolFailed
+from lampctl.cli.args import Failed
 from lampctl.tools.firmware import board_files, main_source, pico_pins
 from tests.procs import Simulator, free_port
 
@@ -191,5 +191,5 @@ def test_firmware_main_source_refuses_a_main_without_the_constant(monkeypatch, t
     fake_dir.mkdir(parents=True)
     (fake_dir / "main.py").write_text("RELAY_PINS = (2,)\nACTIVE_HIGH = True\n")
     monkeypatch.setattr("lampctl.tools.firmware.FIRMWARE_DIR", tmp_path / "firmware_bridge")
-    with pytest.raises(ToolFailed, match="WATCHDOG_MS"):
+    with pytest.raises(Failed, match="WATCHDOG_MS"):
         main_source({"RELAY_PINS": (2,), "ACTIVE_HIGH": True, "WATCHDOG_MS": 3000})

@@ -12,7 +12,7 @@ from lampctl import config as config_mod
 from lampctl import service
 from lampctl.core.clock import FakeClock
 from lampctl.core.controller import Refused, SessionController, Unavailable
-from lampctl.core.lamp import fmt_s
+from lampctl.core.errors import fmt_s
 from lampctl.core.safety import s3_allows, s7_backstop_ms
 from lampctl.devices.hardware import RelayBank
 from lampctl.storage.db import connect

@@ -9,8 +9,7 @@ from flask_babel import gettext
 from werkzeug.exceptions import BadRequest
 
 from lampctl.core.errors import BadDuration, Refused
-from lampctl.core.lamp import estop_reason, is_estop
-from lampctl.core.safety import s3_allows
+from lampctl.core.lamp import EXTEND_STEP_S, estop_reason, is_estop
 from web import services
 from web.auth import arrived, panel_locked, touch, unauthenticated, wants_json
 from web.codes import REPLY_WAIT_S, status_for
@@ -18,7 +17,6 @@ from web.words import STATE_LABELS, clock_text, end_alarm, fault_text, minutes_t
 
 bp = Blueprint("panel", __name__, url_prefix="/panel")
 
-EXTEND_S = 300
 # "Same patient" is offered while at least this much of the limit is left.
 MIN_SAME_S = 1.0
 # The countdown turns to its warning look this long before the end (the buzzer's warning too).
@@ -35,11 +33,10 @@ def preset_label(minutes: float) -> str:
 
 
 def _running_info(view, d: dict, locked: bool) -> None:
-    max_s = view.max_minutes * 60
+    # What still fits is the controller's to say (S3: lampctl.core.safety); the page only words it.
     left = view.extend_left_s or 0.0
-    room = s3_allows(max_s - left + EXTEND_S, max_s)
-    d["extend_ok"] = room and not locked
-    if room:
+    d["extend_ok"] = view.extend_ok and not locked
+    if view.extend_ok:
         more = gettext("%(left)s more may be added", left=seconds_text(left))
     elif left >= 1:  # time is left, only +5 min no longer fits: say so, not "at its limit"
         more = gettext("only %(left)s more may be added, too little for +5 min", left=seconds_text(left))
@@ -143,7 +140,7 @@ def _question(lamp_id: str, minutes_arg: str, step: str = "choose") -> dict | No
     if view.state != "off" or view.continue_left_s is None:
         return None
     left = view.continue_left_s
-    same_s = min(minutes * 60, left)
+    same_s = view.same_patient_s(minutes * 60)
     return {"lamp": view.id, "name": view.name, "minutes": minutes, "label": minutes_text(minutes),
             "left": seconds_text(left), "limit": minutes_text(view.max_minutes),
             "same_ok": same_s >= MIN_SAME_S, "same_fits": same_s < minutes * 60, "same_label": seconds_text(same_s),
@@ -278,9 +275,10 @@ def start(lamp_id):
         minutes = _preset(view, request.form.get("minutes", ""))
         seconds = minutes * 60
         # "Same patient" for a preset longer than what is left: what is left (S18).
-        fitted = fit and view.continue_left_s is not None and view.continue_left_s < seconds
+        same_s = view.same_patient_s(seconds) if fit else None
+        fitted = same_s is not None and same_s < seconds
         if fitted:
-            seconds = view.continue_left_s
+            seconds = same_s
         s.controller.start(lamp_id, seconds, g.user["name"], new_patient=bool(new_patient), arrived=arrived())
         if fitted:
             return gettext("%(name)s started for %(time)s, what the same patient had left.", name=view.name,
@@ -295,7 +293,7 @@ def start(lamp_id):
 @bp.post("/lamps/<lamp_id>/extend")
 def extend(lamp_id):
     def act():
-        view = services().controller.extend(lamp_id, EXTEND_S, g.user["name"], arrived=arrived())
+        view = services().controller.extend(lamp_id, EXTEND_STEP_S, g.user["name"], arrived=arrived())
         return gettext("%(name)s: 5 min added, %(left)s left.", name=view.name, left=clock_text(view.remaining_s))
     return _act(act, starts=True)
 

@@ -9,16 +9,7 @@ import sys
 
 from lampctl import config as config_mod
 from lampctl.cli import args as cli_args
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class Failed(Exception):
-    """A run-time refusal or failure: message printed, exit 1."""
-
-
-class UsageError(Exception):
-    """A command line that cannot be right (an unknown lamp, say): message printed, exit 2."""
+from lampctl.cli.args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, Failed, UsageError, command
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,34 +20,40 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def build_parser(with_tools: bool = True) -> argparse.ArgumentParser:
+def build_parser(with_tools: bool = True, argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Every command; without the maintenance tools when with_tools is False, or when argv names a main command."""
     parser = _Parser(
         prog="lampctl",
         description="Timed, fail-safe control of infrared heat lamps through relays.",
         epilog="Exit codes: 0 done, 1 refused or failed at run time, 2 bad usage or config.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("serve", help="run the service: relays, timers, log, web panel and API")
-    cli_args.add_config(p)
-    p.add_argument("--simulate", action="store_true",
-                   help="use simulated GPIO (gpiozero's mock pins) whatever the config says")
-
-    p = sub.add_parser("check-config", help="validate the config without touching hardware")
-    p.add_argument("--simulate", action="store_true",
-                   help="check it as `serve --simulate` uses it: mock pins and a simulated microcontroller")
-    cli_args.add_config(p)
-    _add_account_commands(sub)
-    _add_log_command(sub)
-    _add_remote_commands(sub)
-    if with_tools:
+    _add_main_commands(sub)
+    # The main commands (serve above all: S1, relays OFF first) parse without importing the
+    # maintenance tools; help, a tool's name or a typo get the whole list.
+    if with_tools and not (argv and argv[0] in sub.choices):
         from lampctl.cli import tools as cli_tools
 
         cli_tools.add_parsers(sub)
     return parser
 
 
+def _add_main_commands(sub) -> None:
+    p = command(sub, "serve", cmd_serve, help="run the service: relays, timers, log, web panel and API")
+    cli_args.add_config(p)
+    p.add_argument("--simulate", action="store_true",
+                   help="use simulated GPIO (gpiozero's mock pins) whatever the config says")
+
+    p = command(sub, "check-config", cmd_check_config, help="validate the config without touching hardware")
+    p.add_argument("--simulate", action="store_true",
+                   help="check it as `serve --simulate` uses it: mock pins and a simulated microcontroller")
+    cli_args.add_config(p)
+    _add_account_commands(sub)
+    _add_log_command(sub)
+    _add_remote_commands(sub)
+
+
 def _add_account_commands(sub) -> None:
-    p = sub.add_parser("user", help="manage practitioner and admin accounts")
+    p = command(sub, "user", cmd_user, help="manage practitioner and admin accounts")
     usub = p.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     q = usub.add_parser("add", help="add a user")
     q.add_argument("name", type=cli_args.user_name,
@@ -71,7 +68,7 @@ def _add_account_commands(sub) -> None:
     q.add_argument("name", help="the user's name, in any case")
     cli_args.add_config(q)
 
-    p = sub.add_parser("token", help="API tokens")
+    p = command(sub, "token", cmd_token, help="API tokens")
     tsub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     q = tsub.add_parser("create", help="create an API token for USER; prints the token alone")
     q.add_argument("user", help="the user's name, in any case")
@@ -79,13 +76,13 @@ def _add_account_commands(sub) -> None:
 
 
 def _add_log_command(sub) -> None:
-    p = sub.add_parser(
-        "log", help="print the session log (read from the database)",
+    p = command(
+        sub, "log", cmd_log, help="print the session log (read from the database)",
         description="Print the session log. The table shows local time to the second (the zone is named in "
                     "its header), or UTC with --utc; --csv keeps the database's UTC timestamps.")
-    p.add_argument("--from", dest="start", metavar="WHEN", type=cli_args.when,
+    p.add_argument("--from", dest="start", metavar="WHEN", type=_when,
                    help="YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM|Z], inclusive; local time unless a zone is given")
-    p.add_argument("--to", dest="end", metavar="WHEN", type=cli_args.when,
+    p.add_argument("--to", dest="end", metavar="WHEN", type=_when,
                    help="same forms, inclusive (a date means the whole day)")
     p.add_argument("--lamp", metavar="ID", help="only this lamp (an id from the config)")
     p.add_argument("--csv", action="store_true", help="CSV with a header row instead of a table")
@@ -93,26 +90,36 @@ def _add_log_command(sub) -> None:
     cli_args.add_config(p)
 
 
+def _when(text: str):
+    """argparse type of --from and --to (lampctl.cli.log.parse_when), imported only when `log` reads one."""
+    from lampctl.cli.log import parse_when
+
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_remote_commands(sub) -> None:
     remote = "talks to the running service; token from --token, $LAMPCTL_TOKEN, or the service's cli.token file"
-    p = sub.add_parser("status", help="show every lamp (" + remote + ")")
+    p = command(sub, "status", cmd_status, help="show every lamp (" + remote + ")")
     _add_remote(p)
-    p = sub.add_parser("start", help="start a timed session (" + remote + ")")
+    p = command(sub, "start", cmd_start, help="start a timed session (" + remote + ")")
     _add_duration(p)
     p.add_argument("--new-patient", action="store_true",
                    help="a new patient: do not continue the last session's time budget even within the "
                         "lamp's rest window (rest_window_s)")
-    p = sub.add_parser("extend", help="add time to a running session (" + remote + ")")
+    p = command(sub, "extend", cmd_extend, help="add time to a running session (" + remote + ")")
     _add_duration(p)
-    p = sub.add_parser("stop", help="stop one lamp (" + remote + ")")
+    p = command(sub, "stop", cmd_stop, help="stop one lamp (" + remote + ")")
     p.add_argument("lamp", metavar="LAMP")
     _add_remote(p)
-    p = sub.add_parser("stop-all", help="turn every lamp off at once (" + remote + ")")
+    p = command(sub, "stop-all", cmd_stop_all, help="turn every lamp off at once (" + remote + ")")
     _add_remote(p)
-    p = sub.add_parser("estop", help="emergency stop: every lamp off and latched in fault until an admin "
+    p = command(sub, "estop", cmd_estop, help="emergency stop: every lamp off and latched in fault until an admin "
                                      "resets it, as the E-stop button does (" + remote + ")")
     _add_remote(p)
-    p = sub.add_parser("reset", help="clear a lamp's latched fault, as an admin (" + remote + ")")
+    p = command(sub, "reset", cmd_reset, help="clear a lamp's latched fault, as an admin (" + remote + ")")
     p.add_argument("lamp", metavar="LAMP")
     _add_remote(p)
 
@@ -120,8 +127,8 @@ def _add_remote_commands(sub) -> None:
 def _add_duration(p: argparse.ArgumentParser) -> None:
     p.add_argument("lamp", metavar="LAMP")
     dur = p.add_mutually_exclusive_group(required=True)
-    dur.add_argument("--minutes", type=cli_args.positive, help="duration in minutes")
-    dur.add_argument("--seconds", type=cli_args.positive, help="duration in seconds")
+    dur.add_argument("--minutes", type=cli_args.duration("minutes"), help="duration in minutes")
+    dur.add_argument("--seconds", type=cli_args.duration("seconds"), help="duration in seconds")
     _add_remote(p)
 
 
@@ -133,27 +140,19 @@ def _add_remote(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # The core commands (serve above all: S1, relays OFF first) parse without importing the
-    # maintenance tools; help, a tool's name or a typo get the whole list.
-    args = build_parser(with_tools=not argv or argv[0] not in COMMANDS).parse_args(argv)
+    args = build_parser(argv=argv).parse_args(argv)
     try:
-        command = COMMANDS.get(args.command)
-        if command is None:
-            from lampctl.cli import tools as cli_tools
-
-            command = cli_tools.commands()[args.command]
-        code = command(args)
+        code = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here when the output was small
         return code
     except config_mod.ConfigError as exc:
         print(f"lampctl: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except UsageError as exc:
-        print(f"lampctl {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Failed as exc:
-        print(f"lampctl: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except CommandError as exc:
+        # A usage error names the command, as argparse's own do.
+        where = f"lampctl {args.command}: error" if exc.exit_code == EXIT_USAGE else "lampctl"
+        print(f"{where}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except BrokenPipeError:
         # `lampctl log | head`: the reader has gone, which is no error worth a message.
         _silence_stdout()
@@ -179,7 +178,7 @@ def _known_failure(exc: BaseException, args) -> str | None:
     db = sys.modules.get("lampctl.storage.db")
     runtime = sys.modules.get("lampctl.platform.runtime")
     try:
-        where = str(config_mod.load(cli_args.config_path(args)).service.database)
+        where = str(cli_args.load_config(args).service.database)
     except Exception:  # noqa: BLE001 - the sentence still helps without the path
         where = "the database"
     if runtime is not None and isinstance(exc, runtime.DamagedFile):
@@ -240,7 +239,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    cfg = config_mod.load(cli_args.config_path(args))
+    cfg = cli_args.load_config(args)
     if getattr(args, "simulate", False):
         # `serve --simulate` replaces the configured port with a simulator of its own.
         fw = ", firmware simulated (the configured port is not used)"
@@ -258,23 +257,10 @@ def _lamp_id(cfg, lamp_id: str) -> str:
     return lamp_id
 
 
-def _store_command(command):
-    """A command that uses the store: its refusals and database problems exit 1 with one sentence."""
-    def run(args) -> int:
-        from lampctl.cli.store import StoreFailed
-
-        try:
-            return command(args)
-        except StoreFailed as exc:
-            raise Failed(str(exc)) from None
-    return run
-
-
-@_store_command
 def cmd_user(args) -> int:
     from lampctl.cli import store as cli_store
 
-    cfg = config_mod.load(cli_args.config_path(args))
+    cfg = cli_args.load_config(args)
     if args.user_command == "add":
         print(f"added {args.role} {cli_store.add_user(cfg, args.name, args.role, args.pin)}")
     elif args.user_command == "remove":
@@ -285,20 +271,18 @@ def cmd_user(args) -> int:
     return EXIT_OK
 
 
-@_store_command
 def cmd_token(args) -> int:
     from lampctl.cli import store as cli_store
 
-    print(cli_store.create_token(config_mod.load(cli_args.config_path(args)), args.user))
+    print(cli_store.create_token(cli_args.load_config(args), args.user))
     return EXIT_OK
 
 
-@_store_command
 def cmd_log(args) -> int:
     from lampctl.cli import store as cli_store
     from lampctl.cli.log import print_table, write_csv
 
-    cfg = config_mod.load(cli_args.config_path(args))
+    cfg = cli_args.load_config(args)
     lamp = _lamp_id(cfg, args.lamp) if args.lamp is not None else None
     start = args.start.bound(upper=False) if args.start else None
     end = args.end.bound(upper=True) if args.end else None
@@ -312,17 +296,17 @@ def cmd_log(args) -> int:
 # ---- remote commands ---------------------------------------------------------------------
 def _remote(args, method: str, action: str, body: dict | None = None) -> int:
     """One API call; action is "/stop-all" for the whole bank, or "start" etc. for args.lamp."""
-    from lampctl.cli.remote import BadToken, RemoteFailed, call_api, print_lamps, stop_sentences
+    from lampctl.cli.remote import RemoteFailed, call_api, print_lamps, stop_sentences
 
-    cfg = config_mod.load(cli_args.config_path(args))
+    cfg = cli_args.load_config(args)
     path = action if action.startswith("/") else _lamp_path(cfg, args.lamp, action)
     try:
         reply = call_api(cfg, args.token, method, path, body)
-    except BadToken as exc:
-        raise UsageError(str(exc)) from None
     except RemoteFailed as exc:
-        # 400: the service found the request malformed or too long, a usage error like argparse's own.
-        raise (UsageError if exc.status == 400 else Failed)(str(exc)) from None
+        if exc.status != 400:
+            raise
+        # The service found the request malformed or too long: a usage error like argparse's own.
+        raise UsageError(str(exc)) from None
     if args.json:
         import json
 
@@ -387,12 +371,6 @@ def cmd_estop(args) -> int:
 def cmd_reset(args) -> int:
     return _remote(args, "POST", "reset")
 
-
-COMMANDS = {
-    "serve": cmd_serve, "check-config": cmd_check_config, "user": cmd_user, "token": cmd_token,
-    "log": cmd_log, "status": cmd_status, "start": cmd_start, "extend": cmd_extend, "stop": cmd_stop,
-    "stop-all": cmd_stop_all, "estop": cmd_estop, "reset": cmd_reset,
-}
 
 
 if __name__ == "__main__":

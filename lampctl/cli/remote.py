@@ -9,12 +9,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from lampctl.cli.args import Failed, UsageError
+
 TOKEN_FILE = "cli.token"  # written by `lampctl serve` beside the database, readable by its user only
 TOKEN_RE = re.compile(r"[\x21-\x7e]{1,200}")  # printable ASCII: it goes into an HTTP header
 TIMEOUT_S = 10
 
 
-class RemoteFailed(Exception):
+class RemoteFailed(Failed):
     """The service could not be reached or refused: one sentence; status is the HTTP status of a refusal."""
 
     def __init__(self, message: str, status: int | None = None):
@@ -22,7 +24,7 @@ class RemoteFailed(Exception):
         self.status = status
 
 
-class BadToken(Exception):
+class BadToken(UsageError):
     """The token given on the command line or in $LAMPCTL_TOKEN cannot be a token: exit 2."""
 
 

@@ -5,11 +5,12 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from lampctl.cli.args import Failed
 from lampctl.platform.runtime import CLI_USER  # who the audit log names for a change made here
 from lampctl.storage.db import LogUnavailable, StoreError
 
 
-class StoreFailed(Exception):
+class StoreFailed(Failed):
     """The store refused (StoreError) or the database could not be used: one sentence, exit 1."""
 
 

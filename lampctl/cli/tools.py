@@ -1,22 +1,12 @@
 """The maintenance commands (backup, restore, prune-events, doctor, firmware) and the fleet's `collect`, wired into `lampctl`."""
 from __future__ import annotations
 
-from collections.abc import Callable
 
-
-def _modules() -> tuple:
+def add_parsers(sub) -> None:
+    """Each tool module registers its own commands (lampctl.cli.args.command), as lampctl.cli does the main ones."""
     from lampctl.fleet import collector
     from lampctl.tools import backup, doctor
     from lampctl.tools import firmware as firmware_tools
 
-    return backup, doctor, firmware_tools, collector
-
-
-def add_parsers(sub) -> None:
-    """Each tool module declares its own subcommands."""
-    for tool in _modules():
+    for tool in (backup, doctor, firmware_tools, collector):
         tool.add_parser(sub)
-
-
-def commands() -> dict[str, Callable]:
-    return {name: run for tool in _modules() for name, run in tool.COMMANDS.items()}

@@ -45,7 +45,7 @@ def default_node() -> str:
 
 
 def parse_mqtt(r, raw, base: Path, *, table: str = "mqtt") -> MqttConfig:
-    """r is config._Reader; raises its ConfigError (one line naming the file and the key)."""
+    """r is a config.reader(path); raises its ConfigError (one line naming the file and the key)."""
     m = r.table(raw, table, _KEYS)
     if "url" not in m:
         raise r.fail(f"{table}.url", "missing (the broker, such as mqtt://broker.local or mqtts://broker.local:8883)")

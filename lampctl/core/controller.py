@@ -8,14 +8,24 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from lampctl.core.alerts import Alerts, next_due, sounding
+
 if TYPE_CHECKING:
     from lampctl.config import LampConfig
-from lampctl.core.alerts import Alerts, next_due, sounding
-from lampctl.core.errors import BadDuration, Refused, Unavailable, UnknownLamp, backstop_refusal, check_seconds
-from lampctl.core.lamp import Carried, Lamp, LampState, LampView, Session, fmt_min, fmt_s, make_view
+from lampctl.core.errors import (
+    BadDuration,
+    Refused,
+    Unavailable,
+    UnknownLamp,
+    backstop_refusal,
+    check_duration,
+    fmt_min,
+    fmt_s,
+)
+from lampctl.core.lamp import Carried, Lamp, LampState, LampView, Session, make_view
 from lampctl.core.listeners import Listeners
 from lampctl.core.ports import Backstop, Clock, Hardware
-from lampctl.core.safety import s3_allows, s7_arm_holds, s7_backstop_ms, s19_overtaken
+from lampctl.core.safety import s7_arm_holds, s7_backstop_ms, s19_overtaken
 from lampctl.core.scheduler import SchedulerThread
 
 __all__ = ["SessionController", "Refused", "UnknownLamp", "BadDuration", "Unavailable", "LampView", "LampState"]
@@ -160,12 +170,12 @@ class SessionController(SchedulerThread):
         now): a Stop of this lamp that arrived later refuses it (S19).
         """
         lamp = self._get(lamp_id)
-        seconds = check_seconds(seconds)
+        name = f"A start of {lamp.cfg.name}"
+        seconds = check_duration(seconds, name)
         with self._cond:
             self._arrived(lamp, arrived, "started")
-            if not s3_allows(seconds, lamp.cfg.max_s):
-                raise BadDuration(f"{fmt_s(seconds)} is longer than {lamp.cfg.name}'s limit of "
-                                  f"{fmt_min(lamp.cfg.max_minutes)}.", "too-long")
+            # S3: a session no longer than the lamp's limit (checked after S19 may refuse it).
+            check_duration(seconds, name, most=(lamp.cfg.max_s, f"its limit of {fmt_min(lamp.cfg.max_minutes)}"))
             if self._stopping:
                 raise Refused("The service is shutting down.", "shutting-down")
             lamp.check_startable(self._clock.monotonic())
@@ -232,20 +242,14 @@ class SessionController(SchedulerThread):
     def extend(self, lamp_id: str, seconds: float, user: str, *, arrived: float | None = None) -> LampView:
         """Add `seconds` to the running session; `arrived` as for start (S19)."""
         lamp = self._get(lamp_id)
-        seconds = check_seconds(seconds)
+        seconds = check_duration(seconds, f"An extension of {lamp.cfg.name}")
         with self._cond:
             self._arrived(lamp, arrived, "extended")
             session = self._running(lamp, "extended")
             if lamp.extending:
                 # S13: the plan is reserved by the extension in flight; never last writer wins.
                 raise Refused(f"Another extension of {lamp.cfg.name} is being applied; try again.", "busy")
-            new_planned = session.planned_s + seconds
-            if not s3_allows(session.prior_s + new_planned, lamp.cfg.max_s):
-                left = max(0.0, lamp.cfg.max_s - session.prior_s - session.planned_s)
-                raise Refused(
-                    f"Extending {lamp.cfg.name} by {fmt_s(seconds)} would pass its limit of "
-                    f"{fmt_min(lamp.cfg.max_minutes)} per patient ({fmt_s(round(left, 1))} left to add).",
-                    "over-limit")
+            new_planned = lamp.extended_plan(session, seconds)
             if self._backstop is None:
                 return self._apply_extension(lamp, session, new_planned, seconds, user)
             lamp.extending = True

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lampctl.config import LampConfig
-from lampctl.core.errors import Refused
-from lampctl.core.safety import s3_allows
+from lampctl.core.errors import Refused, fmt_min, fmt_s
+from lampctl.core.safety import s3_allows, s3_left_s
 
 # A feedback input may lag its relay by a contact's bounce and a lamp's inrush;
 # a mismatch that outlasts this is a stuck relay or a dead lamp (S6).
 FEEDBACK_SETTLE_S = 0.5
+# What the panel's "+5 min" adds; a lamp's view says whether it still fits (S3).
+EXTEND_STEP_S = 300
 
 
 class LampState(str, Enum):
@@ -91,7 +93,7 @@ class Lamp:
         """Seconds a continuation of the last patient's session may still use, or None outside the window."""
         if self.state is LampState.ON or not self.in_rest_window(now):
             return None
-        return round(max(0.0, self.cfg.max_s - self.chain_used_s), 3)
+        return round(s3_left_s(self.chain_used_s, self.cfg.max_s), 3)
 
     def check_startable(self, now: float) -> None:
         name = self.cfg.name
@@ -110,12 +112,23 @@ class Lamp:
         if new_patient or not self.in_rest_window(now):
             return 0.0, None
         if not s3_allows(self.chain_used_s + seconds, self.cfg.max_s):
-            left = max(0.0, self.cfg.max_s - self.chain_used_s)
+            left = s3_left_s(self.chain_used_s, self.cfg.max_s)
             raise Refused(
                 f"{self.cfg.name} has already run {fmt_s(round(self.chain_used_s))} for this patient, so "
                 f"{fmt_s(round(left, 1))} of its {fmt_min(self.cfg.max_minutes)} limit is left; "
                 "start it for a new patient to begin afresh.", "over-limit")
         return self.chain_used_s, self.chain_last_id
+
+    def extended_plan(self, session: Session, seconds: float) -> float:
+        """S3: the running session's plan with `seconds` added, or over-limit (the sessions it continues count)."""
+        new_planned = session.planned_s + seconds
+        if not s3_allows(session.prior_s + new_planned, self.cfg.max_s):
+            left = s3_left_s(session.prior_s + session.planned_s, self.cfg.max_s)
+            raise Refused(
+                f"Extending {self.cfg.name} by {fmt_s(seconds)} would pass its limit of "
+                f"{fmt_min(self.cfg.max_minutes)} per patient ({fmt_s(round(left, 1))} left to add).",
+                "over-limit")
+        return new_planned
 
     def check_feedback(self, powered: bool | None, now: float) -> tuple[bool, str | None]:
         """S6 stuck relay: the feedback input must agree with the relay within the settle time.
@@ -155,11 +168,17 @@ class LampView:
     continues: int | None = None
     feedback_on: bool | None = None
     extend_left_s: float | None = None  # while on: what may still be added before max_minutes (S3)
+    extend_ok: bool = False  # while on: the panel's +5 min (EXTEND_STEP_S) still fits (S3; not in as_dict)
     # Set only on the views a Stop returns: "ended", "cancelled-start" or "already-off" (not in as_dict).
     result: str | None = None
     # How the last session ended: its end_reason ("completed", "stopped", "estop", ...) and why (not in as_dict).
     last_end_reason: str | None = None
     last_end_why: str | None = None
+
+    def same_patient_s(self, asked_s: float) -> float | None:
+        """S18: what a start of `asked_s` for the same patient may run (all of it, or what is left); None
+        outside the rest window, where every start is fresh."""
+        return None if self.continue_left_s is None else min(asked_s, self.continue_left_s)
 
     @property
     def heating(self) -> bool:
@@ -177,6 +196,7 @@ class LampView:
 
 def make_view(lamp: Lamp, now: float, relay_on: bool, feedback_on: bool | None) -> LampView:
     session = lamp.session if lamp.state is LampState.ON else None
+    used = session.prior_s + session.planned_s if session else 0.0
     return LampView(
         id=lamp.cfg.id, name=lamp.cfg.name, state=lamp.state.value, relay_on=relay_on,
         remaining_s=round(max(0.0, session.deadline - now), 3) if session else None,
@@ -190,7 +210,8 @@ def make_view(lamp: Lamp, now: float, relay_on: bool, feedback_on: bool | None) 
         continue_left_s=lamp.continue_left_s(now),
         continues=session.continues if session else None,
         feedback_on=feedback_on,
-        extend_left_s=round(max(0.0, lamp.cfg.max_s - session.prior_s - session.planned_s), 3) if session else None,
+        extend_left_s=round(s3_left_s(used, lamp.cfg.max_s), 3) if session else None,
+        extend_ok=session is not None and s3_allows(used + EXTEND_STEP_S, lamp.cfg.max_s),
         last_end_reason=lamp.last_end_reason, last_end_why=lamp.last_end_why,
     )
 
@@ -221,21 +242,3 @@ def parse_estop_reason(reason: str | None) -> tuple[str, str | None] | None:
 def is_estop(reason: str | None) -> bool:
     """A latch by an emergency stop: from a path (estop_reason) or the E-stop button ("E-stop pressed")."""
     return parse_estop_reason(reason) is not None or (reason or "").lower().startswith("e-stop")
-
-
-# Past this a duration is only "over 100 h": a sentence never carries a number of 300 digits.
-FMT_LIMIT_S = 100 * 3600
-
-
-def fmt_s(seconds: float) -> str:
-    """ "20 min", "4 min 57 s", "3 s": a rounded "5.0 min" would promise time that is not there."""
-    if seconds > FMT_LIMIT_S:
-        return "over 100 h"
-    if seconds < 60:
-        return f"{seconds:g} s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
-
-
-def fmt_min(minutes: float) -> str:
-    return fmt_s(minutes * 60)

@@ -24,6 +24,15 @@ def s3_allows(total_s: float, max_s: float) -> bool:
     return total_s <= max_s + 1e-6
 
 
+def s3_left_s(used_s: float, max_s: float) -> float:
+    """S3: a patient's budget, what may still be given of the lamp's max_minutes after `used_s`.
+
+    `used_s` is the time the patient already has: the sessions a start continues (S18) and,
+    while on, the running session's plan. Never below 0.
+    """
+    return max(0.0, max_s - used_s)
+
+
 def s7_backstop_ms(planned_s: float, grace_s: float) -> int:
     """S7: how long the microcontroller may hold the lamp on by itself."""
     # Round away float noise (840 x 1.1 = 924.0000000000001) before rounding up to whole ms.

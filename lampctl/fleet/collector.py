@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lampctl import config as config_mod
-from lampctl.cli.toolcli import EXIT_OK, ToolFailed, add_config, config_path, guarded
+from lampctl.cli.args import EXIT_OK, Failed, add_config, command, config_path
 from lampctl.config.mqtt import MqttConfig, parse_mqtt
+from lampctl.fleet import discovery
 from lampctl.fleet.central_log import BadRecord, CentralLog, check_record
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         raise config_mod.ConfigError(f"{path}: file not found (pass --config PATH)") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
         raise config_mod.ConfigError(f"{path}: cannot read the collector config: {exc}") from None
-    r = config_mod._Reader(path)
+    r = config_mod.reader(path)
     for key in data:
         if key not in ("collector", "mqtt"):
             raise r.fail(key, "unknown key (allowed: collector, mqtt)")
@@ -114,8 +115,8 @@ class Collector:
         if reason_code.is_failure:
             log.error("the broker %s refused the collector: %s", self.cfg.url, reason_code)
             return
-        client.subscribe([("lampctl/+/sessions", 1), ("lampctl/+/events", 1), ("lampctl/+/status", 1),
-                          ("lampctl/+/lamp/+/state", 1)])
+        client.subscribe([(discovery.records_topic("+", "sessions"), 1), (discovery.records_topic("+", "events"), 1),
+                          (discovery.status_topic("+"), 1), (discovery.state_topic("+", "+"), 1)])
         log.info("collector connected to %s", self.cfg.url)
 
     def _on_message(self, client, userdata, message) -> None:
@@ -184,14 +185,14 @@ class Collector:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("collect", help="keep the central log of every node (MQTT) and serve its pages",
-                       description="Subscribe to lampctl/+/sessions and lampctl/+/events on the broker in "
-                                   "central.toml's [mqtt], store them in [collector] database and serve the "
-                                   "fleet, log, CSV and usage pages on [collector] bind.")
+    p = command(sub, "collect", run_collect, help="keep the central log of every node (MQTT) and serve its pages",
+                description=f"Subscribe to {discovery.records_topic('+', 'sessions')} and "
+                            f"{discovery.records_topic('+', 'events')} on the broker in "
+                            "central.toml's [mqtt], store them in [collector] database and serve the "
+                            "fleet, log, CSV and usage pages on [collector] bind.")
     add_config(p)
 
 
-@guarded
 def run_collect(args) -> int:
     from lampctl.service import configure_logging
     from lampctl.service.serving import serve_fleet
@@ -201,15 +202,15 @@ def run_collect(args) -> int:
     try:
         central = CentralLog(cfg.database)
     except (sqlite3.Error, OSError) as exc:
-        raise ToolFailed(f"cannot open the central log {cfg.database}: {exc}") from None
+        raise Failed(f"cannot open the central log {cfg.database}: {exc}") from None
     try:
         collector = Collector(cfg.mqtt, central)
     except ImportError as exc:
-        raise ToolFailed(f"paho-mqtt cannot be loaded ({exc}): pip install 'lampctl[mqtt]'") from None
+        raise Failed(f"paho-mqtt cannot be loaded ({exc}): pip install 'lampctl[mqtt]'") from None
     try:
         server = serve_fleet(collector, cfg.host, cfg.port)
     except OSError as exc:
-        raise ToolFailed(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+        raise Failed(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
     def leave(signum, frame):
         raise SystemExit(EXIT_OK)
 
@@ -226,5 +227,3 @@ def run_collect(args) -> int:
         collector.close()
     return EXIT_OK
 
-
-COMMANDS = {"collect": run_collect}

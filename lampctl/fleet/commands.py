@@ -13,6 +13,7 @@ from datetime import datetime
 from lampctl.core.clock import MonotonicClock
 from lampctl.core.errors import Refused, duration_from, shown
 from lampctl.core.lamp import estop_reason
+from lampctl.fleet import discovery
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Commands:
     def __init__(self, node: str, enabled: bool, controller, accounts, reply: Callable[[str, dict], None],
                  builtin_users: tuple[str, ...] = (), *, clear: Callable[[str], None] | None = None,
                  usage_log=None, clock=None):
-        self.prefix = f"lampctl/{node}/"
+        self.prefix = f"{discovery.base(node)}/"
         self.enabled = enabled
         self.controller = controller
         self.accounts = accounts

@@ -1,4 +1,4 @@
-"""Home Assistant MQTT discovery: the retained config payloads that show each lamp in Home Assistant.
+"""The node's MQTT topic tree, and Home Assistant discovery: the retained payloads that show each lamp there.
 
 Topics follow `<discovery_prefix>/<component>/<node_id>/<object_id>/config` (node_id and
 object_id of A-Z, a-z, 0-9, '_' and '-'); every entity has a stable unique_id, belongs to
@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import json
 
+# Every node's topics live under TOPIC_ROOT/<node>/ (the design's fleet contract).
+TOPIC_ROOT = "lampctl"
+
 
 def base(node: str) -> str:
-    return f"lampctl/{node}"
+    return f"{TOPIC_ROOT}/{node}"
+
+
+def records_topic(node: str, kind: str) -> str:
+    """Where the node sends its records: kind "sessions" or "events"."""
+    return f"{base(node)}/{kind}"
 
 
 def status_topic(node: str) -> str:

@@ -226,7 +226,7 @@ class MqttLink:
                 gone.append(outbox_id)
                 self._last_sent = outbox_id
                 continue
-            topic = f"lampctl/{self.node}/{'sessions' if kind == 'session' else 'events'}"
+            topic = discovery.records_topic(self.node, "sessions" if kind == "session" else "events")
             info = self.client.publish(topic, _dump({**record, "node": self.node}), qos=1)
             if info.rc != 0:
                 break  # not connected: the next connection starts again from the outbox

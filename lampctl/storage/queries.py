@@ -207,14 +207,3 @@ def events(path: Path, *, limit: int = 200, offset: int = 0, lamp: str | None = 
     sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
     with reading(path) as conn:
         return [dict(r) for r in conn.execute(sql, [*params, limit, offset])]
-
-
-def bulb_replacements(path: Path, lamp_id: str | None = None) -> list[dict]:
-    """Replacements newest first, optionally for one lamp."""
-    sql, params = "SELECT * FROM bulb_replacements", []
-    if lamp_id:
-        sql += " WHERE lamp_id = ?"
-        params.append(lamp_id)
-    sql += " ORDER BY at DESC, id DESC"
-    with reading(path) as conn:
-        return [dict(r) for r in conn.execute(sql, params)]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from lampctl.core.lamp import fmt_s
+from lampctl.core.errors import fmt_s
 from lampctl.storage.db import parse_bound, reading
 
 # The last three came later and stay at the end, so a reader of older exports finds the first eight where they were.

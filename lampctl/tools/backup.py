@@ -9,21 +9,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from lampctl.cli.toolcli import (
-    EXIT_OK,
-    ToolFailed,
-    add_config,
-    count_in,
-    guarded,
-    load_config,
-    positive_number,
-    service_stopped,
-)
+from lampctl.cli.args import EXIT_OK, Failed, add_config, command, count_in, duration, load_config
+from lampctl.cli.toolcli import service_stopped
 from lampctl.platform.runtime import private_dir, private_file, private_if_present
 
 BACKUP_RE = re.compile(r"^lampctl-\d{8}T\d{6}\.\d{6}Z\.db$")
 DEFAULT_KEEP = 14
 PRUNE_BATCH = 5000      # rows per transaction, so the service's writer never waits long
+PRUNE_MOST_DAYS = 36500  # a hundred years: older than that, no record of a Pi can be
 
 
 @dataclass
@@ -38,13 +31,13 @@ class BackupResult:
 def _open(path: Path, mode: str) -> sqlite3.Connection:
     """A connection that never creates the file (mode "ro" or "rw")."""
     if not path.is_file():
-        raise ToolFailed(f"there is no database at {path} (has the service run yet? check service.database)")
+        raise Failed(f"there is no database at {path} (has the service run yet? check service.database)")
     try:
         conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode={mode}", uri=True, timeout=10,
                                isolation_level=None)
         conn.execute("PRAGMA busy_timeout=10000")
     except sqlite3.Error as exc:
-        raise ToolFailed(f"cannot open the database {path}: {exc}") from None
+        raise Failed(f"cannot open the database {path}: {exc}") from None
     return conn
 
 
@@ -100,11 +93,11 @@ def copy_database(source: sqlite3.Connection, target: Path) -> tuple[int | None,
         dst.execute("PRAGMA journal_mode=DELETE")
         problems = integrity_problems(dst)
         if problems:
-            raise ToolFailed(f"the copy failed PRAGMA integrity_check ({_summary(problems)}); "
-                             f"the database itself may be damaged: keep the older backups")
+            raise Failed(f"the copy failed PRAGMA integrity_check ({_summary(problems)}); "
+                         f"the database itself may be damaged: keep the older backups")
         counts = _count(dst, "sessions"), _count(dst, "events")
     except sqlite3.Error as exc:
-        raise ToolFailed(f"the backup into {target.parent} failed: {exc}") from None
+        raise Failed(f"the backup into {target.parent} failed: {exc}") from None
     finally:
         dst.close()
     with open(target, "rb+") as fh:
@@ -117,9 +110,9 @@ def backup_database(database: Path, dest: Path, keep: int, now: datetime | None 
     try:
         private_dir(dest)  # made 0700; a folder that exists is left as it is (its files are 0600)
     except OSError as exc:
-        raise ToolFailed(f"cannot use {dest} as the backup directory: {exc.strerror or exc}") from None
+        raise Failed(f"cannot use {dest} as the backup directory: {exc.strerror or exc}") from None
     if not dest.is_dir():
-        raise ToolFailed(f"{dest} is not a directory")
+        raise Failed(f"{dest} is not a directory")
     final = _backup_name(dest, now or datetime.now(UTC))
     partial = dest / f".{final.name}.partial"
     source = _open(database, "ro")
@@ -128,7 +121,7 @@ def backup_database(database: Path, dest: Path, keep: int, now: datetime | None 
         os.replace(partial, final)
         _fsync_dir(dest)
     except OSError as exc:
-        raise ToolFailed(f"cannot write the backup in {dest}: {exc.strerror or exc}") from None
+        raise Failed(f"cannot write the backup in {dest}: {exc.strerror or exc}") from None
     finally:
         source.close()
         partial.unlink(missing_ok=True)
@@ -150,10 +143,10 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
             problems = integrity_problems(src)
             has_sessions = _count(src, "sessions") is not None
         except sqlite3.Error as exc:
-            raise ToolFailed(f"{backup} is not a lampctl backup ({exc}); nothing was changed") from None
+            raise Failed(f"{backup} is not a lampctl backup ({exc}); nothing was changed") from None
         if problems or not has_sessions:
-            raise ToolFailed(f"{backup} is not a sound lampctl backup "
-                             f"({_summary(problems) if problems else 'no sessions table'}); nothing was changed")
+            raise Failed(f"{backup} is not a sound lampctl backup "
+                         f"({_summary(problems) if problems else 'no sessions table'}); nothing was changed")
         saved = None
         kept = KeptState()
         if database.exists():
@@ -164,7 +157,7 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
         try:
             dst = sqlite3.connect(database, timeout=10, isolation_level=None)
         except sqlite3.Error as exc:
-            raise ToolFailed(f"cannot open {database}: {exc}") from None
+            raise Failed(f"cannot open {database}: {exc}") from None
         try:
             src.backup(dst)
             dst.execute("PRAGMA journal_mode=WAL")
@@ -172,14 +165,14 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
             problems = integrity_problems(dst)
             counts = _count(dst, "sessions"), _count(dst, "events")
         except sqlite3.Error as exc:
-            raise ToolFailed(f"the restore into {database} failed: {exc}") from None
+            raise Failed(f"the restore into {database} failed: {exc}") from None
         finally:
             dst.close()
     finally:
         src.close()
     if problems:
-        raise ToolFailed(f"the restored {database} failed PRAGMA integrity_check ({_summary(problems)}); "
-                         f"the previous database is in {saved}")
+        raise Failed(f"the restored {database} failed PRAGMA integrity_check ({_summary(problems)}); "
+                     f"the previous database is in {saved}")
     keep_service_ownership(database)
     private_if_present(database, Path(f"{database}-wal"), Path(f"{database}-shm"))
     result = BackupResult(database, *counts)
@@ -210,7 +203,7 @@ def s20_kept_state(previous: Path) -> KeptState:
             kept.lockouts = conn.execute(f"SELECT {LOCKOUT_COLUMNS} FROM login_lockouts").fetchall()
         return kept
     except sqlite3.Error as exc:
-        raise ToolFailed(f"cannot read the latches of the database being replaced ({exc}); nothing was changed") \
+        raise Failed(f"cannot read the latches of the database being replaced ({exc}); nothing was changed") \
             from None
     finally:
         conn.close()
@@ -224,7 +217,7 @@ def s20_keep(conn: sqlite3.Connection, kept: KeptState) -> None:
     try:
         migrate(conn)  # a backup from an older lampctl gains the tables first
     except StoreError as exc:
-        raise ToolFailed(f"{exc} Upgrade lampctl before restoring this backup.") from None
+        raise Failed(f"{exc} Upgrade lampctl before restoring this backup.") from None
     with transaction(conn):
         conn.executemany("INSERT INTO latches (lamp_id, reason, at) VALUES (?, ?, ?) ON CONFLICT (lamp_id) "
                          "DO UPDATE SET reason = excluded.reason, at = excluded.at", kept.latches)
@@ -264,7 +257,7 @@ def prune_events(database: Path, older_than_days: float, *, sessions: bool = Fal
         conn.execute("INSERT INTO events (at, lamp_id, from_state, to_state, who, why) VALUES (?, NULL, NULL, NULL, ?, ?)",
                      (iso(now), who, f"retention: {what} older than {cutoff} deleted"))
     except sqlite3.Error as exc:
-        raise ToolFailed(f"cannot prune {database}: {exc}") from None
+        raise Failed(f"cannot prune {database}: {exc}") from None
     finally:
         conn.close()
     return events, ended
@@ -291,7 +284,6 @@ def _counts(result: BackupResult) -> str:
     return f"{result.sessions} session(s), {result.events} event(s), integrity ok"
 
 
-@guarded
 def run_backup(args) -> int:
     cfg = load_config(args)
     result = backup_database(cfg.service.database, Path(args.dest), args.keep)
@@ -301,7 +293,6 @@ def run_backup(args) -> int:
     return EXIT_OK
 
 
-@guarded
 def run_restore(args) -> int:
     cfg = load_config(args)
     with service_stopped(cfg, "restoring"):
@@ -315,7 +306,6 @@ def run_restore(args) -> int:
     return EXIT_OK
 
 
-@guarded
 def run_prune(args) -> int:
     cfg = load_config(args)
     events, sessions = prune_events(cfg.service.database, args.older_than, sessions=args.sessions)
@@ -325,26 +315,25 @@ def run_prune(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("backup", help="copy the database into DEST (safe while serving), keep the newest N",
-                       description="SQLite online backup into DEST/lampctl-<UTC time>.db, checked with "
-                                   "PRAGMA integrity_check; older copies beyond --keep are removed.")
+    p = command(sub, "backup", run_backup, help="copy the database into DEST (safe while serving), keep the newest N",
+                description="SQLite online backup into DEST/lampctl-<UTC time>.db, checked with "
+                            "PRAGMA integrity_check; older copies beyond --keep are removed.")
     p.add_argument("dest", metavar="DEST", help="directory for the backups (created if missing)")
     p.add_argument("--keep", type=count_in(1, 10000), default=DEFAULT_KEEP,
                    help=f"how many backups to keep (default {DEFAULT_KEEP})")
     add_config(p)
-    p = sub.add_parser("restore", help="replace the database with a backup (the service must be stopped)",
-                       description="Checks BACKUP, saves the current database under before-restore/ beside it, "
-                                   "then copies BACKUP in, keeping the current latched faults and login lockouts "
-                                   "(a restore never unlatches). Stop the service first; run as its user.")
+    p = command(sub, "restore", run_restore, help="replace the database with a backup (the service must be stopped)",
+                description="Checks BACKUP, saves the current database under before-restore/ beside it, "
+                            "then copies BACKUP in, keeping the current latched faults and login lockouts "
+                            "(a restore never unlatches). Stop the service first; run as its user.")
     p.add_argument("backup", metavar="BACKUP", help="a file made by lampctl backup")
     add_config(p)
-    p = sub.add_parser("prune-events", help="delete audit events older than DAYS (sessions are kept)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--older-than", type=positive_number, required=True, metavar="DAYS",
-                   help="age in days of the oldest event to keep")
+    p = command(sub, "prune-events", run_prune, help="delete audit events older than DAYS (sessions are kept)",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--older-than", type=duration("days", (PRUNE_MOST_DAYS * 86400, str(PRUNE_MOST_DAYS))),
+                   required=True, metavar="DAYS",
+                   help=f"age in days of the oldest event to keep (at most {PRUNE_MOST_DAYS})")
     p.add_argument("--sessions", action="store_true",
                    help="also delete ended sessions older than DAYS (they are kept otherwise)")
     add_config(p)
 
-
-COMMANDS = {"backup": run_backup, "restore": run_restore, "prune-events": run_prune}

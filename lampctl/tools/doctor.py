@@ -12,15 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lampctl import config as config_mod
-from lampctl.cli.toolcli import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    ToolFailed,
-    add_config,
-    config_path,
-    service_answers,
-)
+from lampctl.cli.args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Failed, add_config, command, config_path
+from lampctl.cli.toolcli import service_answers
 from lampctl.platform import clocksync
 from lampctl.tools.firmware import (
     FirmwareSession,
@@ -112,7 +105,7 @@ def check_firmware(cfg) -> Check:
         return Check("firmware", WARN, "no [firmware] table: the second channel is off (see docs/wiring.md)")
     try:
         info = query_firmware(cfg)
-    except ToolFailed as exc:
+    except Failed as exc:
         return Check("firmware", FAIL, str(exc))
     problems = firmware_mismatches(info, cfg)
     if problems:
@@ -171,12 +164,12 @@ def click_lamp(bank, index: int, lamp, link: FirmwareSession | None, *, on_s: fl
         if link is not None:
             link.command("PING")
         sleep(on_s)
-    except ToolFailed as exc:
+    except Failed as exc:
         return Check(name, FAIL, f"{exc}; the Pi's relay stayed off")
     finally:
         bank.set(index, False)
         if link is not None:
-            with contextlib.suppress(ToolFailed):  # the firmware's own timer cuts it a second later
+            with contextlib.suppress(Failed):  # the firmware's own timer cuts it a second later
                 link.command("OFF", index)
     if powered is None:
         return Check(name, WARN, f"relay {lamp.relay_pin} clicked; no feedback_pin: check by eye or ear that the lamp lit")
@@ -196,7 +189,7 @@ def click_all(cfg, bank, *, on_s: float, sleep) -> list[Check]:
         try:
             link = FirmwareSession(cfg.firmware.port)
             link.hello()
-        except ToolFailed as exc:
+        except Failed as exc:
             if link is not None:
                 link.close()
             return [Check("click", FAIL, f"{exc}; no lamp was switched")]
@@ -256,12 +249,10 @@ def run_doctor(args, **options) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("doctor", help="check config, pins, database, firmware, clock and port; say what to fix",
-                       description="Run with the service stopped, as the service's user "
-                                   "(sudo -u lampctl lampctl doctor). Exit 1 if any check fails.")
+    p = command(sub, "doctor", run_doctor, help="check config, pins, database, firmware, clock and port; say what to fix",
+                description="Run with the service stopped, as the service's user "
+                            "(sudo -u lampctl lampctl doctor). Exit 1 if any check fails.")
     p.add_argument("--click", action="store_true",
                    help="also switch each lamp on for half a second and read its feedback input")
     add_config(p)
 
-
-COMMANDS = {"doctor": run_doctor}

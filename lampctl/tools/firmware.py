@@ -12,15 +12,8 @@ from pathlib import Path
 
 from firmware_bridge import protocol
 from firmware_bridge.firmware.logic import FIRMWARE_VERSION
-from lampctl.cli.toolcli import (
-    EXIT_FAILED,
-    EXIT_OK,
-    ToolFailed,
-    add_config,
-    guarded,
-    load_config,
-    service_stopped,
-)
+from lampctl.cli.args import EXIT_FAILED, EXIT_OK, Failed, add_config, command, load_config
+from lampctl.cli.toolcli import service_stopped
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE_DIR = PACKAGE_ROOT / "firmware_bridge"
@@ -57,24 +50,24 @@ class FirmwareSession:
         try:
             self._port = opener(url, timeout=0.05, **options)
         except (*self._serial_errors, ValueError) as exc:
-            raise ToolFailed(f"cannot open the firmware port {url}: {exc}") from None
+            raise Failed(f"cannot open the firmware port {url}: {exc}") from None
         self._seq = 0
         self._splitter = protocol.LineSplitter()
 
     def command(self, word: str, *args: int) -> protocol.Frame:
-        """Send one command and return its OK reply; ToolFailed on ERR, silence or a broken port."""
+        """Send one command and return its OK reply; Failed on ERR, silence or a broken port."""
         self._seq = protocol.next_seq(self._seq)
         try:
             self._port.write(protocol.encode_command(self._seq, word, *args))
             self._port.flush()
             reply = self._reply(self._seq, time.monotonic() + self.timeout)
         except self._serial_errors as exc:
-            raise ToolFailed(f"the firmware port {self.url} failed: {exc}") from None
+            raise Failed(f"the firmware port {self.url} failed: {exc}") from None
         if reply is None:
-            raise ToolFailed(f"the firmware on {self.url} did not answer {word} within {self.timeout:g} s "
-                             f"(is MicroPython with lampctl's main.py on the board, and is the board in maintenance mode?)")
+            raise Failed(f"the firmware on {self.url} did not answer {word} within {self.timeout:g} s "
+                         f"(is MicroPython with lampctl's main.py on the board, and is the board in maintenance mode?)")
         if reply.word != "OK":
-            raise ToolFailed(f"the firmware on {self.url} refused {word}: {reply.args[0]}")
+            raise Failed(f"the firmware on {self.url} refused {word}: {reply.args[0]}")
         return reply
 
     def _reply(self, seq: int, deadline: float):
@@ -96,12 +89,12 @@ class FirmwareSession:
         try:
             return protocol.parse_hello(reply.args)
         except protocol.FrameError:
-            raise ToolFailed(f"the firmware on {self.url} sent a HELLO reply that could not be read: {reply.args}") from None
+            raise Failed(f"the firmware on {self.url} sent a HELLO reply that could not be read: {reply.args}") from None
 
     def close(self) -> None:
         try:
             self.command("OFFALL")
-        except ToolFailed:
+        except Failed:
             pass
         finally:
             self._port.close()
@@ -137,7 +130,7 @@ def describe(info: dict, url: str) -> str:
 def query_firmware(cfg, timeout: float = REPLY_TIMEOUT_S) -> dict:
     """HELLO the configured board and return its fields (every lamp on it is off afterwards)."""
     if cfg.firmware is None:
-        raise ToolFailed(f"{cfg.path} has no [firmware] table: there is no microcontroller to talk to")
+        raise Failed(f"{cfg.path} has no [firmware] table: there is no microcontroller to talk to")
     session = FirmwareSession(cfg.firmware.port, timeout)
     try:
         return session.hello()
@@ -147,16 +140,15 @@ def query_firmware(cfg, timeout: float = REPLY_TIMEOUT_S) -> dict:
 
 # ---- flash -------------------------------------------------------------------------------
 def pico_pins(cfg, requested: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The Pico GPIO per lamp: --pico-pins, else firmware.relay_pins in the config, else GP2, GP3, ..."""
-    pins = requested or getattr(cfg.firmware, "relay_pins", None) or DEFAULT_PICO_PINS[:len(cfg.lamps)]
-    pins = tuple(pins)
+    """The Pico GPIO per lamp: --pico-pins, else GP2, GP3, ... (docs/wiring.md)."""
+    pins = tuple(requested or DEFAULT_PICO_PINS[:len(cfg.lamps)])
     if len(pins) != len(cfg.lamps):
-        raise ToolFailed(f"{len(pins)} Pico pin(s) given for {len(cfg.lamps)} lamp(s): give one per lamp, lamp 0 first")
+        raise Failed(f"{len(pins)} Pico pin(s) given for {len(cfg.lamps)} lamp(s): give one per lamp, lamp 0 first")
     for pin in pins:
         if pin not in PICO_RELAY_GPIOS:
-            raise ToolFailed(f"GP{pin} cannot drive a relay (use GP0-GP21 or GP26-GP28; GP22 is the maintenance jumper)")
+            raise Failed(f"GP{pin} cannot drive a relay (use GP0-GP21 or GP26-GP28; GP22 is the maintenance jumper)")
     if len(set(pins)) != len(pins):
-        raise ToolFailed(f"the Pico pins {list(pins)} repeat a pin: one relay per lamp")
+        raise Failed(f"the Pico pins {list(pins)} repeat a pin: one relay per lamp")
     return pins
 
 
@@ -165,7 +157,7 @@ def pico_active_high(cfg, requested: bool | None) -> bool:
         return requested
     levels = {lamp.active_high for lamp in cfg.lamps}
     if len(levels) != 1:
-        raise ToolFailed("the lamps differ in active_high: say --pico-active-high or --pico-active-low for the Pico's relays")
+        raise Failed("the lamps differ in active_high: say --pico-active-high or --pico-active-low for the Pico's relays")
     return levels.pop()
 
 
@@ -189,7 +181,7 @@ def main_source(settings: dict) -> str:
         text, count = re.subn(rf"^{name} = [^#\n]*?(\s*#.*)?$", lambda m, line=line: line + (m.group(1) or ""),
                               text, flags=re.MULTILINE)
         if count != 1:
-            raise ToolFailed(f"firmware/main.py has {count} `{name} = ...` lines instead of one: cannot set it")
+            raise Failed(f"firmware/main.py has {count} `{name} = ...` lines instead of one: cannot set it")
     return text
 
 
@@ -212,7 +204,7 @@ def mpremote_command(mpremote: str, port: str, stage: Path) -> list[str]:
 def find_mpremote() -> str:
     found = shutil.which("mpremote", path=f"{Path(sys.executable).parent}:{shutil.os.environ.get('PATH', '')}")
     if not found:
-        raise ToolFailed(f"mpremote is not installed: {Path(sys.executable).parent / 'pip'} install mpremote")
+        raise Failed(f"mpremote is not installed: {Path(sys.executable).parent / 'pip'} install mpremote")
     return found
 
 
@@ -226,19 +218,18 @@ def _flash(port: str, files: list[tuple[str, str]]) -> None:
         try:
             proc = subprocess.run(mpremote_command(mpremote, port, stage), capture_output=True, text=True, timeout=180)
         except subprocess.TimeoutExpired:
-            raise ToolFailed(f"mpremote did not finish within 180 s on {port}") from None
+            raise Failed(f"mpremote did not finish within 180 s on {port}") from None
     if proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ToolFailed(f"mpremote failed on {port} (exit {proc.returncode}: {last[0]}); power the board up with "
-                         f"GP22 jumpered to GND (maintenance mode) and try again")
+        raise Failed(f"mpremote failed on {port} (exit {proc.returncode}: {last[0]}); power the board up with "
+                     f"GP22 jumpered to GND (maintenance mode) and try again")
 
 
 # ---- commands ------------------------------------------------------------------------------
-@guarded
 def run_check(args) -> int:
     cfg = load_config(args)
     if cfg.firmware is None:
-        raise ToolFailed(f"{cfg.path} has no [firmware] table: there is no microcontroller to check")
+        raise Failed(f"{cfg.path} has no [firmware] table: there is no microcontroller to check")
     with service_stopped(cfg, "talking to the firmware"):
         info = query_firmware(cfg)
     print(describe(info, cfg.firmware.port))
@@ -252,11 +243,10 @@ def run_check(args) -> int:
     return EXIT_OK
 
 
-@guarded
 def run_flash(args) -> int:
     cfg = load_config(args)
     if cfg.firmware is None:
-        raise ToolFailed(f"{cfg.path} has no [firmware] table: add one (port, watchdog_s) before flashing")
+        raise Failed(f"{cfg.path} has no [firmware] table: add one (port, watchdog_s) before flashing")
     port = args.port or cfg.firmware.port
     pins = pico_pins(cfg, args.pico_pins)
     files = board_files(cfg, pins, pico_active_high(cfg, args.pico_active_high))
@@ -269,7 +259,7 @@ def run_flash(args) -> int:
         print(" ".join(mpremote_command("mpremote", port, Path("STAGE"))))
         return EXIT_OK
     if "://" in port:
-        raise ToolFailed(f"flashing needs the board's serial device (e.g. /dev/lampctl-pico), not {port}: pass --port")
+        raise Failed(f"flashing needs the board's serial device (e.g. /dev/lampctl-pico), not {port}: pass --port")
     with service_stopped(cfg, "flashing the firmware"):
         _flash(port, files)
     print(f"flashed {len(files)} files to {port} (relays on {', '.join(f'GP{p}' for p in pins)}); "
@@ -287,7 +277,7 @@ def _pin_list(text: str) -> tuple[int, ...]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("firmware", help="check or flash the microcontroller (the second channel)")
+    p = command(sub, "firmware", run_firmware, help="check or flash the microcontroller (the second channel)")
     fsub = p.add_subparsers(dest="firmware_command", metavar="ACTION", required=True)
     q = fsub.add_parser("check", help="HELLO the board; exit 1 if its version, lamps or watchdog differ from the config")
     add_config(q)
@@ -307,5 +297,3 @@ def add_parser(sub) -> None:
 def run_firmware(args) -> int:
     return run_check(args) if args.firmware_command == "check" else run_flash(args)
 
-
-COMMANDS = {"firmware": run_firmware}
