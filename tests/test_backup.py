@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lampctl import cli
-from lampctl.cli.args import Failed
 from lampctl.storage.store import UsageLog
+from lampctl.tools import ToolFailed as Failed
 from lampctl.tools.backup import BACKUP_RE, backup_database, prune_events, restore_database
 from tests.conftest import write_config
 from tests.procs import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lampctl import cli
-from lampctl.tools import doctor
+from lampctl.cli import tools as cli_tools
 from tests.procs import Simulator, free_port
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ def simulator():
 
 
 def run(config: Path, capsys, *, click=False, synchronised=lambda: True, **options) -> tuple[int, dict]:
-    rc = doctor.run_doctor(argparse.Namespace(config=str(config), click=click), synchronised=synchronised, **options)
+    rc = cli_tools.run_doctor(argparse.Namespace(config=str(config), click=click), synchronised=synchronised, **options)
     lines = capsys.readouterr().out.splitlines()
     checks = {}
     for line in lines:

@@ -12,7 +12,7 @@ from firmware_bridge import protocol
 from firmware_bridge.firmware.logic import FIRMWARE_VERSION
 from lampctl import cli
 from lampctl import config as config_mod
-from lampctl.cli.args import Failed
+from lampctl.tools import ToolFailed as Failed
 from lampctl.tools.firmware import board_files, main_source, pico_pins
 from tests.procs import Simulator, free_port
 

@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lampctl.storage import queries, reports
+from lampctl.storage import export, queries, reports
 from lampctl.storage.db import connect, open_database
 
 SESSION_INSERT = ("INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
@@ -132,8 +132,8 @@ def test_csv_chunks_write_what_csv_cell_would_for_any_name(tmp_path_factory, cel
     fill(db, [(lamp, user, "2026-01-05T10:00:00.000Z", None, 60.0, actual, None) for lamp, user, actual in cells])
     text = "".join(queries.csv_chunks(db, batch=3))
     rows = list(csv.reader(io.StringIO(text, newline="")))
-    assert rows[0] == reports.SESSION_COLUMNS
-    assert [r[1:3] for r in rows[1:]] == [[str(reports.csv_cell(lamp)), str(reports.csv_cell(user))]
+    assert rows[0] == export.SESSION_COLUMNS
+    assert [r[1:3] for r in rows[1:]] == [[str(export.csv_cell(lamp)), str(export.csv_cell(user))]
                                           for lamp, user, _ in cells]
     assert [float(r[6]) if r[6] else None for r in rows[1:]] == [actual for _, _, actual in cells]
     assert {r[7] for r in rows[1:]} == {""}

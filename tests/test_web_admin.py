@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from lampctl.storage import reports
+from lampctl.storage import export, reports
 from lampctl.storage.store import connect, iso
 from tests.csv_cases import FORMULA_CELLS
 from tests.test_web_auth import login, post
@@ -133,11 +133,11 @@ def test_log_csv_streams_rows_matching_the_log(web, controller, clock, usage_log
     text = resp.get_data(as_text=True)
     resp.close()
     rows = list(csv.reader(io.StringIO(text)))
-    assert rows[0] == reports.SESSION_COLUMNS
+    assert rows[0] == export.SESSION_COLUMNS
     db = usage_log.sessions(lamp="room2")
     cell = {None: "", True: "true", False: "false"}
     assert rows[1:] == [[cell.get(r[c], str(r[c])) if not isinstance(r[c], float) else str(r[c])
-                         for c in reports.SESSION_COLUMNS] for r in db]
+                         for c in export.SESSION_COLUMNS] for r in db]
     assert [r[7] for r in rows[1:]] == ["stopped", "stopped"]
 
 
@@ -158,7 +158,7 @@ def test_log_csv_quotes_cells_a_spreadsheet_would_run(web, usage_log, accounts, 
     text = resp.get_data(as_text=True)
     resp.close()
     assert list(csv.reader(io.StringIO(text)))[1][2] == "'-bob"
-    assert reports.csv_cell("=1+1") == "'=1+1" and reports.csv_cell(None) == "" and reports.csv_cell(-3) == -3
+    assert export.csv_cell("=1+1") == "'=1+1" and export.csv_cell(None) == "" and export.csv_cell(-3) == -3
 
 
 def test_log_csv_fast_path_escapes_and_quotes_free_text_like_csv_writer(web, usage_log):

@@ -19,7 +19,7 @@ from flask_babel import gettext, lazy_gettext, ngettext
 from werkzeug.exceptions import BadRequest
 
 from lampctl.core.controller import Refused
-from lampctl.storage import queries, reports
+from lampctl.storage import export, queries, reports
 from lampctl.storage.accounts import BUILTIN_USER, ROLES
 from lampctl.storage.db import StoreError, parse_bound, reading
 from lampctl.storage.store import END_REASONS
@@ -178,7 +178,7 @@ def log():
     return render_template("admin/log.html", rows=rows, total=total, capped=total > COUNT_CAP, newer=newer,
                            older=older, paged=bool(before or after), form=form, args=args, error=error,
                            lamps=_lamp_names(), users=reports.session_users(path), reasons=END_REASONS,
-                           columns=reports.SESSION_COLUMNS), (400 if error else 200)
+                           columns=export.SESSION_COLUMNS), (400 if error else 200)
 
 
 @bp.get("/log.csv")

@@ -7,9 +7,7 @@ import secrets
 import sqlite3
 import threading
 import time
-import unicodedata
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
 from flask_babel import gettext, ngettext
@@ -19,6 +17,7 @@ from lampctl.storage.accounts import BUILTIN_USER
 from lampctl.storage.db import LogUnavailable, StoreError
 from lampctl.storage.user_names import name_key
 from web import services
+from web.params import safe_next
 
 bp = Blueprint("auth", __name__)
 log = logging.getLogger(__name__)
@@ -241,23 +240,6 @@ def init_app(app) -> None:
         return {"csrf_token": csrf_token, "current_user": g.get("user")}
 
 
-def _safe_next(target: str | None) -> str:
-    """Only a path on this site: never redirect to another host after a login.
-
-    Control characters and whitespace are refused before parsing, because Werkzeug strips
-    tabs and CR/LF from the Location header after this check: "/", TAB, "/evil" would become "//evil".
-    """
-    fallback = url_for("panel.panel")
-    if not isinstance(target, str) or not target.startswith("/") or target.startswith("//"):
-        return fallback
-    if any(c == "\\" or c.isspace() or unicodedata.category(c)[0] in "CZ" for c in target):
-        return fallback
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
-        return fallback
-    return target
-
-
 def _check_login(name: str, pin: str) -> tuple[dict | None, str, int]:
     """(the user, "", 200) for a right name and PIN, else (None, the sentence, the status); counts failures."""
     if not name or not pin:
@@ -314,7 +296,7 @@ def login():
         status = 503
     if message:
         return render_template("login.html", name=name, next=nxt, error=message), status
-    return redirect(_safe_next(nxt), code=303)
+    return redirect(safe_next(nxt), code=303)
 
 
 # ---- the shared tablet: idle lock and quick switch ------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 
-from lampctl.storage import reports
+from lampctl.storage import export, reports
 from lampctl.storage.db import StoreError, parse_bound
 from web.params import MAX_PAGE, page_number
 
@@ -93,7 +93,7 @@ def log_csv():
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for row in _collector().central.sessions(**found):
-        writer.writerow([reports.csv_cell(row[c]) for c in CSV_COLUMNS])
+        writer.writerow([export.csv_cell(row[c]) for c in CSV_COLUMNS])
     name = f"lampctl-fleet-sessions-{date.today().isoformat()}.csv"
     return Response(buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'})
 

@@ -5,6 +5,8 @@ from flask import Blueprint, current_app, redirect, request
 from flask_babel import Babel, get_locale
 from werkzeug.exceptions import NotFound
 
+from web.params import safe_next
+
 bp = Blueprint("i18n", __name__)
 
 # (code, the language's own name). Catalogs live in web/translations/<code>/LC_MESSAGES/messages.mo.
@@ -26,9 +28,7 @@ def language(code: str):
     """Keep a language on this device (a cookie), then go back where the link was."""
     if code not in CODES:
         raise _unknown(code)
-    from web.auth import _safe_next
-
-    resp = redirect(_safe_next(request.args.get("next")), code=303)
+    resp = redirect(safe_next(request.args.get("next")), code=303)
     resp.set_cookie(COOKIE, code, max_age=COOKIE_AGE_S, httponly=True, samesite="Strict",
                     secure=current_app.config["SESSION_COOKIE_SECURE"])
     return resp

@@ -1,5 +1,11 @@
-"""Number query parameters of the pages (?page=): one rule, so no value can reach SQLite as an overflow (a 500)."""
+"""Query parameters of the pages, one rule each: numbers (?page=), so no value can reach SQLite as an
+overflow (a 500), and where to go next (?next=), so no link leads off this site."""
 from __future__ import annotations
+
+import unicodedata
+from urllib.parse import urlsplit
+
+from flask import url_for
 
 # Far past any log a clinic keeps (100 events a page), and small enough that page x page size
 # stays inside SQLite's 64-bit OFFSET.
@@ -17,3 +23,20 @@ def page_number(args, name: str = "page") -> int | None:
         return None
     page = int(text)
     return page if 1 <= page <= MAX_PAGE else None
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path on this site: never redirect to another host after a login.
+
+    Control characters and whitespace are refused before parsing, because Werkzeug strips
+    tabs and CR/LF from the Location header after this check: "/", TAB, "/evil" would become "//evil".
+    """
+    fallback = url_for("panel.panel")
+    if not isinstance(target, str) or not target.startswith("/") or target.startswith("//"):
+        return fallback
+    if any(c == "\\" or c.isspace() or unicodedata.category(c)[0] in "CZ" for c in target):
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
+        return fallback
+    return target

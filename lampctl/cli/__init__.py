@@ -220,7 +220,8 @@ def _save_details(argv: list[str]) -> str:
 
 
 def cmd_serve(args) -> int:
-    from lampctl.service import configure_logging, serve
+    from lampctl.platform.logs import configure_logging
+    from lampctl.service import serve
 
     configure_logging()
     try:
@@ -280,14 +281,15 @@ def cmd_token(args) -> int:
 
 def cmd_log(args) -> int:
     from lampctl.cli import store as cli_store
-    from lampctl.cli.log import print_table, write_csv
+    from lampctl.cli.log import print_table
+    from lampctl.cli.store import write_log_csv
 
     cfg = cli_args.load_config(args)
     lamp = _lamp_id(cfg, args.lamp) if args.lamp is not None else None
     start = args.start.bound(upper=False) if args.start else None
     end = args.end.bound(upper=True) if args.end else None
     if args.csv:
-        write_csv(cfg, sys.stdout, start=start, end=end, lamp=lamp)
+        write_log_csv(cfg, sys.stdout, start=start, end=end, lamp=lamp)
     else:
         print_table(cli_store.sessions(cfg, start=start, end=end, lamp=lamp), sys.stdout, utc=args.utc)
     return EXIT_OK

@@ -1,4 +1,4 @@
-"""`lampctl log`: date bounds from the command line, and the log as a table (local time or UTC) or as CSV."""
+"""`lampctl log`: date bounds from the command line, and the log as a table (local time or UTC); the CSV is lampctl.cli.store.write_log_csv."""
 from __future__ import annotations
 
 import re
@@ -66,25 +66,3 @@ def print_table(rows, out, *, utc: bool) -> None:
         out.write(f"{row['id']:>5}  {row['lamp_id']:<10} {row['user']:<12} {shown(row['started_at']):<20} "
                   f"{duration_text(row['planned_s']):>12} {actual:>12}  {row['end_reason'] or 'running':<11} "
                   f"{continues:>9}  {declared}".rstrip() + "\n")
-
-
-def write_csv(cfg, out, *, start: str | None, end: str | None, lamp: str | None) -> None:
-    """The web export's CSV (same columns, cells escaped the same way, timestamps as stored: UTC).
-
-    Streamed in chunks SQLite builds (lampctl.storage.queries.csv_chunks): flat memory and no
-    Python per cell, whatever the log's size. A database problem is StoreFailed, one sentence.
-    """
-    import sqlite3
-
-    from lampctl.cli.store import StoreFailed
-    from lampctl.storage import queries
-    from lampctl.storage.db import LogUnavailable, StoreError
-
-    path = cfg.service.database
-    try:
-        for chunk in queries.csv_chunks(path, start=start, end=end, lamp=lamp):
-            out.write(chunk)
-    except (StoreError, LogUnavailable) as exc:
-        raise StoreFailed(str(exc)) from None
-    except sqlite3.Error as exc:
-        raise StoreFailed(f"cannot use the database {path}: {exc}") from None

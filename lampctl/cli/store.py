@@ -81,3 +81,15 @@ def sessions(cfg, *, start: str | None, end: str | None, lamp: str | None) -> It
         with _failures(path):
             yield from rows
     return all_rows()
+
+
+def write_log_csv(cfg, out, *, start: str | None, end: str | None, lamp: str | None) -> None:
+    """`lampctl log --csv`: the web export's CSV (same columns, cells escaped the same way, timestamps as
+    stored: UTC), streamed in chunks SQLite builds (lampctl.storage.queries.csv_chunks): flat memory
+    and no Python per cell, whatever the log's size."""
+    from lampctl.storage import queries
+
+    path = cfg.service.database
+    with _failures(path):
+        for chunk in queries.csv_chunks(path, start=start, end=end, lamp=lamp):
+            out.write(chunk)

@@ -5,7 +5,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from lampctl.core.lamp import Carried
+
+@dataclass(frozen=True)
+class Carried:
+    """What a lamp takes over from the record at start (S20), derived by lampctl.core.carryover.
+
+    age_s: seconds since its last session ended (0 where that cannot be trusted, so the
+    cooldown applies in full and the rest window runs from now); used_s: what that patient
+    has used (the session and those it continues); last_id: the session a start continues.
+    """
+
+    age_s: float
+    used_s: float
+    last_id: int
+    trusted: bool = True
+
 
 # Changes at every boot; CLOCK_MONOTONIC (time.monotonic) counts from that boot, in every process.
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")

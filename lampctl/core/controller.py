@@ -12,6 +12,7 @@ from lampctl.core.alerts import Alerts, next_due, sounding
 
 if TYPE_CHECKING:
     from lampctl.config import LampConfig
+from lampctl.core.carryover import Carried
 from lampctl.core.errors import (
     BadDuration,
     Refused,
@@ -22,7 +23,7 @@ from lampctl.core.errors import (
     fmt_min,
     fmt_s,
 )
-from lampctl.core.lamp import Carried, Lamp, LampState, LampView, Session, make_view
+from lampctl.core.lamp import Lamp, LampState, LampView, Session, make_view
 from lampctl.core.listeners import Listeners
 from lampctl.core.ports import Backstop, Clock, Hardware
 from lampctl.core.safety import s7_arm_holds, s7_backstop_ms, s19_overtaken

@@ -44,21 +44,6 @@ class Session:
         return self.started_mono + self.planned_s
 
 
-@dataclass(frozen=True)
-class Carried:
-    """What a lamp takes over from the record at start (S20), derived by lampctl.core.carryover.
-
-    age_s: seconds since its last session ended (0 where that cannot be trusted, so the
-    cooldown applies in full and the rest window runs from now); used_s: what that patient
-    has used (the session and those it continues); last_id: the session a start continues.
-    """
-
-    age_s: float
-    used_s: float
-    last_id: int
-    trusted: bool = True
-
-
 @dataclass
 class Lamp:
     cfg: LampConfig

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import signal
 import sqlite3
 import threading
 import tomllib
@@ -12,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lampctl import config as config_mod
-from lampctl.cli.args import EXIT_OK, Failed, add_config, command, config_path
 from lampctl.config.mqtt import MqttConfig, parse_mqtt
 from lampctl.fleet import discovery
 from lampctl.fleet.central_log import BadRecord, CentralLog, check_record
@@ -182,48 +180,3 @@ class Collector:
         self.duplicates += len(rows) - new
         for message in batch:
             self.client.ack(message.mid, message.qos)
-
-
-def add_parser(sub) -> None:
-    p = command(sub, "collect", run_collect, help="keep the central log of every node (MQTT) and serve its pages",
-                description=f"Subscribe to {discovery.records_topic('+', 'sessions')} and "
-                            f"{discovery.records_topic('+', 'events')} on the broker in "
-                            "central.toml's [mqtt], store them in [collector] database and serve the "
-                            "fleet, log, CSV and usage pages on [collector] bind.")
-    add_config(p)
-
-
-def run_collect(args) -> int:
-    from lampctl.service import configure_logging
-    from lampctl.service.serving import serve_fleet
-
-    cfg = load_collector_config(config_path(args))
-    configure_logging()
-    try:
-        central = CentralLog(cfg.database)
-    except (sqlite3.Error, OSError) as exc:
-        raise Failed(f"cannot open the central log {cfg.database}: {exc}") from None
-    try:
-        collector = Collector(cfg.mqtt, central)
-    except ImportError as exc:
-        raise Failed(f"paho-mqtt cannot be loaded ({exc}): pip install 'lampctl[mqtt]'") from None
-    try:
-        server = serve_fleet(collector, cfg.host, cfg.port)
-    except OSError as exc:
-        raise Failed(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
-    def leave(signum, frame):
-        raise SystemExit(EXIT_OK)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, leave)
-    collector.start()
-    print(f"lampctl collect: listening on http://{cfg.host}:{server.port}/", flush=True)
-    try:
-        server.run()
-    except SystemExit:
-        pass
-    finally:
-        server.close()
-        collector.close()
-    return EXIT_OK
-

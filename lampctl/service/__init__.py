@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -330,8 +329,3 @@ def _watchdog(controller, stop: threading.Event, notify: Callable[[str], None] =
         elif not faulted:
             faulted = True
             controller.fault("scheduler died" if not controller.scheduler_alive else "scheduler stalled")
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lampctl.storage.db import LogUnavailable, StoreError, connect, parse_bound, reading
-from lampctl.storage.reports import SESSION_COLUMNS, csv_cell_sql
+from lampctl.storage.export import SESSION_COLUMNS, csv_cell_sql
 
 
 def _session_filter(start=None, end=None, lamp=None, user=None, reason=None) -> tuple[str, list]:
@@ -116,7 +116,7 @@ def session_page(path: Path, size: int, *, before: int | None = None, after: int
 
 
 def _csv_text_sql(column: str) -> str:
-    """A free-text cell built by SQLite as csv.writer writes reports.csv_cell(value), CR quoted too.
+    """A free-text cell built by SQLite as csv.writer writes export.csv_cell(value), CR quoted too.
 
     Text a spreadsheet would run as a formula gets a leading '; a cell holding a comma, a
     quote, CR or LF is quoted with its quotes doubled.
@@ -127,7 +127,7 @@ def _csv_text_sql(column: str) -> str:
     return f"CASE WHEN {needs_quotes} THEN '\"' || replace({escaped}, '\"', '\"\"') || '\"' ELSE {escaped} END"
 
 
-# One CSV line per session, reports.SESSION_COLUMNS in order. lamp_id and user are free text
+# One CSV line per session, export.SESSION_COLUMNS in order. lamp_id and user are free text
 # (TEXT columns a name or a config chose); the others hold what the store alone writes and
 # the schema constrains: integer ids, iso() timestamps, REAL seconds, end reasons from a
 # CHECK list, new_patient as true/false, none of which can start a formula or hold a comma;
@@ -139,7 +139,7 @@ CSV_LINE_SQL = (f"printf('%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s', id, {_csv_text_sql(
 
 
 def csv_chunks(path: Path, *, batch: int = 500, **filters) -> Iterator[str]:
-    """Sessions oldest first as CSV text: the header (reports.SESSION_COLUMNS), then `batch` lines a chunk.
+    """Sessions oldest first as CSV text: the header (export.SESSION_COLUMNS), then `batch` lines a chunk.
 
     The export's fast path: SQLite builds each line, so Python handles one string per
     session instead of a dict and eight cells, and memory stays flat whatever the log's

@@ -1,7 +1,6 @@
 """`lampctl backup`, `restore` and `prune-events`: consistent copies of the usage log, safe while serving."""
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sqlite3
@@ -9,9 +8,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from lampctl.cli.args import EXIT_OK, Failed, add_config, command, count_in, duration, load_config
-from lampctl.cli.toolcli import service_stopped
 from lampctl.platform.runtime import private_dir, private_file, private_if_present
+from lampctl.tools import ToolFailed
 
 BACKUP_RE = re.compile(r"^lampctl-\d{8}T\d{6}\.\d{6}Z\.db$")
 DEFAULT_KEEP = 14
@@ -31,13 +29,13 @@ class BackupResult:
 def _open(path: Path, mode: str) -> sqlite3.Connection:
     """A connection that never creates the file (mode "ro" or "rw")."""
     if not path.is_file():
-        raise Failed(f"there is no database at {path} (has the service run yet? check service.database)")
+        raise ToolFailed(f"there is no database at {path} (has the service run yet? check service.database)")
     try:
         conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode={mode}", uri=True, timeout=10,
                                isolation_level=None)
         conn.execute("PRAGMA busy_timeout=10000")
     except sqlite3.Error as exc:
-        raise Failed(f"cannot open the database {path}: {exc}") from None
+        raise ToolFailed(f"cannot open the database {path}: {exc}") from None
     return conn
 
 
@@ -93,11 +91,11 @@ def copy_database(source: sqlite3.Connection, target: Path) -> tuple[int | None,
         dst.execute("PRAGMA journal_mode=DELETE")
         problems = integrity_problems(dst)
         if problems:
-            raise Failed(f"the copy failed PRAGMA integrity_check ({_summary(problems)}); "
+            raise ToolFailed(f"the copy failed PRAGMA integrity_check ({_summary(problems)}); "
                          f"the database itself may be damaged: keep the older backups")
         counts = _count(dst, "sessions"), _count(dst, "events")
     except sqlite3.Error as exc:
-        raise Failed(f"the backup into {target.parent} failed: {exc}") from None
+        raise ToolFailed(f"the backup into {target.parent} failed: {exc}") from None
     finally:
         dst.close()
     with open(target, "rb+") as fh:
@@ -110,9 +108,9 @@ def backup_database(database: Path, dest: Path, keep: int, now: datetime | None 
     try:
         private_dir(dest)  # made 0700; a folder that exists is left as it is (its files are 0600)
     except OSError as exc:
-        raise Failed(f"cannot use {dest} as the backup directory: {exc.strerror or exc}") from None
+        raise ToolFailed(f"cannot use {dest} as the backup directory: {exc.strerror or exc}") from None
     if not dest.is_dir():
-        raise Failed(f"{dest} is not a directory")
+        raise ToolFailed(f"{dest} is not a directory")
     final = _backup_name(dest, now or datetime.now(UTC))
     partial = dest / f".{final.name}.partial"
     source = _open(database, "ro")
@@ -121,7 +119,7 @@ def backup_database(database: Path, dest: Path, keep: int, now: datetime | None 
         os.replace(partial, final)
         _fsync_dir(dest)
     except OSError as exc:
-        raise Failed(f"cannot write the backup in {dest}: {exc.strerror or exc}") from None
+        raise ToolFailed(f"cannot write the backup in {dest}: {exc.strerror or exc}") from None
     finally:
         source.close()
         partial.unlink(missing_ok=True)
@@ -143,9 +141,9 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
             problems = integrity_problems(src)
             has_sessions = _count(src, "sessions") is not None
         except sqlite3.Error as exc:
-            raise Failed(f"{backup} is not a lampctl backup ({exc}); nothing was changed") from None
+            raise ToolFailed(f"{backup} is not a lampctl backup ({exc}); nothing was changed") from None
         if problems or not has_sessions:
-            raise Failed(f"{backup} is not a sound lampctl backup "
+            raise ToolFailed(f"{backup} is not a sound lampctl backup "
                          f"({_summary(problems) if problems else 'no sessions table'}); nothing was changed")
         saved = None
         kept = KeptState()
@@ -157,7 +155,7 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
         try:
             dst = sqlite3.connect(database, timeout=10, isolation_level=None)
         except sqlite3.Error as exc:
-            raise Failed(f"cannot open {database}: {exc}") from None
+            raise ToolFailed(f"cannot open {database}: {exc}") from None
         try:
             src.backup(dst)
             dst.execute("PRAGMA journal_mode=WAL")
@@ -165,13 +163,13 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
             problems = integrity_problems(dst)
             counts = _count(dst, "sessions"), _count(dst, "events")
         except sqlite3.Error as exc:
-            raise Failed(f"the restore into {database} failed: {exc}") from None
+            raise ToolFailed(f"the restore into {database} failed: {exc}") from None
         finally:
             dst.close()
     finally:
         src.close()
     if problems:
-        raise Failed(f"the restored {database} failed PRAGMA integrity_check ({_summary(problems)}); "
+        raise ToolFailed(f"the restored {database} failed PRAGMA integrity_check ({_summary(problems)}); "
                      f"the previous database is in {saved}")
     keep_service_ownership(database)
     private_if_present(database, Path(f"{database}-wal"), Path(f"{database}-shm"))
@@ -203,7 +201,7 @@ def s20_kept_state(previous: Path) -> KeptState:
             kept.lockouts = conn.execute(f"SELECT {LOCKOUT_COLUMNS} FROM login_lockouts").fetchall()
         return kept
     except sqlite3.Error as exc:
-        raise Failed(f"cannot read the latches of the database being replaced ({exc}); nothing was changed") \
+        raise ToolFailed(f"cannot read the latches of the database being replaced ({exc}); nothing was changed") \
             from None
     finally:
         conn.close()
@@ -217,7 +215,7 @@ def s20_keep(conn: sqlite3.Connection, kept: KeptState) -> None:
     try:
         migrate(conn)  # a backup from an older lampctl gains the tables first
     except StoreError as exc:
-        raise Failed(f"{exc} Upgrade lampctl before restoring this backup.") from None
+        raise ToolFailed(f"{exc} Upgrade lampctl before restoring this backup.") from None
     with transaction(conn):
         conn.executemany("INSERT INTO latches (lamp_id, reason, at) VALUES (?, ?, ?) ON CONFLICT (lamp_id) "
                          "DO UPDATE SET reason = excluded.reason, at = excluded.at", kept.latches)
@@ -257,7 +255,7 @@ def prune_events(database: Path, older_than_days: float, *, sessions: bool = Fal
         conn.execute("INSERT INTO events (at, lamp_id, from_state, to_state, who, why) VALUES (?, NULL, NULL, NULL, ?, ?)",
                      (iso(now), who, f"retention: {what} older than {cutoff} deleted"))
     except sqlite3.Error as exc:
-        raise Failed(f"cannot prune {database}: {exc}") from None
+        raise ToolFailed(f"cannot prune {database}: {exc}") from None
     finally:
         conn.close()
     return events, ended
@@ -280,60 +278,3 @@ def _delete_in_batches(conn: sqlite3.Connection, table: str, where: str, cutoff:
 
 
 # ---- commands ------------------------------------------------------------------------------
-def _counts(result: BackupResult) -> str:
-    return f"{result.sessions} session(s), {result.events} event(s), integrity ok"
-
-
-def run_backup(args) -> int:
-    cfg = load_config(args)
-    result = backup_database(cfg.service.database, Path(args.dest), args.keep)
-    print(f"backup: {result.path} ({_counts(result)})")
-    for old in result.removed:
-        print(f"removed old backup {old}")
-    return EXIT_OK
-
-
-def run_restore(args) -> int:
-    cfg = load_config(args)
-    with service_stopped(cfg, "restoring"):
-        result, saved = restore_database(cfg.service.database, Path(args.backup))
-    print(f"restored {result.path} from {args.backup} ({_counts(result)})")
-    if saved:
-        print(f"the previous database was saved as {saved}")
-    if result.kept_latches:
-        print(f"kept {result.kept_latches} latched fault(s) from before the restore: "
-              "an admin resets each lamp once its cause is checked")
-    return EXIT_OK
-
-
-def run_prune(args) -> int:
-    cfg = load_config(args)
-    events, sessions = prune_events(cfg.service.database, args.older_than, sessions=args.sessions)
-    print(f"deleted {events} event(s)" + (f" and {sessions} ended session(s)" if args.sessions else "")
-          + f" older than {args.older_than:g} day(s)")
-    return EXIT_OK
-
-
-def add_parser(sub) -> None:
-    p = command(sub, "backup", run_backup, help="copy the database into DEST (safe while serving), keep the newest N",
-                description="SQLite online backup into DEST/lampctl-<UTC time>.db, checked with "
-                            "PRAGMA integrity_check; older copies beyond --keep are removed.")
-    p.add_argument("dest", metavar="DEST", help="directory for the backups (created if missing)")
-    p.add_argument("--keep", type=count_in(1, 10000), default=DEFAULT_KEEP,
-                   help=f"how many backups to keep (default {DEFAULT_KEEP})")
-    add_config(p)
-    p = command(sub, "restore", run_restore, help="replace the database with a backup (the service must be stopped)",
-                description="Checks BACKUP, saves the current database under before-restore/ beside it, "
-                            "then copies BACKUP in, keeping the current latched faults and login lockouts "
-                            "(a restore never unlatches). Stop the service first; run as its user.")
-    p.add_argument("backup", metavar="BACKUP", help="a file made by lampctl backup")
-    add_config(p)
-    p = command(sub, "prune-events", run_prune, help="delete audit events older than DAYS (sessions are kept)",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--older-than", type=duration("days", (PRUNE_MOST_DAYS * 86400, str(PRUNE_MOST_DAYS))),
-                   required=True, metavar="DAYS",
-                   help=f"age in days of the oldest event to keep (at most {PRUNE_MOST_DAYS})")
-    p.add_argument("--sessions", action="store_true",
-                   help="also delete ended sessions older than DAYS (they are kept otherwise)")
-    add_config(p)
-

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lampctl import config as config_mod
-from lampctl.cli.args import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Failed, add_config, command, config_path
-from lampctl.cli.toolcli import service_answers
 from lampctl.platform import clocksync
+from lampctl.tools import ToolFailed, service_answers
 from lampctl.tools.firmware import (
     FirmwareSession,
     describe,
@@ -105,7 +104,7 @@ def check_firmware(cfg) -> Check:
         return Check("firmware", WARN, "no [firmware] table: the second channel is off (see docs/wiring.md)")
     try:
         info = query_firmware(cfg)
-    except Failed as exc:
+    except ToolFailed as exc:
         return Check("firmware", FAIL, str(exc))
     problems = firmware_mismatches(info, cfg)
     if problems:
@@ -164,12 +163,12 @@ def click_lamp(bank, index: int, lamp, link: FirmwareSession | None, *, on_s: fl
         if link is not None:
             link.command("PING")
         sleep(on_s)
-    except Failed as exc:
+    except ToolFailed as exc:
         return Check(name, FAIL, f"{exc}; the Pi's relay stayed off")
     finally:
         bank.set(index, False)
         if link is not None:
-            with contextlib.suppress(Failed):  # the firmware's own timer cuts it a second later
+            with contextlib.suppress(ToolFailed):  # the firmware's own timer cuts it a second later
                 link.command("OFF", index)
     if powered is None:
         return Check(name, WARN, f"relay {lamp.relay_pin} clicked; no feedback_pin: check by eye or ear that the lamp lit")
@@ -189,7 +188,7 @@ def click_all(cfg, bank, *, on_s: float, sleep) -> list[Check]:
         try:
             link = FirmwareSession(cfg.firmware.port)
             link.hello()
-        except Failed as exc:
+        except ToolFailed as exc:
             if link is not None:
                 link.close()
             return [Check("click", FAIL, f"{exc}; no lamp was switched")]
@@ -233,26 +232,3 @@ def run_checks(path: str, *, click: bool = False, synchronised=clocksync.clock_s
         bank.close()
         factory.close()
     return checks
-
-
-def run_doctor(args, **options) -> int:
-    if args.click:
-        print("click test: each lamp comes on for half a second; nobody may be under the lamps")
-    checks = run_checks(config_path(args), click=args.click, **options)
-    for check in checks:
-        print(check.line(), flush=True)
-    failed = [c for c in checks if c.status == FAIL]
-    print(f"doctor: {len(checks)} check(s), {len(failed)} failed" + ("" if failed else ": ready to serve"))
-    if checks[0].status == FAIL:
-        return EXIT_USAGE   # a bad config is a usage error, as everywhere in lampctl
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def add_parser(sub) -> None:
-    p = command(sub, "doctor", run_doctor, help="check config, pins, database, firmware, clock and port; say what to fix",
-                description="Run with the service stopped, as the service's user "
-                            "(sudo -u lampctl lampctl doctor). Exit 1 if any check fails.")
-    p.add_argument("--click", action="store_true",
-                   help="also switch each lamp on for half a second and read its feedback input")
-    add_config(p)
-

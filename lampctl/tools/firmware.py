@@ -12,8 +12,7 @@ from pathlib import Path
 
 from firmware_bridge import protocol
 from firmware_bridge.firmware.logic import FIRMWARE_VERSION
-from lampctl.cli.args import EXIT_FAILED, EXIT_OK, Failed, add_config, command, load_config
-from lampctl.cli.toolcli import service_stopped
+from lampctl.tools import ToolFailed
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE_DIR = PACKAGE_ROOT / "firmware_bridge"
@@ -50,7 +49,7 @@ class FirmwareSession:
         try:
             self._port = opener(url, timeout=0.05, **options)
         except (*self._serial_errors, ValueError) as exc:
-            raise Failed(f"cannot open the firmware port {url}: {exc}") from None
+            raise ToolFailed(f"cannot open the firmware port {url}: {exc}") from None
         self._seq = 0
         self._splitter = protocol.LineSplitter()
 
@@ -62,12 +61,12 @@ class FirmwareSession:
             self._port.flush()
             reply = self._reply(self._seq, time.monotonic() + self.timeout)
         except self._serial_errors as exc:
-            raise Failed(f"the firmware port {self.url} failed: {exc}") from None
+            raise ToolFailed(f"the firmware port {self.url} failed: {exc}") from None
         if reply is None:
-            raise Failed(f"the firmware on {self.url} did not answer {word} within {self.timeout:g} s "
+            raise ToolFailed(f"the firmware on {self.url} did not answer {word} within {self.timeout:g} s "
                          f"(is MicroPython with lampctl's main.py on the board, and is the board in maintenance mode?)")
         if reply.word != "OK":
-            raise Failed(f"the firmware on {self.url} refused {word}: {reply.args[0]}")
+            raise ToolFailed(f"the firmware on {self.url} refused {word}: {reply.args[0]}")
         return reply
 
     def _reply(self, seq: int, deadline: float):
@@ -89,12 +88,12 @@ class FirmwareSession:
         try:
             return protocol.parse_hello(reply.args)
         except protocol.FrameError:
-            raise Failed(f"the firmware on {self.url} sent a HELLO reply that could not be read: {reply.args}") from None
+            raise ToolFailed(f"the firmware on {self.url} sent a HELLO reply that could not be read: {reply.args}") from None
 
     def close(self) -> None:
         try:
             self.command("OFFALL")
-        except Failed:
+        except ToolFailed:
             pass
         finally:
             self._port.close()
@@ -130,7 +129,7 @@ def describe(info: dict, url: str) -> str:
 def query_firmware(cfg, timeout: float = REPLY_TIMEOUT_S) -> dict:
     """HELLO the configured board and return its fields (every lamp on it is off afterwards)."""
     if cfg.firmware is None:
-        raise Failed(f"{cfg.path} has no [firmware] table: there is no microcontroller to talk to")
+        raise ToolFailed(f"{cfg.path} has no [firmware] table: there is no microcontroller to talk to")
     session = FirmwareSession(cfg.firmware.port, timeout)
     try:
         return session.hello()
@@ -143,12 +142,12 @@ def pico_pins(cfg, requested: tuple[int, ...] | None) -> tuple[int, ...]:
     """The Pico GPIO per lamp: --pico-pins, else GP2, GP3, ... (docs/wiring.md)."""
     pins = tuple(requested or DEFAULT_PICO_PINS[:len(cfg.lamps)])
     if len(pins) != len(cfg.lamps):
-        raise Failed(f"{len(pins)} Pico pin(s) given for {len(cfg.lamps)} lamp(s): give one per lamp, lamp 0 first")
+        raise ToolFailed(f"{len(pins)} Pico pin(s) given for {len(cfg.lamps)} lamp(s): give one per lamp, lamp 0 first")
     for pin in pins:
         if pin not in PICO_RELAY_GPIOS:
-            raise Failed(f"GP{pin} cannot drive a relay (use GP0-GP21 or GP26-GP28; GP22 is the maintenance jumper)")
+            raise ToolFailed(f"GP{pin} cannot drive a relay (use GP0-GP21 or GP26-GP28; GP22 is the maintenance jumper)")
     if len(set(pins)) != len(pins):
-        raise Failed(f"the Pico pins {list(pins)} repeat a pin: one relay per lamp")
+        raise ToolFailed(f"the Pico pins {list(pins)} repeat a pin: one relay per lamp")
     return pins
 
 
@@ -157,7 +156,7 @@ def pico_active_high(cfg, requested: bool | None) -> bool:
         return requested
     levels = {lamp.active_high for lamp in cfg.lamps}
     if len(levels) != 1:
-        raise Failed("the lamps differ in active_high: say --pico-active-high or --pico-active-low for the Pico's relays")
+        raise ToolFailed("the lamps differ in active_high: say --pico-active-high or --pico-active-low for the Pico's relays")
     return levels.pop()
 
 
@@ -181,7 +180,7 @@ def main_source(settings: dict) -> str:
         text, count = re.subn(rf"^{name} = [^#\n]*?(\s*#.*)?$", lambda m, line=line: line + (m.group(1) or ""),
                               text, flags=re.MULTILINE)
         if count != 1:
-            raise Failed(f"firmware/main.py has {count} `{name} = ...` lines instead of one: cannot set it")
+            raise ToolFailed(f"firmware/main.py has {count} `{name} = ...` lines instead of one: cannot set it")
     return text
 
 
@@ -204,11 +203,11 @@ def mpremote_command(mpremote: str, port: str, stage: Path) -> list[str]:
 def find_mpremote() -> str:
     found = shutil.which("mpremote", path=f"{Path(sys.executable).parent}:{shutil.os.environ.get('PATH', '')}")
     if not found:
-        raise Failed(f"mpremote is not installed: {Path(sys.executable).parent / 'pip'} install mpremote")
+        raise ToolFailed(f"mpremote is not installed: {Path(sys.executable).parent / 'pip'} install mpremote")
     return found
 
 
-def _flash(port: str, files: list[tuple[str, str]]) -> None:
+def flash(port: str, files: list[tuple[str, str]]) -> None:
     mpremote = find_mpremote()
     with tempfile.TemporaryDirectory(prefix="lampctl-flash-") as tmp:
         stage = Path(tmp)
@@ -218,82 +217,11 @@ def _flash(port: str, files: list[tuple[str, str]]) -> None:
         try:
             proc = subprocess.run(mpremote_command(mpremote, port, stage), capture_output=True, text=True, timeout=180)
         except subprocess.TimeoutExpired:
-            raise Failed(f"mpremote did not finish within 180 s on {port}") from None
+            raise ToolFailed(f"mpremote did not finish within 180 s on {port}") from None
     if proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise Failed(f"mpremote failed on {port} (exit {proc.returncode}: {last[0]}); power the board up with "
+        raise ToolFailed(f"mpremote failed on {port} (exit {proc.returncode}: {last[0]}); power the board up with "
                      f"GP22 jumpered to GND (maintenance mode) and try again")
 
 
 # ---- commands ------------------------------------------------------------------------------
-def run_check(args) -> int:
-    cfg = load_config(args)
-    if cfg.firmware is None:
-        raise Failed(f"{cfg.path} has no [firmware] table: there is no microcontroller to check")
-    with service_stopped(cfg, "talking to the firmware"):
-        info = query_firmware(cfg)
-    print(describe(info, cfg.firmware.port))
-    problems = firmware_mismatches(info, cfg)
-    for problem in problems:
-        print(f"MISMATCH {problem}")
-    if problems:
-        print(f"lampctl: the firmware does not match {cfg.path}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"OK: the firmware matches {cfg.path}")
-    return EXIT_OK
-
-
-def run_flash(args) -> int:
-    cfg = load_config(args)
-    if cfg.firmware is None:
-        raise Failed(f"{cfg.path} has no [firmware] table: add one (port, watchdog_s) before flashing")
-    port = args.port or cfg.firmware.port
-    pins = pico_pins(cfg, args.pico_pins)
-    files = board_files(cfg, pins, pico_active_high(cfg, args.pico_active_high))
-    if args.dry_run:
-        for board, text in files:
-            print(f"would copy :{board} ({len(text.encode())} bytes)")
-        print("--- settings.py ---")
-        print(files[-1][1], end="")
-        print("--- then ---")
-        print(" ".join(mpremote_command("mpremote", port, Path("STAGE"))))
-        return EXIT_OK
-    if "://" in port:
-        raise Failed(f"flashing needs the board's serial device (e.g. /dev/lampctl-pico), not {port}: pass --port")
-    with service_stopped(cfg, "flashing the firmware"):
-        _flash(port, files)
-    print(f"flashed {len(files)} files to {port} (relays on {', '.join(f'GP{p}' for p in pins)}); "
-          f"remove the maintenance jumper, replug the board, then run `lampctl firmware check`")
-    return EXIT_OK
-
-
-def _pin_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.replace("GP", "").split(","))
-    except ValueError:
-        import argparse
-
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of Pico GPIO numbers such as 2,3") from None
-
-
-def add_parser(sub) -> None:
-    p = command(sub, "firmware", run_firmware, help="check or flash the microcontroller (the second channel)")
-    fsub = p.add_subparsers(dest="firmware_command", metavar="ACTION", required=True)
-    q = fsub.add_parser("check", help="HELLO the board; exit 1 if its version, lamps or watchdog differ from the config")
-    add_config(q)
-    q = fsub.add_parser("flash", help="copy the firmware with settings generated from the config through mpremote")
-    q.add_argument("--dry-run", action="store_true", help="print the files and settings it would copy, copy nothing")
-    q.add_argument("--port", help="serial device of the board (default: firmware.port)")
-    q.add_argument("--pico-pins", type=_pin_list, metavar="GP,GP,...",
-                   help="Pico GPIO of each lamp's relay, lamp 0 first (default: 2,3,... as in docs/wiring.md)")
-    level = q.add_mutually_exclusive_group()
-    level.add_argument("--pico-active-high", dest="pico_active_high", action="store_true", default=None,
-                       help="the Pico's relay board switches on a high input")
-    level.add_argument("--pico-active-low", dest="pico_active_high", action="store_false",
-                       help="the Pico's relay board switches on a low input (default: as the lamps' active_high)")
-    add_config(q)
-
-
-def run_firmware(args) -> int:
-    return run_check(args) if args.firmware_command == "check" else run_flash(args)
-
