@@ -115,8 +115,8 @@ _NUMBER_KINDS = ("int", "number")
 PIN = Range(0, 53)  # a BCM GPIO number
 
 TABLES = (
-    Table("service", "The panel, the API and the records."),
-    Table("safety", "Inputs and outputs of the Pi that serve every lamp. Optional table."),
+    Table("service", "The panel, the API and the records. Optional table."),
+    Table("safety", "The E-stop, the heartbeat to the firmware and the indicator shared by every lamp. Optional table."),
     Table("firmware", "The independent second channel: a microcontroller that cuts the lamps by itself. "
                       "Leave this table out to run without it. `lampctl serve --simulate` ignores port and starts "
                       "a simulated microcontroller of its own (its log: simulator.log beside the database)."),
@@ -164,7 +164,7 @@ SETTINGS = (
             doc="idle seconds before a shared tablet locks (Stop stays usable); 0 never locks"),
 
     Setting("mqtt.url", "text", REQUIRED, range=Range(1, 65535), form="mqtt://host[:port] or mqtts://host[:port]",
-            doc="the broker: `mqtt://` (port 1883 unless given) or `mqtts://` with TLS (port 8883)"),
+            doc="the broker; without a port, 1883 for `mqtt://` and 8883 for `mqtts://` (TLS)"),
     Setting("mqtt.node", "text", None, pattern=r"[A-Za-z0-9_-]{1,64}", form="1-64 characters of A-Z, a-z, 0-9, '_' "
             "and '-'", default_words="the hostname", doc="this Pi's name in topics and Home Assistant ids"),
     Setting("mqtt.username", "text", None, form="a user name", doc="user name at the broker"),
@@ -185,12 +185,13 @@ SETTINGS = (
     Setting("lamps[].active_high", "bool", True, doc="`false` for the common active-low relay boards"),
     Setting("lamps[].max_minutes", "number", 30, range=Range(1, HARD_CEILING_MINUTES), unit="min",
             doc="longest time per patient, extensions and continued sessions included (S3)",
-            reason=f"{HARD_CEILING_MINUTES} is the hard ceiling"),
+            reason="the hard ceiling"),
     Setting("lamps[].default_minutes", "number", 20, range=Range(0, HARD_CEILING_MINUTES, low_open=True), unit="min",
-            at_most="max_minutes", default_words="20, or max_minutes if lower", doc="the duration the panel offers first"),
+            at_most="max_minutes", default_words="20, or max_minutes if lower",
+            doc="the duration the panel offers first, in minutes"),
     Setting("lamps[].presets", "minutes", (10, 15, 20, 30), range=Range(0, HARD_CEILING_MINUTES, low_open=True),
             unit="min", max_len=MAX_PRESETS, at_most="max_minutes", default_words="[10, 15, 20, 30], those within max_minutes",
-            doc="the panel's duration buttons (fractions allowed)"),
+            doc="the panel's duration buttons, in minutes (fractions allowed)"),
     Setting("lamps[].cooldown_s", "number", 0, range=Range(0, 3600), unit="s",
             doc="rest after a session before the next may start (S8)"),
     Setting("lamps[].rest_window_s", "number", 300, range=Range(0, 86400), unit="s",
@@ -198,8 +199,8 @@ SETTINGS = (
                 "new patient (S18); 0 turns it off"),
     Setting("lamps[].feedback_pin", "pin", None,
             doc="input reading whether the lamp is really powered (stuck-relay detection, S6)"),
-    Setting("lamps[].buzzer_pin", "pin", None, doc="buzzer of this lamp, sounded at the end of a session and on a "
-                                                   "fault"),
+    Setting("lamps[].buzzer_pin", "pin", None, doc="buzzer of this lamp: a short beep a minute before the end, a long "
+                                                   "one at the end, repeated beeps on a fault"),
     Setting("lamps[].indicator_pin", "pin", None, doc="LED lit while this lamp's relay is on"),
     Setting("lamps[].bulb_life_h", "number", 5000, range=Range(1, 100_000), unit="h",
             doc="rated bulb life, for the admin's bulb-hours warning"),
@@ -304,10 +305,10 @@ class Constraint:
     keys: tuple[str, ...]  # the rows it ties together
     note: str  # what it requires, in words, for the docs of each row in shown_on
     check: Callable[[Config], tuple[str, str] | None]
-    shown_on: tuple[str, ...] = ()  # rows whose docs carry the note; empty: the first key's
+    shown_on: tuple[str, ...] | None = None  # rows whose docs carry the note; None: the first key's
 
     def rows(self) -> tuple[str, ...]:
-        return self.shown_on or self.keys[:1]
+        return self.keys[:1] if self.shown_on is None else self.shown_on
 
 
 def _s14_heartbeat_under_watchdog(cfg: Config) -> tuple[str, str] | None:
@@ -375,11 +376,12 @@ def _unique_pins(cfg: Config) -> tuple[str, str] | None:
 
 CONSTRAINTS = (
     Constraint(("safety.heartbeat_s", "firmware.watchdog_s"),
-               "under half of `firmware.watchdog_s` (the watchdog in whole milliseconds, as the firmware holds it)",
+               "under half of `firmware.watchdog_s`, as the firmware holds it in whole milliseconds",
                _s14_heartbeat_under_watchdog),
     Constraint(("firmware.grace_s", "lamps[].max_minutes"),
                f"each lamp's `max_minutes` x 60 x {S7_BACKSTOP_FACTOR:.2f} + `grace_s` at most {protocol.MAX_ARM_MS // 1000} s, "
-               "the firmware's longest arm", _s14_check_backstop_fits),
+               "the firmware's longest arm", _s14_check_backstop_fits,
+               shown_on=()),  # grace_s's own range keeps to it: its reason says so
     Constraint(("lamps[].id",), "unique", _unique_lamp_ids),
     Constraint(_PINS, "each pin used once", _unique_pins, shown_on=_PINS),
 )
@@ -531,6 +533,8 @@ class _Section:
         """The key's value, else its default (the row's, or one the point of use derives); checked."""
         row = self.rows[key]
         name = f"{self.where}.{key}"
+        if row.at_most and row.at_most not in self.read:
+            self.get(row.at_most)
         at_most = (self.read[row.at_most], row.at_most) if row.at_most else None
         if key in self.data:
             value = self.data[key]
