@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from firmware_bridge import protocol
 from lampctl.config_mqtt import MqttConfig, parse_mqtt
@@ -93,6 +93,13 @@ class Setting:
     at_most: str = ""  # a key of the same table that bounds this one (each entry of a list), read before it
     default_words: str = ""  # the default in words where another key or the host decides it
     reason: str = ""  # why the range ends where it does: said in the error and the docs
+
+    @property
+    def span(self) -> Range:
+        """The range of a number row, which every one has (S14)."""
+        if self.range is None:
+            raise TypeError(f"{self.name} has no range")
+        return self.range
 
     @property
     def table(self) -> str:
@@ -491,7 +498,7 @@ class _Reader:
         if row.kind == "pin":
             return self.pin(key, value)
         if row.kind in _NUMBER_KINDS:
-            return self.number(key, value, row.range, row.reason, at_most=at_most)
+            return self.number(key, value, row.span, row.reason, at_most=at_most)
         if row.kind == "minutes":
             return self._minutes(key, row, value, at_most)
         if row.pattern:
@@ -511,7 +518,7 @@ class _Reader:
         for p in value:
             if isinstance(p, bool) or not isinstance(p, (int, float)):
                 raise self.fail(key, f"each preset must be a number of minutes greater than 0, got {p!r:.40}")
-            self.number(key, p, row.range, at_most=at_most)
+            self.number(key, p, row.span, at_most=at_most)
         if len(set(value)) != len(value):
             raise self.fail(key, "each duration may appear only once (one button per preset)")
         return tuple(value)
@@ -527,7 +534,7 @@ class _Section:
 
     def __init__(self, reader: _Reader, where: str, rows: dict[str, Setting], data: dict):
         self.reader, self.where, self.rows, self.data = reader, where, rows, data
-        self.read: dict[str, object] = {}  # key -> its value as read
+        self.read: dict[str, Any] = {}  # key -> its value as read
 
     def get(self, key: str, default=_ROW_DEFAULT):
         """The key's value, else its default (the row's, or one the point of use derives); checked."""
@@ -598,7 +605,7 @@ def parse(data: dict, path: Path) -> Config:
     panel = PanelConfig(lock_after_s=pan.get("lock_after_s"))
 
     lamps_raw = data.get("lamps")
-    low, high = next(t.many for t in TABLES if t.name == "lamps")
+    low, high = next(t.many for t in TABLES if t.many is not None)  # [[lamps]]
     if not isinstance(lamps_raw, list) or len(lamps_raw) < low:
         raise r.fail("lamps", "at least one [[lamps]] table is required")
     if len(lamps_raw) > high:
@@ -626,7 +633,7 @@ def _parse_bind(r: _Reader, bind: str) -> tuple[str, int]:
     host = host.strip("[]")
     if not sep or not host or not host.isprintable() or not re.fullmatch(r"[0-9]{1,5}", port):
         raise r.fail("service.bind", f"must be host:port such as 127.0.0.1:8080, got {bind[:80]!r}")
-    return host, r.number("service.bind", int(port), setting("service.bind").range)
+    return host, r.number("service.bind", int(port), setting("service.bind").span)
 
 
 def _parse_firmware(r: _Reader, raw) -> FirmwareConfig:

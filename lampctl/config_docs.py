@@ -48,12 +48,12 @@ def allowed(row: config.Setting) -> str:
     elif row.kind == "pin":
         parts = [f"BCM {config.PIN.short()}"]
     elif row.at_most:  # bounded by its own range and, within it, by another key
-        low = f"greater than {config._shown(row.range.low)}" if row.range.low_open else f"{row.range.low} or more"
+        low = f"greater than {config._shown(row.span.low)}" if row.span.low_open else f"{row.span.low} or more"
         parts = [f"{low}, at most `{row.at_most}`"]
         if row.kind == "minutes":
             parts = [f"1-{row.max_len} distinct values, each {parts[0]}"]
     elif row.kind in ("int", "number"):
-        parts = [row.range.short() + unit]
+        parts = [row.span.short() + unit]
     elif row.choices:
         parts = ["one of " + ", ".join(f"`{c}`" for c in row.choices)]
     elif row.range is not None:
