@@ -71,7 +71,7 @@ def readme_table() -> str:
     lines = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
     for row in config.SETTINGS:
         lines.append(f"| `{row.name}` | {default_words(row)} | {allowed(row)} | {row.doc} |")
-    many = [f"`[[{t.name}]]`: {t.many[0]} to {t.many[1]} tables" for t in config.TABLES if t.many]
+    many = [f"`[[{t.name}]]`: one table per lamp, {t.many[0]} to {t.many[1]}" for t in config.TABLES if t.many]
     optional = [f"`[{t.name}]`" for t in config.TABLES if not t.many]
     lines += ["", f"{'; '.join(many)}. {', '.join(optional)}: optional tables, each key with its default "
                   "(a key marked required is required when its table is there)."]
