@@ -168,8 +168,12 @@ S14_BAD = [
     ("watchdog_s = 3.0", "watchdog_s = 3600", "firmware.watchdog_s", "from 0.2 to 10"),
     ("watchdog_s = 3.0", "watchdog_s = nan", "firmware.watchdog_s", "finite"),
     ("watchdog_s = 3.0", "watchdog_s = 0.1", "firmware.watchdog_s", "from 0.2 to 10"),
-    ("grace_s = 0.1", "grace_s = 3000", "firmware.grace_s", "from 0 to 60"),
-    ("grace_s = 0.1", "grace_s = -0.1", "firmware.grace_s", "from 0 to 60"),
+    ("grace_s = 0.1", "grace_s = 3000", "firmware.grace_s", "from 0 to 10"),
+    ("grace_s = 0.1", "grace_s = -0.1", "firmware.grace_s", "from 0 to 10"),
+    # The firmware arms at most a 60-minute session x 1.10 + 10 s: a larger grace could never be armed.
+    ("grace_s = 0.1", "grace_s = 11", "firmware.grace_s", "must be from 0 to 10 (the firmware arms a lamp for at most "
+                                                          "3970 s: a 60-minute session x 1.10 and 10 s more), got 11"),
+    ("grace_s = 0.1", "grace_s = 10.001", "firmware.grace_s", "got 10.001"),
     ("grace_s = 0.1", "grace_s = inf", "firmware.grace_s", "finite"),
     ("reply_timeout_s = 0.5", "reply_timeout_s = 1e9", "firmware.reply_timeout_s", "from 0.05 to 5"),
     ("reply_timeout_s = 0.5", "reply_timeout_s = -inf", "firmware.reply_timeout_s", "finite"),
@@ -217,14 +221,15 @@ def test_s14_no_setting_switches_safety_off(tmp_path, capsys, old, new, key, wor
 
 
 def test_s14_every_number_key_has_a_range_in_the_one_table():
-    # A numeric key added without a range would escape S14: the tables of keys and ranges must agree.
-    tables = {"service": config_mod._SERVICE_KEYS, "safety": config_mod._SAFETY_KEYS,
-              "firmware": config_mod._FIRMWARE_KEYS, "panel": config_mod._PANEL_KEYS, "lamps": config_mod._LAMP_KEYS}
-    for table, keys in tables.items():
-        for key, types in keys.items():
-            if float in types or (int in types and not key.endswith("_pin")):
-                assert f"{table}.{key}" in config_mod.RANGES, f"{table}.{key} has no range"
-    assert "lamps.presets" in config_mod.RANGES and "pin" in config_mod.RANGES
+    # A numeric key added without a range would escape S14: every number row of the schema carries one.
+    numbers = [row for row in config_mod.SETTINGS if row.kind in ("int", "number", "pin", "minutes")]
+    assert {"firmware.grace_s", "lamps[].presets", "lamps[].relay_pin", "service.log_queue"} <= {r.name for r in numbers}
+    for row in numbers:
+        assert row.kind == "pin" or row.range is not None, f"{row.name} has no range"
+        if row.kind != "pin":
+            assert config_mod.RANGES[row.name] is row.range
+    assert config_mod.setting("service.bind").range == config_mod.Range(0, 65535)  # the port's
+    assert config_mod.RANGES["pin"] == config_mod.Range(0, 53)
 
 
 S14_EDGES = [  # both ends of each documented range are accepted
@@ -234,13 +239,13 @@ S14_EDGES = [  # both ends of each documented range are accepted
      "lock_after_s = 120": "lock_after_s = 0", "log_queue = 10000": "log_queue = 100",
      "max_minutes = 30": "max_minutes = 1", "default_minutes = 20": "default_minutes = 1",
      "presets = [10, 15, 20, 30]": "presets = [0.5, 1]"},
-    {"watchdog_s = 3.0": "watchdog_s = 10", "heartbeat_s = 1.0": "heartbeat_s = 4.99", "grace_s = 0.1": "grace_s = 60",
+    {"watchdog_s = 3.0": "watchdog_s = 10", "heartbeat_s = 1.0": "heartbeat_s = 4.99", "grace_s = 0.1": "grace_s = 10",
      "reply_timeout_s = 0.5": "reply_timeout_s = 5", "rest_window_s = 300": "rest_window_s = 86400",
      "bulb_life_h = 5000": "bulb_life_h = 100000", "lock_after_s = 120": "lock_after_s = 86400",
-     # grace_s = 60 fits the firmware's longest arm with sessions up to 59 minutes (60 takes at most 10 s:
-     # test_s14_what_check_config_accepts_the_firmware_accepts).
-     "log_queue = 10000": "log_queue = 1000000", "max_minutes = 30": "max_minutes = 59",
-     "default_minutes = 20": "default_minutes = 59", "presets = [10, 15, 20, 30]": "presets = [59]"},
+     # The largest grace_s with the longest session: armed for exactly the firmware's longest arm
+     # (test_s14_what_check_config_accepts_the_firmware_accepts arms it).
+     "log_queue = 10000": "log_queue = 1000000", "max_minutes = 30": "max_minutes = 60",
+     "default_minutes = 20": "default_minutes = 60", "presets = [10, 15, 20, 30]": "presets = [60]"},
 ]
 
 
@@ -260,14 +265,15 @@ def test_s14_range_ends_are_accepted(tmp_path, changes):
 # or None where check-config accepts and the firmware must then take what the host sends).
 ONE_HOUR = {"max_minutes = 30": "max_minutes = 60"}
 CROSS_LAYER = [
-    ({**ONE_HOUR, "grace_s = 0.1": "grace_s = 60"}, ("firmware.grace_s", "lamps[0].max_minutes")),
-    ({**ONE_HOUR, "grace_s = 0.1": "grace_s = 10.001"}, ("firmware.grace_s", "lamps[0].max_minutes")),
-    ({"max_minutes = 30": "max_minutes = 59.9", "grace_s = 0.1": "grace_s = 60"},
-     ("firmware.grace_s", "lamps[0].max_minutes")),
+    # grace_s stops at what the firmware's longest arm leaves past the longest session, whatever max_minutes.
+    ({**ONE_HOUR, "grace_s = 0.1": "grace_s = 60"}, ("firmware.grace_s", "3970 s")),
+    ({**ONE_HOUR, "grace_s = 0.1": "grace_s = 10.001"}, ("firmware.grace_s", "3970 s")),
+    ({"max_minutes = 30": "max_minutes = 59", "grace_s = 0.1": "grace_s = 60"}, ("firmware.grace_s", "from 0 to 10")),
+    ({"grace_s = 0.1": "grace_s = 11"}, ("firmware.grace_s", "from 0 to 10")),
     ({**ONE_HOUR, "grace_s = 0.1": "grace_s = 10"}, None),
     ({**ONE_HOUR, "grace_s = 0.1": "grace_s = 0"}, None),
-    ({"max_minutes = 30": "max_minutes = 59", "grace_s = 0.1": "grace_s = 60"}, None),
-    ({"grace_s = 0.1": "grace_s = 60"}, None),
+    ({"max_minutes = 30": "max_minutes = 59.9", "grace_s = 0.1": "grace_s = 10"}, None),
+    ({"grace_s = 0.1": "grace_s = 10"}, None),
     ({"watchdog_s = 3.0": "watchdog_s = 0.2004", "heartbeat_s = 1.0": "heartbeat_s = 0.1001"},
      ("safety.heartbeat_s", "firmware.watchdog_s")),
     ({"watchdog_s = 3.0": "watchdog_s = 0.2", "heartbeat_s = 1.0": "heartbeat_s = 0.0999"}, None),

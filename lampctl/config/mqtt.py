@@ -7,12 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-# A node name is one MQTT topic level and part of Home Assistant's unique ids and discovery
-# topics, whose node_id and object_id allow only these characters.
-NODE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-PREFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}")
-_KEYS = {"url": (str,), "node": (str,), "username": (str,), "password_file": (str,),
-         "discovery_prefix": (str,), "commands": (bool,)}
+# Each key's type, default and pattern is its "mqtt." row in lampctl.config.SETTINGS, applied by the
+# reader handed in. A node name is one MQTT topic level and part of Home Assistant's unique ids and
+# discovery topics, whose node_id and object_id allow only A-Z, a-z, 0-9, '_' and '-' (its row's pattern).
 
 
 @dataclass(frozen=True)
@@ -46,28 +43,19 @@ def default_node() -> str:
 
 def parse_mqtt(r, raw, base: Path, *, table: str = "mqtt") -> MqttConfig:
     """r is a config.reader(path); raises its ConfigError (one line naming the file and the key)."""
-    m = r.table(raw, table, _KEYS)
-    if "url" not in m:
-        raise r.fail(f"{table}.url", "missing (the broker, such as mqtt://broker.local or mqtts://broker.local:8883)")
-    host, port, tls = _parse_url(r, f"{table}.url", m["url"])
-    node = m.get("node") or default_node()
-    if not NODE_RE.fullmatch(node):
-        raise r.fail(f"{table}.node", f"{node[:40]!r} must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'")
-    prefix = m.get("discovery_prefix", "homeassistant")
-    if not PREFIX_RE.fullmatch(prefix):
-        raise r.fail(f"{table}.discovery_prefix", f"{prefix[:40]!r} must be topic levels of A-Z, a-z, 0-9, '_' "
-                     "and '-' joined by '/' (no wildcards, no empty level)")
+    m = r.section(raw, table, "mqtt")
+    host, port, tls = _parse_url(r, f"{table}.url", m.get("url"), m.rows["url"].range)
+    node = m.get("node", default_node())
+    prefix = m.get("discovery_prefix")
     username = m.get("username")
-    if username is not None:
-        r.text(f"{table}.username", username, "a user name")
     password_file = _password_file(r, table, m.get("password_file"), base)
     if password_file is not None and username is None:
         raise r.fail(f"{table}.password_file", "needs mqtt.username (a broker password goes with a user name)")
     return MqttConfig(host=host, port=port, tls=tls, node=node, username=username, password_file=password_file,
-                      discovery_prefix=prefix, commands=m.get("commands", False))
+                      discovery_prefix=prefix, commands=m.get("commands"))
 
 
-def _parse_url(r, key: str, url: str) -> tuple[str, int, bool]:
+def _parse_url(r, key: str, url: str, ports) -> tuple[str, int, bool]:
     shown = url[:80]
     try:
         parts = urlsplit(url)
@@ -80,15 +68,15 @@ def _parse_url(r, key: str, url: str) -> tuple[str, int, bool]:
             or parts.username or parts.password:
         raise r.fail(key, f"{shown!r} must be mqtt[s]://host[:port] (credentials go in username and password_file)")
     tls = parts.scheme == "mqtts"
-    if port == 0:
-        raise r.fail(key, f"{shown!r}: port must be from 1 to 65535")
+    if port is not None and not ports.holds(port):
+        raise r.fail(key, f"{shown!r}: port must be {ports.words()}")
     return parts.hostname, port or (8883 if tls else 1883), tls
 
 
 def _password_file(r, table: str, value: str | None, base: Path) -> Path | None:
     if value is None:
         return None
-    path = Path(r.text(f"{table}.password_file", value, "a file path"))
+    path = Path(value)
     if not path.is_absolute():
         path = (base / path).resolve()
     try:
