@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("lampctl", "web", "firmware_bridge", "bench")  # the code under the import rules
 
@@ -361,3 +363,119 @@ def test_architecture_readme_leads_to_the_safety_case_in_the_repository():
     text = (ROOT / "README.md").read_text()
     assert "](docs/SAFETY.md)" in text, "the README links docs/SAFETY.md, where a newcomer finds every rule"
     assert "shared/DESIGN.md" not in text, "a clone has no ../shared/DESIGN.md: point at docs/SAFETY.md"
+
+
+# ---- gaps: each one is a test that fails until it is closed ---------------------------------
+GAP_RE = re.compile(r"^\*\*Gap\*\*:.*?(?=\n[ \t]*\n|\Z)", re.M | re.S)
+CITED_TEST_RE = re.compile(r"`(tests/[\w/]+\.py)::(test_\w+)`")
+GAP_TEST_NAME = re.compile(r"test_(?:s\d+_)+gap_\w+")  # a test of what is missing: test_<tags>_gap_<what>
+
+
+def gap_paragraphs(text: str) -> list[str]:
+    return GAP_RE.findall(text)
+
+
+def _xfail_kind(source: str, name: str) -> str:
+    """How test `name` in `source` is marked: "missing", "none", "xfail" or "strict" (strict=True and a reason)."""
+    node = next((n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if node is None:
+        return "missing"
+    kind = "none"
+    for deco in node.decorator_list:
+        call = deco if isinstance(deco, ast.Call) else None
+        target = ast.unparse(call.func if call else deco)
+        if target != "pytest.mark.xfail":
+            continue
+        words = {kw.arg: kw.value for kw in call.keywords} if call else {}
+        strict = isinstance(words.get("strict"), ast.Constant) and words["strict"].value is True
+        kind = "strict" if strict and "reason" in words else "xfail"
+    return kind
+
+
+def _gap_tests(source: str) -> list[str]:
+    return [n.name for n in ast.walk(ast.parse(source))
+            if isinstance(n, ast.FunctionDef) and GAP_TEST_NAME.fullmatch(n.name)]
+
+
+def gap_problems(text: str, sources: dict[str, str]) -> list[str]:
+    """What is wrong between the **Gap** paragraphs of `text` and the tests in `sources` ({"tests/x.py": source})."""
+    problems, cited = [], set()
+    for paragraph in gap_paragraphs(text):
+        head = " ".join(paragraph.split())[:70]
+        tests = CITED_TEST_RE.findall(paragraph)
+        if not tests:
+            problems.append(f"a Gap names no test of what is missing: {head!r}")
+        for path, name in tests:
+            cited.add((path, name))
+            where = f"{path}::{name}"
+            if not GAP_TEST_NAME.fullmatch(name):
+                problems.append(f"{where}, named by a Gap, is not named test_<tags>_gap_<what>")
+            kind = _xfail_kind(sources[path], name) if path in sources else "missing"
+            if kind == "missing":
+                problems.append(f"{where}, named by a Gap, does not exist")
+            elif kind != "strict":
+                problems.append(f"{where}, named by a Gap, is not marked xfail(strict=True, reason=...)")
+    for path, source in sorted(sources.items()):
+        problems += [f"{path}::{name} is named after a gap but no Gap in docs/SAFETY.md names it"
+                     for name in _gap_tests(source) if (path, name) not in cited]
+    return problems
+
+
+def _test_sources() -> dict[str, str]:
+    return {path.relative_to(ROOT).as_posix(): path.read_text() for path in sorted((ROOT / "tests").rglob("test_*.py"))}
+
+
+def test_architecture_every_gap_is_a_strict_xfail_test_and_every_gap_test_is_a_gap():
+    text = SAFETY_DOC.read_text()
+    assert len(gap_paragraphs(text)) == text.count("**Gap**:") >= 1  # the pattern finds every paragraph
+    problems = gap_problems(text, _test_sources())
+    assert problems == [], "docs/SAFETY.md and the gap tests disagree: " + "; ".join(problems)
+
+
+GAP_TEST_SOURCE = '''
+import pytest
+
+@pytest.mark.xfail(strict=True, reason="S1 gap: x")
+def TEST_s1_gap_strict():
+    assert False
+
+@pytest.mark.xfail(reason="S1 gap: x")
+def TEST_s1_gap_loose():
+    assert False
+
+@pytest.mark.xfail(strict=True)
+def TEST_s1_gap_no_reason():
+    assert False
+
+def TEST_s1_gap_unmarked():
+    assert False
+
+@pytest.mark.xfail(strict=True, reason="x")
+def TEST_s1_strict_but_not_named_a_gap():
+    assert False
+'''.replace("def TEST_", "def test_")  # so that the tag scans of this file skip it
+
+
+@pytest.mark.parametrize("paragraph, wrong", [
+    ("**Gap**: all is well. Shown by `tests/t.py::test_s1_gap_strict`.", None),
+    ("**Gap**: nothing proves it.", "names no test"),
+    ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_unmarked`.", "is not marked xfail(strict=True"),
+    ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_loose`.", "is not marked xfail(strict=True"),
+    ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_no_reason`.", "is not marked xfail(strict=True"),
+    ("**Gap**: x. Shown by\n`tests/t.py::test_s1_gap_gone`.", "does not exist"),
+    ("**Gap**: x. Shown by `tests/other.py::test_s1_gap_strict`.", "does not exist"),
+    ("**Gap**: x. Shown by `tests/t.py::test_s1_strict_but_not_named_a_gap`.", "is not named test_<tags>_gap_<what>"),
+])
+def test_architecture_gap_check_fails_a_gap_without_a_strict_xfail_test(paragraph, wrong):
+    problems = gap_problems(f"### S1 x\n\n{paragraph}\n\nMore text.\n", {"tests/t.py": GAP_TEST_SOURCE})
+    problems = [p for p in problems if not p.endswith("names it")]  # the uncited gap tests: the next test
+    if wrong is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and wrong in problems[0], problems
+
+
+def test_architecture_gap_check_fails_a_gap_test_no_gap_names():
+    problems = gap_problems("**Gap**: x. Shown by `tests/t.py::test_s1_gap_strict`.\n", {"tests/t.py": GAP_TEST_SOURCE})
+    assert "tests/t.py::test_s1_gap_loose is named after a gap but no Gap in docs/SAFETY.md names it" in problems
+    assert not any("test_s1_gap_strict" in p for p in problems)
