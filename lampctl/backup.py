@@ -338,7 +338,7 @@ def add_parser(sub) -> None:
                                    "(a restore never unlatches). Stop the service first; run as its user.")
     p.add_argument("backup", metavar="BACKUP", help="a file made by lampctl backup")
     add_config(p)
-    p = sub.add_parser("prune-events", help="delete audit events older than DAYS (sessions are kept)",
+    p = sub.add_parser("prune-events", help="delete audit events older than DAYS (sessions too with --sessions)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--older-than", type=positive_number, required=True, metavar="DAYS",
                    help="age in days of the oldest event to keep")

@@ -39,7 +39,8 @@ def build_parser(with_tools: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the service: relays, timers, log, web panel and API")
     cli_args.add_config(p)
     p.add_argument("--simulate", action="store_true",
-                   help="use simulated GPIO (gpiozero's mock pins) whatever the config says")
+                   help="use gpiozero's mock pins whatever the config says, and with a [firmware] table "
+                        "a simulated microcontroller instead of firmware.port")
 
     p = sub.add_parser("check-config", help="validate the config without touching hardware")
     p.add_argument("--simulate", action="store_true",
