@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import stat
@@ -287,36 +286,6 @@ def test_deploy_install_unpinned_installs_the_newest_allowed_versions_and_says_s
     [pip] = [call.split() for call in calls if call.startswith("-m pip install")]
     assert pip[-1] == f"{ROOT}[pico]" and "--require-hashes" not in pip
     assert "--unpinned: installed the newest versions pyproject.toml allows" in proc.stdout
-
-
-def _requirement_names(requirements: list[str]) -> dict[str, str]:
-    """{normalised name: specifier} of requirement strings like "Flask>=3.0"."""
-    found = {}
-    for req in requirements:
-        name, spec = re.match(r"([A-Za-z0-9._-]+)\s*(.*)", req).groups()
-        found[re.sub(r"[-_.]+", "-", name).lower()] = spec
-    return found
-
-
-def test_deploy_lock_pins_with_hashes_every_runtime_pi_and_pico_dependency():
-    import tomllib
-
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = _requirement_names(project["dependencies"] + project["optional-dependencies"]["pi"]
-                                + project["optional-dependencies"]["pico"])
-    assert {"flask", "waitress", "werkzeug", "lgpio", "mpremote"} <= set(wanted)  # the three lists were read
-    text = LOCK.read_text()
-    pinned = {re.sub(r"[-_.]+", "-", m.group(1)).lower(): (m.group(2), m.group(3))
-              for m in re.finditer(r"^([A-Za-z0-9._-]+)==(\S+) \\\n((?:    --hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)",
-                                   text, re.M)}
-    assert len(pinned) == len(re.findall(r"^[A-Za-z0-9]", text, re.M)), "every entry of the lock is name==version with hashes"
-    missing = sorted(set(wanted) - set(pinned))
-    assert missing == [], f"deploy/requirements-pi.txt does not pin {missing}"
-    from packaging.specifiers import SpecifierSet
-
-    outside = [f"{name}=={pinned[name][0]} (pyproject: {spec})" for name, spec in wanted.items()
-               if not SpecifierSet(spec.split(";")[0]).contains(pinned[name][0], prereleases=True)]
-    assert outside == [], f"the lock pins versions pyproject.toml does not allow: {outside}"
 
 
 def test_s1_maintenance_commands_import_nothing_slow():
