@@ -369,9 +369,9 @@ def _pipelined_reply(replies) -> int:
 def test_s10_gap_one_client_flooding_complete_requests_is_refused_while_another_is_served(live):
     svc, _ = live
     flood = 300
-    with _raw_request(svc.port, b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n" * flood, timeout=60) as sock:
-        with sock.makefile("rb") as replies:
-            statuses = [_pipelined_reply(replies) for _ in range(flood)]
+    flooding = _raw_request(svc.port, b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n" * flood, timeout=60)
+    with flooding as sock, sock.makefile("rb") as replies:
+        statuses = [_pipelined_reply(replies) for _ in range(flood)]
     other = socket.socket()
     other.settimeout(20)
     other.bind(("127.0.0.2", 0))  # another client (the flood came from 127.0.0.1)
