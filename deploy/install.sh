@@ -3,15 +3,19 @@
 # systemd units, udev rule for the Pico, nightly backup. Safe to run again (an upgrade):
 # the config in /etc/lampctl and the data in /var/lib/lampctl are never overwritten.
 #
+# The venv gets exactly the versions of deploy/requirements-pi.txt (pinned and hashed).
+#
 #   sudo deploy/install.sh                 install or upgrade on this Pi
 #   sudo deploy/install.sh --uninstall     remove the program, keep config, data and the user
-#   deploy/install.sh --root DIR [--no-venv] [--uninstall]
+#   deploy/install.sh --root DIR [--no-venv] [--unpinned] [--uninstall]
 #                                          install into DIR as if it were /, without touching
 #                                          systemd, udev, users or ownership (tests, packagers)
+#   --unpinned                             off a Pi (tests, CI): the newest versions that
+#                                          pyproject.toml allows instead of the Pi's lock
 set -euo pipefail
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -19,6 +23,7 @@ ROOT=""
 ROOT_MODE=0
 VENV=1
 UNINSTALL=0
+UNPINNED=0
 PYTHON=${PYTHON:-python3}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 while [ $# -gt 0 ]; do
@@ -27,6 +32,7 @@ while [ $# -gt 0 ]; do
             [ $# -ge 2 ] && [ -n "$2" ] || { echo "install.sh: --root needs a directory" >&2; exit 2; }
             ROOT=$(realpath -m "$2"); ROOT_MODE=1; shift 2 ;;
         --no-venv) VENV=0; shift ;;
+        --unpinned) UNPINNED=1; shift ;;
         --uninstall) UNINSTALL=1; shift ;;
         -h|--help) usage ;;
         *) echo "install.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -34,6 +40,16 @@ while [ $# -gt 0 ]; do
 done
 if [ "$VENV" -eq 0 ] && [ "$ROOT_MODE" -eq 0 ]; then
     echo "install.sh: --no-venv only goes with --root (a Pi needs the program installed)" >&2
+    exit 2
+fi
+# The lock is resolved for Raspberry Pi OS, 64-bit (aarch64); on the 32-bit OS (armv7l) the
+# same pinned, hashed versions install, a package without an armv7l wheel from its pinned
+# source. Any other machine is not a Pi: it gets the lock only by asking for something else.
+LOCK="$SRC/deploy/requirements-pi.txt"
+ARCH=$(uname -m)
+if [ "$VENV" -eq 1 ] && [ "$UNINSTALL" -eq 0 ] && [ "$UNPINNED" -eq 0 ] && [ "$ARCH" != aarch64 ] && [ "$ARCH" != armv7l ]; then
+    echo "install.sh: deploy/requirements-pi.txt is locked for a Raspberry Pi (aarch64 or armv7l) and this" \
+         "machine is $ARCH: give --unpinned to install the newest allowed versions instead (tests, CI)" >&2
     exit 2
 fi
 if [ "$ROOT_MODE" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
@@ -107,7 +123,16 @@ install_venv() {
     if [ ! -x "$ROOT$APP/bin/python" ]; then
         "$PYTHON" -m venv --system-site-packages "$ROOT$APP"
     fi
-    "$ROOT$APP/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$SRC" mpremote
+    local pip=("$ROOT$APP/bin/python" -m pip install --quiet --disable-pip-version-check)
+    if [ "$UNPINNED" -eq 1 ]; then
+        "${pip[@]}" --upgrade "$SRC[pico]"
+        say "--unpinned: installed the newest versions pyproject.toml allows, not deploy/requirements-pi.txt"
+    else
+        # Every dependency at the lock's version and hash (lgpio: Debian's, already there),
+        # then lampctl itself with nothing more, built with the lock's setuptools.
+        "${pip[@]}" --require-hashes --no-deps -r "$LOCK"
+        "${pip[@]}" --no-deps --no-build-isolation --upgrade "$SRC"
+    fi
     say "installed lampctl $("$ROOT$APP/bin/python" -c 'import importlib.metadata as m; print(m.version("lampctl"))') in $APP"
 }
 

@@ -7,10 +7,13 @@ where imports point. Deliberate exceptions go in the ALLOWED_* tables with the r
 from __future__ import annotations
 
 import ast
+import fnmatch
 import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("lampctl", "web", "firmware_bridge", "bench")  # the code under the import rules
@@ -462,3 +465,216 @@ def test_architecture_readme_leads_to_the_safety_case_in_the_repository():
     text = (ROOT / "README.md").read_text()
     assert "](docs/SAFETY.md)" in text, "the README links docs/SAFETY.md, where a newcomer finds every rule"
     assert "shared/DESIGN.md" not in text, "a clone has no ../shared/DESIGN.md: point at docs/SAFETY.md"
+
+
+# ---- gaps: each one is a test that fails until it is closed ---------------------------------
+GAP_RE = re.compile(r"^\*\*Gap\*\*:.*?(?=\n[ \t]*\n|\Z)", re.M | re.S)
+CITED_TEST_RE = re.compile(r"`(tests/[\w/]+\.py)::(test_\w+)`")
+GAP_TEST_NAME = re.compile(r"test_(?:s\d+_)+gap_\w+")  # a test of what is missing: test_<tags>_gap_<what>
+
+
+def gap_paragraphs(text: str) -> list[str]:
+    return GAP_RE.findall(text)
+
+
+def _xfail_kind(source: str, name: str) -> str:
+    """How test `name` in `source` is marked: "missing", "none", "xfail" or "strict" (strict=True and a reason)."""
+    node = next((n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if node is None:
+        return "missing"
+    kind = "none"
+    for deco in node.decorator_list:
+        call = deco if isinstance(deco, ast.Call) else None
+        target = ast.unparse(call.func if call else deco)
+        if target != "pytest.mark.xfail":
+            continue
+        words = {kw.arg: kw.value for kw in call.keywords} if call else {}
+        strict = isinstance(words.get("strict"), ast.Constant) and words["strict"].value is True
+        kind = "strict" if strict and "reason" in words else "xfail"
+    return kind
+
+
+def _gap_tests(source: str) -> list[str]:
+    return [n.name for n in ast.walk(ast.parse(source))
+            if isinstance(n, ast.FunctionDef) and GAP_TEST_NAME.fullmatch(n.name)]
+
+
+def gap_problems(text: str, sources: dict[str, str]) -> list[str]:
+    """What is wrong between the **Gap** paragraphs of `text` and the tests in `sources` ({"tests/x.py": source})."""
+    problems, cited = [], set()
+    for paragraph in gap_paragraphs(text):
+        head = " ".join(paragraph.split())[:70]
+        tests = CITED_TEST_RE.findall(paragraph)
+        if not tests:
+            problems.append(f"a Gap names no test of what is missing: {head!r}")
+        for path, name in tests:
+            cited.add((path, name))
+            where = f"{path}::{name}"
+            if not GAP_TEST_NAME.fullmatch(name):
+                problems.append(f"{where}, named by a Gap, is not named test_<tags>_gap_<what>")
+            kind = _xfail_kind(sources[path], name) if path in sources else "missing"
+            if kind == "missing":
+                problems.append(f"{where}, named by a Gap, does not exist")
+            elif kind != "strict":
+                problems.append(f"{where}, named by a Gap, is not marked xfail(strict=True, reason=...)")
+    for path, source in sorted(sources.items()):
+        problems += [f"{path}::{name} is named after a gap but no Gap in docs/SAFETY.md names it"
+                     for name in _gap_tests(source) if (path, name) not in cited]
+    return problems
+
+
+def _test_sources() -> dict[str, str]:
+    return {path.relative_to(ROOT).as_posix(): path.read_text() for path in sorted((ROOT / "tests").rglob("test_*.py"))}
+
+
+def test_architecture_every_gap_is_a_strict_xfail_test_and_every_gap_test_is_a_gap():
+    text = SAFETY_DOC.read_text()
+    assert len(gap_paragraphs(text)) == text.count("**Gap**:") >= 1  # the pattern finds every paragraph
+    problems = gap_problems(text, _test_sources())
+    assert problems == [], "docs/SAFETY.md and the gap tests disagree: " + "; ".join(problems)
+
+
+GAP_TEST_SOURCE = '''
+import pytest
+
+@pytest.mark.xfail(strict=True, reason="S1 gap: x")
+def TEST_s1_gap_strict():
+    assert False
+
+@pytest.mark.xfail(reason="S1 gap: x")
+def TEST_s1_gap_loose():
+    assert False
+
+@pytest.mark.xfail(strict=True)
+def TEST_s1_gap_no_reason():
+    assert False
+
+def TEST_s1_gap_unmarked():
+    assert False
+
+@pytest.mark.xfail(strict=True, reason="x")
+def TEST_s1_strict_but_not_named_a_gap():
+    assert False
+'''.replace("def TEST_", "def test_")  # so that the tag scans of this file skip it
+
+
+@pytest.mark.parametrize("paragraph, wrong", [
+    ("**Gap**: all is well. Shown by `tests/t.py::test_s1_gap_strict`.", None),
+    ("**Gap**: nothing proves it.", "names no test"),
+    ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_unmarked`.", "is not marked xfail(strict=True"),
+    ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_loose`.", "is not marked xfail(strict=True"),
+    ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_no_reason`.", "is not marked xfail(strict=True"),
+    ("**Gap**: x. Shown by\n`tests/t.py::test_s1_gap_gone`.", "does not exist"),
+    ("**Gap**: x. Shown by `tests/other.py::test_s1_gap_strict`.", "does not exist"),
+    ("**Gap**: x. Shown by `tests/t.py::test_s1_strict_but_not_named_a_gap`.", "is not named test_<tags>_gap_<what>"),
+])
+def test_architecture_gap_check_fails_a_gap_without_a_strict_xfail_test(paragraph, wrong):
+    problems = gap_problems(f"### S1 x\n\n{paragraph}\n\nMore text.\n", {"tests/t.py": GAP_TEST_SOURCE})
+    problems = [p for p in problems if not p.endswith("names it")]  # the uncited gap tests: the next test
+    if wrong is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and wrong in problems[0], problems
+
+
+def test_architecture_gap_check_fails_a_gap_test_no_gap_names():
+    problems = gap_problems("**Gap**: x. Shown by `tests/t.py::test_s1_gap_strict`.\n", {"tests/t.py": GAP_TEST_SOURCE})
+    assert "tests/t.py::test_s1_gap_loose is named after a gap but no Gap in docs/SAFETY.md names it" in problems
+    assert not any("test_s1_gap_strict" in p for p in problems)
+
+
+# ---- the README's layout ------------------------------------------------------------------
+LAYOUT_PACKAGES = ("lampctl", "web", "firmware_bridge")  # whose every module the layout names
+IDENT_RE = re.compile(r"[a-z_][a-z0-9_]*")
+# A file by its extension, or a folder by its trailing slash (`tests/mpvm/`); not "I/O" or "pass/fail".
+FILE_TOKEN_RE = re.compile(r"[\w./-]*\w\.(?:py|md|txt|toml|svg|sh|json)\b|\b[a-z][\w-]*(?:/[\w-]+)*/(?![\w-])")
+
+
+def layout_block(readme: str) -> str:
+    """The code block under the README's "## Layout" heading."""
+    section = readme.split("\n## Layout", 1)[1].split("\n## ", 1)[0]
+    return section.split("```", 2)[1].split("\n", 1)[1]
+
+
+def layout_entries(block: str) -> dict[str, str]:
+    """{top-level entry ("lampctl/", "config.toml"): its text, the lines below it included}."""
+    entries: dict[str, str] = {}
+    name = None
+    for line in block.splitlines():
+        if line[:1].strip():
+            name, _, rest = line.partition(" ")
+            entries[name] = rest
+        elif name is not None:
+            entries[name] += "\n" + line
+    return entries
+
+
+def _without_parentheses(text: str) -> str:
+    while re.search(r"\([^()]*\)", text):
+        text = re.sub(r"\([^()]*\)", "", text)
+    return text
+
+
+def _real_names(package: Path) -> set[str]:
+    """Every module (by its name) and folder under a package, at any depth."""
+    names = {p.stem for p in package.rglob("*.py")} | {p.name for p in package.rglob("*") if p.is_dir()}
+    return names - {"__init__", "__main__", "__pycache__"}
+
+
+def _ignored(root: Path, name: str) -> bool:
+    """Whether .gitignore leaves out a top-level folder (`var/`, `*.egg-info/`)."""
+    ignore = root / ".gitignore"
+    patterns = [line.strip().strip("/") for line in (ignore.read_text().splitlines() if ignore.is_file() else [])]
+    return any(pattern and "/" not in pattern and fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def layout_problems(block: str, root: Path, packages: tuple[str, ...] = LAYOUT_PACKAGES) -> list[str]:
+    """What the layout names that is not in `root`, and the folders and modules of `root` it leaves out."""
+    entries = layout_entries(block)
+    problems = [f"{name} is in the layout but not in the repository" for name in entries if not (root / name).exists()]
+    for name, text in entries.items():
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        problems += [f"{name}: {token} does not exist" for token in FILE_TOKEN_RE.findall(text)
+                     if not (folder / token).exists() and not (root / token).exists() and not list(folder.rglob(token))]
+        if name.strip("/") in packages:
+            real = _real_names(folder)
+            listed = [item.strip() for line in text.splitlines() if not line.rstrip().endswith(":")
+                      for item in _without_parentheses(line).split(",")]
+            problems += [f"{name}: {item} is not a module or folder of it" for item in listed
+                         if IDENT_RE.fullmatch(item) and item not in real]
+            words = set(IDENT_RE.findall(text))
+            problems += [f"{name}{module} is left out of the layout" for module in sorted(real - words)
+                         if (folder / f"{module}.py").is_file() or list(folder.rglob(f"{module}.py"))
+                         or (folder / module / "__init__.py").is_file()]
+    folders = sorted(p.name for p in root.iterdir()
+                     if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and not _ignored(root, p.name))
+    problems += [f"{folder}/ is left out of the layout" for folder in folders if f"{folder}/" not in entries]
+    return problems
+
+
+def test_architecture_readme_layout_names_every_folder_and_module_and_nothing_else():
+    problems = layout_problems(layout_block((ROOT / "README.md").read_text()), ROOT)
+    assert problems == [], "the README's layout and the tree differ: " + "; ".join(problems)
+
+
+def test_architecture_layout_check_sees_what_is_missing_and_what_is_made_up(tmp_path):
+    for path in ("pkg/__init__.py", "pkg/alpha.py", "pkg/beta.py", "pkg/sub/__init__.py", "pkg/sub/gamma.py",
+                 "docs/guide.md", "extra/x.txt", "var/data.db"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("")
+    (tmp_path / "x.egg-info").mkdir()
+    (tmp_path / ".gitignore").write_text("var/\n*.egg-info/\n")
+    block = ("pkg/          the code, by concern:\n"
+             "                alpha (the first), sub: gamma, delta\n"
+             "docs/         guide.md and missing.md, not I/O nor pass/fail\n"
+             "gone.toml     a file that is not there\n")
+    problems = layout_problems(block, tmp_path, packages=("pkg",))
+    assert sorted(problems) == sorted([
+        "gone.toml is in the layout but not in the repository",
+        "docs/: missing.md does not exist",
+        "pkg/: delta is not a module or folder of it",
+        "pkg/beta is left out of the layout",
+        "extra/ is left out of the layout",
+    ])

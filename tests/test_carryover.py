@@ -169,6 +169,56 @@ def test_s4_s13_interrupted_record_ends_at_its_progress_mark_after_a_forward_ste
     assert datetime.fromisoformat(row["ended_at"]) - datetime.fromisoformat(row["started_at"]) == timedelta(seconds=30)
 
 
+@pytest.mark.xfail(strict=True, reason="S13 gap: a session killed before its first progress mark is saved "
+                   "ends at the last alive stamp, on the wall clock")
+def test_s13_gap_session_killed_before_its_first_progress_mark_ends_at_what_it_ran(cfg, relays, clock):
+    step = [timedelta(0)]
+    log = UsageLog(cfg.service.database, wall=lambda: clock.wall() + step[0], alive_every_s=0.02)
+    log.start()
+    ctl = SessionController(cfg.lamps, relays, clock, log)
+    sid, _ = ctl.start("room1", 600, "ann")
+    clock.advance(1)  # one second on, no tick yet: no progress mark in memory
+    step[0] = timedelta(hours=1)  # NTP steps the wall clock forward, then the service dies
+
+    def alive_after_the_step():
+        conn = connect(cfg.service.database)
+        try:
+            alive = conn.execute("SELECT at FROM alive").fetchone()
+            started = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone()
+        finally:
+            conn.close()
+        return started and alive and datetime.fromisoformat(alive[0]) > datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+
+    wait_until(alive_after_the_step, 10, "the session on disk and an alive stamp after the step")
+    log.close()  # a crash: the session is still open on disk
+    after = UsageLog(cfg.service.database)
+    assert after.recover_interrupted() == [sid]
+    row = after.sessions()[0]
+    assert row["end_reason"] == "interrupted" and row["actual_s"] <= 1
+
+
+@pytest.mark.xfail(strict=True, reason="S20 gap: a restore brings back the backup's sessions, so the cooldown of a "
+                   "session after the backup is not kept")
+def test_s20_gap_restore_keeps_the_cooldown_of_a_session_ended_after_the_backup(cfg, relays, clock, usage_log,
+                                                                                tmp_path):
+    from lampctl.tools.backup import backup_database, restore_database
+
+    backup = backup_database(cfg.service.database, tmp_path / "backups", keep=5).path
+    ctl = SessionController(cfg.lamps, relays, clock, usage_log)  # room2: cooldown_s = 60
+    ctl.start("room2", 120, "ann")
+    clock.advance(120)
+    ctl.tick()
+    clock.advance(20)
+    assert ctl.lamp("room2").state == "cooldown"
+    assert usage_log.flush(5)
+    usage_log.close()
+    restore_database(cfg.service.database, backup)
+    log = UsageLog(cfg.service.database, wall=clock.wall)
+    again = restarted(cfg, relays, clock, log)
+    view = again.lamp("room2")
+    assert view.state == "cooldown" and view.cooldown_remaining_s == 40
+
+
 def test_s18_session_records_a_new_patient_declared_inside_the_rest_window(controller, clock, usage_log):
     first, _ = controller.start("room1", 10 * 60, "ann", new_patient=True)  # no window yet: nothing declared
     clock.advance(10 * 60)

@@ -220,7 +220,9 @@ def test_deploy_serve_sends_ready_once_the_panel_answers_then_watchdog_pings(tmp
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_deploy_install_default_makes_a_venv_that_sees_system_packages(tmp_path):
-    proc = subprocess.run(["bash", str(INSTALL), "--root", str(tmp_path)], capture_output=True, text=True,
+    # Off a Pi the lock is refused (test_deploy_install_off_a_pi_...); the venv is the same.
+    unpinned = [] if os.uname().machine in PI_MACHINES else ["--unpinned"]
+    proc = subprocess.run(["bash", str(INSTALL), "--root", str(tmp_path), *unpinned], capture_output=True, text=True,
                           timeout=580, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-2000:]
     venv = tmp_path / "opt/lampctl"
@@ -229,6 +231,61 @@ def test_deploy_install_default_makes_a_venv_that_sees_system_packages(tmp_path)
     assert os.access(venv / "bin/mpremote", os.X_OK)        # for `lampctl firmware flash`
     help_text = subprocess.run([str(venv / "bin/lampctl"), "--help"], capture_output=True, text=True, timeout=60)
     assert help_text.returncode == 0 and "serve" in help_text.stdout
+
+
+PI_MACHINES = ("aarch64", "armv7l")
+LOCK = ROOT / "deploy" / "requirements-pi.txt"
+# A python that only records how it is called; `-m venv DIR` makes DIR/bin/python a copy of it.
+RECORDING_PYTHON = """#!/bin/bash
+echo "$*" >> "$PIP_LOG"
+if [ "$1" = -m ] && [ "$2" = venv ]; then
+    dir="${@: -1}"; mkdir -p "$dir/bin"; cp "$0" "$dir/bin/python"
+elif [ "$1" = -c ]; then
+    echo 0.1.0
+fi
+"""
+
+
+def _staged_install(tmp_path: Path, machine: str, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """install.sh --root with a venv, on a machine whose `uname -m` says `machine`; the calls of its python."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "uname").write_text(f"#!/bin/sh\n[ \"$1\" = -m ] && echo {machine} || exec /bin/uname \"$@\"\n")
+    (fake / "python3").write_text(RECORDING_PYTHON)
+    for tool in ("uname", "python3"):
+        (fake / tool).chmod(0o755)
+    log = tmp_path / "python-calls"
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PYTHON": str(fake / "python3"), "PIP_LOG": str(log)}
+    proc = subprocess.run(["bash", str(INSTALL), "--root", str(tmp_path / "root"), *args], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
+    return proc, log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("machine", PI_MACHINES)
+def test_deploy_install_on_a_pi_installs_the_hashed_lock_then_lampctl_without_dependencies(tmp_path, machine):
+    proc, calls = _staged_install(tmp_path, machine)
+    assert proc.returncode == 0, proc.stderr
+    pip = [call.split() for call in calls if call.startswith("-m pip install")]
+    assert len(pip) == 2, calls
+    lock, project = pip
+    assert "--require-hashes" in lock and "--no-deps" in lock and lock[lock.index("-r") + 1] == str(LOCK)
+    assert project[-1] == str(ROOT) and "--no-deps" in project and "--no-build-isolation" in project
+    assert not any("mpremote" in word for call in pip for word in call), "mpremote comes from the lock"
+
+
+def test_deploy_install_off_a_pi_refuses_the_lock_in_one_sentence_and_writes_nothing(tmp_path):
+    proc, calls = _staged_install(tmp_path, "x86_64")
+    assert proc.returncode == 2 and calls == [] and not (tmp_path / "root").exists()
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("install.sh: deploy/requirements-pi.txt is locked for a Raspberry Pi") and "--unpinned" in line
+
+
+def test_deploy_install_unpinned_installs_the_newest_allowed_versions_and_says_so(tmp_path):
+    proc, calls = _staged_install(tmp_path, "x86_64", "--unpinned")
+    assert proc.returncode == 0, proc.stderr
+    [pip] = [call.split() for call in calls if call.startswith("-m pip install")]
+    assert pip[-1] == f"{ROOT}[pico]" and "--require-hashes" not in pip
+    assert "--unpinned: installed the newest versions pyproject.toml allows" in proc.stdout
 
 
 def test_s1_maintenance_commands_import_nothing_slow():

@@ -14,6 +14,7 @@ import pytest
 from gpiozero import DigitalOutputDevice
 from gpiozero.exc import GPIOPinInUse
 from gpiozero.pins.mock import MockFactory, MockPin
+from packaging.specifiers import SpecifierSet
 
 from lampctl.devices import hardware
 from lampctl.devices.hardware import BEEP_PATTERNS, PinFactoryError, RelayBank, make_pin_factory
@@ -368,7 +369,7 @@ def test_hardware_pin_factory_that_cannot_start_is_one_sentence(mocker):
 # ---- the Pi install: gpiozero's lgpio factory and everything else, locked with hashes -----
 LOCK = Path(__file__).resolve().parent.parent / "deploy" / "requirements-pi.txt"
 LOCK_COMMAND = (
-    "uv pip compile pyproject.toml --extra pi --python-version 3.11 "
+    "uv pip compile pyproject.toml --extra pi --extra pico --python-version 3.11 "
     "--python-platform aarch64-unknown-linux-gnu --generate-hashes -o deploy/requirements-pi.txt"
 )
 
@@ -377,22 +378,19 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _release(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.match(r"\d+(?:\.\d+)*", version).group().split("."))
-
-
 def test_hardware_pi_lock_pins_every_runtime_dependency_with_a_hash():
     project = tomllib.loads((LOCK.parent.parent / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["pi"]
+    # Everything deploy/install.sh installs: the runtime, lgpio and mpremote for the Pico.
+    wanted = project["dependencies"] + project["optional-dependencies"]["pi"] + project["optional-dependencies"]["pico"]
     lock = LOCK.read_text()
     assert LOCK_COMMAND in lock, f"regenerate the lock with: {LOCK_COMMAND}"
     pin_re = r"^([A-Za-z0-9_.-]+)==(\S+)((?: \\\n    --hash=sha256:[0-9a-f]{64})+)$"
     pinned = {_canonical(m[1]): (m[2], m[3].count("--hash=")) for m in re.finditer(pin_re, lock, re.M)}
     assert len(pinned) == len(re.findall(r"^\S+==", lock, re.M)), "every pinned line carries its hashes"
-    assert "lgpio" in pinned and len(pinned) > len(wanted)  # the extra and the transitive dependencies
+    assert {"lgpio", "mpremote"} <= set(pinned) and len(pinned) > len(wanted)  # the extras and the transitive ones
     for requirement in wanted:
         name = re.match(r"[A-Za-z0-9_.-]+", requirement).group()
         assert _canonical(name) in pinned, f"{name} is not in {LOCK.name}; regenerate it: {LOCK_COMMAND}"
         version, hashes = pinned[_canonical(name)]
-        minimum = re.search(r">=\s*([\d.]+)", requirement)
-        assert hashes and (not minimum or _release(version) >= _release(minimum[1])), f"{version} vs {requirement}"
+        allowed = SpecifierSet(requirement[len(name):].split(";")[0].strip())
+        assert hashes and allowed.contains(version, prereleases=True), f"the lock's {version} is outside {requirement}"

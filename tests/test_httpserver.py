@@ -351,3 +351,32 @@ def test_httpserver_refuses_an_oversized_head_with_a_sentence(live):
         status, _, body = _reply(sock)
     assert status == 431
     assert body == b"The request's headers are larger than 32 KB, the most the service accepts.\n"
+
+
+def _pipelined_reply(replies) -> int:
+    """The status of the next reply on a connection carrying several, its body read past."""
+    status = int(replies.readline().split()[1])
+    length = 0
+    while (line := replies.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    replies.read(length)
+    return status
+
+
+@pytest.mark.xfail(strict=True, reason="S10 gap: there is no rate limit per client")
+def test_s10_gap_one_client_flooding_complete_requests_is_refused_while_another_is_served(live):
+    svc, _ = live
+    flood = 300
+    flooding = _raw_request(svc.port, b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n" * flood, timeout=60)
+    with flooding as sock, sock.makefile("rb") as replies:
+        statuses = [_pipelined_reply(replies) for _ in range(flood)]
+    other = socket.socket()
+    other.settimeout(20)
+    other.bind(("127.0.0.2", 0))  # another client (the flood came from 127.0.0.1)
+    other.connect(("127.0.0.1", svc.port))
+    with other:
+        other.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _reply(other)[0] == 200
+    assert 429 in statuses, f"{flood} requests in a row from one client, answered {sorted(set(statuses))}"

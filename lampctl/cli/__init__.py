@@ -41,7 +41,8 @@ def _add_main_commands(sub) -> None:
     p = command(sub, "serve", cmd_serve, help="run the service: relays, timers, log, web panel and API")
     cli_args.add_config(p)
     p.add_argument("--simulate", action="store_true",
-                   help="use simulated GPIO (gpiozero's mock pins) whatever the config says")
+                   help="use gpiozero's mock pins whatever the config says, and with a [firmware] table "
+                        "a simulated microcontroller instead of firmware.port")
 
     p = command(sub, "check-config", cmd_check_config, help="validate the config without touching hardware")
     p.add_argument("--simulate", action="store_true",

@@ -110,7 +110,7 @@ def _add_backup(sub) -> None:
     p.add_argument("backup", metavar="BACKUP", help="a file made by lampctl backup")
     add_config(p)
     most = backup.PRUNE_MOST_DAYS
-    p = command(sub, "prune-events", run_prune, help="delete audit events older than DAYS (sessions are kept)",
+    p = command(sub, "prune-events", run_prune, help="delete audit events older than DAYS (sessions too with --sessions)",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--older-than", type=duration("days", (most * 86400, str(most))), required=True, metavar="DAYS",
                    help=f"age in days of the oldest event to keep (at most {most})")

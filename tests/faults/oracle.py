@@ -162,8 +162,8 @@ class Oracle:
             self.fail(f"S2: life {life} session {row['id']} relay on {ran:.3f} s, planned {row['planned_s']} s")
         claim = ran + RECORD_SLACK_S
         if row["end_reason"] == "interrupted" and life in self.stepped:
-            # Known limit (docs/faults.md): recovery bounds an interrupted session by the last
-            # "alive" mark in wall time, so a forward step can stretch it up to its plan.
+            # Known limit (docs/faults.md, the S13 gap): a session killed before its first progress
+            # mark ends at the last "alive" stamp in wall time, so a forward step can stretch it up to its plan.
             claim = max(claim, row["planned_s"] + 1e-6)
         if row["actual_s"] is not None and row["actual_s"] > claim:
             self.fail(f"S13: session {row['id']} records {row['actual_s']} s, its relay was on {ran:.3f} s")
