@@ -16,16 +16,17 @@ from lampctl.core.lamp import Carried, Lamp, LampState, LampView, Session, fmt_m
 from lampctl.core.listeners import Listeners
 from lampctl.core.ports import Backstop, Clock, Hardware
 from lampctl.core.safety import s3_allows, s7_arm_holds, s7_backstop_ms, s19_overtaken
-from lampctl.core.scheduler import SchedulerThread
 
 __all__ = ["SessionController", "Refused", "UnknownLamp", "BadDuration", "Unavailable", "LampView", "LampState"]
 
 log = logging.getLogger(__name__)
 
 FEEDBACK_POLL_S = 0.1
+# The scheduler wakes at least this often so its liveness can be watched.
+MAX_IDLE_S = 1.0
 
 
-class SessionController(SchedulerThread):
+class SessionController:
     """Starts, extends and ends timed sessions; every path that ends one turns the relay off first."""
 
     def __init__(self, lamps: Sequence[LampConfig], hardware: Hardware, clock: Clock, usage_log,
@@ -566,3 +567,37 @@ class SessionController(SchedulerThread):
                 if poll:
                     nxt = min(nxt, now + FEEDBACK_POLL_S) if nxt is not None else now + FEEDBACK_POLL_S
             return nxt
+
+    def start_scheduler(self) -> threading.Thread:
+        """Start the one thread that waits on the lock's condition for the earliest deadline and runs tick()."""
+        self._scheduler = threading.Thread(target=self._run_scheduler, name="lamp-scheduler", daemon=True)
+        self._scheduler.start()
+        return self._scheduler
+
+    def stop_scheduler(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._scheduler is not None and self._scheduler is not threading.current_thread():
+            self._scheduler.join(5)
+
+    @property
+    def scheduler_alive(self) -> bool:
+        return self._scheduler is not None and self._scheduler.is_alive()
+
+    def _run_scheduler(self) -> None:
+        """The scheduler's loop: tick() at each deadline, and a fault latched if it dies (S6)."""
+        try:
+            with self._cond:
+                while not self._stopping:
+                    nxt = self.tick()
+                    if self._alerts.sound_unlocked(self._cond):  # S10: the lock is free meanwhile; look again
+                        continue
+                    now = self._clock.monotonic()
+                    limit = now + MAX_IDLE_S
+                    self._clock.wait(self._cond, max(0.0, min(nxt or limit, limit) - now))
+        except BaseException as exc:
+            # S6: a dead scheduler could miss a deadline, so nothing may stay on.
+            self.fault(f"scheduler died: {type(exc).__name__}: {exc}")
+            self._alerts.sound()  # this thread's own fault(): the decorator leaves sounding to it
+            raise
