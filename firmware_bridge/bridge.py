@@ -18,7 +18,7 @@ import time
 import serial
 
 from firmware_bridge import protocol
-from firmware_bridge.errors import REFUSALS, FirmwareError, FirmwareTimeout, LinkFailure, Waiter, check_hello, sentence
+from firmware_bridge.errors import REFUSALS, FirmwareError, FirmwareTimeout, LinkFailure, sentence
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,42 @@ BACKOFF_MAX_S = 2.0
 READ_TIMEOUT_S = 0.02       # how long the link thread blocks in read() before checking its timers
 JOIN_TIMEOUT_S = 5.0
 WRITE_GAPS_KEPT = 64        # recent host silences longer than the watchdog (each one cut every lamp)
+
+
+class Waiter:
+    """One caller waiting for the reply to its seq."""
+
+    __slots__ = ("word", "event", "reply", "error")
+
+    def __init__(self, word):
+        self.word = word
+        self.event = threading.Event()
+        self.reply = None
+        self.error = None
+
+
+def check_hello(args, url, lamp_count, watchdog_s, heartbeat_s):
+    """The fields of a HELLO reply, or LinkFailure when this host must not use that firmware."""
+    try:
+        info = protocol.parse_hello(args)
+    except protocol.FrameError:
+        raise LinkFailure("The firmware on %s sent a HELLO reply that could not be read: %r."
+                          % (url, " ".join(args))) from None
+    if info["protocol"] != protocol.PROTOCOL_VERSION:
+        raise LinkFailure("The firmware on %s speaks protocol %d; this host speaks %d."
+                          % (url, info["protocol"], protocol.PROTOCOL_VERSION))
+    if info["lamps"] < lamp_count:
+        raise LinkFailure("The firmware on %s drives %d lamps but %d are configured."
+                          % (url, info["lamps"], lamp_count))
+    firmware_s = info["watchdog_ms"] / 1000
+    if firmware_s > watchdog_s + 0.0005:
+        raise LinkFailure("The firmware on %s cuts after %g s of silence, longer than the "
+                          "configured watchdog of %g s." % (url, firmware_s, watchdog_s))
+    if firmware_s <= 2 * heartbeat_s:
+        raise LinkFailure("The firmware on %s cuts after %g s of silence, too short for "
+                          "heartbeats every %g s." % (url, firmware_s, heartbeat_s))
+    return info
+
 
 class FirmwareLink:
     """Commands, heartbeats and link state for one firmware on one serial URL."""
@@ -61,7 +97,7 @@ class FirmwareLink:
         self._state_changed = threading.Condition(self._state_lock)
         self._port = None           # the port, only while the link is up
         self._seq = 0
-        self._pending = {}          # seq -> _Waiter
+        self._pending = {}          # seq -> Waiter
         self._up = False
         self._reason = "The firmware link has not been started."
         self._reported_up = None
