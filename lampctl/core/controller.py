@@ -14,7 +14,7 @@ from lampctl.core.alerts import Alerts, next_due, sounding
 from lampctl.core.errors import BadDuration, Refused, Unavailable, UnknownLamp, backstop_refusal, check_seconds
 from lampctl.core.lamp import Carried, Lamp, LampState, LampView, Session, fmt_min, fmt_s, make_view
 from lampctl.core.listeners import Listeners
-from lampctl.core.ports import Backstop, Clock, Hardware
+from lampctl.core.ports import Backstop, Clock, Hardware, UsageRecords
 from lampctl.core.safety import s3_allows, s7_arm_holds, s7_backstop_ms, s19_overtaken
 
 __all__ = ["SessionController", "Refused", "UnknownLamp", "BadDuration", "Unavailable", "LampView", "LampState"]
@@ -29,9 +29,9 @@ MAX_IDLE_S = 1.0
 class SessionController:
     """Starts, extends and ends timed sessions; every path that ends one turns the relay off first."""
 
-    def __init__(self, lamps: Sequence[LampConfig], hardware: Hardware, clock: Clock, usage_log,
+    def __init__(self, lamps: Sequence[LampConfig], hardware: Hardware, clock: Clock, usage_log: UsageRecords,
                  backstop: Backstop | None = None, *, latched: dict[str, str] | None = None,
-                 carried: dict[str, Carried] | None = None):
+                 carried: dict[str, Carried] | None = None) -> None:
         self._lamps = [Lamp(cfg, i) for i, cfg in enumerate(lamps)]
         self._by_id = {lamp.cfg.id: lamp for lamp in self._lamps}
         self._hw = hardware
@@ -136,6 +136,7 @@ class SessionController:
             return now
         self.drop_arrival(lamp.cfg.id, arrived)
         if s19_overtaken(arrived, lamp.stopped_at):
+            assert lamp.stopped_at is not None  # only a Stop overtakes
             later = fmt_s(round(lamp.stopped_at - arrived, 3))
             raise Refused(f"{lamp.cfg.name} was not {action}: a Stop of it arrived {later} after this request, "
                           "and a Stop cancels every start or extension that came before it.", "cancelled")
@@ -186,7 +187,7 @@ class SessionController:
         with self._cond:
             lamp.starting = False
             if error is None and self._backstop is not None:
-                error = self._arm_lapsed(lamp, sent, ms)
+                error = self._arm_lapsed(self._backstop, lamp, sent, ms)
             if error is not None or lamp.epoch != epoch or lamp.state is not LampState.OFF:
                 # S12: whatever refuses the session, the firmware's last word is OFF (queued
                 # after this ARM even if it is still on its way).
@@ -196,10 +197,10 @@ class SessionController:
                 raise Refused(f"{lamp.cfg.name} was not started: it was stopped or faulted meanwhile.", "cancelled")
             return self._begin(lamp, seconds, user, prior, continues, declared)
 
-    def _arm_lapsed(self, lamp: Lamp, sent: float, ms: int) -> Exception | None:
+    def _arm_lapsed(self, backstop: Backstop, lamp: Lamp, sent: float, ms: int) -> Exception | None:
         """S7: the refusal when the ARM confirmed for this start may no longer hold (checked under the lock)."""
         try:
-            cut = self._backstop.cut_at(lamp.index, sent)
+            cut = backstop.cut_at(lamp.index, sent)
         except Exception as exc:
             return exc
         if s7_arm_holds(self._clock.monotonic(), sent, ms, cut):
@@ -209,7 +210,7 @@ class SessionController:
                            "try again")
 
     def _begin(self, lamp: Lamp, seconds: float, user: str, prior: float, continues: int | None,
-               new_patient: bool = False):
+               new_patient: bool = False) -> tuple[int, LampView]:
         now, wall = self._clock.monotonic(), self._clock.wall()
         session_id = self._log.new_session_id()
         try:
@@ -461,7 +462,7 @@ class SessionController:
         now = self._clock.monotonic()
         for lamp in self._lamps:
             lamp.epoch += 1
-            if lamp.state is LampState.ON and now >= lamp.session.deadline:
+            if lamp.state is LampState.ON and now >= lamp.running.deadline:
                 # Its time was up before this came (a late scheduler, a frozen process): it
                 # ended as the scheduler would have ended it, whichever got the lock first.
                 self._end(lamp, "completed", "system", "time up", now, latch=latch)
@@ -489,7 +490,7 @@ class SessionController:
 
     def _end(self, lamp: Lamp, reason: str, who: str, why: str, now: float, latch: bool = False) -> None:
         """End the running session: relay OFF first, then the records (S13: monotonic durations)."""
-        session = lamp.session
+        session = lamp.running
         relay_error = None
         try:
             self._hw.set(lamp.index, False)
@@ -549,15 +550,15 @@ class SessionController:
             self.last_tick = now
             nxt: float | None = None
             for lamp in self._lamps:
-                if lamp.state is LampState.ON and now >= lamp.session.deadline:
+                if lamp.state is LampState.ON and now >= lamp.running.deadline:
                     self._end(lamp, "completed", "system", "time up", now)
                 if lamp.state is LampState.COOLDOWN and now >= lamp.cooldown_until:
                     self._set_state(lamp, LampState.OFF, "system", "cooldown over")
                 if lamp.state is LampState.ON:
                     # S4/S13: the monotonic time run so far, kept in memory; the writer saves the newest.
-                    self._log.session_progress(lamp.session.id, now - lamp.session.started_mono)
-                    self._alerts.warn_if_due(lamp.index, lamp.session, now)
-                    nxt = next_due(lamp.session) if nxt is None else min(nxt, next_due(lamp.session))
+                    self._log.session_progress(lamp.running.id, now - lamp.running.started_mono)
+                    self._alerts.warn_if_due(lamp.index, lamp.running, now)
+                    nxt = next_due(lamp.running) if nxt is None else min(nxt, next_due(lamp.running))
                 elif lamp.state is LampState.COOLDOWN:
                     nxt = lamp.cooldown_until if nxt is None else min(nxt, lamp.cooldown_until)
                 poll, fault = lamp.check_feedback(self._hw.feedback_on(lamp.index), now)

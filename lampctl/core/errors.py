@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from lampctl.core.safety import is_duration
 
@@ -29,12 +31,12 @@ class Unavailable(Refused):
     code = "firmware-unavailable"
 
 
-def check_seconds(seconds) -> float:
+def check_seconds(seconds: object) -> float:
     """A requested duration as float seconds, or BadDuration with one sentence (the controller's own guard)."""
     return duration_from({"seconds": seconds})
 
 
-def duration_from(body: dict) -> float:
+def duration_from(body: Mapping[str, Any]) -> float:
     """Seconds from {"minutes": n} or {"seconds": n}: the one rule for a duration a request asks for (API, MQTT)."""
     keys = [k for k in ("minutes", "seconds") if k in body]
     if len(keys) != 1:
