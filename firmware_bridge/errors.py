@@ -1,4 +1,5 @@
 """What ends or refuses on the firmware link: refusals as sentences, the link's exceptions."""
+from __future__ import annotations
 
 from firmware_bridge import protocol
 
@@ -24,6 +25,6 @@ class LinkFailure(Exception):
     """Ends one connection; the message is the sentence reported to on_link_change."""
 
 
-def sentence(text):
+def sentence(text: str) -> str:
     text = text.rstrip(".")
     return text[:1].upper() + text[1:] + "."
