@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 from flask import Blueprint, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext
@@ -251,7 +252,7 @@ def _ask(question: dict):
     if wants_json():
         html = render_template("_ask.html", ask=question)
         return jsonify(ok=False, ask=question, ask_html=html, message="", **state()), 200
-    step = {"step": "new"} if question["step"] == "new" else {}
+    step: dict[str, Any] = {"step": "new"} if question["step"] == "new" else {}
     return redirect(url_for("panel.panel", ask=question["lamp"], minutes=f"{question['minutes']:g}", **step),
                     code=303)
 
