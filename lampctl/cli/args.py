@@ -33,7 +33,7 @@ def positive(text: str) -> float:
         value = float(text)
     except ValueError:
         value = None
-    if not is_duration(value):
+    if value is None or not is_duration(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number greater than 0")
     return value
 
