@@ -10,15 +10,19 @@ A reconnect always turns every lamp off: HELLO resets the firmware.  So a
 caller must treat "link down" as "whatever was on is off now or soon".
 """
 
+from __future__ import annotations
+
 import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 import serial
 
 from firmware_bridge import protocol
-from firmware_bridge.errors import REFUSALS, FirmwareError, FirmwareTimeout, LinkFailure, Waiter, check_hello, sentence
+from firmware_bridge.errors import REFUSALS, FirmwareError, FirmwareTimeout, LinkFailure, sentence
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +32,70 @@ READ_TIMEOUT_S = 0.02       # how long the link thread blocks in read() before c
 JOIN_TIMEOUT_S = 5.0
 WRITE_GAPS_KEPT = 64        # recent host silences longer than the watchdog (each one cut every lamp)
 
+
+class Port(Protocol):
+    """What the link uses of a pyserial port (a test hands in its own)."""
+
+    write_timeout: float | None
+
+    @property
+    def in_waiting(self) -> int: ...
+    def read(self, size: int = 1, /) -> bytes: ...
+    def write(self, data: bytes, /) -> int | None: ...
+    def close(self) -> None: ...
+
+
+class Waiter:
+    """One caller waiting for the reply to its seq."""
+
+    __slots__ = ("word", "event", "reply", "error")
+
+    def __init__(self, word: str) -> None:
+        self.word = word
+        self.event = threading.Event()
+        self.reply: protocol.Reply | None = None
+        self.error: FirmwareError | None = None
+
+    def outcome(self) -> protocol.Reply:
+        """Once `event` is set: the reply, or what ended the wait (the link went down) raised."""
+        if self.error is not None:
+            raise self.error
+        if self.reply is None:
+            raise RuntimeError("the wait for %s ended with neither a reply nor an error" % self.word)
+        return self.reply
+
+
+def check_hello(args: tuple[str, ...], url: str, lamp_count: int, watchdog_s: float,
+                heartbeat_s: float) -> protocol.Hello:
+    """The fields of a HELLO reply, or LinkFailure when this host must not use that firmware."""
+    try:
+        info = protocol.parse_hello(args)
+    except protocol.FrameError:
+        raise LinkFailure("The firmware on %s sent a HELLO reply that could not be read: %r."
+                          % (url, " ".join(args))) from None
+    if info["protocol"] != protocol.PROTOCOL_VERSION:
+        raise LinkFailure("The firmware on %s speaks protocol %d; this host speaks %d."
+                          % (url, info["protocol"], protocol.PROTOCOL_VERSION))
+    if info["lamps"] < lamp_count:
+        raise LinkFailure("The firmware on %s drives %d lamps but %d are configured."
+                          % (url, info["lamps"], lamp_count))
+    firmware_s = info["watchdog_ms"] / 1000
+    if firmware_s > watchdog_s + 0.0005:
+        raise LinkFailure("The firmware on %s cuts after %g s of silence, longer than the "
+                          "configured watchdog of %g s." % (url, firmware_s, watchdog_s))
+    if firmware_s <= 2 * heartbeat_s:
+        raise LinkFailure("The firmware on %s cuts after %g s of silence, too short for "
+                          "heartbeats every %g s." % (url, firmware_s, heartbeat_s))
+    return info
+
+
 class FirmwareLink:
     """Commands, heartbeats and link state for one firmware on one serial URL."""
 
-    def __init__(self, url, lamp_count, *, watchdog_s=3.0, heartbeat_s=1.0,
-                 reply_timeout_s=0.5, on_link_change=None,
-                 serial_for_url=serial.serial_for_url, clock=time.monotonic):
+    def __init__(self, url: str, lamp_count: int, *, watchdog_s: float = 3.0, heartbeat_s: float = 1.0,
+                 reply_timeout_s: float = 0.5, on_link_change: Callable[[bool, str], None] | None = None,
+                 serial_for_url: Callable[..., Port] = serial.serial_for_url,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not isinstance(lamp_count, int) or not 1 <= lamp_count <= protocol.MAX_LAMPS:
             raise ValueError("lamp_count must be 1..%d, got %r" % (protocol.MAX_LAMPS, lamp_count))
         if not 0 < heartbeat_s < watchdog_s / 2:
@@ -59,29 +121,29 @@ class FirmwareLink:
         # Guards the fields below; never held while writing or calling back.
         self._state_lock = threading.Lock()
         self._state_changed = threading.Condition(self._state_lock)
-        self._port = None           # the port, only while the link is up
+        self._port: Port | None = None      # the port, only while the link is up
         self._seq = 0
-        self._pending = {}          # seq -> _Waiter
+        self._pending: dict[int, Waiter] = {}
         self._up = False
         self._reason = "The firmware link has not been started."
-        self._reported_up = None
-        self._write_failure = None
-        self.info = None            # fields of the last HELLO reply
+        self._reported_up: bool | None = None
+        self._write_failure: str | None = None
+        self.info: protocol.Hello | None = None  # fields of the last HELLO reply
         # When the host last wrote a frame (monotonic), and (start, end) of every write
         # gap longer than watchdog_s: the firmware surely cut every lamp at start + watchdog_s.
         # Read without a lock by whoever asks when the firmware cut a lamp.
-        self.last_write = None
-        self.write_gaps = collections.deque(maxlen=WRITE_GAPS_KEPT)
+        self.last_write: float | None = None
+        self.write_gaps: collections.deque[tuple[float, float]] = collections.deque(maxlen=WRITE_GAPS_KEPT)
         # When the firmware was last heard (monotonic), None before the first HELLO; read
         # without a lock by the owner of on_link_change when the link is lost.
-        self.last_heard = None
+        self.last_heard: float | None = None
         self._stop = threading.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self):
+    def start(self) -> None:
         """Start the link thread (connect, HELLO, heartbeats); returns at once."""
         with self._state_lock:
             if self._closed:
@@ -92,22 +154,22 @@ class FirmwareLink:
                                             daemon=True)
         self._thread.start()
 
-    def wait_up(self, timeout):
+    def wait_up(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the link to be up; returns whether it is."""
         with self._state_changed:
             self._state_changed.wait_for(lambda: self._up or self._closed, timeout)
             return self._up
 
     @property
-    def up(self):
+    def up(self) -> bool:
         return self._up
 
     @property
-    def reason(self):
+    def reason(self) -> str:
         """One sentence on why the link is in its current state."""
         return self._reason
 
-    def close(self):
+    def close(self) -> None:
         """Best-effort OFFALL, then stop the link thread and close the port; idempotent.
 
         on_link_change is not called for this: the owner knows it closed the link.
@@ -133,7 +195,7 @@ class FirmwareLink:
 
     # -- commands -----------------------------------------------------------
 
-    def arm(self, lamp, ms):
+    def arm(self, lamp: int, ms: int) -> None:
         """Turn ``lamp`` on for at most ``ms``; raises FirmwareError or FirmwareTimeout."""
         self._check_lamp(lamp)
         if not isinstance(ms, int) or isinstance(ms, bool):
@@ -143,16 +205,16 @@ class FirmwareLink:
                                 % (lamp, ms, protocol.MAX_ARM_MS))
         self._command("ARM", lamp, ms)
 
-    def off(self, lamp):
+    def off(self, lamp: int) -> None:
         """Turn ``lamp`` off; raises FirmwareError or FirmwareTimeout."""
         self._check_lamp(lamp)
         self._command("OFF", lamp)
 
-    def off_all(self):
+    def off_all(self) -> None:
         """Turn every lamp off; raises FirmwareError or FirmwareTimeout."""
         self._command("OFFALL")
 
-    def status(self):
+    def status(self) -> list[protocol.LampStatus]:
         """Per lamp {"on": bool, "remaining_ms": int}, lamp 0 first."""
         args = self._command("STATUS")
         try:
@@ -164,14 +226,14 @@ class FirmwareLink:
                                 % (len(lamps), self.lamp_count))
         return lamps[:self.lamp_count]
 
-    def _check_lamp(self, lamp):
+    def _check_lamp(self, lamp: int) -> None:
         if not isinstance(lamp, int) or isinstance(lamp, bool):
             raise TypeError("lamp must be an int index, got %r" % (lamp,))
         if not 0 <= lamp < self.lamp_count:
             raise FirmwareError("Lamp %d does not exist on this firmware link; lamps are 0..%d."
                                 % (lamp, self.lamp_count - 1))
 
-    def _command(self, word, *args):
+    def _command(self, word: str, *args: int) -> tuple[str, ...]:
         if threading.current_thread() is self._thread:
             # The link thread is the one that reads replies: waiting here would deadlock.
             raise RuntimeError("FirmwareLink commands cannot be called from on_link_change")
@@ -187,16 +249,15 @@ class FirmwareLink:
             if not waiter.event.is_set():
                 raise FirmwareTimeout("The firmware did not answer %s within %g s."
                                       % (what, self.reply_timeout_s))
-        if waiter.error is not None:
-            raise waiter.error
-        reply = waiter.reply
+        reply = waiter.outcome()
         if reply.word == "ERR":
             token = reply.args[0]
             detail = REFUSALS.get(token, "the firmware rejected the frame (%s)" % token)
             raise FirmwareError("Firmware refused %s: %s." % (what, detail))
         return reply.args
 
-    def _send(self, port, word, args, want_reply):
+    def _send(self, port: Port | None, word: str, args: tuple[int, ...],
+              want_reply: bool) -> tuple[int, Waiter | None]:
         """Write one command with the next seq; returns (seq, waiter or None).
 
         ``port`` is given by the link thread during its handshake; callers pass
@@ -224,14 +285,14 @@ class FirmwareLink:
                                                % (word, self.url, err))) from err
         return seq, waiter
 
-    def _wrote(self):
+    def _wrote(self) -> None:
         now = self._clock()
         last = self.last_write
         if last is not None and now - last > self.watchdog_s:
             self.write_gaps.append((last, now))
         self.last_write = now
 
-    def silent_cut_at(self, since):
+    def silent_cut_at(self, since: float) -> float | None:
         """When the firmware's watchdog surely cut every lamp after ``since`` (monotonic), or None.
 
         From the host's own writes: a gap longer than watchdog_s that ended after
@@ -245,7 +306,7 @@ class FirmwareLink:
 
     # -- link thread --------------------------------------------------------
 
-    def _run(self):
+    def _run(self) -> None:
         backoff = BACKOFF_FIRST_S
         while not self._stop.is_set():
             try:
@@ -268,7 +329,7 @@ class FirmwareLink:
             self._stop.wait(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
-    def _serve(self, port):
+    def _serve(self, port: Port) -> None:
         """Handshake, then read replies and send heartbeats until the link fails or close()."""
         splitter = protocol.LineSplitter()
         info = self._greet(port, splitter)
@@ -283,7 +344,7 @@ class FirmwareLink:
                      % (info["firmware"], self.url, info["lamps"], info["watchdog_ms"] / 1000))
         self._heartbeats(port, splitter)
 
-    def _greet(self, port, splitter):
+    def _greet(self, port: Port, splitter: protocol.LineSplitter) -> protocol.Hello | None:
         """HELLO and its checks; the firmware's fields, or None when close() came first."""
         try:
             port.write_timeout = self.reply_timeout_s
@@ -296,6 +357,7 @@ class FirmwareLink:
             seq, waiter = self._send(port, "HELLO", (), want_reply=True)
         except (FirmwareError, serial.SerialException, OSError) as err:
             raise LinkFailure(sentence("Cannot greet the firmware on %s: %s" % (self.url, err))) from err
+        assert waiter is not None  # a reply asked for on a given port always has its waiter
         deadline = self._clock() + self.reply_timeout_s
         while not waiter.event.is_set():
             if self._stop.is_set():
@@ -304,16 +366,16 @@ class FirmwareLink:
                 raise LinkFailure("The firmware on %s did not answer HELLO within %g s."
                                   % (self.url, self.reply_timeout_s))
             self._pump(port, splitter)
-        reply = waiter.reply
+        reply = waiter.outcome()  # only this thread's _set_down sets an error, never while greeting
         if reply.word != "OK":
             raise LinkFailure("The firmware on %s refused HELLO (%s)." % (self.url, reply.args[0]))
         return check_hello(reply.args, self.url, self.lamp_count, self.watchdog_s, self.heartbeat_s)
 
-    def _heartbeats(self, port, splitter):
+    def _heartbeats(self, port: Port, splitter: protocol.LineSplitter) -> None:
         """Read replies and send a PING every heartbeat_s until the link fails or close()."""
         last_heard = self.last_heard = self._clock()
         next_beat = last_heard + self.heartbeat_s
-        beats = {}      # seq of an unanswered PING -> time sent
+        beats: dict[int, float] = {}      # seq of an unanswered PING -> time sent
         while not self._stop.is_set():
             for reply in self._pump(port, splitter):
                 last_heard = self.last_heard = self._clock()
@@ -339,7 +401,7 @@ class FirmwareLink:
                 for old in [s for s, sent in beats.items() if now - sent > self.watchdog_s]:
                     del beats[old]
 
-    def _pump(self, port, splitter):
+    def _pump(self, port: Port, splitter: protocol.LineSplitter) -> list[protocol.Reply]:
         """Read what has arrived (waiting at most READ_TIMEOUT_S), hand replies to waiters.
 
         Returns every valid reply frame, waited for or not.
@@ -371,7 +433,7 @@ class FirmwareLink:
                 waiter.event.set()
         return replies
 
-    def _set_down(self, reason, report=True):
+    def _set_down(self, reason: str, report: bool = True) -> None:
         with self._state_changed:
             self._up = False
             self._reason = reason
@@ -387,7 +449,7 @@ class FirmwareLink:
                                            % (waiter.word, reason[:1].lower() + reason[1:]))
             waiter.event.set()
 
-    def _report(self, up, reason):
+    def _report(self, up: bool, reason: str) -> None:
         with self._state_lock:
             self._reason = reason
             if self._reported_up is up:

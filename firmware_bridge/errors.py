@@ -1,6 +1,5 @@
-"""What ends or refuses on the firmware link: refusals as sentences, the link's exceptions, the HELLO checks."""
-
-import threading
+"""What ends or refuses on the firmware link: refusals as sentences, the link's exceptions."""
+from __future__ import annotations
 
 from firmware_bridge import protocol
 
@@ -26,41 +25,6 @@ class LinkFailure(Exception):
     """Ends one connection; the message is the sentence reported to on_link_change."""
 
 
-class Waiter:
-    """One caller waiting for the reply to its seq."""
-
-    __slots__ = ("word", "event", "reply", "error")
-
-    def __init__(self, word):
-        self.word = word
-        self.event = threading.Event()
-        self.reply = None
-        self.error = None
-
-
-def sentence(text):
+def sentence(text: str) -> str:
     text = text.rstrip(".")
     return text[:1].upper() + text[1:] + "."
-
-
-def check_hello(args, url, lamp_count, watchdog_s, heartbeat_s):
-    """The fields of a HELLO reply, or LinkFailure when this host must not use that firmware."""
-    try:
-        info = protocol.parse_hello(args)
-    except protocol.FrameError:
-        raise LinkFailure("The firmware on %s sent a HELLO reply that could not be read: %r."
-                          % (url, " ".join(args))) from None
-    if info["protocol"] != protocol.PROTOCOL_VERSION:
-        raise LinkFailure("The firmware on %s speaks protocol %d; this host speaks %d."
-                          % (url, info["protocol"], protocol.PROTOCOL_VERSION))
-    if info["lamps"] < lamp_count:
-        raise LinkFailure("The firmware on %s drives %d lamps but %d are configured."
-                          % (url, info["lamps"], lamp_count))
-    firmware_s = info["watchdog_ms"] / 1000
-    if firmware_s > watchdog_s + 0.0005:
-        raise LinkFailure("The firmware on %s cuts after %g s of silence, longer than the "
-                          "configured watchdog of %g s." % (url, firmware_s, watchdog_s))
-    if firmware_s <= 2 * heartbeat_s:
-        raise LinkFailure("The firmware on %s cuts after %g s of silence, too short for "
-                          "heartbeats every %g s." % (url, firmware_s, heartbeat_s))
-    return info

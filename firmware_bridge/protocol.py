@@ -1,9 +1,9 @@
 """Line frames between the host and the lamp firmware: pure encode/parse, no I/O.
 
 This module runs on CPython (host, simulator, tests) and on MicroPython (the
-Pico), so it sticks to the common subset: no dataclasses, no typing, no
-annotations, %-formatting, explicit character checks instead of int()'s
-lenient parsing.
+Pico), so it sticks to the common subset: no dataclasses, no typing at run
+time, no annotations (types are in ``# type:`` comments, for mypy), %-formatting,
+explicit character checks instead of int()'s lenient parsing.
 
 Wire format (ASCII, one frame per line)::
 
@@ -18,6 +18,16 @@ Wire format (ASCII, one frame per line)::
 * single spaces between fields; an optional ``\\r`` before ``\\n`` is dropped;
   a line is at most MAX_LINE bytes including the newline.
 """
+
+# True for type checkers only (mypy reads a module's TYPE_CHECKING as true): the board never imports typing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypedDict
+
+    # The fields of a HELLO reply, and one lamp of a STATUS reply.
+    Hello = TypedDict("Hello", {"protocol": int, "firmware": str, "lamps": int, "watchdog_ms": int,
+                                "max_arm_ms": int})
+    LampStatus = TypedDict("LampStatus", {"on": bool, "remaining_ms": int})
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 128          # bytes including "\n": bounds every buffer on both sides
@@ -68,6 +78,7 @@ class FrameError(ValueError):
     """
 
     def __init__(self, reason, seq=0):
+        # type: (str, int) -> None
         # super(), not ValueError.__init__(self, ...): MicroPython's built-in
         # exception types have no __init__ attribute, so that call raises
         # AttributeError on the board and the first bad frame would end the loop.
@@ -79,29 +90,47 @@ class FrameError(ValueError):
 class Frame:
     """A parsed frame: ``seq``, ``word`` (command or OK/ERR) and ``args`` (tuple).
 
-    Command args are ints; reply args are str tokens.
+    Command args are ints (a Command); reply args are str tokens (a Reply).
     """
 
     def __init__(self, seq, word, args=()):
+        # type: (int, str, list[int] | list[str] | tuple[int | str, ...]) -> None
         self.seq = seq
         self.word = word
-        self.args = tuple(args)
+        self.args = tuple(args)  # type: tuple[int | str, ...]
 
     def __eq__(self, other):
+        # type: (object) -> bool
         return (isinstance(other, Frame) and self.seq == other.seq
                 and self.word == other.word and self.args == other.args)
 
     def __ne__(self, other):
+        # type: (object) -> bool
         return not self.__eq__(other)
 
     def __hash__(self):
+        # type: () -> int
         return hash((self.seq, self.word, self.args))
 
     def __repr__(self):
+        # type: () -> str
         return "Frame(%d, %r, %r)" % (self.seq, self.word, self.args)
 
 
+class Command(Frame):
+    """A host command as parse_command read it: its args are ints."""
+
+    args = ()  # type: tuple[int, ...]
+
+
+class Reply(Frame):
+    """A firmware reply (OK or ERR) as parse_reply read it: its args are str tokens."""
+
+    args = ()  # type: tuple[str, ...]
+
+
 def crc16(data, crc=0xFFFF):
+    # type: (bytes | bytearray, int) -> int
     """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, xorout 0).
 
     Bitwise rather than a 512-byte table: frames are short and the Pico's RAM
@@ -118,11 +147,13 @@ def crc16(data, crc=0xFFFF):
 
 
 def next_seq(seq):
+    # type: (int) -> int
     """The seq after ``seq``: 1..65535, skipping the reserved 0 on wrap."""
     return seq % MAX_SEQ + 1
 
 
 def seq_is_newer(seq, last):
+    # type: (int, int) -> bool
     """True when ``seq`` comes after ``last`` in serial-number arithmetic.
 
     Newer means 1..32767 steps ahead modulo 65536, so the counter may wrap from
@@ -133,10 +164,12 @@ def seq_is_newer(seq, last):
 
 
 def _is_token(text, chars):
+    # type: (str, str) -> bool
     return bool(text) and all(ch in chars for ch in text)
 
 
 def _parse_uint(text):
+    # type: (str) -> int | None
     """Strict decimal: digits only, no sign, no leading zero, at most 10 digits."""
     if not _is_token(text, _DIGITS) or len(text) > _MAX_INT_DIGITS:
         return None
@@ -146,6 +179,7 @@ def _parse_uint(text):
 
 
 def _encode(seq, word, args):
+    # type: (int, str, tuple[int | str, ...]) -> bytes
     if not (0 <= seq <= MAX_SEQ):
         raise ValueError("seq %r is outside 0..%d" % (seq, MAX_SEQ))
     parts = ["%d" % seq, word]
@@ -159,6 +193,7 @@ def _encode(seq, word, args):
 
 
 def encode_command(seq, word, *args):
+    # type: (int, str, *int) -> bytes
     """Bytes of one host command, e.g. encode_command(7, "ARM", 0, 600000)."""
     if word not in COMMANDS:
         raise ValueError("unknown command %r; expected one of %s" % (word, " ".join(sorted(COMMANDS))))
@@ -173,6 +208,7 @@ def encode_command(seq, word, *args):
 
 
 def encode_reply(seq, ok, *args):
+    # type: (int, bool, *int | str) -> bytes
     """Bytes of one firmware reply: ``OK [args]`` or ``ERR <reason>``."""
     for arg in args:
         if not _is_token(str(arg), _TOKEN_CHARS):
@@ -183,6 +219,7 @@ def encode_reply(seq, ok, *args):
 
 
 def _split_frame(line):
+    # type: (bytes) -> tuple[int, str, list[str]]
     """Check length, charset and CRC; return (seq, word, [arg strings])."""
     if len(line) > MAX_LINE:
         raise FrameError(TOO_LONG)
@@ -213,6 +250,7 @@ def _split_frame(line):
 
 
 def parse_command(line):
+    # type: (bytes) -> Command
     """Parse one host command line (bytes, with or without its newline).
 
     Returns a Frame with int args; raises FrameError(reason) otherwise.
@@ -230,10 +268,11 @@ def parse_command(line):
         if value is None:
             raise FrameError(BAD_ARGS, seq)
         args.append(value)
-    return Frame(seq, word, args)
+    return Command(seq, word, args)
 
 
 def parse_reply(line):
+    # type: (bytes) -> Reply
     """Parse one firmware reply line; returns a Frame with str args or raises FrameError."""
     seq, word, raw_args = _split_frame(line)
     if word not in REPLIES:
@@ -243,17 +282,19 @@ def parse_reply(line):
             raise FrameError(BAD_ARGS, seq)
     if word == "ERR" and len(raw_args) != 1:
         raise FrameError(BAD_ARGS, seq)
-    return Frame(seq, word, raw_args)
+    return Reply(seq, word, raw_args)
 
 
 def format_status(lamps):
+    # type: (list[tuple[bool, int]]) -> list[str]
     """STATUS reply args from [(on, remaining_ms), ...]."""
     return ["%d:%d" % (1 if on else 0, remaining) for on, remaining in lamps]
 
 
 def parse_status(args):
+    # type: (tuple[str, ...] | list[str]) -> list[LampStatus]
     """[{"on": bool, "remaining_ms": int}, ...] from STATUS reply args; FrameError on junk."""
-    result = []
+    result = []  # type: list[LampStatus]
     for arg in args:
         pair = arg.split(":")
         remaining = _parse_uint(pair[1]) if len(pair) == 2 else None
@@ -264,6 +305,7 @@ def parse_status(args):
 
 
 def parse_hello(args):
+    # type: (tuple[str, ...] | list[str]) -> Hello
     """Dict of a HELLO reply's fields; FrameError(BAD_ARGS) when they don't fit."""
     if len(args) != 5:
         raise FrameError(BAD_ARGS)
@@ -290,15 +332,18 @@ class LineSplitter:
     """
 
     def __init__(self):
+        # type: () -> None
         self._buf = bytearray()
         self._count = 0     # bytes of the current line so far, newline excluded
 
     def reset(self):
+        # type: () -> None
         self._buf = bytearray()
         self._count = 0
 
     def feed(self, data):
-        out = []
+        # type: (bytes) -> list[bytes | FrameError]
+        out = []  # type: list[bytes | FrameError]
         start = 0
         while start < len(data):
             nl = data.find(b"\n", start)

@@ -18,6 +18,8 @@ is too slow to take are dropped, as on a UART without flow control.
 SIGTERM and SIGINT turn every lamp off (printed) and exit 0.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -27,6 +29,9 @@ import socket
 import sys
 import time
 import tty
+from collections.abc import Callable
+from types import FrameType
+from typing import TextIO
 
 from firmware_bridge import protocol
 from firmware_bridge.firmware import mpshim
@@ -38,21 +43,21 @@ MAX_IDLE_WAIT_S = 0.5   # wake-up when no timer is pending: only to notice a sto
 class _Output:
     """A simulated relay: just a level (the firmware reports every change itself)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.level = 0
 
-    def value(self, level):
+    def value(self, level: int) -> None:
         self.level = level
 
 
 class ChangePrinter:
     """Writes the JSON change lines; a closed stdout must not stop the firmware."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._broken = False
 
-    def __call__(self, lamp, on, why):
+    def __call__(self, lamp: int, on: bool, why: str) -> None:
         if self._broken:
             return
         line = json.dumps({"t": time.monotonic(), "lamp": lamp, "on": on, "why": why})
@@ -65,16 +70,17 @@ class ChangePrinter:
             _silence_stdout()
 
 
-def _silence_stdout():
+def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
 
 
-def make_firmware(lamps, watchdog_s, on_change, bad_frame_limit=3, tick_offset_ms=0):
+def make_firmware(lamps: int, watchdog_s: float, on_change: Callable[[int, bool, str], object],
+                  bad_frame_limit: int = 3, tick_offset_ms: int = 0) -> Firmware:
     """Firmware on real time: MicroPython ticks from time.monotonic(), shifted by tick_offset_ms."""
 
-    def ticks_ms():
+    def ticks_ms() -> int:
         return (int(time.monotonic() * 1000) + tick_offset_ms) & mpshim.TICKS_MAX
 
     outputs = [_Output() for _ in range(lamps)]
@@ -86,10 +92,11 @@ def make_firmware(lamps, watchdog_s, on_change, bad_frame_limit=3, tick_offset_m
 class _TcpPort:
     """Listening socket plus at most one client; a newcomer replaces the current client."""
 
-    def __init__(self, selector, host, port, on_data):
+    def __init__(self, selector: selectors.BaseSelector, host: str, port: int,
+                 on_data: Callable[[bytes], None]) -> None:
         self._selector = selector
         self._on_data = on_data
-        self._client = None
+        self._client: socket.socket | None = None
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         # Lets a restarted simulator take its old port back at once.
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -100,7 +107,7 @@ class _TcpPort:
         bound_host, bound_port = self._server.getsockname()[:2]
         self.address = "%s:%d" % (bound_host, bound_port)
 
-    def _accept(self):
+    def _accept(self) -> None:
         try:
             client, _ = self._server.accept()
         except BlockingIOError:
@@ -111,7 +118,9 @@ class _TcpPort:
         self._client = client
         self._selector.register(client, selectors.EVENT_READ, self._read)
 
-    def _read(self):
+    def _read(self) -> None:
+        if self._client is None:
+            return
         try:
             data = self._client.recv(4096)
         except (BlockingIOError, InterruptedError):
@@ -123,7 +132,7 @@ class _TcpPort:
             return
         self._on_data(data)
 
-    def send(self, data):
+    def send(self, data: bytes) -> None:
         if self._client is None:
             return
         try:
@@ -133,13 +142,13 @@ class _TcpPort:
         except OSError:
             self._drop_client()
 
-    def _drop_client(self):
+    def _drop_client(self) -> None:
         if self._client is not None:
             self._selector.unregister(self._client)
             self._client.close()
             self._client = None
 
-    def close(self):
+    def close(self) -> None:
         self._drop_client()
         self._selector.unregister(self._server)
         self._server.close()
@@ -148,7 +157,7 @@ class _TcpPort:
 class _PtyPort:
     """A pty pair in raw mode; the host opens the slave path like a USB serial device."""
 
-    def __init__(self, selector, on_data):
+    def __init__(self, selector: selectors.BaseSelector, on_data: Callable[[bytes], None]) -> None:
         self._selector = selector
         self._on_data = on_data
         self._master, self._slave = os.openpty()
@@ -159,7 +168,7 @@ class _PtyPort:
         self.address = os.ttyname(self._slave)
         selector.register(self._master, selectors.EVENT_READ, self._read)
 
-    def _read(self):
+    def _read(self) -> None:
         try:
             data = os.read(self._master, 4096)
         except (BlockingIOError, InterruptedError):
@@ -167,19 +176,19 @@ class _PtyPort:
         if data:
             self._on_data(data)
 
-    def send(self, data):
+    def send(self, data: bytes) -> None:
         try:
             os.write(self._master, data)
         except BlockingIOError:
             pass    # the host is not reading: drop, like a UART would
 
-    def close(self):
+    def close(self) -> None:
         self._selector.unregister(self._master)
         os.close(self._master)
         os.close(self._slave)
 
 
-def _parse_listen(text):
+def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(
@@ -187,13 +196,13 @@ def _parse_listen(text):
     return host, int(port)
 
 
-def _parse_lamps(text):
+def _parse_lamps(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= protocol.MAX_LAMPS:
         raise argparse.ArgumentTypeError("lamp count must be 1..%d, got %r" % (protocol.MAX_LAMPS, text))
     return int(text)
 
 
-def _parse_seconds(text):
+def _parse_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -203,7 +212,7 @@ def _parse_seconds(text):
     return value
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m firmware_bridge.simulator",
         description="Serve the reference lamp firmware on a TCP port or a pty; "
@@ -222,7 +231,7 @@ def build_parser():
     return parser
 
 
-def serve(args, stdout=None, stderr=None):
+def serve(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -231,18 +240,18 @@ def serve(args, stdout=None, stderr=None):
         return 2
     firmware = make_firmware(args.lamps, args.watchdog, ChangePrinter(stdout),
                              bad_frame_limit=args.bad_frames, tick_offset_ms=args.tick_offset_ms)
-    stop_requested = []
+    stop_requested: list[int] = []
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
     wake_w.setblocking(False)
     selector = selectors.DefaultSelector()
     selector.register(wake_r, selectors.EVENT_READ, None)
-    previous = {}
+    previous: dict[signal.Signals, signal._HANDLER] = {}  # typeshed's name for what signal.signal() returns
 
-    def request_stop(signum, frame):
+    def request_stop(signum: int, frame: FrameType | None) -> None:
         stop_requested.append(signum)
 
-    port = None
+    port: _PtyPort | _TcpPort | None = None
     previous_wakeup = None
     try:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -250,9 +259,10 @@ def serve(args, stdout=None, stderr=None):
         # The handler only records the signal; the byte on wake_w ends select() at once.
         previous_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
 
-        def on_data(data):
+        def on_data(data: bytes) -> None:
             for reply in firmware.feed(data):
-                port.send(reply)
+                if port is not None:
+                    port.send(reply)
 
         try:
             if args.pty:
@@ -280,7 +290,8 @@ def serve(args, stdout=None, stderr=None):
         wake_w.close()
 
 
-def _run_until_stopped(firmware, selector, wake_r, stop_requested):
+def _run_until_stopped(firmware: Firmware, selector: selectors.BaseSelector, wake_r: socket.socket,
+                       stop_requested: list[int]) -> None:
     """Poll the firmware's timers and serve the port until a signal asks to stop."""
     while not stop_requested:
         wait_ms = firmware.poll()
@@ -297,7 +308,7 @@ def _run_until_stopped(firmware, selector, wake_r, stop_requested):
                 key.data()
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return serve(args)
 

@@ -284,7 +284,7 @@ CROSS_LAYER = [
 @pytest.mark.parametrize("changes,refused", CROSS_LAYER, ids=[" ".join(c.values()) for c, _ in CROSS_LAYER])
 def test_s14_what_check_config_accepts_the_firmware_accepts(tmp_path, capsys, changes, refused):
     from firmware_bridge import protocol
-    from firmware_bridge.errors import check_hello
+    from firmware_bridge.bridge import check_hello
     from firmware_bridge.firmware.logic import Firmware
     from firmware_bridge.firmware.mpshim import FakeTicks, Pin, ticks_add, ticks_diff
     from lampctl.core.safety import s7_backstop_ms

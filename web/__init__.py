@@ -49,6 +49,14 @@ def services() -> Services:
     return current_app.extensions["lampctl"]
 
 
+def accounts() -> Accounts:
+    """The accounts of the app being served: create_app refuses an app without them."""
+    found = services().accounts
+    if found is None:
+        raise RuntimeError("the app was created without accounts")
+    return found
+
+
 def load_secret_key(directory: Path) -> str:
     """The cookie-signing key from `secret.key` next to the database, created (mode 0600) on first run."""
     from lampctl.platform.runtime import DamagedFile, write_secret_file

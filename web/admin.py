@@ -24,7 +24,7 @@ from lampctl.storage.accounts import BUILTIN_USER, ROLES
 from lampctl.storage.db import StoreError, parse_bound, reading
 from lampctl.storage.store import END_REASONS
 from lampctl.storage.user_names import NameRefused
-from web import services
+from web import accounts, services
 from web.auth import require_admin
 from web.charts import colour, stacked_days_svg
 from web.codes import status_for
@@ -126,8 +126,9 @@ def _log_filters() -> tuple[dict, dict, str | None]:
                "user": form["user"] or None, "reason": form["reason"] or None}
     try:
         for key, upper in (("start", False), ("end", True)):
-            if filters[key]:
-                parse_bound(filters[key], upper=upper)
+            bound = filters[key]
+            if bound:
+                parse_bound(bound, upper=upper)
     except StoreError as exc:
         return filters, form, str(exc)
     if filters["reason"] and filters["reason"] not in END_REASONS:
@@ -261,7 +262,7 @@ def events():
 
 # ---- users -------------------------------------------------------------------------------
 def _users_page(status: int = 200, **form):
-    return render_template("admin/users.html", users=services().accounts.users(), roles=ROLES,
+    return render_template("admin/users.html", users=accounts().users(), roles=ROLES,
                            builtin=BUILTIN_USER, form=form), status
 
 
@@ -285,7 +286,7 @@ def _target(name: str) -> str | None:
 
     The name is looked up as the accounts find it (any case), so "ADMIN" is still your own "admin".
     """
-    if (services().accounts.find(name) or name) == g.user["name"]:
+    if (accounts().find(name) or name) == g.user["name"]:
         return gettext("You cannot remove or demote your own account here; ask another admin.")
     return None
 
@@ -297,7 +298,7 @@ def add_user():
     role = request.form.get("role") or ""
     pin = request.form.get("pin") or ""
     try:
-        name = services().accounts.add_user(name, role, pin, by=g.user["name"])
+        name = accounts().add_user(name, role, pin, by=g.user["name"])
     except NameRefused as exc:
         return _users_page(400, name=name, role=role, error=name_refusal(exc))
     except StoreError as exc:
@@ -313,17 +314,17 @@ def remove_user(name):
         flash(why, "error")
         return redirect(url_for("admin.users"), code=303)
     # Only a removal that can happen is asked about; the others get their refusal at once.
-    if not _confirmed() and name != BUILTIN_USER and services().accounts.find(name) is not None:
+    if not _confirmed() and name != BUILTIN_USER and accounts().find(name) is not None:
         return _confirm(gettext("Remove %(name)s?", name=name),
                         gettext("Their login and API tokens stop working at once; the sessions they ran stay in the "
                                 "log."), gettext("Yes, remove %(name)s", name=name), url_for("admin.users"))
-    return _user_action(lambda: services().accounts.remove_user(name, by=g.user["name"]),
+    return _user_action(lambda: accounts().remove_user(name, by=g.user["name"]),
                         gettext("%(name)s removed; their login and API tokens stop working now.", name=name))
 
 
 @bp.post("/users/<name>/pin")
 def reset_pin(name):
-    return _user_action(lambda: services().accounts.set_pin(name, request.form.get("pin") or "", by=g.user["name"]),
+    return _user_action(lambda: accounts().set_pin(name, request.form.get("pin") or "", by=g.user["name"]),
                         gettext("New PIN set for %(name)s; their logins have ended.", name=name))
 
 
@@ -335,7 +336,7 @@ def set_role(name):
         flash(why, "error")
         return redirect(url_for("admin.users"), code=303)
 
-    return _user_action(lambda: services().accounts.set_role(name, role, by=g.user["name"]),
+    return _user_action(lambda: accounts().set_role(name, role, by=g.user["name"]),
                         gettext("%(name)s is now %(role)s.", name=name, role=_role_label(role)))
 
 

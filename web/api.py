@@ -13,7 +13,7 @@ from lampctl.platform.runtime import CLI_USER
 from lampctl.storage import queries
 from lampctl.storage.db import LogUnavailable
 from lampctl.storage.store import END_REASONS, StoreError
-from web import services
+from web import accounts, services
 from web.auth import arrived, unauthenticated
 from web.codes import REPLY_WAIT_S, status_for
 
@@ -53,7 +53,7 @@ def _http_error(exc: HTTPException):
         413: "The request body is too large.",
     }
     code = (exc.name or "error").lower().replace(" ", "-")
-    return error(exc.code or 500, code, messages.get(exc.code, exc.description or exc.name))
+    return error(exc.code or 500, code, messages.get(exc.code or 500, exc.description or exc.name))
 
 
 def require_token(role: str | None = None):
@@ -67,10 +67,10 @@ def require_token(role: str | None = None):
             if scheme.lower() != "bearer" or not token.strip():
                 raise ApiError(401, "unauthorized", "Send an API token as 'Authorization: Bearer <token>'.")
             # From memory: a hung disk cannot delay an API Stop (S10).
-            accounts = services().accounts
-            user = accounts.user_for_token(token.strip())
-            if user is None and accounts.wait_fresh(UNKNOWN_TOKEN_WAIT_S):
-                user = accounts.user_for_token(token.strip())  # made by the CLI a moment ago
+            store = accounts()
+            user = store.user_for_token(token.strip())
+            if user is None and store.wait_fresh(UNKNOWN_TOKEN_WAIT_S):
+                user = store.user_for_token(token.strip())  # made by the CLI a moment ago
             if user is None:
                 raise ApiError(401, "unauthorized", "The API token is not valid.")
             if role and user["role"] != role:
@@ -199,7 +199,7 @@ def stop_who() -> str:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     user = None
     if scheme.lower() == "bearer" and token.strip():
-        user = services().accounts.user_for_token(token.strip())
+        user = accounts().user_for_token(token.strip())
     return user["name"] if user else unauthenticated()
 
 

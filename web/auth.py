@@ -16,7 +16,7 @@ from werkzeug.exceptions import BadRequest
 from lampctl.storage.accounts import BUILTIN_USER
 from lampctl.storage.db import LogUnavailable, StoreError
 from lampctl.storage.user_names import name_key
-from web import services
+from web import accounts, services
 from web.params import safe_next
 
 bp = Blueprint("auth", __name__)
@@ -176,7 +176,7 @@ def _load_user() -> None:
     g.user = None
     if "user" not in session:
         return
-    user = services().accounts.user_for_login(session.get("login"))
+    user = accounts().user_for_login(session.get("login"))
     if user is None or user["name"] != session.get("user"):
         session.clear()
     else:
@@ -250,7 +250,7 @@ def _check_login(name: str, pin: str) -> tuple[dict | None, str, int]:
         return None, ngettext("Too many wrong PINs for %(name)s: this name is locked for about %(num)s more minute.",
                               "Too many wrong PINs for %(name)s: this name is locked for about %(num)s more minutes.",
                               minutes, name=name), 429
-    user = services().accounts.check_pin(name, pin)
+    user = accounts().check_pin(name, pin)
     if user is None:
         tries, locked_now = guard().failed(name)
         if locked_now:
@@ -269,7 +269,7 @@ def _check_login(name: str, pin: str) -> tuple[dict | None, str, int]:
 def _begin_login(user: dict, why: str) -> str | None:
     """A fresh cookie session for `user`; None, or the sentence when the login could not be saved."""
     try:
-        login_id = services().accounts.create_login(user["name"])
+        login_id = accounts().create_login(user["name"])
     except (StoreError, sqlite3.Error):
         return gettext("The login could not be saved (the database is not answering); try again in a minute.")
     session.clear()  # a fresh session (and CSRF token) for the new login
@@ -323,7 +323,7 @@ def panel_locked() -> bool:
 
 
 def _switch_names() -> list[str]:
-    return [u["name"] for u in services().accounts.users() if u["name"] != BUILTIN_USER]
+    return [u["name"] for u in accounts().users() if u["name"] != BUILTIN_USER]
 
 
 @bp.route("/switch", methods=["GET", "POST"])
@@ -342,7 +342,7 @@ def switch():
         status = 503
         if message is None:
             if old_login != session.get("login"):
-                services().accounts.end_login(old_login)
+                accounts().end_login(old_login)
             flash(gettext("The panel now works under %(name)s.", name=user["name"]), "ok")
             return redirect(url_for("panel.panel"), code=303)
     return render_template("switch.html", names=names, chosen=name, locked=panel_locked(), error=message), status
@@ -354,7 +354,7 @@ def logout():
     if request.form.get("confirm") != "1" and any(view.heating for view in services().controller.lamps()):
         return render_template("logout.html")
     name = g.user["name"]
-    services().accounts.end_login(session.get("login"))  # a copy of this cookie stops working too
+    accounts().end_login(session.get("login"))  # a copy of this cookie stops working too
     session.clear()
     services().usage_log.event(None, None, None, name, "logged out")
     flash(gettext("You are logged out."), "ok")

@@ -34,10 +34,16 @@ def language(code: str):
     return resp
 
 
+class _UnknownLanguage(NotFound):
+    """A 404 whose page names the languages there are (web._error_reply shows its `sentence`)."""
+
+    def __init__(self, sentence: str) -> None:
+        super().__init__()
+        self.sentence = sentence
+
+
 def _unknown(code: str) -> NotFound:
-    exc = NotFound()
-    exc.sentence = f"There is no language {code!r}; choose one of: {', '.join(CODES)}."
-    return exc
+    return _UnknownLanguage(f"There is no language {code!r}; choose one of: {', '.join(CODES)}.")
 
 
 def init_app(app) -> None:

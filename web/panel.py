@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 from flask import Blueprint, flash, g, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext
@@ -141,6 +142,8 @@ def _question(lamp_id: str, minutes_arg: str, step: str = "choose") -> dict | No
         return None
     left = view.continue_left_s
     same_s = view.same_patient_s(minutes * 60)
+    if same_s is None:
+        return None
     return {"lamp": view.id, "name": view.name, "minutes": minutes, "label": minutes_text(minutes),
             "left": seconds_text(left), "limit": minutes_text(view.max_minutes),
             "same_ok": same_s >= MIN_SAME_S, "same_fits": same_s < minutes * 60, "same_label": seconds_text(same_s),
@@ -248,7 +251,7 @@ def _ask(question: dict):
     if wants_json():
         html = render_template("_ask.html", ask=question)
         return jsonify(ok=False, ask=question, ask_html=html, message="", **state()), 200
-    step = {"step": "new"} if question["step"] == "new" else {}
+    step: dict[str, Any] = {"step": "new"} if question["step"] == "new" else {}
     return redirect(url_for("panel.panel", ask=question["lamp"], minutes=f"{question['minutes']:g}", **step),
                     code=303)
 

@@ -1,7 +1,8 @@
 """Lamp firmware state machine: frames in, replies and output changes out, timers on injected ticks.
 
 Runs unchanged on the Pico (MicroPython) and on CPython (tests, simulator), so
-it keeps to the shared subset: no dataclasses, no typing, no annotations.
+it keeps to the shared subset: no dataclasses, no typing at run time, no
+annotations (types are in ``# type:`` comments, for mypy).
 
 Safety rules it enforces on its own, whatever the host does:
 
@@ -17,7 +18,25 @@ Safety rules it enforces on its own, whatever the host does:
 try:
     from firmware_bridge import protocol
 except ImportError:     # flat layout on a board: protocol.py next to this file
-    import protocol
+    import protocol  # type: ignore[no-redef, import-not-found]  # the board's flat layout
+
+# True for type checkers only (mypy reads a module's TYPE_CHECKING as true): the board never imports typing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Protocol
+
+    class Output(Protocol):
+        """machine.Pin, a polarity wrapper, or a simulated relay."""
+
+        def value(self, level):
+            # type: (int) -> object
+            pass
+
+    Outputs = Sequence[Output]
+    Ticks = Callable[[], int]
+    TicksArith = Callable[[int, int], int]
+    OnChange = Callable[[int, bool, str], object]
 
 FIRMWARE_VERSION = "1.0.0"
 
@@ -46,6 +65,7 @@ class Firmware:
 
     def __init__(self, outputs, ticks_ms, ticks_diff, ticks_add,
                  watchdog_ms=3000, bad_frame_limit=3, on_change=None):
+        # type: (Outputs, Ticks, TicksArith, TicksArith, int, int, OnChange | None) -> None
         outputs = list(outputs)
         if not 1 <= len(outputs) <= protocol.MAX_LAMPS:
             raise ValueError("the firmware drives 1..%d lamps, got %d outputs"
@@ -79,16 +99,20 @@ class Firmware:
 
     @property
     def lamp_count(self):
+        # type: () -> int
         return len(self._outputs)
 
     @property
     def synced(self):
+        # type: () -> bool
         return self._synced
 
     def is_on(self, lamp):
+        # type: (int) -> bool
         return self._on[lamp]
 
     def remaining_ms(self, lamp):
+        # type: (int) -> int
         """ms until ``lamp``'s deadline, 0 when off."""
         if not self._on[lamp]:
             return 0
@@ -97,6 +121,7 @@ class Firmware:
     # -- inputs -----------------------------------------------------------
 
     def feed(self, data):
+        # type: (bytes) -> list[bytes]
         """Handle received bytes; returns the list of reply lines (bytes) to send.
 
         A frame whose handling raises counts as a bad frame (``ERR internal``)
@@ -122,10 +147,12 @@ class Firmware:
         return replies
 
     def count_failed_frame(self):
+        # type: () -> bytes
         """Count a frame the firmware failed to handle as a bad frame; returns its ERR reply."""
         return self._bad_frame(protocol.INTERNAL, 0)
 
     def handle_line(self, line):
+        # type: (bytes | protocol.FrameError) -> bytes
         """Handle one complete line (or a FrameError from the splitter); returns one reply line."""
         # Timers first: a deadline or watchdog that expired before this frame
         # arrived must not be rescued by it.
@@ -154,11 +181,13 @@ class Firmware:
         return self._dispatch(frame, now)
 
     def poll(self):
+        # type: () -> int | None
         """Apply expired deadlines and the watchdog; returns ms until the next timer, or None."""
         return self._expire(self._ticks_ms())
 
     def _expire(self, now):
-        wait = None
+        # type: (int) -> int | None
+        wait = None  # type: int | None
         for lamp in range(len(self._outputs)):
             if self._on[lamp]:
                 left = self._ticks_diff(self._deadline[lamp], now)
@@ -177,6 +206,7 @@ class Firmware:
         return wait
 
     def shutdown(self):
+        # type: () -> None
         """Every lamp off (why "off"), e.g. when the simulator is asked to exit."""
         self._synced = False
         self._cut_all(OFF)
@@ -184,17 +214,19 @@ class Firmware:
     # -- internals --------------------------------------------------------
 
     def _accept(self, seq, now):
+        # type: (int, int) -> None
         self._last_seq = seq
         self._last_valid = now
         self._bad_run = 0
 
     def _dispatch(self, frame, now):
+        # type: (protocol.Command, int) -> bytes
         word = frame.word
         args = frame.args
         if word == "PING":
             return protocol.encode_reply(frame.seq, True)
         if word == "STATUS":
-            lamps = []
+            lamps = []  # type: list[tuple[bool, int]]
             for lamp in range(len(self._outputs)):
                 left = self._ticks_diff(self._deadline[lamp], now) if self._on[lamp] else 0
                 lamps.append((self._on[lamp], left))
@@ -224,6 +256,7 @@ class Firmware:
         return protocol.encode_reply(frame.seq, True)
 
     def _bad_frame(self, reason, seq):
+        # type: (str, int) -> bytes
         self._bad_run += 1
         if self._bad_run >= self.bad_frame_limit:
             self._bad_run = 0
@@ -232,12 +265,14 @@ class Firmware:
         return protocol.encode_reply(seq, False, reason)
 
     def _set(self, lamp, on, why):
+        # type: (int, bool, str) -> None
         self._outputs[lamp].value(1 if on else 0)
         if self._on[lamp] != on:
             self._on[lamp] = on
             self._report(lamp, on, why)
 
     def _cut_all(self, why):
+        # type: (str) -> None
         # Drive every output before reporting any, so a failing report cannot
         # leave a lamp on.
         changed = []
@@ -250,5 +285,6 @@ class Firmware:
             self._report(lamp, False, why)
 
     def _report(self, lamp, on, why):
+        # type: (int, bool, str) -> None
         if self._on_change is not None:
             self._on_change(lamp, on, why)

@@ -12,14 +12,14 @@ import sys
 import machine
 
 try:
-    from time import ticks_add, ticks_diff, ticks_ms
+    from time import ticks_add, ticks_diff, ticks_ms  # type: ignore[attr-defined]  # MicroPython's time
 except ImportError:     # CPython: the same arithmetic from the shim
     from firmware_bridge.firmware.mpshim import ticks_add, ticks_diff, ticks_ms
 
 try:
     from firmware_bridge.firmware.logic import Firmware
 except ImportError:     # flat layout on a board: logic.py and protocol.py next to main.py
-    from logic import Firmware
+    from logic import Firmware  # type: ignore[no-redef, import-not-found]  # the board's flat layout
 
 # Board wiring: one GPIO per lamp, lamp 0 first.
 RELAY_PINS = (2, 3, 4, 5)

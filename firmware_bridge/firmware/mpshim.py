@@ -14,16 +14,19 @@ TICKS_HALFPERIOD = TICKS_PERIOD // 2
 
 
 def ticks_add(ticks, delta):
+    # type: (int, int) -> int
     """``ticks`` moved by ``delta`` ms (either sign), wrapped into the tick range."""
     return (ticks + delta) & TICKS_MAX
 
 
 def ticks_diff(ticks1, ticks2):
+    # type: (int, int) -> int
     """Signed ``ticks1 - ticks2`` across a wrap, in [-TICKS_PERIOD/2, TICKS_PERIOD/2)."""
     return ((ticks1 - ticks2 + TICKS_HALFPERIOD) & TICKS_MAX) - TICKS_HALFPERIOD
 
 
 def ticks_ms():
+    # type: () -> int
     """Milliseconds from CPython's monotonic clock, wrapped like the board's counter."""
     return int(time.monotonic() * 1000) & TICKS_MAX
 
@@ -37,13 +40,16 @@ class FakeTicks:
     """
 
     def __init__(self, start=0):
+        # type: (int) -> None
         self._start = start
         self.now = 0
 
     def ticks_ms(self):
+        # type: () -> int
         return (self._start + self.now) & TICKS_MAX
 
     def advance(self, ms):
+        # type: (int) -> None
         if ms < 0:
             raise ValueError("a fake tick clock cannot go backwards (asked to move %d ms)" % ms)
         self.now += ms
@@ -56,14 +62,16 @@ class Pin:
     OUT = 1
 
     def __init__(self, pin_id, mode=OUT, value=None):
+        # type: (int, int, int | None) -> None
         self.id = pin_id
         self.mode = mode
-        self.states = []
+        self.states = []  # type: list[int]
         self._value = 0
         if value is not None:
             self.value(value)
 
     def value(self, level=None):
+        # type: (int | None) -> int | None
         if level is None:
             return self._value
         self._value = 1 if level else 0
@@ -71,9 +79,11 @@ class Pin:
         return None
 
     def on(self):
+        # type: () -> None
         self.value(1)
 
     def off(self):
+        # type: () -> None
         self.value(0)
 
 
@@ -81,7 +91,9 @@ class WDT:
     """No-op hardware watchdog: on CPython a hung process is the host's problem."""
 
     def __init__(self, id=0, timeout=5000):
+        # type: (int, int) -> None
         self.timeout = timeout
 
     def feed(self):
+        # type: () -> None
         pass

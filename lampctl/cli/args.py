@@ -74,14 +74,15 @@ def duration(unit: str, most: tuple[float, str] | None = None):
         from lampctl.core.errors import BadDuration, check_duration
 
         try:
-            value: object = float(text)
+            number: float | None = float(text)
         except ValueError:
-            value = text  # refused below, named as typed
+            number = None
         try:
-            check_duration(value, "the value", unit=unit, most=most)
+            check_duration(text if number is None else number, "the value", unit=unit, most=most)
         except BadDuration as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        return value
+        assert number is not None  # check_duration refuses any text
+        return number
     return parse
 
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from lampctl.core.lamp import Session
+    from lampctl.core.ports import Hardware
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +24,7 @@ class Alerts:
     under a lock that a Stop needs (S10).
     """
 
-    def __init__(self, hardware):
+    def __init__(self, hardware: Hardware) -> None:
         self._hw = hardware
         self._pending: list[tuple[int, str]] = []
         self._lock = threading.Lock()  # held only around list operations, never across I/O
@@ -31,7 +37,7 @@ class Alerts:
         with self._lock:
             return bool(self._pending)
 
-    def warn_if_due(self, index: int, session, now: float) -> None:
+    def warn_if_due(self, index: int, session: Session, now: float) -> None:
         """Once per deadline, WARN_BEFORE_S before it, for sessions planned longer than that."""
         deadline = session.deadline
         if (session.planned_s > WARN_BEFORE_S and session.warned_for != deadline
@@ -44,7 +50,7 @@ class Alerts:
         if end_reason in ("completed", "firmware"):
             self.add(index, "end")
 
-    def sound_unlocked(self, lock) -> bool:
+    def sound_unlocked(self, lock: threading.Condition) -> bool:
         """From a thread holding `lock` once: sound what is pending with it released, then take it back.
 
         Returns whether anything was pending (the caller looks at its state again then).
@@ -68,7 +74,7 @@ class Alerts:
                 log.exception("buzzer of lamp %d could not sound %r", index, pattern)
 
 
-def next_due(session) -> float:
+def next_due(session: Session) -> float:
     """When the scheduler must next look at a running session: its warning, else its deadline."""
     warn_at = session.deadline - WARN_BEFORE_S
     if session.planned_s > WARN_BEFORE_S and session.warned_for != session.deadline:
@@ -76,7 +82,19 @@ def next_due(session) -> float:
     return session.deadline
 
 
-def sounding(method):
+class _Sounds(Protocol):
+    """What `sounding` needs of the object whose method it wraps."""
+
+    _alerts: Alerts
+    _scheduler: threading.Thread | None
+
+
+_O = TypeVar("_O", bound=_Sounds)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def sounding(method: Callable[Concatenate[_O, _P], _R]) -> Callable[Concatenate[_O, _P], _R]:
     """A controller method after which the buzzers it asked for sound (its lock is released by then).
 
     Not in the scheduler's own thread: it holds the lock around tick() and sounds them itself with
@@ -84,11 +102,11 @@ def sounding(method):
     """
 
     @functools.wraps(method)
-    def call(self, *args, **kwargs):
+    def call(self: _O, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
         finally:
-            if threading.current_thread() is not getattr(self, "_scheduler", None):
+            if threading.current_thread() is not self._scheduler:
                 self._alerts.sound()
 
     return call

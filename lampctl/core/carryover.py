@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def s20_elapsed_s(then: ClockRef, now: ClockRef) -> float | None:
     return None
 
 
-def s20_carry_over(last_sessions: list[dict], now: ClockRef) -> dict[str, Carried]:
+def s20_carry_over(last_sessions: list[dict[str, Any]], now: ClockRef) -> dict[str, Carried]:
     """S20: each lamp's cooldown and rest-window budget after a restart, from its last session on disk.
 
     `last_sessions` holds per lamp its newest session (by id, which no clock can reorder)
@@ -84,5 +85,5 @@ def s20_carry_over(last_sessions: list[dict], now: ClockRef) -> dict[str, Carrie
     return carried
 
 
-def _flag(value) -> bool | None:
+def _flag(value: object) -> bool | None:
     return None if value is None else bool(value)

@@ -25,23 +25,24 @@ from lampctl.core.errors import (
 )
 from lampctl.core.lamp import Lamp, LampState, LampView, Session, make_view
 from lampctl.core.listeners import Listeners
-from lampctl.core.ports import Backstop, Clock, Hardware
+from lampctl.core.ports import Backstop, Clock, Hardware, UsageRecords
 from lampctl.core.safety import s7_arm_holds, s7_backstop_ms, s19_overtaken
-from lampctl.core.scheduler import SchedulerThread
 
 __all__ = ["SessionController", "Refused", "UnknownLamp", "BadDuration", "Unavailable", "LampView", "LampState"]
 
 log = logging.getLogger(__name__)
 
 FEEDBACK_POLL_S = 0.1
+# The scheduler wakes at least this often so its liveness can be watched.
+MAX_IDLE_S = 1.0
 
 
-class SessionController(SchedulerThread):
+class SessionController:
     """Starts, extends and ends timed sessions; every path that ends one turns the relay off first."""
 
-    def __init__(self, lamps: Sequence[LampConfig], hardware: Hardware, clock: Clock, usage_log,
+    def __init__(self, lamps: Sequence[LampConfig], hardware: Hardware, clock: Clock, usage_log: UsageRecords,
                  backstop: Backstop | None = None, *, latched: dict[str, str] | None = None,
-                 carried: dict[str, Carried] | None = None):
+                 carried: dict[str, Carried] | None = None) -> None:
         self._lamps = [Lamp(cfg, i) for i, cfg in enumerate(lamps)]
         self._by_id = {lamp.cfg.id: lamp for lamp in self._lamps}
         self._hw = hardware
@@ -146,6 +147,7 @@ class SessionController(SchedulerThread):
             return now
         self.drop_arrival(lamp.cfg.id, arrived)
         if s19_overtaken(arrived, lamp.stopped_at):
+            assert lamp.stopped_at is not None  # only a Stop overtakes
             later = fmt_s(round(lamp.stopped_at - arrived, 3))
             raise Refused(f"{lamp.cfg.name} was not {action}: a Stop of it arrived {later} after this request, "
                           "and a Stop cancels every start or extension that came before it.", "cancelled")
@@ -196,7 +198,7 @@ class SessionController(SchedulerThread):
         with self._cond:
             lamp.starting = False
             if error is None and self._backstop is not None:
-                error = self._arm_lapsed(lamp, sent, ms)
+                error = self._arm_lapsed(self._backstop, lamp, sent, ms)
             if error is not None or lamp.epoch != epoch or lamp.state is not LampState.OFF:
                 # S12: whatever refuses the session, the firmware's last word is OFF (queued
                 # after this ARM even if it is still on its way).
@@ -206,10 +208,10 @@ class SessionController(SchedulerThread):
                 raise Refused(f"{lamp.cfg.name} was not started: it was stopped or faulted meanwhile.", "cancelled")
             return self._begin(lamp, seconds, user, prior, continues, declared)
 
-    def _arm_lapsed(self, lamp: Lamp, sent: float, ms: int) -> Exception | None:
+    def _arm_lapsed(self, backstop: Backstop, lamp: Lamp, sent: float, ms: int) -> Exception | None:
         """S7: the refusal when the ARM confirmed for this start may no longer hold (checked under the lock)."""
         try:
-            cut = self._backstop.cut_at(lamp.index, sent)
+            cut = backstop.cut_at(lamp.index, sent)
         except Exception as exc:
             return exc
         if s7_arm_holds(self._clock.monotonic(), sent, ms, cut):
@@ -219,7 +221,7 @@ class SessionController(SchedulerThread):
                            "try again")
 
     def _begin(self, lamp: Lamp, seconds: float, user: str, prior: float, continues: int | None,
-               new_patient: bool = False):
+               new_patient: bool = False) -> tuple[int, LampView]:
         now, wall = self._clock.monotonic(), self._clock.wall()
         session_id = self._log.new_session_id()
         try:
@@ -465,7 +467,7 @@ class SessionController(SchedulerThread):
         now = self._clock.monotonic()
         for lamp in self._lamps:
             lamp.epoch += 1
-            if lamp.state is LampState.ON and now >= lamp.session.deadline:
+            if lamp.state is LampState.ON and now >= lamp.running.deadline:
                 # Its time was up before this came (a late scheduler, a frozen process): it
                 # ended as the scheduler would have ended it, whichever got the lock first.
                 self._end(lamp, "completed", "system", "time up", now, latch=latch)
@@ -493,7 +495,7 @@ class SessionController(SchedulerThread):
 
     def _end(self, lamp: Lamp, reason: str, who: str, why: str, now: float, latch: bool = False) -> None:
         """End the running session: relay OFF first, then the records (S13: monotonic durations)."""
-        session = lamp.session
+        session = lamp.running
         relay_error = None
         try:
             self._hw.set(lamp.index, False)
@@ -553,15 +555,15 @@ class SessionController(SchedulerThread):
             self.last_tick = now
             nxt: float | None = None
             for lamp in self._lamps:
-                if lamp.state is LampState.ON and now >= lamp.session.deadline:
+                if lamp.state is LampState.ON and now >= lamp.running.deadline:
                     self._end(lamp, "completed", "system", "time up", now)
                 if lamp.state is LampState.COOLDOWN and now >= lamp.cooldown_until:
                     self._set_state(lamp, LampState.OFF, "system", "cooldown over")
                 if lamp.state is LampState.ON:
                     # S4/S13: the monotonic time run so far, kept in memory; the writer saves the newest.
-                    self._log.session_progress(lamp.session.id, now - lamp.session.started_mono)
-                    self._alerts.warn_if_due(lamp.index, lamp.session, now)
-                    nxt = next_due(lamp.session) if nxt is None else min(nxt, next_due(lamp.session))
+                    self._log.session_progress(lamp.running.id, now - lamp.running.started_mono)
+                    self._alerts.warn_if_due(lamp.index, lamp.running, now)
+                    nxt = next_due(lamp.running) if nxt is None else min(nxt, next_due(lamp.running))
                 elif lamp.state is LampState.COOLDOWN:
                     nxt = lamp.cooldown_until if nxt is None else min(nxt, lamp.cooldown_until)
                 poll, fault = lamp.check_feedback(self._hw.feedback_on(lamp.index), now)
@@ -571,3 +573,37 @@ class SessionController(SchedulerThread):
                 if poll:
                     nxt = min(nxt, now + FEEDBACK_POLL_S) if nxt is not None else now + FEEDBACK_POLL_S
             return nxt
+
+    def start_scheduler(self) -> threading.Thread:
+        """Start the one thread that waits on the lock's condition for the earliest deadline and runs tick()."""
+        self._scheduler = threading.Thread(target=self._run_scheduler, name="lamp-scheduler", daemon=True)
+        self._scheduler.start()
+        return self._scheduler
+
+    def stop_scheduler(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._scheduler is not None and self._scheduler is not threading.current_thread():
+            self._scheduler.join(5)
+
+    @property
+    def scheduler_alive(self) -> bool:
+        return self._scheduler is not None and self._scheduler.is_alive()
+
+    def _run_scheduler(self) -> None:
+        """The scheduler's loop: tick() at each deadline, and a fault latched if it dies (S6)."""
+        try:
+            with self._cond:
+                while not self._stopping:
+                    nxt = self.tick()
+                    if self._alerts.sound_unlocked(self._cond):  # S10: the lock is free meanwhile; look again
+                        continue
+                    now = self._clock.monotonic()
+                    limit = now + MAX_IDLE_S
+                    self._clock.wait(self._cond, max(0.0, min(nxt or limit, limit) - now))
+        except BaseException as exc:
+            # S6: a dead scheduler could miss a deadline, so nothing may stay on.
+            self.fault(f"scheduler died: {type(exc).__name__}: {exc}")
+            self._alerts.sound()  # this thread's own fault(): the decorator leaves sounding to it
+            raise

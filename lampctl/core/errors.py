@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from lampctl.core.safety import is_duration, s3_allows
 
@@ -65,7 +67,7 @@ def _count(value: object) -> str:
     return shown(value)
 
 
-def duration_from(body: dict) -> float:
+def duration_from(body: Mapping[str, Any]) -> float:
     """Seconds from {"minutes": n} or {"seconds": n}: the one rule for a duration a request asks for (API, MQTT)."""
     keys = [k for k in ("minutes", "seconds") if k in body]
     if len(keys) != 1:

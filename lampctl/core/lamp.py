@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lampctl.config import LampConfig
@@ -69,6 +69,13 @@ class Lamp:
     # How the last session ended (its end_reason and why), for the panel's end or alarm.
     last_end_reason: str | None = None
     last_end_why: str | None = None
+
+    @property
+    def running(self) -> Session:
+        """The session of a lamp that is on: `state` ON and `session` are set and cleared together."""
+        if self.session is None:
+            raise RuntimeError(f"{self.cfg.id} is {self.state.value} with no session")
+        return self.session
 
     def in_rest_window(self, now: float) -> bool:
         window = self.cfg.rest_window_s
@@ -143,7 +150,7 @@ class LampView:
     remaining_s: float | None
     session_id: int | None
     max_minutes: float
-    presets: tuple
+    presets: tuple[float, ...]
     default_minutes: float
     planned_s: float | None
     user: str | None
@@ -170,7 +177,7 @@ class LampView:
         """In a session, or its relay still closed: a lamp a Stop would switch off."""
         return self.state == "on" or self.relay_on
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in (
             "id", "name", "state", "relay_on", "remaining_s", "session_id", "max_minutes", "default_minutes",
             "planned_s", "user", "cooldown_remaining_s", "fault_reason", "continue_left_s", "continues",

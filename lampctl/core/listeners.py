@@ -5,10 +5,12 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lampctl.core.lamp import LampView
 
 log = logging.getLogger(__name__)
-
-_CLOSE = object()
 
 
 class Listeners:
@@ -19,27 +21,28 @@ class Listeners:
     A listener that raises is logged and the others still run.
     """
 
-    def __init__(self):
-        self._fns: list[Callable] = []
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+    def __init__(self) -> None:
+        self._fns: list[Callable[[LampView], None]] = []
+        # Views, drain()'s events, and None from close().
+        self._queue: queue.SimpleQueue[LampView | threading.Event | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def __bool__(self) -> bool:
         return bool(self._fns)
 
-    def add(self, fn: Callable) -> None:
+    def add(self, fn: Callable[[LampView], None]) -> None:
         self._fns.append(fn)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="lamp-listeners", daemon=True)
             self._thread.start()
 
-    def publish(self, view) -> None:
+    def publish(self, view: LampView) -> None:
         if self._fns:
             self._queue.put(view)
 
     def close(self, timeout: float = 2.0) -> None:
         if self._thread is not None:
-            self._queue.put(_CLOSE)
+            self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
 
@@ -52,7 +55,7 @@ class Listeners:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _CLOSE:
+            if item is None:
                 return
             if isinstance(item, threading.Event):
                 item.set()

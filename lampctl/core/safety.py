@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import TypeGuard
 
 # The longest timer on commercial clinic IR lamps; no config may exceed it (S3).
 HARD_CEILING_MINUTES = 60
@@ -10,7 +11,7 @@ HARD_CEILING_MINUTES = 60
 S7_BACKSTOP_FACTOR = 1.10
 
 
-def is_duration(value: object) -> bool:
+def is_duration(value: object) -> TypeGuard[int | float]:
     """A finite number greater than 0 (and not a boolean, which JSON and Python count as numbers)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False

@@ -6,7 +6,8 @@ import threading
 import time
 from collections import deque
 
-from firmware_bridge.bridge import FirmwareError, FirmwareLink, FirmwareTimeout
+from firmware_bridge.bridge import FirmwareLink
+from firmware_bridge.errors import FirmwareError, FirmwareTimeout
 from lampctl.core.errors import Refused, Unavailable
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,7 @@ class FirmwareBackstop:
 
     def cut_at(self, index: int, since: float) -> float | None:
         """S13: when the firmware has surely cut lamp `index` by itself (monotonic), or None. Lock-free."""
-        cuts = [self._armed.get(index), self._link.silent_cut_at(since)]
-        cuts = [c for c in cuts if c is not None]
+        cuts = [c for c in (self._armed.get(index), self._link.silent_cut_at(since)) if c is not None]
         return min(cuts) if cuts else None
 
     def close(self) -> None:
@@ -138,7 +138,7 @@ class FirmwareBackstop:
                 self._log.event(None, None, None, "system", f"firmware link up: {reason}")
             return
         log.error("firmware link lost: %s", reason)
-        latched = []
+        latched: list[str] = []
         if self._controller is not None:
             # S6: a lamp on without its second channel must not stay on. Whatever was on since
             # the firmware was last heard latches, whichever thread got to the lamp first.

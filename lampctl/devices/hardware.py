@@ -198,7 +198,7 @@ class RelayBank:
     def estop_pressed(self) -> bool:
         return bool(self._estop is not None and not self._closed and self._estop.is_pressed)
 
-    def on_estop(self, callback: Callable[[], None]) -> None:
+    def on_estop(self, callback: Callable[[], object]) -> None:
         if self._estop is not None:
             # gpiozero wants a real function (it inspects the signature), not a Mock.
             def pressed():

@@ -43,7 +43,7 @@ def check_record(kind: str, node: str, record) -> tuple:
     for key in _REQUIRED[kind]:
         if record.get(key) is None:
             raise BadRecord(f"{kind} record without {key!r}")
-    row = [node]
+    row: list[object] = [node]
     for key in columns:
         value = record.get(key)
         ok = (value is None or (key in _TEXT and isinstance(value, str))

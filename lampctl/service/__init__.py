@@ -8,9 +8,22 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 from lampctl import config as config_mod
 from lampctl.platform.runtime import InstanceLock, cli_token_path, remove_address, write_address, write_secret_file
+
+if TYPE_CHECKING:  # each part is imported where it opens, after the relays are off (S1)
+    from lampctl.config import Config
+    from lampctl.core.carryover import Carried
+    from lampctl.core.controller import SessionController
+    from lampctl.devices.backstop import FirmwareBackstop
+    from lampctl.devices.hardware import RelayBank
+    from lampctl.fleet.mqtt import MqttLink
+    from lampctl.platform.clocksync import ClockProbe
+    from lampctl.platform.httpserver import BoundedServer
+    from lampctl.storage.accounts import Accounts
+    from lampctl.storage.store import UsageLog
 
 log = logging.getLogger("lampctl")
 
@@ -51,15 +64,16 @@ class Service:
         self.config_path = config_path
         self.simulate = simulate
         self.notify = notify or sd_notify
-        self.cfg = None
-        self.relays = None
-        self.controller = None
-        self.usage_log = None
-        self.clock_probe = None
-        self.accounts = None
-        self.backstop = None
-        self.server = None
-        self.mqtt = None
+        # Each part is set as it opens, in this order; the ones without a value exist only from then on.
+        self.cfg: Config
+        self.relays: RelayBank | None = None
+        self.usage_log: UsageLog
+        self.clock_probe: ClockProbe
+        self.accounts: Accounts
+        self.backstop: FirmwareBackstop | None = None  # with a [firmware] table
+        self.controller: SessionController | None = None
+        self.mqtt: MqttLink | None = None  # with an [mqtt] table
+        self.server: BoundedServer
         self.close_errors: list[str] = []
         self._leaving: threading.Event | None = None
         self._stop_pings = threading.Event()
@@ -82,7 +96,7 @@ class Service:
         # S16: before the relays, the records, the tokens or the serial port.
         lock = InstanceLock(cfg.service.database).acquire()
         self.on_close(stack, "instance lock", lock.release)
-        self._open_relays(stack, t_exec)
+        relays = self._open_relays(stack, t_exec)
         from lampctl.platform.signals import s1_install_guards
 
         self._leaving = s1_install_guards(self.emergency_off, self.thread_crashed)
@@ -90,15 +104,15 @@ class Service:
         url = self._open_simulator(stack)
         self._open_usage_log(stack)
         self._open_accounts(stack)
-        self._open_controller(stack, url)
-        self._open_mqtt(stack)
-        self._open_web(stack)
-        self._open_watchdog(stack)
+        controller = self._open_controller(stack, url, relays)
+        self._open_mqtt(stack, controller)
+        self._open_web(stack, controller)
+        self._open_watchdog(stack, controller)
 
-    def on_close(self, stack: ExitStack, name: str, fn: Callable, *args) -> None:
+    def on_close(self, stack: ExitStack, name: str, fn: Callable[..., object], *args: object) -> None:
         """Push a close step that logs its failure and lets the steps after it run."""
 
-        def step():
+        def step() -> None:
             try:
                 fn(*args)
             except Exception as exc:
@@ -113,7 +127,8 @@ class Service:
     def emergency_off(self, why: str) -> None:
         """Relays OFF (GPIO only), then running sessions end `interrupted`. Any thread, idempotent."""
         try:
-            self.relays.all_off()
+            if self.relays is not None:
+                self.relays.all_off()
         except Exception:
             log.exception("all_off failed (%s)", why)
         if self.controller is not None:
@@ -123,7 +138,8 @@ class Service:
                 log.exception("controller shutdown failed; relays are off")
 
     def thread_crashed(self, why: str) -> None:
-        self.relays.all_off()
+        if self.relays is not None:
+            self.relays.all_off()
         if self.controller is not None:
             self.controller.fault(why)
 
@@ -135,17 +151,18 @@ class Service:
             self.emergency_off(why)
 
     # ---- the parts, in start order -----------------------------------------------------
-    def _open_relays(self, stack: ExitStack, t_exec: float) -> None:
+    def _open_relays(self, stack: ExitStack, t_exec: float) -> RelayBank:
         from lampctl.devices.hardware import RelayBank, make_pin_factory
 
         cfg = self.cfg
         factory = make_pin_factory("mock" if self.simulate else cfg.service.pin_factory)
-        self.relays = RelayBank(cfg.lamps, factory, estop_pin=cfg.safety.estop_pin,
-                                indicator_pin=cfg.safety.indicator_pin, wire_feedback=self.simulate)
-        self.on_close(stack, "relays", self.relays.close)
+        self.relays = relays = RelayBank(cfg.lamps, factory, estop_pin=cfg.safety.estop_pin,
+                                         indicator_pin=cfg.safety.indicator_pin, wire_feedback=self.simulate)
+        self.on_close(stack, "relays", relays.close)
         t_off = time.monotonic()
-        log.info("relays off: %d lamps at monotonic %.6f (%.1f ms after entry)", len(self.relays), t_off,
+        log.info("relays off: %d lamps at monotonic %.6f (%.1f ms after entry)", len(relays), t_off,
                  (t_off - t_exec) * 1000)
+        return relays
 
     def _open_simulator(self, stack: ExitStack) -> str | None:
         """The firmware's URL: the config's port, or a simulator's with `serve --simulate`."""
@@ -192,7 +209,7 @@ class Service:
         # Readable only by the service's user.
         write_secret_file(cli_token_path(self.cfg.service.database), token + "\n")
 
-    def _open_controller(self, stack: ExitStack, url: str | None) -> None:
+    def _open_controller(self, stack: ExitStack, url: str | None, relays: RelayBank) -> SessionController:
         from lampctl.core.clock import MonotonicClock
         from lampctl.core.controller import SessionController
 
@@ -203,7 +220,7 @@ class Service:
             self.backstop = FirmwareBackstop.from_config(cfg.firmware, len(cfg.lamps), cfg.safety.heartbeat_s,
                                                          self.usage_log, url=url)
         self.controller = controller = SessionController(
-            cfg.lamps, self.relays, MonotonicClock(), self.usage_log, backstop=self.backstop,
+            cfg.lamps, relays, MonotonicClock(), self.usage_log, backstop=self.backstop,
             latched=self.usage_log.latched_faults(),  # S17: a latch outlives a restart
             carried=self._carried(),  # S20: so do the cooldowns and the patients' budgets
         )
@@ -215,13 +232,14 @@ class Service:
             else:
                 # Serve anyway: starts answer 503 until the link is up, and the panel says why.
                 log.error("firmware link on %s is not up; lamps cannot start until it is", url)
-        if self.relays.estop_pressed:
+        if relays.estop_pressed:
             controller.estop()
-        self.relays.on_estop(controller.estop)
+        relays.on_estop(controller.estop)
         controller.start_scheduler()
         self.on_close(stack, "scheduler", controller.stop_scheduler)
+        return controller
 
-    def _carried(self) -> dict:
+    def _carried(self) -> dict[str, Carried]:
         """S20: each lamp's cooldown and rest-window budget from its last session on disk, aged on this clock."""
         from datetime import UTC, datetime
 
@@ -235,7 +253,7 @@ class Service:
                      state.used_s)
         return carried
 
-    def _open_mqtt(self, stack: ExitStack) -> None:
+    def _open_mqtt(self, stack: ExitStack, controller: SessionController) -> None:
         """Fleet (optional [mqtt]): a client on its own threads; the lamps never wait for it (S9, S10)."""
         if self.cfg.mqtt is None:
             return
@@ -243,26 +261,26 @@ class Service:
         from lampctl.storage.accounts import BUILTIN_USER
 
         try:
-            self.mqtt = link = MqttLink(self.cfg.mqtt, self.cfg.service.database, self.controller, self.accounts,
+            self.mqtt = link = MqttLink(self.cfg.mqtt, self.cfg.service.database, controller, self.accounts,
                                         self.cfg.lamps, builtin_users=(BUILTIN_USER,), usage_log=self.usage_log)
         except ImportError as exc:  # the lamps do not need the broker: serve, and keep the records in the outbox
             log.error("[mqtt] is set but paho-mqtt cannot be loaded (%s): pip install 'lampctl[mqtt]'; "
                       "records wait in the outbox until then", exc)
             return
-        self.controller.add_listener(link.on_view)
+        controller.add_listener(link.on_view)
         link.start()
         self.on_close(stack, "MQTT client", link.close)
-        self.on_close(stack, "lamp listeners", self.controller.listeners.close)
+        self.on_close(stack, "lamp listeners", controller.listeners.close)
         log.info("MQTT: node %s publishing to %s", self.cfg.mqtt.node, self.cfg.mqtt.url)
 
-    def _open_web(self, stack: ExitStack) -> None:
+    def _open_web(self, stack: ExitStack, controller: SessionController) -> None:
         from lampctl.service.serving import serve_panel
 
         backstop = self.backstop
-        services = dict(controller=self.controller, usage_log=self.usage_log, config=self.cfg,
+        services = dict(controller=controller, usage_log=self.usage_log, config=self.cfg,
                         accounts=self.accounts, clock_synchronised=self.clock_probe,
                         firmware_status=backstop.status if backstop else (lambda: "absent"))
-        self.server = serve_panel(services, self.cfg.service.host, self.cfg.service.port, arrivals=self.controller)
+        self.server = serve_panel(services, self.cfg.service.host, self.cfg.service.port, arrivals=controller)
         self.on_close(stack, "web server", self.server.close)
         # The CLI reads where the panel really listens (service.bind may say port 0) beside cli.token.
         write_address(self.cfg.service.database, self.cfg.service.host, self.server.port)
@@ -270,13 +288,13 @@ class Service:
         log.info("serving on http://%s:%d/", self.cfg.service.host, self.server.port)
         print(f"lampctl: listening on http://{self.cfg.service.host}:{self.server.port}/", flush=True)
 
-    def _open_watchdog(self, stack: ExitStack) -> None:
+    def _open_watchdog(self, stack: ExitStack, controller: SessionController) -> None:
         url = f"http://{_loopback(self.cfg.service.host)}:{self.server.port}/api/health"
 
-        def run():
+        def run() -> None:
             if wait_serving(url, self._stop_pings, READY_PROBE_S):
                 self.notify("READY=1")
-                _watchdog(self.controller, self._stop_pings, self.notify)
+                _watchdog(controller, self._stop_pings, self.notify)
 
         thread = threading.Thread(target=run, name="service-watchdog", daemon=True)
         thread.start()

@@ -6,10 +6,12 @@ and `lampctl collect`, compose their app here, on the bounded server of lampctl.
 
 from __future__ import annotations
 
-from lampctl.platform.httpserver import make_server
+from typing import Any
+
+from lampctl.platform.httpserver import BoundedServer, make_server
 
 
-def serve_panel(services_fields: dict, host: str, port: int, *, arrivals=None):
+def serve_panel(services_fields: dict[str, Any], host: str, port: int, *, arrivals=None) -> BoundedServer:
     """The node's panel, API and admin pages, from the Services fields web.Services takes."""
     from web import Services, create_app
 

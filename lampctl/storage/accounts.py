@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import overload
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -95,6 +96,10 @@ def _read_snapshot(conn: sqlite3.Connection) -> _Snapshot:
     return _Snapshot(version, users, tokens, logins)
 
 
+@overload
+def _public(row: dict) -> dict: ...
+@overload
+def _public(row: None) -> None: ...
 def _public(row: dict | None) -> dict | None:
     return None if row is None else {"name": row["name"], "role": row["role"], "created_at": row["created_at"]}
 
@@ -163,7 +168,7 @@ class Accounts:
         name = snap.tokens.get(hash_token(token))
         return _public(snap.users.get(name)) if name else None
 
-    def user_for_login(self, login_id: str) -> dict | None:
+    def user_for_login(self, login_id: object) -> dict | None:
         """The user of a live browser login, or None (logged out, expired, user removed or PIN changed)."""
         if not isinstance(login_id, str) or not login_id:
             return None
@@ -444,6 +449,7 @@ class Accounts:
         return out
 
     def _save_lockout(self, conn, key: str, failures: int, locked: bool, left_s: float, now: ClockRef) -> None:
+        assert now.wall is not None  # _now_ref() always reads the wall clock
         conn.execute("INSERT OR REPLACE INTO login_lockouts (name_key, failures, locked, left_s, at, boot_id, mono, "
                      "wall_synced) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                      (key, failures, int(locked), left_s, iso(now.wall), now.boot_id, now.mono,

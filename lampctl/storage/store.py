@@ -9,6 +9,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -34,6 +35,98 @@ ALIVE_EVERY_S = 2.0
 RETRY_MAX_S = 5.0
 # A record older than this still waiting means the writer is stuck (a hung disk blocks, it does not fail).
 STUCK_AFTER_S = 2.0
+BATCH_MAX = 500  # records committed in one transaction
+
+# One SQL statement with its parameters; a record is the statements that commit together.
+Statement = tuple[str, tuple[object, ...]]
+Record = tuple[Statement, ...]
+
+
+class _Queue:
+    """The bounded queue between the callers and the one writer (S9), and its counters, under one condition.
+
+    Records stay queued until they are committed, so the bound is exact: at most `size`
+    records wait, and only a record beyond that is lost (counted in `dropped`).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._cond = threading.Condition()
+        self._records: deque[tuple[float, Record]] = deque()  # (when it was queued, monotonic; the record)
+        self._enqueued = 0
+        self._committed = 0
+        self.dropped = 0
+        self._stopping = False
+
+    def put(self, at: float, record: Record) -> bool:
+        """Queue a record; False when the queue is full and it is lost (counted)."""
+        with self._cond:
+            if len(self._records) >= self.size:
+                self.dropped += 1
+                return False
+            self._records.append((at, record))
+            self._enqueued += 1
+            self._cond.notify_all()
+            return True
+
+    def __len__(self) -> int:
+        return len(self._records)  # one read of a deque: no lock needed
+
+    def oldest(self) -> tuple[int, float | None]:
+        """(records waiting, when the oldest of them was queued)."""
+        with self._cond:
+            return len(self._records), self._records[0][0] if self._records else None
+
+    def flush(self, timeout: float) -> bool:
+        """True once every record queued before this call is committed; False on timeout."""
+        with self._cond:
+            target = self._enqueued
+            return self._cond.wait_for(lambda: self._committed >= target, timeout)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def take(self, timeout: float) -> list[Record] | None:
+        """The oldest records (left queued until done()), waiting up to timeout for one; None once
+        stopping with nothing left to write."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._records or self._stopping, timeout)
+            if self._stopping and not self._records:
+                return None
+            return [record for _at, record in islice(self._records, BATCH_MAX)]
+
+    def done(self, count: int) -> None:
+        """The oldest `count` records are committed (or given up on)."""
+        with self._cond:
+            for _ in range(count):
+                self._records.popleft()
+            self._committed += count
+            self._cond.notify_all()
+
+    def refused(self) -> None:
+        """A record the database refused is lost: counted with those that did not fit."""
+        with self._cond:
+            self.dropped += 1
+
+    def stopping_else_wait(self, timeout: float) -> bool:
+        """True when stopping; else wait up to timeout (a stop ends the wait early) and False."""
+        with self._cond:
+            if self._stopping:
+                return True
+            self._cond.wait_for(lambda: self._stopping, timeout)
+            return False
+
+
+@dataclass
+class _WriterHealth:
+    """What the writer thread reports, read by health() from memory."""
+
+    write_errors: int = 0
+    last_error: str | None = None
+    failing: bool = False
+    file_problem: str | None = None
 
 
 class UsageLog:
@@ -61,38 +154,27 @@ class UsageLog:
         self._monotonic = monotonic  # ages of waiting records (health); the writer keeps real time
         self.alive_every_s = alive_every_s
         self._id_lock = threading.Lock()
-        # Records stay in this deque until they are committed, so the bound is exact:
-        # at most queue_size records wait, and only a record beyond that is lost.
-        self._queue_size = queue_size
-        self._pending: deque = deque()
-        self._cond = threading.Condition()
-        self._enqueued = 0
-        self._committed = 0
-        self.dropped = 0
-        self.write_errors = 0
-        self.last_error: str | None = None
-        self._failing = False
-        self.file_problem: str | None = None
+        self._queue = _Queue(queue_size)
+        self._health = _WriterHealth()
         self._writer: threading.Thread | None = None
-        self._stop = False
         self._connect = connect  # swapped by tests to simulate a failing disk
 
     # ---- writer ------------------------------------------------------------------------
     def start(self) -> None:
-        self._writer = threading.Thread(target=self._run_writer, name="usage-log-writer", daemon=True)
+        writer = _Writer(self._queue, self._health, self.path, lambda path: self._connect(path), self._wall,
+                         self.alive_every_s, self.progress_marks)
+        self._writer = threading.Thread(target=writer.run, name="usage-log-writer", daemon=True)
         self._writer.start()
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (waiting up to timeout), then stop the writer."""
         if self._writer is not None:
             self.flush(timeout)
-            with self._cond:
-                self._stop = True
-                self._cond.notify_all()
+            self._queue.stop()
             self._writer.join(timeout)
             self._writer = None
 
-    def _put(self, *statements: tuple[str, tuple]) -> None:
+    def _put(self, *statements: Statement) -> None:
         """Queue statements that must commit together (one record)."""
         if self._writer is None:
             # No writer thread (a CLI command, start-up): write straight through.
@@ -104,46 +186,44 @@ class UsageLog:
             finally:
                 conn.close()
             return
-        with self._cond:
-            full = len(self._pending) >= self._queue_size
-            if full:
-                self.dropped += 1
-            else:
-                self._pending.append((self._monotonic(), statements))
-                self._enqueued += 1
-                self._cond.notify_all()
-        if full:  # logged outside the lock: a slow log sink must not hold up the next record
-            log.error("usage log queue full (%d records): record lost: %r", self._queue_size, statements)
+        if not self._queue.put(self._monotonic(), statements):
+            # Logged outside the lock: a slow log sink must not hold up the next record.
+            log.error("usage log queue full (%d records): record lost: %r", self._queue.size, statements)
 
     def flush(self, timeout: float) -> bool:
         """True once every record enqueued before this call is committed; False on timeout."""
-        with self._cond:
-            if self._writer is None:
-                return not self._pending
-            target = self._enqueued
-            return self._cond.wait_for(lambda: self._committed >= target, timeout)
+        if self._writer is None:
+            return not self._queue
+        return self._queue.flush(timeout)
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._queue)
 
-    def _run_writer(self) -> None:
-        writer = _Writer(self)
-        try:
-            writer.run()
-        finally:
-            writer.close()
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped
+
+    @property
+    def write_errors(self) -> int:
+        return self._health.write_errors
+
+    @property
+    def last_error(self) -> str | None:
+        return self._health.last_error
+
+    @property
+    def file_problem(self) -> str | None:
+        return self._health.file_problem
 
     # ---- health (memory only: never touches the disk) -------------------------------------
     def health(self) -> dict:
         """{"pending", "write_errors", "dropped", "problems": [sentences]} from memory alone."""
-        with self._cond:
-            pending = len(self._pending)
-            oldest = self._pending[0][0] if pending else None
+        pending, oldest = self._queue.oldest()
         problems = []
         if self.file_problem:
             problems.append(self.file_problem)
-        if self._failing:
+        if self._health.failing:
             problems.append(f"The usage log cannot write to disk ({self.last_error}); "
                             f"{_records(pending)} waiting.")
         elif oldest is not None and self._monotonic() - oldest > STUCK_AFTER_S:
@@ -169,10 +249,11 @@ class UsageLog:
                         continues: int | None = None, *, new_patient: bool = False,
                         new_patient_by: str | None = None, started_mono: float | None = None) -> None:
         """A session begins; with started_mono its clock anchor is recorded with it (S20)."""
-        statements = [("INSERT INTO sessions (id, lamp_id, user, started_at, planned_s, continues, new_patient, "
-                       "new_patient_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (session_id, lamp_id, user, iso(started_at), planned_s, continues, int(bool(new_patient)),
-                        new_patient_by))]
+        statements: list[Statement] = [
+            ("INSERT INTO sessions (id, lamp_id, user, started_at, planned_s, continues, new_patient, "
+             "new_patient_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             (session_id, lamp_id, user, iso(started_at), planned_s, continues, int(bool(new_patient)),
+              new_patient_by))]
         if started_mono is not None:
             synced = self._clock_synced()
             statements.append(("INSERT INTO session_clocks (session_id, boot_id, started_mono, wall_synced) "
@@ -295,10 +376,22 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 
 
 class _Writer:
-    """The writer thread's loop and its one connection (owned by that thread alone)."""
+    """The writer thread's loop and its one connection (owned by that thread alone).
 
-    def __init__(self, owner: UsageLog):
-        self.log = owner
+    It takes records from the queue, commits them, and every alive_every_s stamps "alive"
+    with each open session's progress mark (marks()); what goes wrong goes into health.
+    """
+
+    def __init__(self, queue: _Queue, health: _WriterHealth, path: Path,
+                 connect: Callable[[Path], sqlite3.Connection], wall: Callable[[], datetime],
+                 alive_every_s: float, marks: Callable[[], list[tuple[float, int]]]):
+        self.queue = queue
+        self.health = health
+        self.path = path
+        self.connect = connect
+        self.wall = wall
+        self.alive_every_s = alive_every_s
+        self.marks = marks
         self.conn: sqlite3.Connection | None = None
         self.file_id: tuple[int, int] | None = None
         self.backoff = 0.05
@@ -311,14 +404,16 @@ class _Writer:
             self.conn = None
 
     def run(self) -> None:
-        owner = self.log
+        try:
+            self.loop()
+        finally:
+            self.close()
+
+    def loop(self) -> None:
         while True:
-            with owner._cond:
-                owner._cond.wait_for(lambda: owner._pending or owner._stop,
-                                     max(0.0, self.next_alive - time.monotonic()))
-                if owner._stop and not owner._pending:
-                    return
-                batch = list(islice(owner._pending, 500))
+            batch = self.queue.take(max(0.0, self.next_alive - time.monotonic()))
+            if batch is None:
+                return
             now = time.monotonic()
             alive = now >= self.next_alive
             if not batch and not alive:
@@ -336,75 +431,69 @@ class _Writer:
                     return
                 continue
             self.backoff = 0.05
-            owner._failing = False
+            self.health.failing = False
             if alive:
-                self.next_alive = now + self.log.alive_every_s
-            self.done(len(batch))
+                self.next_alive = now + self.alive_every_s
+            self.queue.done(len(batch))
 
-    def done(self, count: int) -> None:
-        with self.log._cond:
-            for _ in range(count):
-                self.log._pending.popleft()
-            self.log._committed += count
-            self.log._cond.notify_all()
+    def open(self) -> sqlite3.Connection:
+        if self.conn is None:
+            self.conn = self.connect(self.path)
+            self.file_id = _file_id(self.path)
+        return self.conn
 
-    def one_by_one(self, batch: list) -> None:
+    def one_by_one(self, batch: list[Record]) -> None:
         """A record the database refuses (a constraint) would block every record behind it for
         ever: write the batch one record at a time and give up on that record alone, counted as lost."""
-        for _at, statements in batch:
+        conn = self.open()
+        for statements in batch:
             try:
-                with transaction(self.conn):
+                with transaction(conn):
                     for sql, params in statements:
-                        self.conn.execute(sql, params)
+                        conn.execute(sql, params)
             except sqlite3.IntegrityError as exc:
-                with self.log._cond:
-                    self.log.dropped += 1
+                self.queue.refused()
                 log.error("usage log record refused by the database (%s); record lost: %r", exc, statements)
-            self.done(1)  # an OperationalError stops here: the records behind it stay queued
+            self.queue.done(1)  # an OperationalError stops here: the records behind it stay queued
 
-    def write(self, batch: list, alive: bool) -> None:
-        if self.conn is None:
-            self.conn = self.log._connect(self.log.path)
-            self.file_id = _file_id(self.log.path)
-        with transaction(self.conn):
-            for _at, statements in batch:
+    def write(self, batch: list[Record], alive: bool) -> None:
+        conn = self.open()
+        with transaction(conn):
+            for statements in batch:
                 for sql, params in statements:
-                    self.conn.execute(sql, params)
+                    conn.execute(sql, params)
             if alive:
-                self.conn.execute("INSERT INTO alive (id, at) VALUES (1, ?) "
-                                  "ON CONFLICT (id) DO UPDATE SET at = excluded.at", (iso(self.log._wall()),))
+                conn.execute("INSERT INTO alive (id, at) VALUES (1, ?) "
+                             "ON CONFLICT (id) DO UPDATE SET at = excluded.at", (iso(self.wall()),))
                 # S4/S13: each open session's newest progress mark, after the batch that may hold its start.
-                self.conn.executemany("UPDATE session_clocks SET progress_s = ? WHERE session_id = ?",
-                                      self.log.progress_marks())
+                conn.executemany("UPDATE session_clocks SET progress_s = ? WHERE session_id = ?", self.marks())
 
     def check_file(self) -> None:
         """Item 10: the file at the path must still be the one this connection writes to."""
         if self.conn is None or self.file_id is None:
             return
-        now_id = _file_id(self.log.path)
+        now_id = _file_id(self.path)
         if now_id == self.file_id:
             return
         what = "deleted" if now_id is None else "replaced"
-        self.log.file_problem = (f"The database file {self.log.path} was {what} while the service was running; "
-                                 "records written before are in the lost file. Restore it and restart the service.")
-        log.error("%s", self.log.file_problem)
+        self.health.file_problem = (f"The database file {self.path} was {what} while the service was running; "
+                                    "records written before are in the lost file. Restore it and restart the "
+                                    "service.")
+        log.error("%s", self.health.file_problem)
         # Writing on into an unlinked file would lose every record at close: reopen by path
         # (mode=rw, so a missing file is an error and records wait in the queue).
         self.close()
 
     def failed(self, exc: sqlite3.Error) -> bool:
         """Keep the records and retry: the disk may come back (S9). False when stopping."""
-        owner = self.log
-        owner.write_errors += 1
-        owner.last_error = str(exc)
-        owner._failing = True
+        self.health.write_errors += 1
+        self.health.last_error = str(exc)
+        self.health.failing = True
         log.error("usage log write failed (%s); %d records waiting, retrying in %.2f s",
-                  exc, owner.pending, self.backoff)
+                  exc, len(self.queue), self.backoff)
         self.close()
-        with owner._cond:
-            if owner._stop:
-                log.error("usage log stopping with %d records unwritten", owner.pending)
-                return False
-            owner._cond.wait_for(lambda: owner._stop, self.backoff)
+        if self.queue.stopping_else_wait(self.backoff):
+            log.error("usage log stopping with %d records unwritten", len(self.queue))
+            return False
         self.backoff = min(self.backoff * 2, RETRY_MAX_S)
         return True

@@ -58,7 +58,7 @@ class ServiceProcess:
         self.program = program or [sys.executable, "-m", "lampctl"]
         self.simulate = simulate
         self.extra_env = extra_env or {}
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
         self.spawned_at = 0.0
 
@@ -124,12 +124,18 @@ class ServiceProcess:
     def post(self, path: str, body: dict | None = None, token: str | None = None):
         return self.request("POST", path, body, token)
 
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise RuntimeError("the service was not started: call start() first")
+        return self.proc
+
     def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
+        self._started().send_signal(sig)
 
     def kill9(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
+        proc = self._started()
+        proc.kill()
+        proc.wait(10)
         self._close_logs()
 
     def stop(self, timeout: float = 10) -> int:
@@ -198,6 +204,7 @@ class Simulator:
             [sys.executable, "-m", "firmware_bridge.simulator", "--listen", f"127.0.0.1:{self.port}",
              "--lamps", str(lamps), "--watchdog", str(watchdog_s)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT, text=True)
+        assert self.proc.stdout is not None and self.proc.stderr is not None  # both piped
         self.lines: list[dict] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)

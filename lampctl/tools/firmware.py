@@ -1,6 +1,7 @@
 """`lampctl firmware check` and `flash`: keep the microcontroller's firmware, pins and watchdog in step with the config."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -53,8 +54,8 @@ class FirmwareSession:
         self._seq = 0
         self._splitter = protocol.LineSplitter()
 
-    def command(self, word: str, *args: int) -> protocol.Frame:
-        """Send one command and return its OK reply; Failed on ERR, silence or a broken port."""
+    def command(self, word: str, *args: int) -> protocol.Reply:
+        """Send one command and return its OK reply; ToolFailed on ERR, silence or a broken port."""
         self._seq = protocol.next_seq(self._seq)
         try:
             self._port.write(protocol.encode_command(self._seq, word, *args))
@@ -69,7 +70,7 @@ class FirmwareSession:
             raise ToolFailed(f"the firmware on {self.url} refused {word}: {reply.args[0]}")
         return reply
 
-    def _reply(self, seq: int, deadline: float):
+    def _reply(self, seq: int, deadline: float) -> protocol.Reply | None:
         while time.monotonic() < deadline:
             for line in self._splitter.feed(self._port.read(64)):
                 if isinstance(line, protocol.FrameError):
@@ -82,7 +83,7 @@ class FirmwareSession:
                     return frame
         return None
 
-    def hello(self) -> dict:
+    def hello(self) -> protocol.Hello:
         self._port.write(b"\n")     # ends any half line the board holds
         reply = self.command("HELLO")
         try:
@@ -99,7 +100,7 @@ class FirmwareSession:
             self._port.close()
 
 
-def firmware_mismatches(info: dict, cfg) -> list[str]:
+def firmware_mismatches(info: protocol.Hello, cfg) -> list[str]:
     """One sentence per difference between what the board reports and what the config needs."""
     fix = "run `lampctl firmware flash`"
     problems = []
@@ -121,12 +122,12 @@ def firmware_mismatches(info: dict, cfg) -> list[str]:
     return problems
 
 
-def describe(info: dict, url: str) -> str:
+def describe(info: protocol.Hello, url: str) -> str:
     return (f"firmware {info['firmware']} on {url}: protocol {info['protocol']}, {info['lamps']} lamp(s), "
             f"watchdog {info['watchdog_ms']} ms, longest arm {info['max_arm_ms'] // 1000} s")
 
 
-def query_firmware(cfg, timeout: float = REPLY_TIMEOUT_S) -> dict:
+def query_firmware(cfg, timeout: float = REPLY_TIMEOUT_S) -> protocol.Hello:
     """HELLO the configured board and return its fields (every lamp on it is off afterwards)."""
     if cfg.firmware is None:
         raise ToolFailed(f"{cfg.path} has no [firmware] table: there is no microcontroller to talk to")
@@ -176,9 +177,12 @@ def main_source(settings: dict) -> str:
     if re.search(r"^\s*(import settings|from settings import)", text, re.MULTILINE):
         return text
     for name, value in settings.items():
-        line = f"{name} = {value!r}"   # the line's own comment is kept
-        text, count = re.subn(rf"^{name} = [^#\n]*?(\s*#.*)?$", lambda m, line=line: line + (m.group(1) or ""),
-                              text, flags=re.MULTILINE)
+        line = f"{name} = {value!r}"
+
+        def keep_comment(m: re.Match[str], line: str = line) -> str:  # the line's own comment is kept
+            return line + (m.group(1) or "")
+
+        text, count = re.subn(rf"^{name} = [^#\n]*?(\s*#.*)?$", keep_comment, text, flags=re.MULTILINE)
         if count != 1:
             raise ToolFailed(f"firmware/main.py has {count} `{name} = ...` lines instead of one: cannot set it")
     return text
@@ -201,7 +205,7 @@ def mpremote_command(mpremote: str, port: str, stage: Path) -> list[str]:
 
 
 def find_mpremote() -> str:
-    found = shutil.which("mpremote", path=f"{Path(sys.executable).parent}:{shutil.os.environ.get('PATH', '')}")
+    found = shutil.which("mpremote", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     if not found:
         raise ToolFailed(f"mpremote is not installed: {Path(sys.executable).parent / 'pip'} install mpremote")
     return found
