@@ -220,9 +220,15 @@ def test_backup_while_the_service_writes_then_restore(tmp_path):
         wait_until(lambda: len(done) >= 4, 60, "sessions running")
         counts = []
         for _ in range(4):
+            # Each backup waits for a session after the one before, however slow a busy machine makes
+            # the clinic: the copies must differ, and the last must miss what comes after it.
+            seen = len(done)
+            wait_until(lambda seen=seen: len(done) >= seen + 2, 60, "a session between backups")
             proc = tool("backup", str(tmp_path / "backups"), "--keep", "3", config=config)
             assert proc.returncode == 0, proc.stderr
             counts.append(int(proc.stdout.split("(")[1].split(" session")[0]))
+        after = len(done)
+        wait_until(lambda: len(done) >= after + 2, 60, "a session after the last backup")
         assert writer.is_alive(), "the writer failed while the backups ran"
     finally:
         stop.set()
