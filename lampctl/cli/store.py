@@ -88,10 +88,15 @@ def sessions(cfg, *, start: str | None, end: str | None, lamp: str | None) -> It
 def write_log_csv(cfg, out, *, start: str | None, end: str | None, lamp: str | None) -> None:
     """`lampctl log --csv`: the web export's CSV (same columns, cells escaped the same way, timestamps as
     stored: UTC), streamed in chunks SQLite builds (lampctl.storage.queries.csv_chunks): flat memory
-    and no Python per cell, whatever the log's size."""
+    and no Python per cell, whatever the log's size. A reader that goes away (`| head`) is no database
+    problem: its BrokenPipeError reaches lampctl.cli.main, which leaves quietly."""
     from lampctl.storage import queries
 
     path = cfg.service.database
-    with _failures(path):
+    try:
         for chunk in queries.csv_chunks(path, start=start, end=end, lamp=lamp):
             out.write(chunk)
+    except (StoreError, LogUnavailable) as exc:
+        raise StoreFailed(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise StoreFailed(f"cannot use the database {path}: {exc}") from None
