@@ -30,6 +30,14 @@ class CollectorConfig:
     mqtt: MqttConfig
 
 
+def is_collector_config(path: str | Path) -> bool:
+    """Whether `path` is a collector's config (it has a [collector] table); False when it cannot be read."""
+    try:
+        return "collector" in tomllib.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError):
+        return False
+
+
 def load_collector_config(path: str | Path) -> CollectorConfig:
     """central.toml: [collector] database and bind, [mqtt] url, username, password_file (node = client name)."""
     path = Path(path)

@@ -18,8 +18,8 @@ def serve_panel(services_fields: dict[str, Any], host: str, port: int, *, arriva
     return make_server(create_app(Services(**services_fields)), host, port, arrivals=arrivals)
 
 
-def serve_fleet(collector, host: str, port: int):
-    """The collector's fleet, log, CSV and usage pages."""
+def serve_fleet(collector, logins, host: str, port: int):
+    """The collector's fleet, log, CSV and usage pages, for the admins of `logins` (lampctl.fleet.logins)."""
     from web.fleet import create_fleet_app
 
-    return make_server(create_fleet_app(collector), host, port)
+    return make_server(create_fleet_app(collector, logins.accounts, audit=logins.audit), host, port)
