@@ -177,6 +177,14 @@ SETTINGS = (
     Setting("mqtt.username", "text", None, form="a user name", doc="user name at the broker"),
     Setting("mqtt.password_file", "text", None, form="a file path",
             doc="file whose first line is the broker password, relative to the config file; needs `mqtt.username`"),
+    Setting("mqtt.ca_file", "text", None, form="a file path", default_words="the system's CA store",
+            doc="PEM file of the CA that signed the broker's certificate, relative to the config file; "
+                "needs `mqtts://`"),
+    Setting("mqtt.cert_file", "text", None, form="a file path",
+            doc="this client's certificate (PEM, relative to the config file) for a broker that asks for one; "
+                "needs `mqtt.key_file` and `mqtts://`"),
+    Setting("mqtt.key_file", "text", None, form="a file path",
+            doc="the private key (PEM, unencrypted) of `mqtt.cert_file`"),
     Setting("mqtt.discovery_prefix", "text", "homeassistant",
             pattern=r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}",
             form="topic levels of A-Z, a-z, 0-9, '_' and '-' joined by '/' (no wildcards, no empty level)",

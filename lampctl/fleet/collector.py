@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lampctl import config as config_mod
 from lampctl.config.mqtt import MqttConfig, parse_mqtt
-from lampctl.fleet import discovery
+from lampctl.fleet import broker, discovery
 from lampctl.fleet.central_log import BadRecord, CentralLog, check_record
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,7 @@ class Collector:
                                   protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password())
-        if cfg.tls:
-            self.client.tls_set()
+        self._failures = broker.configure(self.client, cfg, "the collector", "nothing is collected until it can")
         self.client.reconnect_delay_set(1, 2)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -121,6 +120,7 @@ class Collector:
         if reason_code.is_failure:
             log.error("the broker %s refused the collector: %s", self.cfg.url, reason_code)
             return
+        self._failures.connected()
         client.subscribe([(discovery.records_topic("+", "sessions"), 1), (discovery.records_topic("+", "events"), 1),
                           (discovery.status_topic("+"), 1), (discovery.state_topic("+", "+"), 1)])
         log.info("collector connected to %s", self.cfg.url)
