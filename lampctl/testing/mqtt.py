@@ -83,8 +83,9 @@ class Broker:
             keep += "user root\n"
         listener = f"listener {self.port} 127.0.0.1\n"
         if tls:
+            # notice: each handshake it refused is logged (refused_handshakes)
             listener += (f"cafile {tls.ca}\ncertfile {tls.server_cert}\nkeyfile {tls.server_key}\n"
-                         "require_certificate true\n")
+                         "require_certificate true\nlog_type notice\n")
         self.conf.write_text(f"{listener}allow_anonymous true\nset_tcp_nodelay true\n"
                              f"{keep}max_queued_messages 0\nmax_inflight_messages 0\n"
                              "log_type error\nlog_type warning\n")
@@ -92,6 +93,13 @@ class Broker:
     @property
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    def refused_handshakes(self) -> int:
+        """TLS handshakes this broker saw fail (a TLS broker logs each)."""
+        try:
+            return (self.workdir / f"mosquitto-{self.port}.log").read_text(errors="replace").count("OpenSSL Error")
+        except FileNotFoundError:
+            return 0
 
     def start(self, timeout: float = 10) -> Broker:
         exe = mosquitto_path()
