@@ -1,12 +1,16 @@
 """The collector's pages need an admin's PIN login (the node's login, lockout, cookie and CSRF), on its own accounts."""
 from __future__ import annotations
 
+import stat
+import subprocess
+import sys
+
 import pytest
 
 from lampctl.fleet.central_log import CentralLog, check_record
 from lampctl.fleet.logins import CollectorLogins, accounts_path
 from lampctl.storage.db import connect
-from lampctl.testing import lampctl
+from lampctl.testing import ROOT, free_port, lampctl, wait_until
 from tests.test_collector import StubCollector, session
 from tests.test_web_auth import csrf_from, login, session_csrf
 from web.fleet import create_fleet_app
@@ -165,3 +169,21 @@ def test_lampctl_user_on_a_collector_config_with_an_error_says_which_key(tmp_pat
     config.write_text('[collector]\nbind = "nowhere"\n\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n')
     proc = lampctl("user", "list", config=config, check=False)
     assert proc.returncode == 2 and "collector.bind" in proc.stderr
+
+
+def test_lampctl_collect_without_an_admin_says_how_to_add_one(tmp_path):
+    config = tmp_path / "central.toml"
+    config.write_text(f'[collector]\nbind = "127.0.0.1:{free_port()}"\n\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n')
+    err = tmp_path / "collect.err"
+    with open(err, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lampctl", "collect", "--config", str(config)], cwd=ROOT,
+                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: "listening on" in err.read_text(), 30, "the collector serving")
+        assert (f"no admin can log in yet: add one with `lampctl user add NAME --role admin --pin PIN "
+                f"--config {config}`") in err.read_text()
+        for name in ("accounts.db", "secret.key"):  # beside the central log, private
+            assert stat.S_IMODE((tmp_path / "var" / name).stat().st_mode) == 0o600, name
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0

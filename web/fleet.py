@@ -34,6 +34,8 @@ def create_fleet_app(collector, accounts, test_config: dict | None = None, *,
     """collector: lampctl.fleet.collector.Collector (its central log and the live states it heard);
     accounts: the collector's own (lampctl.fleet.logins), whose admins alone may log in;
     audit(who, why): where logins, logouts and lockouts are recorded."""
+    if accounts is None:
+        raise ValueError("create_fleet_app needs the collector's accounts: its pages are for its admins")
     web_dir = Path(__file__).parent
     app = Flask(__name__, template_folder=str(web_dir / "templates"), static_folder=str(web_dir / "static"))
     # The node's cookie settings, under another name: a node and a collector on one host keep both logins.
