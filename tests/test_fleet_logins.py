@@ -1,4 +1,5 @@
 """The collector's pages need an admin's PIN login (the node's login, lockout, cookie and CSRF), on its own accounts."""
+
 from __future__ import annotations
 
 import stat
@@ -27,8 +28,9 @@ def fleet_app(tmp_path):
     logins = CollectorLogins(central.path)
     logins.accounts.add_user(ADMIN, "admin", ADMIN_PIN, by="test")
     logins.accounts.add_user(PRACTITIONER, "practitioner", PRACTITIONER_PIN, by="test")
-    app = create_fleet_app(StubCollector(central), logins.accounts, {"TESTING": True, "SECRET_KEY": "test-key"},
-                           audit=logins.audit)
+    app = create_fleet_app(
+        StubCollector(central), logins.accounts, {"TESTING": True, "SECRET_KEY": "test-key"}, audit=logins.audit
+    )
     return app, logins
 
 
@@ -56,8 +58,10 @@ def test_fleet_page_without_a_login_goes_to_the_login_page(fleet, path):
     assert "session" not in resp.get_data(as_text=True)  # no row of the log in the redirect's body
 
 
-@pytest.mark.parametrize("path, headers", [("/api/fleet", {}), ("/", {"Accept": "application/json"}),
-                                           ("/log", {"Accept": "application/json"})])
+@pytest.mark.parametrize(
+    "path, headers",
+    [("/api/fleet", {}), ("/", {"Accept": "application/json"}), ("/log", {"Accept": "application/json"})],
+)
 def test_fleet_json_without_a_login_is_401(fleet, path, headers):
     client, _ = fleet
     resp = client.get(path, headers=headers)
@@ -176,12 +180,18 @@ def test_lampctl_collect_without_an_admin_says_how_to_add_one(tmp_path):
     config.write_text(f'[collector]\nbind = "127.0.0.1:{free_port()}"\n\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n')
     err = tmp_path / "collect.err"
     with open(err, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lampctl", "collect", "--config", str(config)], cwd=ROOT,
-                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lampctl", "collect", "--config", str(config)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         wait_until(lambda: "listening on" in err.read_text(), 30, "the collector serving")
-        assert (f"no admin can log in yet: add one with `lampctl user add NAME --role admin --pin PIN "
-                f"--config {config}`") in err.read_text()
+        assert (
+            f"no admin can log in yet: add one with `lampctl user add NAME --role admin --pin PIN --config {config}`"
+        ) in err.read_text()
         for name in ("accounts.db", "secret.key"):  # beside the central log, private
             assert stat.S_IMODE((tmp_path / "var" / name).stat().st_mode) == 0o600, name
     finally:

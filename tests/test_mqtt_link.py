@@ -1,4 +1,5 @@
 """The node's MQTT client in process, against a real mosquitto: a dead broker changes nothing, records wait and arrive in order."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,8 @@ def link_for(cfg, controller, accounts, users):
 
 
 def test_s9_s10_dead_broker_changes_nothing_and_records_wait_across_a_restart(
-        tmp_path, cfg, controller, clock, factory, usage_log, link_for):
+    tmp_path, cfg, controller, clock, factory, usage_log, link_for
+):
     port = free_port()  # nothing listens here yet
     link = link_for(port)
     controller.add_listener(link.on_view)
@@ -82,8 +84,7 @@ def test_state_retained_and_status_online(tmp_path, controller, clock, link_for)
         broker.kill()
 
 
-def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_path, controller, link_for,
-                                                                         monkeypatch):
+def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_path, controller, link_for, monkeypatch):
     import lampctl.fleet.mqtt as mqtt_mod
 
     monkeypatch.setattr(mqtt_mod, "REFRESH_S", 0.2)
@@ -93,8 +94,11 @@ def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_pat
         controller.add_listener(link.on_view)
         listener = Listener(broker.port, ["lampctl/n1/lamp/room1/state"])
         controller.start("room1", 600, "ann")
-        listener.wait(lambda l: sum(json.loads(p)["state"] == "on" for _, p, _ in l.messages) >= 4, 10,
-                      "the state of a lamp that is on, again and again")
+        listener.wait(
+            lambda l: sum(json.loads(p)["state"] == "on" for _, p, _ in l.messages) >= 4,
+            10,
+            "the state of a lamp that is on, again and again",
+        )
         controller.stop("room1", "ann")
         listener.wait(lambda l: l.latest_json("lampctl/n1/lamp/room1/state")["state"] == "off", 10, "off")
         listener.close()

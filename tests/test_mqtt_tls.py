@@ -1,4 +1,5 @@
 """mqtts:// against a real mosquitto with certificates made here: mqtt.ca_file, a client certificate, a wrong CA."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,17 +11,21 @@ from lampctl.testing.mqtt import Broker, make_certificates, mosquitto_path, open
 from tests.conftest import BASE_CONFIG, write_config
 from tests.test_fleet_integration import Collect
 
-pytestmark = pytest.mark.skipif(openssl_path() is None,
-                                reason="the openssl command is not installed: no test certificates")
-needs_mosquitto = pytest.mark.skipif(mosquitto_path() is None,
-                                     reason="mosquitto is not installed (./test.sh installs it)")
+pytestmark = pytest.mark.skipif(
+    openssl_path() is None, reason="the openssl command is not installed: no test certificates"
+)
+needs_mosquitto = pytest.mark.skipif(
+    mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)"
+)
 UNTRUSTED = "the broker's TLS certificate is not trusted"
 
 
 def node_tls(broker, node: str, certs) -> str:
     """A node's [mqtt] table for the TLS broker (absolute paths; the collector's are relative)."""
-    return (f'\n[mqtt]\nurl = "{broker.url}"\nnode = "{node}"\nca_file = "{certs.ca}"\n'
-            f'cert_file = "{certs.client_cert}"\nkey_file = "{certs.client_key}"\n')
+    return (
+        f'\n[mqtt]\nurl = "{broker.url}"\nnode = "{node}"\nca_file = "{certs.ca}"\n'
+        f'cert_file = "{certs.client_cert}"\nkey_file = "{certs.client_key}"\n'
+    )
 
 
 @pytest.fixture
@@ -36,8 +41,11 @@ def tls(tmp_path):
 @pytest.mark.timeout(120)
 def test_mqtt_tls_node_and_collector_connect_and_a_session_arrives(tmp_path, tls):
     certs, broker = tls
-    collect = Collect(tmp_path, broker.url, mqtt_extra='ca_file = "ca/ca.pem"\ncert_file = "ca/client.pem"\n'
-                                                      'key_file = "ca/client.key"\n')
+    collect = Collect(
+        tmp_path,
+        broker.url,
+        mqtt_extra='ca_file = "ca/ca.pem"\ncert_file = "ca/client.pem"\nkey_file = "ca/client.key"\n',
+    )
     (tmp_path / "n1").mkdir()
     config = service_config(tmp_path / "n1", TWO_LAMPS, extra=node_tls(broker, "n1", certs))
     tokens = add_users(config)
@@ -87,21 +95,25 @@ def load(tmp_path, table: str):
 
 def test_mqtt_tls_files_are_relative_to_the_config(tmp_path):
     certs = make_certificates(tmp_path)
-    m = load(tmp_path, 'url = "mqtts://b"\nca_file = "ca/ca.pem"\ncert_file = "ca/client.pem"\n'
-                       'key_file = "ca/client.key"\n').mqtt
+    m = load(
+        tmp_path, 'url = "mqtts://b"\nca_file = "ca/ca.pem"\ncert_file = "ca/client.pem"\nkey_file = "ca/client.key"\n'
+    ).mqtt
     assert (m.ca_file, m.cert_file, m.key_file) == (certs.ca, certs.client_cert, certs.client_key)
     assert load(tmp_path, 'url = "mqtts://b"\n').mqtt.ca_file is None  # the system's CA store
 
 
-@pytest.mark.parametrize("table, words", [
-    ('url = "mqtt://b"\nca_file = "ca/ca.pem"\n', "mqtt.ca_file: needs a TLS broker: an mqtts:// url"),
-    ('url = "mqtts://b"\nca_file = "missing.pem"\n', "mqtt.ca_file: cannot read"),
-    ('url = "mqtts://b"\nca_file = "config.toml"\n', "holds no PEM certificate"),
-    ('url = "mqtts://b"\ncert_file = "ca/client.pem"\n', "mqtt.key_file: missing"),
-    ('url = "mqtts://b"\nkey_file = "ca/client.key"\n', "mqtt.cert_file: missing"),
-    ('url = "mqtts://b"\ncert_file = "ca/client.pem"\nkey_file = "ca/server.key"\n', "are not a PEM certificate"),
-    ('url = "mqtts://b"\nca_file = 1\n', "mqtt.ca_file: must be a string"),
-])
+@pytest.mark.parametrize(
+    "table, words",
+    [
+        ('url = "mqtt://b"\nca_file = "ca/ca.pem"\n', "mqtt.ca_file: needs a TLS broker: an mqtts:// url"),
+        ('url = "mqtts://b"\nca_file = "missing.pem"\n', "mqtt.ca_file: cannot read"),
+        ('url = "mqtts://b"\nca_file = "config.toml"\n', "holds no PEM certificate"),
+        ('url = "mqtts://b"\ncert_file = "ca/client.pem"\n', "mqtt.key_file: missing"),
+        ('url = "mqtts://b"\nkey_file = "ca/client.key"\n', "mqtt.cert_file: missing"),
+        ('url = "mqtts://b"\ncert_file = "ca/client.pem"\nkey_file = "ca/server.key"\n', "are not a PEM certificate"),
+        ('url = "mqtts://b"\nca_file = 1\n', "mqtt.ca_file: must be a string"),
+    ],
+)
 def test_mqtt_tls_bad_files_are_one_line_errors(tmp_path, table, words):
     make_certificates(tmp_path)
     with pytest.raises(config_mod.ConfigError) as err:

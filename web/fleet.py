@@ -1,4 +1,5 @@
 """The collector's pages: every lamp's live state, and the central log, CSV and usage across nodes."""
+
 from __future__ import annotations
 
 import csv
@@ -21,16 +22,27 @@ from web.login_cookie import LoginCookieSessions
 from web.params import MAX_PAGE, page_number
 
 PAGE_SIZE = 50
-CSV_COLUMNS = ("node", "id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
-               "continues")
+CSV_COLUMNS = (
+    "node",
+    "id",
+    "lamp_id",
+    "user",
+    "started_at",
+    "ended_at",
+    "planned_s",
+    "actual_s",
+    "end_reason",
+    "continues",
+)
 CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 
 bp = Blueprint("fleet", __name__)
 logger = logging.getLogger(__name__)
 
 
-def create_fleet_app(collector, accounts, test_config: dict | None = None, *,
-                     audit: Callable[[str, str], None] | None = None) -> Flask:
+def create_fleet_app(
+    collector, accounts, test_config: dict | None = None, *, audit: Callable[[str, str], None] | None = None
+) -> Flask:
     """collector: lampctl.fleet.collector.Collector (its central log and the live states it heard);
     accounts: the collector's own (lampctl.fleet.logins), whose admins alone may log in;
     audit(who, why): where logins, logouts and lockouts are recorded."""
@@ -39,9 +51,13 @@ def create_fleet_app(collector, accounts, test_config: dict | None = None, *,
     web_dir = Path(__file__).parent
     app = Flask(__name__, template_folder=str(web_dir / "templates"), static_folder=str(web_dir / "static"))
     # The node's cookie settings, under another name: a node and a collector on one host keep both logins.
-    app.config.update(SESSION_COOKIE_NAME="lampctl_fleet_session", SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Strict", PERMANENT_SESSION_LIFETIME=LOGIN_LIFETIME,
-                      MAX_CONTENT_LENGTH=64 * 1024)
+    app.config.update(
+        SESSION_COOKIE_NAME="lampctl_fleet_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=LOGIN_LIFETIME,
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
     app.config.update(test_config or {})
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_secret_key(Path(collector.central.path).parent)
@@ -102,8 +118,17 @@ def log():
     page = min(page, pages)
     rows = central.sessions(**found, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     args = {k: v for k, v in form.items() if v}
-    return render_template("fleet/log.html", rows=rows, total=total, page=page, pages=pages, form=form, args=args,
-                           error=error, nodes=central.nodes())
+    return render_template(
+        "fleet/log.html",
+        rows=rows,
+        total=total,
+        page=page,
+        pages=pages,
+        form=form,
+        args=args,
+        error=error,
+        nodes=central.nodes(),
+    )
 
 
 @bp.get("/log.csv")
@@ -120,7 +145,9 @@ def log_csv():
     for row in _collector().central.sessions(**found):
         writer.writerow([export.csv_cell(row[c]) for c in CSV_COLUMNS])
     name = f"lampctl-fleet-sessions-{date.today().isoformat()}.csv"
-    return Response(buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(
+        buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
 
 
 @bp.get("/usage")
@@ -134,6 +161,11 @@ def usage():
 @bp.get("/api/fleet")
 def api_fleet():
     collector = _collector()
-    return {"lamps": collector.fleet(), "nodes": dict(collector.status), "stored": collector.stored,
-            "duplicates": collector.duplicates, "rejected": collector.rejected,
-            "subscribed": collector.subscribed.is_set()}
+    return {
+        "lamps": collector.fleet(),
+        "nodes": dict(collector.status),
+        "stored": collector.stored,
+        "duplicates": collector.duplicates,
+        "rejected": collector.rejected,
+        "subscribed": collector.subscribed.is_set(),
+    }

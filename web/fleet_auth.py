@@ -1,4 +1,5 @@
 """The collector's login: admins only, with the node's PIN check, per-name lockout, login cookie and CSRF (web.auth)."""
+
 from __future__ import annotations
 
 from flask import Blueprint, abort, g, jsonify, redirect, render_template, request, session, url_for

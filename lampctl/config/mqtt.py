@@ -1,4 +1,5 @@
 """The optional [mqtt] table (fleet): broker URL, node name, credentials, discovery prefix, commands."""
+
 from __future__ import annotations
 
 import re
@@ -55,12 +56,23 @@ def parse_mqtt(r, raw, base: Path, *, table: str = "mqtt") -> MqttConfig:
     password_file = _password_file(r, table, m.get("password_file"), base)
     if password_file is not None and username is None:
         raise r.fail(f"{table}.password_file", "needs mqtt.username (a broker password goes with a user name)")
-    ca_file, cert_file, key_file = (_tls_file(r, table, key, m.get(key), base, tls)
-                                    for key in ("ca_file", "cert_file", "key_file"))
+    ca_file, cert_file, key_file = (
+        _tls_file(r, table, key, m.get(key), base, tls) for key in ("ca_file", "cert_file", "key_file")
+    )
     _check_tls(r, table, ca_file, cert_file, key_file)
-    return MqttConfig(host=host, port=port, tls=tls, node=node, username=username, password_file=password_file,
-                      discovery_prefix=prefix, commands=m.get("commands"), ca_file=ca_file, cert_file=cert_file,
-                      key_file=key_file)
+    return MqttConfig(
+        host=host,
+        port=port,
+        tls=tls,
+        node=node,
+        username=username,
+        password_file=password_file,
+        discovery_prefix=prefix,
+        commands=m.get("commands"),
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+    )
 
 
 def _parse_url(r, key: str, url: str, ports) -> tuple[str, int, bool]:
@@ -72,8 +84,14 @@ def _parse_url(r, key: str, url: str, ports) -> tuple[str, int, bool]:
         raise r.fail(key, f"{shown!r} is not a broker URL such as mqtt://broker.local:1883") from None
     if parts.scheme not in ("mqtt", "mqtts"):
         raise r.fail(key, f"{shown!r} must start with mqtt:// or mqtts:// (TLS)")
-    if not parts.hostname or not parts.hostname.isprintable() or parts.path not in ("", "/") or parts.query \
-            or parts.username or parts.password:
+    if (
+        not parts.hostname
+        or not parts.hostname.isprintable()
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.username
+        or parts.password
+    ):
         raise r.fail(key, f"{shown!r} must be mqtt[s]://host[:port] (credentials go in username and password_file)")
     tls = parts.scheme == "mqtts"
     if port is not None and not ports.holds(port):
@@ -114,8 +132,10 @@ def _tls_file(r, table: str, key: str, value: str | None, base: Path, tls: bool)
 def _check_tls(r, table: str, ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> None:
     """The files load as the client loads them (tls_context), so a wrong one is a config error, not a link that never comes up."""
     if (cert_file is None) != (key_file is None):
-        raise r.fail(f"{table}.{'key_file' if cert_file else 'cert_file'}",
-                     "missing: a client certificate needs both mqtt.cert_file and mqtt.key_file")
+        raise r.fail(
+            f"{table}.{'key_file' if cert_file else 'cert_file'}",
+            "missing: a client certificate needs both mqtt.cert_file and mqtt.key_file",
+        )
     try:
         _verifying(ca_file)
     except (ssl.SSLError, ValueError, OSError) as exc:
@@ -124,8 +144,11 @@ def _check_tls(r, table: str, ca_file: Path | None, cert_file: Path | None, key_
         try:
             _with_certificate(ssl.create_default_context(), cert_file, key_file)
         except (ssl.SSLError, ValueError, OSError) as exc:
-            raise r.fail(f"{table}.cert_file", f"{cert_file} and {key_file} are not a PEM certificate and its "
-                         f"unencrypted key ({exc.__class__.__name__})") from None
+            raise r.fail(
+                f"{table}.cert_file",
+                f"{cert_file} and {key_file} are not a PEM certificate and its "
+                f"unencrypted key ({exc.__class__.__name__})",
+            ) from None
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext:

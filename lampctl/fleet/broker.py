@@ -1,4 +1,5 @@
 """Connecting to the broker: TLS for mqtts:// (a CA file, a client certificate), and one log line saying why a connect fails."""
+
 from __future__ import annotations
 
 import logging

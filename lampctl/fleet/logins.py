@@ -5,6 +5,7 @@ browser logins, saved lockouts) live in `accounts.db` in the same folder, made a
 a node's database is (lampctl.storage.db). Its events table is the collector's audit log: who
 logged in or out, who was locked out, and what `lampctl user` changed.
 """
+
 from __future__ import annotations
 
 import logging

@@ -26,6 +26,8 @@ def serve_fleet(collector, logins, host: str, port: int):
     try:
         app = create_fleet_app(collector, logins.accounts, audit=logins.audit)
     except OSError as exc:  # the cookie key beside the central log: a folder the collector may not write
-        raise DamagedFile(f"the cookie key cannot be made beside {collector.central.path} "
-                          f"({exc.strerror or exc}): let the collector's user write that folder") from None
+        raise DamagedFile(
+            f"the cookie key cannot be made beside {collector.central.path} "
+            f"({exc.strerror or exc}): let the collector's user write that folder"
+        ) from None
     return make_server(app, host, port)

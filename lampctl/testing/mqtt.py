@@ -1,4 +1,5 @@
 """A real mosquitto on a free loopback port and an MQTT listener, for the fleet's tests and benchmark."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ from lampctl.testing import free_port, wait_until
 
 def mosquitto_path() -> str | None:
     """Debian installs the broker in /usr/sbin, which a normal user's PATH may not hold."""
-    return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-                                              if os.access(p, os.X_OK)), None)
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
+    )
 
 
 def openssl_path() -> str | None:
@@ -44,15 +46,49 @@ def make_certificates(folder: Path, name: str = "ca") -> Certificates:
     def run(*args: str) -> None:
         subprocess.run([openssl_path() or "openssl", *args], cwd=out, check=True, capture_output=True, timeout=30)
 
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", f"/CN=lampctl test {name}",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    for who, usage, alt in (("server", "serverAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
-                            ("client", "clientAuth", "")):
-        (out / f"{who}.ext").write_text(f"{alt}basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
-                                        f"extendedKeyUsage={usage}\nauthorityKeyIdentifier=keyid,issuer\n")
+    run(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=lampctl test {name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    for who, usage, alt in (
+        ("server", "serverAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
+        ("client", "clientAuth", ""),
+    ):
+        (out / f"{who}.ext").write_text(
+            f"{alt}basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+            f"extendedKeyUsage={usage}\nauthorityKeyIdentifier=keyid,issuer\n"
+        )
         run("req", *ec, "-keyout", f"{who}.key", "-out", f"{who}.csr", "-subj", f"/CN=lampctl test {who}")
-        run("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{who}.pem", "-days", "2", "-extfile", f"{who}.ext")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{who}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{who}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{who}.ext",
+        )
     return Certificates(out / "ca.pem", out / "server.pem", out / "server.key", out / "client.pem", out / "client.key")
 
 
@@ -63,8 +99,9 @@ class Broker:
     and asks each client for a certificate signed by that CA.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, *, persistent: bool = False,
-                 tls: Certificates | None = None):
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, persistent: bool = False, tls: Certificates | None = None
+    ):
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.tls = tls
@@ -84,11 +121,15 @@ class Broker:
         listener = f"listener {self.port} 127.0.0.1\n"
         if tls:
             # notice: each handshake it refused is logged (refused_handshakes)
-            listener += (f"cafile {tls.ca}\ncertfile {tls.server_cert}\nkeyfile {tls.server_key}\n"
-                         "require_certificate true\nlog_type notice\n")
-        self.conf.write_text(f"{listener}allow_anonymous true\nset_tcp_nodelay true\n"
-                             f"{keep}max_queued_messages 0\nmax_inflight_messages 0\n"
-                             "log_type error\nlog_type warning\n")
+            listener += (
+                f"cafile {tls.ca}\ncertfile {tls.server_cert}\nkeyfile {tls.server_key}\n"
+                "require_certificate true\nlog_type notice\n"
+            )
+        self.conf.write_text(
+            f"{listener}allow_anonymous true\nset_tcp_nodelay true\n"
+            f"{keep}max_queued_messages 0\nmax_inflight_messages 0\n"
+            "log_type error\nlog_type warning\n"
+        )
 
     @property
     def url(self) -> str:
@@ -105,8 +146,7 @@ class Broker:
         exe = mosquitto_path()
         assert exe, "mosquitto is not installed (./test.sh installs Debian's mosquitto)"
         with open(self.workdir / f"mosquitto-{self.port}.log", "ab") as log:
-            self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
         def accepts():
             if self.proc.poll() is not None:
@@ -175,8 +215,9 @@ class Listener:
                     return value
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"{what} not seen within {timeout} s; last topics: "
-                                         f"{[m[0] for m in self.messages[-5:]]}")
+                    raise AssertionError(
+                        f"{what} not seen within {timeout} s; last topics: {[m[0] for m in self.messages[-5:]]}"
+                    )
                 self._cond.wait(min(left, 0.2))
 
     def latest_json(self, topic: str) -> dict | None:
