@@ -15,13 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lampctl.testing import free_port, wait_until  # noqa: E402
+from bench.client import Browser  # noqa: E402
+from lampctl.testing import free_port, lampctl, wait_until  # noqa: E402
 from lampctl.testing.mqtt import Broker  # noqa: E402
 
 
@@ -95,9 +95,9 @@ def run_nodes(port: int, names: list[str], seconds: float, sessions: int, events
     out.put(sent)
 
 
-def fleet_api(port: int) -> dict:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{port}/api/fleet", timeout=30) as resp:
+def fleet_api(browser) -> dict:
+    """/api/fleet, as the collector's admin (logged in through its PIN form)."""
+    with browser.opener.open(f"{browser.base}/api/fleet", timeout=30) as resp:
         return json.load(resp)
 
 
@@ -118,6 +118,7 @@ def main() -> int:
             f'[collector]\ndatabase = "central.db"\nbind = "127.0.0.1:{port}"\n'
             f'[mqtt]\nurl = "{broker.url}"\nnode = "bench"\n'
         )
+        lampctl("user", "add", "bench", "--role", "admin", "--pin", "1357", config=tmp / "central.toml")
         with open(tmp / "collect.err", "wb") as err:
             collect = subprocess.Popen(
                 [sys.executable, "-m", "lampctl", "collect", "--config", str(tmp / "central.toml")],
@@ -126,7 +127,8 @@ def main() -> int:
                 stderr=err,
             )
         try:
-            wait_until(lambda: _subscribed(port), 30, "collector subscribed")
+            browser = wait_until(lambda: _logged_in(f"http://127.0.0.1:{port}"), 30, "collector's login")
+            wait_until(lambda: fleet_api(browser)["subscribed"], 30, "collector subscribed")
             names = [f"node{i:03d}" for i in range(args.nodes)]
             out = multiprocessing.Queue()
             c0, b0 = cpu_s(collect.pid), cpu_s(broker.proc.pid)
@@ -143,7 +145,7 @@ def main() -> int:
             published = sum(out.get(timeout=args.seconds + 120) for _ in procs)
             t_sent = t0 + args.seconds  # the simulated nodes stop publishing here
             stored = wait_until(
-                lambda: (f := fleet_api(port)) and f["stored"] + f["duplicates"] >= published and f,
+                lambda: (f := fleet_api(browser)) and f["stored"] + f["duplicates"] >= published and f,
                 args.seconds + 300,
                 "collector caught up",
                 step=0.2,
@@ -178,11 +180,11 @@ def main() -> int:
     return 0
 
 
-def _subscribed(port: int) -> bool:
+def _logged_in(base: str) -> Browser | None:
     try:
-        return fleet_api(port)["subscribed"]
+        return Browser(base, "bench", "1357")
     except OSError:
-        return False
+        return None
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ import pytest
 from lampctl.config import ConfigError
 from lampctl.fleet.central_log import BadRecord, CentralLog, check_record
 from lampctl.fleet.collector import Collector, load_collector_config
+from lampctl.fleet.logins import CollectorLogins
 from lampctl.testing import lampctl, wait_until
 from lampctl.testing.mqtt import Broker, Listener, mosquitto_path
 from tests.csv_cases import FORMULA_CELLS
+from tests.test_web_auth import login
 from web.fleet import create_fleet_app
 
 
@@ -116,13 +118,24 @@ class StubCollector:
         ]
 
 
+def fleet_client(central):
+    """The collector's pages over `central`, logged in as an admin of its own accounts (tests.test_fleet_logins)."""
+    logins = CollectorLogins(central.path)
+    logins.accounts.add_user("Boss", "admin", "1357", by="test")
+    client = create_fleet_app(
+        StubCollector(central), logins.accounts, {"TESTING": True, "SECRET_KEY": "test-key"}
+    ).test_client()
+    assert login(client, "Boss", "1357").status_code == 303
+    return client
+
+
 @pytest.fixture
 def pages(tmp_path):
     central = CentralLog(tmp_path / "central.db")
     central.write(
         [("session", check_record("session", node, session(i))) for node in ("n1", "n2") for i in range(1, 4)]
     )
-    yield create_fleet_app(StubCollector(central), {"TESTING": True}).test_client()
+    yield fleet_client(central)
     central.close()
 
 
@@ -137,12 +150,7 @@ def test_fleet_csv_quotes_every_first_character_a_spreadsheet_would_run(tmp_path
         ]
     )
     try:
-        text = (
-            create_fleet_app(StubCollector(central), {"TESTING": True})
-            .test_client()
-            .get("/log.csv")
-            .get_data(as_text=True)
-        )
+        text = fleet_client(central).get("/log.csv").get_data(as_text=True)
     finally:
         central.close()
     rows = list(csv.reader(io.StringIO(text, newline="")))

@@ -12,6 +12,7 @@ from lampctl import config as config_mod
 from lampctl.cli import main
 from lampctl.config.mqtt import MqttConfig
 from lampctl.core.safety import s7_backstop_ms
+from lampctl.testing.mqtt import make_certificates, openssl_path
 from tests.conftest import write_config
 from tests.test_config import FULL_CONFIG
 
@@ -54,8 +55,21 @@ def every_row_set_to_its_default(tmp_path: Path) -> Path:
         "lamps[].buzzer_pin": "23",
         "lamps[].indicator_pin": "24",
     }
+    tls_files = ("mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file")
+    if openssl_path() is not None:  # real PEM files: the parser loads them
+        certs = make_certificates(tmp_path)
+        given.update(
+            {
+                "mqtt.url": '"mqtts://broker.local"',
+                "mqtt.ca_file": f'"{certs.ca}"',
+                "mqtt.cert_file": f'"{certs.client_cert}"',
+                "mqtt.key_file": f'"{certs.client_key}"',
+            }
+        )
     tables: dict[str, list[str]] = {}
     for row in config_mod.SETTINGS:
+        if row.name in tls_files and row.name not in given:
+            continue
         value = given.get(row.name) or _toml(row.default)
         tables.setdefault(row.table, []).append(f"{row.key} = {value}")
     (tmp_path / "mqtt.pw").write_text("secret\n")
@@ -84,7 +98,9 @@ def test_config_schema_every_row_is_read_and_its_default_parses_back_to_itself(t
     assert checked >= 15
     assert (cfg.service.host, cfg.service.port) == ("127.0.0.1", 8080)
     assert cfg.service.database == (tmp_path / "var/lampctl.db").resolve()
-    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.tls) == ("broker.local", 1883, False)
+    tls = openssl_path() is not None
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.tls) == ("broker.local", 8883 if tls else 1883, tls)
+    assert (cfg.mqtt.ca_file is not None) == tls
 
 
 def test_config_schema_dataclass_defaults_are_the_rows_defaults():

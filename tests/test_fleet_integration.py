@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import csv
+import http.cookiejar
 import io
 import json
 import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
 
-from lampctl.testing import ROOT, TWO_LAMPS, ServiceProcess, add_users, free_port, service_config, wait_until
+from lampctl.testing import (
+    ROOT,
+    TWO_LAMPS,
+    ServiceProcess,
+    add_users,
+    free_port,
+    lampctl,
+    service_config,
+    wait_until,
+)
 from lampctl.testing.mqtt import Broker, Listener, mosquitto_path
 from tests.test_mqtt_units import BUTTON_KEYS, SENSOR_KEYS
 
@@ -26,21 +38,47 @@ pytestmark = [
 NODES = {"n1": True, "n2": False, "n3": False}  # node -> mqtt.commands
 
 
-def _get(url: str):
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=10) as resp:
+ADMIN, ADMIN_PIN = "Boss", "1357"
+
+
+def _browser():
+    """An opener that keeps cookies (the collector's login), as a browser does."""
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+
+
+def _get(url: str, opener=None):
+    with (opener or _browser()).open(url, timeout=10) as resp:
         return resp.read().decode()
 
 
+def log_in(opener, base: str, name: str, pin: str) -> tuple[int, str]:
+    """The collector's login form, CSRF token and all; (status, page) of the answer to the POST."""
+    token = re.search(r'name="csrf_token" value="([^"]+)"', _get(f"{base}/login", opener)).group(1)
+    form = urllib.parse.urlencode({"name": name, "pin": pin, "csrf_token": token}).encode()
+    try:
+        with opener.open(urllib.request.Request(f"{base}/login", data=form), timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
 class Collect:
-    def __init__(self, workdir, broker_url: str):
+    """`lampctl collect` on central.toml, its first admin added with `lampctl user add --config central.toml`."""
+
+    def __init__(self, workdir, broker_url: str, *, mqtt_extra: str = "", name: str = "central"):
         self.port = free_port()
-        self.config = workdir / "central.toml"
+        self.config = workdir / f"{name}.toml"
         self.config.write_text(
-            f'[collector]\ndatabase = "central.db"\nbind = "127.0.0.1:{self.port}"\n\n'
-            f'[mqtt]\nurl = "{broker_url}"\nnode = "central"\n'
+            f'[collector]\ndatabase = "{name}/central.db"\nbind = "127.0.0.1:{self.port}"\n\n'
+            f'[mqtt]\nurl = "{broker_url}"\nnode = "{name}"\n{mqtt_extra}'
         )
-        with open(workdir / "collect.err", "ab") as err:
+        lampctl("user", "add", ADMIN, "--role", "admin", "--pin", ADMIN_PIN, config=self.config)
+        self.browser = _browser()
+        self.err = workdir / f"{name}.err"
+        with open(self.err, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "lampctl", "collect", "--config", str(self.config)],
                 cwd=ROOT,
@@ -48,20 +86,28 @@ class Collect:
                 stderr=err,
                 stdin=subprocess.DEVNULL,
             )
-        wait_until(self._answers, 30, "the collector's pages")
+        wait_until(self._logged_in, 30, "the collector's login")
+        wait_until(self._answers, 30, "the collector's subscriptions")
 
-    def _answers(self):
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _logged_in(self):
         assert self.proc.poll() is None, f"lampctl collect exited {self.proc.returncode}"
         try:
-            return self.fleet()["subscribed"]  # from here on no record published is missed
+            return log_in(self.browser, self.base, ADMIN, ADMIN_PIN)[0] == 200  # redirected to the fleet page
         except OSError:
             return None
 
+    def _answers(self):
+        return self.fleet()["subscribed"]  # from here on no record published is missed
+
     def fleet(self) -> dict:
-        return json.loads(_get(f"http://127.0.0.1:{self.port}/api/fleet"))
+        return json.loads(_get(f"{self.base}/api/fleet", self.browser))
 
     def sessions(self, node: str) -> list[dict]:
-        return list(csv.DictReader(io.StringIO(_get(f"http://127.0.0.1:{self.port}/log.csv?node={node}"))))
+        return list(csv.DictReader(io.StringIO(_get(f"{self.base}/log.csv?node={node}", self.browser))))
 
     def stop(self) -> int:
         self.proc.terminate()
@@ -136,7 +182,7 @@ def test_fleet_states_follow_sessions(fleet):
         "fleet page",
     )
     assert lamps[0]["node_status"] == "online"
-    assert "room1" in _get(f"http://127.0.0.1:{fleet['collect'].port}/")
+    assert "room1" in _get(f"{fleet['collect'].base}/", fleet["collect"].browser)
 
 
 def _command(fleet, node: str, lamp: str, body: dict) -> dict:
@@ -151,6 +197,32 @@ def _command(fleet, node: str, lamp: str, body: dict) -> dict:
         return None
 
     return listener.wait(answer, 15, f"answer to {body}")
+
+
+def test_fleet_collector_pages_need_an_admin_s_login(fleet):
+    collect = fleet["collect"]
+    stranger = _browser()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _get(f"{collect.base}/api/fleet", stranger)
+    assert refused.value.code == 401
+    refused.value.close()
+    # The CSV and every page send a browser to the login form; nothing of the log is shown.
+    for path in ("/", "/log", "/log.csv?node=n1", "/usage"):
+        with stranger.open(f"{collect.base}{path}", timeout=10) as resp:
+            assert resp.url.startswith(f"{collect.base}/login?next=") and 'name="pin"' in resp.read().decode()
+    lampctl("user", "add", "ann", "--role", "practitioner", "--pin", "2468", config=collect.config)
+    # The collector reloads its accounts every 0.5 s; each try before that counts towards the lockout.
+    status, page = wait_until(
+        lambda: (r := log_in(stranger, collect.base, "ann", "2468"))[0] != 401 and r,
+        10,
+        "the collector sees the new user",
+        step=0.6,
+    )
+    assert status == 403 and "Only an admin may open the fleet pages" in page
+    with pytest.raises(urllib.error.HTTPError) as still:
+        _get(f"{collect.base}/api/fleet", stranger)
+    assert still.value.code == 401
+    still.value.close()
 
 
 def test_fleet_start_over_mqtt_refused_when_commands_are_off(fleet):

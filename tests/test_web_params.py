@@ -7,7 +7,7 @@ import html as htmllib
 import pytest
 
 from tests.conftest import bearer
-from tests.test_collector import StubCollector, check_record, session  # noqa: F401  (the fleet's fixtures)
+from tests.test_collector import check_record, fleet_client, session  # the fleet's fixtures
 from tests.test_web_auth import login
 from web import create_app
 
@@ -92,11 +92,10 @@ def test_pages_panel_preset_in_the_query_is_refused_with_a_sentence(services, cl
 @pytest.fixture
 def fleet(tmp_path):
     from lampctl.fleet.central_log import CentralLog
-    from web.fleet import create_fleet_app
 
     central = CentralLog(tmp_path / "central.db")
     central.write([("session", check_record("session", "n1", session(i))) for i in range(1, 4)])
-    yield create_fleet_app(StubCollector(central), {"TESTING": True}).test_client()
+    yield fleet_client(central)
     central.close()
 
 

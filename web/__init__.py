@@ -52,9 +52,12 @@ def services() -> Services:
     return current_app.extensions["lampctl"]
 
 
+ACCOUNTS_KEY = "lampctl.accounts"  # the collector's accounts (web.fleet); a node's are its Services'
+
+
 def accounts() -> Accounts:
-    """The accounts of the app being served: create_app refuses an app without them."""
-    found = services().accounts
+    """The accounts of the app being served: create_app and create_fleet_app refuse an app without them."""
+    found = current_app.extensions[ACCOUNTS_KEY] if ACCOUNTS_KEY in current_app.extensions else services().accounts
     if found is None:
         raise RuntimeError("the app was created without accounts")
     return found

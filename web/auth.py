@@ -32,6 +32,7 @@ PUBLIC_ENDPOINTS = {"auth.login", "static", "api.health", "i18n.language", "pane
 # Stop is safe, a refused one is not. Recorded under the user when known, else unauthenticated.
 STOP_ENDPOINTS = {"panel.stop", "panel.stop_all", "panel.estop"}
 CSRF_FIELD = "csrf_token"
+AUDIT_KEY = "lampctl.audit"
 
 
 class LoginGuard:
@@ -233,20 +234,32 @@ def _unavailable(exc):
     return render_template("error.html", status=503, title="Service Unavailable", message=message), 503
 
 
+def audit(who: str, why: str) -> None:
+    """A login, a logout or a lockout, in the app's audit log (the node's usage log, or the collector's)."""
+    current_app.extensions[AUDIT_KEY](who, why)
+
+
+def init_login(app, accounts, audit_fn: Callable[[str, str], None]) -> None:
+    """What every app with PIN logins shares (the node's, the collector's): the lockout kept in
+    `accounts`, the audit log, and the CSRF token and the user in every template."""
+    app.extensions["lampctl.login_guard"] = LoginGuard(app.config.get("LOGIN_CLOCK") or time.monotonic, store=accounts)
+    app.extensions[AUDIT_KEY] = audit_fn
+
+    @app.context_processor
+    def _template_globals():
+        return {"csrf_token": csrf_token, "current_user": g.get("user")}
+
+
 def init_app(app) -> None:
     if app.extensions["lampctl"].accounts is None:
         raise ValueError("create_app needs Services(accounts=...): logins and tokens are answered from memory")
-    app.extensions["lampctl.login_guard"] = LoginGuard(
-        app.config.get("LOGIN_CLOCK") or time.monotonic, store=app.extensions["lampctl"].accounts
+    init_login(
+        app, app.extensions["lampctl"].accounts, lambda who, why: services().usage_log.event(None, None, None, who, why)
     )
     app.before_request(_before_request)
     # A page that cannot read the log answers 503 with a sentence, never 500 (item 10).
     app.register_error_handler(LogUnavailable, _unavailable)
     app.register_error_handler(sqlite3.Error, _unavailable)
-
-    @app.context_processor
-    def _template_globals():
-        return {"csrf_token": csrf_token, "current_user": g.get("user")}
 
 
 def _check_login(name: str, pin: str) -> tuple[dict | None, str, int]:
@@ -270,7 +283,7 @@ def _check_login(name: str, pin: str) -> tuple[dict | None, str, int]:
     if user is None:
         tries, locked_now = guard().failed(name)
         if locked_now:
-            services().usage_log.event(None, None, None, name, f"login locked out after {MAX_FAILURES} wrong PINs")
+            audit(name, f"login locked out after {MAX_FAILURES} wrong PINs")
         if tries == 0:
             return (
                 None,
@@ -308,7 +321,7 @@ def _begin_login(user: dict, why: str) -> str | None:
     session["login"] = login_id  # checked against the server's live logins on every request
     csrf_token()
     touch()
-    services().usage_log.event(None, None, None, user["name"], why)
+    audit(user["name"], why)
     return None
 
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
+from flask_babel import Babel
 
 from lampctl.storage import export, reports
+from lampctl.storage.accounts import LOGIN_LIFETIME
 from lampctl.storage.db import StoreError, parse_bound
+from web import ACCOUNTS_KEY, fleet_auth, load_secret_key
+from web.auth import init_login
+from web.login_cookie import LoginCookieSessions
 from web.params import MAX_PAGE, page_number
 
 PAGE_SIZE = 50
@@ -30,17 +37,40 @@ CSV_COLUMNS = (
 CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 
 bp = Blueprint("fleet", __name__)
+logger = logging.getLogger(__name__)
 
 
-def create_fleet_app(collector, test_config: dict | None = None) -> Flask:
-    """collector: lampctl.fleet.collector.Collector (its central log and the live states it heard)."""
+def create_fleet_app(
+    collector, accounts, test_config: dict | None = None, *, audit: Callable[[str, str], None] | None = None
+) -> Flask:
+    """collector: lampctl.fleet.collector.Collector (its central log and the live states it heard);
+    accounts: the collector's own (lampctl.fleet.logins), whose admins alone may log in;
+    audit(who, why): where logins, logouts and lockouts are recorded."""
+    if accounts is None:
+        raise ValueError("create_fleet_app needs the collector's accounts: its pages are for its admins")
     web_dir = Path(__file__).parent
     app = Flask(__name__, template_folder=str(web_dir / "templates"), static_folder=str(web_dir / "static"))
+    # The node's cookie settings, under another name: a node and a collector on one host keep both logins.
+    app.config.update(
+        SESSION_COOKIE_NAME="lampctl_fleet_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=LOGIN_LIFETIME,
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
     app.config.update(test_config or {})
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = load_secret_key(Path(collector.central.path).parent)
     app.extensions["fleet"] = collector
+    app.extensions[ACCOUNTS_KEY] = accounts
+    app.session_interface = LoginCookieSessions()  # S22: no wall-clock age on the cookie
+    Babel(app, locale_selector=lambda: "en")  # the fleet pages are English only
+    init_login(app, accounts, audit or (lambda who, why: logger.info("fleet pages: %s %s", who, why)))
+    app.before_request(fleet_auth.before_request)
     app.add_template_filter(reports.local_time, "local_time")
     app.add_template_filter(reports.duration_text, "duration")
     app.register_blueprint(bp)
+    app.register_blueprint(fleet_auth.bp)
 
     @app.after_request
     def headers(resp):

@@ -26,13 +26,13 @@ def page_number(args, name: str = "page") -> int | None:
     return page if 1 <= page <= MAX_PAGE else None
 
 
-def safe_next(target: str | None) -> str:
+def safe_next(target: str | None, fallback_endpoint: str = "panel.panel") -> str:
     """Only a path on this site: never redirect to another host after a login.
 
     Control characters and whitespace are refused before parsing, because Werkzeug strips
     tabs and CR/LF from the Location header after this check: "/", TAB, "/evil" would become "//evil".
     """
-    fallback = url_for("panel.panel")
+    fallback = url_for(fallback_endpoint)
     if not isinstance(target, str) or not target.startswith("/") or target.startswith("//"):
         return fallback
     if any(c == "\\" or c.isspace() or unicodedata.category(c)[0] in "CZ" for c in target):

@@ -62,7 +62,12 @@ def _add_main_commands(sub) -> None:
 
 
 def _add_account_commands(sub) -> None:
-    p = command(sub, "user", cmd_user, help="manage practitioner and admin accounts")
+    p = command(
+        sub,
+        "user",
+        cmd_user,
+        help="manage practitioner and admin accounts (a node's, or with --config central.toml the collector's)",
+    )
     usub = p.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     q = usub.add_parser("add", help="add a user")
     q.add_argument(
@@ -295,16 +300,29 @@ def _lamp_id(cfg, lamp_id: str) -> str:
     return lamp_id
 
 
+def _accounts_database(args):
+    """The database whose users `lampctl user` manages: a node's (service.database), or for a collector's
+    config (central.toml: a [collector] table) the accounts beside its central log (lampctl.fleet.logins)."""
+    from lampctl.fleet.collector import is_collector_config, load_collector_config
+
+    path = cli_args.config_path(args)
+    if is_collector_config(path):
+        from lampctl.fleet.logins import accounts_path
+
+        return accounts_path(load_collector_config(path).database)
+    return cli_args.load_config(args).service.database
+
+
 def cmd_user(args) -> int:
     from lampctl.cli import store as cli_store
 
-    cfg = cli_args.load_config(args)
+    database = _accounts_database(args)
     if args.user_command == "add":
-        print(f"added {args.role} {cli_store.add_user(cfg, args.name, args.role, args.pin)}")
+        print(f"added {args.role} {cli_store.add_user(database, args.name, args.role, args.pin)}")
     elif args.user_command == "remove":
-        print(f"removed {cli_store.remove_user(cfg, args.name)}")
+        print(f"removed {cli_store.remove_user(database, args.name)}")
     else:
-        for user in cli_store.users(cfg):
+        for user in cli_store.users(database):
             print(f"{user['name']:<20} {user['role']:<13} since {user['created_at']}")
     return EXIT_OK
 

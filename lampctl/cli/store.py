@@ -27,12 +27,11 @@ def _failures(path):
 
 
 @contextmanager
-def _accounts(cfg):
-    """The config's accounts, with a usage log (no writer thread: events go straight to disk) for the audit."""
+def _accounts(path):
+    """The accounts in database `path`, with a usage log (no writer thread: events go straight to disk) for the audit."""
     from lampctl.storage.accounts import Accounts
     from lampctl.storage.store import UsageLog
 
-    path = cfg.service.database
     with _failures(path):
         log = UsageLog(path)
         try:
@@ -41,25 +40,26 @@ def _accounts(cfg):
             log.close()
 
 
-def add_user(cfg, name: str, role: str, pin: str) -> str:
+# The user commands name the database: a node's, or the collector's accounts (lampctl.cli._accounts_database).
+def add_user(database, name: str, role: str, pin: str) -> str:
     """The name as kept (NFC)."""
-    with _accounts(cfg) as accounts:
+    with _accounts(database) as accounts:
         return accounts.add_user(name, role, pin, by=CLI_USER)
 
 
-def remove_user(cfg, name: str) -> str:
+def remove_user(database, name: str) -> str:
     """The name of the user removed, as kept (NAME may differ from it in case)."""
-    with _accounts(cfg) as accounts:
+    with _accounts(database) as accounts:
         return accounts.remove_user(name, by=CLI_USER)
 
 
-def users(cfg) -> list[dict]:
-    with _accounts(cfg) as accounts:
+def users(database) -> list[dict]:
+    with _accounts(database) as accounts:
         return accounts.users()
 
 
 def create_token(cfg, name: str) -> str:
-    with _accounts(cfg) as accounts:
+    with _accounts(cfg.service.database) as accounts:
         return accounts.create_token(name)
 
 

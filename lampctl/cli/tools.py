@@ -282,8 +282,11 @@ def _add_firmware(sub) -> None:
 # ---- collect (the fleet's central log) -----------------------------------------------------
 def run_collect(args) -> int:
     from lampctl.fleet.collector import CentralLog, Collector, load_collector_config
+    from lampctl.fleet.logins import CollectorLogins, accounts_path
     from lampctl.platform.logs import configure_logging
+    from lampctl.platform.runtime import DamagedFile
     from lampctl.service.serving import serve_fleet
+    from lampctl.storage.db import StoreError
 
     cfg = load_collector_config(config_path(args))
     configure_logging()
@@ -292,19 +295,33 @@ def run_collect(args) -> int:
     except (sqlite3.Error, OSError) as exc:
         raise Failed(f"cannot open the central log {cfg.database}: {exc}") from None
     try:
+        logins = CollectorLogins(cfg.database)
+    except (sqlite3.Error, OSError, StoreError) as exc:
+        raise Failed(f"cannot open the collector's accounts {accounts_path(cfg.database)}: {exc}") from None
+    try:
         collector = Collector(cfg.mqtt, central)
     except ImportError as exc:
         raise Failed(f"paho-mqtt cannot be loaded ({exc}): pip install 'lampctl[mqtt]'") from None
     try:
-        server = serve_fleet(collector, cfg.host, cfg.port)
+        server = serve_fleet(collector, logins, cfg.host, cfg.port)
+    except DamagedFile as exc:
+        raise Failed(str(exc)) from None
     except OSError as exc:
         raise Failed(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+    if not logins.admins():
+        print(
+            f"lampctl collect: no admin can log in yet: add one with `lampctl user add NAME --role admin "
+            f"--pin PIN --config {cfg.path}`",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def leave(signum, frame):
         raise SystemExit(EXIT_OK)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, leave)
+    logins.start()
     collector.start()
     print(f"lampctl collect: listening on http://{cfg.host}:{server.port}/", flush=True)
     try:
@@ -314,6 +331,7 @@ def run_collect(args) -> int:
     finally:
         server.close()
         collector.close()
+        logins.close()
     return EXIT_OK
 
 
@@ -328,6 +346,7 @@ def _add_collect(sub) -> None:
         description=f"Subscribe to {records_topic('+', 'sessions')} and "
         f"{records_topic('+', 'events')} on the broker in "
         "central.toml's [mqtt], store them in [collector] database and serve the "
-        "fleet, log, CSV and usage pages on [collector] bind.",
+        "fleet, log, CSV and usage pages on [collector] bind to its admins (log in with a "
+        "PIN; add users with `lampctl user add ... --config central.toml`).",
     )
     add_config(p)

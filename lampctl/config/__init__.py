@@ -266,6 +266,25 @@ SETTINGS = (
         doc="file whose first line is the broker password, relative to the config file; needs `mqtt.username`",
     ),
     Setting(
+        "mqtt.ca_file",
+        "text",
+        None,
+        form="a file path",
+        default_words="the system's CA store",
+        doc="PEM file of the CA that signed the broker's certificate, relative to the config file; needs `mqtts://`",
+    ),
+    Setting(
+        "mqtt.cert_file",
+        "text",
+        None,
+        form="a file path",
+        doc="this client's certificate (PEM, relative to the config file) for a broker that asks for one; "
+        "needs `mqtt.key_file` and `mqtts://`",
+    ),
+    Setting(
+        "mqtt.key_file", "text", None, form="a file path", doc="the private key (PEM, unencrypted) of `mqtt.cert_file`"
+    ),
+    Setting(
         "mqtt.discovery_prefix",
         "text",
         "homeassistant",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +24,9 @@ class MqttConfig:
     password_file: Path | None = None
     discovery_prefix: str = "homeassistant"
     commands: bool = False
+    ca_file: Path | None = None  # None: the system's CA store (mqtts:// only)
+    cert_file: Path | None = None  # a client certificate, with its key_file
+    key_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -52,6 +56,10 @@ def parse_mqtt(r, raw, base: Path, *, table: str = "mqtt") -> MqttConfig:
     password_file = _password_file(r, table, m.get("password_file"), base)
     if password_file is not None and username is None:
         raise r.fail(f"{table}.password_file", "needs mqtt.username (a broker password goes with a user name)")
+    ca_file, cert_file, key_file = (
+        _tls_file(r, table, key, m.get(key), base, tls) for key in ("ca_file", "cert_file", "key_file")
+    )
+    _check_tls(r, table, ca_file, cert_file, key_file)
     return MqttConfig(
         host=host,
         port=port,
@@ -61,6 +69,9 @@ def parse_mqtt(r, raw, base: Path, *, table: str = "mqtt") -> MqttConfig:
         password_file=password_file,
         discovery_prefix=prefix,
         commands=m.get("commands"),
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
     )
 
 
@@ -100,3 +111,59 @@ def _password_file(r, table: str, value: str | None, base: Path) -> Path | None:
     except OSError as exc:
         raise r.fail(f"{table}.password_file", f"cannot read {path}: {exc.strerror}") from None
     return path
+
+
+def _tls_file(r, table: str, key: str, value: str | None, base: Path, tls: bool) -> Path | None:
+    if value is None:
+        return None
+    if not tls:
+        raise r.fail(f"{table}.{key}", "needs a TLS broker: an mqtts:// url")
+    path = Path(value)
+    if not path.is_absolute():
+        path = (base / path).resolve()
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise r.fail(f"{table}.{key}", f"cannot read {path}: {exc.strerror}") from None
+    return path
+
+
+def _check_tls(r, table: str, ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> None:
+    """The files load as the client loads them (tls_context), so a wrong one is a config error, not a link that never comes up."""
+    if (cert_file is None) != (key_file is None):
+        raise r.fail(
+            f"{table}.{'key_file' if cert_file else 'cert_file'}",
+            "missing: a client certificate needs both mqtt.cert_file and mqtt.key_file",
+        )
+    try:
+        _verifying(ca_file)
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        raise r.fail(f"{table}.ca_file", f"{ca_file} holds no PEM certificate ({exc.__class__.__name__})") from None
+    if cert_file is not None and key_file is not None:
+        try:
+            _with_certificate(ssl.create_default_context(), cert_file, key_file)
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise r.fail(
+                f"{table}.cert_file",
+                f"{cert_file} and {key_file} are not a PEM certificate and its "
+                f"unencrypted key ({exc.__class__.__name__})",
+            ) from None
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+    """The client's TLS: the broker's certificate checked against mqtt.ca_file (else the system's CA store),
+    and its name against the URL's host; this client's certificate when one is set."""
+    context = _verifying(cfg.ca_file)
+    if cfg.cert_file is not None and cfg.key_file is not None:
+        _with_certificate(context, cfg.cert_file, cfg.key_file)
+    return context
+
+
+def _verifying(ca_file: Path | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+
+
+def _with_certificate(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    context.load_cert_chain(str(cert_file), str(key_file), password=lambda: b"")  # an encrypted key: never a prompt
+    return context

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lampctl import config as config_mod
 from lampctl.config.mqtt import MqttConfig, parse_mqtt
-from lampctl.fleet import discovery
+from lampctl.fleet import broker, discovery
 from lampctl.fleet.central_log import BadRecord, CentralLog, check_record
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,14 @@ class CollectorConfig:
     host: str
     port: int
     mqtt: MqttConfig
+
+
+def is_collector_config(path: str | Path) -> bool:
+    """Whether `path` is a collector's config (it has a [collector] table); False when it cannot be read."""
+    try:
+        return "collector" in tomllib.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError):
+        return False
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
@@ -94,8 +102,7 @@ class Collector:
         )
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password())
-        if cfg.tls:
-            self.client.tls_set()
+        self._failures = broker.configure(self.client, cfg, "the collector", "nothing is collected until it can")
         self.client.reconnect_delay_set(1, 2)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -119,6 +126,7 @@ class Collector:
         if reason_code.is_failure:
             log.error("the broker %s refused the collector: %s", self.cfg.url, reason_code)
             return
+        self._failures.connected()
         client.subscribe(
             [
                 (discovery.records_topic("+", "sessions"), 1),

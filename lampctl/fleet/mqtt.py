@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from lampctl.fleet import discovery
+from lampctl.fleet import broker, discovery
 from lampctl.fleet.commands import Commands
 from lampctl.fleet.outbox import Outbox
 
@@ -87,8 +87,7 @@ class MqttLink:
         client.will_set(discovery.status_topic(self.node), "offline", qos=1, retain=True)
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, self.cfg.password())
-        if self.cfg.tls:
-            client.tls_set()
+        self._failures = broker.configure(client, self.cfg, f"MQTT node {self.node}", "records wait in the outbox")
         client.reconnect_delay_set(1, RECONNECT_MAX_S)
         client.max_inflight_messages_set(WINDOW)
         client.on_connect = self._on_connect
@@ -101,6 +100,7 @@ class MqttLink:
         if reason_code.is_failure:
             log.error("MQTT broker %s refused the connection: %s", self.cfg.url, reason_code)
             return
+        self._failures.connected()
         # The outbox is the one source of records: what paho kept from the last connection
         # is sent again from there, in order, instead of by paho.
         client.drop_out_messages()

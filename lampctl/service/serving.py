@@ -18,8 +18,16 @@ def serve_panel(services_fields: dict[str, Any], host: str, port: int, *, arriva
     return make_server(create_app(Services(**services_fields)), host, port, arrivals=arrivals)
 
 
-def serve_fleet(collector, host: str, port: int):
-    """The collector's fleet, log, CSV and usage pages."""
+def serve_fleet(collector, logins, host: str, port: int):
+    """The collector's fleet, log, CSV and usage pages, for the admins of `logins` (lampctl.fleet.logins)."""
+    from lampctl.platform.runtime import DamagedFile
     from web.fleet import create_fleet_app
 
-    return make_server(create_fleet_app(collector), host, port)
+    try:
+        app = create_fleet_app(collector, logins.accounts, audit=logins.audit)
+    except OSError as exc:  # the cookie key beside the central log: a folder the collector may not write
+        raise DamagedFile(
+            f"the cookie key cannot be made beside {collector.central.path} "
+            f"({exc.strerror or exc}): let the collector's user write that folder"
+        ) from None
+    return make_server(app, host, port)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lampctl.testing import free_port, wait_until
@@ -21,12 +22,89 @@ def mosquitto_path() -> str | None:
     )
 
 
-class Broker:
-    """mosquitto with a temp config: loopback only, anonymous, TCP_NODELAY; restartable on the same port."""
+def openssl_path() -> str | None:
+    return shutil.which("openssl")
 
-    def __init__(self, workdir: Path, port: int | None = None, *, persistent: bool = False):
+
+@dataclass(frozen=True)
+class Certificates:
+    """A test CA, the broker's certificate (for 127.0.0.1 and localhost) and a client's, all signed by it."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_certificates(folder: Path, name: str = "ca") -> Certificates:
+    """A fresh CA and its certificates in folder/name/, made with the openssl command (EC keys: fast)."""
+    out = Path(folder) / name
+    out.mkdir(parents=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl_path() or "openssl", *args], cwd=out, check=True, capture_output=True, timeout=30)
+
+    run(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=lampctl test {name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    for who, usage, alt in (
+        ("server", "serverAuth", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"),
+        ("client", "clientAuth", ""),
+    ):
+        (out / f"{who}.ext").write_text(
+            f"{alt}basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+            f"extendedKeyUsage={usage}\nauthorityKeyIdentifier=keyid,issuer\n"
+        )
+        run("req", *ec, "-keyout", f"{who}.key", "-out", f"{who}.csr", "-subj", f"/CN=lampctl test {who}")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{who}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{who}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{who}.ext",
+        )
+    return Certificates(out / "ca.pem", out / "server.pem", out / "server.key", out / "client.pem", out / "client.key")
+
+
+class Broker:
+    """mosquitto with a temp config: loopback only, anonymous, TCP_NODELAY; restartable on the same port.
+
+    With tls (Certificates), the one listener speaks TLS only, with the CA's server certificate,
+    and asks each client for a certificate signed by that CA.
+    """
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, persistent: bool = False, tls: Certificates | None = None
+    ):
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
         self.conf = self.workdir / f"mosquitto-{self.port}.conf"
         # persistent: sessions (the collector's subscription and its queue) survive a restart,
@@ -36,19 +114,33 @@ class Broker:
             data = self.workdir / f"mosquitto-{self.port}.d"
             data.mkdir(exist_ok=True)
             keep = f"persistence true\npersistence_location {data}/\n"
-            if os.geteuid() == 0:
-                # Started as root, mosquitto would drop to its own user, who cannot enter a test's
-                # private tmp dir to save the sessions.
-                keep += "user root\n"
+        if (persistent or tls) and os.geteuid() == 0:
+            # Started as root, mosquitto would drop to its own user, who cannot enter a test's
+            # private tmp dir to save the sessions or read the keys.
+            keep += "user root\n"
+        listener = f"listener {self.port} 127.0.0.1\n"
+        if tls:
+            # notice: each handshake it refused is logged (refused_handshakes)
+            listener += (
+                f"cafile {tls.ca}\ncertfile {tls.server_cert}\nkeyfile {tls.server_key}\n"
+                "require_certificate true\nlog_type notice\n"
+            )
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+            f"{listener}allow_anonymous true\nset_tcp_nodelay true\n"
             f"{keep}max_queued_messages 0\nmax_inflight_messages 0\n"
             "log_type error\nlog_type warning\n"
         )
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    def refused_handshakes(self) -> int:
+        """TLS handshakes this broker saw fail (a TLS broker logs each)."""
+        try:
+            return (self.workdir / f"mosquitto-{self.port}.log").read_text(errors="replace").count("OpenSSL Error")
+        except FileNotFoundError:
+            return 0
 
     def start(self, timeout: float = 10) -> Broker:
         exe = mosquitto_path()
