@@ -72,7 +72,7 @@ class StubCollector:
     def __init__(self, central):
         self.central = central
         self.status = {"n1": "online", "n2": "offline"}
-        self.stored = self.duplicates = self.rejected = 0
+        self.stored = self.duplicates = self.rejected = self.rejected_states = 0
         self.subscribed = threading.Event()
 
     def fleet(self):

@@ -27,8 +27,8 @@ def create_fleet_app(collector, test_config: dict | None = None) -> Flask:
     app = Flask(__name__, template_folder=str(web_dir / "templates"), static_folder=str(web_dir / "static"))
     app.config.update(test_config or {})
     app.extensions["fleet"] = collector
-    app.add_template_filter(reports.local_time, "local_time")
-    app.add_template_filter(reports.duration_text, "duration")
+    app.add_template_filter(_or_placeholder(reports.local_time), "local_time")
+    app.add_template_filter(_or_placeholder(reports.duration_text), "duration")
     app.register_blueprint(bp)
 
     @app.after_request
@@ -39,6 +39,21 @@ def create_fleet_app(collector, test_config: dict | None = None) -> Flask:
         return resp
 
     return app
+
+
+# What a cell shows for a value it cannot read: rows stored before every field was checked on
+# arrival may hold "yesterday" as a time or Infinity as a duration, and a page never fails on them.
+PLACEHOLDER = "?"
+
+
+def _or_placeholder(fmt):
+    def shown(value):
+        try:
+            return fmt(value)
+        except (ValueError, TypeError, OverflowError, AttributeError):
+            return PLACEHOLDER
+    shown.__name__ = fmt.__name__
+    return shown
 
 
 def _collector():
@@ -62,7 +77,8 @@ def _filters() -> tuple[dict, dict, str | None]:
 @bp.get("/")
 def fleet():
     collector = _collector()
-    return render_template("fleet/fleet.html", lamps=collector.fleet(), status=dict(collector.status))
+    return render_template("fleet/fleet.html", lamps=collector.fleet(), status=dict(collector.status),
+                           refused=(collector.rejected, collector.rejected_states))
 
 
 @bp.get("/log")
@@ -111,4 +127,5 @@ def api_fleet():
     collector = _collector()
     return {"lamps": collector.fleet(), "nodes": dict(collector.status), "stored": collector.stored,
             "duplicates": collector.duplicates, "rejected": collector.rejected,
+            "rejected_states": collector.rejected_states,
             "subscribed": collector.subscribed.is_set()}
