@@ -7,7 +7,7 @@ import math
 from datetime import date
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
+from flask import Blueprint, Flask, Response, abort, current_app, render_template, request, stream_with_context
 
 from lampctl.storage import export, reports
 from lampctl.storage.db import StoreError, parse_bound
@@ -102,16 +102,28 @@ def log_csv():
     found, _form, error = _filters()
     if error:
         abort(400, error)
-    buf = io.StringIO()
-    # CRLF (RFC 4180): csv.writer quotes a cell holding a character of its line ending, so a
-    # lone CR in a name is quoted too; with "\n" it was not, and a spreadsheet split the cell
-    # there and ran the rest ("'\r=1+1" became "'" and a formula "=1+1").
-    writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in _collector().central.sessions(**found):
-        writer.writerow([export.csv_cell(row[c]) for c in CSV_COLUMNS])
+    # Opened here, not in the generator: a log that cannot be read fails before any byte is sent.
+    batches = _collector().central.session_batches(CSV_COLUMNS, **found)
+
+    def generate():
+        # One batch of rows at a time: the log is never loaded or written out whole in memory.
+        buf = io.StringIO()
+        # CRLF (RFC 4180): csv.writer quotes a cell holding a character of its line ending, so a
+        # lone CR in a name is quoted too; with "\n" it was not, and a spreadsheet split the cell
+        # there and ran the rest ("'\r=1+1" became "'" and a formula "=1+1").
+        writer = csv.writer(buf, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        for rows in batches:
+            writer.writerows([export.csv_cell(v) for v in row] for row in rows)
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+        if buf.tell():
+            yield buf.getvalue()
+
     name = f"lampctl-fleet-sessions-{date.today().isoformat()}.csv"
-    return Response(buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(stream_with_context(generate()), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @bp.get("/usage")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from lampctl.fleet import inbound
@@ -113,6 +114,26 @@ class CentralLog:
                           f"round(sum(coalesce(actual_s, 0)) / 60.0, 1) AS minutes FROM sessions{where} "
                           "GROUP BY node, lamp_id, day ORDER BY day DESC, node, lamp_id", params)
 
+    def session_batches(self, columns: tuple[str, ...], *, node: str | None = None, lamp: str | None = None,
+                        start: str | None = None, end: str | None = None, batch: int = 500) -> Iterator[list[tuple]]:
+        """The sessions() rows as tuples of `columns`, `batch` rows at a time: memory stays flat.
+
+        The query starts before this returns, so a log that cannot be read fails here, not midway.
+        """
+        unknown = set(columns) - {"node", "received_at", *SESSION_COLUMNS}
+        if unknown:
+            raise ValueError(f"no such session columns: {sorted(unknown)}")
+        where, params = _filters(node, lamp, start, end)
+        conn = self._reader()
+        try:
+            cursor = conn.execute(f"SELECT {', '.join(columns)} FROM sessions{where} "
+                                  "ORDER BY started_at DESC, node, id DESC", params)
+            cursor.row_factory = None
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return _batches(conn, cursor, batch)
+
     def nodes(self) -> list[str]:
         return [r["node"] for r in self._read("SELECT DISTINCT node FROM sessions ORDER BY node", [])]
 
@@ -129,6 +150,14 @@ class CentralLog:
             return [dict(r) for r in conn.execute(sql, params)]
         finally:
             conn.close()
+
+
+def _batches(conn: sqlite3.Connection, cursor: sqlite3.Cursor, size: int) -> Iterator[list[tuple]]:
+    try:
+        while rows := cursor.fetchmany(size):
+            yield rows
+    finally:
+        conn.close()
 
 
 def _filters(node, lamp, start, end) -> tuple[str, list]:
