@@ -68,6 +68,13 @@ BAD_EVENTS = {
 pytestmark = pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)")
 
 
+def test_the_states_taken_are_the_lamps_states():
+    from lampctl.core.lamp import LampState
+    from lampctl.fleet.inbound import STATES
+
+    assert tuple(s.value for s in LampState) == STATES
+
+
 def _status(url: str) -> int:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
