@@ -80,6 +80,12 @@ def configs(mqtt_cfg, lamps, user: str = "homeassistant") -> list[tuple[str, str
             **_common("sensor", node, f"{lamp.id}_remaining", f"{lamp.name} remaining"), "state_topic": state,
             "value_template": "{{ (value_json.remaining_s or 0) | round(0) }}",
             "device_class": "duration", "unit_of_measurement": "s"})
+        # A timestamp sensor Home Assistant counts down to by itself, between the 10 s refreshes
+        # of "remaining": ISO-8601 with its zone while on, "None" (unknown) otherwise.
+        add("sensor", f"{lamp.id}_ends", {
+            **_common("sensor", node, f"{lamp.id}_ends", f"{lamp.name} ends"), "state_topic": state,
+            "value_template": "{{ value_json.ends_at or 'None' }}", "device_class": "timestamp",
+            "icon": "mdi:timer-sand"})
         add("button", f"{lamp.id}_stop", {
             **_common("button", node, f"{lamp.id}_stop", f"{lamp.name} Stop"), "command_topic": lamp_cmd_topic(node, lamp.id),
             "payload_press": _press("stop", user), "qos": 1, "icon": "mdi:stop"})
