@@ -1,5 +1,6 @@
 """What a node (or anyone who can publish) sends the collector is checked field by field: a bad state or record
 is refused, counted and named in the log, and no page answers 500, for what arrives or for rows stored before."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ BAD_STATES["bytes"] = (b'{"state": "\xff\xfe"}', "not UTF-8")  # not UTF-8 text
 # name -> (the session record's payload, the field the log line must name); every other field is good.
 BAD_RECORDS = {
     "started-yesterday": ({**session(11), "started_at": "yesterday"}, "'started_at' must be an ISO-8601 time"),
-    "ended-without-zone": ({**session(12), "ended_at": "2026-11-20T10:10:00"},
-                           "'ended_at' must be an ISO-8601 time with its time zone"),
+    "ended-without-zone": (
+        {**session(12), "ended_at": "2026-11-20T10:10:00"},
+        "'ended_at' must be an ISO-8601 time with its time zone",
+    ),
     "actual-infinity": ({**session(13), "actual_s": float("inf")}, "'actual_s' must be a number of seconds"),
     "actual-nan": ({**session(14), "actual_s": float("nan")}, "'actual_s' must be a number of seconds"),
     "planned-negative": ({**session(15), "planned_s": -600}, "'planned_s' must be a number of seconds"),
@@ -61,8 +64,10 @@ BAD_RECORDS = {
 }
 BAD_EVENTS = {
     "at-soon": ({"id": 31, "at": "soon", "who": "system", "why": "x"}, "'at' must be an ISO-8601 time"),
-    "state-unknown": ({"id": 32, "at": "2026-11-25T10:00:00.000Z", "who": "system", "why": "x",
-                       "from_state": "melting"}, "'from_state' must be one of off, on"),
+    "state-unknown": (
+        {"id": 32, "at": "2026-11-25T10:00:00.000Z", "who": "system", "why": "x", "from_state": "melting"},
+        "'from_state' must be one of off, on",
+    ),
 }
 
 pytestmark = pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)")
@@ -121,10 +126,14 @@ def test_a_bad_retained_state_is_refused_counted_named_and_the_page_stays_up(col
     before = c.fleet().get("rejected_states", 0)
     _publish(sender, f"lampctl/bad/lamp/{lamp}/state", payload, retain=True)
     # A good state after it: the collector still hears (nothing above stopped its network thread).
-    _publish(sender, f"lampctl/bad/lamp/after-{lamp}/state", {"state": "on", "remaining_s": 90, "user": "ann"},
-             retain=True)
-    fleet = wait_until(lambda: (f := c.fleet()) and any(x["lamp_id"] == f"after-{lamp}" for x in f["lamps"]) and f,
-                       20, "the good state after it")
+    _publish(
+        sender, f"lampctl/bad/lamp/after-{lamp}/state", {"state": "on", "remaining_s": 90, "user": "ann"}, retain=True
+    )
+    fleet = wait_until(
+        lambda: (f := c.fleet()) and any(x["lamp_id"] == f"after-{lamp}" for x in f["lamps"]) and f,
+        20,
+        "the good state after it",
+    )
     assert _status(f"http://127.0.0.1:{c.port}/") == 200
     assert lamp not in [x["lamp_id"] for x in fleet["lamps"]]
     assert fleet.get("rejected_states") == before + 1
@@ -145,8 +154,9 @@ def test_a_status_neither_online_nor_offline_is_refused(collect):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind, case", [("sessions", name) for name in BAD_RECORDS]
-                         + [("events", name) for name in BAD_EVENTS])
+@pytest.mark.parametrize(
+    "kind, case", [("sessions", name) for name in BAD_RECORDS] + [("events", name) for name in BAD_EVENTS]
+)
 def test_a_bad_record_is_refused_counted_named_and_the_log_pages_stay_up(collect, kind, case):
     c, sender = collect["collect"], collect["sender"]
     body, words = (BAD_RECORDS if kind == "sessions" else BAD_EVENTS)[case]
@@ -168,8 +178,11 @@ def test_a_bad_record_is_refused_counted_named_and_the_log_pages_stay_up(collect
 @pytest.mark.timeout(60)
 def test_a_good_record_keeps_its_times_in_the_logs_one_format(collect):
     c, sender = collect["collect"], collect["sender"]
-    _publish(sender, "lampctl/zoned/sessions", {**session(1), "started_at": "2026-11-20T11:00:00+01:00",
-                                                 "ended_at": "2026-11-20T10:10:00Z"})
+    _publish(
+        sender,
+        "lampctl/zoned/sessions",
+        {**session(1), "started_at": "2026-11-20T11:00:00+01:00", "ended_at": "2026-11-20T10:10:00Z"},
+    )
     stored = wait_until(lambda: c.sessions("zoned"), 20, "the record")
     assert (stored[0]["started_at"], stored[0]["ended_at"]) == ("2026-11-20T10:00:00.000Z", "2026-11-20T10:10:00.000Z")
 
@@ -178,22 +191,47 @@ def test_a_good_record_keeps_its_times_in_the_logs_one_format(collect):
 def _store_raw(path, rows: list[tuple]) -> None:
     conn = sqlite3.connect(path)
     with conn:
-        conn.executemany("INSERT INTO sessions (node, id, lamp_id, user, started_at, ended_at, planned_s, actual_s, "
-                         "end_reason, continues) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany(
+            "INSERT INTO sessions (node, id, lamp_id, user, started_at, ended_at, planned_s, actual_s, "
+            "end_reason, continues) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
         # Bytes that are not UTF-8, stored as text: SQLite keeps them, Python cannot decode them.
-        conn.execute("INSERT INTO sessions (node, id, lamp_id, user, started_at, planned_s) "
-                     "VALUES ('old', 9, 'room1', CAST(x'fffe41' AS TEXT), '2026-11-20T10:00:00.000Z', 60)")
+        conn.execute(
+            "INSERT INTO sessions (node, id, lamp_id, user, started_at, planned_s) "
+            "VALUES ('old', 9, 'room1', CAST(x'fffe41' AS TEXT), '2026-11-20T10:00:00.000Z', 60)"
+        )
     conn.close()
 
 
 STORED_BAD = {  # name -> a row as an older collector stored it (the sessions' columns from node)
-    "started-yesterday": ("old", 1, "room1", "ann", "yesterday", "2026-11-20T10:10:00.000Z", 600.0, 600.0,
-                          "completed", None),
+    "started-yesterday": (
+        "old",
+        1,
+        "room1",
+        "ann",
+        "yesterday",
+        "2026-11-20T10:10:00.000Z",
+        600.0,
+        600.0,
+        "completed",
+        None,
+    ),
     "ended-soon": ("old", 2, "room1", "ann", "2026-11-20T10:00:00.000Z", "soon", 600.0, 600.0, "completed", None),
     "actual-infinity": ("old", 3, "room1", "ann", "2026-11-20T10:00:00.000Z", None, 600.0, float("inf"), None, None),
     "planned-text": ("old", 4, "room1", "ann", "2026-11-20T10:00:00.000Z", None, "soon", None, None, None),
-    "planned-minus-infinity": ("old", 5, "room1", "ann", "2026-11-20T10:00:00.000Z", None, float("-inf"), None,
-                               None, None),
+    "planned-minus-infinity": (
+        "old",
+        5,
+        "room1",
+        "ann",
+        "2026-11-20T10:00:00.000Z",
+        None,
+        float("-inf"),
+        None,
+        None,
+        None,
+    ),
     "actual-bytes": ("old", 6, "room1", "ann", "2026-11-20T10:00:00.000Z", None, 600.0, b"\x00\x01", None, None),
 }
 
@@ -202,11 +240,16 @@ def _store_raw(path, row: tuple | None) -> None:
     conn = sqlite3.connect(path)
     with conn:
         if row is None:  # bytes that are not UTF-8, stored as text: SQLite keeps them, Python cannot decode them
-            conn.execute("INSERT INTO sessions (node, id, lamp_id, user, started_at, planned_s) "
-                         "VALUES ('old', 9, 'room1', CAST(x'fffe41' AS TEXT), '2026-11-20T10:00:00.000Z', 60)")
+            conn.execute(
+                "INSERT INTO sessions (node, id, lamp_id, user, started_at, planned_s) "
+                "VALUES ('old', 9, 'room1', CAST(x'fffe41' AS TEXT), '2026-11-20T10:00:00.000Z', 60)"
+            )
         else:
-            conn.execute("INSERT INTO sessions (node, id, lamp_id, user, started_at, ended_at, planned_s, actual_s, "
-                         "end_reason, continues) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            conn.execute(
+                "INSERT INTO sessions (node, id, lamp_id, user, started_at, ended_at, planned_s, actual_s, "
+                "end_reason, continues) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
     conn.close()
 
 
@@ -237,8 +280,17 @@ HELD_STATES = {"remaining-text": "soon", "remaining-infinity": float("inf"), "re
 def test_a_state_held_from_before_the_checks_renders_as_a_placeholder(tmp_path, case):
     central = CentralLog(tmp_path / "central.db")
     stub = StubCollector(central)
-    stub.fleet = lambda: [{"node": "old", "lamp_id": "a", "name": "A", "state": "on", "node_status": "online",
-                           "remaining_s": HELD_STATES[case], "user": "ann"}]
+    stub.fleet = lambda: [
+        {
+            "node": "old",
+            "lamp_id": "a",
+            "name": "A",
+            "state": "on",
+            "node_status": "online",
+            "remaining_s": HELD_STATES[case],
+            "user": "ann",
+        }
+    ]
     try:
         resp = create_fleet_app(stub, {"TESTING": True}).test_client().get("/")
         assert resp.status_code == 200

@@ -1,4 +1,5 @@
 """The collector's /log.csv streams the central log a batch at a time, byte for byte what the whole-in-memory CSV was."""
+
 from __future__ import annotations
 
 import csv
@@ -13,8 +14,18 @@ from tests.csv_cases import FORMULA_CELLS
 from tests.test_collector import StubCollector, session
 from web.fleet import create_fleet_app
 
-COLUMNS = ("node", "id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
-           "continues")
+COLUMNS = (
+    "node",
+    "id",
+    "lamp_id",
+    "user",
+    "started_at",
+    "ended_at",
+    "planned_s",
+    "actual_s",
+    "end_reason",
+    "continues",
+)
 
 
 def whole_in_memory(central: CentralLog, **filters) -> bytes:
@@ -32,17 +43,36 @@ def _fill(central: CentralLog, nodes: int, per_node: int) -> None:
     rows = []
     for n in range(nodes):
         for i in range(1, per_node + 1):
-            rows.append(("session", check_record("session", f"n{n}", session(
-                i, user=names[i % len(names)], actual_s=(0.1 + 0.2) * i if i % 3 else None,
-                ended_at=None if i % 7 == 0 else session(i)["ended_at"], end_reason=None if i % 7 == 0 else "stopped",
-                continues=i - 1 if i % 4 == 0 else None, started_at=f"2026-11-{1 + i % 28:02d}T10:{i % 60:02d}:00.000Z"))))
+            rows.append(
+                (
+                    "session",
+                    check_record(
+                        "session",
+                        f"n{n}",
+                        session(
+                            i,
+                            user=names[i % len(names)],
+                            actual_s=(0.1 + 0.2) * i if i % 3 else None,
+                            ended_at=None if i % 7 == 0 else session(i)["ended_at"],
+                            end_reason=None if i % 7 == 0 else "stopped",
+                            continues=i - 1 if i % 4 == 0 else None,
+                            started_at=f"2026-11-{1 + i % 28:02d}T10:{i % 60:02d}:00.000Z",
+                        ),
+                    ),
+                )
+            )
     central.write(rows)
 
 
-@pytest.mark.parametrize("query, filters", [("", {}), ("?node=n1", {"node": "n1"}),
-                                            ("?from=2026-11-10&to=2026-11-12", {"start": "2026-11-10T00:00:00.000Z",
-                                                                                "end": "2026-11-12T23:59:59.999Z"}),
-                                            ("?node=nobody", {"node": "nobody"})])
+@pytest.mark.parametrize(
+    "query, filters",
+    [
+        ("", {}),
+        ("?node=n1", {"node": "n1"}),
+        ("?from=2026-11-10&to=2026-11-12", {"start": "2026-11-10T00:00:00.000Z", "end": "2026-11-12T23:59:59.999Z"}),
+        ("?node=nobody", {"node": "nobody"}),
+    ],
+)
 def test_fleet_csv_bytes_equal_the_whole_in_memory_output(tmp_path, query, filters):
     central = CentralLog(tmp_path / "central.db")
     _fill(central, 3, 700)  # more than one batch per node

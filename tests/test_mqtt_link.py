@@ -1,4 +1,5 @@
 """The node's MQTT client in process, against a real mosquitto: a dead broker changes nothing, records wait and arrive in order."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ def link_for(cfg, controller, accounts, users, clock):
 
     def make(port: int) -> MqttLink:
         mqtt = MqttConfig(host="127.0.0.1", port=port, tls=False, node="n1", commands=True)
-        link = MqttLink(mqtt, cfg.service.database, controller, accounts, cfg.lamps, builtin_users=("cli",),
-                        wall=clock.wall)
+        link = MqttLink(
+            mqtt, cfg.service.database, controller, accounts, cfg.lamps, builtin_users=("cli",), wall=clock.wall
+        )
         made.append(link)
         link.start()
         return link
@@ -36,7 +38,8 @@ def link_for(cfg, controller, accounts, users, clock):
 
 
 def test_s9_s10_dead_broker_changes_nothing_and_records_wait_across_a_restart(
-        tmp_path, cfg, controller, clock, factory, usage_log, link_for):
+    tmp_path, cfg, controller, clock, factory, usage_log, link_for
+):
     port = free_port()  # nothing listens here yet
     link = link_for(port)
     controller.add_listener(link.on_view)
@@ -84,8 +87,7 @@ def test_state_retained_and_status_online(tmp_path, controller, clock, link_for)
         broker.kill()
 
 
-def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_path, controller, link_for,
-                                                                         monkeypatch):
+def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_path, controller, link_for, monkeypatch):
     import lampctl.fleet.mqtt as mqtt_mod
 
     monkeypatch.setattr(mqtt_mod, "REFRESH_S", 0.2)
@@ -95,8 +97,11 @@ def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_pat
         controller.add_listener(link.on_view)
         listener = Listener(broker.port, ["lampctl/n1/lamp/room1/state"])
         controller.start("room1", 600, "ann")
-        listener.wait(lambda l: sum(json.loads(p)["state"] == "on" for _, p, _ in l.messages) >= 4, 10,
-                      "the state of a lamp that is on, again and again")
+        listener.wait(
+            lambda l: sum(json.loads(p)["state"] == "on" for _, p, _ in l.messages) >= 4,
+            10,
+            "the state of a lamp that is on, again and again",
+        )
         controller.stop("room1", "ann")
         listener.wait(lambda l: l.latest_json("lampctl/n1/lamp/room1/state")["state"] == "off", 10, "off")
         listener.close()
@@ -104,8 +109,9 @@ def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_pat
         broker.kill()
 
 
-def test_retained_state_says_when_the_session_ends_for_home_assistant(tmp_path, controller, clock, link_for,
-                                                                       monkeypatch):
+def test_retained_state_says_when_the_session_ends_for_home_assistant(
+    tmp_path, controller, clock, link_for, monkeypatch
+):
     """ends_at: ISO-8601 UTC, the same through the countdown's refreshes, moved by an extension, null when off."""
     import lampctl.fleet.mqtt as mqtt_mod
 
@@ -125,8 +131,11 @@ def test_retained_state_says_when_the_session_ends_for_home_assistant(tmp_path, 
         assert datetime.fromisoformat(listener.latest_json(topic)["ends_at"]) == started + timedelta(seconds=600)
         clock.advance(30)  # the countdown goes on: refreshes with less remaining, the same end
         seen = len(listener.messages)
-        listener.wait(lambda l: [json.loads(p)["remaining_s"] for _, p, _ in l.messages[seen:]].count(570) >= 2, 10,
-                      "two refreshes after 30 s")
+        listener.wait(
+            lambda l: [json.loads(p)["remaining_s"] for _, p, _ in l.messages[seen:]].count(570) >= 2,
+            10,
+            "two refreshes after 30 s",
+        )
         assert {json.loads(p)["ends_at"] for _, p, _ in listener.messages[seen:]} == {"2026-01-05T09:10:00.000Z"}
         controller.extend("room1", 120, "ann")
         listener.wait(lambda l: l.latest_json(topic)["ends_at"] == "2026-01-05T09:12:00.000Z", 10, "extended end")
@@ -143,12 +152,13 @@ def test_ends_at_does_not_jitter_with_the_publish_latency_but_follows_a_clock_st
     walls = iter([0.0, 0.3, 0.9, 7200.0])  # seconds after 09:00 UTC; the last a step of two hours
     base = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
     mqtt = MqttConfig(host="127.0.0.1", port=1, tls=False, node="n1")
-    link = MqttLink(mqtt, cfg.service.database, controller, accounts, cfg.lamps,
-                    wall=lambda: base + timedelta(seconds=next(walls)))
+    link = MqttLink(
+        mqtt, cfg.service.database, controller, accounts, cfg.lamps, wall=lambda: base + timedelta(seconds=next(walls))
+    )
     view = {"id": "room1", "state": "on", "session_id": 1, "planned_s": 600.0}
     assert link._ends_at({**view, "remaining_s": 600.0}) == "2026-01-05T09:10:00.000Z"
     assert link._ends_at({**view, "remaining_s": 599.75}) == "2026-01-05T09:10:00.000Z"  # 0.05 s later: kept
-    assert link._ends_at({**view, "remaining_s": 599.2}) == "2026-01-05T09:10:00.000Z"   # 0.1 s later: kept
+    assert link._ends_at({**view, "remaining_s": 599.2}) == "2026-01-05T09:10:00.000Z"  # 0.1 s later: kept
     assert link._ends_at({**view, "remaining_s": 590.0}) == "2026-01-05T11:09:50.000Z"  # the clock stepped
     assert link._ends_at({"id": "room1", "state": "cooldown", "remaining_s": None}) is None
 

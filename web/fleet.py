@@ -1,4 +1,5 @@
 """The collector's pages: every lamp's live state, and the central log, CSV and usage across nodes."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,18 @@ from lampctl.storage.db import StoreError, parse_bound
 from web.params import MAX_PAGE, page_number
 
 PAGE_SIZE = 50
-CSV_COLUMNS = ("node", "id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
-               "continues")
+CSV_COLUMNS = (
+    "node",
+    "id",
+    "lamp_id",
+    "user",
+    "started_at",
+    "ended_at",
+    "planned_s",
+    "actual_s",
+    "end_reason",
+    "continues",
+)
 CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 
 bp = Blueprint("fleet", __name__)
@@ -52,6 +63,7 @@ def _or_placeholder(fmt):
             return fmt(value)
         except (ValueError, TypeError, OverflowError, AttributeError):
             return PLACEHOLDER
+
     shown.__name__ = fmt.__name__
     return shown
 
@@ -77,8 +89,12 @@ def _filters() -> tuple[dict, dict, str | None]:
 @bp.get("/")
 def fleet():
     collector = _collector()
-    return render_template("fleet/fleet.html", lamps=collector.fleet(), status=dict(collector.status),
-                           refused=(collector.rejected, collector.rejected_states))
+    return render_template(
+        "fleet/fleet.html",
+        lamps=collector.fleet(),
+        status=dict(collector.status),
+        refused=(collector.rejected, collector.rejected_states),
+    )
 
 
 @bp.get("/log")
@@ -93,8 +109,17 @@ def log():
     page = min(page, pages)
     rows = central.sessions(**found, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     args = {k: v for k, v in form.items() if v}
-    return render_template("fleet/log.html", rows=rows, total=total, page=page, pages=pages, form=form, args=args,
-                           error=error, nodes=central.nodes())
+    return render_template(
+        "fleet/log.html",
+        rows=rows,
+        total=total,
+        page=page,
+        pages=pages,
+        form=form,
+        args=args,
+        error=error,
+        nodes=central.nodes(),
+    )
 
 
 @bp.get("/log.csv")
@@ -122,8 +147,11 @@ def log_csv():
             yield buf.getvalue()
 
     name = f"lampctl-fleet-sessions-{date.today().isoformat()}.csv"
-    return Response(stream_with_context(generate()), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(
+        stream_with_context(generate()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 @bp.get("/usage")
@@ -137,7 +165,12 @@ def usage():
 @bp.get("/api/fleet")
 def api_fleet():
     collector = _collector()
-    return {"lamps": collector.fleet(), "nodes": dict(collector.status), "stored": collector.stored,
-            "duplicates": collector.duplicates, "rejected": collector.rejected,
-            "rejected_states": collector.rejected_states,
-            "subscribed": collector.subscribed.is_set()}
+    return {
+        "lamps": collector.fleet(),
+        "nodes": dict(collector.status),
+        "stored": collector.stored,
+        "duplicates": collector.duplicates,
+        "rejected": collector.rejected,
+        "rejected_states": collector.rejected_states,
+        "subscribed": collector.subscribed.is_set(),
+    }

@@ -1,4 +1,5 @@
 """The collector's SQLite log: every node's sessions and events, unique per (node, id), so a replay is harmless."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -80,8 +81,11 @@ class CentralLog:
                 for kind, row in rows:
                     columns = ("node",) + (SESSION_COLUMNS if kind == "session" else EVENT_COLUMNS)
                     table = "sessions" if kind == "session" else "events"
-                    self._conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-                                       f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING", row)
+                    self._conn.execute(
+                        f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                        f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
+                        row,
+                    )
         except sqlite3.Error:
             self.close()
             raise
@@ -93,8 +97,16 @@ class CentralLog:
             self._conn = None
 
     # ---- reads for the pages ---------------------------------------------------------------
-    def sessions(self, *, node: str | None = None, lamp: str | None = None, start: str | None = None,
-                 end: str | None = None, limit: int | None = None, offset: int = 0) -> list[dict]:
+    def sessions(
+        self,
+        *,
+        node: str | None = None,
+        lamp: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict]:
         where, params = _filters(node, lamp, start, end)
         sql = f"SELECT * FROM sessions{where} ORDER BY started_at DESC, node, id DESC"
         if limit is not None:
@@ -102,20 +114,32 @@ class CentralLog:
             params += [limit, offset]
         return self._read(sql, params)
 
-    def count(self, *, node: str | None = None, lamp: str | None = None, start: str | None = None,
-              end: str | None = None) -> int:
+    def count(
+        self, *, node: str | None = None, lamp: str | None = None, start: str | None = None, end: str | None = None
+    ) -> int:
         where, params = _filters(node, lamp, start, end)
         return self._read(f"SELECT count(*) AS n FROM sessions{where}", params)[0]["n"]
 
     def usage(self, *, node: str | None = None, start: str | None = None, end: str | None = None) -> list[dict]:
         """Minutes per node, lamp and day."""
         where, params = _filters(node, None, start, end)
-        return self._read("SELECT node, lamp_id, substr(started_at, 1, 10) AS day, count(*) AS sessions, "
-                          f"round(sum(coalesce(actual_s, 0)) / 60.0, 1) AS minutes FROM sessions{where} "
-                          "GROUP BY node, lamp_id, day ORDER BY day DESC, node, lamp_id", params)
+        return self._read(
+            "SELECT node, lamp_id, substr(started_at, 1, 10) AS day, count(*) AS sessions, "
+            f"round(sum(coalesce(actual_s, 0)) / 60.0, 1) AS minutes FROM sessions{where} "
+            "GROUP BY node, lamp_id, day ORDER BY day DESC, node, lamp_id",
+            params,
+        )
 
-    def session_batches(self, columns: tuple[str, ...], *, node: str | None = None, lamp: str | None = None,
-                        start: str | None = None, end: str | None = None, batch: int = 500) -> Iterator[list[tuple]]:
+    def session_batches(
+        self,
+        columns: tuple[str, ...],
+        *,
+        node: str | None = None,
+        lamp: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        batch: int = 500,
+    ) -> Iterator[list[tuple]]:
         """The sessions() rows as tuples of `columns`, `batch` rows at a time: memory stays flat.
 
         The query starts before this returns, so a log that cannot be read fails here, not midway.
@@ -126,8 +150,9 @@ class CentralLog:
         where, params = _filters(node, lamp, start, end)
         conn = self._reader()
         try:
-            cursor = conn.execute(f"SELECT {', '.join(columns)} FROM sessions{where} "
-                                  "ORDER BY started_at DESC, node, id DESC", params)
+            cursor = conn.execute(
+                f"SELECT {', '.join(columns)} FROM sessions{where} ORDER BY started_at DESC, node, id DESC", params
+            )
             cursor.row_factory = None
         except sqlite3.Error:
             conn.close()
@@ -162,8 +187,12 @@ def _batches(conn: sqlite3.Connection, cursor: sqlite3.Cursor, size: int) -> Ite
 
 def _filters(node, lamp, start, end) -> tuple[str, list]:
     clauses, params = [], []
-    for clause, value in (("node = ?", node), ("lamp_id = ?", lamp), ("started_at >= ?", start),
-                          ("started_at <= ?", end)):
+    for clause, value in (
+        ("node = ?", node),
+        ("lamp_id = ?", lamp),
+        ("started_at >= ?", start),
+        ("started_at <= ?", end),
+    ):
         if value:
             clauses.append(clause)
             params.append(value)

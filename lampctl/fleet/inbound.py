@@ -4,6 +4,7 @@ A field that fails is refused with one sentence naming it; nothing unchecked rea
 central log or the fleet pages, so no message a node (or anyone who can publish) sends can
 make a page fail for as long as it is stored or retained.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,9 @@ from lampctl.storage.db import END_REASONS, iso
 MAX_PAYLOAD = 64 * 1024
 # Far above any lamp's ceiling (an hour, S3): a longer duration is a damaged record, not a session.
 MAX_DURATION_S = 86_400.0
-MAX_ID = 2 ** 63 - 1  # SQLite's largest integer
-NAME_CHARS = 64       # lamp ids, lamp and user names, who acted
-TEXT_CHARS = 1000     # an event's why, a fault's reason
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+NAME_CHARS = 64  # lamp ids, lamp and user names, who acted
+TEXT_CHARS = 1000  # an event's why, a fault's reason
 TIME_CHARS = 40
 # lampctl.core.lamp.LampState's values, the MQTT contract's list (not imported: the collector's
 # import chain stays short; tests/test_fleet_bad_input.py holds the two equal).
@@ -159,8 +160,10 @@ def check_state(node: str, lamp_id: str, view) -> dict:
         value = view.get(key)
         out[key] = None if value is None else check(key, value)
     if out["id"] not in (None, lamp_id) or out["node"] not in (None, node):
-        raise BadField(f"the state names lamp {_shown(out['id'])} of node {_shown(out['node'])} "
-                       f"but came on {lamp_id!r} of {node!r}")
+        raise BadField(
+            f"the state names lamp {_shown(out['id'])} of node {_shown(out['node'])} "
+            f"but came on {lamp_id!r} of {node!r}"
+        )
     presets = view.get("presets") or []
     if not isinstance(presets, list) or len(presets) > MAX_PRESETS:
         raise BadField(f"'presets' must be a list of at most {MAX_PRESETS} numbers")

@@ -1,4 +1,5 @@
 """The fleet's durable outbox: ended sessions and audit rows waiting in SQLite to be published at QoS 1."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -6,8 +7,17 @@ from pathlib import Path
 
 from lampctl.storage.db import connect, transaction
 
-SESSION_COLUMNS = ("id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
-                   "continues")
+SESSION_COLUMNS = (
+    "id",
+    "lamp_id",
+    "user",
+    "started_at",
+    "ended_at",
+    "planned_s",
+    "actual_s",
+    "end_reason",
+    "continues",
+)
 EVENT_COLUMNS = ("id", "at", "lamp_id", "from_state", "to_state", "who", "why")
 
 
@@ -62,9 +72,11 @@ class Outbox:
         The record is None when its row is gone (events pruned by an admin): such an entry
         is acknowledged without sending anything.
         """
+
         def read(conn):
-            rows = conn.execute("SELECT id, kind, ref FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                                (last_id, limit)).fetchall()
+            rows = conn.execute(
+                "SELECT id, kind, ref FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)
+            ).fetchall()
             return [(row["id"], row["kind"], _record(conn, row["kind"], row["ref"])) for row in rows]
 
         return self._guard(read)
