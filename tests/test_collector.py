@@ -92,7 +92,7 @@ class StubCollector:
     def __init__(self, central):
         self.central = central
         self.status = {"n1": "online", "n2": "offline"}
-        self.stored = self.duplicates = self.rejected = 0
+        self.stored = self.duplicates = self.rejected = self.rejected_states = 0
         self.subscribed = threading.Event()
 
     def fleet(self):
@@ -118,12 +118,13 @@ class StubCollector:
         ]
 
 
-def fleet_client(central):
-    """The collector's pages over `central`, logged in as an admin of its own accounts (tests.test_fleet_logins)."""
+def fleet_client(central, collector=None):
+    """The collector's pages over `central` (or `collector`), logged in as an admin of its own accounts
+    (tests.test_fleet_logins)."""
     logins = CollectorLogins(central.path)
     logins.accounts.add_user("Boss", "admin", "1357", by="test")
     client = create_fleet_app(
-        StubCollector(central), logins.accounts, {"TESTING": True, "SECRET_KEY": "test-key"}
+        collector or StubCollector(central), logins.accounts, {"TESTING": True, "SECRET_KEY": "test-key"}
     ).test_client()
     assert login(client, "Boss", "1357").status_code == 303
     return client

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 
 import pytest
 
@@ -140,7 +141,7 @@ def fleet(tmp_path_factory):
 def test_fleet_discovery_topics_appear_and_match_home_assistant(fleet):
     listener = fleet["listener"]
     for node in NODES:
-        want = 2 * 3 + 1 + (5 if NODES[node] else 0)  # per lamp 2 sensors and Stop, Stop all, presets if commands
+        want = 2 * 4 + 1 + (5 if NODES[node] else 0)  # per lamp 3 sensors and Stop, Stop all, presets if commands
         configs = listener.wait(
             lambda l, node=node, want=want: (
                 (
@@ -170,8 +171,13 @@ def test_fleet_states_follow_sessions(fleet):
     status, _ = n1.post("/api/lamps/room1/start", {"seconds": 1.5}, token=fleet["tokens"]["n1"]["ann"])
     assert status == 201
     topic = "lampctl/n1/lamp/room1/state"
-    listener.wait(lambda l: (v := l.latest_json(topic)) and v["state"] == "on" and v["user"] == "ann", 10, "on")
+    on = listener.wait(
+        lambda l: (v := l.latest_json(topic)) and v["state"] == "on" and v["user"] == "ann" and v, 10, "on"
+    )
+    ends = datetime.fromisoformat(on["ends_at"])  # Home Assistant's timestamp sensor: ISO-8601 with a zone
+    assert ends.tzinfo is not None and abs((ends - datetime.now(UTC)).total_seconds()) < 10
     listener.wait(lambda l: l.latest_json(topic)["state"] == "off", 10, "off after the deadline")
+    assert listener.latest_json(topic)["ends_at"] is None
     lamps = wait_until(
         lambda: [
             x

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,12 +19,14 @@ pytestmark = pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is n
 
 
 @pytest.fixture
-def link_for(cfg, controller, accounts, users):
+def link_for(cfg, controller, accounts, users, clock):
     made = []
 
     def make(port: int) -> MqttLink:
         mqtt = MqttConfig(host="127.0.0.1", port=port, tls=False, node="n1", commands=True)
-        link = MqttLink(mqtt, cfg.service.database, controller, accounts, cfg.lamps, builtin_users=("cli",))
+        link = MqttLink(
+            mqtt, cfg.service.database, controller, accounts, cfg.lamps, builtin_users=("cli",), wall=clock.wall
+        )
         made.append(link)
         link.start()
         return link
@@ -104,6 +107,60 @@ def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_pat
         listener.close()
     finally:
         broker.kill()
+
+
+def test_retained_state_says_when_the_session_ends_for_home_assistant(
+    tmp_path, controller, clock, link_for, monkeypatch
+):
+    """ends_at: ISO-8601 UTC, the same through the countdown's refreshes, moved by an extension, null when off."""
+    import lampctl.fleet.mqtt as mqtt_mod
+
+    monkeypatch.setattr(mqtt_mod, "REFRESH_S", 0.2)
+    broker = Broker(tmp_path).start()
+    topic = "lampctl/n1/lamp/room1/state"
+    try:
+        link = link_for(broker.port)
+        controller.add_listener(link.on_view)
+        listener = Listener(broker.port, [topic])
+        listener.wait(lambda l: (l.latest_json(topic) or {}).get("state") == "off", 10, "off at first")
+        assert listener.latest_json(topic)["ends_at"] is None
+        started = clock.wall()  # the fake clock: 2026-01-05 09:00 UTC
+        controller.start("room1", 600, "ann")
+        listener.wait(lambda l: l.latest_json(topic)["state"] == "on", 10, "on")
+        assert listener.latest_json(topic)["ends_at"] == "2026-01-05T09:10:00.000Z"
+        assert datetime.fromisoformat(listener.latest_json(topic)["ends_at"]) == started + timedelta(seconds=600)
+        clock.advance(30)  # the countdown goes on: refreshes with less remaining, the same end
+        seen = len(listener.messages)
+        listener.wait(
+            lambda l: [json.loads(p)["remaining_s"] for _, p, _ in l.messages[seen:]].count(570) >= 2,
+            10,
+            "two refreshes after 30 s",
+        )
+        assert {json.loads(p)["ends_at"] for _, p, _ in listener.messages[seen:]} == {"2026-01-05T09:10:00.000Z"}
+        controller.extend("room1", 120, "ann")
+        listener.wait(lambda l: l.latest_json(topic)["ends_at"] == "2026-01-05T09:12:00.000Z", 10, "extended end")
+        controller.stop("room1", "ann")
+        listener.wait(lambda l: l.latest_json(topic)["state"] != "on", 10, "stopped")
+        assert listener.latest_json(topic)["ends_at"] is None
+        listener.close()
+    finally:
+        broker.kill()
+
+
+def test_ends_at_does_not_jitter_with_the_publish_latency_but_follows_a_clock_step(cfg, controller, accounts):
+    """The 10 s refresh reckons the end again from a wall clock read a little later each time."""
+    walls = iter([0.0, 0.3, 0.9, 7200.0])  # seconds after 09:00 UTC; the last a step of two hours
+    base = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    mqtt = MqttConfig(host="127.0.0.1", port=1, tls=False, node="n1")
+    link = MqttLink(
+        mqtt, cfg.service.database, controller, accounts, cfg.lamps, wall=lambda: base + timedelta(seconds=next(walls))
+    )
+    view = {"id": "room1", "state": "on", "session_id": 1, "planned_s": 600.0}
+    assert link._ends_at({**view, "remaining_s": 600.0}) == "2026-01-05T09:10:00.000Z"
+    assert link._ends_at({**view, "remaining_s": 599.75}) == "2026-01-05T09:10:00.000Z"  # 0.05 s later: kept
+    assert link._ends_at({**view, "remaining_s": 599.2}) == "2026-01-05T09:10:00.000Z"  # 0.1 s later: kept
+    assert link._ends_at({**view, "remaining_s": 590.0}) == "2026-01-05T11:09:50.000Z"  # the clock stepped
+    assert link._ends_at({"id": "room1", "state": "cooldown", "remaining_s": None}) is None
 
 
 def test_s19_commands_published_while_the_node_is_away_are_never_delivered_later(tmp_path, factory, link_for):

@@ -281,7 +281,25 @@ def test_discovery_follows_home_assistant_schema(cfg):
             assert payload["state_topic"].startswith("lampctl/n1/lamp/")
     assert len(ids) == len(configs)  # stable and unique
     presets = sum(len(l.presets) for l in cfg.lamps)
-    assert len(configs) == len(cfg.lamps) * 3 + presets + 1
+    assert len(configs) == len(cfg.lamps) * 4 + presets + 1  # per lamp state, remaining, ends and Stop
+
+
+def test_discovery_ends_is_a_timestamp_sensor_unknown_when_off(cfg):
+    """Home Assistant counts a timestamp sensor down by itself: it needs ISO-8601 with a zone, and "None" is unknown."""
+    from jinja2 import Environment
+
+    configs = ha_configs(cfg, False)
+    ends = json.loads(configs["ha/sensor/lampctl_n1/room1_ends/config"])
+    assert ends["device_class"] == "timestamp" and "unit_of_measurement" not in ends
+    assert ends["state_topic"] == "lampctl/n1/lamp/room1/state"
+    assert ends["unique_id"] == "lampctl_n1_room1_ends"
+    assert ends["default_entity_id"] == "sensor.lampctl_n1_room1_ends"
+    template = Environment().from_string(ends["value_template"])  # HA renders it with Jinja2, value_json the payload
+    assert (
+        template.render(value_json={"state": "on", "ends_at": "2026-12-03T15:50:00.000Z"}) == "2026-12-03T15:50:00.000Z"
+    )
+    assert template.render(value_json={"state": "off", "ends_at": None}) == "None"
+    assert template.render(value_json={"state": "off"}) == "None"
 
 
 def test_discovery_removes_preset_buttons_when_commands_are_off(cfg):

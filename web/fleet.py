@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
+from flask import Blueprint, Flask, Response, abort, current_app, render_template, request, stream_with_context
 from flask_babel import Babel
 
 from lampctl.storage import export, reports
@@ -67,8 +67,8 @@ def create_fleet_app(
     Babel(app, locale_selector=lambda: "en")  # the fleet pages are English only
     init_login(app, accounts, audit or (lambda who, why: logger.info("fleet pages: %s %s", who, why)))
     app.before_request(fleet_auth.before_request)
-    app.add_template_filter(reports.local_time, "local_time")
-    app.add_template_filter(reports.duration_text, "duration")
+    app.add_template_filter(_or_placeholder(reports.local_time), "local_time")
+    app.add_template_filter(_or_placeholder(reports.duration_text), "duration")
     app.register_blueprint(bp)
     app.register_blueprint(fleet_auth.bp)
 
@@ -80,6 +80,22 @@ def create_fleet_app(
         return resp
 
     return app
+
+
+# What a cell shows for a value it cannot read: rows stored before every field was checked on
+# arrival may hold "yesterday" as a time or Infinity as a duration, and a page never fails on them.
+PLACEHOLDER = "?"
+
+
+def _or_placeholder(fmt):
+    def shown(value):
+        try:
+            return fmt(value)
+        except (ValueError, TypeError, OverflowError, AttributeError):
+            return PLACEHOLDER
+
+    shown.__name__ = fmt.__name__
+    return shown
 
 
 def _collector():
@@ -103,7 +119,12 @@ def _filters() -> tuple[dict, dict, str | None]:
 @bp.get("/")
 def fleet():
     collector = _collector()
-    return render_template("fleet/fleet.html", lamps=collector.fleet(), status=dict(collector.status))
+    return render_template(
+        "fleet/fleet.html",
+        lamps=collector.fleet(),
+        status=dict(collector.status),
+        refused=(collector.rejected, collector.rejected_states),
+    )
 
 
 @bp.get("/log")
@@ -136,17 +157,30 @@ def log_csv():
     found, _form, error = _filters()
     if error:
         abort(400, error)
-    buf = io.StringIO()
-    # CRLF (RFC 4180): csv.writer quotes a cell holding a character of its line ending, so a
-    # lone CR in a name is quoted too; with "\n" it was not, and a spreadsheet split the cell
-    # there and ran the rest ("'\r=1+1" became "'" and a formula "=1+1").
-    writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in _collector().central.sessions(**found):
-        writer.writerow([export.csv_cell(row[c]) for c in CSV_COLUMNS])
+    # Opened here, not in the generator: a log that cannot be read fails before any byte is sent.
+    batches = _collector().central.session_batches(CSV_COLUMNS, **found)
+
+    def generate():
+        # One batch of rows at a time: the log is never loaded or written out whole in memory.
+        buf = io.StringIO()
+        # CRLF (RFC 4180): csv.writer quotes a cell holding a character of its line ending, so a
+        # lone CR in a name is quoted too; with "\n" it was not, and a spreadsheet split the cell
+        # there and ran the rest ("'\r=1+1" became "'" and a formula "=1+1").
+        writer = csv.writer(buf, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        for rows in batches:
+            writer.writerows([export.csv_cell(v) for v in row] for row in rows)
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+        if buf.tell():
+            yield buf.getvalue()
+
     name = f"lampctl-fleet-sessions-{date.today().isoformat()}.csv"
     return Response(
-        buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+        stream_with_context(generate()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 
@@ -167,5 +201,6 @@ def api_fleet():
         "stored": collector.stored,
         "duplicates": collector.duplicates,
         "rejected": collector.rejected,
+        "rejected_states": collector.rejected_states,
         "subscribed": collector.subscribed.is_set(),
     }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
+from lampctl.fleet import inbound
 from lampctl.fleet.outbox import EVENT_COLUMNS, SESSION_COLUMNS
 from lampctl.platform.runtime import private_dir
 from lampctl.storage.db import connect, transaction
@@ -24,9 +26,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
 """
-_TEXT = {"lamp_id", "user", "started_at", "ended_at", "end_reason", "at", "from_state", "to_state", "who", "why"}
-_NUMBER = {"planned_s", "actual_s"}
-_INTEGER = {"id", "continues"}
 _REQUIRED = {"session": ("id", "lamp_id", "user", "started_at", "planned_s"), "event": ("id", "at", "who", "why")}
 
 
@@ -35,27 +34,27 @@ class BadRecord(ValueError):
 
 
 def check_record(kind: str, node: str, record) -> tuple:
-    """The row to insert for a session or event JSON from `node`, or BadRecord."""
+    """The row to insert for a session or event JSON from `node`, or BadRecord naming the field.
+
+    Every column is checked (lampctl.fleet.inbound.RECORD_FIELDS): finite durations in range,
+    ISO-8601 times with a zone (kept as UTC with milliseconds, so they sort), bounded text,
+    known end reasons and states.
+    """
     if not isinstance(record, dict):
         raise BadRecord("a record must be a JSON object")
     columns = SESSION_COLUMNS if kind == "session" else EVENT_COLUMNS
     if record.get("node", node) != node:
-        raise BadRecord(f"record names node {str(record.get('node'))[:40]!r} but came on {node!r}'s topic")
+        raise BadRecord(f"record names node {str(record.get('node'))[:40]!r} but came on {node[:64]!r}'s topic")
     for key in _REQUIRED[kind]:
         if record.get(key) is None:
             raise BadRecord(f"{kind} record without {key!r}")
-    row: list[object] = [node]
-    for key in columns:
-        value = record.get(key)
-        ok = (
-            value is None
-            or (key in _TEXT and isinstance(value, str))
-            or (key in _INTEGER and isinstance(value, int) and not isinstance(value, bool))
-            or (key in _NUMBER and isinstance(value, (int, float)) and not isinstance(value, bool))
-        )
-        if not ok:
-            raise BadRecord(f"{kind} record: {key!r} has the wrong type")
-        row.append(value)
+    try:
+        row: list[object] = [inbound.text("node", node)]
+        for key in columns:
+            value = record.get(key)
+            row.append(None if value is None else inbound.RECORD_FIELDS[key](key, value))
+    except inbound.BadField as exc:
+        raise BadRecord(f"{kind} record: {exc}") from None
     return tuple(row)
 
 
@@ -131,15 +130,59 @@ class CentralLog:
             params,
         )
 
+    def session_batches(
+        self,
+        columns: tuple[str, ...],
+        *,
+        node: str | None = None,
+        lamp: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        batch: int = 500,
+    ) -> Iterator[list[tuple]]:
+        """The sessions() rows as tuples of `columns`, `batch` rows at a time: memory stays flat.
+
+        The query starts before this returns, so a log that cannot be read fails here, not midway.
+        """
+        unknown = set(columns) - {"node", "received_at", *SESSION_COLUMNS}
+        if unknown:
+            raise ValueError(f"no such session columns: {sorted(unknown)}")
+        where, params = _filters(node, lamp, start, end)
+        conn = self._reader()
+        try:
+            cursor = conn.execute(
+                f"SELECT {', '.join(columns)} FROM sessions{where} ORDER BY started_at DESC, node, id DESC", params
+            )
+            cursor.row_factory = None
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return _batches(conn, cursor, batch)
+
     def nodes(self) -> list[str]:
         return [r["node"] for r in self._read("SELECT DISTINCT node FROM sessions ORDER BY node", [])]
 
-    def _read(self, sql: str, params: list) -> list[dict]:
+    def _reader(self) -> sqlite3.Connection:
         conn = connect(self.path)
+        # A row stored before every field was checked may hold bytes that are not UTF-8: shown
+        # with U+FFFD instead of failing the whole page.
+        conn.text_factory = lambda raw: raw.decode("utf-8", "replace")
+        return conn
+
+    def _read(self, sql: str, params: list) -> list[dict]:
+        conn = self._reader()
         try:
             return [dict(r) for r in conn.execute(sql, params)]
         finally:
             conn.close()
+
+
+def _batches(conn: sqlite3.Connection, cursor: sqlite3.Cursor, size: int) -> Iterator[list[tuple]]:
+    try:
+        while rows := cursor.fetchmany(size):
+            yield rows
+    finally:
+        conn.close()
 
 
 def _filters(node, lamp, start, end) -> tuple[str, list]:

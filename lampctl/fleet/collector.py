@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import sqlite3
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from lampctl import config as config_mod
 from lampctl.config.mqtt import MqttConfig, parse_mqtt
-from lampctl.fleet import broker, discovery
+from lampctl.fleet import broker, discovery, inbound
 from lampctl.fleet.central_log import BadRecord, CentralLog, check_record
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,8 @@ class Collector:
         self.central = central
         self.stored = 0
         self.duplicates = 0
-        self.rejected = 0
+        self.rejected = 0  # records refused (lampctl.fleet.inbound says why, in the log)
+        self.rejected_states = 0  # lamp states and node statuses refused
         self.states: dict[tuple[str, str], dict] = {}
         self.status: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -144,15 +144,17 @@ class Collector:
             return
         try:
             if len(parts) == 3 and parts[2] == "status":
+                word = inbound.check_status(message.payload)
                 with self._lock:
-                    self.status[parts[1]] = message.payload.decode("utf-8", "replace")[:16]
+                    self.status[parts[1]] = word
             elif len(parts) == 5 and parts[2] == "lamp" and message.payload:
-                view = json.loads(message.payload)
-                if isinstance(view, dict):
-                    with self._lock:
-                        self.states[(parts[1], parts[3])] = view
-        except ValueError:
-            log.warning("unreadable lamp state on %s ignored", message.topic)
+                view = inbound.check_state(parts[1], parts[3], inbound.parse(message.payload))
+                with self._lock:
+                    self.states[(parts[1], parts[3])] = view
+        except inbound.BadField as exc:
+            # The lamp keeps its last good state; the refused one is counted and named.
+            self.rejected_states += 1
+            log.warning("node %s: state on %s refused: %s", parts[1][:64], message.topic[:200], exc)
         client.ack(message.mid, message.qos)
 
     def fleet(self) -> list[dict]:
@@ -185,10 +187,10 @@ class Collector:
         for message in batch:
             node, kind = message.topic.split("/")[1], message.topic.split("/")[2][:-1]
             try:
-                rows.append((kind, check_record(kind, node, json.loads(message.payload))))
-            except (BadRecord, ValueError) as exc:
+                rows.append((kind, check_record(kind, node, inbound.parse(message.payload))))
+            except (BadRecord, inbound.BadField) as exc:
                 self.rejected += 1
-                log.warning("record on %s refused: %s", message.topic, exc)
+                log.warning("node %s: record on %s refused: %s", node[:64], message.topic[:200], exc)
         while not self._stop.is_set():
             try:
                 new = self.central.write(rows)

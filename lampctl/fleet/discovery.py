@@ -104,6 +104,19 @@ def configs(mqtt_cfg, lamps, user: str = "homeassistant") -> list[tuple[str, str
                 "unit_of_measurement": "s",
             },
         )
+        # A timestamp sensor Home Assistant counts down to by itself, between the 10 s refreshes
+        # of "remaining": ISO-8601 with its zone while on, "None" (unknown) otherwise.
+        add(
+            "sensor",
+            f"{lamp.id}_ends",
+            {
+                **_common("sensor", node, f"{lamp.id}_ends", f"{lamp.name} ends"),
+                "state_topic": state,
+                "value_template": "{{ value_json.ends_at or 'None' }}",
+                "device_class": "timestamp",
+                "icon": "mdi:timer-sand",
+            },
+        )
         add(
             "button",
             f"{lamp.id}_stop",

@@ -9,11 +9,14 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lampctl.fleet import broker, discovery
 from lampctl.fleet.commands import Commands
 from lampctl.fleet.outbox import Outbox
+from lampctl.storage.db import iso
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,7 @@ POLL_S = 0.2  # how often an idle publisher looks at the outbox
 REFRESH_S = 10.0  # a lamp that is on has its state re-published this often (the countdown)
 KEEPALIVE_S = 30
 RECONNECT_MAX_S = 2
+ENDS_AT_SLACK_S = 1.0  # a session's published end is kept while the fresh one is within this
 
 
 def _dump(obj) -> str:
@@ -38,7 +42,16 @@ class MqttLink:
     """
 
     def __init__(
-        self, cfg, database: Path, controller, accounts, lamps, *, builtin_users: tuple[str, ...] = (), usage_log=None
+        self,
+        cfg,
+        database: Path,
+        controller,
+        accounts,
+        lamps,
+        *,
+        builtin_users: tuple[str, ...] = (),
+        usage_log=None,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.cfg = cfg
         self.node = cfg.node
@@ -57,6 +70,8 @@ class MqttLink:
         )
         self._cond = threading.Condition()
         self._views: dict[str, dict] = {}
+        self._wall = wall  # the wall clock a session's ends_at is reckoned on (the controller's in tests)
+        self._ends: dict[str, tuple[tuple, float]] = {}  # lamp id -> (session, planned), its end (wall clock)
         self._acked: set[int] = set()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox id
         self._last_sent = 0
@@ -225,8 +240,24 @@ class MqttLink:
 
     def _publish_states(self, views) -> None:
         for view in views:
-            view = {**view, "node": self.node}
+            view = {**view, "node": self.node, "ends_at": self._ends_at(view)}
             self.client.publish(discovery.state_topic(self.node, view["id"]), _dump(view), qos=1, retain=True)
+
+    def _ends_at(self, view: dict) -> str | None:
+        """When a running session ends, as ISO-8601 UTC (Home Assistant's timestamp sensor counts down to it).
+
+        The same text for a session until its deadline moves (an extension) or the wall clock
+        steps, so the 10 s refresh does not make the sensor jitter by the publish's latency.
+        """
+        if view.get("state") != "on" or view.get("remaining_s") is None:
+            self._ends.pop(view["id"], None)
+            return None
+        ends = self._wall().timestamp() + view["remaining_s"]
+        key = (view.get("session_id"), view.get("planned_s"))
+        known = self._ends.get(view["id"])
+        if known is None or known[0] != key or abs(known[1] - ends) > ENDS_AT_SLACK_S:
+            known = self._ends[view["id"]] = (key, ends)
+        return iso(datetime.fromtimestamp(known[1], UTC))
 
     def _settle(self, acked: set[int]) -> None:
         done = [self._inflight.pop(mid) for mid in acked if mid in self._inflight]

@@ -184,6 +184,10 @@ class LogUnavailable(Exception):
     """The database cannot be read right now (file missing, disk failing); str() is one sentence."""
 
 
+# How a session can end: the sessions table's CHECK (migration 3) holds the same list.
+END_REASONS = ("completed", "stopped", "estop", "fault", "interrupted", "firmware")
+
+
 def iso(dt: datetime) -> str:
     """The one timestamp format in the database: UTC, milliseconds, so strings sort by time."""
     return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -18,6 +18,7 @@ from pathlib import Path
 from lampctl.core.carryover import read_boot_id
 from lampctl.storage import queries
 from lampctl.storage.db import (  # noqa: F401
+    END_REASONS,
     MIGRATIONS,
     LogUnavailable,
     StoreError,
@@ -31,7 +32,6 @@ from lampctl.storage.db import (  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-END_REASONS = ("completed", "stopped", "estop", "fault", "interrupted", "firmware")
 ALIVE_EVERY_S = 2.0
 RETRY_MAX_S = 5.0
 # A record older than this still waiting means the writer is stuck (a hung disk blocks, it does not fail).
