@@ -206,5 +206,5 @@ def test_s9_a_pi_without_paho_still_serves_and_keeps_its_records(tmp_path):
         assert svc.stop() == 0
     from lampctl.fleet.outbox import Outbox
 
-    waiting = Outbox(tmp_path / "var" / "lampctl.db").after(0, 1000)
+    waiting = Outbox(tmp_path / "var" / "lampctl.db").unsent(1000)
     assert [r["id"] for _, kind, r in waiting if kind == "session"] == [1]

@@ -75,7 +75,7 @@ def test_outbox_queues_ended_sessions_and_events_only_when_enabled(cfg, controll
     clock.advance(10)
     controller.tick()
     usage_log.flush(5)
-    rows = Outbox(db).after(0, 100)
+    rows = Outbox(db).unsent(100)
     kinds = [k for _, k, _ in rows]
     assert kinds.count("session") == 1 and "event" in kinds
     session = next(r for _, k, r in rows if k == "session")
@@ -90,13 +90,13 @@ def test_outbox_delete_and_pruned_rows(cfg, usage_log):
     usage_log.event(None, None, None, "system", "two")
     usage_log.flush(5)
     box = Outbox(db)
-    (first, _, rec1), (second, _, rec2) = box.after(0, 10)
+    (first, _, rec1), (second, _, rec2) = box.unsent(10)
     assert (rec1["why"], rec2["why"]) == ("one", "two")
     box.delete([first])
-    assert [i for i, _, _ in box.after(0, 10)] == [second]
+    assert [i for i, _, _ in box.unsent(10)] == [second]
     conn = box._db()
     conn.execute("DELETE FROM events")
-    assert box.after(0, 10) == [(second, "event", None)]  # pruned by an admin: acknowledged, not sent
+    assert box.unsent(10) == [(second, "event", None)]  # pruned by an admin: acknowledged, not sent
     box.close()
 
 
@@ -109,7 +109,7 @@ def test_s4_interrupted_sessions_reach_the_outbox(cfg, clock):
     second = UsageLog(cfg.service.database, wall=clock.wall)
     set_enabled(cfg.service.database, True)
     assert second.recover_interrupted() == [1]
-    sessions = [r for _, k, r in Outbox(cfg.service.database).after(0, 10) if k == "session"]
+    sessions = [r for _, k, r in Outbox(cfg.service.database).unsent(10) if k == "session"]
     assert [(s["id"], s["end_reason"]) for s in sessions] == [(1, "interrupted")]
 
 

@@ -15,7 +15,7 @@ from web.params import MAX_PAGE, page_number
 
 PAGE_SIZE = 50
 CSV_COLUMNS = ("node", "id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
-               "continues")
+               "continues", "origin")
 CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 
 bp = Blueprint("fleet", __name__)
