@@ -88,6 +88,8 @@ def test_fleet_sessions_in_a_row_reach_the_collector_within_the_bound_while_the_
         took.append(time.monotonic() - t0)
     assert sent == [1, 2, 3, 4]
     wait_until(lambda: node.outbox() == 0, BOUND_S, "the outbox empty: every row acknowledged")
+    wait_until(lambda: node.proc.get("/api/health")[1]["mqtt"] == {"connected": True, "backlog": 0,
+                                                                 "oldest_unsent_s": None}, 5, "health: nothing waits")
     print(f"end -> collector: {', '.join(f'{t:.2f} s' for t in took)}")
 
 

@@ -277,3 +277,38 @@ def test_discovery_entity_ids_are_lower_case_slugs(cfg):
     for _, text in discovery.configs(m, cfg.lamps):
         if text:
             assert json.loads(text)["default_entity_id"].split(".")[1].startswith("lampctl_site_a_")
+
+
+def test_outbox_ids_are_never_reused_once_it_empties(cfg, usage_log):
+    """An emptied outbox numbered its next row 1 again; the publisher had sent up to a higher id."""
+    db = cfg.service.database
+    set_enabled(db, True)
+    box = Outbox(db)
+    usage_log.event(None, None, None, "system", "one")
+    usage_log.event(None, None, None, "system", "two")
+    usage_log.flush(5)
+    first = [i for i, _, _ in box.unsent(10)]
+    box.delete(first)
+    usage_log.event(None, None, None, "system", "three")
+    usage_log.flush(5)
+    assert [i for i, _, _ in box.unsent(10)] == [max(first) + 1]
+    box.close()
+
+
+def test_outbox_rows_keep_the_origin_they_were_queued_under(cfg, usage_log):
+    from lampctl.storage.db import new_origin
+
+    db = cfg.service.database
+    set_enabled(db, True)
+    box = Outbox(db)
+    usage_log.event(None, None, None, "system", "before")
+    usage_log.flush(5)
+    conn = box._db()
+    before = conn.execute("SELECT origin FROM origin").fetchone()[0]
+    new_origin(conn)
+    usage_log.event(None, None, None, "system", "after")
+    usage_log.flush(5)
+    after = conn.execute("SELECT origin FROM origin").fetchone()[0]
+    assert len({before, after}) == 2 and len(before) == 16
+    assert [(r["why"], r["origin"]) for _, _, r in box.unsent(10)] == [("before", before), ("after", after)]
+    box.close()

@@ -41,7 +41,7 @@ class Backlog:
     count from its start.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rows = 0
         self._marks: deque[tuple[int, float]] = deque()
 
