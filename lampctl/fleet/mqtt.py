@@ -55,7 +55,7 @@ class Backlog:
         if not self._marks:
             self._marks.append((high, now))
         elif high > self._marks[-1][0]:
-            last_id, last_at = self._marks[-1]
+            _, last_at = self._marks[-1]
             if now - last_at >= 1.0 + (now - self._marks[0][1]) / 1000:
                 self._marks.append((high, now))
             else:  # dated by the last mark: older than they are by less than its spacing
