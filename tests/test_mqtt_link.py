@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 
 import pytest
@@ -161,7 +162,11 @@ def test_health_reports_the_backlog_and_its_age_and_degrades_when_it_is_old(tmp_
 
     monkeypatch.setattr(mqtt_mod, "STALE_BACKLOG_S", 1)
     monkeypatch.setattr(mqtt_mod, "SPAN_EVERY_S", 0.05)
-    port = free_port()  # the broker is away at first
+    # The broker is away at first: the port is held, bound but not listening, so nothing
+    # else on the machine can take it meanwhile and a connect is refused.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
     link = link_for(port)
     assert link.health() == {"connected": False, "backlog": 0, "oldest_unsent_s": None, "problems": []}
     usage_log.event(None, None, None, "system", "waiting")
@@ -172,6 +177,7 @@ def test_health_reports_the_backlog_and_its_age_and_degrades_when_it_is_old(tmp_
     assert stale["oldest_unsent_s"] > 1
     assert stale["problems"][0].startswith("1 record(s) have waited more than")
     assert "not connected); they are kept in the outbox." in stale["problems"][0]
+    held.close()
     broker = Broker(tmp_path, port=port).start()
     try:
         sent = wait_until(lambda: (h := link.health())["backlog"] == 0 and h, 10, "the backlog sent")
