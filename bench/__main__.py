@@ -5,6 +5,7 @@ into var/bench/ in 10-20 s), 400 timed sessions, 600 E-stop presses. --quick: 20
 sessions and a tenth of the repeats, under a minute. Benchmarks print figures; they never
 fail on one (CI does not run them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,29 @@ def _service_rows(tmp: Path, sessions: int, quick: bool, api_seconds: float) -> 
     db = tmp / "var" / "lampctl.db"
     scan_ms = service.open_sessions_ms(db)
     svc, off_ms, serving_s = service.start_up(config, ROOT, 1 if quick else 3)
-    rows = [dict(figure=f"log of {sessions:,} sessions: schema migration to this lampctl (once)",
-                 value=f"{migrate_s:.2f} s", baseline=f"generating it {generated:.1f} s (cached after)", goal="",
-                 json={}),
-            dict(figure=f"start-up with the {sessions:,}-session log", value=f"serving after {serving_s:.2f} s",
-                 baseline=f"relays OFF after {off_ms:.0f} ms", goal="serving <= 0.5 s; relays OFF unaffected",
-                 json={"startup_serving_s": [serving_s, off_ms / 1000]}),
-            dict(figure="start-up's read of open sessions (S4), plain SQL", value=f"{scan_ms:.2f} ms",
-                 baseline="", goal="", json={"open_sessions_ms": [scan_ms, 0.0]})]
+    rows = [
+        dict(
+            figure=f"log of {sessions:,} sessions: schema migration to this lampctl (once)",
+            value=f"{migrate_s:.2f} s",
+            baseline=f"generating it {generated:.1f} s (cached after)",
+            goal="",
+            json={},
+        ),
+        dict(
+            figure=f"start-up with the {sessions:,}-session log",
+            value=f"serving after {serving_s:.2f} s",
+            baseline=f"relays OFF after {off_ms:.0f} ms",
+            goal="serving <= 0.5 s; relays OFF unaffected",
+            json={"startup_serving_s": [serving_s, off_ms / 1000]},
+        ),
+        dict(
+            figure="start-up's read of open sessions (S4), plain SQL",
+            value=f"{scan_ms:.2f} ms",
+            baseline="",
+            goal="",
+            json={"open_sessions_ms": [scan_ms, 0.0]},
+        ),
+    ]
     try:
         repeat = 3 if quick else 10
         rows += service.admin_pages(svc, db, repeat)
@@ -87,8 +103,13 @@ def summary(rows: list[dict], quick: bool, took: float) -> dict:
     for r in rows:
         for key, (value, baseline) in r["json"].items():
             figures[key] = {"value": round(value, 3), "baseline": round(baseline, 3)}
-    return {"quick": quick, "cores": os.cpu_count(), "load1": round(os.getloadavg()[0], 2),
-            "seconds": round(took, 1), **figures}
+    return {
+        "quick": quick,
+        "cores": os.cpu_count(),
+        "load1": round(os.getloadavg()[0], 2),
+        "seconds": round(took, 1),
+        **figures,
+    }
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ another through their API, so their records go the whole way: committed on the n
 in its outbox, published, committed by the collector. Commit to commit is the collector's
 `received_at` less the record's `ended_at` (one machine, one wall clock).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,14 +65,31 @@ def run_nodes(port: int, names: list[str], seconds: float, sessions: int, events
     while time.monotonic() - t0 < seconds:
         for name, c in clients:
             for _ in range(sessions):
-                rec = {"id": next_id, "lamp_id": "room1", "user": "ann", "started_at": "2026-11-25T10:00:00.000Z",
-                       "ended_at": iso(datetime.now(UTC)), "planned_s": 1200.0, "actual_s": 1200.0,
-                       "end_reason": "completed", "continues": None, "node": name}
+                rec = {
+                    "id": next_id,
+                    "lamp_id": "room1",
+                    "user": "ann",
+                    "started_at": "2026-11-25T10:00:00.000Z",
+                    "ended_at": iso(datetime.now(UTC)),
+                    "planned_s": 1200.0,
+                    "actual_s": 1200.0,
+                    "end_reason": "completed",
+                    "continues": None,
+                    "node": name,
+                }
                 c.publish(f"lampctl/{name}/sessions", json.dumps(rec), qos=1)
                 sent += 1
                 for e in range(events):
-                    ev = {"id": next_id * 10 + e, "at": "2026-11-25T10:00:00.000Z", "lamp_id": "room1",
-                          "from_state": "off", "to_state": "on", "who": "ann", "why": "started for 20 min", "node": name}
+                    ev = {
+                        "id": next_id * 10 + e,
+                        "at": "2026-11-25T10:00:00.000Z",
+                        "lamp_id": "room1",
+                        "from_state": "off",
+                        "to_state": "on",
+                        "who": "ann",
+                        "why": "started for 20 min",
+                        "node": name,
+                    }
                     c.publish(f"lampctl/{name}/events", json.dumps(ev), qos=1)
                     sent += 1
                 next_id += 1
@@ -129,8 +147,10 @@ def commit_to_commit(central: Path, real: bool) -> dict:
     """Seconds from a session's ended_at to the collector's received_at: count, p50, p99, max."""
     conn = sqlite3.connect(f"file:{central}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT (julianday(received_at) - julianday(ended_at)) * 86400 FROM sessions "
-                            f"WHERE node {'' if real else 'NOT '}LIKE 'real%'").fetchall()
+        rows = conn.execute(
+            "SELECT (julianday(received_at) - julianday(ended_at)) * 86400 FROM sessions "
+            f"WHERE node {'' if real else 'NOT '}LIKE 'real%'"
+        ).fetchall()
     finally:
         conn.close()
     lat = sorted(r[0] for r in rows)
@@ -143,8 +163,10 @@ def commit_to_commit(central: Path, real: bool) -> dict:
 def simulated_rows(central: Path) -> int:
     conn = sqlite3.connect(f"file:{central}?mode=ro", uri=True)
     try:
-        return sum(conn.execute(f"SELECT count(*) FROM {t} WHERE node NOT LIKE 'real%'").fetchone()[0]
-                   for t in ("sessions", "events"))
+        return sum(
+            conn.execute(f"SELECT count(*) FROM {t} WHERE node NOT LIKE 'real%'").fetchone()[0]
+            for t in ("sessions", "events")
+        )
     finally:
         conn.close()
 
@@ -169,11 +191,17 @@ def main() -> int:
         tmp = Path(tmp)
         broker = Broker(tmp).start()
         port = free_port()
-        (tmp / "central.toml").write_text(f'[collector]\ndatabase = "central.db"\nbind = "127.0.0.1:{port}"\n'
-                                          f'[mqtt]\nurl = "{broker.url}"\nnode = "bench"\n')
+        (tmp / "central.toml").write_text(
+            f'[collector]\ndatabase = "central.db"\nbind = "127.0.0.1:{port}"\n'
+            f'[mqtt]\nurl = "{broker.url}"\nnode = "bench"\n'
+        )
         with open(tmp / "collect.err", "wb") as err:
-            collect = subprocess.Popen([sys.executable, "-m", "lampctl", "collect", "--config",
-                                        str(tmp / "central.toml")], cwd=ROOT, stdout=err, stderr=err)
+            collect = subprocess.Popen(
+                [sys.executable, "-m", "lampctl", "collect", "--config", str(tmp / "central.toml")],
+                cwd=ROOT,
+                stdout=err,
+                stderr=err,
+            )
         real = None
         try:
             wait_until(lambda: _subscribed(port), 30, "collector subscribed")
@@ -183,29 +211,43 @@ def main() -> int:
             out = multiprocessing.Queue()
             c0, b0 = cpu_s(collect.pid), cpu_s(broker.proc.pid)
             t0 = time.monotonic()
-            procs = [multiprocessing.Process(target=run_nodes, args=(broker.port, names[i::args.procs], args.seconds,
-                                                                     args.sessions, args.events, out))
-                     for i in range(args.procs)]
+            procs = [
+                multiprocessing.Process(
+                    target=run_nodes,
+                    args=(broker.port, names[i :: args.procs], args.seconds, args.sessions, args.events, out),
+                )
+                for i in range(args.procs)
+            ]
             for p in procs:
                 p.start()
             published = sum(out.get(timeout=args.seconds + 120) for _ in procs)
             real.stop()
             t_sent = t0 + args.seconds  # the simulated nodes stop publishing here
-            stored = wait_until(lambda: (f := fleet_api(port)) and f["stored"] + f["duplicates"] >= published and f,
-                                args.seconds + 300, "collector caught up", step=0.2)
+            stored = wait_until(
+                lambda: (f := fleet_api(port)) and f["stored"] + f["duplicates"] >= published and f,
+                args.seconds + 300,
+                "collector caught up",
+                step=0.2,
+            )
             t_done = time.monotonic()
             # The real nodes' last sessions: at the collector within seconds, or counted as not arrived.
             real_ended = real.sessions
             with contextlib.suppress(AssertionError):
                 wait_until(lambda: commit_to_commit(tmp / "central.db", True)["n"] >= real_ended, 10, "real sessions")
             figures = {
-                "nodes": args.nodes, "seconds": args.seconds, "published": published,
-                "stored": stored["stored"], "duplicates": stored["duplicates"], "rejected": stored["rejected"],
+                "nodes": args.nodes,
+                "seconds": args.seconds,
+                "published": published,
+                "stored": stored["stored"],
+                "duplicates": stored["duplicates"],
+                "rejected": stored["rejected"],
                 "records_per_s": round(published / args.seconds, 1),
                 "states_per_s": args.nodes,
                 "drain_after_last_publish_s": round(t_done - t_sent, 2),
-                "collector_cpu_s": round(cpu_s(collect.pid) - c0, 1), "broker_cpu_s": round(cpu_s(broker.proc.pid) - b0, 1),
-                "collector_rss_mb": round(rss_mb(collect.pid), 1), "fleet_lamps": len(stored["lamps"]),
+                "collector_cpu_s": round(cpu_s(collect.pid) - c0, 1),
+                "broker_cpu_s": round(cpu_s(broker.proc.pid) - b0, 1),
+                "collector_rss_mb": round(rss_mb(collect.pid), 1),
+                "fleet_lamps": len(stored["lamps"]),
                 "central_db_mb": round((tmp / "central.db").stat().st_size / 1e6, 1),
                 "simulated_stored": simulated_rows(tmp / "central.db"),
                 "simulated_publish_to_collector_commit": commit_to_commit(tmp / "central.db", False),

@@ -2,6 +2,7 @@
 
 Prints figures; asserts nothing about timing. Run: .venv/bin/python bench/bench_service.py [--sessions N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,11 +61,15 @@ def main() -> int:
         finally:
             svc.stop()
 
-    print(f"exec -> relays OFF over {args.starts} starts: median {statistics.median(to_off):.0f} ms, "
-          f"max {max(to_off):.0f} ms (interpreter start + config + gpiozero import + pin claim)")
-    print(f"cutoff overshoot over {args.sessions} x {args.seconds:g} s sessions (actual_s - planned, "
-          f"service's monotonic clock, ms resolution): median {statistics.median(overshoot):.1f} ms, "
-          f"max {max(overshoot):.1f} ms")
+    print(
+        f"exec -> relays OFF over {args.starts} starts: median {statistics.median(to_off):.0f} ms, "
+        f"max {max(to_off):.0f} ms (interpreter start + config + gpiozero import + pin claim)"
+    )
+    print(
+        f"cutoff overshoot over {args.sessions} x {args.seconds:g} s sessions (actual_s - planned, "
+        f"service's monotonic clock, ms resolution): median {statistics.median(overshoot):.1f} ms, "
+        f"max {max(overshoot):.1f} ms"
+    )
     print(f"service RSS: {idle_rss / 1024:.1f} MiB idle after start, {busy_rss / 1024:.1f} MiB after the sessions")
     return 0
 

@@ -5,6 +5,7 @@ flow, SIGSTOP the service, read the simulator's "watchdog" line, SIGCONT, wait f
 service to latch the fault and the link to come back, reset, repeat.
 Run: .venv/bin/python bench/bench_service_watchdog.py [--trials 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,17 @@ def main() -> int:
     args = ap.parse_args()
     sim = Simulator(watchdog_s=WATCHDOG_S)
     with tempfile.TemporaryDirectory() as tmp:
-        config = service_config(Path(tmp), TWO_LAMPS, extra=f"""
+        config = service_config(
+            Path(tmp),
+            TWO_LAMPS,
+            extra=f"""
             [safety]
             heartbeat_s = {HEARTBEAT_S}
             [firmware]
             port = "socket://127.0.0.1:{sim.port}"
             watchdog_s = {WATCHDOG_S}
-            """)
+            """,
+        )
         tokens = add_users(config)
         svc = ServiceProcess(config, simulate=False).start()
         after_stop = []
@@ -59,12 +64,16 @@ def main() -> int:
         finally:
             svc.stop()
             sim.stop()
-    print(f"watchdog_s = {WATCHDOG_S} s, heartbeat_s = {HEARTBEAT_S} s, {args.trials} trials, real lampctl serve "
-          f"SIGSTOPped mid-session")
-    print(f"lamp cut by the firmware after SIGSTOP: median {statistics.median(after_stop):.0f} ms, "
-          f"max {max(after_stop):.0f} ms, min {min(after_stop):.0f} ms "
-          f"(bound: watchdog_s + 100 ms = {WATCHDOG_S * 1000 + 100:.0f} ms; under watchdog_s because "
-          f"the last heartbeat came before the stop)")
+    print(
+        f"watchdog_s = {WATCHDOG_S} s, heartbeat_s = {HEARTBEAT_S} s, {args.trials} trials, real lampctl serve "
+        f"SIGSTOPped mid-session"
+    )
+    print(
+        f"lamp cut by the firmware after SIGSTOP: median {statistics.median(after_stop):.0f} ms, "
+        f"max {max(after_stop):.0f} ms, min {min(after_stop):.0f} ms "
+        f"(bound: watchdog_s + 100 ms = {WATCHDOG_S * 1000 + 100:.0f} ms; under watchdog_s because "
+        f"the last heartbeat came before the stop)"
+    )
     return 0
 
 

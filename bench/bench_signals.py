@@ -5,6 +5,7 @@ Signal -> relays off is read from the service's own log line ("<SIG> received: r
 off"), written just after the relays are off, against the wall clock at the kill (ms).
 Run: .venv/bin/python bench/bench_signals.py [--root DIR]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@ Prints figures; asserts nothing about timing. `--root DIR` runs the service from
 checkout (e.g. `git archive <commit> | tar -x -C DIR`) to compare before and after.
 Run: .venv/bin/python bench/bench_stop_flood.py [--root DIR] [--timeout 60]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,8 +80,12 @@ def main() -> int:
         config = service_config(Path(tmp), TWO_LAMPS)
         tokens = add_users(config)
         results = {}
-        for name, load in [("quiet", {}), ("100 idle connections", {"idle": 100}),
-                           ("500 idle connections", {"idle": 500}), ("50 keep-alive pollers", {"polling": 50})]:
+        for name, load in [
+            ("quiet", {}),
+            ("100 idle connections", {"idle": 100}),
+            ("500 idle connections", {"idle": 500}),
+            ("50 keep-alive pollers", {"polling": 50}),
+        ]:
             # A fresh service per load, so one trial's leftovers cannot slow the next.
             svc = ServiceProcess(config, root=args.root).start(timeout=60)
             try:
@@ -88,8 +93,10 @@ def main() -> int:
                 results[name] = [trial(svc, tokens, args.timeout, **load) for _ in range(repeat)]
             finally:
                 svc.stop(timeout=30)
-    print(f"Stop all answered (POST /api/stop-all on a new connection; the reply follows the relay,\n"
-          f"so this bounds Stop -> relay off from above), service from {args.root}:")
+    print(
+        f"Stop all answered (POST /api/stop-all on a new connection; the reply follows the relay,\n"
+        f"so this bounds Stop -> relay off from above), service from {args.root}:"
+    )
     for name, figures in results.items():
         print(f"  {name:<24} {'; '.join(figures)}")
     return 0

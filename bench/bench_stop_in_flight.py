@@ -54,9 +54,24 @@ class SlowArmPort:
 
 
 def simulator():
-    proc = subprocess.Popen([sys.executable, "-m", "firmware_bridge.simulator", "--listen", "127.0.0.1:0",
-                             "--lamps", "1", "--watchdog", "1.0"], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "firmware_bridge.simulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--lamps",
+            "1",
+            "--watchdog",
+            "1.0",
+        ],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     port = int(proc.stderr.readline().split(":")[-1])
     offs: list = []
     threading.Thread(target=lambda: [offs.append(json.loads(l)) for l in proc.stdout], daemon=True).start()
@@ -100,8 +115,14 @@ def main():
     lamps = [config_mod.LampConfig(id="lamp0", name="Lamp 0", relay_pin=17, max_minutes=60)]
     factory = MockFactory()
     relays = RelayBank(lamps, factory)
-    link = FirmwareLink(f"socket://127.0.0.1:{port}", 1, watchdog_s=1.0, heartbeat_s=0.2, reply_timeout_s=1.0,
-                        serial_for_url=lambda url, **kw: SlowArmPort(serial.serial_for_url(url, **kw), args.slow))
+    link = FirmwareLink(
+        f"socket://127.0.0.1:{port}",
+        1,
+        watchdog_s=1.0,
+        heartbeat_s=0.2,
+        reply_timeout_s=1.0,
+        serial_for_url=lambda url, **kw: SlowArmPort(serial.serial_for_url(url, **kw), args.slow),
+    )
     backstop = FirmwareBackstop(link, grace_s=0.1)
     ctl = SessionController(lamps, relays, MonotonicClock(), NullLog(), backstop=backstop)
     backstop.attach(ctl)
@@ -118,12 +139,20 @@ def main():
     answered, came_on, fw_off = zip(*results, strict=False)
     print(f"{args.trials} trials, ARM round trip {args.slow * 1000:.0f} ms, Stop pressed halfway into it")
     print(f"  Stop answered:          median {statistics.median(answered):7.1f} ms   max {max(answered):7.1f} ms")
-    print(f"  Pi relay came on after the Stop was answered: {sum(came_on)} of {args.trials} trials"
-          " (each then ran until another Stop)")
+    print(
+        f"  Pi relay came on after the Stop was answered: {sum(came_on)} of {args.trials} trials"
+        " (each then ran until another Stop)"
+    )
     print(f"  Stop -> firmware OFF:   median {statistics.median(fw_off):7.1f} ms   max {max(fw_off):7.1f} ms")
-    print(json.dumps({"stop_in_flight_answer_ms_max": round(max(answered), 1),
-                      "stop_in_flight_relay_on_trials": sum(came_on),
-                      "stop_in_flight_fw_off_ms_max": round(max(fw_off), 1)}))
+    print(
+        json.dumps(
+            {
+                "stop_in_flight_answer_ms_max": round(max(answered), 1),
+                "stop_in_flight_relay_on_trials": sum(came_on),
+                "stop_in_flight_fw_off_ms_max": round(max(fw_off), 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

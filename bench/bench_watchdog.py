@@ -58,9 +58,23 @@ class Simulator:
 
     def __init__(self, watchdog_s):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "firmware_bridge.simulator", "--listen", "127.0.0.1:0",
-             "--lamps", "1", "--watchdog", str(watchdog_s)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+            [
+                sys.executable,
+                "-m",
+                "firmware_bridge.simulator",
+                "--listen",
+                "127.0.0.1:0",
+                "--lamps",
+                "1",
+                "--watchdog",
+                str(watchdog_s),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         line = self.proc.stderr.readline()
         if not line.startswith("listening "):
             raise SystemExit("the simulator did not start: %r" % line)
@@ -113,8 +127,9 @@ def trial_thread(sim, rnd):
 
 def trial_sigstop(sim, rnd):
     """Host process sends heartbeats and is frozen with SIGSTOP; returns (last heartbeat, cut) times."""
-    child = subprocess.Popen([sys.executable, "-c", CHILD_HOST, sim.url], cwd=ROOT,
-                             stdout=subprocess.PIPE, text=True, bufsize=1)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_HOST, sim.url], cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1
+    )
     pings = queue.Queue()
 
     def read():
@@ -159,8 +174,10 @@ def deadline_overshoot(sim):
 
 
 def report(name, figures):
-    print("%-28s n=%-3d median %7.2f ms   max %7.2f ms   min %7.2f ms"
-          % (name, len(figures), statistics.median(figures), max(figures), min(figures)))
+    print(
+        "%-28s n=%-3d median %7.2f ms   max %7.2f ms   min %7.2f ms"
+        % (name, len(figures), statistics.median(figures), max(figures), min(figures))
+    )
 
 
 def main():
@@ -174,8 +191,10 @@ def main():
     modes = ["thread", "sigstop"] if args.mode == "both" else [args.mode]
     sim = Simulator(args.watchdog)
     try:
-        print("watchdog %.3f s, %d trials per mode; figure = cut - last heartbeat - watchdog"
-              % (args.watchdog, args.trials))
+        print(
+            "watchdog %.3f s, %d trials per mode; figure = cut - last heartbeat - watchdog"
+            % (args.watchdog, args.trials)
+        )
         for mode in modes:
             trial = trial_thread if mode == "thread" else trial_sigstop
             figures = []

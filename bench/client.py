@@ -1,4 +1,5 @@
 """HTTP clients for the benchmarks: an admin's browser session, keep-alive pollers, a request-rate load."""
+
 from __future__ import annotations
 
 import http.client
@@ -94,8 +95,12 @@ class LoadProcess:
     """Load run by `python -m bench.loadgen` for `seconds`; result() waits for its figures."""
 
     def __init__(self, port: int, path: str, token: str | None, clients: int, seconds: float):
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.loadgen", str(port), path, token or "-",
-                                      str(clients), str(seconds)], stdout=subprocess.PIPE, text=True, cwd=BENCH_ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen", str(port), path, token or "-", str(clients), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=BENCH_ROOT,
+        )
         self._result: dict | None = None
 
     def __enter__(self):
@@ -123,8 +128,9 @@ def timed_post(port: int, path: str, token: str, body: bytes = b"") -> float:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         t0 = time.perf_counter()
-        conn.request("POST", path, body=body, headers={"Authorization": f"Bearer {token}",
-                                                       "Content-Type": "application/json"})
+        conn.request(
+            "POST", path, body=body, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        )
         resp = conn.getresponse()
         resp.read()
         took = (time.perf_counter() - t0) * 1000

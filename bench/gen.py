@@ -4,6 +4,7 @@ The database is written at schema version 3 (the last before the log's indexes) 
 under var/bench/, keyed by its size; each run copies it and lets the lampctl under test
 migrate the copy, so the same data serves the code before and after a schema change.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,11 +24,31 @@ YEARS = 10
 FULL_PER_DAY = 32
 PRESETS_S = (600, 900, 1200, 1800)
 # How sessions end, as a clinic's log shows it: most run out, some are stopped early.
-REASONS = (("completed", 0.86), ("stopped", 0.12), ("interrupted", 0.008), ("firmware", 0.006),
-           ("fault", 0.004), ("estop", 0.002))
+REASONS = (
+    ("completed", 0.86),
+    ("stopped", 0.12),
+    ("interrupted", 0.008),
+    ("firmware", 0.006),
+    ("fault", 0.004),
+    ("estop", 0.002),
+)
 BULB_LIFE_S = 2000 * 3600
-STAFF = ["ann", "bob", "carla", "dev", "eve", "farid", "gita", "hugo", "ines", "jon", "kim", "lea",
-         "-mo", "=nils"]  # two names a spreadsheet would run as formulas
+STAFF = [
+    "ann",
+    "bob",
+    "carla",
+    "dev",
+    "eve",
+    "farid",
+    "gita",
+    "hugo",
+    "ines",
+    "jon",
+    "kim",
+    "lea",
+    "-mo",
+    "=nils",
+]  # two names a spreadsheet would run as formulas
 
 
 def _reason(rng: random.Random) -> str:
@@ -42,7 +63,7 @@ def _reason(rng: random.Random) -> str:
 def _staff_on(day_index: int, days: int) -> list[str]:
     """About five practitioners at a time; staff come and go over the decade."""
     first = day_index * (len(STAFF) - 4) // days
-    return STAFF[first:first + 5]
+    return STAFF[first : first + 5]
 
 
 def _day_sessions(rng, day, day_index, days, per_day, burnt):
@@ -83,7 +104,7 @@ def generate(path: Path, sessions: int, seed: int = 12) -> int:
     days = [start + timedelta(days=n) for n in range(YEARS * 365) if (start + timedelta(days=n)).weekday() < 6]
     per_day = max(1, round(sessions / (len(days) * len(LAMPS))))
     if per_day == 1:
-        days = days[-max(1, sessions // len(LAMPS)):]
+        days = days[-max(1, sessions // len(LAMPS)) :]
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -93,13 +114,18 @@ def generate(path: Path, sessions: int, seed: int = 12) -> int:
         total = 0
         for index, day in enumerate(days):
             rows, bulbs = _day_sessions(rng, day, index, len(days), per_day, burnt)
-            conn.executemany("INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, "
-                             "end_reason) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, "
+                "end_reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             conn.executemany("INSERT INTO bulb_replacements (lamp_id, at, who, hours) VALUES (?, ?, ?, ?)", bulbs)
             total += len(rows)
         # One session left open by a power cut, for start-up to close (S4).
-        conn.execute("INSERT INTO sessions (lamp_id, user, started_at, planned_s) VALUES ('room1', 'ann', ?, 600)",
-                     (iso(days[-1] + timedelta(hours=19)),))
+        conn.execute(
+            "INSERT INTO sessions (lamp_id, user, started_at, planned_s) VALUES ('room1', 'ann', ?, 600)",
+            (iso(days[-1] + timedelta(hours=19)),),
+        )
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

@@ -5,6 +5,7 @@ time.monotonic), not from what the controller believes it did. Each figure has i
 baseline measured in the same run under the same load: a bare Condition.wait for the
 cutoff, bare gpiozero outputs switched off for the E-stop.
 """
+
 from __future__ import annotations
 
 import random
@@ -39,11 +40,16 @@ class NullLog:
 def _config(tmp: Path):
     from lampctl import config as config_mod
 
-    lamps = "".join(f'[[lamps]]\nid = "room{n}"\nname = "Room {n}"\nrelay_pin = {FIRST_PIN + n}\nmax_minutes = 60\n'
-                    f"presets = [10]\nrest_window_s = 0\n\n" for n in range(LAMPS))
+    lamps = "".join(
+        f'[[lamps]]\nid = "room{n}"\nname = "Room {n}"\nrelay_pin = {FIRST_PIN + n}\nmax_minutes = 60\n'
+        f"presets = [10]\nrest_window_s = 0\n\n"
+        for n in range(LAMPS)
+    )
     path = tmp / "config.toml"
-    path.write_text(f'[service]\nbind = "127.0.0.1:0"\ndatabase = "x.db"\npin_factory = "mock"\n\n'
-                    f"[safety]\nestop_pin = {ESTOP_PIN}\n\n{lamps}")
+    path.write_text(
+        f'[service]\nbind = "127.0.0.1:0"\ndatabase = "x.db"\npin_factory = "mock"\n\n'
+        f"[safety]\nestop_pin = {ESTOP_PIN}\n\n{lamps}"
+    )
     return config_mod.load(path)
 
 
@@ -190,16 +196,26 @@ def run(quick: bool) -> list[dict]:
     sessions = 40 if quick else 400
     for name, load in (("pollers", {"pollers": 20}), ("flood", {"flood": 4})):
         got, bare = cutoff(sessions, load)
-        rows.append(dict(figure=f"cutoff overshoot, 8 lamps, {len(got)} sessions 50-500 ms, {name}",
-                         value=f"p99 {pct(got, 99):.2f} ms, max {max(got):.2f} ms",
-                         baseline=f"bare Condition.wait p99 {pct(bare, 99):.2f} ms",
-                         goal="p99 <= 1.25x bare",
-                         json={} if name != "flood" else {"cutoff_p99_ms": [pct(got, 99), pct(bare, 99)],
-                                                         "cutoff_max_ms": [max(got), max(bare)]}))
+        rows.append(
+            dict(
+                figure=f"cutoff overshoot, 8 lamps, {len(got)} sessions 50-500 ms, {name}",
+                value=f"p99 {pct(got, 99):.2f} ms, max {max(got):.2f} ms",
+                baseline=f"bare Condition.wait p99 {pct(bare, 99):.2f} ms",
+                goal="p99 <= 1.25x bare",
+                json={}
+                if name != "flood"
+                else {"cutoff_p99_ms": [pct(got, 99), pct(bare, 99)], "cutoff_max_ms": [max(got), max(bare)]},
+            )
+        )
     presses = 30 if quick else 600
     got, bare = estop(presses)
-    rows.append(dict(figure=f"E-stop press to all relays off, {presses} presses, 4 readers flooding",
-                     value=f"p50 {pct(got, 50):.2f} ms, p99 {pct(got, 99):.2f} ms, max {max(got):.2f} ms",
-                     baseline=f"8 bare outputs off: max {max(bare):.2f} ms", goal="max <= 2 ms",
-                     json={"estop_p99_ms": [pct(got, 99), pct(bare, 99)], "estop_max_ms": [max(got), max(bare)]}))
+    rows.append(
+        dict(
+            figure=f"E-stop press to all relays off, {presses} presses, 4 readers flooding",
+            value=f"p50 {pct(got, 50):.2f} ms, p99 {pct(got, 99):.2f} ms, max {max(got):.2f} ms",
+            baseline=f"8 bare outputs off: max {max(bare):.2f} ms",
+            goal="max <= 2 ms",
+            json={"estop_p99_ms": [pct(got, 99), pct(bare, 99)], "estop_max_ms": [max(got), max(bare)]},
+        )
+    )
     return rows

@@ -3,6 +3,7 @@
 Run: python -m bench.loadgen PORT PATH TOKEN|- CLIENTS SECONDS; prints "ready", then at the end
 one JSON line {"rate", "p99_ms", "errors"}.
 """
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 
 Run: python -m bench.minimal_app PORT. Prints "serving" once it listens.
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,8 +15,19 @@ def main() -> int:
     from waitress import create_server
 
     app = Flask(__name__)
-    lamps = [{"id": f"room{n}", "name": f"Room {n}", "state": "off", "relay_on": False, "remaining_s": None,
-              "session_id": None, "max_minutes": 30, "presets": [10, 15, 20, 30]} for n in range(8)]
+    lamps = [
+        {
+            "id": f"room{n}",
+            "name": f"Room {n}",
+            "state": "off",
+            "relay_on": False,
+            "remaining_s": None,
+            "session_id": None,
+            "max_minutes": 30,
+            "presets": [10, 15, 20, 30],
+        }
+        for n in range(8)
+    ]
 
     @app.get("/api/lamps")
     def all_lamps():

@@ -4,6 +4,7 @@ Every figure sits beside a baseline measured in the same run: the raw SQL for th
 `sqlite3 -csv` for the export, a minimal Flask+waitress app for the API rate and memory,
 an idle service for the Stop, `import gpiozero` alone for exec -> relays OFF.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,11 @@ from bench.stats import median
 from lampctl.testing import ServiceProcess, add_users, free_port, service_config, wait_until
 
 # The Pi drives at most 8 relays: the log's other two lamps are retired ones whose history stays.
-ROOM_LAMPS = "".join(f'\n[[lamps]]\nid = "{lamp}"\nname = "Room {n}"\nrelay_pin = {4 + n}\nmax_minutes = 60\n'
-                     f"presets = [10, 15, 20, 30]\nbulb_life_h = 2000\n" for n, lamp in enumerate(gen.LAMPS[:8]))
+ROOM_LAMPS = "".join(
+    f'\n[[lamps]]\nid = "{lamp}"\nname = "Room {n}"\nrelay_pin = {4 + n}\nmax_minutes = 60\n'
+    f"presets = [10, 15, 20, 30]\nbulb_life_h = 2000\n"
+    for n, lamp in enumerate(gen.LAMPS[:8])
+)
 MONTH = ("2025-11-01", "2025-11-30")
 SQL_SESSION_COLUMNS = "id, lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason"
 
@@ -64,8 +68,11 @@ def raw_month_ms(db: Path, repeat: int) -> float:
         best = 1e9
         for _ in range(repeat):
             t0 = time.perf_counter()
-            conn.execute(f"SELECT {SQL_SESSION_COLUMNS} FROM sessions WHERE started_at >= ? AND started_at <= ? "
-                         "ORDER BY started_at DESC", (MONTH[0], MONTH[1] + "T23:59:59.999Z")).fetchall()
+            conn.execute(
+                f"SELECT {SQL_SESSION_COLUMNS} FROM sessions WHERE started_at >= ? AND started_at <= ? "
+                "ORDER BY started_at DESC",
+                (MONTH[0], MONTH[1] + "T23:59:59.999Z"),
+            ).fetchall()
             best = min(best, time.perf_counter() - t0)
         return best * 1000
     finally:
@@ -76,21 +83,30 @@ def admin_pages(svc: ServiceProcess, db: Path, repeat: int) -> list[dict]:
     browser = Browser(svc.url, "admin", "1234")
     raw = raw_month_ms(db, repeat)
     rows = []
-    for key, label, path in (("log_month_ms", "admin log page, one month", f"/admin/log?from={MONTH[0]}&to={MONTH[1]}"),
-                             ("log_page_ms", "admin log landing page (unfiltered)", "/admin/log"),
-                             ("bulbs_ms", "bulbs page", "/admin/bulbs")):
+    for key, label, path in (
+        ("log_month_ms", "admin log page, one month", f"/admin/log?from={MONTH[0]}&to={MONTH[1]}"),
+        ("log_page_ms", "admin log landing page (unfiltered)", "/admin/log"),
+        ("bulbs_ms", "bulbs page", "/admin/bulbs"),
+    ):
         times = [browser.timed_get(path)[0] for _ in range(repeat)]
-        rows.append(dict(figure=f"{label}, {repeat} loads", value=f"median {median(times):.1f} ms",
-                         baseline=f"raw month query {raw:.1f} ms", goal="<= 50 ms",
-                         json={key: [median(times), raw]}))
+        rows.append(
+            dict(
+                figure=f"{label}, {repeat} loads",
+                value=f"median {median(times):.1f} ms",
+                baseline=f"raw month query {raw:.1f} ms",
+                goal="<= 50 ms",
+                json={key: [median(times), raw]},
+            )
+        )
     return rows
 
 
 def _timed(cmd: list[str], out=subprocess.DEVNULL, cwd=None) -> tuple[float, float]:
     """(seconds, peak RSS MiB) of a command, through /usr/bin/time."""
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], stdout=out, stderr=subprocess.PIPE, text=True,
-                          cwd=cwd, check=True)
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", *cmd], stdout=out, stderr=subprocess.PIPE, text=True, cwd=cwd, check=True
+    )
     took = time.perf_counter() - t0
     return took, int(proc.stderr.strip().splitlines()[-1]) / 1024
 
@@ -109,15 +125,27 @@ def csv_exports(svc: ServiceProcess, config: Path, db: Path, root: Path, repeat:
     cli_mb = max(mb for _, mb in runs["cli"])
     _, day_mb = _timed([*cli[:-2], "--from", MONTH[0], "--to", MONTH[0], *cli[-2:]], cwd=root)
     return [
-        dict(figure=f"full CSV export, CLI (lampctl log --csv), best of {repeat}",
-             value=f"{cli_s:.2f} s, peak RSS {cli_mb:.0f} MiB",
-             baseline=f"sqlite3 -csv {base_s:.2f} s ({base_mb:.0f} MiB)", goal="<= 1.5x sqlite3",
-             json={"log_csv_s": [cli_s, base_s], "log_csv_peak_mb": [cli_mb, day_mb]}),
-        dict(figure="CSV export memory (CLI peak RSS)", value=f"full log {cli_mb:.0f} MiB",
-             baseline=f"one day {day_mb:.0f} MiB", goal="flat", json={}),
-        dict(figure=f"full CSV export, web (/admin/log.csv, {size / 1e6:.0f} MB), best of {repeat}",
-             value=f"{web_s:.2f} s", baseline=f"sqlite3 -csv {base_s:.2f} s", goal="<= 1.5x sqlite3",
-             json={"log_csv_web_s": [web_s, base_s]}),
+        dict(
+            figure=f"full CSV export, CLI (lampctl log --csv), best of {repeat}",
+            value=f"{cli_s:.2f} s, peak RSS {cli_mb:.0f} MiB",
+            baseline=f"sqlite3 -csv {base_s:.2f} s ({base_mb:.0f} MiB)",
+            goal="<= 1.5x sqlite3",
+            json={"log_csv_s": [cli_s, base_s], "log_csv_peak_mb": [cli_mb, day_mb]},
+        ),
+        dict(
+            figure="CSV export memory (CLI peak RSS)",
+            value=f"full log {cli_mb:.0f} MiB",
+            baseline=f"one day {day_mb:.0f} MiB",
+            goal="flat",
+            json={},
+        ),
+        dict(
+            figure=f"full CSV export, web (/admin/log.csv, {size / 1e6:.0f} MB), best of {repeat}",
+            value=f"{web_s:.2f} s",
+            baseline=f"sqlite3 -csv {base_s:.2f} s",
+            goal="<= 1.5x sqlite3",
+            json={"log_csv_web_s": [web_s, base_s]},
+        ),
     ]
 
 
@@ -138,8 +166,12 @@ def open_sessions_ms(db: Path) -> float:
 def minimal_app(seconds: float, clients: int) -> tuple[float, float, float]:
     """(req/s, p99 ms, RSS MiB after the load) of the minimal Flask+waitress app."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.minimal_app", str(port)], stdout=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.minimal_app", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     try:
         assert proc.stdout.readline().strip() == "serving"
         wait_until(lambda: _answers(port), 30, "the minimal app")
@@ -183,16 +215,27 @@ def api_and_stop(svc: ServiceProcess, tokens: dict, seconds: float, trials: int,
     rss = rss_mib(svc.proc.pid)
     base_rate, base_p99, base_rss = minimal_app(seconds, clients)
     return [
-        dict(figure=f"POST stop-all while {clients} keep-alive clients poll, {trials} stops",
-             value=f"p50 {median(loaded):.1f} ms, max {max(loaded):.1f} ms",
-             baseline=f"idle p50 {median(idle):.1f} ms", goal="<= 3x idle",
-             json={"stop_under_load_ms": [median(loaded), median(idle)]}),
-        dict(figure=f"GET /api/lamps, {clients} keep-alive connections, {seconds:g} s",
-             value=f"{got['rate']:.0f} req/s, p99 {got['p99_ms']:.0f} ms ({got['errors']} errors)",
-             baseline=f"minimal Flask+waitress {base_rate:.0f} req/s, p99 {base_p99:.0f} ms",
-             goal=">= 0.9x", json={"api_rps": [got["rate"], base_rate], "api_p99_ms": [got["p99_ms"], base_p99]}),
-        dict(figure="service RSS after the traffic above (8 lamps)", value=f"{rss:.1f} MiB",
-             baseline=f"minimal app {base_rss:.1f} MiB", goal="<= 40 MiB", json={"rss_mb": [rss, base_rss]}),
+        dict(
+            figure=f"POST stop-all while {clients} keep-alive clients poll, {trials} stops",
+            value=f"p50 {median(loaded):.1f} ms, max {max(loaded):.1f} ms",
+            baseline=f"idle p50 {median(idle):.1f} ms",
+            goal="<= 3x idle",
+            json={"stop_under_load_ms": [median(loaded), median(idle)]},
+        ),
+        dict(
+            figure=f"GET /api/lamps, {clients} keep-alive connections, {seconds:g} s",
+            value=f"{got['rate']:.0f} req/s, p99 {got['p99_ms']:.0f} ms ({got['errors']} errors)",
+            baseline=f"minimal Flask+waitress {base_rate:.0f} req/s, p99 {base_p99:.0f} ms",
+            goal=">= 0.9x",
+            json={"api_rps": [got["rate"], base_rate], "api_p99_ms": [got["p99_ms"], base_p99]},
+        ),
+        dict(
+            figure="service RSS after the traffic above (8 lamps)",
+            value=f"{rss:.1f} MiB",
+            baseline=f"minimal app {base_rss:.1f} MiB",
+            goal="<= 40 MiB",
+            json={"rss_mb": [rss, base_rss]},
+        ),
     ]
 
 
@@ -207,6 +250,10 @@ def exec_to_off(tmp: Path, root: Path, starts: int) -> dict:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import gpiozero"], check=True)
         baseline.append((time.perf_counter() - t0) * 1000)
-    return dict(figure=f"exec to relays OFF, {starts} starts", value=f"median {median(figures):.0f} ms",
-                baseline=f"import gpiozero alone {median(baseline):.0f} ms", goal="<= 1.1x",
-                json={"start_to_safe_ms": [median(figures), median(baseline)]})
+    return dict(
+        figure=f"exec to relays OFF, {starts} starts",
+        value=f"median {median(figures):.0f} ms",
+        baseline=f"import gpiozero alone {median(baseline):.0f} ms",
+        goal="<= 1.1x",
+        json={"start_to_safe_ms": [median(figures), median(baseline)]},
+    )

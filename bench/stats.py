@@ -1,4 +1,5 @@
 """Small statistics for the benchmarks: percentiles and medians of a list of figures."""
+
 from __future__ import annotations
 
 import math

@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
-READ_TIMEOUT_S = 0.02       # how long the link thread blocks in read() before checking its timers
+READ_TIMEOUT_S = 0.02  # how long the link thread blocks in read() before checking its timers
 JOIN_TIMEOUT_S = 5.0
-WRITE_GAPS_KEPT = 64        # recent host silences longer than the watchdog (each one cut every lamp)
+WRITE_GAPS_KEPT = 64  # recent host silences longer than the watchdog (each one cut every lamp)
 
 
 class Port(Protocol):
@@ -65,43 +65,61 @@ class Waiter:
         return self.reply
 
 
-def check_hello(args: tuple[str, ...], url: str, lamp_count: int, watchdog_s: float,
-                heartbeat_s: float) -> protocol.Hello:
+def check_hello(
+    args: tuple[str, ...], url: str, lamp_count: int, watchdog_s: float, heartbeat_s: float
+) -> protocol.Hello:
     """The fields of a HELLO reply, or LinkFailure when this host must not use that firmware."""
     try:
         info = protocol.parse_hello(args)
     except protocol.FrameError:
-        raise LinkFailure("The firmware on %s sent a HELLO reply that could not be read: %r."
-                          % (url, " ".join(args))) from None
+        raise LinkFailure(
+            "The firmware on %s sent a HELLO reply that could not be read: %r." % (url, " ".join(args))
+        ) from None
     if info["protocol"] != protocol.PROTOCOL_VERSION:
-        raise LinkFailure("The firmware on %s speaks protocol %d; this host speaks %d."
-                          % (url, info["protocol"], protocol.PROTOCOL_VERSION))
+        raise LinkFailure(
+            "The firmware on %s speaks protocol %d; this host speaks %d."
+            % (url, info["protocol"], protocol.PROTOCOL_VERSION)
+        )
     if info["lamps"] < lamp_count:
-        raise LinkFailure("The firmware on %s drives %d lamps but %d are configured."
-                          % (url, info["lamps"], lamp_count))
+        raise LinkFailure(
+            "The firmware on %s drives %d lamps but %d are configured." % (url, info["lamps"], lamp_count)
+        )
     firmware_s = info["watchdog_ms"] / 1000
     if firmware_s > watchdog_s + 0.0005:
-        raise LinkFailure("The firmware on %s cuts after %g s of silence, longer than the "
-                          "configured watchdog of %g s." % (url, firmware_s, watchdog_s))
+        raise LinkFailure(
+            "The firmware on %s cuts after %g s of silence, longer than the "
+            "configured watchdog of %g s." % (url, firmware_s, watchdog_s)
+        )
     if firmware_s <= 2 * heartbeat_s:
-        raise LinkFailure("The firmware on %s cuts after %g s of silence, too short for "
-                          "heartbeats every %g s." % (url, firmware_s, heartbeat_s))
+        raise LinkFailure(
+            "The firmware on %s cuts after %g s of silence, too short for "
+            "heartbeats every %g s." % (url, firmware_s, heartbeat_s)
+        )
     return info
 
 
 class FirmwareLink:
     """Commands, heartbeats and link state for one firmware on one serial URL."""
 
-    def __init__(self, url: str, lamp_count: int, *, watchdog_s: float = 3.0, heartbeat_s: float = 1.0,
-                 reply_timeout_s: float = 0.5, on_link_change: Callable[[bool, str], None] | None = None,
-                 serial_for_url: Callable[..., Port] = serial.serial_for_url,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        url: str,
+        lamp_count: int,
+        *,
+        watchdog_s: float = 3.0,
+        heartbeat_s: float = 1.0,
+        reply_timeout_s: float = 0.5,
+        on_link_change: Callable[[bool, str], None] | None = None,
+        serial_for_url: Callable[..., Port] = serial.serial_for_url,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not isinstance(lamp_count, int) or not 1 <= lamp_count <= protocol.MAX_LAMPS:
             raise ValueError("lamp_count must be 1..%d, got %r" % (protocol.MAX_LAMPS, lamp_count))
         if not 0 < heartbeat_s < watchdog_s / 2:
-            raise ValueError("heartbeat_s (%r) must be positive and under half of watchdog_s (%r) "
-                             "so one lost heartbeat cannot trip the firmware's watchdog"
-                             % (heartbeat_s, watchdog_s))
+            raise ValueError(
+                "heartbeat_s (%r) must be positive and under half of watchdog_s (%r) "
+                "so one lost heartbeat cannot trip the firmware's watchdog" % (heartbeat_s, watchdog_s)
+            )
         if reply_timeout_s <= 0:
             raise ValueError("reply_timeout_s must be positive, got %r" % (reply_timeout_s,))
         self.url = url
@@ -121,7 +139,7 @@ class FirmwareLink:
         # Guards the fields below; never held while writing or calling back.
         self._state_lock = threading.Lock()
         self._state_changed = threading.Condition(self._state_lock)
-        self._port: Port | None = None      # the port, only while the link is up
+        self._port: Port | None = None  # the port, only while the link is up
         self._seq = 0
         self._pending: dict[int, Waiter] = {}
         self._up = False
@@ -150,8 +168,7 @@ class FirmwareLink:
                 raise RuntimeError("this FirmwareLink has been closed; make a new one")
             if self._thread is not None:
                 return
-            self._thread = threading.Thread(target=self._run, name="firmware-link %s" % self.url,
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="firmware-link %s" % self.url, daemon=True)
         self._thread.start()
 
     def wait_up(self, timeout: float) -> bool:
@@ -201,8 +218,9 @@ class FirmwareLink:
         if not isinstance(ms, int) or isinstance(ms, bool):
             raise TypeError("ms must be an int, got %r" % (ms,))
         if not 1 <= ms <= protocol.MAX_ARM_MS:
-            raise FirmwareError("Cannot arm lamp %d for %d ms: the firmware accepts 1..%d ms."
-                                % (lamp, ms, protocol.MAX_ARM_MS))
+            raise FirmwareError(
+                "Cannot arm lamp %d for %d ms: the firmware accepts 1..%d ms." % (lamp, ms, protocol.MAX_ARM_MS)
+            )
         self._command("ARM", lamp, ms)
 
     def off(self, lamp: int) -> None:
@@ -222,16 +240,18 @@ class FirmwareLink:
         except protocol.FrameError:
             raise FirmwareError("The firmware's STATUS reply %r could not be read." % (" ".join(args),)) from None
         if len(lamps) < self.lamp_count:
-            raise FirmwareError("The firmware's STATUS listed %d lamps where %d are configured."
-                                % (len(lamps), self.lamp_count))
-        return lamps[:self.lamp_count]
+            raise FirmwareError(
+                "The firmware's STATUS listed %d lamps where %d are configured." % (len(lamps), self.lamp_count)
+            )
+        return lamps[: self.lamp_count]
 
     def _check_lamp(self, lamp: int) -> None:
         if not isinstance(lamp, int) or isinstance(lamp, bool):
             raise TypeError("lamp must be an int index, got %r" % (lamp,))
         if not 0 <= lamp < self.lamp_count:
-            raise FirmwareError("Lamp %d does not exist on this firmware link; lamps are 0..%d."
-                                % (lamp, self.lamp_count - 1))
+            raise FirmwareError(
+                "Lamp %d does not exist on this firmware link; lamps are 0..%d." % (lamp, self.lamp_count - 1)
+            )
 
     def _command(self, word: str, *args: int) -> tuple[str, ...]:
         if threading.current_thread() is self._thread:
@@ -247,8 +267,7 @@ class FirmwareLink:
             with self._state_lock:
                 self._pending.pop(seq, None)
             if not waiter.event.is_set():
-                raise FirmwareTimeout("The firmware did not answer %s within %g s."
-                                      % (what, self.reply_timeout_s))
+                raise FirmwareTimeout("The firmware did not answer %s within %g s." % (what, self.reply_timeout_s))
         reply = waiter.outcome()
         if reply.word == "ERR":
             token = reply.args[0]
@@ -256,8 +275,7 @@ class FirmwareLink:
             raise FirmwareError("Firmware refused %s: %s." % (what, detail))
         return reply.args
 
-    def _send(self, port: Port | None, word: str, args: tuple[int, ...],
-              want_reply: bool) -> tuple[int, Waiter | None]:
+    def _send(self, port: Port | None, word: str, args: tuple[int, ...], want_reply: bool) -> tuple[int, Waiter | None]:
         """Write one command with the next seq; returns (seq, waiter or None).
 
         ``port`` is given by the link thread during its handshake; callers pass
@@ -281,8 +299,9 @@ class FirmwareLink:
                 with self._state_lock:
                     self._pending.pop(seq, None)
                     self._write_failure = "writing to %s failed: %s" % (self.url, err)
-                raise FirmwareTimeout(sentence("Cannot send %s: writing to %s failed: %s"
-                                               % (word, self.url, err))) from err
+                raise FirmwareTimeout(
+                    sentence("Cannot send %s: writing to %s failed: %s" % (word, self.url, err))
+                ) from err
         return seq, waiter
 
     def _wrote(self) -> None:
@@ -324,7 +343,7 @@ class FirmwareLink:
                         self._port = None
                     port.close()
                 if self._up:
-                    backoff = BACKOFF_FIRST_S   # it worked until now: retry soon
+                    backoff = BACKOFF_FIRST_S  # it worked until now: retry soon
                 self._set_down(reason, report=not self._stop.is_set())
             self._stop.wait(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -340,8 +359,11 @@ class FirmwareLink:
             self._port = port
             self._up = True
             self._state_changed.notify_all()
-        self._report(True, "Firmware %s on %s is up: %d lamps, watchdog %g s."
-                     % (info["firmware"], self.url, info["lamps"], info["watchdog_ms"] / 1000))
+        self._report(
+            True,
+            "Firmware %s on %s is up: %d lamps, watchdog %g s."
+            % (info["firmware"], self.url, info["lamps"], info["watchdog_ms"] / 1000),
+        )
         self._heartbeats(port, splitter)
 
     def _greet(self, port: Port, splitter: protocol.LineSplitter) -> protocol.Hello | None:
@@ -363,8 +385,9 @@ class FirmwareLink:
             if self._stop.is_set():
                 return None
             if self._clock() >= deadline:
-                raise LinkFailure("The firmware on %s did not answer HELLO within %g s."
-                                  % (self.url, self.reply_timeout_s))
+                raise LinkFailure(
+                    "The firmware on %s did not answer HELLO within %g s." % (self.url, self.reply_timeout_s)
+                )
             self._pump(port, splitter)
         reply = waiter.outcome()  # only this thread's _set_down sets an error, never while greeting
         if reply.word != "OK":
@@ -375,21 +398,24 @@ class FirmwareLink:
         """Read replies and send a PING every heartbeat_s until the link fails or close()."""
         last_heard = self.last_heard = self._clock()
         next_beat = last_heard + self.heartbeat_s
-        beats: dict[int, float] = {}      # seq of an unanswered PING -> time sent
+        beats: dict[int, float] = {}  # seq of an unanswered PING -> time sent
         while not self._stop.is_set():
             for reply in self._pump(port, splitter):
                 last_heard = self.last_heard = self._clock()
                 if reply.seq in beats:
                     del beats[reply.seq]
                     if reply.word == "ERR":
-                        raise LinkFailure("The firmware refused a heartbeat (%s), so it has cut its lamps."
-                                          % reply.args[0])
+                        raise LinkFailure(
+                            "The firmware refused a heartbeat (%s), so it has cut its lamps." % reply.args[0]
+                        )
             if self._write_failure is not None:
                 raise LinkFailure(sentence(self._write_failure))
             now = self._clock()
             if now - last_heard > self.silence_limit_s:
-                raise LinkFailure("The firmware on %s sent nothing for %.2f s (limit %g s)."
-                                  % (self.url, now - last_heard, self.silence_limit_s))
+                raise LinkFailure(
+                    "The firmware on %s sent nothing for %.2f s (limit %g s)."
+                    % (self.url, now - last_heard, self.silence_limit_s)
+                )
             if now >= next_beat:
                 next_beat = max(next_beat + self.heartbeat_s, now)
                 try:
@@ -445,8 +471,10 @@ class FirmwareLink:
         if report:
             self._report(False, reason)
         for waiter in pending:
-            waiter.error = FirmwareTimeout("The firmware link went down before %s was answered: %s"
-                                           % (waiter.word, reason[:1].lower() + reason[1:]))
+            waiter.error = FirmwareTimeout(
+                "The firmware link went down before %s was answered: %s"
+                % (waiter.word, reason[:1].lower() + reason[1:])
+            )
             waiter.event.set()
 
     def _report(self, up: bool, reason: str) -> None:

@@ -1,4 +1,5 @@
 """What ends or refuses on the firmware link: refusals as sentences, the link's exceptions."""
+
 from __future__ import annotations
 
 from firmware_bridge import protocol
@@ -6,8 +7,9 @@ from firmware_bridge import protocol
 REFUSALS = {
     protocol.NO_SUCH_LAMP: "the firmware has no output with that index",
     protocol.MS_OUT_OF_RANGE: "the duration is outside 1..%d ms" % protocol.MAX_ARM_MS,
-    protocol.OVER_CEILING: ("the lamp would stay on longer than the firmware's %d s ceiling"
-                            % (protocol.MAX_ARM_MS // 1000)),
+    protocol.OVER_CEILING: (
+        "the lamp would stay on longer than the firmware's %d s ceiling" % (protocol.MAX_ARM_MS // 1000)
+    ),
     protocol.NEED_HELLO: "the firmware has cut its lamps and waits for a new HELLO",
     protocol.REPLAY: "the firmware saw a sequence number that was not newer than the last one",
 }

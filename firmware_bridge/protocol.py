@@ -25,26 +25,25 @@ if TYPE_CHECKING:
     from typing import TypedDict
 
     # The fields of a HELLO reply, and one lamp of a STATUS reply.
-    Hello = TypedDict("Hello", {"protocol": int, "firmware": str, "lamps": int, "watchdog_ms": int,
-                                "max_arm_ms": int})
+    Hello = TypedDict("Hello", {"protocol": int, "firmware": str, "lamps": int, "watchdog_ms": int, "max_arm_ms": int})
     LampStatus = TypedDict("LampStatus", {"on": bool, "remaining_ms": int})
 
 PROTOCOL_VERSION = 1
-MAX_LINE = 128          # bytes including "\n": bounds every buffer on both sides
-SEQ_MODULO = 65536      # seq lives in 1..65535; 0 means "no trustworthy seq"
+MAX_LINE = 128  # bytes including "\n": bounds every buffer on both sides
+SEQ_MODULO = 65536  # seq lives in 1..65535; 0 means "no trustworthy seq"
 MAX_SEQ = SEQ_MODULO - 1
-MAX_LAMPS = 8           # a STATUS reply for 8 lamps still fits in MAX_LINE
+MAX_LAMPS = 8  # a STATUS reply for 8 lamps still fits in MAX_LINE
 # Hard ceiling of one ARM: a 60 min session x 1.10 backstop plus up to 10 s grace.
-MAX_ARM_MS = 60 * 60 * 1000 * 11 // 10 + 10 * 1000   # 3 970 000 ms
+MAX_ARM_MS = 60 * 60 * 1000 * 11 // 10 + 10 * 1000  # 3 970 000 ms
 
 # Host -> firmware commands and how many (decimal, non-negative) arguments each takes.
 COMMANDS = {
-    "HELLO": 0,     # reply: OK <proto> <fw-version> <lamps> <watchdog_ms> <max_arm_ms>
-    "ARM": 2,       # ARM <lamp> <ms>   reply: OK
-    "OFF": 1,       # OFF <lamp>        reply: OK
-    "OFFALL": 0,    # every lamp off    reply: OK
-    "PING": 0,      # heartbeat         reply: OK
-    "STATUS": 0,    # reply: OK <on>:<remaining_ms> per lamp, e.g. OK 1:59000 0:0
+    "HELLO": 0,  # reply: OK <proto> <fw-version> <lamps> <watchdog_ms> <max_arm_ms>
+    "ARM": 2,  # ARM <lamp> <ms>   reply: OK
+    "OFF": 1,  # OFF <lamp>        reply: OK
+    "OFFALL": 0,  # every lamp off    reply: OK
+    "PING": 0,  # heartbeat         reply: OK
+    "STATUS": 0,  # reply: OK <on>:<remaining_ms> per lamp, e.g. OK 1:59000 0:0
 }
 REPLIES = ("OK", "ERR")
 
@@ -57,12 +56,12 @@ BAD_SEQ = "bad-seq"
 UNKNOWN_COMMAND = "unknown-command"
 BAD_ARGS = "bad-args"
 # Reasons the firmware adds from its own state (not parse errors).
-REPLAY = "replay"                   # seq not newer than the last accepted one (a bad frame)
-NEED_HELLO = "need-hello"           # no HELLO since boot or since the last safety cut
+REPLAY = "replay"  # seq not newer than the last accepted one (a bad frame)
+NEED_HELLO = "need-hello"  # no HELLO since boot or since the last safety cut
 NO_SUCH_LAMP = "no-such-lamp"
 MS_OUT_OF_RANGE = "ms-out-of-range"  # ARM ms outside 1..MAX_ARM_MS
-OVER_CEILING = "over-ceiling"       # re-ARM would keep a lamp on longer than MAX_ARM_MS in one go
-INTERNAL = "internal"               # handling the frame failed inside the firmware (a bad frame)
+OVER_CEILING = "over-ceiling"  # re-ARM would keep a lamp on longer than MAX_ARM_MS in one go
+INTERNAL = "internal"  # handling the frame failed inside the firmware (a bad frame)
 
 _DIGITS = "0123456789"
 _HEX = "0123456789ABCDEF"
@@ -101,8 +100,9 @@ class Frame:
 
     def __eq__(self, other):
         # type: (object) -> bool
-        return (isinstance(other, Frame) and self.seq == other.seq
-                and self.word == other.word and self.args == other.args)
+        return (
+            isinstance(other, Frame) and self.seq == other.seq and self.word == other.word and self.args == other.args
+        )
 
     def __ne__(self, other):
         # type: (object) -> bool
@@ -232,16 +232,16 @@ def _split_frame(line):
             raise FrameError(NOT_ASCII)
     text = line.decode()
     star = text.rfind("*")
-    if star < 0 or len(text) - star - 1 != 4 or not _is_token(text[star + 1:], _HEX):
+    if star < 0 or len(text) - star - 1 != 4 or not _is_token(text[star + 1 :], _HEX):
         raise FrameError(MALFORMED)
     body = text[:star]
     fields = body.split(" ")
     if len(fields) < 2:
         raise FrameError(MALFORMED)
     for field in fields:
-        if not field:   # double, leading or trailing space
+        if not field:  # double, leading or trailing space
             raise FrameError(MALFORMED)
-    if int(text[star + 1:], 16) != crc16(line[:star]):
+    if int(text[star + 1 :], 16) != crc16(line[:star]):
         raise FrameError(BAD_CRC)
     seq = _parse_uint(fields[0])
     if seq is None or seq > MAX_SEQ:
@@ -315,8 +315,13 @@ def parse_hello(args):
         if value is None:
             raise FrameError(BAD_ARGS)
         numbers.append(value)
-    return {"protocol": numbers[0], "firmware": args[1], "lamps": numbers[1],
-            "watchdog_ms": numbers[2], "max_arm_ms": numbers[3]}
+    return {
+        "protocol": numbers[0],
+        "firmware": args[1],
+        "lamps": numbers[1],
+        "watchdog_ms": numbers[2],
+        "max_arm_ms": numbers[3],
+    }
 
 
 class LineSplitter:
@@ -334,7 +339,7 @@ class LineSplitter:
     def __init__(self):
         # type: () -> None
         self._buf = bytearray()
-        self._count = 0     # bytes of the current line so far, newline excluded
+        self._count = 0  # bytes of the current line so far, newline excluded
 
     def reset(self):
         # type: () -> None

@@ -37,7 +37,7 @@ from firmware_bridge import protocol
 from firmware_bridge.firmware import mpshim
 from firmware_bridge.firmware.logic import Firmware
 
-MAX_IDLE_WAIT_S = 0.5   # wake-up when no timer is pending: only to notice a stop request
+MAX_IDLE_WAIT_S = 0.5  # wake-up when no timer is pending: only to notice a stop request
 
 
 class _Output:
@@ -76,24 +76,36 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
-def make_firmware(lamps: int, watchdog_s: float, on_change: Callable[[int, bool, str], object],
-                  bad_frame_limit: int = 3, tick_offset_ms: int = 0) -> Firmware:
+def make_firmware(
+    lamps: int,
+    watchdog_s: float,
+    on_change: Callable[[int, bool, str], object],
+    bad_frame_limit: int = 3,
+    tick_offset_ms: int = 0,
+) -> Firmware:
     """Firmware on real time: MicroPython ticks from time.monotonic(), shifted by tick_offset_ms."""
 
     def ticks_ms() -> int:
         return (int(time.monotonic() * 1000) + tick_offset_ms) & mpshim.TICKS_MAX
 
     outputs = [_Output() for _ in range(lamps)]
-    return Firmware(outputs, ticks_ms, mpshim.ticks_diff, mpshim.ticks_add,
-                    watchdog_ms=max(1, round(watchdog_s * 1000)),
-                    bad_frame_limit=bad_frame_limit, on_change=on_change)
+    return Firmware(
+        outputs,
+        ticks_ms,
+        mpshim.ticks_diff,
+        mpshim.ticks_add,
+        watchdog_ms=max(1, round(watchdog_s * 1000)),
+        bad_frame_limit=bad_frame_limit,
+        on_change=on_change,
+    )
 
 
 class _TcpPort:
     """Listening socket plus at most one client; a newcomer replaces the current client."""
 
-    def __init__(self, selector: selectors.BaseSelector, host: str, port: int,
-                 on_data: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, selector: selectors.BaseSelector, host: str, port: int, on_data: Callable[[bytes], None]
+    ) -> None:
         self._selector = selector
         self._on_data = on_data
         self._client: socket.socket | None = None
@@ -138,7 +150,7 @@ class _TcpPort:
         try:
             self._client.send(data)
         except (BlockingIOError, InterruptedError):
-            pass    # the client is not reading: drop, like a UART would
+            pass  # the client is not reading: drop, like a UART would
         except OSError:
             self._drop_client()
 
@@ -180,7 +192,7 @@ class _PtyPort:
         try:
             os.write(self._master, data)
         except BlockingIOError:
-            pass    # the host is not reading: drop, like a UART would
+            pass  # the host is not reading: drop, like a UART would
 
     def close(self) -> None:
         self._selector.unregister(self._master)
@@ -192,7 +204,8 @@ def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(
-            "expected HOST:PORT such as 127.0.0.1:7777 (port 0 picks a free one), got %r" % text)
+            "expected HOST:PORT such as 127.0.0.1:7777 (port 0 picks a free one), got %r" % text
+        )
     return host, int(port)
 
 
@@ -215,19 +228,35 @@ def _parse_seconds(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m firmware_bridge.simulator",
-        description="Serve the reference lamp firmware on a TCP port or a pty; "
-                    "print one JSON line per output change.")
+        description="Serve the reference lamp firmware on a TCP port or a pty; print one JSON line per output change.",
+    )
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--listen", type=_parse_listen, metavar="HOST:PORT",
-                       help="serve socket://HOST:PORT (port 0: any free port)")
+    where.add_argument(
+        "--listen", type=_parse_listen, metavar="HOST:PORT", help="serve socket://HOST:PORT (port 0: any free port)"
+    )
     where.add_argument("--pty", action="store_true", help="serve on a new pty; its path goes to stderr")
     parser.add_argument("--lamps", type=_parse_lamps, required=True, help="number of outputs (1..8)")
-    parser.add_argument("--watchdog", type=_parse_seconds, default=3.0, metavar="S",
-                        help="cut every lamp after S seconds without a valid frame (default 3)")
-    parser.add_argument("--bad-frames", type=int, default=3, metavar="N",
-                        help="cut every lamp after N consecutive bad frames (default 3)")
-    parser.add_argument("--tick-offset-ms", type=int, default=0, metavar="MS",
-                        help="shift the firmware's tick counter, e.g. to cross its 2**30 wrap soon")
+    parser.add_argument(
+        "--watchdog",
+        type=_parse_seconds,
+        default=3.0,
+        metavar="S",
+        help="cut every lamp after S seconds without a valid frame (default 3)",
+    )
+    parser.add_argument(
+        "--bad-frames",
+        type=int,
+        default=3,
+        metavar="N",
+        help="cut every lamp after N consecutive bad frames (default 3)",
+    )
+    parser.add_argument(
+        "--tick-offset-ms",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="shift the firmware's tick counter, e.g. to cross its 2**30 wrap soon",
+    )
     return parser
 
 
@@ -238,8 +267,13 @@ def serve(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO
     if args.bad_frames < 1:
         stderr.write("--bad-frames must be at least 1, got %d\n" % args.bad_frames)
         return 2
-    firmware = make_firmware(args.lamps, args.watchdog, ChangePrinter(stdout),
-                             bad_frame_limit=args.bad_frames, tick_offset_ms=args.tick_offset_ms)
+    firmware = make_firmware(
+        args.lamps,
+        args.watchdog,
+        ChangePrinter(stdout),
+        bad_frame_limit=args.bad_frames,
+        tick_offset_ms=args.tick_offset_ms,
+    )
     stop_requested: list[int] = []
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
@@ -290,8 +324,9 @@ def serve(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO
         wake_w.close()
 
 
-def _run_until_stopped(firmware: Firmware, selector: selectors.BaseSelector, wake_r: socket.socket,
-                       stop_requested: list[int]) -> None:
+def _run_until_stopped(
+    firmware: Firmware, selector: selectors.BaseSelector, wake_r: socket.socket, stop_requested: list[int]
+) -> None:
     """Poll the firmware's timers and serve the port until a signal asks to stop."""
     while not stop_requested:
         wait_ms = firmware.poll()

@@ -1,4 +1,5 @@
 """`python -m lampctl` runs the command line."""
+
 import sys
 
 from lampctl.cli import main

@@ -5,6 +5,7 @@
 
 Edit a key's row in lampctl/config/__init__.py, never the generated text; then run with --write.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
             (ROOT / name).write_text(text, encoding="utf-8")
             print(f"rewrote {name} from the settings schema")
         else:
-            print(f"{name} differs from the settings schema: run python scripts/config_docs.py --write", file=sys.stderr)
+            print(
+                f"{name} differs from the settings schema: run python scripts/config_docs.py --write", file=sys.stderr
+            )
     return 1 if found and not args.write else 0
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: mock pins, a fake clock, a usage log in tmp, a controller, the Flask app."""
+
 from __future__ import annotations
 
 import textwrap

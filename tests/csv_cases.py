@@ -2,7 +2,7 @@
 
 # (name, the cell a csv reader reads back): each dangerous first character gets a leading '.
 FORMULA_CELLS = (
-    ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+    ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
     ("+1+1", "'+1+1"),
     ("-1+1", "'-1+1"),
     ("@SUM(A1)", "'@SUM(A1)"),

@@ -1,4 +1,5 @@
 """Run scenario scripts on MicroPython's own interpreter (its WebAssembly port under Node) with the board's files."""
+
 from __future__ import annotations
 
 import json
@@ -47,10 +48,13 @@ class VmUnavailable(Exception):
 def _install_package() -> None:
     npm = shutil.which("npm")
     if npm is None:
-        raise VmUnavailable("npm is missing, so %s cannot be installed into tests/mpvm "
-                            "(./test.sh installs Debian's nodejs and npm)" % PACKAGE)
-    proc = subprocess.run([npm, "ci", "--prefix", str(MPVM), "--no-audit", "--no-fund"],
-                          capture_output=True, text=True, timeout=600)
+        raise VmUnavailable(
+            "npm is missing, so %s cannot be installed into tests/mpvm "
+            "(./test.sh installs Debian's nodejs and npm)" % PACKAGE
+        )
+    proc = subprocess.run(
+        [npm, "ci", "--prefix", str(MPVM), "--no-audit", "--no-fund"], capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
         raise VmUnavailable("npm ci --prefix tests/mpvm failed: %s" % proc.stderr.strip()[-500:])
 
@@ -85,12 +89,20 @@ class Vm:
         ``heapsize`` is the VM's first heap; this build grows it on demand, so it
         is no stand-in for a Pico's RAM (test_mpvm_firmware_fits_a_pico_heap is).
         """
-        files = {path: src.read_text() for path, src in {**(PACKAGE_LAYOUT if layout is None else layout),
-                                                         **STAND_INS}.items()}
+        files = {
+            path: src.read_text()
+            for path, src in {**(PACKAGE_LAYOUT if layout is None else layout), **STAND_INS}.items()
+        }
         files.update(extra or {})
         request = {"files": files, "script": script, "stdin": stdin.decode("latin-1"), "heapsize": heapsize}
-        proc = subprocess.run([self.node, str(MPVM / "run.mjs")], input=json.dumps(request),
-                              capture_output=True, text=True, timeout=90, cwd=MPVM)
+        proc = subprocess.run(
+            [self.node, str(MPVM / "run.mjs")],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=MPVM,
+        )
         assert proc.returncode == 0, "run.mjs failed: %s" % proc.stderr[-2000:]
         result = json.loads(proc.stdout)
         emitted, other = [], []

@@ -1,4 +1,5 @@
 """The process helpers of lampctl.testing, under the name the tests have always imported."""
+
 from lampctl.testing import (  # noqa: F401
     ROOT,
     TWO_LAMPS,

@@ -12,6 +12,7 @@ $S1_NOTIFY_LOG (a path): each systemd notification is logged there with its mono
 The dump also holds the modules imported when the relays were claimed and each signal's
 disposition at exit.
 """
+
 import atexit
 import json
 import os
@@ -47,8 +48,9 @@ def dump():
             handler = signal.getsignal(signum)
         except (OSError, ValueError):
             continue
-        dispositions[signum] = ("default" if handler == signal.SIG_DFL else
-                                "ignore" if handler == signal.SIG_IGN else "handler")
+        dispositions[signum] = (
+            "default" if handler == signal.SIG_DFL else "ignore" if handler == signal.SIG_IGN else "handler"
+        )
     with open(os.environ["S1_PIN_DUMP"], "w") as fh:
         json.dump({"pins": pins, "modules_at_claim": MODULES_AT_CLAIM, "signals": dispositions}, fh)
 
@@ -67,6 +69,7 @@ hardware.RelayBank.__init__ = init
 atexit.register(dump)
 
 if os.environ.get("S1_CRASH_WHEN"):
+
     def crash():
         trigger = os.environ["S1_CRASH_WHEN"]
         while not os.path.exists(trigger):
@@ -74,7 +77,6 @@ if os.environ.get("S1_CRASH_WHEN"):
         raise RuntimeError("injected crash")
 
     threading.Thread(target=crash, name="crashing-worker", daemon=True).start()
-
 
 
 def held(name, fn):
@@ -94,6 +96,7 @@ if os.environ.get("S1_FAIL_CLOSE") or os.environ.get("S1_HOLD_CLOSE"):
 
     def on_close(self, stack, name, fn, *args):
         if name == os.environ.get("S1_FAIL_CLOSE"):
+
             def fail(*_args):
                 raise RuntimeError(f"injected failure closing {name}")
 

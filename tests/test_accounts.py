@@ -1,5 +1,6 @@
 """Accounts: users, PINs and tokens answered from memory and reloaded on change; browser logins; the
 built-in account and the last admin protected for every caller (web, CLI)."""
+
 from __future__ import annotations
 
 import unicodedata
@@ -18,9 +19,13 @@ def test_accounts_users_pins_and_tokens(accounts):
     accounts.add_user("ann", "practitioner", "2468")
     with pytest.raises(StoreError, match="already exists"):
         accounts.add_user("ann", "admin", "1111")
-    for name, role, pin, words in [("a@b", "admin", "1234", "letters"), ("bob", "boss", "1234", "Role"),
-                                   ("bob", "admin", "12", "4 to 8 digits"), ("bob", "admin", "12ab", "digits"),
-                                   ("bob", "admin", "1234\n", "digits")]:
+    for name, role, pin, words in [
+        ("a@b", "admin", "1234", "letters"),
+        ("bob", "boss", "1234", "Role"),
+        ("bob", "admin", "12", "4 to 8 digits"),
+        ("bob", "admin", "12ab", "digits"),
+        ("bob", "admin", "1234\n", "digits"),
+    ]:
         with pytest.raises(StoreError, match=words):
             accounts.add_user(name, role, pin)
     assert accounts.check_pin("ann", "2468") == {"name": "ann", "role": "practitioner"}
@@ -50,7 +55,7 @@ REFUSED_NAMES = [
     ("a\x07b", "A name may hold letters, digits, spaces and . - ' _ only: 'a\\x07b' has U+0007."),
     ("a\tb", "A name may hold letters, digits, spaces and . - ' _ only: 'a\\tb' has U+0009."),
     ("王\u3000医生", "A name may hold letters, digits, spaces and . - ' _ only: '王\\u3000医生' has U+3000."),
-    ("ann\U0001F600", "A name may hold letters, digits, spaces and . - ' _ only: 'ann\U0001F600' has '\U0001F600'."),
+    ("ann\U0001f600", "A name may hold letters, digits, spaces and . - ' _ only: 'ann\U0001f600' has '\U0001f600'."),
     ("...", "A name needs at least one letter or digit: '...' has none."),
     ("System", "'System' is how the records name the system, not a person; choose another name."),
     ("e-stop button", "'e-stop button' is how the records name the system, not a person; choose another name."),
@@ -79,8 +84,10 @@ def test_accounts_names_that_differ_only_in_case_are_one_user(accounts):
     for other in ("maria", "MARIA", " maria"):
         with pytest.raises(StoreError) as exc:
             accounts.add_user(other.strip(), "admin", "1357")
-        assert str(exc.value) == (f"A user named 'Maria' already exists; {other.strip()!r} differs only in case, "
-                                  "and names count as the same whatever their case.")
+        assert str(exc.value) == (
+            f"A user named 'Maria' already exists; {other.strip()!r} differs only in case, "
+            "and names count as the same whatever their case."
+        )
     with pytest.raises(StoreError, match=r"^A user named 'Maria' already exists\.$"):
         accounts.add_user("Maria", "admin", "1357")
     # German sharp s folds to "ss": one person, however it is spelt in capitals.
@@ -125,8 +132,9 @@ def test_accounts_names_from_before_the_rule_that_differ_only_in_case_stay(accou
     conn = connect(accounts.path)
     pin_hash = __import__("werkzeug.security").security.generate_password_hash("2468")
     for name in ("Maria", "maria"):
-        conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, 'practitioner', ?, 'x')",
-                     (name, pin_hash))
+        conn.execute(
+            "INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, 'practitioner', ?, 'x')", (name, pin_hash)
+        )
     conn.close()
     accounts.reload()
     assert [u["name"] for u in accounts.users()] == ["Maria", "maria"]
@@ -135,8 +143,10 @@ def test_accounts_names_from_before_the_rule_that_differ_only_in_case_stay(accou
     assert accounts.check_pin("MARIA", "2468") is None and accounts.find("MARIA") is None
     with pytest.raises(StoreError) as exc:
         accounts.remove_user("MARIA")
-    assert str(exc.value) == ("'MARIA' could be any of 'Maria', 'maria', whose names differ only in case; give the "
-                              "name exactly as 'lampctl user list' shows it.")
+    assert str(exc.value) == (
+        "'MARIA' could be any of 'Maria', 'maria', whose names differ only in case; give the "
+        "name exactly as 'lampctl user list' shows it."
+    )
     with pytest.raises(StoreError, match="differs only in case"):
         accounts.add_user("MARIA", "practitioner", "2468")
     assert accounts.remove_user("maria") == "maria"
@@ -151,8 +161,12 @@ def test_accounts_changes_are_audited_through_the_usage_log(accounts, usage_log)
     accounts.remove_user("ann", by="boss")
     assert usage_log.flush(5)
     assert [(e["who"], e["why"]) for e in reversed(usage_log.events())] == [
-        ("root", "user boss added as admin"), ("boss", "user ann added as practitioner"),
-        ("boss", "PIN of ann reset"), ("boss", "role of ann set to admin"), ("boss", "user ann removed")]
+        ("root", "user boss added as admin"),
+        ("boss", "user ann added as practitioner"),
+        ("boss", "PIN of ann reset"),
+        ("boss", "role of ann set to admin"),
+        ("boss", "user ann removed"),
+    ]
 
 
 def test_accounts_reload_sees_changes_made_by_another_process(cfg, accounts):
@@ -204,14 +218,19 @@ def test_accounts_logins_end_on_logout_removal_pin_change_and_expiry(accounts, c
 
 def test_accounts_builtin_account_cannot_be_added_removed_given_a_pin_or_log_in(accounts):
     token = accounts.replace_system_token(BUILTIN_USER)
-    assert accounts.user_for_token(token) == {"name": "cli", "role": "admin", "created_at": accounts.user("cli")[
-        "created_at"]}
-    for action, words in [(lambda: accounts.add_user("cli", "admin", "1234"), "cannot be added"),
-                          (lambda: accounts.remove_user("cli"), "cannot be removed"),
-                          (lambda: accounts.set_pin("cli", "1234"), "cannot be given a PIN"),
-                          (lambda: accounts.set_role("cli", "practitioner"), "cannot be changed"),
-                          (lambda: accounts.create_login("cli"), "cannot be logged in with"),
-                          (lambda: accounts.create_token("cli"), "cannot be given another token")]:
+    assert accounts.user_for_token(token) == {
+        "name": "cli",
+        "role": "admin",
+        "created_at": accounts.user("cli")["created_at"],
+    }
+    for action, words in [
+        (lambda: accounts.add_user("cli", "admin", "1234"), "cannot be added"),
+        (lambda: accounts.remove_user("cli"), "cannot be removed"),
+        (lambda: accounts.set_pin("cli", "1234"), "cannot be given a PIN"),
+        (lambda: accounts.set_role("cli", "practitioner"), "cannot be changed"),
+        (lambda: accounts.create_login("cli"), "cannot be logged in with"),
+        (lambda: accounts.create_token("cli"), "cannot be given another token"),
+    ]:
         with pytest.raises(StoreError, match=f"^cli is the built-in account of the command line; it {words}"):
             action()
     assert accounts.check_pin("cli", "!") is None
@@ -222,8 +241,10 @@ def test_accounts_builtin_account_cannot_be_added_removed_given_a_pin_or_log_in(
 
 def test_accounts_builtin_row_from_an_older_version_is_put_right(accounts, clock):
     conn = connect(accounts.path)
-    conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES ('cli', 'practitioner', ?, 'x')",
-                 (__import__("werkzeug.security").security.generate_password_hash("1234"),))
+    conn.execute(
+        "INSERT INTO users (name, role, pin_hash, created_at) VALUES ('cli', 'practitioner', ?, 'x')",
+        (__import__("werkzeug.security").security.generate_password_hash("1234"),),
+    )
     conn.close()
     accounts.reload()
     assert accounts.check_pin("cli", "1234") is None  # never logs in, whatever its row says
@@ -250,12 +271,17 @@ def test_accounts_last_admin_cannot_be_removed_or_demoted(accounts):
 def test_cli_user_remove_refuses_builtin_and_last_admin(tmp_path, capsys):
     config = str(write_config(tmp_path))
     assert main(["user", "add", "boss", "--role", "admin", "--pin", "1357", "--config", config]) == 0
-    for argv, message in [(["user", "remove", "cli"], "lampctl: cli is the built-in account of the command line; "
-                                                       "it cannot be removed."),
-                          (["user", "add", "cli", "--role", "admin", "--pin", "1234"],
-                           "lampctl: cli is the built-in account of the command line; it cannot be added."),
-                          (["user", "remove", "boss"], "lampctl: boss is the last admin and cannot be removed; "
-                                                        "make another user admin first.")]:
+    for argv, message in [
+        (["user", "remove", "cli"], "lampctl: cli is the built-in account of the command line; it cannot be removed."),
+        (
+            ["user", "add", "cli", "--role", "admin", "--pin", "1234"],
+            "lampctl: cli is the built-in account of the command line; it cannot be added.",
+        ),
+        (
+            ["user", "remove", "boss"],
+            "lampctl: boss is the last admin and cannot be removed; make another user admin first.",
+        ),
+    ]:
         capsys.readouterr()
         assert main(argv + ["--config", config]) == 1
         assert capsys.readouterr().err.strip() == message
@@ -269,10 +295,14 @@ def test_cli_user_add_takes_names_of_any_script_and_refuses_bad_ones(tmp_path, c
     assert main(["user", "add", "王医生", "--role", "practitioner", "--pin", "2468", "--config", config]) == 0
     capsys.readouterr()
     assert main(["user", "add", "dr. müller", "--role", "practitioner", "--pin", "2468", "--config", config]) == 1
-    assert capsys.readouterr().err == ("lampctl: A user named 'Dr. Müller' already exists; 'dr. müller' differs only "
-                                       "in case, and names count as the same whatever their case.\n")
-    for name, sentence in [("a@b", "A name may hold letters, digits, spaces and . - ' _ only: 'a@b' has '@'."),
-                           ("x  y", "A name may not hold two spaces in a row: 'x  y'.")]:
+    assert capsys.readouterr().err == (
+        "lampctl: A user named 'Dr. Müller' already exists; 'dr. müller' differs only "
+        "in case, and names count as the same whatever their case.\n"
+    )
+    for name, sentence in [
+        ("a@b", "A name may hold letters, digits, spaces and . - ' _ only: 'a@b' has '@'."),
+        ("x  y", "A name may not hold two spaces in a row: 'x  y'."),
+    ]:
         with pytest.raises(SystemExit) as exc:
             main(["user", "add", name, "--role", "practitioner", "--pin", "2468", "--config", config])
         assert exc.value.code == 2

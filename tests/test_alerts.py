@@ -1,4 +1,5 @@
 """Per-lamp buzzer and indicator on mock pins: a warning a minute before the end, a tone at the end and on a fault."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,8 @@ from tests.procs import wait_until
 
 BUZZER1, INDICATOR1, BUZZER2 = 5, 6, 13
 ALERT_CONFIG = BASE_CONFIG.replace(
-    "feedback_pin = 22\n", f"buzzer_pin = {BUZZER1}\nindicator_pin = {INDICATOR1}\n").replace(
-    "cooldown_s = 60\n", f"cooldown_s = 60\nbuzzer_pin = {BUZZER2}\n")
+    "feedback_pin = 22\n", f"buzzer_pin = {BUZZER1}\nindicator_pin = {INDICATOR1}\n"
+).replace("cooldown_s = 60\n", f"cooldown_s = 60\nbuzzer_pin = {BUZZER2}\n")
 
 
 @pytest.fixture
@@ -30,8 +31,11 @@ def tones(factory, pin: int) -> int:
 
 def settle(factory, pin: int, count: int) -> None:
     """Wait (on the condition, never a fixed delay) until the buzzer has sounded `count` tones and fallen silent."""
-    wait_until(lambda: tones(factory, pin) == count and pin_history(factory, pin)[-1] is False, 10,
-               f"{count} tone(s) on GPIO{pin}")
+    wait_until(
+        lambda: tones(factory, pin) == count and pin_history(factory, pin)[-1] is False,
+        10,
+        f"{count} tone(s) on GPIO{pin}",
+    )
 
 
 def test_alerts_indicator_lit_only_while_the_lamp_is_on(alert_ctl, factory, clock):

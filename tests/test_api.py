@@ -1,4 +1,5 @@
 """The JSON API contract: auth, roles, status codes, error bodies."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,11 +16,18 @@ def test_api_health_needs_no_auth(client):
     assert [l["id"] for l in body["lamps"]] == ["room1", "room2"]
 
 
-@pytest.mark.parametrize("method,path", [
-    ("get", "/api/lamps"), ("get", "/api/lamps/room1"), ("post", "/api/lamps/room1/start"),
-    ("post", "/api/lamps/room1/extend"), ("post", "/api/lamps/room1/reset"), ("post", "/api/reset-all"),
-    ("get", "/api/sessions"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("get", "/api/lamps"),
+        ("get", "/api/lamps/room1"),
+        ("post", "/api/lamps/room1/start"),
+        ("post", "/api/lamps/room1/extend"),
+        ("post", "/api/lamps/room1/reset"),
+        ("post", "/api/reset-all"),
+        ("get", "/api/sessions"),
+    ],
+)
 def test_api_rejects_missing_and_bad_tokens(client, users, method, path):
     for headers in ({}, bearer("not-a-token"), {"Authorization": "Basic abc"}):
         resp = getattr(client, method)(path, headers=headers, json={"minutes": 1})
@@ -42,13 +50,22 @@ def start(client, token, lamp="room1", body=None):
     return client.post(f"/api/lamps/{lamp}/start", json=body or {"minutes": 10}, headers=bearer(token))
 
 
-@pytest.mark.parametrize("data,content_type", [
-    (b"not json", "application/json"), (b"[10]", "application/json"), (b"{}", "application/json"),
-    (b'{"minutes": 10, "seconds": 5}', "application/json"), (b'{"minutes": -1}', "application/json"),
-    (b'{"minutes": 0}', "application/json"), (b'{"minutes": "10"}', "application/json"),
-    (b'{"minutes": true}', "application/json"), (b'{"minutes": 1e999}', "application/json"),
-    (b'{"hours": 1}', "application/json"), (b"", "text/plain"),
-])
+@pytest.mark.parametrize(
+    "data,content_type",
+    [
+        (b"not json", "application/json"),
+        (b"[10]", "application/json"),
+        (b"{}", "application/json"),
+        (b'{"minutes": 10, "seconds": 5}', "application/json"),
+        (b'{"minutes": -1}', "application/json"),
+        (b'{"minutes": 0}', "application/json"),
+        (b'{"minutes": "10"}', "application/json"),
+        (b'{"minutes": true}', "application/json"),
+        (b'{"minutes": 1e999}', "application/json"),
+        (b'{"hours": 1}', "application/json"),
+        (b"", "text/plain"),
+    ],
+)
 def test_api_start_malformed_body_is_400_and_relay_untouched(client, users, factory, data, content_type):
     resp = client.post("/api/lamps/room1/start", data=data, content_type=content_type, headers=bearer(users["ann"]))
     assert resp.status_code == 400
@@ -125,8 +142,19 @@ def test_api_sessions_filters(client, users, clock, usage_log):
     rows = get("").get_json()["sessions"]
     assert [r["lamp_id"] for r in rows] == ["room1", "room2", "room1"]
     assert {r["end_reason"] for r in rows} == {"completed"}
-    assert set(rows[0]) == {"id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
-                            "continues", "new_patient", "new_patient_by"}
+    assert set(rows[0]) == {
+        "id",
+        "lamp_id",
+        "user",
+        "started_at",
+        "ended_at",
+        "planned_s",
+        "actual_s",
+        "end_reason",
+        "continues",
+        "new_patient",
+        "new_patient_by",
+    }
     assert len(get("?lamp=room1").get_json()["sessions"]) == 2
     assert len(get("?from=2026-01-05T10:00:00Z").get_json()["sessions"]) == 2
     assert len(get("?from=2026-01-05T09:00:00Z&to=2026-01-05T10:00:00Z").get_json()["sessions"]) == 2
@@ -144,7 +172,8 @@ def test_api_estop_any_role_latches_every_lamp_until_admin_reset(client, users, 
     body = resp.get_json()
     assert body["recorded"] is True
     assert [(l["state"], l["relay_on"], l["fault_reason"]) for l in body["lamps"]] == [
-        ("fault", False, "emergency stop by ann from the API")] * 2
+        ("fault", False, "emergency stop by ann from the API")
+    ] * 2
     assert pin_history(factory, 17) == [False, True, False]
     assert [s["end_reason"] for s in usage_log.sessions()] == ["estop"]
     assert start(client, users["ann"], "room2").get_json()["code"] == "fault"
@@ -155,7 +184,8 @@ def test_api_estop_any_role_latches_every_lamp_until_admin_reset(client, users, 
 
 
 def test_s17_api_reset_all_clears_every_latch_admin_only_and_never_while_the_estop_is_pressed(
-        client, users, factory, usage_log, controller):
+    client, users, factory, usage_log, controller
+):
     start(client, users["ann"], "room1")
     factory.pin(27).drive_low()  # the E-stop button pressed, and held
     assert [l.state for l in controller.lamps()] == ["fault", "fault"]
@@ -163,7 +193,9 @@ def test_s17_api_reset_all_clears_every_latch_admin_only_and_never_while_the_est
     assert resp.status_code == 403 and resp.get_json()["code"] == "forbidden"
     resp = client.post("/api/reset-all", headers=bearer(users["admin"]))
     assert resp.status_code == 409 and resp.get_json() == {
-        "code": "fault-persists", "error": "No fault can be cleared yet: the E-stop button is still pressed."}
+        "code": "fault-persists",
+        "error": "No fault can be cleared yet: the E-stop button is still pressed.",
+    }
     assert [l.state for l in controller.lamps()] == ["fault", "fault"]
     assert usage_log.flush(5) and set(usage_log.latched_faults()) == {"room1", "room2"}
     factory.pin(27).drive_high()  # released

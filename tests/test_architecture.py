@@ -40,12 +40,34 @@ ROOMS = {
     "lampctl.devices": {"lampctl.core", "lampctl.config", "lampctl.platform", "firmware_bridge"},
     "lampctl.storage": {"lampctl.core", "lampctl.config", "lampctl.platform"},
     "lampctl.fleet": {"lampctl.core", "lampctl.config", "lampctl.platform", "lampctl.storage"},
-    "lampctl.tools": {"lampctl.core", "lampctl.config", "lampctl.platform", "lampctl.devices", "lampctl.storage",
-                      "firmware_bridge"},
-    "lampctl.service": {"lampctl.core", "lampctl.config", "lampctl.platform", "lampctl.devices", "lampctl.storage",
-                        "lampctl.fleet", "web"},
-    "lampctl.cli": {"lampctl.core", "lampctl.config", "lampctl.platform", "lampctl.devices", "lampctl.storage",
-                    "lampctl.fleet", "lampctl.tools", "lampctl.service", "firmware_bridge"},
+    "lampctl.tools": {
+        "lampctl.core",
+        "lampctl.config",
+        "lampctl.platform",
+        "lampctl.devices",
+        "lampctl.storage",
+        "firmware_bridge",
+    },
+    "lampctl.service": {
+        "lampctl.core",
+        "lampctl.config",
+        "lampctl.platform",
+        "lampctl.devices",
+        "lampctl.storage",
+        "lampctl.fleet",
+        "web",
+    },
+    "lampctl.cli": {
+        "lampctl.core",
+        "lampctl.config",
+        "lampctl.platform",
+        "lampctl.devices",
+        "lampctl.storage",
+        "lampctl.fleet",
+        "lampctl.tools",
+        "lampctl.service",
+        "firmware_bridge",
+    },
     "lampctl.testing": {"lampctl.core", "lampctl.config", "lampctl.platform", "firmware_bridge"},
     "web": {"lampctl.core", "lampctl.config", "lampctl.platform", "lampctl.storage"},
     "firmware_bridge": set(),
@@ -223,8 +245,11 @@ def room_of(module: str) -> str | None:
 
 
 def test_architecture_every_module_lives_in_a_room():
-    loose = [name for name in _modules()
-             if not in_package(name, "tests") and name not in ("lampctl", "lampctl.__main__") and room_of(name) is None]
+    loose = [
+        name
+        for name in _modules()
+        if not in_package(name, "tests") and name not in ("lampctl", "lampctl.__main__") and room_of(name) is None
+    ]
     assert loose == [], f"modules outside every room of ROOMS (put each in the folder of its concern): {loose}"
 
 
@@ -250,9 +275,12 @@ def test_architecture_the_rooms_order_has_no_circle():
 
 
 def test_architecture_only_tests_and_bench_import_the_testing_kit():
-    wrong = [f"{imp.where} imports {imp.target}" for imp in imports()
-             if in_package(imp.target, "lampctl.testing")
-             and not any(in_package(imp.importer, user) for user in TESTING_USERS)]
+    wrong = [
+        f"{imp.where} imports {imp.target}"
+        for imp in imports()
+        if in_package(imp.target, "lampctl.testing")
+        and not any(in_package(imp.importer, user) for user in TESTING_USERS)
+    ]
     assert wrong == [], "lampctl.testing serves the tests and bench/ only, as trio.testing does: " + "; ".join(wrong)
 
 
@@ -273,11 +301,16 @@ def test_architecture_import_chains_are_short():
     assert longest_chain({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == ["a", "b", "c"]
     edges = cycle_graph()
     for package in ("lampctl", "web", "firmware_bridge"):
-        inside = {name: {t for t in targets if in_package(t, package)}
-                  for name, targets in edges.items() if in_package(name, package)}
+        inside = {
+            name: {t for t in targets if in_package(t, package)}
+            for name, targets in edges.items()
+            if in_package(name, package)
+        }
         chain = longest_chain(inside)
         assert len(chain) <= MAX_IMPORT_DEPTH, (
-            f"an import chain {len(chain)} modules deep in {package} (at most {MAX_IMPORT_DEPTH}): " + " -> ".join(chain))
+            f"an import chain {len(chain)} modules deep in {package} (at most {MAX_IMPORT_DEPTH}): "
+            + " -> ".join(chain)
+        )
 
 
 def test_architecture_firmware_bridge_imports_nothing_from_lampctl():
@@ -292,14 +325,21 @@ def test_architecture_bench_imports_nothing_from_tests():
 def test_architecture_web_applies_no_safety_rule_of_its_own():
     """The panel offers what the lamp's view says fits (extend_ok, extend_left_s, same_patient_s): S3 and its
     budget are lampctl.core.safety's, applied by the controller, and web never re-derives them."""
-    rules = {node.name for node in ast.parse((ROOT / "lampctl/core/safety.py").read_text()).body
-             if isinstance(node, ast.FunctionDef)}
+    rules = {
+        node.name
+        for node in ast.parse((ROOT / "lampctl/core/safety.py").read_text()).body
+        if isinstance(node, ast.FunctionDef)
+    }
     assert {"s3_allows", "s3_left_s"} <= rules  # the walk below looks for what it should
     wrong = crossing("web", "lampctl.core.safety")
     for path in sorted((ROOT / "web").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            name = getattr(node, "id", None) or getattr(node, "attr", None) or getattr(node, "asname", None) \
+            name = (
+                getattr(node, "id", None)
+                or getattr(node, "attr", None)
+                or getattr(node, "asname", None)
                 or (node.name if isinstance(node, ast.alias) else None)
+            )
             if name in rules:
                 wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {name}")
     assert wrong == [], "web shows the controller's decisions and applies no safety rule itself: " + "; ".join(wrong)
@@ -433,8 +473,13 @@ def tagged_tests() -> dict[str, list[str]]:
 
 def test_architecture_safety_md_cites_every_tagged_test_under_each_of_its_tags():
     sections = safety_sections()
-    missing = [f"{tag}: {test}" for tag, tests in tagged_tests().items() if tag in sections
-               for test in tests if f"`{test}`" not in sections[tag]]
+    missing = [
+        f"{tag}: {test}"
+        for tag, tests in tagged_tests().items()
+        if tag in sections
+        for test in tests
+        if f"`{test}`" not in sections[tag]
+    ]
     assert missing == [], f"tests that prove an invariant but are not cited in its section of docs/SAFETY.md: {missing}"
 
 
@@ -455,8 +500,11 @@ def test_architecture_user_docs_name_files_links_and_modules_that_exist():
         text = doc.read_text()
         name = doc.relative_to(ROOT).as_posix()
         wrong += [f"{name}: {p}" for p in PATH_RE.findall(text) if not (ROOT / p.split(":")[0]).exists()]
-        wrong += [f"{name}: link {link}" for link in LINK_RE.findall(text)
-                  if "://" not in link and not (doc.parent / link).exists()]
+        wrong += [
+            f"{name}: link {link}"
+            for link in LINK_RE.findall(text)
+            if "://" not in link and not (doc.parent / link).exists()
+        ]
         wrong += [f"{name}: python -m {m}" for m in MODULE_RE.findall(text) if not _runnable(m)]
     assert wrong == [], f"the README or docs/SAFETY.md point at what does not exist in the repository: {wrong}"
 
@@ -495,8 +543,11 @@ def _xfail_kind(source: str, name: str) -> str:
 
 
 def _gap_tests(source: str) -> list[str]:
-    return [n.name for n in ast.walk(ast.parse(source))
-            if isinstance(n, ast.FunctionDef) and GAP_TEST_NAME.fullmatch(n.name)]
+    return [
+        n.name
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.FunctionDef) and GAP_TEST_NAME.fullmatch(n.name)
+    ]
 
 
 def gap_problems(text: str, sources: dict[str, str]) -> list[str]:
@@ -518,8 +569,11 @@ def gap_problems(text: str, sources: dict[str, str]) -> list[str]:
             elif kind != "strict":
                 problems.append(f"{where}, named by a Gap, is not marked xfail(strict=True, reason=...)")
     for path, source in sorted(sources.items()):
-        problems += [f"{path}::{name} is named after a gap but no Gap in docs/SAFETY.md names it"
-                     for name in _gap_tests(source) if (path, name) not in cited]
+        problems += [
+            f"{path}::{name} is named after a gap but no Gap in docs/SAFETY.md names it"
+            for name in _gap_tests(source)
+            if (path, name) not in cited
+        ]
     return problems
 
 
@@ -534,7 +588,7 @@ def test_architecture_every_gap_is_a_strict_xfail_test_and_every_gap_test_is_a_g
     assert problems == [], "docs/SAFETY.md and the gap tests disagree: " + "; ".join(problems)
 
 
-GAP_TEST_SOURCE = '''
+GAP_TEST_SOURCE = """
 import pytest
 
 @pytest.mark.xfail(strict=True, reason="S1 gap: x")
@@ -555,19 +609,25 @@ def TEST_s1_gap_unmarked():
 @pytest.mark.xfail(strict=True, reason="x")
 def TEST_s1_strict_but_not_named_a_gap():
     assert False
-'''.replace("def TEST_", "def test_")  # so that the tag scans of this file skip it
+""".replace("def TEST_", "def test_")  # so that the tag scans of this file skip it
 
 
-@pytest.mark.parametrize("paragraph, wrong", [
-    ("**Gap**: all is well. Shown by `tests/t.py::test_s1_gap_strict`.", None),
-    ("**Gap**: nothing proves it.", "names no test"),
-    ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_unmarked`.", "is not marked xfail(strict=True"),
-    ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_loose`.", "is not marked xfail(strict=True"),
-    ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_no_reason`.", "is not marked xfail(strict=True"),
-    ("**Gap**: x. Shown by\n`tests/t.py::test_s1_gap_gone`.", "does not exist"),
-    ("**Gap**: x. Shown by `tests/other.py::test_s1_gap_strict`.", "does not exist"),
-    ("**Gap**: x. Shown by `tests/t.py::test_s1_strict_but_not_named_a_gap`.", "is not named test_<tags>_gap_<what>"),
-])
+@pytest.mark.parametrize(
+    "paragraph, wrong",
+    [
+        ("**Gap**: all is well. Shown by `tests/t.py::test_s1_gap_strict`.", None),
+        ("**Gap**: nothing proves it.", "names no test"),
+        ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_unmarked`.", "is not marked xfail(strict=True"),
+        ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_loose`.", "is not marked xfail(strict=True"),
+        ("**Gap**: x. Shown by `tests/t.py::test_s1_gap_no_reason`.", "is not marked xfail(strict=True"),
+        ("**Gap**: x. Shown by\n`tests/t.py::test_s1_gap_gone`.", "does not exist"),
+        ("**Gap**: x. Shown by `tests/other.py::test_s1_gap_strict`.", "does not exist"),
+        (
+            "**Gap**: x. Shown by `tests/t.py::test_s1_strict_but_not_named_a_gap`.",
+            "is not named test_<tags>_gap_<what>",
+        ),
+    ],
+)
 def test_architecture_gap_check_fails_a_gap_without_a_strict_xfail_test(paragraph, wrong):
     problems = gap_problems(f"### S1 x\n\n{paragraph}\n\nMore text.\n", {"tests/t.py": GAP_TEST_SOURCE})
     problems = [p for p in problems if not p.endswith("names it")]  # the uncited gap tests: the next test
@@ -636,20 +696,37 @@ def layout_problems(block: str, root: Path, packages: tuple[str, ...] = LAYOUT_P
         folder = root / name
         if not folder.is_dir():
             continue
-        problems += [f"{name}: {token} does not exist" for token in FILE_TOKEN_RE.findall(text)
-                     if not (folder / token).exists() and not (root / token).exists() and not list(folder.rglob(token))]
+        problems += [
+            f"{name}: {token} does not exist"
+            for token in FILE_TOKEN_RE.findall(text)
+            if not (folder / token).exists() and not (root / token).exists() and not list(folder.rglob(token))
+        ]
         if name.strip("/") in packages:
             real = _real_names(folder)
-            listed = [item.strip() for line in text.splitlines() if not line.rstrip().endswith(":")
-                      for item in _without_parentheses(line).split(",")]
-            problems += [f"{name}: {item} is not a module or folder of it" for item in listed
-                         if IDENT_RE.fullmatch(item) and item not in real]
+            listed = [
+                item.strip()
+                for line in text.splitlines()
+                if not line.rstrip().endswith(":")
+                for item in _without_parentheses(line).split(",")
+            ]
+            problems += [
+                f"{name}: {item} is not a module or folder of it"
+                for item in listed
+                if IDENT_RE.fullmatch(item) and item not in real
+            ]
             words = set(IDENT_RE.findall(text))
-            problems += [f"{name}{module} is left out of the layout" for module in sorted(real - words)
-                         if (folder / f"{module}.py").is_file() or list(folder.rglob(f"{module}.py"))
-                         or (folder / module / "__init__.py").is_file()]
-    folders = sorted(p.name for p in root.iterdir()
-                     if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and not _ignored(root, p.name))
+            problems += [
+                f"{name}{module} is left out of the layout"
+                for module in sorted(real - words)
+                if (folder / f"{module}.py").is_file()
+                or list(folder.rglob(f"{module}.py"))
+                or (folder / module / "__init__.py").is_file()
+            ]
+    folders = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and not _ignored(root, p.name)
+    )
     problems += [f"{folder}/ is left out of the layout" for folder in folders if f"{folder}/" not in entries]
     return problems
 
@@ -660,21 +737,33 @@ def test_architecture_readme_layout_names_every_folder_and_module_and_nothing_el
 
 
 def test_architecture_layout_check_sees_what_is_missing_and_what_is_made_up(tmp_path):
-    for path in ("pkg/__init__.py", "pkg/alpha.py", "pkg/beta.py", "pkg/sub/__init__.py", "pkg/sub/gamma.py",
-                 "docs/guide.md", "extra/x.txt", "var/data.db"):
+    for path in (
+        "pkg/__init__.py",
+        "pkg/alpha.py",
+        "pkg/beta.py",
+        "pkg/sub/__init__.py",
+        "pkg/sub/gamma.py",
+        "docs/guide.md",
+        "extra/x.txt",
+        "var/data.db",
+    ):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("")
     (tmp_path / "x.egg-info").mkdir()
     (tmp_path / ".gitignore").write_text("var/\n*.egg-info/\n")
-    block = ("pkg/          the code, by concern:\n"
-             "                alpha (the first), sub: gamma, delta\n"
-             "docs/         guide.md and missing.md, not I/O nor pass/fail\n"
-             "gone.toml     a file that is not there\n")
+    block = (
+        "pkg/          the code, by concern:\n"
+        "                alpha (the first), sub: gamma, delta\n"
+        "docs/         guide.md and missing.md, not I/O nor pass/fail\n"
+        "gone.toml     a file that is not there\n"
+    )
     problems = layout_problems(block, tmp_path, packages=("pkg",))
-    assert sorted(problems) == sorted([
-        "gone.toml is in the layout but not in the repository",
-        "docs/: missing.md does not exist",
-        "pkg/: delta is not a module or folder of it",
-        "pkg/beta is left out of the layout",
-        "extra/ is left out of the layout",
-    ])
+    assert sorted(problems) == sorted(
+        [
+            "gone.toml is in the layout but not in the repository",
+            "docs/: missing.md does not exist",
+            "pkg/: delta is not a module or folder of it",
+            "pkg/beta is left out of the layout",
+            "extra/ is left out of the layout",
+        ]
+    )

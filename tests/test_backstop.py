@@ -1,4 +1,5 @@
 """The firmware backstop adapter: command order, refusals mapped to 409/503, link loss latches running lamps."""
+
 from __future__ import annotations
 
 import threading
@@ -99,8 +100,9 @@ def test_s6_link_lost_latches_only_running_lamps_and_blocks_reset(rig, factory, 
     backstop._link_changed(False, "Port closed.")  # nothing on: logged, nothing latched
     assert [l.state for l in ctl.lamps()] == ["off", "off"]
     usage_log.flush(5)
-    assert any(e["why"] == "firmware link lost: Port closed. No lamp was on: nothing latched."
-               for e in usage_log.events())
+    assert any(
+        e["why"] == "firmware link lost: Port closed. No lamp was on: nothing latched." for e in usage_log.events()
+    )
 
 
 def outcome(ctl, usage_log, factory):
@@ -124,7 +126,11 @@ def test_s6_link_lost_while_on_latches_once_whichever_thread_comes_first(rig, cl
     for step in steps if first == "scheduler" else steps[::-1]:
         step()
     assert outcome(ctl, usage_log, factory) == (
-        ["fault", "off"], [False, True, False], [("room1", "firmware link lost: No reply for 1.2 s.")], "completed")
+        ["fault", "off"],
+        [False, True, False],
+        [("room1", "firmware link lost: No reply for 1.2 s.")],
+        "completed",
+    )
 
 
 def test_s6_start_in_flight_when_the_link_is_lost_is_latched(rig, factory, usage_log):

@@ -1,4 +1,5 @@
 """lampctl backup / restore / prune-events: checked copies, retention, restore, and a backup while serving."""
+
 from __future__ import annotations
 
 import os
@@ -104,7 +105,7 @@ def test_backup_of_a_damaged_database_exits_1_and_keeps_no_copy(tmp_path, capsys
     conn.executemany("INSERT INTO sessions (lamp_id) VALUES (?)", [(f"lamp{i:05d}",) for i in range(5000)])
     conn.commit()
     conn.close()
-    with open(db, "r+b") as fh:     # scribble over an index page
+    with open(db, "r+b") as fh:  # scribble over an index page
         fh.seek(db.stat().st_size - 3 * 4096 + 100)
         fh.write(b"\xff" * 200)
     config = write_config(tmp_path)
@@ -168,7 +169,7 @@ def test_s16_restore_refuses_while_a_service_holds_the_database_lock(cfg, usage_
 
 
 def test_prune_events_keeps_sessions_unless_asked(cfg, usage_log):
-    record_sessions(usage_log, 2, start=T0)                       # old
+    record_sessions(usage_log, 2, start=T0)  # old
     record_sessions(usage_log, 1, start=T0 + timedelta(days=60))  # recent
     open_sid = usage_log.new_session_id()
     usage_log.session_started(open_sid, "room2", "ann", T0, 600)  # never ended: always kept
@@ -194,8 +195,14 @@ def test_prune_events_bad_days_is_a_usage_error(cfg, days):
 
 
 def tool(*args: str, config: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lampctl", *args, "--config", str(config)],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "lampctl", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.mark.integration
@@ -207,7 +214,7 @@ def test_backup_while_the_service_writes_then_restore(tmp_path):
     stop = threading.Event()
     done = []
 
-    def clinic():   # sessions started and stopped as fast as the service takes them
+    def clinic():  # sessions started and stopped as fast as the service takes them
         while not stop.is_set():
             for lamp in ("room1", "room2"):
                 assert service.post(f"/api/lamps/{lamp}/start", {"seconds": 60}, tokens["ann"])[0] == 201
@@ -272,13 +279,15 @@ def test_s20_restore_never_unlatches_and_keeps_the_latches_of_both(cfg, usage_lo
     usage_log.close()
     result, _ = restore_database(cfg.service.database, backup)
     assert result.kept_latches == 1
-    assert UsageLog(cfg.service.database).latched_faults() == {"room1": "emergency stop by ann",
-                                                               "room2": "relay stuck"}
+    assert UsageLog(cfg.service.database).latched_faults() == {"room1": "emergency stop by ann", "room2": "relay stuck"}
 
 
 def _modes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777) for p in sorted(folder.rglob("*"))
-            if not p.name.startswith("serve-")}
+    return {
+        str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777)
+        for p in sorted(folder.rglob("*"))
+        if not p.name.startswith("serve-")
+    }
 
 
 @pytest.mark.integration
@@ -305,14 +314,22 @@ def test_store_database_backups_lock_and_data_folder_are_private_whatever_the_um
     finally:
         os.umask(old)
     assert oct(var.stat().st_mode & 0o777) == "0o700"
-    for name in ("lampctl.db", "lampctl.db-wal", "lampctl.db-shm", "lampctl.db.lock", "cli.token", "secret.key",
-                 "service.address"):
+    for name in (
+        "lampctl.db",
+        "lampctl.db-wal",
+        "lampctl.db-shm",
+        "lampctl.db.lock",
+        "cli.token",
+        "secret.key",
+        "service.address",
+    ):
         assert serving.get(name) == "0o600", f"{name} while serving: {serving}"
     assert oct((tmp_path / "backups").stat().st_mode & 0o777) == "0o700"
     assert set(backups.values()) == {"0o600"}, backups
     assert restored["before-restore"] == "0o700", restored
-    assert {n: m for n, m in restored.items() if n != "before-restore"} == \
-        {n: "0o600" for n in restored if n != "before-restore"}, restored
+    assert {n: m for n, m in restored.items() if n != "before-restore"} == {
+        n: "0o600" for n in restored if n != "before-restore"
+    }, restored
 
 
 def test_store_database_an_older_lampctl_left_readable_is_made_private(tmp_path):

@@ -1,5 +1,6 @@
 """Admin pages in Chromium: nothing overflows its box and no page scrolls sideways at four sizes, and the
 actions that cannot be undone ask first (with and without JavaScript)."""
+
 from __future__ import annotations
 
 import re
@@ -24,11 +25,13 @@ def service(tmp_path_factory):
     svc.tokens = tokens
     try:
         for lamp in ("room1", "room2"):
-            status, _ = svc.post(f"/api/lamps/{lamp}/start", {"seconds": 1, "new_patient": True},
-                                 token=tokens["ann"])
+            status, _ = svc.post(f"/api/lamps/{lamp}/start", {"seconds": 1, "new_patient": True}, token=tokens["ann"])
             assert status == 201
-        wait_until(lambda: all(l["state"] == "off" for l in svc.get("/api/lamps", token=tokens["admin"])[1]["lamps"]),
-                   20, "both sessions ended")
+        wait_until(
+            lambda: all(l["state"] == "off" for l in svc.get("/api/lamps", token=tokens["admin"])[1]["lamps"]),
+            20,
+            "both sessions ended",
+        )
         assert svc.post("/api/estop", {}, token=tokens["ann"])[0] == 200  # both lamps latched
         yield svc
     finally:
@@ -56,9 +59,14 @@ def test_browser_admin_pages_fit_every_size(browser, service, viewport):
 
 
 # The admin pages in German (issue 17.7): its longer words must fit as the English ones do.
-GERMAN_PAGES = (("Protokoll", "/admin/log", "Sitzungsprotokoll"), ("Nutzung", "/admin/usage", "Nutzung"),
-                ("Birnen", "/admin/bulbs", "Birnenstunden"), ("Ereignisse", "/admin/events", "Ereignisse"),
-                ("Benutzer", "/admin/users", "Benutzer"), ("Lampen", "/admin/lamps", "Lampen"))
+GERMAN_PAGES = (
+    ("Protokoll", "/admin/log", "Sitzungsprotokoll"),
+    ("Nutzung", "/admin/usage", "Nutzung"),
+    ("Birnen", "/admin/bulbs", "Birnenstunden"),
+    ("Ereignisse", "/admin/events", "Ereignisse"),
+    ("Benutzer", "/admin/users", "Benutzer"),
+    ("Lampen", "/admin/lamps", "Lampen"),
+)
 
 
 @pytest.mark.parametrize("viewport", [TABLET, PHONE], ids=size_name)
@@ -140,14 +148,17 @@ def test_browser_reset_all_lists_every_latch_then_clears_them_all(browser, servi
         expect(page.get_by_role("heading", level=1)).to_have_text("Reset the faults of all 2 latched lamps?")
         items = page.locator(".confirm-items li")
         expect(items).to_have_count(2)
-        expect(items.nth(0)).to_have_text(re.compile(r"^Room 1, latched since \d{4}-\d\d-\d\d \d\d:\d\d.*: "
-                                                     r"emergency stop by ann from the API$"))
+        expect(items.nth(0)).to_have_text(
+            re.compile(
+                r"^Room 1, latched since \d{4}-\d\d-\d\d \d\d:\d\d.*: "
+                r"emergency stop by ann from the API$"
+            )
+        )
         expect(items.nth(1)).to_contain_text("Room 2, latched since")
         assert overflowing(page) == [], "confirmation"
         shot(page, "confirm-reset-all")
         tap(page, page.get_by_role("button", name="Yes, reset all 2 faults"))
-        expect(page.locator("#messages")).to_have_text(
-            "Faults cleared on Room 1, Room 2; the lamps are off and ready.")
+        expect(page.locator("#messages")).to_have_text("Faults cleared on Room 1, Room 2; the lamps are off and ready.")
         for lamp in ("room1", "room2"):
             expect(page.locator(f"tr[data-lamp={lamp}] td[data-label=State]")).to_have_text("off")
         expect(page.get_by_role("button", name=re.compile("^Reset all faults"))).to_have_count(0)
@@ -156,4 +167,3 @@ def test_browser_reset_all_lists_every_latch_then_clears_them_all(browser, servi
         assert page.console_errors == []
     finally:
         context.close()
-

@@ -1,5 +1,6 @@
 """Item 17.3 and 17.5 in Chromium: an alarm looks and sounds like one and stays until OK is tapped; a normal
 end stays marked and chimes a few times until OK; the one-minute warning is amber; sound says when it is off."""
+
 from __future__ import annotations
 
 import re
@@ -51,8 +52,6 @@ def _reset_all(service) -> None:
             _post(service, f"/api/lamps/{lamp}/reset")
 
 
-
-
 def _count(page, name: str) -> int:
     return int(page.locator("body").get_attribute(f"data-{name}"))
 
@@ -76,8 +75,9 @@ def test_browser_an_estop_is_an_alarm_until_ok_is_tapped(browser, service, viewp
         expect(room1).to_have_attribute("data-mark", "alarm")  # idle, but latched too
         # Red, saying what happened and who did it, not the green "session over" (the banner says it once).
         banner = page.locator(".banner-estop[role=alert]")
-        expect(banner).to_have_text("Emergency stop from the API by ann. Every lamp stays off until an admin "
-                                    "resets it.")
+        expect(banner).to_have_text(
+            "Emergency stop from the API by ann. Every lamp stays off until an admin resets it."
+        )
         assert page.locator("#messages .flash-ok").count() == 0
         expect(room2.locator(".lamp-note")).to_have_text(re.compile(r"^Emergency stop from the API by ann\."))
         expect(room2.locator(".mark-text")).to_have_text("ALARM")

@@ -1,5 +1,6 @@
 """Item 17.6 in Chromium: eight lamps with German names fit a 1024x768 tablet without scrolling, every name, state
 and button label whole; on a phone every running lamp's Stop is in reach without scrolling."""
+
 from __future__ import annotations
 
 import re
@@ -12,10 +13,19 @@ from tests.browser_kit import PHONES, TABLET, new_page, shot, size_name
 pytestmark = pytest.mark.browser
 browser = browser_kit.browser  # the shared fixture
 
-NAMES = ["Nackenliege 1", "Nackenliege 2", "Schulter links", "Schulter rechts", "Rückenbank", "Behandlung 6",
-         "Akupunktur 7", "Wärmeraum 8"]
+NAMES = [
+    "Nackenliege 1",
+    "Nackenliege 2",
+    "Schulter links",
+    "Schulter rechts",
+    "Rückenbank",
+    "Behandlung 6",
+    "Akupunktur 7",
+    "Wärmeraum 8",
+]
 PINS = [17, 18, 22, 23, 24, 25, 26, 27]
-LAMPS = "".join(f"""
+LAMPS = "".join(
+    f"""
 [[lamps]]
 id = "l{i + 1}"
 name = "{name}"
@@ -23,7 +33,9 @@ relay_pin = {pin}
 max_minutes = 30
 presets = [10, 15, 20, 1.25]
 rest_window_s = 0
-""" for i, (name, pin) in enumerate(zip(NAMES, PINS, strict=True)))
+"""
+    for i, (name, pin) in enumerate(zip(NAMES, PINS, strict=True))
+)
 
 
 @pytest.fixture(scope="module")

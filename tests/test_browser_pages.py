@@ -1,4 +1,5 @@
 """The pages in a real browser (Debian's Chromium through Playwright) against a real `lampctl serve --simulate`."""
+
 from __future__ import annotations
 
 import csv
@@ -84,7 +85,8 @@ def test_browser_practitioner_runs_a_session_to_its_end_and_stops_another(browse
         # Where +5 min no longer fits it is disabled and the note says what may still be added (the 3 s).
         expect(room1.get_by_role("button", name="+5 min")).to_be_disabled()
         expect(room1.locator(".lamp-note")).to_contain_text(
-            re.compile(r"only 4 min 5\d s more may be added, too little for \+5 min"))
+            re.compile(r"only 4 min 5\d s more may be added, too little for \+5 min")
+        )
         shot(page, "panel-at-limit")
         room1.get_by_role("button", name="Stop").click()
         expect(room1).to_have_attribute("data-state", "off")
@@ -96,7 +98,9 @@ def test_browser_practitioner_runs_a_session_to_its_end_and_stops_another(browse
     status, body = service.get("/api/sessions", token=service.tokens["admin"])
     assert status == 200
     assert [(s["lamp_id"], s["user"], s["end_reason"]) for s in body["sessions"]] == [
-        ("room1", "ann", "completed"), ("room1", "ann", "stopped")]
+        ("room1", "ann", "completed"),
+        ("room1", "ann", "stopped"),
+    ]
 
 
 def test_browser_panel_on_a_phone(browser, service):
@@ -142,11 +146,23 @@ def test_browser_admin_finds_sessions_in_log_and_csv(browser, service, tmp_path)
             info.value.save_as(path)
             with path.open(newline="") as fh:
                 csv_rows = list(csv.reader(fh))
-            assert csv_rows[0] == ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s",
-                                   "end_reason", "continues", "new_patient", "new_patient_by"]
+            assert csv_rows[0] == [
+                "id",
+                "lamp_id",
+                "user",
+                "started_at",
+                "ended_at",
+                "planned_s",
+                "actual_s",
+                "end_reason",
+                "continues",
+                "new_patient",
+                "new_patient_by",
+            ]
             # Same sessions as the table (which shows newest first), with the same end reasons.
             assert [(r[0], r[1], r[2], r[7]) for r in reversed(csv_rows[1:])] == [
-                (r[0], "room1", r[2], r[7]) for r in table]
+                (r[0], "room1", r[2], r[7]) for r in table
+            ]
             assert abs(float(csv_rows[1][6]) - 3) < 0.5 and float(csv_rows[2][5]) >= 600
             for name in ("Usage", "Bulbs", "Events", "Users", "Lamps"):
                 page.get_by_role("link", name=name, exact=True).click()

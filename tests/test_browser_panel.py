@@ -1,5 +1,6 @@
 """The panel at the couch in Chromium: buttons never move, no contact is never mistaken for heating, the limit
 and the continuation question are shown before a tap, and a shared tablet locks and switches users."""
+
 from __future__ import annotations
 
 import re
@@ -62,8 +63,6 @@ def _polled(page) -> None:
     """Wait until the page has applied a state poll of its own (its buttons then follow the server)."""
     with page.expect_response(re.compile(r".*/panel/state\.json$")):
         pass
-
-
 
 
 @pytest.mark.parametrize("viewport", SIZES, ids=size_name)
@@ -153,8 +152,9 @@ def test_browser_limit_disables_what_it_forbids_and_the_continuation_question(br
         expect(dialog).to_contain_text("Room 1: really a new patient?")
         yes = dialog.get_by_role("button", name="Yes, a new patient: start 57 s")
         assert _under(yes.bounding_box(), same_box), "the yes is not where Same patient was"
-        assert _under(dialog.get_by_role("button", name=re.compile(r"^Same patient: ")).bounding_box(), new_box), \
+        assert _under(dialog.get_by_role("button", name=re.compile(r"^Same patient: ")).bounding_box(), new_box), (
             "a second tap on New patient would not land on Same patient"
+        )
         expect(room1).to_have_attribute("data-state", "off")
         shot(page, "ask-new-patient", full_page=False)
         yes.click()
@@ -179,6 +179,7 @@ def _wait_off(service, lamp_id: str) -> None:
     def off():
         status, body = service.get(f"/api/lamps/{lamp_id}", token=service.tokens["admin"])
         return status == 200 and body["state"] == "off"
+
     wait_until(off, 20, f"{lamp_id} off")
 
 
@@ -309,8 +310,12 @@ def _lock_and_switch(browser, svc) -> None:
 
 
 def _inside(box: dict, slot: dict) -> bool:
-    return (box["y"] >= slot["y"] - 0.5 and box["y"] + box["height"] <= slot["y"] + slot["height"] + 0.5
-            and box["x"] >= slot["x"] - 0.5 and box["x"] + box["width"] <= slot["x"] + slot["width"] + 0.5)
+    return (
+        box["y"] >= slot["y"] - 0.5
+        and box["y"] + box["height"] <= slot["y"] + slot["height"] + 0.5
+        and box["x"] >= slot["x"] - 0.5
+        and box["x"] + box["width"] <= slot["x"] + slot["width"] + 0.5
+    )
 
 
 def _alert_boxes(page) -> list[tuple[str, dict]]:
@@ -363,14 +368,26 @@ def test_browser_every_alert_is_wholly_visible_most_severe_on_top(browser, servi
         def with_banners(route):
             body = json.loads(route.fetch().text())
             body["banners"] = [
-                {"kind": "estop", "text": "Emergency stop from the API by ann. Every lamp stays off until an admin "
-                 "resets it.", "short": "EMERGENCY STOP: every lamp locked off until an admin resets it."},
-                {"kind": "firmware", "text": "The safety controller is not answering: lamps that were on are off, "
-                 "and new sessions may be refused until it is back. Tell an admin.",
-                 "short": "Safety controller not answering: lamps off. Tell an admin."},
-                {"kind": "log", "text": "The usage log cannot be saved right now (3 records waiting); lamps still "
-                 "work. Tell an admin.", "short": "Usage log not saving (3 waiting). Tell an admin."}]
+                {
+                    "kind": "estop",
+                    "text": "Emergency stop from the API by ann. Every lamp stays off until an admin resets it.",
+                    "short": "EMERGENCY STOP: every lamp locked off until an admin resets it.",
+                },
+                {
+                    "kind": "firmware",
+                    "text": "The safety controller is not answering: lamps that were on are off, "
+                    "and new sessions may be refused until it is back. Tell an admin.",
+                    "short": "Safety controller not answering: lamps off. Tell an admin.",
+                },
+                {
+                    "kind": "log",
+                    "text": "The usage log cannot be saved right now (3 records waiting); lamps still "
+                    "work. Tell an admin.",
+                    "short": "Usage log not saving (3 waiting). Tell an admin.",
+                },
+            ]
             route.fulfill(json=body)
+
         page.route(re.compile(r".*/panel/state\.json$"), with_banners)
         expect(page.locator(".banner-log")).to_be_visible(timeout=4000)
         page.evaluate("window.scrollTo(0, 0)")

@@ -1,5 +1,6 @@
 """S21 in Chromium: a logged-out, locked or switching tablet still shows every heating lamp with its countdown
 and a Stop that works, at phone sizes with touch and at tablet sizes; logging out while a lamp heats asks first."""
+
 from __future__ import annotations
 
 import re
@@ -28,8 +29,6 @@ def _api(service, path: str, body: dict | None = None) -> dict:
 def _relay_on(service, lamp: str) -> bool:
     _, health = service.get("/api/health")
     return {l["id"]: l["relay_on"] for l in health["lamps"]}[lamp]
-
-
 
 
 @pytest.mark.parametrize("viewport", SIZES, ids=size_name)
@@ -76,8 +75,7 @@ def test_s21_browser_logged_out_tablet_shows_the_running_lamp_and_stops_it(brows
 
 
 @pytest.mark.parametrize("viewport", SIZES, ids=size_name)
-def test_s21_browser_logout_while_a_lamp_heats_asks_first_and_the_login_page_keeps_its_stop(
-        browser, service, viewport):
+def test_s21_browser_logout_while_a_lamp_heats_asks_first_and_the_login_page_keeps_its_stop(browser, service, viewport):
     from playwright.sync_api import expect
 
     _api(service, "/api/stop-all")

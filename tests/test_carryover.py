@@ -1,4 +1,5 @@
 """What must outlive a restart is derived from the record (S20): cooldowns, budgets, progress marks, new-patient records."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -86,8 +87,7 @@ def test_s20_a_new_boot_with_an_untrusted_clock_takes_the_safe_side(cfg, relays,
     assert exc.value.code == "over-limit"
     # A record "from the future" (the wall was stepped back since): untrusted too, even when synchronised.
     earlier = clock.wall() - timedelta(hours=1)
-    back = restarted(cfg, relays, FakeClock(5.0, earlier), usage_log, boot_id="another-boot", wall=earlier,
-                     synced=True)
+    back = restarted(cfg, relays, FakeClock(5.0, earlier), usage_log, boot_id="another-boot", wall=earlier, synced=True)
     assert back.lamp("room2").state == "cooldown" and back.lamp("room1").continue_left_s == 10 * 60
 
 
@@ -127,15 +127,18 @@ def test_s20_an_interrupted_session_counts_what_it_ran_and_cools_down_in_full(cf
     assert again.lamp("room2").continue_left_s == 22 * 60  # 30 min max, 8 min used
 
 
-@pytest.mark.parametrize("then, now, expected", [
-    (ClockRef("a", 100.0, T0, None), ClockRef("a", 130.0, T0 - timedelta(hours=5), None), 30.0),
-    (ClockRef("a", 100.0, T0, True), ClockRef("b", 3.0, T0 + timedelta(seconds=45), True), 45.0),
-    (ClockRef("a", 100.0, T0, False), ClockRef("b", 3.0, T0 + timedelta(seconds=45), True), None),
-    (ClockRef("a", 100.0, T0, True), ClockRef("b", 3.0, T0 + timedelta(seconds=45), None), None),
-    (ClockRef("a", 100.0, T0, True), ClockRef("b", 3.0, T0 - timedelta(seconds=1), True), None),
-    (ClockRef(None, 100.0, T0, None), ClockRef(None, 130.0, T0 + timedelta(seconds=9), None), None),
-    (ClockRef("a", None, T0, None), ClockRef("a", 130.0, T0, None), None),
-])
+@pytest.mark.parametrize(
+    "then, now, expected",
+    [
+        (ClockRef("a", 100.0, T0, None), ClockRef("a", 130.0, T0 - timedelta(hours=5), None), 30.0),
+        (ClockRef("a", 100.0, T0, True), ClockRef("b", 3.0, T0 + timedelta(seconds=45), True), 45.0),
+        (ClockRef("a", 100.0, T0, False), ClockRef("b", 3.0, T0 + timedelta(seconds=45), True), None),
+        (ClockRef("a", 100.0, T0, True), ClockRef("b", 3.0, T0 + timedelta(seconds=45), None), None),
+        (ClockRef("a", 100.0, T0, True), ClockRef("b", 3.0, T0 - timedelta(seconds=1), True), None),
+        (ClockRef(None, 100.0, T0, None), ClockRef(None, 130.0, T0 + timedelta(seconds=9), None), None),
+        (ClockRef("a", None, T0, None), ClockRef("a", 130.0, T0, None), None),
+    ],
+)
 def test_s20_s22_elapsed_time_is_monotonic_in_a_boot_and_trusted_wall_across_boots(then, now, expected):
     assert s20_elapsed_s(then, now) == expected
 
@@ -169,8 +172,11 @@ def test_s4_s13_interrupted_record_ends_at_its_progress_mark_after_a_forward_ste
     assert datetime.fromisoformat(row["ended_at"]) - datetime.fromisoformat(row["started_at"]) == timedelta(seconds=30)
 
 
-@pytest.mark.xfail(strict=True, reason="S13 gap: a session killed before its first progress mark is saved "
-                   "ends at the last alive stamp, on the wall clock")
+@pytest.mark.xfail(
+    strict=True,
+    reason="S13 gap: a session killed before its first progress mark is saved "
+    "ends at the last alive stamp, on the wall clock",
+)
 def test_s13_gap_session_killed_before_its_first_progress_mark_ends_at_what_it_ran(cfg, relays, clock):
     step = [timedelta(0)]
     log = UsageLog(cfg.service.database, wall=lambda: clock.wall() + step[0], alive_every_s=0.02)
@@ -197,10 +203,14 @@ def test_s13_gap_session_killed_before_its_first_progress_mark_ends_at_what_it_r
     assert row["end_reason"] == "interrupted" and row["actual_s"] <= 1
 
 
-@pytest.mark.xfail(strict=True, reason="S20 gap: a restore brings back the backup's sessions, so the cooldown of a "
-                   "session after the backup is not kept")
-def test_s20_gap_restore_keeps_the_cooldown_of_a_session_ended_after_the_backup(cfg, relays, clock, usage_log,
-                                                                                tmp_path):
+@pytest.mark.xfail(
+    strict=True,
+    reason="S20 gap: a restore brings back the backup's sessions, so the cooldown of a "
+    "session after the backup is not kept",
+)
+def test_s20_gap_restore_keeps_the_cooldown_of_a_session_ended_after_the_backup(
+    cfg, relays, clock, usage_log, tmp_path
+):
     from lampctl.tools.backup import backup_database, restore_database
 
     backup = backup_database(cfg.service.database, tmp_path / "backups", keep=5).path
@@ -292,8 +302,9 @@ def test_s20_a_right_pin_and_a_run_out_lockout_are_forgotten_on_disk(cfg, clock)
     assert saved() == []
 
 
-def test_s18_new_patient_declaration_is_shown_in_the_log_page_csv_api_and_cli(services, controller, clock, users,
-                                                                               usage_log, cfg, capsys):
+def test_s18_new_patient_declaration_is_shown_in_the_log_page_csv_api_and_cli(
+    services, controller, clock, users, usage_log, cfg, capsys
+):
     import csv
     import io
 
@@ -314,7 +325,10 @@ def test_s18_new_patient_declaration_is_shown_in_the_log_page_csv_api_and_cli(se
     assert usage_log.flush(5)
     sessions = api.get("/api/sessions", headers=bearer(users["admin"])).get_json()["sessions"]
     assert [(s["continues"], s["new_patient"], s["new_patient_by"]) for s in sessions] == [
-        (None, False, None), (None, True, "ann"), (2, False, None)]
+        (None, False, None),
+        (None, True, "ann"),
+        (2, False, None),
+    ]
 
     web = create_app(services, {"TESTING": True, "SECRET_KEY": "k", "LOGIN_CLOCK": clock.monotonic}).test_client()
     login(web, "admin", "1234")
@@ -325,8 +339,12 @@ def test_s18_new_patient_declaration_is_shown_in_the_log_page_csv_api_and_cli(se
     resp = web.get("/admin/log.csv")
     rows = list(csv.reader(io.StringIO(resp.get_data(as_text=True))))
     resp.close()
-    assert [r[-3:] for r in rows] == [["continues", "new_patient", "new_patient_by"], ["", "false", ""],
-                                      ["", "true", "ann"], ["2", "false", ""]]
+    assert [r[-3:] for r in rows] == [
+        ["continues", "new_patient", "new_patient_by"],
+        ["", "false", ""],
+        ["", "true", "ann"],
+        ["2", "false", ""],
+    ]
 
     assert cli.main(["log", "--config", str(cfg.path), "--utc"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -349,6 +367,8 @@ def test_s20_login_page_stays_locked_after_the_app_is_built_again(services, cloc
     assert [login(first, "ann", "0000").status_code for _ in range(5)] == [401, 401, 401, 401, 429]
     clock.advance(60)
     # What a restart builds: accounts opened again read the lockouts on disk, and the guard takes them.
-    again = app(replace(services, accounts=Accounts(services.accounts.path, wall=clock.wall, monotonic=clock.monotonic)))
+    again = app(
+        replace(services, accounts=Accounts(services.accounts.path, wall=clock.wall, monotonic=clock.monotonic))
+    )
     resp = login(again, "ann", "2468")
     assert resp.status_code == 429 and b"locked" in resp.data

@@ -1,4 +1,5 @@
 """The command line: exit codes 0/1/2, one-line errors, and S5 stop-all through a real service."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,22 +44,53 @@ def test_cli_users_add_list_remove(config, capsys):
 
 
 BAD_USAGE = [
-    ["user", "add", "bob", "--role", "boss", "--pin", "1234"], ["user", "add", "bob", "--role", "admin", "--pin", "12"],
-    ["user", "add", "bob@smith", "--role", "admin", "--pin", "1234"], ["start", "room1"],
-    ["start", "room1", "--minutes", "ten"], ["start", "room1", "--minutes", "nan"], ["start", "room1", "--minutes", "1e999"],
-    ["extend", "room1", "--seconds", "-5"], ["start", "room1", "--minutes", "0"], ["estop", "room1"],
-    ["log", "--from", "0001-01-01"], ["log", "--to", "9999-12-31T23:59:59-10:00"], ["log", "--to", "20261125"],
-    ["log", "--from", "2026-W48-3"], ["log", "--from", "soon"], ["log", "--to", "2026-02-30"],
-    ["log", "--from", "2026-03-01T25:00"], ["log", "--from", "2026-03-01T10:00+25:00"], ["log", "--to", "\x00"],
-    ["frobnicate"], [],
+    ["user", "add", "bob", "--role", "boss", "--pin", "1234"],
+    ["user", "add", "bob", "--role", "admin", "--pin", "12"],
+    ["user", "add", "bob@smith", "--role", "admin", "--pin", "1234"],
+    ["start", "room1"],
+    ["start", "room1", "--minutes", "ten"],
+    ["start", "room1", "--minutes", "nan"],
+    ["start", "room1", "--minutes", "1e999"],
+    ["extend", "room1", "--seconds", "-5"],
+    ["start", "room1", "--minutes", "0"],
+    ["estop", "room1"],
+    ["log", "--from", "0001-01-01"],
+    ["log", "--to", "9999-12-31T23:59:59-10:00"],
+    ["log", "--to", "20261125"],
+    ["log", "--from", "2026-W48-3"],
+    ["log", "--from", "soon"],
+    ["log", "--to", "2026-02-30"],
+    ["log", "--from", "2026-03-01T25:00"],
+    ["log", "--from", "2026-03-01T10:00+25:00"],
+    ["log", "--to", "\x00"],
+    ["frobnicate"],
+    [],
 ]
 
 
 def test_cli_every_command_main_or_tool_is_registered_one_way():
     """cli_args.command registers each subparser with the function that runs it: no second table of commands."""
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    names = {"serve", "check-config", "user", "token", "log", "status", "start", "extend", "stop", "stop-all",
-             "estop", "reset", "backup", "restore", "prune-events", "doctor", "firmware", "collect"}
+    names = {
+        "serve",
+        "check-config",
+        "user",
+        "token",
+        "log",
+        "status",
+        "start",
+        "extend",
+        "stop",
+        "stop-all",
+        "estop",
+        "reset",
+        "backup",
+        "restore",
+        "prune-events",
+        "doctor",
+        "firmware",
+        "collect",
+    }
     assert set(sub.choices) == names
     assert [name for name, p in sub.choices.items() if not callable(p.get_default("run"))] == []
     main_only = next(a for a in build_parser(with_tools=False)._actions if isinstance(a, argparse._SubParsersAction))
@@ -76,9 +108,17 @@ def test_cli_bad_usage_exits_2_with_one_sentence(config, capsys, argv):
     assert last.startswith("lampctl") and "error: " in last and len(last) < 200
 
 
-@pytest.mark.parametrize("argv", [["log", "--lamp", "nosuch"], ["start", "nosuch", "--minutes", "5", "--token", "t"],
-                                  ["extend", "nosuch", "--minutes", "5"], ["stop", "nosuch"], ["reset", "nosuch"],
-                                  ["status", "--token", "two words"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["log", "--lamp", "nosuch"],
+        ["start", "nosuch", "--minutes", "5", "--token", "t"],
+        ["extend", "nosuch", "--minutes", "5"],
+        ["stop", "nosuch"],
+        ["reset", "nosuch"],
+        ["status", "--token", "two words"],
+    ],
+)
 def test_cli_unknown_lamp_or_bad_token_is_usage_error_exit_2(config, capsys, argv):
     rc, out, err = run(capsys, *argv, "--config", config)
     assert rc == 2 and out == ""
@@ -130,8 +170,12 @@ def test_s5_stop_all_from_cli_turns_every_lamp_off(tmp_path):
         too_long = lampctl("start", "room1", "--minutes", "45", config=config, check=False)
         assert too_long.returncode == 2 and "(400)" in too_long.stderr
         out = lampctl("stop-all", config=config).stdout
-        assert out.splitlines() == ["room1        off       relay off", "room2        off       relay off",
-                                    "room1: stopped, its session ended", "room2: stopped, its session ended"]
+        assert out.splitlines() == [
+            "room1        off       relay off",
+            "room2        off       relay off",
+            "room1: stopped, its session ended",
+            "room2: stopped, its session ended",
+        ]
         status, sessions = svc.get("/api/sessions", token=tokens["admin"])
         assert [(s["user"], s["end_reason"]) for s in sessions["sessions"]] == [("cli", "stopped")] * 2
         bad = lampctl("status", "--token", "wrong", config=config, check=False)
@@ -152,12 +196,27 @@ def test_cli_serve_unavailable_pin_factory_exits_1_with_one_line(tmp_path):
 
 def test_cli_module_imports_nothing_beyond_argparse_and_config():
     # Issue 12: `lampctl serve` reaches the relay claim (S1) through this module; every other import is lazy.
-    code = ("import sys, json; import argparse, lampctl.config; before = set(sys.modules); import lampctl.cli; "
-            "after = set(sys.modules); from lampctl.cli import main; main(['check-config', '--config', 'config.toml']); "
-            "print(json.dumps([sorted(after - before), sorted(set(sys.modules) - before)]))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True)
+    code = (
+        "import sys, json; import argparse, lampctl.config; before = set(sys.modules); import lampctl.cli; "
+        "after = set(sys.modules); from lampctl.cli import main; main(['check-config', '--config', 'config.toml']); "
+        "print(json.dumps([sorted(after - before), sorted(set(sys.modules) - before)]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
+    )
     on_import, after_check = json.loads(proc.stdout.splitlines()[-1])
     assert on_import == ["lampctl.cli", "lampctl.cli.args"]
-    slow = {"urllib", "urllib.request", "http.client", "csv", "sqlite3", "lampctl.storage.store", "werkzeug", "contextlib",
-            "gpiozero", "flask", "tempfile"}
+    slow = {
+        "urllib",
+        "urllib.request",
+        "http.client",
+        "csv",
+        "sqlite3",
+        "lampctl.storage.store",
+        "werkzeug",
+        "contextlib",
+        "gpiozero",
+        "flask",
+        "tempfile",
+    }
     assert not slow & set(after_check), slow & set(after_check)

@@ -1,4 +1,5 @@
 """`lampctl log`: date bounds, local time or UTC, CSV, a closed pipe, and errors that are not turned into others."""
+
 from __future__ import annotations
 
 import csv
@@ -36,8 +37,11 @@ def config(tmp_path):
 def fill(database: Path, rows) -> None:
     UsageLog(database).close()  # creates the schema
     with closing(connect(database)) as conn, transaction(conn):
-        conn.executemany("INSERT INTO sessions (id, lamp_id, user, started_at, ended_at, planned_s, actual_s, "
-                         "end_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany(
+            "INSERT INTO sessions (id, lamp_id, user, started_at, ended_at, planned_s, actual_s, "
+            "end_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
 
 
 @pytest.fixture
@@ -101,17 +105,36 @@ def test_cli_log_bounds_are_local_days_inclusive(logged, capsys, in_cet):
 def test_cli_log_csv_keeps_utc_and_escapes_formulas(logged, capsys):
     rc, out, _ = run(capsys, "log", "--csv", "--lamp", "room1", "--config", logged)
     rows = list(csv.reader(io.StringIO(out)))
-    assert rc == 0 and rows[0] == ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s",
-                                   "end_reason", "continues", "new_patient", "new_patient_by"]
+    assert rc == 0 and rows[0] == [
+        "id",
+        "lamp_id",
+        "user",
+        "started_at",
+        "ended_at",
+        "planned_s",
+        "actual_s",
+        "end_reason",
+        "continues",
+        "new_patient",
+        "new_patient_by",
+    ]
     assert rows[1][:4] == ["1", "room1", "'=ann", "2026-03-02T09:00:00.000Z"] and rows[1][7:] == [
-        "completed", "", "false", ""]
+        "completed",
+        "",
+        "false",
+        "",
+    ]
     assert [r[0] for r in rows[1:]] == ["1", "3"]
 
 
 def test_cli_log_csv_quotes_every_first_character_a_spreadsheet_would_run(tmp_path, config, capsys):
-    fill(tmp_path / "lampctl.db",
-         [(i, "room1", name, "2026-03-02T09:00:00.000Z", None, 60, None, None)
-          for i, (name, _) in enumerate(FORMULA_CELLS, 1)])
+    fill(
+        tmp_path / "lampctl.db",
+        [
+            (i, "room1", name, "2026-03-02T09:00:00.000Z", None, 60, None, None)
+            for i, (name, _) in enumerate(FORMULA_CELLS, 1)
+        ],
+    )
     rc, out, _ = run(capsys, "log", "--csv", "--config", config)
     rows = list(csv.reader(io.StringIO(out, newline="")))
     assert rc == 0 and [r[2] for r in rows[1:]] == [cell for _, cell in FORMULA_CELLS]
@@ -142,8 +165,14 @@ def test_cli_bug_is_internal_error_not_a_database_problem(logged, capsys, mocker
 
 
 def lampctl_proc(*args, stdout, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lampctl", *args], stdout=stdout, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, cwd=ROOT, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lampctl", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        **kwargs,
+    )
 
 
 def env(buffered: bool) -> dict:
@@ -167,11 +196,19 @@ def test_cli_output_into_a_closed_pipe_exits_quietly(logged, buffered, command):
 @pytest.mark.integration
 @pytest.mark.parametrize("form, first", [([], "   id  lamp"), (["--csv"], "id,lamp_id,user,")], ids=["table", "csv"])
 def test_cli_log_piped_to_head_exits_quietly(tmp_path, config, form, first):
-    rows = [(i, "room1", "ann", f"2026-03-{1 + i % 28:02d}T09:00:00.000Z", None, 600, None, None)
-            for i in range(1, 3001)]  # ~250 kB, far more than a pipe holds
+    rows = [
+        (i, "room1", "ann", f"2026-03-{1 + i % 28:02d}T09:00:00.000Z", None, 600, None, None) for i in range(1, 3001)
+    ]  # ~250 kB, far more than a pipe holds
     fill(tmp_path / "lampctl.db", rows)
     pipeline = f'"{sys.executable}" -m lampctl log {" ".join(form)} --config "{config}" | head -1'
-    proc = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True, cwd=ROOT,
-                          timeout=60, env=env(True), check=False)
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", pipeline],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env=env(True),
+        check=False,
+    )
     assert proc.stdout.startswith(first) and len(proc.stdout.splitlines()) == 1
     assert proc.stderr == "" and proc.returncode == 1

@@ -1,4 +1,5 @@
 """The CLI as an API client: the requests it sends (estop, start --new-patient) and replies it cannot use."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        self.server.requests.append({"method": self.command, "path": self.path, "auth": self.headers["Authorization"],
-                                     "body": json.loads(body) if body else None})
+        self.server.requests.append(
+            {
+                "method": self.command,
+                "path": self.path,
+                "auth": self.headers["Authorization"],
+                "body": json.loads(body) if body else None,
+            }
+        )
         status, payload = self.server.reply
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -131,11 +138,21 @@ def test_s19_cli_stop_of_an_off_lamp_exits_0_saying_it_was_already_off(fake, cap
     rc, out, err = run(capsys, "stop", "room1", "--config", config, "--token", "t")
     assert rc == 0 and err == ""
     assert out.splitlines()[-1] == "room1: was already off"
-    server.reply = (200, json.dumps({"lamps": [LAMP_OFF, {**LAMP_OFF, "id": "room2"}], "recorded": True,
-                                     "results": {"room1": "ended", "room2": "cancelled-start"}}).encode())
+    server.reply = (
+        200,
+        json.dumps(
+            {
+                "lamps": [LAMP_OFF, {**LAMP_OFF, "id": "room2"}],
+                "recorded": True,
+                "results": {"room1": "ended", "room2": "cancelled-start"},
+            }
+        ).encode(),
+    )
     rc, out, err = run(capsys, "stop-all", "--config", config, "--token", "t")
     assert rc == 0 and out.splitlines()[-2:] == [
-        "room1: stopped, its session ended", "room2: a start was cancelled, the lamp stays off"]
+        "room1: stopped, its session ended",
+        "room2: a start was cancelled, the lamp stays off",
+    ]
 
 
 def test_cli_never_sends_a_stop_or_its_token_to_a_proxy(fake, capsys, monkeypatch):
@@ -151,8 +168,9 @@ def test_cli_never_sends_a_stop_or_its_token_to_a_proxy(fake, capsys, monkeypatc
         rc, out, err = run(capsys, "stop-all", "--config", config, "--token", "admin-token")
         assert proxy.requests == [], "the Stop and its token went to the proxy"
         assert rc == 0 and err == ""
-        assert server.requests == [{"method": "POST", "path": "/api/stop-all", "auth": "Bearer admin-token",
-                                    "body": None}]
+        assert server.requests == [
+            {"method": "POST", "path": "/api/stop-all", "auth": "Bearer admin-token", "body": None}
+        ]
     finally:
         proxy.close()
 
@@ -161,7 +179,7 @@ def _start_time(pid: int) -> str:
     from pathlib import Path
 
     stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rfind(")") + 2:].split()[19]  # field 22 of proc(5): starttime
+    return stat[stat.rfind(")") + 2 :].split()[19]  # field 22 of proc(5): starttime
 
 
 def test_cli_follows_the_live_services_address_file_but_never_a_stale_one(fake, capsys, tmp_path):
@@ -186,8 +204,11 @@ def test_cli_follows_the_live_services_address_file_but_never_a_stale_one(fake, 
     ]
     try:
         for what, owner, reached in cases:
-            address.write_text("{not json" if owner is None else
-                               json.dumps({**owner, "host": "127.0.0.1", "port": decoy.server_address[1]}))
+            address.write_text(
+                "{not json"
+                if owner is None
+                else json.dumps({**owner, "host": "127.0.0.1", "port": decoy.server_address[1]})
+            )
             before = (len(server.requests), len(decoy.requests))
             rc, _, err = run(capsys, "status", "--config", config, "--token", "t")
             assert rc == 0, (what, err)

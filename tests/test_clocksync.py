@@ -1,4 +1,5 @@
 """clock_synchronised(): the timesync flag, the kernel's adjtimex state, and 'cannot tell'."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,13 +18,16 @@ def test_clocksync_timesyncd_flag_means_synchronised(tmp_path):
     assert clock_synchronised(flag, no_kernel) is True
 
 
-@pytest.mark.parametrize("state, expected", [
-    ((0, 0, 20_000), True),                         # TIME_OK, small error
-    ((TIME_ERROR, STA_UNSYNC, 16_000_000), False),  # what a Pi reports before NTP answers
-    ((0, STA_UNSYNC, 0), False),
-    ((0, 0, 16_000_000), False),                    # error bound too large (timedatectl's rule)
-    (None, None),                                   # adjtimex denied or missing
-])
+@pytest.mark.parametrize(
+    "state, expected",
+    [
+        ((0, 0, 20_000), True),  # TIME_OK, small error
+        ((TIME_ERROR, STA_UNSYNC, 16_000_000), False),  # what a Pi reports before NTP answers
+        ((0, STA_UNSYNC, 0), False),
+        ((0, 0, 16_000_000), False),  # error bound too large (timedatectl's rule)
+        (None, None),  # adjtimex denied or missing
+    ],
+)
 def test_clocksync_kernel_state(tmp_path, state, expected):
     assert clock_synchronised(tmp_path / "absent", lambda: state) is expected
 

@@ -1,4 +1,5 @@
 """The collector: central log unique per (node, session id), its config, its pages, and a real broker."""
+
 from __future__ import annotations
 
 import csv
@@ -18,15 +19,26 @@ from web.fleet import create_fleet_app
 
 
 def session(i: int, **more) -> dict:
-    return {"id": i, "lamp_id": "room1", "user": "ann", "started_at": f"2026-11-2{i % 5}T10:00:00.000Z",
-            "ended_at": f"2026-11-2{i % 5}T10:10:00.000Z", "planned_s": 600.0, "actual_s": 600.0,
-            "end_reason": "completed", "continues": None, **more}
+    return {
+        "id": i,
+        "lamp_id": "room1",
+        "user": "ann",
+        "started_at": f"2026-11-2{i % 5}T10:00:00.000Z",
+        "ended_at": f"2026-11-2{i % 5}T10:10:00.000Z",
+        "planned_s": 600.0,
+        "actual_s": 600.0,
+        "end_reason": "completed",
+        "continues": None,
+        **more,
+    }
 
 
 def test_central_log_replay_is_harmless(tmp_path):
     central = CentralLog(tmp_path / "central.db")
-    rows = [("session", check_record("session", "n1", session(1))),
-            ("session", check_record("session", "n2", session(1)))]
+    rows = [
+        ("session", check_record("session", "n1", session(1))),
+        ("session", check_record("session", "n2", session(1))),
+    ]
     assert central.write(rows) == 2
     assert central.write(rows) == 0  # the same records again: nothing new
     assert [(r["node"], r["id"]) for r in central.sessions()] == [("n1", 1), ("n2", 1)]
@@ -55,12 +67,27 @@ def test_central_log_keyed_on_node_and_id_is_rebuilt_keeping_its_rows(tmp_path):
     conn.close()
     central = CentralLog(path)
     try:
-        assert central.write([("session", check_record("session", "n1", session(1))),
-                              ("session", check_record("session", "n1", session(1, origin="0a1b"))),
-                              ("event", check_record("event", "n1", {"id": 1, "at": "2026-11-21T10:00:00.000Z",
-                                                                     "who": "ann", "why": "x", "origin": "0a1b"}))]) == 2
+        assert (
+            central.write(
+                [
+                    ("session", check_record("session", "n1", session(1))),
+                    ("session", check_record("session", "n1", session(1, origin="0a1b"))),
+                    (
+                        "event",
+                        check_record(
+                            "event",
+                            "n1",
+                            {"id": 1, "at": "2026-11-21T10:00:00.000Z", "who": "ann", "why": "x", "origin": "0a1b"},
+                        ),
+                    ),
+                ]
+            )
+            == 2
+        )
         assert sorted((r["id"], r["origin"], r["started_at"][:10]) for r in central.sessions()) == [
-            (1, "", "2026-11-20"), (1, "0a1b", "2026-11-21")]
+            (1, "", "2026-11-20"),
+            (1, "0a1b", "2026-11-21"),
+        ]
         assert CentralLog(path).count() == 2  # opened again: already the newest version
     finally:
         central.close()
@@ -73,25 +100,31 @@ def test_central_log_refuses_a_bad_origin():
         check_record("session", "n1", session(1, origin="x" * 65))
 
 
-@pytest.mark.parametrize("record, words", [
-    ([1], "JSON object"),
-    (session(1, node="n2"), "names node"),
-    ({**session(1), "id": None}, "without 'id'"),
-    ({**session(1), "id": "1"}, "wrong type"),
-    ({**session(1), "planned_s": True}, "wrong type"),
-])
+@pytest.mark.parametrize(
+    "record, words",
+    [
+        ([1], "JSON object"),
+        (session(1, node="n2"), "names node"),
+        ({**session(1), "id": None}, "without 'id'"),
+        ({**session(1), "id": "1"}, "wrong type"),
+        ({**session(1), "planned_s": True}, "wrong type"),
+    ],
+)
 def test_central_log_refuses_bad_records(record, words):
     with pytest.raises(BadRecord, match=words):
         check_record("session", "n1", record)
 
 
-@pytest.mark.parametrize("text, words", [
-    ("[collector]\n", "mqtt: missing"),
-    ('[mqtt]\nurl = "mqtt://b"\n[collector]\nbind = "nowhere"\n', "collector.bind"),
-    ('[mqtt]\nurl = "mqtt://b"\n[collector]\ncolour = 1\n', "collector.colour: unknown key"),
-    ('[mqtt]\nurl = "mqtt://b"\n[lamps]\n', "lamps: unknown key"),
-    ("[mqtt\n", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[collector]\n", "mqtt: missing"),
+        ('[mqtt]\nurl = "mqtt://b"\n[collector]\nbind = "nowhere"\n', "collector.bind"),
+        ('[mqtt]\nurl = "mqtt://b"\n[collector]\ncolour = 1\n', "collector.colour: unknown key"),
+        ('[mqtt]\nurl = "mqtt://b"\n[lamps]\n', "lamps: unknown key"),
+        ("[mqtt\n", "cannot read"),
+    ],
+)
 def test_collector_config_errors(tmp_path, text, words):
     path = tmp_path / "central.toml"
     path.write_text(text)
@@ -115,17 +148,34 @@ class StubCollector:
         self.subscribed = threading.Event()
 
     def fleet(self):
-        return [{"node": "n1", "lamp_id": "room1", "name": "Room 1", "state": "on", "remaining_s": 90,
-                 "user": "ann", "node_status": "online"},
-                {"node": "n2", "lamp_id": "room1", "name": "Room 1", "state": "off", "remaining_s": None,
-                 "user": None, "node_status": "offline"}]
+        return [
+            {
+                "node": "n1",
+                "lamp_id": "room1",
+                "name": "Room 1",
+                "state": "on",
+                "remaining_s": 90,
+                "user": "ann",
+                "node_status": "online",
+            },
+            {
+                "node": "n2",
+                "lamp_id": "room1",
+                "name": "Room 1",
+                "state": "off",
+                "remaining_s": None,
+                "user": None,
+                "node_status": "offline",
+            },
+        ]
 
 
 @pytest.fixture
 def pages(tmp_path):
     central = CentralLog(tmp_path / "central.db")
-    central.write([("session", check_record("session", node, session(i))) for node in ("n1", "n2")
-                   for i in range(1, 4)])
+    central.write(
+        [("session", check_record("session", node, session(i))) for node in ("n1", "n2") for i in range(1, 4)]
+    )
     yield create_fleet_app(StubCollector(central), {"TESTING": True}).test_client()
     central.close()
 
@@ -134,11 +184,19 @@ def test_fleet_csv_quotes_every_first_character_a_spreadsheet_would_run(tmp_path
     central = CentralLog(tmp_path / "central.db")
     names = [name for name, _ in FORMULA_CELLS]
     # The node and the lamp come from the broker too: free text like the user.
-    central.write([("session", check_record("session", "=node", session(i, user=name, lamp_id=name)))
-                   for i, name in enumerate(names, 1)])
+    central.write(
+        [
+            ("session", check_record("session", "=node", session(i, user=name, lamp_id=name)))
+            for i, name in enumerate(names, 1)
+        ]
+    )
     try:
-        text = create_fleet_app(StubCollector(central), {"TESTING": True}).test_client().get("/log.csv").get_data(
-            as_text=True)
+        text = (
+            create_fleet_app(StubCollector(central), {"TESTING": True})
+            .test_client()
+            .get("/log.csv")
+            .get_data(as_text=True)
+        )
     finally:
         central.close()
     rows = list(csv.reader(io.StringIO(text, newline="")))
@@ -178,13 +236,30 @@ def test_collector_stores_each_record_once_through_a_real_broker(tmp_path):
         collector.start()
         assert collector.subscribed.wait(10)
         sender.publish("lampctl/n1/sessions", {**session(1), "node": "n1"})
-        for payload in ({**session(1), "node": "n1"}, {**session(2), "node": "n1"}, b"not json",
-                        {**session(3), "node": "n9"}):
+        for payload in (
+            {**session(1), "node": "n1"},
+            {**session(2), "node": "n1"},
+            b"not json",
+            {**session(3), "node": "n9"},
+        ):
             sender.publish("lampctl/n1/sessions", payload if isinstance(payload, bytes) else json.dumps(payload))
-        wait_until(lambda: collector.stored == 2 and collector.duplicates == 1 and collector.rejected == 2, 10,
-                   "records committed")
-        sender.publish("lampctl/n1/events", {"id": 7, "at": "2026-11-25T10:00:00.000Z", "lamp_id": None,
-                                             "from_state": None, "to_state": None, "who": "system", "why": "hi"})
+        wait_until(
+            lambda: collector.stored == 2 and collector.duplicates == 1 and collector.rejected == 2,
+            10,
+            "records committed",
+        )
+        sender.publish(
+            "lampctl/n1/events",
+            {
+                "id": 7,
+                "at": "2026-11-25T10:00:00.000Z",
+                "lamp_id": None,
+                "from_state": None,
+                "to_state": None,
+                "who": "system",
+                "why": "hi",
+            },
+        )
         wait_until(lambda: collector.stored == 3, 10, "event committed")
         assert [(r["node"], r["id"]) for r in central.sessions()] == [("n1", 2), ("n1", 1)]
     finally:

@@ -1,4 +1,5 @@
 """Config validation: every kind of bad input stops with one line naming the file and the key (exit 2)."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,22 +28,22 @@ def test_config_shipped_file_is_valid():
 BAD = [
     # (replace this, with this, key named in the message, words in the message)
     ('pin_factory = "mock"', 'pin_factory = "mock"\nport = 3', "service.port", "unknown key"),
-    ('relay_pin = 18\n', '', "lamps[1].relay_pin", "missing"),
-    ('relay_pin = 18', 'relay_pin = 17', "lamps[1].relay_pin", "pin 17 is already used by lamps[0].relay_pin"),
-    ('relay_pin = 18', 'relay_pin = 27', "lamps[1].relay_pin", "already used by safety.estop_pin"),
+    ("relay_pin = 18\n", "", "lamps[1].relay_pin", "missing"),
+    ("relay_pin = 18", "relay_pin = 17", "lamps[1].relay_pin", "pin 17 is already used by lamps[0].relay_pin"),
+    ("relay_pin = 18", "relay_pin = 27", "lamps[1].relay_pin", "already used by safety.estop_pin"),
     ('id = "room2"', 'id = "Room 2"', "lamps[1].id", "a-z"),
     ('id = "room2"', 'id = "room1"', "lamps[1].id", "duplicate"),
-    ('max_minutes = 60', 'max_minutes = 61', "lamps[0].max_minutes", "from 1 to 60"),
-    ('max_minutes = 60', 'max_minutes = 0.5', "lamps[0].max_minutes", "from 1 to 60"),
-    ('default_minutes = 20', 'default_minutes = 90', "lamps[0].default_minutes", "above max_minutes"),
-    ('presets = [10, 20, 30]', 'presets = [10, 20, 45]', "lamps[1].presets", "above max_minutes"),
-    ('presets = [10, 20, 30]', 'presets = [10, "x"]', "lamps[1].presets", "greater than 0"),
+    ("max_minutes = 60", "max_minutes = 61", "lamps[0].max_minutes", "from 1 to 60"),
+    ("max_minutes = 60", "max_minutes = 0.5", "lamps[0].max_minutes", "from 1 to 60"),
+    ("default_minutes = 20", "default_minutes = 90", "lamps[0].default_minutes", "above max_minutes"),
+    ("presets = [10, 20, 30]", "presets = [10, 20, 45]", "lamps[1].presets", "above max_minutes"),
+    ("presets = [10, 20, 30]", 'presets = [10, "x"]', "lamps[1].presets", "greater than 0"),
     ('pin_factory = "mock"', 'pin_factory = "gpio9000"', "service.pin_factory", "unknown pin factory"),
-    ('relay_pin = 17', 'relay_pin = true', "lamps[0].relay_pin", "not a boolean"),
-    ('relay_pin = 17', 'relay_pin = "17"', "lamps[0].relay_pin", "must be an integer"),
-    ('relay_pin = 17', 'relay_pin = 99', "lamps[0].relay_pin", "0 to 53"),
-    ('cooldown_s = 60', 'cooldown_s = -1', "lamps[1].cooldown_s", "from 0 to 3600"),
-    ('presets = [10, 20, 30]', 'presets = [10, 20, 20]', "lamps[1].presets", "only once"),
+    ("relay_pin = 17", "relay_pin = true", "lamps[0].relay_pin", "not a boolean"),
+    ("relay_pin = 17", 'relay_pin = "17"', "lamps[0].relay_pin", "must be an integer"),
+    ("relay_pin = 17", "relay_pin = 99", "lamps[0].relay_pin", "0 to 53"),
+    ("cooldown_s = 60", "cooldown_s = -1", "lamps[1].cooldown_s", "from 0 to 3600"),
+    ("presets = [10, 20, 30]", "presets = [10, 20, 20]", "lamps[1].presets", "only once"),
     ('id = "room2"', 'id = "room2\\n"', "lamps[1].id", "a-z"),
     ('name = "Room 1"', 'name = "Room\\n1"', "lamps[0].name", "no control characters"),
     ('name = "Room 1"', 'name = ""', "lamps[0].name", "not empty"),
@@ -50,7 +51,7 @@ BAD = [
     ('bind = "127.0.0.1:0"', 'bind = "127.0.0.1:\u00b2"', "service.bind", "host:port"),
     ('bind = "127.0.0.1:0"', 'bind = "127.0.0.1:70000"', "service.bind", "from 0 to 65535"),
     ('bind = "127.0.0.1:0"', 'bind = "localhost"', "service.bind", "host:port"),
-    ('[safety]', '[safty]', "safty", "unknown key"),
+    ("[safety]", "[safty]", "safty", "unknown key"),
 ]
 
 
@@ -81,11 +82,13 @@ def test_config_missing_file_and_no_lamps(tmp_path, capsys):
 
 
 def test_config_firmware_table_needs_port_and_heartbeat_below_watchdog(tmp_path, capsys):
-    path = write_config(tmp_path, BASE_CONFIG + '\n[firmware]\nwatchdog_s = 3.0\n')
+    path = write_config(tmp_path, BASE_CONFIG + "\n[firmware]\nwatchdog_s = 3.0\n")
     assert main(["check-config", "--config", str(path)]) == 2
     assert "firmware.port" in capsys.readouterr().err
-    text = BASE_CONFIG.replace("estop_pin = 27", "estop_pin = 27\nheartbeat_s = 5") + \
-        '\n[firmware]\nport = "loop://"\nwatchdog_s = 3.0\n'
+    text = (
+        BASE_CONFIG.replace("estop_pin = 27", "estop_pin = 27\nheartbeat_s = 5")
+        + '\n[firmware]\nport = "loop://"\nwatchdog_s = 3.0\n'
+    )
     assert main(["check-config", "--config", str(write_config(tmp_path, text))]) == 2
     assert "safety.heartbeat_s" in capsys.readouterr().err
 
@@ -171,8 +174,13 @@ S14_BAD = [
     ("grace_s = 0.1", "grace_s = 3000", "firmware.grace_s", "from 0 to 10"),
     ("grace_s = 0.1", "grace_s = -0.1", "firmware.grace_s", "from 0 to 10"),
     # The firmware arms at most a 60-minute session x 1.10 + 10 s: a larger grace could never be armed.
-    ("grace_s = 0.1", "grace_s = 11", "firmware.grace_s", "must be from 0 to 10 (the firmware arms a lamp for at most "
-                                                          "3970 s: a 60-minute session x 1.10 and 10 s more), got 11"),
+    (
+        "grace_s = 0.1",
+        "grace_s = 11",
+        "firmware.grace_s",
+        "must be from 0 to 10 (the firmware arms a lamp for at most "
+        "3970 s: a 60-minute session x 1.10 and 10 s more), got 11",
+    ),
     ("grace_s = 0.1", "grace_s = 10.001", "firmware.grace_s", "got 10.001"),
     ("grace_s = 0.1", "grace_s = inf", "firmware.grace_s", "finite"),
     ("reply_timeout_s = 0.5", "reply_timeout_s = 1e9", "firmware.reply_timeout_s", "from 0.05 to 5"),
@@ -223,7 +231,9 @@ def test_s14_no_setting_switches_safety_off(tmp_path, capsys, old, new, key, wor
 def test_s14_every_number_key_has_a_range_in_the_one_table():
     # A numeric key added without a range would escape S14: every number row of the schema carries one.
     numbers = [row for row in config_mod.SETTINGS if row.kind in ("int", "number", "pin", "minutes")]
-    assert {"firmware.grace_s", "lamps[].presets", "lamps[].relay_pin", "service.log_queue"} <= {r.name for r in numbers}
+    assert {"firmware.grace_s", "lamps[].presets", "lamps[].relay_pin", "service.log_queue"} <= {
+        r.name for r in numbers
+    }
     for row in numbers:
         assert row.kind == "pin" or row.range is not None, f"{row.name} has no range"
         if row.kind != "pin":
@@ -233,19 +243,35 @@ def test_s14_every_number_key_has_a_range_in_the_one_table():
 
 
 S14_EDGES = [  # both ends of each documented range are accepted
-    {"watchdog_s = 3.0": "watchdog_s = 0.2", "heartbeat_s = 1.0": "heartbeat_s = 0.05", "grace_s = 0.1": "grace_s = 0",
-     "reply_timeout_s = 0.5": "reply_timeout_s = 0.05", "cooldown_s = 0": "cooldown_s = 3600",
-     "rest_window_s = 300": "rest_window_s = 0", "bulb_life_h = 5000": "bulb_life_h = 1",
-     "lock_after_s = 120": "lock_after_s = 0", "log_queue = 10000": "log_queue = 100",
-     "max_minutes = 30": "max_minutes = 1", "default_minutes = 20": "default_minutes = 1",
-     "presets = [10, 15, 20, 30]": "presets = [0.5, 1]"},
-    {"watchdog_s = 3.0": "watchdog_s = 10", "heartbeat_s = 1.0": "heartbeat_s = 4.99", "grace_s = 0.1": "grace_s = 10",
-     "reply_timeout_s = 0.5": "reply_timeout_s = 5", "rest_window_s = 300": "rest_window_s = 86400",
-     "bulb_life_h = 5000": "bulb_life_h = 100000", "lock_after_s = 120": "lock_after_s = 86400",
-     # The largest grace_s with the longest session: armed for exactly the firmware's longest arm
-     # (test_s14_what_check_config_accepts_the_firmware_accepts arms it).
-     "log_queue = 10000": "log_queue = 1000000", "max_minutes = 30": "max_minutes = 60",
-     "default_minutes = 20": "default_minutes = 60", "presets = [10, 15, 20, 30]": "presets = [60]"},
+    {
+        "watchdog_s = 3.0": "watchdog_s = 0.2",
+        "heartbeat_s = 1.0": "heartbeat_s = 0.05",
+        "grace_s = 0.1": "grace_s = 0",
+        "reply_timeout_s = 0.5": "reply_timeout_s = 0.05",
+        "cooldown_s = 0": "cooldown_s = 3600",
+        "rest_window_s = 300": "rest_window_s = 0",
+        "bulb_life_h = 5000": "bulb_life_h = 1",
+        "lock_after_s = 120": "lock_after_s = 0",
+        "log_queue = 10000": "log_queue = 100",
+        "max_minutes = 30": "max_minutes = 1",
+        "default_minutes = 20": "default_minutes = 1",
+        "presets = [10, 15, 20, 30]": "presets = [0.5, 1]",
+    },
+    {
+        "watchdog_s = 3.0": "watchdog_s = 10",
+        "heartbeat_s = 1.0": "heartbeat_s = 4.99",
+        "grace_s = 0.1": "grace_s = 10",
+        "reply_timeout_s = 0.5": "reply_timeout_s = 5",
+        "rest_window_s = 300": "rest_window_s = 86400",
+        "bulb_life_h = 5000": "bulb_life_h = 100000",
+        "lock_after_s = 120": "lock_after_s = 86400",
+        # The largest grace_s with the longest session: armed for exactly the firmware's longest arm
+        # (test_s14_what_check_config_accepts_the_firmware_accepts arms it).
+        "log_queue = 10000": "log_queue = 1000000",
+        "max_minutes = 30": "max_minutes = 60",
+        "default_minutes = 20": "default_minutes = 60",
+        "presets = [10, 15, 20, 30]": "presets = [60]",
+    },
 ]
 
 
@@ -257,8 +283,10 @@ def test_s14_range_ends_are_accepted(tmp_path, changes):
         text = text.replace("\n" + old + "\n", "\n" + new + "\n", 1)
     cfg = config_mod.load(write_config(tmp_path, text))
     numbers = [cfg.firmware.watchdog_s, cfg.firmware.grace_s, cfg.safety.heartbeat_s, cfg.lamps[0].bulb_life_h]
-    assert numbers == [float(changes[k].split("= ")[1]) for k in
-                       ("watchdog_s = 3.0", "grace_s = 0.1", "heartbeat_s = 1.0", "bulb_life_h = 5000")]
+    assert numbers == [
+        float(changes[k].split("= ")[1])
+        for k in ("watchdog_s = 3.0", "grace_s = 0.1", "heartbeat_s = 1.0", "bulb_life_h = 5000")
+    ]
 
 
 # Settings that span the host and the firmware: (lines of FULL_CONFIG replaced, the keys a refusal names,
@@ -274,8 +302,10 @@ CROSS_LAYER = [
     ({**ONE_HOUR, "grace_s = 0.1": "grace_s = 0"}, None),
     ({"max_minutes = 30": "max_minutes = 59.9", "grace_s = 0.1": "grace_s = 10"}, None),
     ({"grace_s = 0.1": "grace_s = 10"}, None),
-    ({"watchdog_s = 3.0": "watchdog_s = 0.2004", "heartbeat_s = 1.0": "heartbeat_s = 0.1001"},
-     ("safety.heartbeat_s", "firmware.watchdog_s")),
+    (
+        {"watchdog_s = 3.0": "watchdog_s = 0.2004", "heartbeat_s = 1.0": "heartbeat_s = 0.1001"},
+        ("safety.heartbeat_s", "firmware.watchdog_s"),
+    ),
     ({"watchdog_s = 3.0": "watchdog_s = 0.2", "heartbeat_s = 1.0": "heartbeat_s = 0.0999"}, None),
     ({"watchdog_s = 3.0": "watchdog_s = 10", "heartbeat_s = 1.0": "heartbeat_s = 4.99"}, None),
 ]
@@ -305,8 +335,9 @@ def test_s14_what_check_config_accepts_the_firmware_accepts(tmp_path, capsys, ch
     # The firmware as flashed from this config: its watchdog in whole ms, one output per lamp.
     watchdog_ms = round(cfg.firmware.watchdog_s * 1000)
     clock = FakeTicks(0)
-    firmware = Firmware([Pin(n) for n in range(len(cfg.lamps))], clock.ticks_ms, ticks_diff, ticks_add,
-                        watchdog_ms=watchdog_ms)
+    firmware = Firmware(
+        [Pin(n) for n in range(len(cfg.lamps))], clock.ticks_ms, ticks_diff, ticks_add, watchdog_ms=watchdog_ms
+    )
     hello = protocol.parse_reply(firmware.feed(protocol.encode_command(1, "HELLO"))[0])
     check_hello(hello.args, "loop://", len(cfg.lamps), cfg.firmware.watchdog_s, cfg.safety.heartbeat_s)
     for index, lamp in enumerate(cfg.lamps):

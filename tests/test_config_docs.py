@@ -1,4 +1,5 @@
 """The README's configuration table and config.toml's comments are what the settings schema renders."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,13 +15,15 @@ ROOT = Path(__file__).resolve().parent.parent
 REGENERATE = "python scripts/config_docs.py --write"
 
 
-@pytest.mark.parametrize("name, render", [("README.md", config_docs.render_readme),
-                                          ("config.toml", config_docs.render_config_toml)])
+@pytest.mark.parametrize(
+    "name, render", [("README.md", config_docs.render_readme), ("config.toml", config_docs.render_config_toml)]
+)
 def test_config_docs_readme_and_config_toml_are_what_the_schema_renders(name, render):
     text = (ROOT / name).read_text(encoding="utf-8")
     assert render(text) == text, (
         f"{name} differs from what the settings schema (lampctl/config/__init__.py SETTINGS, CONSTRAINTS) renders: "
-        f"edit the row there, not the generated text, then run `{REGENERATE}` and review the diff")
+        f"edit the row there, not the generated text, then run `{REGENERATE}` and review the diff"
+    )
 
 
 def test_config_docs_the_regeneration_command_is_documented_where_a_reader_finds_it():
@@ -42,8 +45,11 @@ def test_config_docs_a_stale_comment_or_row_is_rendered_back():
 def test_config_docs_rendering_keeps_config_toml_a_working_config_with_its_values():
     toml = (ROOT / "config.toml").read_text()
     # Every key's comment replaced by a wrong one, and its continuation lines dropped: rendered back.
-    garbled = "\n".join(line.split("  # ")[0] + "  # wrong" if "  # " in line else line
-                        for line in toml.splitlines() if not line.startswith(" "))
+    garbled = "\n".join(
+        line.split("  # ")[0] + "  # wrong" if "  # " in line else line
+        for line in toml.splitlines()
+        if not line.startswith(" ")
+    )
     assert garbled.count("# wrong") > 20
     rendered = config_docs.render_config_toml(garbled)
     assert rendered == toml

@@ -1,5 +1,6 @@
 """Property tests of config parsing (S14): any document gives a Config or a ConfigError, and any accepted Config
 keeps every documented range."""
+
 from __future__ import annotations
 
 import copy
@@ -21,10 +22,15 @@ PROPS = settings(deadline=None, max_examples=300, suppress_health_check=[HealthC
 
 # The documented ranges, written out again on purpose: an oracle independent of config.RANGES.
 DOCUMENTED = {
-    ("firmware", "watchdog_s"): (0.2, 10), ("firmware", "grace_s"): (0, 10),
-    ("firmware", "reply_timeout_s"): (0.05, 5), ("safety", "heartbeat_s"): (0.05, 5),
-    ("service", "log_queue"): (100, 1_000_000), ("panel", "lock_after_s"): (0, 86400),
-    ("lamp", "cooldown_s"): (0, 3600), ("lamp", "rest_window_s"): (0, 86400), ("lamp", "bulb_life_h"): (1, 100_000),
+    ("firmware", "watchdog_s"): (0.2, 10),
+    ("firmware", "grace_s"): (0, 10),
+    ("firmware", "reply_timeout_s"): (0.05, 5),
+    ("safety", "heartbeat_s"): (0.05, 5),
+    ("service", "log_queue"): (100, 1_000_000),
+    ("panel", "lock_after_s"): (0, 86400),
+    ("lamp", "cooldown_s"): (0, 3600),
+    ("lamp", "rest_window_s"): (0, 86400),
+    ("lamp", "bulb_life_h"): (1, 100_000),
     ("lamp", "max_minutes"): (1, 60),
 }
 KNOWN = {
@@ -32,18 +38,38 @@ KNOWN = {
     "safety": ["estop_pin", "heartbeat_s", "indicator_pin"],
     "firmware": ["port", "watchdog_s", "grace_s", "reply_timeout_s"],
     "panel": ["lock_after_s"],
-    "lamp": ["id", "name", "relay_pin", "active_high", "max_minutes", "default_minutes", "presets", "cooldown_s",
-             "feedback_pin", "bulb_life_h", "rest_window_s", "buzzer_pin", "indicator_pin"],
+    "lamp": [
+        "id",
+        "name",
+        "relay_pin",
+        "active_high",
+        "max_minutes",
+        "default_minutes",
+        "presets",
+        "cooldown_s",
+        "feedback_pin",
+        "bulb_life_h",
+        "rest_window_s",
+        "buzzer_pin",
+        "indicator_pin",
+    ],
 }
 
 numbers = st.one_of(
-    st.floats(min_value=0, max_value=100), st.integers(min_value=-5, max_value=100), st.floats(), st.integers(),
-    st.sampled_from([0, 0.05, 0.1, 0.2, 1, 2.5, 5, 10, 60, 61, 3600, 86400, 1e9, -0.0, math.nan, math.inf, -math.inf,
-                     10**400]),
+    st.floats(min_value=0, max_value=100),
+    st.integers(min_value=-5, max_value=100),
+    st.floats(),
+    st.integers(),
+    st.sampled_from(
+        [0, 0.05, 0.1, 0.2, 1, 2.5, 5, 10, 60, 61, 3600, 86400, 1e9, -0.0, math.nan, math.inf, -math.inf, 10**400]
+    ),
 )
 scalars = st.one_of(numbers, st.booleans(), st.text(max_size=12), st.dates(), st.datetimes(), st.times())
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                            max_size=3), max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -148,8 +174,7 @@ def test_s14_any_toml_document_gives_config_or_config_error(doc):
 
 
 @PROPS
-@given(st.binary(max_size=300) | st.text(alphabet="[]{}=\".,:#\n 0123456789aefilnrstux-_", max_size=200)
-       .map(str.encode))
+@given(st.binary(max_size=300) | st.text(alphabet='[]{}=".,:#\n 0123456789aefilnrstux-_', max_size=200).map(str.encode))
 def test_s14_any_bytes_give_config_or_config_error(raw):
     accepted(raw)
 
@@ -167,7 +192,7 @@ def test_s14_every_accepted_config_keeps_the_documented_ranges(doc):
         return
     tables = {"service": cfg.service, "safety": cfg.safety, "firmware": cfg.firmware, "panel": cfg.panel}
     for (table, key), (low, high) in DOCUMENTED.items():
-        for owner in (cfg.lamps if table == "lamp" else [tables[table]]):
+        for owner in cfg.lamps if table == "lamp" else [tables[table]]:
             if owner is None:
                 continue
             value = getattr(owner, key)
@@ -196,12 +221,16 @@ def test_config_schema_each_row_accepts_its_documented_range_and_refuses_the_res
     row = _row(*where)
     reader = config_mod._Reader(PATH)
     integer = row.kind == "int"
-    inside = data.draw(st.integers(low + 1, high - 1) if integer else
-                       st.floats(low, high, exclude_min=True, exclude_max=True))
+    inside = data.draw(
+        st.integers(low + 1, high - 1) if integer else st.floats(low, high, exclude_min=True, exclude_max=True)
+    )
     assert reader.value(row.name, row, inside) == inside
-    outside = data.draw(st.integers(max_value=low - 1) | st.integers(min_value=high + 1) if integer else
-                        st.floats(max_value=low, exclude_max=True, allow_infinity=False) |
-                        st.floats(min_value=high, exclude_min=True, allow_infinity=False))
+    outside = data.draw(
+        st.integers(max_value=low - 1) | st.integers(min_value=high + 1)
+        if integer
+        else st.floats(max_value=low, exclude_max=True, allow_infinity=False)
+        | st.floats(min_value=high, exclude_min=True, allow_infinity=False)
+    )
     try:
         reader.value(row.name, row, outside)
     except config_mod.ConfigError as exc:

@@ -1,4 +1,5 @@
 """The settings schema: one row per key drives the parser; checks across keys and layers refuse with a sentence."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,9 +17,14 @@ from tests.test_config import FULL_CONFIG
 
 # Where each row's value lands in the parsed Config, for the rows whose attribute is not the key itself.
 NOT_THE_KEY = {"service.bind": None, "service.database": None, "mqtt.url": None}
-OWNERS = {"service": config_mod.ServiceConfig, "safety": config_mod.SafetyConfig,
-          "firmware": config_mod.FirmwareConfig, "panel": config_mod.PanelConfig, "lamps[]": config_mod.LampConfig,
-          "mqtt": MqttConfig}
+OWNERS = {
+    "service": config_mod.ServiceConfig,
+    "safety": config_mod.SafetyConfig,
+    "firmware": config_mod.FirmwareConfig,
+    "panel": config_mod.PanelConfig,
+    "lamps[]": config_mod.LampConfig,
+    "mqtt": MqttConfig,
+}
 
 
 def _toml(value) -> str:
@@ -33,24 +39,42 @@ def _toml(value) -> str:
 
 def every_row_set_to_its_default(tmp_path: Path) -> Path:
     """A config naming every key of the schema: each at its default, a required one at a valid value."""
-    given = {"firmware.port": '"loop://"', "mqtt.url": '"mqtt://broker.local"', "lamps[].id": '"room1"',
-             "lamps[].relay_pin": "17", "lamps[].name": '"Room 1"', "mqtt.node": '"room-a"',
-             "mqtt.username": '"pi"', "mqtt.password_file": '"mqtt.pw"', "safety.estop_pin": "27",
-             "safety.indicator_pin": "5", "lamps[].feedback_pin": "22", "lamps[].buzzer_pin": "23",
-             "lamps[].indicator_pin": "24"}
+    given = {
+        "firmware.port": '"loop://"',
+        "mqtt.url": '"mqtt://broker.local"',
+        "lamps[].id": '"room1"',
+        "lamps[].relay_pin": "17",
+        "lamps[].name": '"Room 1"',
+        "mqtt.node": '"room-a"',
+        "mqtt.username": '"pi"',
+        "mqtt.password_file": '"mqtt.pw"',
+        "safety.estop_pin": "27",
+        "safety.indicator_pin": "5",
+        "lamps[].feedback_pin": "22",
+        "lamps[].buzzer_pin": "23",
+        "lamps[].indicator_pin": "24",
+    }
     tables: dict[str, list[str]] = {}
     for row in config_mod.SETTINGS:
         value = given.get(row.name) or _toml(row.default)
         tables.setdefault(row.table, []).append(f"{row.key} = {value}")
     (tmp_path / "mqtt.pw").write_text("secret\n")
-    text = "".join(f"\n[{'[lamps]' if t == 'lamps[]' else t}]\n" + "\n".join(lines) + "\n" for t, lines in tables.items())
+    text = "".join(
+        f"\n[{'[lamps]' if t == 'lamps[]' else t}]\n" + "\n".join(lines) + "\n" for t, lines in tables.items()
+    )
     return write_config(tmp_path, text)
 
 
 def test_config_schema_every_row_is_read_and_its_default_parses_back_to_itself(tmp_path):
     cfg = config_mod.load(every_row_set_to_its_default(tmp_path))
-    owners = {"service": cfg.service, "safety": cfg.safety, "firmware": cfg.firmware, "panel": cfg.panel,
-              "lamps[]": cfg.lamps[0], "mqtt": cfg.mqtt}
+    owners = {
+        "service": cfg.service,
+        "safety": cfg.safety,
+        "firmware": cfg.firmware,
+        "panel": cfg.panel,
+        "lamps[]": cfg.lamps[0],
+        "mqtt": cfg.mqtt,
+    }
     checked = 0
     for row in config_mod.SETTINGS:
         if row.default in (None, config_mod.REQUIRED) or row.name in NOT_THE_KEY:
@@ -68,8 +92,11 @@ def test_config_schema_dataclass_defaults_are_the_rows_defaults():
     compared = []
     for row in config_mod.SETTINGS:
         fields = {f.name: f for f in dataclasses.fields(OWNERS[row.table])}
-        if row.key in fields and fields[row.key].default is not dataclasses.MISSING and row.default is not \
-                config_mod.REQUIRED:
+        if (
+            row.key in fields
+            and fields[row.key].default is not dataclasses.MISSING
+            and row.default is not config_mod.REQUIRED
+        ):
             expected = Path(row.default) if row.name == "service.database" else row.default
             assert fields[row.key].default == expected, row.name
             compared.append(row.name)
@@ -108,12 +135,19 @@ def test_config_schema_the_backstop_check_refuses_what_the_firmware_could_not_ar
     # grace_s's range keeps every session armable today; the cross-layer check still holds it if the range
     # were ever widened beyond what MAX_ARM_MS leaves.
     lamp = config_mod.LampConfig(id="room1", name="Room 1", relay_pin=17, max_minutes=60)
-    cfg = config_mod.Config(path=Path("c.toml"), service=config_mod.ServiceConfig(), safety=config_mod.SafetyConfig(),
-                            firmware=config_mod.FirmwareConfig(grace_s=60), lamps=(lamp,))
+    cfg = config_mod.Config(
+        path=Path("c.toml"),
+        service=config_mod.ServiceConfig(),
+        safety=config_mod.SafetyConfig(),
+        firmware=config_mod.FirmwareConfig(grace_s=60),
+        lamps=(lamp,),
+    )
     key, problem = config_mod._s14_check_backstop_fits(cfg)
     assert key == "firmware.grace_s" and "lamps[0].max_minutes = 60" in problem and "at most 10" in problem
-    assert config_mod._s14_check_backstop_fits(dataclasses.replace(cfg, firmware=config_mod.FirmwareConfig(grace_s=10))) \
+    assert (
+        config_mod._s14_check_backstop_fits(dataclasses.replace(cfg, firmware=config_mod.FirmwareConfig(grace_s=10)))
         is None
+    )
     wide = dataclasses.replace(config_mod.setting("firmware.grace_s"), range=config_mod.Range(0, 60))
     monkeypatch.setattr(config_mod, "SETTINGS", tuple(wide if r.name == wide.name else r for r in config_mod.SETTINGS))
     text = FULL_CONFIG.replace("max_minutes = 30", "max_minutes = 60").replace("grace_s = 0.1", "grace_s = 60")
@@ -123,27 +157,44 @@ def test_config_schema_the_backstop_check_refuses_what_the_firmware_could_not_ar
 
 # (lines of FULL_CONFIG replaced, the key the refusal names, its words): one case per check across keys.
 ACROSS_KEYS = [
-    ({"grace_s = 0.1": "grace_s = 11"}, "firmware.grace_s",
-     "must be from 0 to 10 (the firmware arms a lamp for at most 3970 s: a 60-minute session x 1.10 and 10 s more), "
-     "got 11"),
-    ({"heartbeat_s = 1.0": "heartbeat_s = 1.6"}, "safety.heartbeat_s",
-     "must be under half of firmware.watchdog_s (1.5), got 1.6"),
-    ({"watchdog_s = 3.0": "watchdog_s = 0.5", "heartbeat_s = 1.0": "heartbeat_s = 0.25"}, "safety.heartbeat_s",
-     "must be under half of firmware.watchdog_s (0.25), got 0.25"),
+    (
+        {"grace_s = 0.1": "grace_s = 11"},
+        "firmware.grace_s",
+        "must be from 0 to 10 (the firmware arms a lamp for at most 3970 s: a 60-minute session x 1.10 and 10 s more), "
+        "got 11",
+    ),
+    (
+        {"heartbeat_s = 1.0": "heartbeat_s = 1.6"},
+        "safety.heartbeat_s",
+        "must be under half of firmware.watchdog_s (1.5), got 1.6",
+    ),
+    (
+        {"watchdog_s = 3.0": "watchdog_s = 0.5", "heartbeat_s = 1.0": "heartbeat_s = 0.25"},
+        "safety.heartbeat_s",
+        "must be under half of firmware.watchdog_s (0.25), got 0.25",
+    ),
     ({"default_minutes = 20": "default_minutes = 31"}, "lamps[0].default_minutes", "31 is above max_minutes 30"),
     ({"presets = [10, 15, 20, 30]": "presets = [10, 45]"}, "lamps[0].presets", "45 is above max_minutes 30"),
     ({"max_minutes = 30": "max_minutes = 12"}, "lamps[0].default_minutes", "20 is above max_minutes 12"),
     ({"buzzer_pin = 23": "buzzer_pin = 27"}, "lamps[0].buzzer_pin", "pin 27 is already used by safety.estop_pin"),
-    ({"id = \"room2\"": "id = \"room1\""}, "lamps[1].id", "duplicate lamp id 'room1'"),
-    ({"cooldown_s = 0": "colour = 3"}, "lamps[0].colour", "unknown key (allowed: active_high, bulb_life_h, buzzer_pin,"),
-    ({"relay_pin = 18": "relay_pin = 18\nmax_minutes = 61"}, "lamps[1].max_minutes",
-     "must be from 1 to 60 (the hard ceiling), got 61"),
+    ({'id = "room2"': 'id = "room1"'}, "lamps[1].id", "duplicate lamp id 'room1'"),
+    (
+        {"cooldown_s = 0": "colour = 3"},
+        "lamps[0].colour",
+        "unknown key (allowed: active_high, bulb_life_h, buzzer_pin,",
+    ),
+    (
+        {"relay_pin = 18": "relay_pin = 18\nmax_minutes = 61"},
+        "lamps[1].max_minutes",
+        "must be from 1 to 60 (the hard ceiling), got 61",
+    ),
 ]
 
 
 @pytest.mark.parametrize("changes, key, words", ACROSS_KEYS, ids=[c[1] + ":" + c[2][:24] for c in ACROSS_KEYS])
-def test_config_schema_each_check_refuses_with_one_sentence_naming_key_value_and_limit(tmp_path, capsys, changes,
-                                                                                       key, words):
+def test_config_schema_each_check_refuses_with_one_sentence_naming_key_value_and_limit(
+    tmp_path, capsys, changes, key, words
+):
     text = FULL_CONFIG
     for old, new in changes.items():
         assert "\n" + old + "\n" in text

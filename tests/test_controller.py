@@ -1,4 +1,5 @@
 """The lamp state machine on a fake clock and mock pins: S2, S3, S5, S6, S8 and thread safety."""
+
 from __future__ import annotations
 
 import threading
@@ -143,8 +144,13 @@ DURATIONS = [
     ("a string of digits", "10", "minutes", None, ("bad-duration", "greater than 0, got '10'.")),
     ("not a number", float("nan"), "seconds", None, ("bad-duration", "greater than 0, got nan.")),
     ("infinity", float("inf"), "seconds", None, ("bad-duration", "greater than 0, got inf.")),
-    ("an integer of 400 digits", int("9" * 400), "minutes", None,
-     ("too-long", "greater than 0, got a number of 400 digits, far longer than any limit.")),
+    (
+        "an integer of 400 digits",
+        int("9" * 400),
+        "minutes",
+        None,
+        ("too-long", "greater than 0, got a number of 400 digits, far longer than any limit."),
+    ),
     ("finite, but not in seconds", 1e308, "minutes", None, ("too-long", "got 1e+308, far longer than any limit.")),
     ("past the limit, shown as a duration", 1801, "seconds", 1800, ("too-long", "at most 30 min, got 30 min 1 s.")),
     ("days past their limit", 36501, "days", 36500 * 86400, ("too-long", "at most 30 min, got 36501.")),
@@ -347,12 +353,16 @@ class HeldUpBackstop(FakeBackstop):
         return None if self.silence_cut is None else self.armed_at + self.silence_cut
 
 
-@pytest.mark.parametrize("held_s, silence_cut, why", [
-    (0.431, None, "the firmware's own timer ran out (0.3 s x 1.1 + 0.1 s = 430 ms)"),
-    (0.2, 0.15, "the host's silence let the firmware's watchdog cut"),
-])
-def test_s7_s12_start_refused_when_its_arm_ran_out_before_the_relay(cfg, relays, clock, usage_log, factory,
-                                                                     held_s, silence_cut, why):
+@pytest.mark.parametrize(
+    "held_s, silence_cut, why",
+    [
+        (0.431, None, "the firmware's own timer ran out (0.3 s x 1.1 + 0.1 s = 430 ms)"),
+        (0.2, 0.15, "the host's silence let the firmware's watchdog cut"),
+    ],
+)
+def test_s7_s12_start_refused_when_its_arm_ran_out_before_the_relay(
+    cfg, relays, clock, usage_log, factory, held_s, silence_cut, why
+):
     backstop = HeldUpBackstop(clock, held_s, silence_cut)
     ctl = SessionController(cfg.lamps, relays, clock, usage_log, backstop=backstop)
     with pytest.raises(Unavailable, match="firmware arm ran out"):

@@ -1,4 +1,5 @@
 """Records tell what happened (S13), latches survive restarts (S17), a patient's budget is not re-triggered (S18)."""
+
 from __future__ import annotations
 
 import threading
@@ -70,9 +71,12 @@ def test_s13_firmware_cut_while_host_stalled_ends_firmware(cfg, relays, clock, u
     ctl.start("room1", 600, "ann")
     backstop.cut = t0 + 660.2  # the firmware's own timer ran out while the host was frozen
     clock.advance(2.3 * 600)
-    {"deadline": ctl.tick, "stop": lambda: ctl.stop("room1", "ann"),
-     "fault": lambda: ctl.fault("firmware link lost", running_only=True),
-     "shutdown": lambda: ctl.shutdown("SIGTERM received")}[how]()
+    {
+        "deadline": ctl.tick,
+        "stop": lambda: ctl.stop("room1", "ann"),
+        "fault": lambda: ctl.fault("firmware link lost", running_only=True),
+        "shutdown": lambda: ctl.shutdown("SIGTERM received"),
+    }[how]()
     [row] = rows(usage_log)
     assert row["end_reason"] == "firmware" and row["actual_s"] == pytest.approx(660.2)
     assert row["ended_at"] == "2026-01-05T09:11:00.200Z"
@@ -218,8 +222,10 @@ def test_s17_latched_faults_survive_a_restart(cfg, relays, clock, usage_log, fac
     assert pin_history(factory, 17) == [False, True, False]
 
 
-@pytest.mark.xfail(strict=True, reason="S17 gap: a latch is queued like any record, so a power cut "
-                   "before the writer commits it loses it")
+@pytest.mark.xfail(
+    strict=True,
+    reason="S17 gap: a latch is queued like any record, so a power cut before the writer commits it loses it",
+)
 def test_s17_gap_latch_is_on_disk_when_the_fault_returns(cfg, relays, clock):
     from lampctl.storage.db import connect
     from lampctl.storage.store import UsageLog

@@ -1,4 +1,5 @@
 """A Stop always wins: relay first and unlocked (S10), cancels a start in flight (S11), the firmware's last word is OFF (S12)."""
+
 from __future__ import annotations
 
 import threading
@@ -110,8 +111,12 @@ def test_s10_stop_turns_relay_off_before_taking_the_lock(controller, factory, ac
     holder = threading.Thread(target=hold_lock, daemon=True)
     holder.start()
     assert held.wait(5)
-    calls = {"stop": (controller.stop, "room1", "ann"), "stop_all": (controller.stop_all, "ann"),
-             "estop": (controller.estop, "ann"), "fault": (controller.fault, "link lost")}
+    calls = {
+        "stop": (controller.stop, "room1", "ann"),
+        "stop_all": (controller.stop_all, "ann"),
+        "estop": (controller.estop, "ann"),
+        "fault": (controller.fault, "link lost"),
+    }
     fn, *args = calls[action]
     stopper = Call(fn, *args)
     try:
@@ -336,4 +341,7 @@ def test_s19_stop_says_what_it_did(gated, clock, usage_log):
     assert ctl.stop("room1", "bob").result == "ended"
     usage_log.flush(5)
     assert [e["why"] for e in usage_log.events() if e["lamp_id"] == "room1" and e["who"] == "bob"][::-1] == [
-        "stop: the lamp was already off", "start cancelled by stop", "stopped: stopped by user"]
+        "stop: the lamp was already off",
+        "start cancelled by stop",
+        "stopped: stopped by user",
+    ]

@@ -1,4 +1,5 @@
 """A damaged, newer or misplaced database or key file: `lampctl serve` says what is wrong and what to do."""
+
 import os
 import sqlite3
 
@@ -33,13 +34,17 @@ def _key_not_text(var):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("damage", "says"), [
-    (_random_bytes, ["is damaged or is not a lampctl database", "lampctl restore FILE"]),
-    (_truncated, ["is damaged or is not a lampctl database", "lampctl restore FILE"]),
-    (_newer_schema, ["schema version 99", "Upgrade lampctl"]),
-    (_a_folder, ["cannot be opened", "not a folder"]),
-    (_key_not_text, ["secret.key is not a key file", "remove it"]),
-], ids=["random-bytes", "truncated", "schema-99", "a-folder", "key-not-text"])
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (_random_bytes, ["is damaged or is not a lampctl database", "lampctl restore FILE"]),
+        (_truncated, ["is damaged or is not a lampctl database", "lampctl restore FILE"]),
+        (_newer_schema, ["schema version 99", "Upgrade lampctl"]),
+        (_a_folder, ["cannot be opened", "not a folder"]),
+        (_key_not_text, ["secret.key is not a key file", "remove it"]),
+    ],
+    ids=["random-bytes", "truncated", "schema-99", "a-folder", "key-not-text"],
+)
 def test_serve_on_a_damaged_file_says_what_is_wrong_and_what_to_do(tmp_path, damage, says):
     config = service_config(tmp_path, TWO_LAMPS)
     (tmp_path / "var").mkdir()

@@ -1,4 +1,5 @@
 """demo.sh's own checks, run as the script runs them."""
+
 import re
 import socket
 import subprocess
@@ -31,8 +32,9 @@ def _port_in_time_wait() -> int:
 
 def test_demo_port_check_takes_a_port_the_stopped_demo_left_in_time_wait():
     port = _port_in_time_wait()
-    check = subprocess.run([sys.executable, "-", "127.0.0.1", str(port)], input=_port_check(), text=True,
-                           capture_output=True, timeout=30)
+    check = subprocess.run(
+        [sys.executable, "-", "127.0.0.1", str(port)], input=_port_check(), text=True, capture_output=True, timeout=30
+    )
     assert check.returncode == 0, "demo.sh would refuse a port its previous run has just let go"
 
 
@@ -40,6 +42,11 @@ def test_demo_port_check_still_refuses_a_port_in_use():
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        check = subprocess.run([sys.executable, "-", "127.0.0.1", str(listener.getsockname()[1])],
-                               input=_port_check(), text=True, capture_output=True, timeout=30)
+        check = subprocess.run(
+            [sys.executable, "-", "127.0.0.1", str(listener.getsockname()[1])],
+            input=_port_check(),
+            text=True,
+            capture_output=True,
+            timeout=30,
+        )
     assert check.returncode == 1

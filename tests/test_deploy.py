@@ -1,4 +1,5 @@
 """deploy/: install.sh into a prefix, the systemd units (systemd-analyze verify), the udev rule, sd_notify."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,13 @@ UNITS = ("lampctl.service", "lampctl-backup.service", "lampctl-backup.timer")
 
 
 def install(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(INSTALL), "--root", str(root), "--no-venv", *args],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ["bash", str(INSTALL), "--root", str(root), "--no-venv", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def unit_entries(path: Path) -> dict[str, list[str]]:
@@ -57,7 +63,7 @@ def test_deploy_install_root_lays_out_a_pi(tmp_path):
     assert os.access(wrapper, os.X_OK)
     assert "LAMPCTL_CONFIG:=/etc/lampctl/config.toml" in wrapper.read_text()
     assert "exec /opt/lampctl/bin/lampctl" in wrapper.read_text()
-    assert not (tmp_path / "opt/lampctl/bin").exists()     # --no-venv
+    assert not (tmp_path / "opt/lampctl/bin").exists()  # --no-venv
 
 
 def test_deploy_config_template_is_valid_for_a_pi(tmp_path):
@@ -119,8 +125,13 @@ def _verify_inside(root: Path, units_dir: Path) -> subprocess.CompletedProcess:
         for path in ("/opt/lampctl", "/var/lib/lampctl", "/etc/lampctl"):
             text = text.replace(path, f"{root}{path}")
         (checked / unit).write_text(text)
-    return subprocess.run(["systemd-analyze", "verify", "--man=no", *[str(checked / u) for u in UNITS]],
-                          capture_output=True, text=True, timeout=60, cwd=checked)
+    return subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *[str(checked / u) for u in UNITS]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=checked,
+    )
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
@@ -133,7 +144,7 @@ def test_deploy_units_pass_systemd_analyze_verify(tmp_path):
     fake.chmod(0o755)
     proc = _verify_inside(tmp_path, tmp_path / "etc/systemd/system")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""        # unknown keys are only warnings: none allowed
+    assert proc.stderr == ""  # unknown keys are only warnings: none allowed
     # The check has teeth: without the program, verify refuses the unit.
     fake.unlink()
     assert _verify_inside(tmp_path, tmp_path / "etc/systemd/system").returncode != 0
@@ -142,10 +153,16 @@ def test_deploy_units_pass_systemd_analyze_verify(tmp_path):
 def test_deploy_service_unit_declares_the_contract():
     unit = unit_entries(ROOT / "deploy/lampctl.service")
     expected = {
-        "Service.Type": ["notify"], "Service.WatchdogSec": ["5"], "Service.Restart": ["on-failure"],
-        "Service.User": ["lampctl"], "Service.NoNewPrivileges": ["yes"], "Service.ProtectSystem": ["strict"],
-        "Service.ReadWritePaths": ["/var/lib/lampctl"], "Service.PrivateTmp": ["yes"],
-        "Service.ProtectHome": ["yes"], "Service.DevicePolicy": ["closed"],
+        "Service.Type": ["notify"],
+        "Service.WatchdogSec": ["5"],
+        "Service.Restart": ["on-failure"],
+        "Service.User": ["lampctl"],
+        "Service.NoNewPrivileges": ["yes"],
+        "Service.ProtectSystem": ["strict"],
+        "Service.ReadWritePaths": ["/var/lib/lampctl"],
+        "Service.PrivateTmp": ["yes"],
+        "Service.ProtectHome": ["yes"],
+        "Service.DevicePolicy": ["closed"],
         "Service.ExecStart": ["/opt/lampctl/bin/lampctl serve"],
         "Service.WorkingDirectory": ["/var/lib/lampctl"],
     }
@@ -154,7 +171,7 @@ def test_deploy_service_unit_declares_the_contract():
     assert "Unit.StartLimitBurst" in unit and "Unit.StartLimitIntervalSec" in unit
     assert sorted(unit["Service.DeviceAllow"]) == ["char-gpiochip rw", "char-ttyACM rw"]
     assert "LAMPCTL_CONFIG=/etc/lampctl/config.toml" in unit["Service.Environment"]
-    assert "Service.PrivateDevices" not in unit     # it would hide /dev/gpiochip*
+    assert "Service.PrivateDevices" not in unit  # it would hide /dev/gpiochip*
 
 
 def test_deploy_backup_timer_runs_the_backup_nightly():
@@ -168,8 +185,13 @@ def test_deploy_backup_timer_runs_the_backup_nightly():
 def test_deploy_udev_rule_names_the_pico_and_keeps_modemmanager_away():
     rule = (ROOT / "deploy/99-lampctl-pico.rules").read_text()
     line = next(l for l in rule.splitlines() if l and not l.startswith("#"))
-    for part in ('SUBSYSTEM=="tty"', 'ATTRS{idVendor}=="2e8a"', 'SYMLINK+="lampctl-pico"',
-                 'ENV{ID_MM_DEVICE_IGNORE}="1"', 'GROUP="dialout"'):
+    for part in (
+        'SUBSYSTEM=="tty"',
+        'ATTRS{idVendor}=="2e8a"',
+        'SYMLINK+="lampctl-pico"',
+        'ENV{ID_MM_DEVICE_IGNORE}="1"',
+        'GROUP="dialout"',
+    ):
         assert part in line
 
 
@@ -222,13 +244,18 @@ def test_deploy_serve_sends_ready_once_the_panel_answers_then_watchdog_pings(tmp
 def test_deploy_install_default_makes_a_venv_that_sees_system_packages(tmp_path):
     # Off a Pi the lock is refused (test_deploy_install_off_a_pi_...); the venv is the same.
     unpinned = [] if os.uname().machine in PI_MACHINES else ["--unpinned"]
-    proc = subprocess.run(["bash", str(INSTALL), "--root", str(tmp_path), *unpinned], capture_output=True, text=True,
-                          timeout=580, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        ["bash", str(INSTALL), "--root", str(tmp_path), *unpinned],
+        capture_output=True,
+        text=True,
+        timeout=580,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     venv = tmp_path / "opt/lampctl"
     # Debian's python3-lgpio lives in the system site-packages: the venv must see them.
     assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
-    assert os.access(venv / "bin/mpremote", os.X_OK)        # for `lampctl firmware flash`
+    assert os.access(venv / "bin/mpremote", os.X_OK)  # for `lampctl firmware flash`
     help_text = subprocess.run([str(venv / "bin/lampctl"), "--help"], capture_output=True, text=True, timeout=60)
     assert help_text.returncode == 0 and "serve" in help_text.stdout
 
@@ -250,14 +277,20 @@ def _staged_install(tmp_path: Path, machine: str, *args: str) -> tuple[subproces
     """install.sh --root with a venv, on a machine whose `uname -m` says `machine`; the calls of its python."""
     fake = tmp_path / "fake"
     fake.mkdir()
-    (fake / "uname").write_text(f"#!/bin/sh\n[ \"$1\" = -m ] && echo {machine} || exec /bin/uname \"$@\"\n")
+    (fake / "uname").write_text(f'#!/bin/sh\n[ "$1" = -m ] && echo {machine} || exec /bin/uname "$@"\n')
     (fake / "python3").write_text(RECORDING_PYTHON)
     for tool in ("uname", "python3"):
         (fake / tool).chmod(0o755)
     log = tmp_path / "python-calls"
     env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PYTHON": str(fake / "python3"), "PIP_LOG": str(log)}
-    proc = subprocess.run(["bash", str(INSTALL), "--root", str(tmp_path / "root"), *args], capture_output=True,
-                          text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
+    proc = subprocess.run(
+        ["bash", str(INSTALL), "--root", str(tmp_path / "root"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
     return proc, log.read_text().splitlines() if log.exists() else []
 
 
@@ -277,7 +310,9 @@ def test_deploy_install_off_a_pi_refuses_the_lock_in_one_sentence_and_writes_not
     proc, calls = _staged_install(tmp_path, "x86_64")
     assert proc.returncode == 2 and calls == [] and not (tmp_path / "root").exists()
     [line] = proc.stderr.splitlines()
-    assert line.startswith("install.sh: deploy/requirements-pi.txt is locked for a Raspberry Pi") and "--unpinned" in line
+    assert (
+        line.startswith("install.sh: deploy/requirements-pi.txt is locked for a Raspberry Pi") and "--unpinned" in line
+    )
 
 
 def test_deploy_install_unpinned_installs_the_newest_allowed_versions_and_says_so(tmp_path):
@@ -291,8 +326,10 @@ def test_deploy_install_unpinned_installs_the_newest_allowed_versions_and_says_s
 def test_s1_maintenance_commands_import_nothing_slow():
     # cli.py declares these subcommands before `serve` claims the relays, so importing them
     # must not pull in the store (werkzeug), pyserial, Flask or gpiozero.
-    code = ("import sys, lampctl.tools.backup, lampctl.tools.doctor, lampctl.tools.firmware, lampctl.platform.clocksync; "
-            "print(' '.join(m for m in ('lampctl.storage.store', 'werkzeug', 'serial', 'flask', 'gpiozero') if m in sys.modules))")
+    code = (
+        "import sys, lampctl.tools.backup, lampctl.tools.doctor, lampctl.tools.firmware, lampctl.platform.clocksync; "
+        "print(' '.join(m for m in ('lampctl.storage.store', 'werkzeug', 'serial', 'flask', 'gpiozero') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""

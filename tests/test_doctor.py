@@ -1,4 +1,5 @@
 """lampctl doctor against the simulated microcontroller: a good install, mismatches, and the click test."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ from tests.procs import Simulator, free_port
 pytestmark = pytest.mark.integration
 
 
-def doctor_config(tmp_path: Path, sim_port: int, *, lamps: int = 2, port: int | None = None,
-                  factory: str = "mock") -> Path:
+def doctor_config(
+    tmp_path: Path, sim_port: int, *, lamps: int = 2, port: int | None = None, factory: str = "mock"
+) -> Path:
     (tmp_path / "var").mkdir(exist_ok=True)
     text = textwrap.dedent(f"""
         [service]
@@ -63,7 +65,13 @@ def test_doctor_good_install_exits_0(tmp_path, simulator, capsys):
     rc, checks = run(doctor_config(tmp_path, simulator.port), capsys)
     assert rc == 0
     assert {name: status for name, (status, _) in checks.items()} == {
-        "config": "OK", "port": "OK", "database": "OK", "clock": "OK", "firmware": "OK", "pins": "WARN"}
+        "config": "OK",
+        "port": "OK",
+        "database": "OK",
+        "clock": "OK",
+        "firmware": "OK",
+        "pins": "WARN",
+    }
     assert "2 lamp(s), watchdog 1000 ms" in checks["firmware"][1]
     assert "simulated pins" in checks["pins"][1]
 
@@ -91,7 +99,7 @@ def test_doctor_busy_port_skips_the_hardware(tmp_path, simulator, capsys):
     assert rc == 1
     assert checks["port"][0] == "FAIL" and "sudo systemctl stop lampctl" in checks["port"][1]
     assert checks["firmware"][0] == checks["pins"][0] == "SKIP"
-    assert simulator.lines == [l for l in simulator.lines if l["why"] == "boot"]   # nobody talked to it
+    assert simulator.lines == [l for l in simulator.lines if l["why"] == "boot"]  # nobody talked to it
 
 
 def test_doctor_missing_data_directory_fails(tmp_path, simulator, capsys):
@@ -127,8 +135,7 @@ def test_doctor_click_reads_feedback_and_arms_the_firmware(tmp_path, simulator, 
 
 
 def test_doctor_click_feedback_that_never_comes_fails(tmp_path, simulator, capsys):
-    rc, checks = run(doctor_config(tmp_path, simulator.port), capsys, click=True, click_s=0.05,
-                     wire_feedback=False)
+    rc, checks = run(doctor_config(tmp_path, simulator.port), capsys, click=True, click_s=0.05, wire_feedback=False)
     assert rc == 1
     assert checks["click room1"][0] == "FAIL" and "stayed off" in checks["click room1"][1]
     simulator.wait_line(5, lamp=1, on=False, why="off")

@@ -1,4 +1,5 @@
 """lampctl firmware check (against the simulator process) and flash (files, generated settings, mpremote)."""
+
 from __future__ import annotations
 
 import ast
@@ -47,7 +48,10 @@ def test_firmware_check_matching_config_exits_0(tmp_path, simulator, capsys):
     config = fw_config(tmp_path, f"socket://127.0.0.1:{simulator.port}")
     assert cli.main(["firmware", "check", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert f"firmware {FIRMWARE_VERSION} on socket://127.0.0.1:{simulator.port}: protocol 1, 2 lamp(s), watchdog 1000 ms" in out
+    assert (
+        f"firmware {FIRMWARE_VERSION} on socket://127.0.0.1:{simulator.port}: protocol 1, 2 lamp(s), watchdog 1000 ms"
+        in out
+    )
     assert "OK: the firmware matches" in out
 
 
@@ -99,15 +103,21 @@ def test_firmware_flash_dry_run_lists_the_board_files(tmp_path, capsys):
     out = _dry_run(fw_config(tmp_path, "/dev/lampctl-pico"), capsys=capsys)
     copied = [line.split()[2] for line in out.splitlines() if line.startswith("would copy")]
     # The layout main.py imports: `from firmware_bridge.firmware.logic import Firmware`.
-    assert copied == [":firmware_bridge/__init__.py", ":firmware_bridge/protocol.py",
-                      ":firmware_bridge/firmware/__init__.py", ":firmware_bridge/firmware/logic.py",
-                      ":main.py", ":settings.py"]
+    assert copied == [
+        ":firmware_bridge/__init__.py",
+        ":firmware_bridge/protocol.py",
+        ":firmware_bridge/firmware/__init__.py",
+        ":firmware_bridge/firmware/logic.py",
+        ":main.py",
+        ":settings.py",
+    ]
     assert "mpremote connect /dev/lampctl-pico fs cp -r STAGE/firmware_bridge : +" in out
 
 
 def test_firmware_flash_settings_are_python_with_the_configs_pins_and_watchdog(tmp_path):
-    cfg = config_mod.load(fw_config(tmp_path, "/dev/lampctl-pico", lamps=3, watchdog_s=2.5,
-                                    extra_lamp="active_high = false"))
+    cfg = config_mod.load(
+        fw_config(tmp_path, "/dev/lampctl-pico", lamps=3, watchdog_s=2.5, extra_lamp="active_high = false")
+    )
     files = dict(board_files(cfg, pico_pins(cfg, (6, 7, 8)), active_high=False))
     namespace: dict = {}
     exec(compile(files["settings.py"], "settings.py", "exec"), namespace)
@@ -116,9 +126,13 @@ def test_firmware_flash_settings_are_python_with_the_configs_pins_and_watchdog(t
     assert namespace["WATCHDOG_MS"] == 2500
     # main.py does not read settings.py yet, so its own constants carry the same values.
     main = ast.parse(files["main.py"])
-    constants = {node.targets[0].id: ast.literal_eval(node.value) for node in main.body
-                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-                 and node.targets[0].id in ("RELAY_PINS", "ACTIVE_HIGH", "WATCHDOG_MS")}
+    constants = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in main.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id in ("RELAY_PINS", "ACTIVE_HIGH", "WATCHDOG_MS")
+    }
     assert constants == {"RELAY_PINS": (6, 7, 8), "ACTIVE_HIGH": False, "WATCHDOG_MS": 2500}
     assert files["firmware_bridge/protocol.py"] == Path(protocol.__file__).read_text()
 
@@ -154,8 +168,9 @@ def test_firmware_flash_default_pins_follow_the_wiring_guide(tmp_path, capsys):
     assert "RELAY_PINS = (2, 3)\n" in out and "WATCHDOG_MS = 1000\n" in out and "ACTIVE_HIGH = True\n" in out
 
 
-@pytest.mark.parametrize("pins, words", [("2", "1 Pico pin(s) given for 2"), ("2,22", "GP22"),
-                                         ("2,2", "repeat"), ("2,25", "GP25")])
+@pytest.mark.parametrize(
+    "pins, words", [("2", "1 Pico pin(s) given for 2"), ("2,22", "GP22"), ("2,2", "repeat"), ("2,25", "GP25")]
+)
 def test_firmware_flash_refuses_bad_pico_pins(tmp_path, capsys, pins, words):
     config = fw_config(tmp_path, "/dev/lampctl-pico")
     assert cli.main(["firmware", "flash", "--dry-run", "--pico-pins", pins, "--config", str(config)]) == 1
@@ -176,7 +191,7 @@ def test_firmware_flash_runs_mpremote_with_the_staged_files(tmp_path, monkeypatc
     bindir.mkdir()
     log = tmp_path / "mpremote.log"
     fake = bindir / "mpremote"
-    fake.write_text(f'#!/bin/sh\necho "$@" > {log}\ncat "${{12}}" >> {log}\n')   # ${{12}}: settings.py
+    fake.write_text(f'#!/bin/sh\necho "$@" > {log}\ncat "${{12}}" >> {log}\n')  # ${{12}}: settings.py
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setattr("lampctl.tools.firmware.sys.executable", str(bindir / "python"))

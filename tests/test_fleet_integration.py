@@ -1,4 +1,5 @@
 """Three `lampctl serve --simulate` nodes, a real mosquitto and `lampctl collect`, as a clinic would run them."""
+
 from __future__ import annotations
 
 import csv
@@ -16,9 +17,11 @@ from lampctl.testing import ROOT, TWO_LAMPS, ServiceProcess, add_users, free_por
 from lampctl.testing.mqtt import Broker, Listener, mosquitto_path
 from tests.test_mqtt_units import BUTTON_KEYS, SENSOR_KEYS
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)"),
-              pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)"),
+    pytest.mark.timeout(240),
+]
 
 NODES = {"n1": True, "n2": False, "n3": False}  # node -> mqtt.commands
 
@@ -33,11 +36,18 @@ class Collect:
     def __init__(self, workdir, broker_url: str):
         self.port = free_port()
         self.config = workdir / "central.toml"
-        self.config.write_text(f'[collector]\ndatabase = "central.db"\nbind = "127.0.0.1:{self.port}"\n\n'
-                               f'[mqtt]\nurl = "{broker_url}"\nnode = "central"\n')
+        self.config.write_text(
+            f'[collector]\ndatabase = "central.db"\nbind = "127.0.0.1:{self.port}"\n\n'
+            f'[mqtt]\nurl = "{broker_url}"\nnode = "central"\n'
+        )
         with open(workdir / "collect.err", "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "lampctl", "collect", "--config", str(self.config)],
-                                         cwd=ROOT, stdout=err, stderr=err, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "lampctl", "collect", "--config", str(self.config)],
+                cwd=ROOT,
+                stdout=err,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
         wait_until(self._answers, 30, "the collector's pages")
 
     def _answers(self):
@@ -86,9 +96,20 @@ def test_fleet_discovery_topics_appear_and_match_home_assistant(fleet):
     for node in NODES:
         want = 2 * 3 + 1 + (5 if NODES[node] else 0)  # per lamp 2 sensors and Stop, Stop all, presets if commands
         configs = listener.wait(
-            lambda l, node=node, want=want: (found := {t: p for t, p in l.retained.items()
-                                            if t.startswith("homeassistant/") and f"/lampctl_{node}/" in t and p})
-            and len(found) >= want and found, 30, f"{node}'s discovery")
+            lambda l, node=node, want=want: (
+                (
+                    found := {
+                        t: p
+                        for t, p in l.retained.items()
+                        if t.startswith("homeassistant/") and f"/lampctl_{node}/" in t and p
+                    }
+                )
+                and len(found) >= want
+                and found
+            ),
+            30,
+            f"{node}'s discovery",
+        )
         assert len(configs) == want
         for topic, payload in configs.items():
             assert re.fullmatch(rf"homeassistant/(sensor|button)/lampctl_{node}/[A-Za-z0-9_-]+/config", topic)
@@ -105,8 +126,15 @@ def test_fleet_states_follow_sessions(fleet):
     topic = "lampctl/n1/lamp/room1/state"
     listener.wait(lambda l: (v := l.latest_json(topic)) and v["state"] == "on" and v["user"] == "ann", 10, "on")
     listener.wait(lambda l: l.latest_json(topic)["state"] == "off", 10, "off after the deadline")
-    lamps = wait_until(lambda: [x for x in fleet["collect"].fleet()["lamps"]
-                                if (x["node"], x["lamp_id"], x["state"]) == ("n1", "room1", "off")], 10, "fleet page")
+    lamps = wait_until(
+        lambda: [
+            x
+            for x in fleet["collect"].fleet()["lamps"]
+            if (x["node"], x["lamp_id"], x["state"]) == ("n1", "room1", "off")
+        ],
+        10,
+        "fleet page",
+    )
     assert lamps[0]["node_status"] == "online"
     assert "room1" in _get(f"http://127.0.0.1:{fleet['collect'].port}/")
 
@@ -134,9 +162,11 @@ def test_fleet_start_over_mqtt_refused_when_commands_are_off(fleet):
 
 def test_fleet_start_over_mqtt_obeys_every_limit_when_on(fleet):
     n1 = fleet["nodes"]["n1"]
-    for body, code in (({"action": "start", "minutes": 31, "user": "ann"}, "too-long"),
-                       ({"action": "start", "minutes": 10, "user": "mallory"}, "unknown-user"),
-                       ({"action": "start", "user": "ann"}, "bad-duration")):
+    for body, code in (
+        ({"action": "start", "minutes": 31, "user": "ann"}, "too-long"),
+        ({"action": "start", "minutes": 10, "user": "mallory"}, "unknown-user"),
+        ({"action": "start", "user": "ann"}, "bad-duration"),
+    ):
         answer = _command(fleet, "n1", "room2", body)
         assert (answer["ok"], answer["code"]) == (False, code)
     answer = _command(fleet, "n1", "room2", {"action": "start", "minutes": 10, "user": "ann", "new_patient": True})
@@ -148,8 +178,11 @@ def test_fleet_start_over_mqtt_obeys_every_limit_when_on(fleet):
 
     def recorded():
         _, sessions = n1.get("/api/sessions", token=fleet["tokens"]["n1"]["admin"])
-        return [(s["user"], s["planned_s"], s["end_reason"]) for s in sessions["sessions"]
-                if s["id"] == answer["session_id"] and s["end_reason"]]
+        return [
+            (s["user"], s["planned_s"], s["end_reason"])
+            for s in sessions["sessions"]
+            if s["id"] == answer["session_id"] and s["end_reason"]
+        ]
 
     assert wait_until(recorded, 10, "the MQTT session's record") == [("ann", 600.0, "stopped")]
 
@@ -166,17 +199,27 @@ def test_fleet_broker_down_10_s_every_session_arrives_once(fleet):
     broker.stop()
     down_at = time.monotonic()
     for node in NODES:  # the lamps do not care: a session starts and ends while the broker is away
-        wait_until(lambda node=node: nodes[node].get("/api/lamps/room1", token=tokens[node]["ann"])[1]["state"]
-                   == "off", 10, f"{node} room1 off")
+        wait_until(
+            lambda node=node: nodes[node].get("/api/lamps/room1", token=tokens[node]["ann"])[1]["state"] == "off",
+            10,
+            f"{node} room1 off",
+        )
         assert nodes[node].post("/api/lamps/room1/start", {"seconds": 1}, token=tokens[node]["ann"])[0] == 201
     time.sleep(max(0.0, 10 - (time.monotonic() - down_at)))  # the outage itself is the test's subject
     broker.start()
     for node in NODES:
-        wanted = wait_until(lambda node=node: len(_node_sessions(fleet, node)) >= 2 and _node_sessions(fleet, node),
-                            15, f"{node}'s sessions ended")
-        rows = wait_until(lambda node=node, wanted=wanted: (
-            r := fleet["collect"].sessions(node)) and {int(x["id"]) for x in r} >= wanted and r, 60,
-                          f"{node}'s sessions at the collector")
+        wanted = wait_until(
+            lambda node=node: len(_node_sessions(fleet, node)) >= 2 and _node_sessions(fleet, node),
+            15,
+            f"{node}'s sessions ended",
+        )
+        rows = wait_until(
+            lambda node=node, wanted=wanted: (
+                (r := fleet["collect"].sessions(node)) and {int(x["id"]) for x in r} >= wanted and r
+            ),
+            60,
+            f"{node}'s sessions at the collector",
+        )
         ids = [int(r["id"]) for r in rows]
         assert len(ids) == len(set(ids))  # exactly once
         assert set(ids) == _node_sessions(fleet, node)
@@ -203,8 +246,10 @@ def test_s9_a_pi_without_paho_still_serves_and_keeps_its_records(tmp_path):
         wait_until(lambda: svc.get("/api/lamps/room1", token=tokens["ann"])[1]["state"] == "off", 10, "session over")
         assert "paho-mqtt cannot be loaded" in svc.stderr()
         _, health = svc.get("/api/health")
-        assert (health["status"], health["mqtt"]) == ("degraded", {"connected": False, "backlog": None,
-                                                                   "oldest_unsent_s": None})
+        assert (health["status"], health["mqtt"]) == (
+            "degraded",
+            {"connected": False, "backlog": None, "oldest_unsent_s": None},
+        )
     finally:
         assert svc.stop() == 0
     from lampctl.fleet.outbox import Outbox

@@ -2,6 +2,7 @@
 
 A real `lampctl serve --simulate`, a real mosquitto and a real `lampctl collect`.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,11 @@ from lampctl.testing.mqtt import Broker, Listener, mosquitto_path
 from lampctl.tools.backup import backup_database, restore_database
 from tests.test_fleet_integration import Collect
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)"),
-              pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)"),
+    pytest.mark.timeout(180),
+]
 
 # The goal is a second from commit to the collector; the bound leaves room for a loaded 2-core machine.
 BOUND_S = 3.0
@@ -27,8 +30,9 @@ class Node:
     def __init__(self, workdir, name: str, broker_url: str):
         (workdir / name).mkdir()
         self.name = name
-        self.config = service_config(workdir / name, TWO_LAMPS,
-                                     extra=f'\n[mqtt]\nurl = "{broker_url}"\nnode = "{name}"\n')
+        self.config = service_config(
+            workdir / name, TWO_LAMPS, extra=f'\n[mqtt]\nurl = "{broker_url}"\nnode = "{name}"\n'
+        )
         self.database = workdir / name / "var" / "lampctl.db"
         self.tokens = add_users(self.config)
         self.proc = ServiceProcess(self.config).start()
@@ -38,8 +42,9 @@ class Node:
 
     def session(self) -> int:
         """A short session on room1, to its end; its id."""
-        status, body = self.proc.post("/api/lamps/room1/start", {"seconds": 0.3, "new_patient": True},
-                                      token=self.tokens["ann"])
+        status, body = self.proc.post(
+            "/api/lamps/room1/start", {"seconds": 0.3, "new_patient": True}, token=self.tokens["ann"]
+        )
         assert status == 201, body
         session_id = body["session_id"]
         wait_until(lambda: self.ended(session_id), 10, f"session {session_id} ended")
@@ -83,13 +88,19 @@ def test_fleet_sessions_in_a_row_reach_the_collector_within_the_bound_while_the_
         wait_until(lambda: node.outbox() == 0, 10, "the outbox empty before the next session")
         sent.append(node.session())
         t0 = time.monotonic()
-        wait_until(lambda: _at_collector(collect, "r1") == sent, BOUND_S,
-                   f"session {sent[-1]} at the collector within {BOUND_S} s of its end")
+        wait_until(
+            lambda: _at_collector(collect, "r1") == sent,
+            BOUND_S,
+            f"session {sent[-1]} at the collector within {BOUND_S} s of its end",
+        )
         took.append(time.monotonic() - t0)
     assert sent == [1, 2, 3, 4]
     wait_until(lambda: node.outbox() == 0, BOUND_S, "the outbox empty: every row acknowledged")
-    wait_until(lambda: node.proc.get("/api/health")[1]["mqtt"] == {"connected": True, "backlog": 0,
-                                                                 "oldest_unsent_s": None}, 5, "health: nothing waits")
+    wait_until(
+        lambda: node.proc.get("/api/health")[1]["mqtt"] == {"connected": True, "backlog": 0, "oldest_unsent_s": None},
+        5,
+        "health: nothing waits",
+    )
     print(f"end -> collector: {', '.join(f'{t:.2f} s' for t in took)}")
 
 
@@ -105,8 +116,11 @@ def test_fleet_new_sessions_after_a_restore_are_stored_though_their_ids_repeat(f
     restore_database(node.database, backup)
     node.restart()
     assert [node.session(), node.session()] == [2, 3]  # ids the collector has seen (2) and not (3)
-    wait_until(lambda: _at_collector(collect, "r1") == [1, 2, 2, 3], BOUND_S * 2,
-               "both sessions after the restore at the collector")
+    wait_until(
+        lambda: _at_collector(collect, "r1") == [1, 2, 2, 3],
+        BOUND_S * 2,
+        "both sessions after the restore at the collector",
+    )
     rows = [r for r in collect.sessions("r1") if r["id"] == "2"]
     assert len({r["origin"] for r in rows}) == 2 and all(r["origin"] for r in rows)
 
@@ -116,9 +130,18 @@ def test_fleet_a_true_replay_is_stored_once_with_or_without_an_origin(fleet):
     listener = Listener(broker.port, [])
     try:
         before = collect.fleet()["duplicates"]
-        record = {"id": 41, "lamp_id": "room1", "user": "ann", "started_at": "2026-11-25T10:00:00.000Z",
-                  "ended_at": "2026-11-25T10:10:00.000Z", "planned_s": 600.0, "actual_s": 600.0,
-                  "end_reason": "completed", "continues": None, "node": "old"}
+        record = {
+            "id": 41,
+            "lamp_id": "room1",
+            "user": "ann",
+            "started_at": "2026-11-25T10:00:00.000Z",
+            "ended_at": "2026-11-25T10:10:00.000Z",
+            "planned_s": 600.0,
+            "actual_s": 600.0,
+            "end_reason": "completed",
+            "continues": None,
+            "node": "old",
+        }
         for payload in (record, {**record, "id": 42, "origin": "0123456789abcdef"}):
             listener.publish("lampctl/old/sessions", json.dumps(payload))
             listener.publish("lampctl/old/sessions", json.dumps(payload))  # sent again before its PUBACK

@@ -4,6 +4,7 @@ CI sends at least FUZZ_CASES requests (about FUZZ_CASES / operations each); `pyt
 runs the long form, SOAK_CASES. Afterwards no lamp may be on outside a session, every
 session must be closed once the service stops, and the service must have logged no traceback.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,7 +53,8 @@ EXCLUDED_CHECKS = [schemathesis.checks.ignored_auth]
 START = "/api/lamps/{lamp_id}/start"
 LAMP_MAX_S = 30 * 60  # both lamps of TWO_LAMPS
 START_BODY = jsonschema_rs.Draft202012Validator(
-    {**SCHEMA.raw_schema["paths"][START]["post"]["requestBody"]["content"]["application/json"]["schema"]})
+    {**SCHEMA.raw_schema["paths"][START]["post"]["requestBody"]["content"]["application/json"]["schema"]}
+)
 OPERATIONS = sum(len([m for m in item if m != "parameters"]) for item in SCHEMA.raw_schema["paths"].values())
 
 
@@ -129,8 +131,12 @@ def _prepare_lamp(case, service, tokens) -> None:
     lamp = (case.path_parameters or {}).get("lamp_id")
     if lamp not in LAMP_IDS:
         return
-    steps = [[], [f"/api/lamps/{lamp}/stop", f"/api/lamps/{lamp}/reset"],
-             [f"/api/lamps/{lamp}/reset", f"/api/lamps/{lamp}/start"], ["/api/estop"]][_digest(case)[1] % 4]
+    steps = [
+        [],
+        [f"/api/lamps/{lamp}/stop", f"/api/lamps/{lamp}/reset"],
+        [f"/api/lamps/{lamp}/reset", f"/api/lamps/{lamp}/start"],
+        ["/api/estop"],
+    ][_digest(case)[1] % 4]
     for path in steps:
         body = {"minutes": 10, "new_patient": True} if path.endswith("/start") else None
         status, _ = service.post(path, body, token=tokens["admin"])
@@ -152,9 +158,12 @@ def _run_case(case, live) -> None:
     service, tokens = live
     name, token = _token_for(case, tokens)
     _prepare_lamp(case, service, tokens)
-    excluded = EXCLUDED_CHECKS + ([schemathesis.checks.positive_data_acceptance] if case.operation.path == START else [])
-    response = case.call_and_validate(base_url=service.url, headers={"Authorization": f"Bearer {token}"},
-                                      excluded_checks=excluded, timeout=30)
+    excluded = EXCLUDED_CHECKS + (
+        [schemathesis.checks.positive_data_acceptance] if case.operation.path == START else []
+    )
+    response = case.call_and_validate(
+        base_url=service.url, headers={"Authorization": f"Bearer {token}"}, excluded_checks=excluded, timeout=30
+    )
     check_start_accepted_within_the_limit(case, response)
     STATS["requests"] += 1
     STATS["by_token"][name] += 1
@@ -163,15 +172,22 @@ def _run_case(case, live) -> None:
 
 
 @SCHEMA.parametrize()
-@settings(max_examples=_examples(FUZZ_CASES), deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=_examples(FUZZ_CASES),
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_fuzz_api_no_5xx_and_every_reply_matches_the_spec(case, live):
     _run_case(case, live)
 
 
 @pytest.mark.soak
 @SCHEMA.parametrize()
-@settings(max_examples=_soak_examples(SOAK_CASES), deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=_soak_examples(SOAK_CASES), deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 def test_fuzz_api_soak(case, soak_only, live):
     STATS["soak"] = True
     _run_case(case, live)

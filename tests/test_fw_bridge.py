@@ -29,8 +29,10 @@ class LinkEvents:
 
     def wait(self, up, timeout=5.0, after=0):
         """The first call with state ``up`` among calls[after:]; fails after ``timeout``."""
+
         def found():
             return [c for c in self.calls[after:] if c[1] is up]
+
         with self._cond:
             if not self._cond.wait_for(found, timeout):
                 raise AssertionError("no on_link_change(%r) within %g s; calls: %r" % (up, timeout, self.calls))
@@ -94,12 +96,17 @@ class FirmwarePeer:
     """The real firmware logic on real ticks as the far end of a FakePort, with knobs for misbehaving."""
 
     def __init__(self, lamps=2, watchdog_ms=1000):
-        self.fw = Firmware([mpshim.Pin(n) for n in range(lamps)], mpshim.ticks_ms,
-                           mpshim.ticks_diff, mpshim.ticks_add, watchdog_ms=watchdog_ms)
+        self.fw = Firmware(
+            [mpshim.Pin(n) for n in range(lamps)],
+            mpshim.ticks_ms,
+            mpshim.ticks_diff,
+            mpshim.ticks_add,
+            watchdog_ms=watchdog_ms,
+        )
         self.silent = False
-        self.override = None        # callable(frame) -> reply bytes or None to let the firmware answer
-        self.errors = []            # ERR reasons the firmware sent
-        self.words = []             # commands seen, in order
+        self.override = None  # callable(frame) -> reply bytes or None to let the firmware answer
+        self.errors = []  # ERR reasons the firmware sent
+        self.words = []  # commands seen, in order
         self._lock = threading.Lock()
 
     def __call__(self, data):
@@ -179,6 +186,7 @@ def started(link, timeout=5.0):
 
 # -- against the simulator process ----------------------------------------
 
+
 @pytest.mark.integration
 def test_bridge_arm_off_status_against_simulator(sim, links):
     events = LinkEvents()
@@ -195,7 +203,7 @@ def test_bridge_arm_off_status_against_simulator(sim, links):
     link.arm(1, 5000)
     link.off_all()
     assert sim.wait_event(lamp=1, on=False)["why"] == "off"
-    time.sleep(1.5)     # heartbeats keep the firmware's 1 s watchdog quiet
+    time.sleep(1.5)  # heartbeats keep the firmware's 1 s watchdog quiet
     link.arm(0, 5000)
     assert not [e for e in sim.drain() if e["why"] == "watchdog"]
     assert link.up and events.states == [True]
@@ -209,8 +217,10 @@ def test_bridge_firmware_refusal_raises_firmware_error(sim, links):
     with pytest.raises(FirmwareError) as caught:
         link.arm(0, protocol.MAX_ARM_MS)
     assert type(caught.value) is FirmwareError
-    assert str(caught.value) == ("Firmware refused ARM 0 %d: the lamp would stay on longer than the "
-                                 "firmware's 3970 s ceiling." % protocol.MAX_ARM_MS)
+    assert str(caught.value) == (
+        "Firmware refused ARM 0 %d: the lamp would stay on longer than the "
+        "firmware's 3970 s ceiling." % protocol.MAX_ARM_MS
+    )
     assert link.up
 
 
@@ -244,7 +254,7 @@ def test_bridge_refuses_firmware_with_fewer_lamps(sim, links):
     assert not link.wait_up(1.0)
     _, up, reason = events.wait(False)
     assert reason == "The firmware on %s drives 2 lamps but 3 are configured." % sim.url
-    assert events.states == [False]     # retries are not re-reported
+    assert events.states == [False]  # retries are not re-reported
 
 
 @pytest.mark.integration
@@ -281,6 +291,7 @@ def test_s16_bridge_opens_the_board_exclusively():
 
 # -- against fake peers ----------------------------------------------------
 
+
 def test_bridge_err_reply_raises_firmware_error_with_one_sentence(links):
     peer = FirmwarePeer()
     peer.override = lambda f: protocol.encode_reply(f.seq, False, "relay-stuck") if f.word == "OFF" else None
@@ -316,10 +327,14 @@ def test_bridge_ignores_replies_nobody_waits_for(links):
     def noisy(frame):
         if frame.word != "ARM":
             return None
-        return (protocol.encode_reply(protocol.next_seq(frame.seq), False, "bogus")
-                + protocol.encode_reply(9999, True) + b"garbage\n"
-                + protocol.encode_reply(frame.seq, False, "x")[:-3] + b"00\n"
-                + b"".join(peer.fw.feed(protocol.encode_command(frame.seq, "ARM", *frame.args))))
+        return (
+            protocol.encode_reply(protocol.next_seq(frame.seq), False, "bogus")
+            + protocol.encode_reply(9999, True)
+            + b"garbage\n"
+            + protocol.encode_reply(frame.seq, False, "x")[:-3]
+            + b"00\n"
+            + b"".join(peer.fw.feed(protocol.encode_command(frame.seq, "ARM", *frame.args)))
+        )
 
     peer.override = noisy
     link = started(links("fake://", serial_for_url=FakeWire(peer)))
@@ -358,7 +373,7 @@ def test_bridge_refused_heartbeat_reconnects_with_hello(links):
     events = LinkEvents()
     link = started(links("fake://", on_link_change=events, serial_for_url=FakeWire(peer)))
     link.arm(0, 5000)
-    peer.fw.shutdown()      # the firmware cut everything and now waits for HELLO
+    peer.fw.shutdown()  # the firmware cut everything and now waits for HELLO
     peer.fw._synced = False
     _, _, reason = events.wait(False, timeout=2)
     assert reason == "The firmware refused a heartbeat (need-hello), so it has cut its lamps."
@@ -404,8 +419,7 @@ def test_bridge_refuses_firmware_with_a_longer_watchdog(links):
     link = links("fake://", on_link_change=events, serial_for_url=FakeWire(FirmwarePeer(watchdog_ms=5000)))
     link.start()
     _, _, reason = events.wait(False)
-    assert reason == ("The firmware on fake:// cuts after 5 s of silence, longer than the configured "
-                      "watchdog of 1 s.")
+    assert reason == ("The firmware on fake:// cuts after 5 s of silence, longer than the configured watchdog of 1 s.")
     assert not link.up
 
 
@@ -461,9 +475,16 @@ def test_bridge_validates_lamp_and_duration_before_sending(links):
     assert "ARM" not in peer.words
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"lamp_count": 0}, {"lamp_count": 9}, {"heartbeat_s": 0.5}, {"heartbeat_s": 0}, {"reply_timeout_s": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lamp_count": 0},
+        {"lamp_count": 9},
+        {"heartbeat_s": 0.5},
+        {"heartbeat_s": 0},
+        {"reply_timeout_s": 0},
+    ],
+)
 def test_bridge_rejects_unsafe_settings(kwargs):
     settings = {"lamp_count": 2, "watchdog_s": 1.0, "heartbeat_s": 0.1}
     settings.update(kwargs)

@@ -27,9 +27,15 @@ class Rig:
         self.clock = FakeTicks(start)
         self.pins = [Pin(n) for n in range(lamps)]
         self.changes = []
-        self.fw = Firmware(self.pins, self.clock.ticks_ms, ticks_diff, ticks_add,
-                           watchdog_ms=watchdog_ms, bad_frame_limit=bad_frame_limit,
-                           on_change=self._record)
+        self.fw = Firmware(
+            self.pins,
+            self.clock.ticks_ms,
+            ticks_diff,
+            ticks_add,
+            watchdog_ms=watchdog_ms,
+            bad_frame_limit=bad_frame_limit,
+            on_change=self._record,
+        )
         self.seq = 0
 
     def _record(self, lamp, on, why):
@@ -102,8 +108,13 @@ def test_firmware_refuses_everything_but_hello_after_boot():
 def test_firmware_hello_reports_version_lamps_watchdog_and_ceiling():
     rig = Rig(lamps=3, watchdog_ms=2500)
     info = protocol.parse_hello(rig.ok("HELLO").args)
-    assert info == {"protocol": protocol.PROTOCOL_VERSION, "firmware": "1.0.0", "lamps": 3,
-                    "watchdog_ms": 2500, "max_arm_ms": protocol.MAX_ARM_MS}
+    assert info == {
+        "protocol": protocol.PROTOCOL_VERSION,
+        "firmware": "1.0.0",
+        "lamps": 3,
+        "watchdog_ms": 2500,
+        "max_arm_ms": protocol.MAX_ARM_MS,
+    }
 
 
 def test_firmware_arm_turns_lamp_on_until_its_deadline():
@@ -116,13 +127,21 @@ def test_firmware_arm_turns_lamp_on_until_its_deadline():
     rig.advance(1)
     assert rig.levels() == [0, 0]
     assert rig.changes[-2:] == [(0, 1, True, "armed"), (1000, 1, False, "deadline")]
-    assert rig.pins[1].states == [0, 0, 1, 0]     # boot, HELLO, ARM, deadline
+    assert rig.pins[1].states == [0, 0, 1, 0]  # boot, HELLO, ARM, deadline
 
 
-@pytest.mark.parametrize("start", [
-    TICKS_PERIOD - 1, TICKS_PERIOD - 300, TICKS_PERIOD - 999, TICKS_PERIOD - 1000,
-    TICKS_PERIOD - 1001, TICKS_PERIOD // 2 - 500, 0,
-])
+@pytest.mark.parametrize(
+    "start",
+    [
+        TICKS_PERIOD - 1,
+        TICKS_PERIOD - 300,
+        TICKS_PERIOD - 999,
+        TICKS_PERIOD - 1000,
+        TICKS_PERIOD - 1001,
+        TICKS_PERIOD // 2 - 500,
+        0,
+    ],
+)
 def test_firmware_deadline_across_tick_wrap_is_neither_early_nor_late(start):
     rig = Rig(start=start)
     rig.ok("HELLO")
@@ -153,8 +172,8 @@ def test_firmware_late_poll_cuts_before_handling_the_next_frame():
     rig = Rig()
     rig.ok("HELLO")
     rig.ok("ARM", 0, 500)
-    rig.clock.advance(800)      # the loop was busy past the deadline
-    rig.ok("ARM", 0, 500)       # this frame must not extend the lamp that should be off
+    rig.clock.advance(800)  # the loop was busy past the deadline
+    rig.ok("ARM", 0, 500)  # this frame must not extend the lamp that should be off
     assert rig.whys()[-2:] == [(0, False, "deadline"), (0, True, "armed")]
 
 
@@ -203,10 +222,13 @@ def test_firmware_off_offall_and_status():
     rig.ok("ARM", 2, 7000)
     rig.advance(1000)
     assert protocol.parse_status(rig.ok("STATUS").args) == [
-        {"on": True, "remaining_ms": 4000}, {"on": False, "remaining_ms": 0}, {"on": True, "remaining_ms": 6000}]
+        {"on": True, "remaining_ms": 4000},
+        {"on": False, "remaining_ms": 0},
+        {"on": True, "remaining_ms": 6000},
+    ]
     rig.ok("OFF", 0)
     assert rig.levels() == [0, 0, 1]
-    rig.ok("OFF", 1)                # already off: OK, nothing reported
+    rig.ok("OFF", 1)  # already off: OK, nothing reported
     rig.ok("OFFALL")
     assert rig.levels() == [0, 0, 0]
     assert rig.whys()[3:] == [(0, True, "armed"), (2, True, "armed"), (0, False, "off"), (2, False, "off")]
@@ -216,7 +238,7 @@ def test_s7_firmware_watchdog_cuts_after_silence():
     rig = Rig()
     rig.ok("HELLO")
     rig.ok("ARM", 0, 60_000)
-    rig.heartbeat_for(2000)         # last PING at 1000
+    rig.heartbeat_for(2000)  # last PING at 1000
     rig.advance(1999)
     assert rig.levels()[0] == 1
     rig.advance(1)
@@ -352,7 +374,7 @@ def test_firmware_replay_does_not_feed_the_watchdog():
     rig.ok("ARM", 0, 60_000)
     ping = protocol.encode_command(rig.seq, "PING")
     rig.advance(2000)
-    rig.send_raw(ping)      # same seq as the ARM: a replay
+    rig.send_raw(ping)  # same seq as the ARM: a replay
     rig.advance(1000)
     assert rig.changes[-1] == (3000, 0, False, "watchdog")
 
@@ -375,7 +397,7 @@ def test_firmware_hello_resets_seq_and_turns_everything_off():
     rig.seq = 500
     rig.ok("HELLO")
     rig.ok("ARM", 1, 60_000)
-    rig.seq = 10                    # a new host starts its own count
+    rig.seq = 10  # a new host starts its own count
     rig.ok("HELLO")
     assert rig.levels() == [0, 0]
     assert rig.whys()[-1] == (1, False, "off")
@@ -415,6 +437,7 @@ def test_firmware_tick_shim_matches_micropython_semantics():
 
 # -- never on past its deadline, whatever arrives -------------------------
 
+
 class Oracle:
     """Host-side bounds every lamp must respect, learnt only from the firmware's replies."""
 
@@ -422,7 +445,7 @@ class Oracle:
 
     def __init__(self, rig):
         self.rig = rig
-        self.allowed_until = [0] * len(rig.pins)    # deadline set by the last accepted ARM
+        self.allowed_until = [0] * len(rig.pins)  # deadline set by the last accepted ARM
         self.on_since = [None] * len(rig.pins)
         self.last_valid = 0
         self.on_checks = 0
@@ -436,7 +459,7 @@ class Oracle:
                 self.last_valid = now
             if reply.word == "OK" and command is not None and command[0] == "ARM":
                 lamp, ms = command[1]
-                self.allowed_until[lamp] = now + ms     # an accepted (re-)ARM replaces the deadline
+                self.allowed_until[lamp] = now + ms  # an accepted (re-)ARM replaces the deadline
 
     def check(self):
         now = self.rig.clock.now
@@ -489,23 +512,23 @@ def run_fault_campaign(seed, steps):
             continue
         faults += 1
         kind = rnd.randrange(7)
-        if kind == 0:       # garbage bytes, newlines included
+        if kind == 0:  # garbage bytes, newlines included
             deliver(bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 200))))
-        elif kind == 1:     # a frame cut short; what follows lands on the same line
+        elif kind == 1:  # a frame cut short; what follows lands on the same line
             line = protocol.encode_command(protocol.next_seq(rig.seq), "ARM", 0, 5000)
-            deliver(line[:rnd.randrange(1, len(line) - 1)])
-        elif kind == 2:     # wrong CRC on an otherwise valid ARM
+            deliver(line[: rnd.randrange(1, len(line) - 1)])
+        elif kind == 2:  # wrong CRC on an otherwise valid ARM
             line = bytearray(protocol.encode_command(protocol.next_seq(rig.seq), "ARM", 1, 5000))
             line[-2] = ord("0") if line[-2] != ord("0") else ord("1")
             deliver(bytes(line))
-        elif kind == 3 and sent:    # replay of something already sent
+        elif kind == 3 and sent:  # replay of something already sent
             deliver(rnd.choice(sent), None)
-        elif kind == 4:     # overlong line
+        elif kind == 4:  # overlong line
             deliver(b"9" * rnd.randrange(protocol.MAX_LINE, 3 * protocol.MAX_LINE) + b"\n")
-        elif kind == 5:     # silence longer or shorter than the watchdog
+        elif kind == 5:  # silence longer or shorter than the watchdog
             rig.advance(rnd.randrange(WATCHDOG_MS * 2))
             oracle.check()
-        else:               # one flipped bit inside a valid ARM
+        else:  # one flipped bit inside a valid ARM
             line = bytearray(protocol.encode_command(protocol.next_seq(rig.seq), "ARM", 2, 5000))
             line[rnd.randrange(len(line) - 1)] ^= 1 << rnd.randrange(7)
             deliver(bytes(line))
@@ -526,10 +549,16 @@ def test_s2_firmware_fault_injection_never_leaves_a_lamp_on_past_its_bounds():
     assert whys == {"boot", "armed", "off", "deadline", "watchdog", "bad-frames"}
 
 
-@given(st.lists(st.tuples(
-    st.sampled_from(["ARM", "PING", "OFF", "STATUS", "GARBAGE", "WAIT", "REPLAY"]),
-    st.integers(min_value=0, max_value=2),
-    st.integers(min_value=1, max_value=4000)), max_size=60))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ARM", "PING", "OFF", "STATUS", "GARBAGE", "WAIT", "REPLAY"]),
+            st.integers(min_value=0, max_value=2),
+            st.integers(min_value=1, max_value=4000),
+        ),
+        max_size=60,
+    )
+)
 @settings(max_examples=200, deadline=None)
 def test_s2_firmware_lamp_never_on_past_deadline_property(actions):
     rig = Rig(start=TICKS_PERIOD - 5000)
@@ -559,6 +588,7 @@ def test_s2_firmware_lamp_never_on_past_deadline_property(actions):
 
 # -- the board's main loop, run on CPython with the shim as ``machine`` ----
 
+
 def test_firmware_board_main_loop_answers_over_stdio():
     harness = (
         "import io, runpy, sys\n"
@@ -566,16 +596,25 @@ def test_firmware_board_main_loop_answers_over_stdio():
         "sys.modules['machine'] = mpshim\n"
         "sys.stdin = io.TextIOWrapper(io.FileIO(0, 'rb', closefd=False))\n"
         "sys.stdout = io.TextIOWrapper(io.FileIO(1, 'wb', closefd=False))\n"
-        "runpy.run_path(%r, run_name='__main__')\n" % str(ROOT / "firmware_bridge" / "firmware" / "main.py"))
-    frames = b"".join([
-        b"\n",
-        protocol.encode_command(1, "HELLO"),
-        protocol.encode_command(2, "ARM", 3, 60_000),
-        protocol.encode_command(3, "STATUS"),
-        b"junk\n",
-    ])
-    proc = subprocess.run([sys.executable, "-c", harness], input=frames, capture_output=True,
-                          cwd=ROOT, timeout=20, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        "runpy.run_path(%r, run_name='__main__')\n" % str(ROOT / "firmware_bridge" / "firmware" / "main.py")
+    )
+    frames = b"".join(
+        [
+            b"\n",
+            protocol.encode_command(1, "HELLO"),
+            protocol.encode_command(2, "ARM", 3, 60_000),
+            protocol.encode_command(3, "STATUS"),
+            b"junk\n",
+        ]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", harness],
+        input=frames,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=20,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     replies = [protocol.parse_reply(line) for line in proc.stdout.splitlines(keepends=True)]
     assert [(r.seq, r.word) for r in replies] == [(1, "OK"), (2, "OK"), (3, "OK"), (0, "ERR")]
     assert protocol.parse_hello(replies[0].args)["lamps"] == 4

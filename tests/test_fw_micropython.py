@@ -29,47 +29,86 @@ def frame(seq, word, *args):
 
 # -- what goes on the board compiles and imports ---------------------------
 
+
 @pytest.mark.parametrize("vm_path", sorted(PACKAGE_LAYOUT))
 def test_mpvm_every_board_file_compiles_as_micropython_sees_it(vm, vm_path):
-    emitted = vm.ok(textwrap.dedent("""
+    emitted = vm.ok(
+        textwrap.dedent(
+            """
         import json
         with open(%r) as f:
             source = f.read()
         compile(source, %r, "exec")
         print(json.dumps({"compiled": %r, "chars": len(source)}))
-    """ % (vm_path, vm_path, vm_path)))
+    """
+            % (vm_path, vm_path, vm_path)
+        )
+    )
     assert emitted == [{"compiled": vm_path, "chars": len(PACKAGE_LAYOUT[vm_path].read_text())}]
 
 
-@pytest.mark.parametrize("layout, modules", [
-    (PACKAGE_LAYOUT, ["firmware_bridge", "firmware_bridge.protocol", "firmware_bridge.firmware",
-                      "firmware_bridge.firmware.logic", "main"]),
-    (FLAT_LAYOUT, ["protocol", "logic", "main"]),
-], ids=["package", "flat"])
+@pytest.mark.parametrize(
+    "layout, modules",
+    [
+        (
+            PACKAGE_LAYOUT,
+            [
+                "firmware_bridge",
+                "firmware_bridge.protocol",
+                "firmware_bridge.firmware",
+                "firmware_bridge.firmware.logic",
+                "main",
+            ],
+        ),
+        (FLAT_LAYOUT, ["protocol", "logic", "main"]),
+    ],
+    ids=["package", "flat"],
+)
 def test_mpvm_every_board_module_imports(vm, layout, modules):
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         import sys
         for name in %r:
             __import__(name)
         import main
         emit(imported=%r, runs_firmware=main.Firmware.__name__, machine=sys.modules["machine"].__file__,
              looped=len(machine.wdts))
-    """ % (modules, modules), layout=layout)
+    """
+        % (modules, modules),
+        layout=layout,
+    )
     # Imported as a module, main.py builds nothing and starts no loop: only the board runs it as __main__.
     assert emitted == [{"imported": modules, "runs_firmware": "Firmware", "machine": "/lib/machine.py", "looped": 0}]
 
 
 def test_mpvm_tick_arithmetic_is_what_the_shim_assumes(vm):
     # The CPython tests and the simulator run on mpshim's ticks_*: it must be MicroPython's own.
-    pairs = [(5, TICKS_PERIOD - 5), (TICKS_PERIOD - 5, 5), (TICKS_PERIOD // 2, 0), (TICKS_PERIOD // 2 - 1, 0),
-             (0, TICKS_PERIOD // 2), (123456, 654321), (TICKS_PERIOD - 1, 0)]
+    pairs = [
+        (5, TICKS_PERIOD - 5),
+        (TICKS_PERIOD - 5, 5),
+        (TICKS_PERIOD // 2, 0),
+        (TICKS_PERIOD // 2 - 1, 0),
+        (0, TICKS_PERIOD // 2),
+        (123456, 654321),
+        (TICKS_PERIOD - 1, 0),
+    ]
     adds = [(TICKS_PERIOD - 1, 2), (1, -2), (0, protocol.MAX_ARM_MS), (TICKS_PERIOD - 1000, HOUR_MS), (7, -HOUR_MS)]
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         emit(period=time.ticks_add(0, -1) + 1, diffs=[time.ticks_diff(a, b) for a, b in %r],
              adds=[time.ticks_add(t, d) for t, d in %r])
-    """ % (pairs, adds))
-    assert emitted == [{"period": TICKS_PERIOD, "diffs": [ticks_diff(a, b) for a, b in pairs],
-                        "adds": [ticks_add(t, d) for t, d in adds]}]
+    """
+        % (pairs, adds),
+    )
+    assert emitted == [
+        {
+            "period": TICKS_PERIOD,
+            "diffs": [ticks_diff(a, b) for a, b in pairs],
+            "adds": [ticks_add(t, d) for t, d in adds],
+        }
+    ]
 
 
 def test_mpvm_firmware_fits_a_pico_heap_and_does_not_grow(vm):
@@ -86,13 +125,15 @@ def test_mpvm_firmware_fits_a_pico_heap_and_does_not_grow(vm):
                 pin.states = []     # the stand-in's history is the only thing meant to grow
         gc.collect()
     """)
-    emitted = vm.ok([
-        PRELUDE + "import gc\ngc.collect()",
-        "base = gc.mem_alloc()\nimport main\nfw, outputs = main.build(machine.ticks_ms)\ngc.collect()",
-        "built = gc.mem_alloc()\n" + traffic,
-        "settled = gc.mem_alloc()\n" + traffic,
-        "emit(retained=built - base, growth=gc.mem_alloc() - settled)",
-    ])
+    emitted = vm.ok(
+        [
+            PRELUDE + "import gc\ngc.collect()",
+            "base = gc.mem_alloc()\nimport main\nfw, outputs = main.build(machine.ticks_ms)\ngc.collect()",
+            "built = gc.mem_alloc()\n" + traffic,
+            "settled = gc.mem_alloc()\n" + traffic,
+            "emit(retained=built - base, growth=gc.mem_alloc() - settled)",
+        ]
+    )
     assert emitted[0]["retained"] < 64 * 1024, "the board's modules and state must leave most of the heap free"
     assert emitted[0]["growth"] <= 512, "200 rounds of traffic must not grow the heap (a leak of 3 bytes a round would)"
 
@@ -100,7 +141,9 @@ def test_mpvm_firmware_fits_a_pico_heap_and_does_not_grow(vm):
 def test_mpvm_parse_errors_are_frame_errors_on_micropython(vm):
     # FrameError used to call ValueError.__init__(self, ...): an AttributeError on
     # MicroPython, so every bad frame raised the wrong exception on the board.
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         for line in [b"junk\\n", b"1 PING*0000\\n", b"\\xff\\n", b"7 FIRE*%04X\\n" % protocol.crc16(b"7 FIRE")]:
             try:
                 protocol.parse_command(line)
@@ -109,38 +152,55 @@ def test_mpvm_parse_errors_are_frame_errors_on_micropython(vm):
                      is_value_error=isinstance(err, ValueError))
         err = protocol.FrameError(protocol.BAD_ARGS, 9)
         emit(str=str(err), reason=err.reason, seq=err.seq)
-    """)
+    """,
+    )
     assert emitted == [
         {"kind": "FrameError", "reason": "malformed", "seq": 0, "args": ["malformed"], "is_value_error": True},
         {"kind": "FrameError", "reason": "bad-crc", "seq": 0, "args": ["bad-crc"], "is_value_error": True},
         {"kind": "FrameError", "reason": "not-ascii", "seq": 0, "args": ["not-ascii"], "is_value_error": True},
-        {"kind": "FrameError", "reason": "unknown-command", "seq": 7, "args": ["unknown-command"],
-         "is_value_error": True},
+        {
+            "kind": "FrameError",
+            "reason": "unknown-command",
+            "seq": 7,
+            "args": ["unknown-command"],
+            "is_value_error": True,
+        },
         {"str": "bad-args", "reason": "bad-args", "seq": 9},
     ]
 
 
 # -- the firmware's behaviour on the VM ------------------------------------
 
+
 def test_mpvm_hello_answers_and_starts_from_all_off(vm):
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         rig = Rig()
         emit(before=rig.send("PING"))
         emit(hello=rig.send("HELLO"))
         rig.send("ARM", 1, 60000)
         rig.seq = 10                # a new host starts its own count
         emit(hello=rig.send("HELLO"), levels=rig.levels(), changes=rig.changes)
-    """)
+    """,
+    )
     hello = [0, "OK", ["1", "1.0.0", "2", "3000", str(protocol.MAX_ARM_MS)]]
     assert emitted[0] == {"before": [1, "ERR", ["need-hello"]]}
     assert emitted[1] == {"hello": [2, "OK", hello[2]]}
-    assert emitted[2] == {"hello": [11, "OK", hello[2]], "levels": [0, 0], "changes": [
-        [0, 0, False, "boot"], [0, 1, False, "boot"], [0, 1, True, "armed"], [0, 1, False, "off"]]}
+    assert emitted[2] == {
+        "hello": [11, "OK", hello[2]],
+        "levels": [0, 0],
+        "changes": [[0, 0, False, "boot"], [0, 1, False, "boot"], [0, 1, True, "armed"], [0, 1, False, "off"]],
+    }
 
 
-@pytest.mark.parametrize("start", [0, TICKS_PERIOD - 1, TICKS_PERIOD - 999, TICKS_PERIOD - 1000, TICKS_PERIOD // 2 - 500])
+@pytest.mark.parametrize(
+    "start", [0, TICKS_PERIOD - 1, TICKS_PERIOD - 999, TICKS_PERIOD - 1000, TICKS_PERIOD // 2 - 500]
+)
 def test_s2_mpvm_arm_ends_at_its_deadline_across_the_tick_wrap(vm, start):
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         rig = Rig(start=%d)
         rig.send("HELLO")
         emit(arm=rig.send("ARM", 0, 1000))
@@ -148,7 +208,9 @@ def test_s2_mpvm_arm_ends_at_its_deadline_across_the_tick_wrap(vm, start):
         emit(levels=rig.levels(), remaining=rig.fw.remaining_ms(0))
         rig.advance(1)
         emit(levels=rig.levels(), states=rig.states(), last=rig.changes[-1])
-    """ % start)
+    """
+        % start,
+    )
     assert emitted == [
         {"arm": [2, "OK", []]},
         {"levels": [1, 0], "remaining": 1},
@@ -158,7 +220,9 @@ def test_s2_mpvm_arm_ends_at_its_deadline_across_the_tick_wrap(vm, start):
 
 
 def test_s2_mpvm_sixty_minute_arm_ends_on_the_millisecond_across_the_wrap(vm):
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         rig = Rig(start=%d)
         rig.send("HELLO")
         rig.send("ARM", 0, %d)
@@ -169,14 +233,18 @@ def test_s2_mpvm_sixty_minute_arm_ends_on_the_millisecond_across_the_wrap(vm):
         emit(status=rig.send("STATUS"), levels=rig.levels())
         rig.advance(1)
         emit(levels=rig.levels(), last=rig.changes[-1])
-    """ % (TICKS_PERIOD - 30 * 60 * 1000, HOUR_MS, HOUR_MS, HOUR_MS))
+    """
+        % (TICKS_PERIOD - 30 * 60 * 1000, HOUR_MS, HOUR_MS, HOUR_MS),
+    )
     assert emitted[0]["status"][2] == ["1:1", "0:0"]
     assert emitted[0]["levels"] == [1, 0]
     assert emitted[1] == {"levels": [0, 0], "last": [HOUR_MS, 0, False, "deadline"]}
 
 
 def test_mpvm_arm_limits_rearm_and_ceiling(vm):
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         rig = Rig()
         rig.send("HELLO")
         for args in [(0, 0), (0, protocol.MAX_ARM_MS + 1), (2, 1000)]:
@@ -189,14 +257,17 @@ def test_mpvm_arm_limits_rearm_and_ceiling(vm):
         rig.send("PING")
         rig.advance(2500)
         emit(states=rig.states(), last=rig.changes[-1])
-    """)
+    """,
+    )
     assert [e.get("refused") for e in emitted[:3]] == [["ms-out-of-range"], ["ms-out-of-range"], ["no-such-lamp"]]
     assert emitted[3] == {"over": ["over-ceiling"], "ok": "OK"}
     assert emitted[4] == {"states": [[0, 0, 1, 0], [0, 0]], "last": [6000, 0, False, "deadline"]}
 
 
 def test_mpvm_off_offall_and_status(vm):
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         rig = Rig(lamps=3)
         rig.send("HELLO")
         rig.send("ARM", 0, 5000)
@@ -207,17 +278,23 @@ def test_mpvm_off_offall_and_status(vm):
         emit(levels=rig.levels())
         rig.send("OFFALL")
         emit(levels=rig.levels(), status=rig.send("STATUS")[2], whys=[c[1:] for c in rig.changes[3:]])
-    """)
+    """,
+    )
     assert emitted == [
         {"status": ["1:4000", "0:0", "1:6000"]},
         {"levels": [0, 0, 1]},
-        {"levels": [0, 0, 0], "status": ["0:0", "0:0", "0:0"],
-         "whys": [[0, True, "armed"], [2, True, "armed"], [0, False, "off"], [2, False, "off"]]},
+        {
+            "levels": [0, 0, 0],
+            "status": ["0:0", "0:0", "0:0"],
+            "whys": [[0, True, "armed"], [2, True, "armed"], [0, False, "off"], [2, False, "off"]],
+        },
     ]
 
 
 def test_s7_mpvm_watchdog_cuts_after_silence_and_wants_hello(vm):
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         rig = Rig(start=%d)
         rig.send("HELLO")
         rig.send("ARM", 0, 60000)
@@ -227,7 +304,9 @@ def test_s7_mpvm_watchdog_cuts_after_silence_and_wants_hello(vm):
         emit(levels=rig.levels())
         rig.advance(1)
         emit(levels=rig.levels(), last=rig.changes[-1], ping=rig.send("PING")[2], arm=rig.send("ARM", 0, 1000)[2])
-    """ % (TICKS_PERIOD - 1500))
+    """
+        % (TICKS_PERIOD - 1500),
+    )
     assert emitted == [
         {"levels": [1, 0]},
         {"levels": [0, 0], "last": [4000, 0, False, "watchdog"], "ping": ["need-hello"], "arm": ["need-hello"]},
@@ -235,7 +314,9 @@ def test_s7_mpvm_watchdog_cuts_after_silence_and_wants_hello(vm):
 
 
 def test_mpvm_bad_frames_and_replays_follow_the_bad_frame_rule(vm):
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         rig = Rig()
         rig.send("HELLO")
         rig.send("ARM", 0, 60000)
@@ -245,15 +326,22 @@ def test_mpvm_bad_frames_and_replays_follow_the_bad_frame_rule(vm):
             rig.send("PING")
         emit(bad=rig.raw(b"\\xff\\xfe\\n" + b"A" * 200 + b"\\n" + arm), levels=rig.levels(),
              last=rig.changes[-1][1:], arm=rig.send("ARM", 0, 1000)[2])
-    """)
+    """,
+    )
     for step in emitted[:3]:
         assert step == {"bad": [[0, "ERR", ["malformed"]], [2, "ERR", ["replay"]]], "levels": [1, 0]}
-    assert emitted[3] == {"bad": [[0, "ERR", ["not-ascii"]], [0, "ERR", ["too-long"]], [2, "ERR", ["replay"]]],
-                          "levels": [0, 0], "last": [0, False, "bad-frames"], "arm": ["need-hello"]}
+    assert emitted[3] == {
+        "bad": [[0, "ERR", ["not-ascii"]], [0, "ERR", ["too-long"]], [2, "ERR", ["replay"]]],
+        "levels": [0, 0],
+        "last": [0, False, "bad-frames"],
+        "arm": ["need-hello"],
+    }
 
 
 def test_mpvm_frame_that_fails_inside_the_firmware_is_one_bad_frame(vm):
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         rig = Rig()
         rig.send("HELLO")
         rig.send("ARM", 0, 60000)
@@ -268,7 +356,8 @@ def test_mpvm_frame_that_fails_inside_the_firmware_is_one_bad_frame(vm):
             rig.seq = protocol.next_seq(rig.seq)
             frames += protocol.encode_command(rig.seq, "STATUS")
         emit(replies=rig.raw(frames), levels=rig.levels(), last=rig.changes[-1][1:])
-    """)
+    """,
+    )
     internal = [0, "ERR", ["internal"]]
     assert emitted == [
         {"replies": [internal], "levels": [1, 0]},

@@ -26,14 +26,19 @@ def test_s2_mpvm_line_noise_never_ends_the_loop_and_follows_the_bad_frame_rule(v
     rnd = random.Random(11)
     events = [(0, b"\n" + frame(1, "HELLO")), (10, frame(2, "ARM", 0, 2000))]
     seq = 2
-    for at in range(100, 2000, 200):     # one bad frame, then a heartbeat: the run never reaches 3
+    for at in range(100, 2000, 200):  # one bad frame, then a heartbeat: the run never reaches 3
         seq += 1
         events += [(at, noise_line(rnd, rnd.randrange(1, 126))), (at + 50, frame(seq, "PING"))]
     noise_count = (len(events) - 2) // 2
-    events += [(2550, frame(seq + 1, "ARM", 1, 10_000)),
-               (2600, b"".join(noise_line(rnd, 40) for _ in range(3))),
-               (2700, frame(seq + 2, "ARM", 1, 10_000)), (2800, frame(1, "HELLO"))]
-    emitted = scenario(vm, """
+    events += [
+        (2550, frame(seq + 1, "ARM", 1, 10_000)),
+        (2600, b"".join(noise_line(rnd, 40) for _ in range(3))),
+        (2700, frame(seq + 2, "ARM", 1, 10_000)),
+        (2800, frame(1, "HELLO")),
+    ]
+    emitted = scenario(
+        vm,
+        """
         import main
         changes = []
         main._log_change = lambda lamp, on, why: changes.append([machine.now(), lamp, on, why])
@@ -43,7 +48,9 @@ def test_s2_mpvm_line_noise_never_ends_the_loop_and_follows_the_bad_frame_rule(v
         main.serve(fw, outputs, port, wdt)
         emit(written=port.written, changes=changes, gap=wdt.longest_gap(),
              relays=[machine.pins[g].value() for g in main.RELAY_PINS])
-    """ % [(at, data.hex()) for at, data in events])
+    """
+        % [(at, data.hex()) for at, data in events],
+    )
     [result] = emitted
     replies = [reply for _, reply in result["written"]]
     errs = [reply for reply in replies if reply[1] == "ERR"]
@@ -59,7 +66,9 @@ def test_s2_mpvm_line_noise_never_ends_the_loop_and_follows_the_bad_frame_rule(v
 
 
 def test_mpvm_main_loop_survives_a_failure_under_the_firmware(vm):
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         import main
         fw, outputs = main.build(machine.ticks_ms)
         real_feed = fw.feed
@@ -73,11 +82,20 @@ def test_mpvm_main_loop_survives_a_failure_under_the_firmware(vm):
         port = ScriptedPort([(at, bytes.fromhex(data)) for at, data in %r], tail_ms=10)
         main.serve(fw, outputs, port, FeedLog())
         emit(written=[w[1] for w in port.written], calls=len(calls))
-    """ % [(10 * n, line.hex()) for n, line in enumerate([
-        frame(1, "HELLO"), frame(2, "ARM", 0, 5000), frame(3, "PING"), frame(4, "STATUS")])])
-    assert emitted[0]["written"] == [[1, "OK", ["1", "1.0.0", "4", "3000", str(protocol.MAX_ARM_MS)]],
-                                     [2, "OK", []], [0, "ERR", ["internal"]],
-                                     [4, "OK", ["1:4980", "0:0", "0:0", "0:0"]]]
+    """
+        % [
+            (10 * n, line.hex())
+            for n, line in enumerate(
+                [frame(1, "HELLO"), frame(2, "ARM", 0, 5000), frame(3, "PING"), frame(4, "STATUS")]
+            )
+        ],
+    )
+    assert emitted[0]["written"] == [
+        [1, "OK", ["1", "1.0.0", "4", "3000", str(protocol.MAX_ARM_MS)]],
+        [2, "OK", []],
+        [0, "ERR", ["internal"]],
+        [4, "OK", ["1:4980", "0:0", "0:0", "0:0"]],
+    ]
     assert emitted[0]["calls"] == 4
 
 
@@ -110,8 +128,9 @@ def test_mpvm_main_py_runs_as_the_board_runs_it(vm, layout):
 
 
 def test_mpvm_maintenance_jumper_keeps_outputs_off_and_the_watchdog_off(vm):
-    emitted, printed, error = vm.run(RUN_AS_BOARD % "machine.input_levels[22] = 0",
-                                     stdin=frame(1, "HELLO") + frame(2, "ARM", 0, 60_000))
+    emitted, printed, error = vm.run(
+        RUN_AS_BOARD % "machine.input_levels[22] = 0", stdin=frame(1, "HELLO") + frame(2, "ARM", 0, 60_000)
+    )
     assert error is None, error
     assert printed == [], "in maintenance the firmware must not answer (the REPL owns the port)"
     assert emitted == [{"relays": [[0, 0]] * 4, "wdt": []}]

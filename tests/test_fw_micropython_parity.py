@@ -42,15 +42,17 @@ def parser_cases(rnd, count):
     for _ in range(count):
         seq = rnd.choice([0, 1, 7, protocol.MAX_SEQ, protocol.MAX_SEQ + 1, rnd.randrange(1, 70000)])
         word = rnd.choice(words)
-        args = [rnd.choice(["0", "3", "01", "+5", "-1", "1_0", "4000", "9999999999", "12345678901", "a:b", "1:500"])
-                for _ in range(rnd.randrange(3))]
+        args = [
+            rnd.choice(["0", "3", "01", "+5", "-1", "1_0", "4000", "9999999999", "12345678901", "a:b", "1:500"])
+            for _ in range(rnd.randrange(3))
+        ]
         line = crc_framed(" ".join([str(seq), word] + args).encode())
         kind = rnd.randrange(6)
         if kind == 1:
             i = rnd.randrange(len(line) - 1)
-            line = line[:i] + bytes([rnd.randrange(256)]) + line[i + 1:]
+            line = line[:i] + bytes([rnd.randrange(256)]) + line[i + 1 :]
         elif kind == 2:
-            line = line[:rnd.randrange(len(line))]
+            line = line[: rnd.randrange(len(line))]
         elif kind == 3:
             line = bytes(rnd.randrange(256) for _ in range(rnd.randrange(200)))
         elif kind == 4:
@@ -73,7 +75,9 @@ def test_mpvm_parsers_and_splitter_agree_with_cpython(vm):
     stream = b"".join(lines)
     cuts = sorted(rnd.sample(range(len(stream)), 300))
     chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)], strict=False)]
-    emitted = scenario(vm, """
+    emitted = scenario(
+        vm,
+        """
         import json
         case = json.load(open("/lib/case.json"))
         def parse(fn, line):
@@ -91,17 +95,32 @@ def test_mpvm_parsers_and_splitter_agree_with_cpython(vm):
             for item in splitter.feed(bytes.fromhex(hexchunk)):
                 items.append(item.reason if isinstance(item, protocol.FrameError) else item.hex())
         emit(items=items)
-    """, extra={"/lib/case.json": json.dumps({"lines": [x.hex() for x in lines],
-                                              "chunks": [c.hex() for c in chunks]})})
-    expected = [{"c": cpython_parse(protocol.parse_command, line), "r": cpython_parse(protocol.parse_reply, line),
-                 "crc": protocol.crc16(line)} for line in lines]
+    """,
+        extra={"/lib/case.json": json.dumps({"lines": [x.hex() for x in lines], "chunks": [c.hex() for c in chunks]})},
+    )
+    expected = [
+        {
+            "c": cpython_parse(protocol.parse_command, line),
+            "r": cpython_parse(protocol.parse_reply, line),
+            "crc": protocol.crc16(line),
+        }
+        for line in lines
+    ]
     assert emitted[:-1] == expected
     splitter = protocol.LineSplitter()
     items = [i.reason if isinstance(i, protocol.FrameError) else i.hex() for i in splitter.feed(stream)]
     assert emitted[-1] == {"items": items}
     outcomes = {e["c"][1] if e["c"][0] == "error" else "frame" for e in expected}
-    assert outcomes >= {"frame", "too-long", "not-ascii", "malformed", "bad-crc", "bad-seq", "unknown-command",
-                        "bad-args"}, "the cases must reach every parser outcome"
+    assert outcomes >= {
+        "frame",
+        "too-long",
+        "not-ascii",
+        "malformed",
+        "bad-crc",
+        "bad-seq",
+        "unknown-command",
+        "bad-args",
+    }, "the cases must reach every parser outcome"
 
 
 def fault_trace(rnd, steps):
@@ -114,20 +133,22 @@ def fault_trace(rnd, steps):
             continue
         seq = protocol.next_seq(seq)
         word = rnd.choice(["HELLO", "ARM", "ARM", "PING", "PING", "STATUS", "OFF", "OFFALL"])
-        args = {"ARM": (rnd.randrange(4), rnd.choice([1, 500, 4000, protocol.MAX_ARM_MS, protocol.MAX_ARM_MS + 1])),
-                "OFF": (rnd.randrange(4),)}.get(word, ())
+        args = {
+            "ARM": (rnd.randrange(4), rnd.choice([1, 500, 4000, protocol.MAX_ARM_MS, protocol.MAX_ARM_MS + 1])),
+            "OFF": (rnd.randrange(4),),
+        }.get(word, ())
         line = frame(seq, word, *args)
         if roll < 0.6:
             data = line
         elif roll < 0.7 and sent:
-            data = rnd.choice(sent)                                     # replay
+            data = rnd.choice(sent)  # replay
         elif roll < 0.8:
-            data = noise_line(rnd, rnd.randrange(1, 300))                # noise, maybe overlong
+            data = noise_line(rnd, rnd.randrange(1, 300))  # noise, maybe overlong
         elif roll < 0.9:
-            i = rnd.randrange(len(line) - 1)                            # one flipped bit
-            data = line[:i] + bytes([line[i] ^ (1 << rnd.randrange(8))]) + line[i + 1:]
+            i = rnd.randrange(len(line) - 1)  # one flipped bit
+            data = line[:i] + bytes([line[i] ^ (1 << rnd.randrange(8))]) + line[i + 1 :]
         else:
-            data = line[:rnd.randrange(1, len(line))]                   # cut short
+            data = line[: rnd.randrange(1, len(line))]  # cut short
         sent.append(line)
         ops.append(["feed", data.hex()])
     return ops
@@ -137,8 +158,13 @@ def cpython_trace(ops, start):
     clock = FakeTicks(start)
     pins = [Pin(n) for n in range(3)]
     changes = []
-    fw = Firmware(pins, clock.ticks_ms, ticks_diff, ticks_add,
-                  on_change=lambda lamp, on, why: changes.append([clock.now, lamp, on, why]))
+    fw = Firmware(
+        pins,
+        clock.ticks_ms,
+        ticks_diff,
+        ticks_add,
+        on_change=lambda lamp, on, why: changes.append([clock.now, lamp, on, why]),
+    )
     replies = []
     for op, value in ops:
         if op == "feed":
@@ -161,12 +187,17 @@ def test_s2_mpvm_fault_traces_match_cpython_step_for_step(vm):
         rnd = random.Random(seed)
         start = rnd.choice([TICKS_PERIOD - 20_000, rnd.randrange(TICKS_PERIOD)])
         ops = fault_trace(rnd, 600)
-        emitted = scenario(vm, """
+        emitted = scenario(
+            vm,
+            """
             import json
             rig = Rig(lamps=3, start=%d)
             replies = run_trace(rig, json.load(open("/lib/ops.json")))
             emit(replies=replies, changes=rig.changes, states=rig.states())
-        """ % start, extra={"/lib/ops.json": json.dumps(ops)})
+        """
+            % start,
+            extra={"/lib/ops.json": json.dumps(ops)},
+        )
         expected = cpython_trace(ops, start)
         assert emitted == [expected], "seed %d: MicroPython and CPython part ways" % seed
         whys |= {why for _, _, _, why in expected["changes"]}

@@ -14,8 +14,13 @@ from firmware_bridge.protocol import FrameError
 PACKAGE = Path(protocol.__file__).resolve().parent
 
 PARSER_REASONS = {
-    protocol.TOO_LONG, protocol.NOT_ASCII, protocol.MALFORMED, protocol.BAD_CRC,
-    protocol.BAD_SEQ, protocol.UNKNOWN_COMMAND, protocol.BAD_ARGS,
+    protocol.TOO_LONG,
+    protocol.NOT_ASCII,
+    protocol.MALFORMED,
+    protocol.BAD_CRC,
+    protocol.BAD_SEQ,
+    protocol.UNKNOWN_COMMAND,
+    protocol.BAD_ARGS,
 }
 
 seqs = st.integers(min_value=1, max_value=protocol.MAX_SEQ)
@@ -89,36 +94,39 @@ def test_protocol_no_byte_string_crashes_the_parsers(data):
 @given(commands(), st.data())
 def test_protocol_any_single_byte_corruption_is_rejected(frame, data):
     line = protocol.encode_command(frame.seq, frame.word, *frame.args)
-    index = data.draw(st.integers(min_value=0, max_value=len(line) - 2))   # keep the newline
+    index = data.draw(st.integers(min_value=0, max_value=len(line) - 2))  # keep the newline
     new = data.draw(st.integers(min_value=0, max_value=255).filter(lambda b: b != line[index]))
-    corrupted = line[:index] + bytes([new]) + line[index + 1:]
+    corrupted = line[:index] + bytes([new]) + line[index + 1 :]
     with pytest.raises(FrameError):
         protocol.parse_command(corrupted)
 
 
-@pytest.mark.parametrize("line, reason", [
-    (b"1 PING*" + b"0" * 200 + b"\n", protocol.TOO_LONG),
-    (b"1 PING\xff*0000\n", protocol.NOT_ASCII),
-    (b"1 PING\t*0000\n", protocol.NOT_ASCII),
-    (b"1 PING\n", protocol.MALFORMED),
-    (b"1 PING*12\n", protocol.MALFORMED),
-    (b"1 PING*abcd\n", protocol.MALFORMED),
-    (b"1  PING*0000\n", protocol.MALFORMED),
-    (b"PING*0000\n", protocol.MALFORMED),
-    (b"1 PING*0000\n", protocol.BAD_CRC),
-    (frame_with_crc(b"0 PING"), protocol.BAD_SEQ),
-    (frame_with_crc(b"01 PING"), protocol.BAD_SEQ),
-    (frame_with_crc(b"65536 PING"), protocol.BAD_SEQ),
-    (frame_with_crc(b"-1 PING"), protocol.BAD_SEQ),
-    (frame_with_crc(b"1 FIRE"), protocol.UNKNOWN_COMMAND),
-    (frame_with_crc(b"1 ping"), protocol.UNKNOWN_COMMAND),
-    (frame_with_crc(b"1 ARM 0"), protocol.BAD_ARGS),
-    (frame_with_crc(b"1 ARM 0 01"), protocol.BAD_ARGS),
-    (frame_with_crc(b"1 ARM 0 +5"), protocol.BAD_ARGS),
-    (frame_with_crc(b"1 ARM 0 1_000"), protocol.BAD_ARGS),
-    (frame_with_crc(b"1 ARM 0 12345678901"), protocol.BAD_ARGS),
-    (frame_with_crc(b"1 PING 3"), protocol.BAD_ARGS),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (b"1 PING*" + b"0" * 200 + b"\n", protocol.TOO_LONG),
+        (b"1 PING\xff*0000\n", protocol.NOT_ASCII),
+        (b"1 PING\t*0000\n", protocol.NOT_ASCII),
+        (b"1 PING\n", protocol.MALFORMED),
+        (b"1 PING*12\n", protocol.MALFORMED),
+        (b"1 PING*abcd\n", protocol.MALFORMED),
+        (b"1  PING*0000\n", protocol.MALFORMED),
+        (b"PING*0000\n", protocol.MALFORMED),
+        (b"1 PING*0000\n", protocol.BAD_CRC),
+        (frame_with_crc(b"0 PING"), protocol.BAD_SEQ),
+        (frame_with_crc(b"01 PING"), protocol.BAD_SEQ),
+        (frame_with_crc(b"65536 PING"), protocol.BAD_SEQ),
+        (frame_with_crc(b"-1 PING"), protocol.BAD_SEQ),
+        (frame_with_crc(b"1 FIRE"), protocol.UNKNOWN_COMMAND),
+        (frame_with_crc(b"1 ping"), protocol.UNKNOWN_COMMAND),
+        (frame_with_crc(b"1 ARM 0"), protocol.BAD_ARGS),
+        (frame_with_crc(b"1 ARM 0 01"), protocol.BAD_ARGS),
+        (frame_with_crc(b"1 ARM 0 +5"), protocol.BAD_ARGS),
+        (frame_with_crc(b"1 ARM 0 1_000"), protocol.BAD_ARGS),
+        (frame_with_crc(b"1 ARM 0 12345678901"), protocol.BAD_ARGS),
+        (frame_with_crc(b"1 PING 3"), protocol.BAD_ARGS),
+    ],
+)
 def test_protocol_parse_command_rejects_with_reason(line, reason):
     with pytest.raises(FrameError) as caught:
         protocol.parse_command(line)
@@ -141,16 +149,19 @@ def test_protocol_parse_reply_rejects_commands_and_bare_err():
         protocol.parse_reply(frame_with_crc(b"3 ERR"))
 
 
-@pytest.mark.parametrize("call", [
-    lambda: protocol.encode_command(0, "PING"),
-    lambda: protocol.encode_command(1, "FIRE"),
-    lambda: protocol.encode_command(1, "ARM", 0),
-    lambda: protocol.encode_command(1, "ARM", 0, -5),
-    lambda: protocol.encode_command(1, "OFF", True),
-    lambda: protocol.encode_command(70000, "PING"),
-    lambda: protocol.encode_reply(1, False),
-    lambda: protocol.encode_reply(1, True, "two words"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: protocol.encode_command(0, "PING"),
+        lambda: protocol.encode_command(1, "FIRE"),
+        lambda: protocol.encode_command(1, "ARM", 0),
+        lambda: protocol.encode_command(1, "ARM", 0, -5),
+        lambda: protocol.encode_command(1, "OFF", True),
+        lambda: protocol.encode_command(70000, "PING"),
+        lambda: protocol.encode_reply(1, False),
+        lambda: protocol.encode_reply(1, True, "two words"),
+    ],
+)
 def test_protocol_encoders_refuse_what_the_parser_would_reject(call):
     with pytest.raises(ValueError):
         call()
@@ -158,7 +169,7 @@ def test_protocol_encoders_refuse_what_the_parser_would_reject(call):
 
 def test_protocol_seq_is_newer_wraps_and_refuses_replays():
     assert protocol.seq_is_newer(2, 1)
-    assert protocol.seq_is_newer(1, protocol.MAX_SEQ)          # wrap 65535 -> 1
+    assert protocol.seq_is_newer(1, protocol.MAX_SEQ)  # wrap 65535 -> 1
     assert not protocol.seq_is_newer(5, 5)
     assert not protocol.seq_is_newer(4, 5)
     assert not protocol.seq_is_newer(protocol.MAX_SEQ, 1)
@@ -174,7 +185,12 @@ def test_protocol_status_and_hello_payloads():
         with pytest.raises(FrameError):
             protocol.parse_status(junk)
     assert protocol.parse_hello(["1", "1.0.0", "4", "3000", "3970000"]) == {
-        "protocol": 1, "firmware": "1.0.0", "lamps": 4, "watchdog_ms": 3000, "max_arm_ms": 3970000}
+        "protocol": 1,
+        "firmware": "1.0.0",
+        "lamps": 4,
+        "watchdog_ms": 3000,
+        "max_arm_ms": 3970000,
+    }
     with pytest.raises(FrameError):
         protocol.parse_hello(["1", "1.0.0", "4"])
 
@@ -227,9 +243,13 @@ MICROPYTHON_MODULES = [
 def test_protocol_board_modules_use_only_the_micropython_subset(path):
     tree = ast.parse(path.read_text())
     # What only a type checker runs: the module's own `TYPE_CHECKING = False`, then `if TYPE_CHECKING:`.
-    type_checking = {id(inner) for node in ast.walk(tree)
-                     if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-                     for stmt in node.body for inner in ast.walk(stmt)}
+    type_checking = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
         where = "%s:%d" % (path.name, getattr(node, "lineno", 0))
         assert not isinstance(node, (ast.JoinedStr, ast.AnnAssign, ast.NamedExpr, ast.Match)), where

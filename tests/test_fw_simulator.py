@@ -29,7 +29,12 @@ class SimProcess:
         where = ["--pty"] if listen == "pty" else ["--listen", listen]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "firmware_bridge.simulator", *where, *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         self.events = []
         self._queue = queue.Queue()
         self._stderr = queue.Queue()
@@ -66,8 +71,9 @@ class SimProcess:
             try:
                 event = self._queue.get(timeout=max(0.0, end - time.monotonic()))
             except queue.Empty:
-                raise AssertionError("no change line matching %r within %g s; saw %r"
-                                     % (match, timeout, self.events)) from None
+                raise AssertionError(
+                    "no change line matching %r within %g s; saw %r" % (match, timeout, self.events)
+                ) from None
             self.events.append(event)
             if all(event.get(k) == v for k, v in match.items()):
                 return event
@@ -252,15 +258,19 @@ def test_s2_simulator_deadline_across_the_tick_wrap():
         process.stop()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--listen", "127.0.0.1:0", "--lamps", "0"], "lamp count must be 1..8"),
-    (["--listen", "nowhere", "--lamps", "2"], "expected HOST:PORT"),
-    (["--lamps", "2"], "one of the arguments --listen --pty is required"),
-    (["--listen", "127.0.0.1:0", "--lamps", "2", "--watchdog", "-1"], "watchdog must be"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--listen", "127.0.0.1:0", "--lamps", "0"], "lamp count must be 1..8"),
+        (["--listen", "nowhere", "--lamps", "2"], "expected HOST:PORT"),
+        (["--lamps", "2"], "one of the arguments --listen --pty is required"),
+        (["--listen", "127.0.0.1:0", "--lamps", "2", "--watchdog", "-1"], "watchdog must be"),
+    ],
+)
 def test_simulator_rejects_bad_usage_with_exit_2(args, message):
-    proc = subprocess.run([sys.executable, "-m", "firmware_bridge.simulator", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=20)
+    proc = subprocess.run(
+        [sys.executable, "-m", "firmware_bridge.simulator", *args], cwd=ROOT, capture_output=True, text=True, timeout=20
+    )
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -277,7 +287,7 @@ def test_s2_simulator_fault_injection_keeps_lamps_within_deadlines(sim):
     port = serial.serial_for_url(sim.url, timeout=0.05)
     grace_s = 0.03
     seq = 0
-    armed = {0: [], 1: []}      # lamp -> [(latest moment the firmware could have accepted it, ms)]
+    armed = {0: [], 1: []}  # lamp -> [(latest moment the firmware could have accepted it, ms)]
     sent = []
     faults = 0
 
@@ -320,7 +330,7 @@ def test_s2_simulator_fault_injection_keeps_lamps_within_deadlines(sim):
                     port.write(b"7" * 300 + b"\n")
                 elif kind == 5:
                     time.sleep(rnd.choice([0.05, 0.05, 0.6]))
-                else:       # a bit flip inside a valid frame
+                else:  # a bit flip inside a valid frame
                     line = bytearray(protocol.encode_command(protocol.next_seq(seq), "ARM", 1, 400))
                     line[rnd.randrange(len(line) - 1)] ^= 1 << rnd.randrange(7)
                     port.write(bytes(line))
@@ -344,8 +354,9 @@ def test_s2_simulator_fault_injection_keeps_lamps_within_deadlines(sim):
         elif lamp in on_since:
             start = on_since.pop(lamp)
             # Every ARM that could have set this period's deadline was sent before it ended.
-            bound = max([accepted + ms / 1000 for accepted, ms in armed[lamp] if accepted - 0.1 <= event["t"]],
-                        default=start)
+            bound = max(
+                [accepted + ms / 1000 for accepted, ms in armed[lamp] if accepted - 0.1 <= event["t"]], default=start
+            )
             assert event["t"] <= bound + grace_s, "lamp %d stayed on past every armed deadline" % lamp
             periods += 1
     assert not on_since, "a lamp is still on after the watchdog period"

@@ -392,5 +392,5 @@ def test_hardware_pi_lock_pins_every_runtime_dependency_with_a_hash():
         name = re.match(r"[A-Za-z0-9_.-]+", requirement).group()
         assert _canonical(name) in pinned, f"{name} is not in {LOCK.name}; regenerate it: {LOCK_COMMAND}"
         version, hashes = pinned[_canonical(name)]
-        allowed = SpecifierSet(requirement[len(name):].split(";")[0].strip())
+        allowed = SpecifierSet(requirement[len(name) :].split(";")[0].strip())
         assert hashes and allowed.contains(version, prereleases=True), f"the lock's {version} is outside {requirement}"

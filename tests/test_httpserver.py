@@ -1,4 +1,5 @@
 """The panel's HTTP server (S10): Stops have a lane of their own, and a full server closes its idlest connections."""
+
 from __future__ import annotations
 
 import json
@@ -32,16 +33,19 @@ class Task:
         pass
 
 
-@pytest.mark.parametrize("command, path, stop", [
-    ("POST", "/api/lamps/room1/stop", True),
-    ("POST", "/api/stop-all", True),
-    ("POST", "/api/estop", True),
-    ("POST", "/lamps/room1/stop", True),
-    ("POST", "/stop-all", True),
-    ("GET", "/api/stop-all", False),
-    ("POST", "/api/lamps/room1/start", False),
-    ("POST", "/api/lamps/stop/extend", False),
-])
+@pytest.mark.parametrize(
+    "command, path, stop",
+    [
+        ("POST", "/api/lamps/room1/stop", True),
+        ("POST", "/api/stop-all", True),
+        ("POST", "/api/estop", True),
+        ("POST", "/lamps/room1/stop", True),
+        ("POST", "/stop-all", True),
+        ("GET", "/api/stop-all", False),
+        ("POST", "/api/lamps/room1/start", False),
+        ("POST", "/api/lamps/stop/extend", False),
+    ],
+)
 def test_s10_stop_requests_are_recognised(command, path, stop):
     assert httpserver.is_stop(Task(command, path)) is stop
 
@@ -308,13 +312,17 @@ TEN_MB = 10 * 1024 * 1024
 
 def test_httpserver_refuses_a_declared_10_mb_body_before_reading_it(live):
     svc, spool = live
-    head = (f"POST /api/lamps/room1/start HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {TEN_MB}\r\n\r\n").encode()
+    head = (
+        f"POST /api/lamps/room1/start HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {TEN_MB}\r\n\r\n"
+    ).encode()
     with _raw_request(svc.port, head + b"{" + b" " * 1000) as sock:
         status, headers, body = _reply(sock)  # answered with 10 MB still unsent
     assert status == 413, body
-    assert json.loads(body) == {"code": "request-entity-too-large",
-                                "error": "The request body is larger than 64 KB, the most the service accepts."}
+    assert json.loads(body) == {
+        "code": "request-entity-too-large",
+        "error": "The request body is larger than 64 KB, the most the service accepts.",
+    }
     assert list(spool.iterdir()) == [] and _fds_under(svc.proc.pid, spool) == []
 
 

@@ -1,4 +1,5 @@
 """The committed catalogs: every panel string translated in each language, and the .mo files built from the .po."""
+
 from __future__ import annotations
 
 import io
@@ -42,4 +43,5 @@ def test_i18n_catalog_translates_every_string_and_its_mo_is_current(code):
     with (folder / "messages.mo").open("rb") as fh:
         committed = read_mo(fh)
     assert _pairs(read_mo(built)) == _pairs(committed), (
-        f"{folder}/messages.mo is older than its .po: run pybabel compile -d web/translations")
+        f"{folder}/messages.mo is older than its .po: run pybabel compile -d web/translations"
+    )

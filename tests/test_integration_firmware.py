@@ -1,4 +1,5 @@
 """S6/S7 end to end: a real `lampctl serve` and a real simulator process, each stopped or killed mid-session."""
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,10 @@ def test_s6_simulator_killed_relay_off_and_fault_latched_within_1s(rig):
     status, body = svc.post("/api/lamps/room2/start", {"minutes": 10}, tokens["ann"])
     assert status == 503 and body["code"] == "firmware-unavailable"
     assert svc.post("/api/lamps/room1/reset", token=tokens["admin"])[1]["code"] == "fault-persists"
-    wait_until(lambda: [s["end_reason"] for s in svc.get("/api/sessions", token=tokens["admin"])[1]["sessions"]]
-               == ["fault"], 3)
+    wait_until(
+        lambda: [s["end_reason"] for s in svc.get("/api/sessions", token=tokens["admin"])[1]["sessions"]] == ["fault"],
+        3,
+    )
 
 
 def test_s7_start_refused_while_firmware_absent_keeps_relay_off(tmp_path):

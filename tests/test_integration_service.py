@@ -1,4 +1,5 @@
 """End to end: a real `lampctl serve` process over HTTP, killed -9 and restarted (S2, S4), one per database (S16), Stop through a flood (S10)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -72,8 +73,14 @@ def test_s16_second_serve_exits_1_and_leaves_the_first_alone(tmp_path):
         assert status == 201, body
         token_before = token_file.read_text()
         db_files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "var").glob("lampctl.db*")}
-        second = subprocess.run([sys.executable, "-m", "lampctl", "serve", "--config", str(config), "--simulate"],
-                                capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
+        second = subprocess.run(
+            [sys.executable, "-m", "lampctl", "serve", "--config", str(config), "--simulate"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
         assert second.returncode == 1
         [line] = second.stderr.strip().splitlines()
         assert "another lampctl serve" in line and f"pid {first.proc.pid}" in line
@@ -89,8 +96,11 @@ def test_s16_second_serve_exits_1_and_leaves_the_first_alone(tmp_path):
         first.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="S16 gap: the lock is per database; a second service with another "
-                   "database claims the same relays (on mock pins, and on any factory but lgpio)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="S16 gap: the lock is per database; a second service with another "
+    "database claims the same relays (on mock pins, and on any factory but lgpio)",
+)
 def test_s16_gap_second_serve_with_another_database_on_the_same_relays_exits_1(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -1,4 +1,5 @@
 """The node's MQTT client in process, against a real mosquitto: a dead broker changes nothing, records wait and arrive in order."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,8 @@ def link_for(cfg, controller, accounts, users):
 
 
 def test_s9_s10_dead_broker_changes_nothing_and_records_wait_across_a_restart(
-        tmp_path, cfg, controller, clock, factory, usage_log, link_for):
+    tmp_path, cfg, controller, clock, factory, usage_log, link_for
+):
     port = free_port()  # nothing listens here yet
     link = link_for(port)
     controller.add_listener(link.on_view)
@@ -83,8 +85,7 @@ def test_state_retained_and_status_online(tmp_path, controller, clock, link_for)
         broker.kill()
 
 
-def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_path, controller, link_for,
-                                                                         monkeypatch):
+def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_path, controller, link_for, monkeypatch):
     import lampctl.fleet.mqtt as mqtt_mod
 
     monkeypatch.setattr(mqtt_mod, "REFRESH_S", 0.2)
@@ -94,8 +95,11 @@ def test_state_of_a_lamp_that_is_on_is_published_again_for_the_countdown(tmp_pat
         controller.add_listener(link.on_view)
         listener = Listener(broker.port, ["lampctl/n1/lamp/room1/state"])
         controller.start("room1", 600, "ann")
-        listener.wait(lambda l: sum(json.loads(p)["state"] == "on" for _, p, _ in l.messages) >= 4, 10,
-                      "the state of a lamp that is on, again and again")
+        listener.wait(
+            lambda l: sum(json.loads(p)["state"] == "on" for _, p, _ in l.messages) >= 4,
+            10,
+            "the state of a lamp that is on, again and again",
+        )
         controller.stop("room1", "ann")
         listener.wait(lambda l: l.latest_json("lampctl/n1/lamp/room1/state")["state"] == "off", 10, "off")
         listener.close()
@@ -156,8 +160,9 @@ def test_a_row_numbered_below_every_id_already_sent_is_still_sent(tmp_path, cfg,
         broker.kill()
 
 
-def test_health_reports_the_backlog_and_its_age_and_degrades_when_it_is_old(tmp_path, cfg, usage_log, link_for,
-                                                                            monkeypatch):
+def test_health_reports_the_backlog_and_its_age_and_degrades_when_it_is_old(
+    tmp_path, cfg, usage_log, link_for, monkeypatch
+):
     import lampctl.fleet.mqtt as mqtt_mod
 
     monkeypatch.setattr(mqtt_mod, "STALE_BACKLOG_S", 1)
@@ -190,10 +195,10 @@ def test_backlog_dates_each_row_by_when_it_was_first_seen():
     from lampctl.fleet.mqtt import Backlog
 
     backlog = Backlog()
-    backlog.update(2, 1, 2, now=100.0)   # rows 1-2 seen at 100
-    backlog.update(4, 1, 4, now=110.0)   # rows 3-4 first seen at 110
+    backlog.update(2, 1, 2, now=100.0)  # rows 1-2 seen at 100
+    backlog.update(4, 1, 4, now=110.0)  # rows 3-4 first seen at 110
     assert backlog.oldest_s(120.0) == 20.0
-    backlog.update(2, 3, 4, now=120.0)   # 1-2 sent: the oldest now waits since 110
+    backlog.update(2, 3, 4, now=120.0)  # 1-2 sent: the oldest now waits since 110
     assert backlog.oldest_s(120.0) == 10.0
     backlog.update(0, 0, 0, now=121.0)
     assert backlog.oldest_s(130.0) is None

@@ -1,4 +1,5 @@
 """S19 on real processes: `lampctl serve --simulate` and mosquitto; a retained command never replays."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,11 @@ import pytest
 from lampctl.testing import TWO_LAMPS, ServiceProcess, add_users, service_config, wait_until
 from lampctl.testing.mqtt import Broker, Listener, mosquitto_path
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)"),
-              pytest.mark.timeout(240)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(mosquitto_path() is None, reason="mosquitto is not installed (./test.sh installs it)"),
+    pytest.mark.timeout(240),
+]
 
 CMD1 = "lampctl/n1/lamp/room1/cmd"
 NODE_CMD = "lampctl/n1/cmd"
@@ -78,8 +81,7 @@ class Node:
             request_id = f"probe-{time.monotonic_ns()}"
             try:
                 # The test's own client reconnects after a broker restart too: until then publish raises.
-                self.listener.publish("lampctl/n1/lamp/room2/cmd", {"action": "stop", "user": "ann",
-                                                                    "id": request_id})
+                self.listener.publish("lampctl/n1/lamp/room2/cmd", {"action": "stop", "user": "ann", "id": request_id})
                 self.wait_result(timeout=1, id=request_id)
                 return
             except (AssertionError, RuntimeError, ValueError):

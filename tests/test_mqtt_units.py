@@ -1,4 +1,5 @@
 """The fleet's parts without a broker: the controller's listener hook, the outbox, commands, discovery."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ def test_listener_gets_every_change_in_order_outside_the_lock(controller, clock)
 
     def listener(view):
         # The controller's lock must be free here: another thread can take it at once.
-        probe = threading.Thread(target=lambda: held.append(controller._cond.acquire(timeout=1)
-                                                            and controller._cond.release() is None))
+        probe = threading.Thread(
+            target=lambda: held.append(controller._cond.acquire(timeout=1) and controller._cond.release() is None)
+        )
         probe.start()
         probe.join()
         seen.append((view.id, view.state))
@@ -153,19 +155,22 @@ def test_start_over_mqtt_refused_when_commands_are_off(commands, factory):
     assert pin_history(factory, 17) == [False]
 
 
-@pytest.mark.parametrize("body, code", [
-    ({"action": "start", "minutes": 10, "user": "nobody"}, "unknown-user"),
-    ({"action": "start", "minutes": 10, "user": "cli"}, "unknown-user"),
-    ({"action": "start", "minutes": 10}, "unknown-user"),
-    ({"action": "start", "user": "ann"}, "bad-duration"),
-    ({"action": "start", "minutes": True, "user": "ann"}, "bad-duration"),
-    ({"action": "start", "minutes": -1, "user": "ann"}, "bad-duration"),
-    ({"action": "on", "user": "ann"}, "bad-command"),
-    ({"action": "start", "minutes": 61, "user": "ann"}, "too-long"),
-    ({"action": "start", "minutes": 10, "user": "ann", "new_patient": "yes"}, "bad-command"),
-    (b"\xff not json", "bad-command"),
-    (b"[1, 2]", "bad-command"),
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"action": "start", "minutes": 10, "user": "nobody"}, "unknown-user"),
+        ({"action": "start", "minutes": 10, "user": "cli"}, "unknown-user"),
+        ({"action": "start", "minutes": 10}, "unknown-user"),
+        ({"action": "start", "user": "ann"}, "bad-duration"),
+        ({"action": "start", "minutes": True, "user": "ann"}, "bad-duration"),
+        ({"action": "start", "minutes": -1, "user": "ann"}, "bad-duration"),
+        ({"action": "on", "user": "ann"}, "bad-command"),
+        ({"action": "start", "minutes": 61, "user": "ann"}, "too-long"),
+        ({"action": "start", "minutes": 10, "user": "ann", "new_patient": "yes"}, "bad-command"),
+        (b"\xff not json", "bad-command"),
+        (b"[1, 2]", "bad-command"),
+    ],
+)
 def test_start_over_mqtt_checked_like_any_other(commands, factory, body, code):
     cmds, replies = commands(True)
     send(cmds, "lampctl/n1/lamp/room1/cmd", body)
@@ -213,11 +218,34 @@ def test_stops_over_mqtt_always_obeyed_and_recorded(commands, controller, factor
 
 # ---- discovery ---------------------------------------------------------------------------
 HA_TOPIC = r"^ha/(sensor|button)/lampctl_n1/[A-Za-z0-9_-]+/config$"
-SENSOR_KEYS = {"name", "unique_id", "default_entity_id", "device", "availability_topic", "payload_available",
-               "payload_not_available", "state_topic", "value_template", "json_attributes_topic", "icon",
-               "device_class", "unit_of_measurement"}
-BUTTON_KEYS = {"name", "unique_id", "default_entity_id", "device", "availability_topic", "payload_available",
-               "payload_not_available", "command_topic", "payload_press", "qos", "icon"}
+SENSOR_KEYS = {
+    "name",
+    "unique_id",
+    "default_entity_id",
+    "device",
+    "availability_topic",
+    "payload_available",
+    "payload_not_available",
+    "state_topic",
+    "value_template",
+    "json_attributes_topic",
+    "icon",
+    "device_class",
+    "unit_of_measurement",
+}
+BUTTON_KEYS = {
+    "name",
+    "unique_id",
+    "default_entity_id",
+    "device",
+    "availability_topic",
+    "payload_available",
+    "payload_not_available",
+    "command_topic",
+    "payload_press",
+    "qos",
+    "icon",
+}
 
 
 def ha_configs(cfg, commands: bool):
@@ -242,7 +270,10 @@ def test_discovery_follows_home_assistant_schema(cfg):
         ids.add(payload["unique_id"])
         if component == "button":
             press = json.loads(payload["payload_press"])
-            assert payload["command_topic"] in ("lampctl/n1/cmd", f"lampctl/n1/lamp/{topic.split('/')[3].split('_')[0]}/cmd")
+            assert payload["command_topic"] in (
+                "lampctl/n1/cmd",
+                f"lampctl/n1/lamp/{topic.split('/')[3].split('_')[0]}/cmd",
+            )
             assert press["action"] in ("start", "stop", "stop-all")
             if press["action"] == "start":
                 assert press["minutes"] > 0  # never a bare "on"

@@ -1,4 +1,5 @@
 """Behaviour no other test pinned down: each test here fails on a mutant that left the suite green (docs/mutation.md)."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -53,8 +54,10 @@ def test_panel_log_banner_while_the_usage_log_cannot_write(web, services, tmp_pa
         failing.event(None, None, None, "system", "waits for the disk")
         wait_until(lambda: failing.write_errors, 10, "a write error")
         html = web.get("/panel/").data.decode()
-        assert ('class="banner banner-log" role="alert" data-short="Usage log not saving (1 waiting). Tell an admin.">'
-                "The usage log cannot be saved right now (1 records waiting); lamps still work. Tell an admin.") in html
+        assert (
+            'class="banner banner-log" role="alert" data-short="Usage log not saving (1 waiting). Tell an admin.">'
+            "The usage log cannot be saved right now (1 records waiting); lamps still work. Tell an admin."
+        ) in html
         assert [b["kind"] for b in web.get("/panel/state.json").get_json()["banners"]] == ["log"]
         failing._connect = connect
         assert failing.flush(10)
@@ -106,8 +109,11 @@ def test_s3_extension_refusal_says_what_is_left_of_the_patients_budget(controlle
 
 def _audit(usage_log) -> list[tuple]:
     assert usage_log.flush(5)
-    return [(e["lamp_id"], e["from_state"], e["to_state"], e["who"], e["why"])
-            for e in reversed(usage_log.events()) if e["lamp_id"]]
+    return [
+        (e["lamp_id"], e["from_state"], e["to_state"], e["who"], e["why"])
+        for e in reversed(usage_log.events())
+        if e["lamp_id"]
+    ]
 
 
 def test_s13_every_ending_is_recorded_with_who_and_why(controller, clock, usage_log, factory):
@@ -181,8 +187,8 @@ def plain(tmp_path, factory, usage_log):
 def test_s2_tick_wakes_for_the_earliest_deadline_or_cooldown_and_marks_its_time(plain):
     ctl, clock = plain
     assert ctl.tick() is None
-    ctl.start("room2", 60, "ann")          # cooldown_s = 60 after it
-    ctl.stop("room2", "ann")               # room2 cools down until now + 60
+    ctl.start("room2", 60, "ann")  # cooldown_s = 60 after it
+    ctl.stop("room2", "ann")  # room2 cools down until now + 60
     ctl.start("room1", 600, "ann")
     clock.advance(5)
     assert ctl.tick() == clock.monotonic() + 55
@@ -209,24 +215,26 @@ def test_s6_idle_scheduler_still_wakes_every_second_and_stops_when_told(plain):
 def test_s6_stuck_relay_latches_at_the_settle_time_and_again_after_a_reset(controller, clock, factory):
     feedback = factory.pin(22)
     controller.start("room1", 600, "ann")
-    controller.tick()                       # relay on, lamp not powered: the settle time starts
+    controller.tick()  # relay on, lamp not powered: the settle time starts
     clock.advance(0.5)
     controller.tick()
     assert controller.lamp("room1").fault_reason == (
-        "Room 1 is not powered while its relay is on (relay stuck open or bulb failed)")
+        "Room 1 is not powered while its relay is on (relay stuck open or bulb failed)"
+    )
     controller.reset_fault("room1", "admin")
-    feedback.drive_high()                   # now powered with the relay off: stuck closed
+    feedback.drive_high()  # now powered with the relay off: stuck closed
     controller.tick()
     clock.advance(0.5)
     controller.tick()
     assert controller.lamp("room1").fault_reason == (
-        "Room 1 is still powered after its relay was switched off (relay stuck closed)")
+        "Room 1 is still powered after its relay was switched off (relay stuck closed)"
+    )
 
 
 def test_s7_backstop_rounds_up_to_whole_ms_after_dropping_float_noise():
-    assert s7_backstop_ms(0.1, 0.0004) == 111          # 110.4 ms: up, never down
-    assert s7_backstop_ms(840, 0.0) == 924000          # 924000.0000000001 is noise
-    assert s7_backstop_ms(0, 0.1000000004) == 100      # below a microsecond is noise too
+    assert s7_backstop_ms(0.1, 0.0004) == 111  # 110.4 ms: up, never down
+    assert s7_backstop_ms(840, 0.0) == 924000  # 924000.0000000001 is noise
+    assert s7_backstop_ms(0, 0.1000000004) == 100  # below a microsecond is noise too
 
 
 # ---- firmware and protocol -------------------------------------------------------------
@@ -237,7 +245,7 @@ def test_firmware_remaining_is_zero_when_off_and_after_the_deadline():
     rig.ok("ARM", 0, 1000)
     rig.clock.advance(400)
     assert rig.fw.remaining_ms(0) == 600
-    rig.clock.advance(700)                  # past the deadline, before the loop polls
+    rig.clock.advance(700)  # past the deadline, before the loop polls
     assert rig.fw.remaining_ms(0) == 0
 
 
@@ -254,8 +262,12 @@ def test_firmware_shutdown_reports_every_lamp_off_as_off():
 def test_protocol_frames_differ_by_seq_word_or_args():
     frame = protocol.Frame(1, "ARM", (0, 100))
     assert frame == protocol.Frame(1, "ARM", (0, 100))
-    for other in (protocol.Frame(2, "ARM", (0, 100)), protocol.Frame(1, "OFF", (0, 100)),
-                  protocol.Frame(1, "ARM", (1, 100)), (1, "ARM", (0, 100))):
+    for other in (
+        protocol.Frame(2, "ARM", (0, 100)),
+        protocol.Frame(1, "OFF", (0, 100)),
+        protocol.Frame(1, "ARM", (1, 100)),
+        (1, "ARM", (0, 100)),
+    ):
         assert frame != other
 
 
@@ -302,8 +314,10 @@ def test_s6_a_relay_that_will_not_switch_on_refuses_the_start_and_latches(failin
     hw.broken.add((0, True))
     with pytest.raises(Refused) as exc:
         ctl.start("room1", 600, "ann")
-    assert (exc.value.code, str(exc.value)) == ("hardware", "Room 1 was not started: its relay output failed "
-                                                            "(GPIO write failed).")
+    assert (exc.value.code, str(exc.value)) == (
+        "hardware",
+        "Room 1 was not started: its relay output failed (GPIO write failed).",
+    )
     assert ctl.lamp("room1").fault_reason == "relay of Room 1 could not be switched on: GPIO write failed"
 
 
@@ -347,8 +361,11 @@ def test_controller_refusals_are_sentences_naming_the_lamp(controller, clock):
         controller.start("room1", 60, "ann")
     clock.advance(50 * 60)
     controller.tick()
-    with pytest.raises(Refused, match=r"^Room 1 has already run 50 min for this patient, so 10 min of its 60 min "
-                                      r"limit is left; start it for a new patient to begin afresh\.$"):
+    with pytest.raises(
+        Refused,
+        match=r"^Room 1 has already run 50 min for this patient, so 10 min of its 60 min "
+        r"limit is left; start it for a new patient to begin afresh\.$",
+    ):
         controller.start("room1", 20 * 60, "ann")
     controller.fault("relay of Room 1 is stuck closed", "room1")
     with pytest.raises(Refused, match=r"^Room 1 has a latched fault \(relay of Room 1 is stuck closed\); an admin "):
@@ -361,7 +378,15 @@ def test_controller_refusals_are_sentences_naming_the_lamp(controller, clock):
 
 def test_controller_durations_read_as_people_say_them():
     assert [fmt_s(s) for s in (3, 59.5, 60, 60.4, 297, 1200, 360000, 360001)] == [
-        "3 s", "59.5 s", "1 min", "1 min", "4 min 57 s", "20 min", "6000 min", "over 100 h"]
+        "3 s",
+        "59.5 s",
+        "1 min",
+        "1 min",
+        "4 min 57 s",
+        "20 min",
+        "6000 min",
+        "over 100 h",
+    ]
 
 
 def test_s3_limit_allows_float_slack_up_to_a_microsecond():
@@ -378,11 +403,12 @@ def test_protocol_frame_errors_keep_their_reason():
 
 def test_protocol_damaged_frames_keep_their_seq_for_the_err_reply():
     for parse, line, reason in (
-            (protocol.parse_command, protocol._encode(7, "ARM", ["1"]), protocol.BAD_ARGS),
-            (protocol.parse_command, protocol._encode(7, "ARM", ["1", "x"]), protocol.BAD_ARGS),
-            (protocol.parse_reply, protocol._encode(7, "NOPE", []), protocol.UNKNOWN_COMMAND),
-            (protocol.parse_reply, protocol._encode(7, "OK", ["a*b"]), protocol.BAD_ARGS),
-            (protocol.parse_reply, protocol._encode(7, "ERR", []), protocol.BAD_ARGS)):
+        (protocol.parse_command, protocol._encode(7, "ARM", ["1"]), protocol.BAD_ARGS),
+        (protocol.parse_command, protocol._encode(7, "ARM", ["1", "x"]), protocol.BAD_ARGS),
+        (protocol.parse_reply, protocol._encode(7, "NOPE", []), protocol.UNKNOWN_COMMAND),
+        (protocol.parse_reply, protocol._encode(7, "OK", ["a*b"]), protocol.BAD_ARGS),
+        (protocol.parse_reply, protocol._encode(7, "ERR", []), protocol.BAD_ARGS),
+    ):
         with pytest.raises(protocol.FrameError) as caught:
             parse(line)
         assert (caught.value.reason, caught.value.seq) == (reason, 7), line
@@ -400,12 +426,15 @@ def test_protocol_a_frame_of_exactly_max_line_bytes_is_valid():
 
 
 def test_protocol_line_splitter_limit_is_the_same_however_the_stream_is_cut():
-    too_long = b"y" * protocol.MAX_LINE + b"\n"          # MAX_LINE bytes before the newline: one too many
+    too_long = b"y" * protocol.MAX_LINE + b"\n"  # MAX_LINE bytes before the newline: one too many
     garbage = b"z" * (3 * protocol.MAX_LINE - 10)
     whole = protocol.LineSplitter().feed(too_long + garbage)
     splitter = protocol.LineSplitter()
-    chunked = [item for part in (too_long[:100], too_long[100:], garbage[:100], garbage[100:250], garbage[250:])
-               for item in splitter.feed(part)]
+    chunked = [
+        item
+        for part in (too_long[:100], too_long[100:], garbage[:100], garbage[100:250], garbage[250:])
+        for item in splitter.feed(part)
+    ]
     for items in (whole, chunked):
         assert [getattr(i, "reason", i) for i in items] == [protocol.TOO_LONG] * 3
 
@@ -421,7 +450,7 @@ def test_firmware_defaults_and_smallest_settings():
     assert (fw.watchdog_ms, fw.bad_frame_limit) == (3000, 3)
     one = Rig(lamps=1, watchdog_ms=1, bad_frame_limit=1)
     one.ok("HELLO")
-    one.ok("ARM", 0, 1)                     # the shortest arm there is
+    one.ok("ARM", 0, 1)  # the shortest arm there is
     assert one.levels() == [1]
 
 

@@ -1,4 +1,5 @@
 """web/openapi.json against the app: served at /api/openapi.json, the same routes both ways, valid OpenAPI 3.1."""
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,22 @@ HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "tra
 
 def spec_operations(spec: dict) -> set[tuple[str, str]]:
     """{(path, METHOD)} with Flask's <name> for OpenAPI's {name}."""
-    return {(re.sub(r"\{(\w+)\}", r"<\1>", path), method.upper())
-            for path, item in spec["paths"].items() for method in item if method in HTTP_METHODS}
+    return {
+        (re.sub(r"\{(\w+)\}", r"<\1>", path), method.upper())
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
 
 
 def api_routes(app) -> set[tuple[str, str]]:
     """{(rule, METHOD)} of every /api route; HEAD and OPTIONS are Flask's own additions."""
-    return {(rule.rule, method) for rule in app.url_map.iter_rules() if rule.rule.startswith("/api/")
-            for method in rule.methods - {"HEAD", "OPTIONS"}}
+    return {
+        (rule.rule, method)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
 
 
 def test_openapi_every_api_route_is_in_the_spec(app):
@@ -79,24 +88,27 @@ def _response_schema(path: str, method: str, status: int) -> dict:
     return response["content"]["application/json"]["schema"]
 
 
-@pytest.mark.parametrize("method,url,body,token,path,status", [
-    ("get", "/api/health", None, None, "/api/health", 200),
-    ("get", "/api/lamps", None, "ann", "/api/lamps", 200),
-    ("get", "/api/lamps/room1", None, "ann", "/api/lamps/{lamp_id}", 200),
-    ("get", "/api/lamps/nope", None, "ann", "/api/lamps/{lamp_id}", 404),
-    ("get", "/api/lamps", None, None, "/api/lamps", 401),
-    ("post", "/api/lamps/room1/start", {"minutes": 10}, "ann", "/api/lamps/{lamp_id}/start", 201),
-    ("post", "/api/lamps/room1/start", {"minutes": "ten"}, "ann", "/api/lamps/{lamp_id}/start", 400),
-    ("post", "/api/lamps/room1/extend", {"minutes": 5}, "ann", "/api/lamps/{lamp_id}/extend", 409),
-    ("post", "/api/lamps/room1/stop", None, "ann", "/api/lamps/{lamp_id}/stop", 200),
-    ("post", "/api/lamps/room1/stop", None, None, "/api/lamps/{lamp_id}/stop", 200),
-    ("post", "/api/estop", None, None, "/api/estop", 200),
-    ("post", "/api/lamps/room1/reset", None, "ann", "/api/lamps/{lamp_id}/reset", 403),
-    ("post", "/api/reset-all", None, "ann", "/api/reset-all", 403),
-    ("post", "/api/reset-all", None, "admin", "/api/reset-all", 409),
-    ("post", "/api/stop-all", None, "ann", "/api/stop-all", 200),
-    ("get", "/api/sessions?from=yesterday", None, "admin", "/api/sessions", 400),
-])
+@pytest.mark.parametrize(
+    "method,url,body,token,path,status",
+    [
+        ("get", "/api/health", None, None, "/api/health", 200),
+        ("get", "/api/lamps", None, "ann", "/api/lamps", 200),
+        ("get", "/api/lamps/room1", None, "ann", "/api/lamps/{lamp_id}", 200),
+        ("get", "/api/lamps/nope", None, "ann", "/api/lamps/{lamp_id}", 404),
+        ("get", "/api/lamps", None, None, "/api/lamps", 401),
+        ("post", "/api/lamps/room1/start", {"minutes": 10}, "ann", "/api/lamps/{lamp_id}/start", 201),
+        ("post", "/api/lamps/room1/start", {"minutes": "ten"}, "ann", "/api/lamps/{lamp_id}/start", 400),
+        ("post", "/api/lamps/room1/extend", {"minutes": 5}, "ann", "/api/lamps/{lamp_id}/extend", 409),
+        ("post", "/api/lamps/room1/stop", None, "ann", "/api/lamps/{lamp_id}/stop", 200),
+        ("post", "/api/lamps/room1/stop", None, None, "/api/lamps/{lamp_id}/stop", 200),
+        ("post", "/api/estop", None, None, "/api/estop", 200),
+        ("post", "/api/lamps/room1/reset", None, "ann", "/api/lamps/{lamp_id}/reset", 403),
+        ("post", "/api/reset-all", None, "ann", "/api/reset-all", 403),
+        ("post", "/api/reset-all", None, "admin", "/api/reset-all", 409),
+        ("post", "/api/stop-all", None, "ann", "/api/stop-all", 200),
+        ("get", "/api/sessions?from=yesterday", None, "admin", "/api/sessions", 400),
+    ],
+)
 def test_openapi_schemas_describe_the_replies(client, users, method, url, body, token, path, status):
     headers = bearer(users[token]) if token else {}
     resp = getattr(client, method)(url, json=body, headers=headers)
@@ -113,13 +125,15 @@ def test_openapi_session_and_lamp_schemas_describe_a_whole_session(client, users
     reset = client.post("/api/lamps/room1/reset", headers=admin)
     reset_all = client.post("/api/reset-all", headers=admin)  # room2, still latched
     sessions = client.get("/api/sessions?from=2000-01-01&reason=stopped", headers=admin)
-    replies = [(started, "/api/lamps/{lamp_id}/start", "post", 201),
-               (extended, "/api/lamps/{lamp_id}/extend", "post", 200),
-               (stopped, "/api/lamps/{lamp_id}/stop", "post", 200),
-               (estopped, "/api/estop", "post", 200),
-               (reset, "/api/lamps/{lamp_id}/reset", "post", 200),
-               (reset_all, "/api/reset-all", "post", 200),
-               (sessions, "/api/sessions", "get", 200)]
+    replies = [
+        (started, "/api/lamps/{lamp_id}/start", "post", 201),
+        (extended, "/api/lamps/{lamp_id}/extend", "post", 200),
+        (stopped, "/api/lamps/{lamp_id}/stop", "post", 200),
+        (estopped, "/api/estop", "post", 200),
+        (reset, "/api/lamps/{lamp_id}/reset", "post", 200),
+        (reset_all, "/api/reset-all", "post", 200),
+        (sessions, "/api/sessions", "get", 200),
+    ]
     for resp, path, method, status in replies:
         assert resp.status_code == status, (path, resp.get_json())
         _validator(_response_schema(path, method, status)).validate(resp.get_json())
@@ -127,10 +141,16 @@ def test_openapi_session_and_lamp_schemas_describe_a_whole_session(client, users
     assert estopped.get_json()["lamps"][0]["state"] == "fault"
 
 
-@pytest.mark.parametrize("method,path", [
-    ("put", "/api/lamps"), ("delete", "/api/lamps/room1"), ("get", "/api/stop-all"), ("post", "/api/openapi.json"),
-    ("put", "/login"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("put", "/api/lamps"),
+        ("delete", "/api/lamps/room1"),
+        ("get", "/api/stop-all"),
+        ("post", "/api/openapi.json"),
+        ("put", "/login"),
+    ],
+)
 def test_openapi_a_405_names_the_allowed_methods(client, method, path):
     resp = getattr(client, method)(path)
     assert resp.status_code == 405

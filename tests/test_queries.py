@@ -1,4 +1,5 @@
 """The log's read queries at scale: migration 4's indexes in the plans, keyset pages, capped counts, the CSV fast path."""
+
 from __future__ import annotations
 
 import csv
@@ -11,8 +12,10 @@ from hypothesis import strategies as st
 from lampctl.storage import export, queries, reports
 from lampctl.storage.db import connect, open_database
 
-SESSION_INSERT = ("INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?)")
+SESSION_INSERT = (
+    "INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def plan(path, sql: str, params=()) -> str:
@@ -39,8 +42,17 @@ def random_sessions(n: int, seed: int = 3) -> list[tuple]:
         start = f"2026-01-{rng.randint(1, 4):02d}T10:00:0{rng.randint(0, 2)}.000Z"
         reason = rng.choice(["completed", "stopped", "estop", None])
         ended = None if reason is None else start.replace("T10", "T11")
-        rows.append((rng.choice(["room1", "room2"]), rng.choice(["ann", "bob", "-cy"]), start, ended, 600.0,
-                     None if reason is None else 599.5, reason))
+        rows.append(
+            (
+                rng.choice(["room1", "room2"]),
+                rng.choice(["ann", "bob", "-cy"]),
+                start,
+                ended,
+                600.0,
+                None if reason is None else 599.5,
+                reason,
+            )
+        )
     return rows
 
 
@@ -49,8 +61,11 @@ def test_migration_4_puts_the_log_pages_on_indexes(tmp_path):
     open_database(db)
     assert "sessions_open" in plan(db, "SELECT id, started_at, planned_s FROM sessions WHERE ended_at IS NULL")
     assert "COVERING INDEX sessions_by_lamp" in plan(
-        db, "SELECT coalesce(sum(actual_s), 0) FROM sessions WHERE lamp_id = ? AND started_at >= ? "
-            "AND actual_s IS NOT NULL", ("room1", ""))
+        db,
+        "SELECT coalesce(sum(actual_s), 0) FROM sessions WHERE lamp_id = ? AND started_at >= ? "
+        "AND actual_s IS NOT NULL",
+        ("room1", ""),
+    )
     newest = "SELECT * FROM sessions WHERE {} = ? ORDER BY started_at DESC, id DESC LIMIT 51"
     assert "sessions_by_user" in plan(db, newest.format("user"), ("ann",))
     assert "sessions_by_reason" in plan(db, newest.format("end_reason"), ("estop",))
@@ -64,8 +79,10 @@ def test_session_users_is_a_skip_scan_listing_each_name_once(tmp_path):
     assert reports.session_users(db) == sorted({r[1] for r in rows})
     conn = connect(db)
     try:
-        text = " | ".join(r[3] for r in conn.execute(
-            "EXPLAIN QUERY PLAN SELECT (SELECT min(user) FROM sessions WHERE user > ?)", ("ann",)))
+        text = " | ".join(
+            r[3]
+            for r in conn.execute("EXPLAIN QUERY PLAN SELECT (SELECT min(user) FROM sessions WHERE user > ?)", ("ann",))
+        )
     finally:
         conn.close()
     assert "sessions_by_user" in text and "SCAN sessions" not in text.replace("SCAN sessions USING", "")
@@ -100,13 +117,20 @@ def test_session_page_keyset_walks_the_whole_log_newest_first_both_ways(tmp_path
     fill(db, rows)
     ordered = sorted(range(1, 58), key=lambda i: (rows[i - 1][2], i), reverse=True)
     for filters in ({}, {"lamp": "room2"}, {"user": "-cy", "reason": "estop"}, {"start": "2026-01-02"}):
-        expect = [i for i in ordered if all(
-            {"lamp": rows[i - 1][0], "user": rows[i - 1][1], "reason": rows[i - 1][6]}.get(k, v) == v
-            for k, v in filters.items() if k != "start") and rows[i - 1][2] >= filters.get("start", "")]
+        expect = [
+            i
+            for i in ordered
+            if all(
+                {"lamp": rows[i - 1][0], "user": rows[i - 1][1], "reason": rows[i - 1][6]}.get(k, v) == v
+                for k, v in filters.items()
+                if k != "start"
+            )
+            and rows[i - 1][2] >= filters.get("start", "")
+        ]
         seen, back = _walk(db, 5, **filters)
         assert seen == expect, filters
         # Walking back towards the newest shows each page's rows again, in the same order.
-        assert [i for page in back for i in page] == expect[:len([i for page in back for i in page])]
+        assert [i for page in back for i in page] == expect[: len([i for page in back for i in page])]
 
 
 def test_count_sessions_stops_at_its_cap(tmp_path):
@@ -123,8 +147,9 @@ texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(texts, texts, st.none() | st.floats(0, 3600).map(lambda x: round(x, 3))),
-                min_size=1, max_size=8))
+@given(
+    st.lists(st.tuples(texts, texts, st.none() | st.floats(0, 3600).map(lambda x: round(x, 3))), min_size=1, max_size=8)
+)
 def test_csv_chunks_write_what_csv_cell_would_for_any_name(tmp_path_factory, cells):
     # Every free-text cell, formulas, commas, quotes, CR and LF included, reads back as csv_cell made it.
     db = tmp_path_factory.mktemp("csv") / "l.db"
@@ -133,7 +158,8 @@ def test_csv_chunks_write_what_csv_cell_would_for_any_name(tmp_path_factory, cel
     text = "".join(queries.csv_chunks(db, batch=3))
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert rows[0] == export.SESSION_COLUMNS
-    assert [r[1:3] for r in rows[1:]] == [[str(export.csv_cell(lamp)), str(export.csv_cell(user))]
-                                          for lamp, user, _ in cells]
+    assert [r[1:3] for r in rows[1:]] == [
+        [str(export.csv_cell(lamp)), str(export.csv_cell(user))] for lamp, user, _ in cells
+    ]
     assert [float(r[6]) if r[6] else None for r in rows[1:]] == [actual for _, _, actual in cells]
     assert {r[7] for r in rows[1:]} == {""}

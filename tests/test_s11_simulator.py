@@ -1,4 +1,5 @@
 """S11/S12 end to end: a real FirmwareLink to the simulator process, with the firmware's ARM reply 0.3 s slow."""
+
 from __future__ import annotations
 
 import threading
@@ -42,8 +43,14 @@ class SlowArmPort:
 @pytest.fixture
 def slow_rig(cfg, relays, usage_log):
     sim = Simulator(lamps=2, watchdog_s=1.0)
-    link = FirmwareLink(f"socket://127.0.0.1:{sim.port}", 2, watchdog_s=1.0, heartbeat_s=0.2, reply_timeout_s=1.0,
-                        serial_for_url=lambda url, **kw: SlowArmPort(serial.serial_for_url(url, **kw)))
+    link = FirmwareLink(
+        f"socket://127.0.0.1:{sim.port}",
+        2,
+        watchdog_s=1.0,
+        heartbeat_s=0.2,
+        reply_timeout_s=1.0,
+        serial_for_url=lambda url, **kw: SlowArmPort(serial.serial_for_url(url, **kw)),
+    )
     backstop = FirmwareBackstop(link, grace_s=0.1)
     ctl = SessionController(cfg.lamps, relays, MonotonicClock(), usage_log, backstop=backstop)
     backstop.attach(ctl)

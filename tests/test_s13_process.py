@@ -1,4 +1,5 @@
 """S13 end to end: a real service frozen past the firmware's watchdog logs the session `firmware` at the cut, not `completed`."""
+
 from __future__ import annotations
 
 import signal

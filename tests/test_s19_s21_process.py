@@ -1,4 +1,5 @@
 """S19/S21 on a real `lampctl serve` and simulator: a Stop beats the queued start it follows, and needs no credentials."""
+
 from __future__ import annotations
 
 import http.client

@@ -1,4 +1,5 @@
 """S1/S15 on a real process: relays OFF before Flask is imported, and OFF again on every signal, a crashed thread, a failing close step."""
+
 from __future__ import annotations
 
 import json
@@ -55,27 +56,85 @@ def started_then_ended(svc, tokens, end) -> dict:
 # man 7 signal: every signal whose default action ends the process ("Term" or "Core"), named
 # here, not taken from the code: a signal dropped from the code's list must fail a test.
 TERMINATE_BY_DEFAULT = (
-    "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
-    "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGXCPU",
-    "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSYS",
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
 )  # and every real-time signal, SIGRTMIN..SIGRTMAX
 # The ones the service does not handle, and why (lampctl/platform/signals.py): uncatchable; ignored by
 # Python (a dropped client must not end the service); a fault of the process itself, which a
 # Python handler would turn into a spinning process instead of a dead one systemd restarts.
-NOT_HANDLED = {"SIGKILL": "default", "SIGPIPE": "ignore",
-               "SIGSEGV": "default", "SIGBUS": "default", "SIGFPE": "default", "SIGILL": "default"}
+NOT_HANDLED = {
+    "SIGKILL": "default",
+    "SIGPIPE": "ignore",
+    "SIGSEGV": "default",
+    "SIGBUS": "default",
+    "SIGFPE": "default",
+    "SIGILL": "default",
+}
 # Sent one by one to a service with a lamp on: the ones systemd, a terminal, a UPS daemon or an
 # operator's `kill` really send, and one real-time signal at each end of the range.
-SENT = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGUSR1", "SIGUSR2", "SIGALRM",
-        "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPWR", "SIGRTMIN", "SIGRTMAX")
+SENT = (
+    "SIGTERM",
+    "SIGINT",
+    "SIGHUP",
+    "SIGQUIT",
+    "SIGABRT",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGALRM",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGPWR",
+    "SIGRTMIN",
+    "SIGRTMAX",
+)
 # What `lampctl serve` must not have imported when it claims the relays (S1: relays OFF
 # before any slow import): the web stack, the store and its database, the accounts, the
 # serial port, the firmware link, the broker client, the controller. (firmware_bridge.protocol
 # may be there: it is pure, and the config checks its limits against the firmware's, S14.)
 NOT_BEFORE_CLAIM = (
-    "sqlite3", "_sqlite3", "lampctl.storage.store", "lampctl.storage.db", "lampctl.storage.accounts", "lampctl.core.controller",
-    "lampctl.devices.backstop", "lampctl.platform.httpserver", "web", "flask", "werkzeug", "jinja2", "waitress", "serial",
-    "firmware_bridge.bridge", "firmware_bridge.simulator", "firmware_bridge.firmware", "paho", "paho.mqtt", "lampctl.fleet.mqtt",
+    "sqlite3",
+    "_sqlite3",
+    "lampctl.storage.store",
+    "lampctl.storage.db",
+    "lampctl.storage.accounts",
+    "lampctl.core.controller",
+    "lampctl.devices.backstop",
+    "lampctl.platform.httpserver",
+    "web",
+    "flask",
+    "werkzeug",
+    "jinja2",
+    "waitress",
+    "serial",
+    "firmware_bridge.bridge",
+    "firmware_bridge.simulator",
+    "firmware_bridge.firmware",
+    "paho",
+    "paho.mqtt",
+    "lampctl.fleet.mqtt",
 )
 
 
@@ -107,8 +166,11 @@ def test_s15_every_signal_that_ends_a_process_by_default_has_the_handler(tmp_pat
     got = pins["signals"]
     numbers = {name: getattr(signal, name) for name in TERMINATE_BY_DEFAULT}
     numbers |= {f"SIGRTMIN+{n}": signal.SIGRTMIN + n for n in range(signal.SIGRTMAX - signal.SIGRTMIN + 1)}
-    wrong = {name: got.get(str(num)) for name, num in numbers.items()
-             if got.get(str(num)) != NOT_HANDLED.get(name, "handler")}
+    wrong = {
+        name: got.get(str(num))
+        for name, num in numbers.items()
+        if got.get(str(num)) != NOT_HANDLED.get(name, "handler")
+    }
     assert wrong == {}
 
 
@@ -146,8 +208,11 @@ def test_s1_crashed_thread_turns_relays_off_and_latches_fault(tmp_path):
     try:
         assert svc.post("/api/lamps/room1/start", {"minutes": 10}, tokens["ann"])[0] == 201
         trigger.touch()  # only now, with the session running, may the thread crash
-        wait_until(lambda: svc.get("/api/lamps/room1", tokens["ann"])[1]["state"] == "fault", 10,
-                   "a fault after the injected crash")
+        wait_until(
+            lambda: svc.get("/api/lamps/room1", tokens["ann"])[1]["state"] == "fault",
+            10,
+            "a fault after the injected crash",
+        )
         lamp = svc.get("/api/lamps/room1", tokens["ann"])[1]
         assert lamp["relay_on"] is False and "crashing-worker" in lamp["fault_reason"]
         # The record follows the cutoff.
@@ -164,8 +229,9 @@ def test_s15_ready_only_once_the_panel_answers_then_pings_and_sigabrt_ends_safel
         address = f"lampctl-test-{os.getpid()}-{id(sock)}"
         sock.bind("\0" + address)
         sock.settimeout(30)
-        svc, tokens, _ = run_harness(tmp_path, NOTIFY_SOCKET="@" + address, S1_FIRST_ANSWER=str(first_answer),
-                                        S1_NOTIFY_LOG=str(notes))
+        svc, tokens, _ = run_harness(
+            tmp_path, NOTIFY_SOCKET="@" + address, S1_FIRST_ANSWER=str(first_answer), S1_NOTIFY_LOG=str(notes)
+        )
         try:
             assert sock.recv(64) == b"READY=1"
             assert sock.recv(64) == b"WATCHDOG=1"

@@ -1,4 +1,5 @@
 """What must outlive a restart, on real processes: a real `lampctl serve` killed -9 or stopped, restarted, restored (S17, S20)."""
+
 from __future__ import annotations
 
 import sqlite3

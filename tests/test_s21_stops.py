@@ -1,4 +1,5 @@
 """S21: Stop, Stop all and E-stop need no credentials and never wait for them, from the API and every panel page."""
+
 from __future__ import annotations
 
 import re
@@ -21,6 +22,7 @@ def no_waiting(accounts, monkeypatch):
     def wait_fresh(timeout):
         waits.append(timeout)
         raise AssertionError("a Stop waited for the accounts to reload")
+
     monkeypatch.setattr(accounts, "wait_fresh", wait_fresh)
     return waits
 
@@ -36,10 +38,12 @@ def stop_who(usage_log, why):
     return [e["who"] for e in usage_log.events() if why in e["why"]]
 
 
-@pytest.mark.parametrize("headers", [{}, bearer("made-up-token"), {"Authorization": "Basic YW5uOjI0Njg="},
-                                     {"Authorization": "Bearer "}])
+@pytest.mark.parametrize(
+    "headers", [{}, bearer("made-up-token"), {"Authorization": "Basic YW5uOjI0Njg="}, {"Authorization": "Bearer "}]
+)
 def test_s21_api_stop_with_no_or_unknown_credentials_is_carried_out_and_recorded_with_the_address(
-        client, users, factory, usage_log, no_waiting, headers):
+    client, users, factory, usage_log, no_waiting, headers
+):
     started(client, users)
     resp = client.post("/api/lamps/room1/stop", headers=headers)
     assert resp.status_code == 200, resp.get_json()
@@ -51,8 +55,7 @@ def test_s21_api_stop_with_no_or_unknown_credentials_is_carried_out_and_recorded
     assert stop_who(usage_log, "stopped by user") == [ANON]
 
 
-def test_s21_api_stop_all_and_estop_need_no_token_and_never_wait_for_one(client, users, factory, usage_log,
-                                                                         no_waiting):
+def test_s21_api_stop_all_and_estop_need_no_token_and_never_wait_for_one(client, users, factory, usage_log, no_waiting):
     started(client, users)
     resp = client.post("/api/stop-all", headers=bearer("made-up-token"))
     assert resp.status_code == 200
@@ -81,8 +84,9 @@ def panel_app(services, clock):
     return create_app(services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic})
 
 
-def test_s21_panel_stops_from_a_logged_out_tablet_need_no_login_and_no_csrf(panel_app, client, users, factory,
-                                                                            usage_log, no_waiting):
+def test_s21_panel_stops_from_a_logged_out_tablet_need_no_login_and_no_csrf(
+    panel_app, client, users, factory, usage_log, no_waiting
+):
     tablet = panel_app.test_client()
     started(client, users)
     resp = tablet.post("/panel/lamps/room1/stop")  # no cookie, no CSRF token
@@ -99,8 +103,9 @@ def test_s21_panel_stops_from_a_logged_out_tablet_need_no_login_and_no_csrf(pane
     assert stop_who(usage_log, "stop all (panel)") == [ANON, ANON]  # the session it ended, and the Stop all
 
 
-def test_s21_panel_stop_with_a_logged_out_cookie_is_carried_out_under_unauthenticated(panel_app, client, users,
-                                                                                       factory, usage_log):
+def test_s21_panel_stop_with_a_logged_out_cookie_is_carried_out_under_unauthenticated(
+    panel_app, client, users, factory, usage_log
+):
     tablet = panel_app.test_client()
     assert login(tablet, "ann", "2468").status_code == 303
     stale = tablet.get_cookie("lampctl_session").value
@@ -142,8 +147,9 @@ def row(html: str, lamp: str) -> str:
     return re.search(rf'<li class="stops-lamp" data-lamp="{lamp}"[^>]*>.*?</li>', html, re.S).group(0)
 
 
-def test_s21_login_page_lists_each_running_lamp_with_its_countdown_and_a_working_stop(panel_app, client, users,
-                                                                                      factory, clock):
+def test_s21_login_page_lists_each_running_lamp_with_its_countdown_and_a_working_stop(
+    panel_app, client, users, factory, clock
+):
     tablet = panel_app.test_client()
     html = tablet.get("/login").data.decode()
     assert "No lamp is on." in html and 'data-field="none" hidden' not in html

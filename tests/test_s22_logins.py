@@ -1,4 +1,5 @@
 """S22: a wall-clock step logs nobody in or out; a login's age runs on the monotonic clock."""
+
 from __future__ import annotations
 
 from datetime import timedelta

@@ -1,4 +1,5 @@
 """Service wiring: systemd pings only while the scheduler lives (S6), guarded close steps, the S16 lock, secret files."""
+
 from __future__ import annotations
 
 import os

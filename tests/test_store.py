@@ -1,5 +1,6 @@
 """The usage log: migrations, S4 recovery, S9 a failing disk loses nothing that fits the queue, S17 latches,
 honest flush and health, a database file deleted while serving, and user-given date bounds."""
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,10 @@ def test_store_migrations_are_versioned_and_idempotent(tmp_path):
 
 def _open_session(db, sid, started, planned, alive_at=None):
     conn = connect(db)
-    conn.execute("INSERT INTO sessions (id, lamp_id, user, started_at, planned_s) VALUES (?, 'room1', 'ann', ?, ?)",
-                 (sid, iso(started), planned))
+    conn.execute(
+        "INSERT INTO sessions (id, lamp_id, user, started_at, planned_s) VALUES (?, 'room1', 'ann', ?, ?)",
+        (sid, iso(started), planned),
+    )
     if alive_at:
         conn.execute("INSERT OR REPLACE INTO alive (id, at) VALUES (1, ?)", (iso(alive_at),))
     conn.close()
@@ -121,8 +124,11 @@ def test_store_migration_3_keeps_old_sessions_and_accepts_firmware_and_continues
         for statement in _statements(MIGRATIONS[number]):
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 2")
-    conn.execute("INSERT INTO sessions (id, lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
-                 "VALUES (7, 'room1', 'ann', ?, ?, 60, 60, 'completed')", (iso(T0), iso(T0 + timedelta(seconds=60))))
+    conn.execute(
+        "INSERT INTO sessions (id, lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
+        "VALUES (7, 'room1', 'ann', ?, ?, 60, 60, 'completed')",
+        (iso(T0), iso(T0 + timedelta(seconds=60))),
+    )
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("UPDATE sessions SET end_reason = 'firmware' WHERE id = 7")
     conn.close()
@@ -204,10 +210,13 @@ def test_s9_health_reports_write_errors_and_dropped_records(tmp_path):
         assert (health["pending"], health["dropped"]) == (2, 1) and health["write_errors"] >= 1
         assert health["problems"] == [
             "The usage log cannot write to disk (disk I/O error); 2 records waiting.",
-            "1 record lost (the usage log queue was full or the database refused them); see the service log."]
+            "1 record lost (the usage log queue was full or the database refused them); see the service log.",
+        ]
         disk.broken.clear()
         assert log.flush(10)
-        assert log.health()["problems"] == ["1 record lost (the usage log queue was full or the database refused them); see the service log."]
+        assert log.health()["problems"] == [
+            "1 record lost (the usage log queue was full or the database refused them); see the service log."
+        ]
     finally:
         log.close()
 
@@ -284,8 +293,9 @@ def test_store_parse_bound_raises_only_store_error_on_any_text(text, upper):
         assert len(out) == 24 and out.endswith("Z")
 
 
-_aware = st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-10)),
-                                                 timezone(timedelta(hours=13, minutes=45))]))
+_aware = st.datetimes(
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-10)), timezone(timedelta(hours=13, minutes=45))])
+)
 
 
 _dates = st.dates(min_value=date(1900, 1, 1), max_value=date(9000, 12, 31))
@@ -317,6 +327,7 @@ def test_store_migration_run_twice_at_once_by_two_processes_is_harmless(tmp_path
                 if sql == "PRAGMA user_version" and (v := next(seen, None)) is not None:
                     return real_execute(f"SELECT {v}")
                 return real_execute(sql, *args)
+
         assert migrate(Stale()) == len(MIGRATIONS)
         assert second.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     finally:

@@ -1,4 +1,5 @@
 """Admin pages: session log filters and pages, streamed CSV, usage, bulb hours, events, users, fault reset."""
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,9 @@ from web import create_app
 
 @pytest.fixture
 def web(services, clock, users):
-    app = create_app(services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic,
-                                "LOG_PAGE_SIZE": 3})
+    app = create_app(
+        services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic, "LOG_PAGE_SIZE": 3}
+    )
     client = app.test_client()
     login(client, "admin", "1234")
     return client
@@ -33,9 +35,13 @@ def flashes(client, path: str) -> list[str]:
 
 def run_sessions(controller, clock, usage_log):
     """Five sessions: ann completes two on room1, admin stops one on room2, ann stops two."""
-    for lamp, user, planned, run in (("room1", "ann", 60, None), ("room2", "admin", 600, 30),
-                                     ("room1", "ann", 120, None), ("room2", "ann", 600, 45),
-                                     ("room1", "ann", 600, 10)):
+    for lamp, user, planned, run in (
+        ("room1", "ann", 60, None),
+        ("room2", "admin", 600, 30),
+        ("room1", "ann", 120, None),
+        ("room2", "ann", 600, 45),
+        ("room1", "ann", 600, 10),
+    ):
         controller.start(lamp, planned, user)
         if run is None:
             clock.advance(planned)
@@ -54,8 +60,14 @@ def session_ids(page: str) -> list[int]:
 
 def pager(page: str) -> dict[str, str]:
     """{"Newest"|"Newer"|"Older": href} of a log page."""
-    return {text: htmllib.unescape(href) for href, text in re.findall(r'<a class="btn btn-quiet" href="([^"]*)">'
-                                                                       r'(Newest|Newer|Older)</a>', page)}
+    return {
+        text: htmllib.unescape(href)
+        for href, text in re.findall(
+            r'<a class="btn btn-quiet" href="([^"]*)">'
+            r"(Newest|Newer|Older)</a>",
+            page,
+        )
+    }
 
 
 def test_log_lists_newest_first_in_keyset_pages(web, controller, clock, usage_log):
@@ -82,8 +94,10 @@ def test_log_page_keeps_its_place_when_sessions_are_added(web, controller, clock
 
 def test_log_pages_sessions_with_equal_start_times_by_id(web, usage_log):
     conn = connect(usage_log.path)
-    conn.executemany("INSERT INTO sessions (lamp_id, user, started_at, planned_s) VALUES ('room1', 'ann', ?, 60)",
-                     [("2026-01-05T10:00:00.000Z",)] * 5 + [("2026-01-04T10:00:00.000Z",)])
+    conn.executemany(
+        "INSERT INTO sessions (lamp_id, user, started_at, planned_s) VALUES ('room1', 'ann', ?, 60)",
+        [("2026-01-05T10:00:00.000Z",)] * 5 + [("2026-01-04T10:00:00.000Z",)],
+    )
     conn.close()
     seen, href = [], "/admin/log"
     while href:
@@ -95,9 +109,12 @@ def test_log_pages_sessions_with_equal_start_times_by_id(web, usage_log):
 
 def test_log_page_key_that_is_not_a_session_is_a_400_sentence(web, controller, clock, usage_log):
     run_sessions(controller, clock, usage_log)
-    for query, sentence in (("before=abc", "is not a session number"), ("after=-1", "is not a session number"),
-                            ("before=99", "There is no session 99 in the log"),
-                            ("after=" + "9" * 30, "is not a session number")):
+    for query, sentence in (
+        ("before=abc", "is not a session number"),
+        ("after=-1", "is not a session number"),
+        ("before=99", "There is no session 99 in the log"),
+        ("after=" + "9" * 30, "is not a session number"),
+    ):
         resp = web.get(f"/admin/log?{query}")
         assert resp.status_code == 400 and sentence in resp.data.decode(), query
 
@@ -136,8 +153,10 @@ def test_log_csv_streams_rows_matching_the_log(web, controller, clock, usage_log
     assert rows[0] == export.SESSION_COLUMNS
     db = usage_log.sessions(lamp="room2")
     cell = {None: "", True: "true", False: "false"}
-    assert rows[1:] == [[cell.get(r[c], str(r[c])) if not isinstance(r[c], float) else str(r[c])
-                         for c in export.SESSION_COLUMNS] for r in db]
+    assert rows[1:] == [
+        [cell.get(r[c], str(r[c])) if not isinstance(r[c], float) else str(r[c]) for c in export.SESSION_COLUMNS]
+        for r in db
+    ]
     assert [r[7] for r in rows[1:]] == ["stopped", "stopped"]
 
 
@@ -165,16 +184,24 @@ def test_log_csv_fast_path_escapes_and_quotes_free_text_like_csv_writer(web, usa
     # Names no form accepts today, written straight into the file: the export must still be safe.
     names = [*(name for name, _ in FORMULA_CELLS), "a,b", 'say "hi"', "two\nlines", "cr\rhere", "plain"]
     conn = connect(usage_log.path)
-    conn.executemany("INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
-                     "VALUES (?, ?, '2026-01-05T10:00:00.000Z', NULL, 60.5, NULL, NULL)",
-                     [("-room", name) for name in names])
+    conn.executemany(
+        "INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
+        "VALUES (?, ?, '2026-01-05T10:00:00.000Z', NULL, 60.5, NULL, NULL)",
+        [("-room", name) for name in names],
+    )
     conn.close()
     resp = web.get("/admin/log.csv")
     text = resp.get_data(as_text=True)
     resp.close()
     rows = list(csv.reader(io.StringIO(text, newline="")))
-    assert [r[2] for r in rows[1:]] == [*(cell for _, cell in FORMULA_CELLS), "a,b", 'say "hi"', "two\nlines",
-                                        "cr\rhere", "plain"]
+    assert [r[2] for r in rows[1:]] == [
+        *(cell for _, cell in FORMULA_CELLS),
+        "a,b",
+        'say "hi"',
+        "two\nlines",
+        "cr\rhere",
+        "plain",
+    ]
     assert {r[1] for r in rows[1:]} == {"'-room"}
     assert rows[1][3:] == ["2026-01-05T10:00:00.000Z", "", "60.5", "", "", "", "false", ""]
 
@@ -202,19 +229,25 @@ def test_usage_queries_and_chart(web, controller, clock, usage_log):
 def test_usage_page_counts_todays_sessions(web, usage_log):
     now = datetime.now(UTC)
     conn = connect(usage_log.path)
-    conn.execute("INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
-                 "VALUES ('room1', 'ann', ?, ?, 600, 600, 'completed')", (iso(now), iso(now + timedelta(minutes=10))))
+    conn.execute(
+        "INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
+        "VALUES ('room1', 'ann', ?, ?, 600, 600, 'completed')",
+        (iso(now), iso(now + timedelta(minutes=10))),
+    )
     conn.close()
     page = web.get("/admin/usage").data.decode()
     assert "Room 1: 10 min" in page
     assert re.search(r"<title>Room 1, [0-9-]+: 10 min</title>", page)
-    assert "<td>ann</td><td class=\"num\">1</td>" in page
+    assert '<td>ann</td><td class="num">1</td>' in page
 
 
 def _add_burnt_hours(usage_log, lamp_id: str, hours: float, at: str = "2026-01-01T08:00:00.000Z"):
     conn = connect(usage_log.path)
-    conn.execute("INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
-                 "VALUES (?, 'ann', ?, ?, ?, ?, 'completed')", (lamp_id, at, at, hours * 3600, hours * 3600))
+    conn.execute(
+        "INSERT INTO sessions (lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason) "
+        "VALUES (?, 'ann', ?, ?, ?, ?, 'completed')",
+        (lamp_id, at, at, hours * 3600, hours * 3600),
+    )
     conn.close()
 
 
@@ -226,12 +259,16 @@ def test_bulb_hours_warn_within_ten_percent_and_replacement_resets(web, usage_lo
     assert '<tr data-lamp="room2" class="bulb-warn">' in page and "Within 10 % of its rated life" in page
     resp = post(web, "/admin/bulbs/room2/replaced", confirm="1")
     assert resp.status_code == 303
-    assert flashes(web, "/admin/bulbs") == ["Room 2: bulb replacement recorded after 4501.0 h; its count starts again at 0."]
+    assert flashes(web, "/admin/bulbs") == [
+        "Room 2: bulb replacement recorded after 4501.0 h; its count starts again at 0."
+    ]
     [b1, b2] = reports.bulb_hours(usage_log.path, cfg.lamps)
     assert (b1.hours, b1.status) == (4499, "ok") and (b2.hours, b2.status, b2.replaced_by) == (0, "ok", "admin")
     usage_log.flush(2)
-    assert any(e["lamp_id"] == "room2" and e["who"] == "admin" and e["why"] == "bulb replaced after 4501.0 h"
-               for e in usage_log.events())
+    assert any(
+        e["lamp_id"] == "room2" and e["who"] == "admin" and e["why"] == "bulb replaced after 4501.0 h"
+        for e in usage_log.events()
+    )
     _add_burnt_hours(usage_log, "room1", 600)
     assert reports.bulb_hours(usage_log.path, cfg.lamps)[0].status == "over"
     assert "Past its rated life" in web.get("/admin/bulbs").data.decode()
@@ -275,8 +312,9 @@ def test_users_add_reset_pin_role_and_remove(web, accounts, usage_log, clock):
 
 
 def _add_error(resp) -> str:
-    return htmllib.unescape(re.search(r'<p class="flash flash-error" role="alert" id="add-error">([^<]*)</p>',
-                                      resp.data.decode()).group(1))
+    return htmllib.unescape(
+        re.search(r'<p class="flash flash-error" role="alert" id="add-error">([^<]*)</p>', resp.data.decode()).group(1)
+    )
 
 
 def test_users_add_names_of_any_script_and_refuse_bad_ones_with_a_sentence(web, accounts):
@@ -289,14 +327,21 @@ def test_users_add_names_of_any_script_and_refuse_bad_ones_with_a_sentence(web, 
         assert accounts.user(name)["role"] == "practitioner"
     assert 'data-user="王医生"' in web.get("/admin/users").data.decode()
     for name, sentence in [
-            ("a@b", "A name may hold letters, digits, spaces and . - ' _ only: 'a@b' has '@'."),
-            ("x" * 33, f"A name may have at most 32 characters: '{'x' * 33}' has 33."),
-            ("x  y", "A name may not hold two spaces in a row: 'x  y'."),
-            ("a\x07b", "A name may hold letters, digits, spaces and . - ' _ only: 'a\\x07b' has U+0007."),
-            ("maria", "A user named 'Maria' already exists; 'maria' differs only in case, and names count as the "
-                      "same whatever their case."),
-            ("MARIA SCHMIDT", "A user named 'maria schmidt' already exists; 'MARIA SCHMIDT' differs only in case, and "
-                              "names count as the same whatever their case.")]:
+        ("a@b", "A name may hold letters, digits, spaces and . - ' _ only: 'a@b' has '@'."),
+        ("x" * 33, f"A name may have at most 32 characters: '{'x' * 33}' has 33."),
+        ("x  y", "A name may not hold two spaces in a row: 'x  y'."),
+        ("a\x07b", "A name may hold letters, digits, spaces and . - ' _ only: 'a\\x07b' has U+0007."),
+        (
+            "maria",
+            "A user named 'Maria' already exists; 'maria' differs only in case, and names count as the "
+            "same whatever their case.",
+        ),
+        (
+            "MARIA SCHMIDT",
+            "A user named 'maria schmidt' already exists; 'MARIA SCHMIDT' differs only in case, and "
+            "names count as the same whatever their case.",
+        ),
+    ]:
         if name == "maria":
             post(web, "/admin/users", name="Maria", role="practitioner", pin="1111")
         resp = post(web, "/admin/users", name=name, role="practitioner", pin="1111")
@@ -308,14 +353,18 @@ def test_users_add_names_of_any_script_and_refuse_bad_ones_with_a_sentence(web, 
     assert post(web, "/admin/users", name="  x ", role="practitioner", pin="1111").status_code == 303
     assert accounts.user("x") is not None
     assert sorted(u["name"] for u in accounts.users()) == sorted(
-        ["admin", "ann", "Dr. Müller", "王医生", "maria schmidt", "O'Brien", "Anne-Marie", "Maria", "x"])
+        ["admin", "ann", "Dr. Müller", "王医生", "maria schmidt", "O'Brien", "Anne-Marie", "Maria", "x"]
+    )
 
 
 def test_users_refused_name_is_said_in_the_page_language(web):
     web.set_cookie("lampctl_lang", "de")
     resp = post(web, "/admin/users", name="a@b", role="practitioner", pin="1111")
     assert resp.status_code == 400
-    assert _add_error(resp) == "Ein Name darf nur Buchstaben, Ziffern, Leerzeichen und . - ' _ enthalten: 'a@b' enthält '@'."
+    assert (
+        _add_error(resp)
+        == "Ein Name darf nur Buchstaben, Ziffern, Leerzeichen und . - ' _ enthalten: 'a@b' enthält '@'."
+    )
 
 
 def test_users_your_own_account_in_another_case_is_still_yours(web, accounts):
@@ -334,7 +383,9 @@ def test_users_page_marks_cli_and_refuses_changing_it_or_yourself(web, accounts)
     post(web, "/admin/users/cli/remove")
     assert flashes(web, "/admin/users") == ["cli is the built-in account of the command line; it cannot be removed."]
     post(web, "/admin/users/cli/pin", pin="1234")
-    assert flashes(web, "/admin/users") == ["cli is the built-in account of the command line; it cannot be given a PIN."]
+    assert flashes(web, "/admin/users") == [
+        "cli is the built-in account of the command line; it cannot be given a PIN."
+    ]
     post(web, "/admin/users/cli/role", role="practitioner")
     assert flashes(web, "/admin/users")[0].startswith("cli is the built-in account")
     resp = post(web, "/admin/users", name="cli", role="admin", pin="1234")
@@ -374,17 +425,24 @@ def test_fault_reset_from_the_lamps_page(web, controller, usage_log):
 
 def _confirm_fields(html: str) -> dict[str, str]:
     """The hidden fields a confirmation page posts back (confirm=1 and what it listed)."""
-    return {htmllib.unescape(k): htmllib.unescape(v)
-            for k, v in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html) if k != "csrf_token"}
+    return {
+        htmllib.unescape(k): htmllib.unescape(v)
+        for k, v in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html)
+        if k != "csrf_token"
+    }
 
 
 def _reset_all_error(resp) -> str:
-    return htmllib.unescape(re.search(r'<p class="flash flash-error" role="alert" id="lamps-error">([^<]*)</p>',
-                                      resp.data.decode()).group(1))
+    return htmllib.unescape(
+        re.search(r'<p class="flash flash-error" role="alert" id="lamps-error">([^<]*)</p>', resp.data.decode()).group(
+            1
+        )
+    )
 
 
 def test_s17_reset_all_clears_every_latch_after_one_confirmation_and_records_each(
-        web, controller, usage_log, factory, cfg, relays, clock):
+    web, controller, usage_log, factory, cfg, relays, clock
+):
     controller.fault("relay of Room 1 is stuck closed", "room1")
     factory.pin(27).drive_low()  # the E-stop button: every other lamp latches too
     factory.pin(27).drive_high()  # and is released
@@ -397,7 +455,9 @@ def test_s17_reset_all_clears_every_latch_after_one_confirmation_and_records_eac
     assert asked.status_code == 200 and '<h1 id="confirm-q">Reset the faults of all 2 latched lamps?</h1>' in html
     items = [htmllib.unescape(i) for i in re.findall(r"<li>([^<]*)</li>", html)]
     assert [re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:?\d*", "T", i) for i in items] == [
-        "Room 1, latched since T: relay of Room 1 is stuck closed", "Room 2, latched since T: E-stop pressed"]
+        "Room 1, latched since T: relay of Room 1 is stuck closed",
+        "Room 2, latched since T: E-stop pressed",
+    ]
     assert ">Yes, reset all 2 faults</button>" in html
     assert [l.state for l in controller.lamps()] == ["fault", "fault"]  # asking changed nothing
     resp = post(web, "/admin/lamps/reset-all", **_confirm_fields(html))
@@ -406,8 +466,10 @@ def test_s17_reset_all_clears_every_latch_after_one_confirmation_and_records_eac
     assert [(l.state, l.relay_on) for l in controller.lamps()] == [("off", False), ("off", False)]
     usage_log.flush(2)
     cleared = sorted((e["lamp_id"], e["who"], e["why"]) for e in usage_log.events() if e["why"].startswith("fault cl"))
-    assert cleared == [("room1", "admin", "fault cleared (relay of Room 1 is stuck closed)"),
-                       ("room2", "admin", "fault cleared (E-stop pressed)")]  # as one reset records it, per lamp
+    assert cleared == [
+        ("room1", "admin", "fault cleared (relay of Room 1 is stuck closed)"),
+        ("room2", "admin", "fault cleared (E-stop pressed)"),
+    ]  # as one reset records it, per lamp
     assert usage_log.latched_faults() == {}
     from lampctl.core.controller import SessionController
 
@@ -416,8 +478,7 @@ def test_s17_reset_all_clears_every_latch_after_one_confirmation_and_records_eac
     assert ">Reset all faults" not in web.get("/admin/lamps").data.decode()
 
 
-def test_s5_s17_reset_all_refused_while_the_estop_is_pressed_and_nothing_is_reset(web, controller, usage_log,
-                                                                                   factory):
+def test_s5_s17_reset_all_refused_while_the_estop_is_pressed_and_nothing_is_reset(web, controller, usage_log, factory):
     factory.pin(27).drive_low()  # pressed, and still held down
     sentence = "No fault can be cleared yet: the E-stop button is still pressed."
     resp = post(web, "/admin/lamps/reset-all")  # refused before asking
@@ -441,12 +502,17 @@ def test_reset_all_resets_only_what_the_confirmation_listed(web, controller):
     controller.fault("Room 2 is still powered although it was switched off", "room2")  # latched after it was shown
     resp = post(web, "/admin/lamps/reset-all", **_confirm_fields(html))
     assert resp.status_code == 409 and _reset_all_error(resp) == (
-        "The latched faults have changed since they were listed; look at the list again before resetting.")
+        "The latched faults have changed since they were listed; look at the list again before resetting."
+    )
     resp = post(web, "/admin/lamps/reset-all", confirm="1")  # a confirmation that listed nothing
     assert resp.status_code == 409 and "have changed since they were listed" in _reset_all_error(resp)
     assert [l.state for l in controller.lamps()] == ["fault", "fault"]
-    assert post(web, "/admin/lamps/reset-all", **_confirm_fields(post(web, "/admin/lamps/reset-all").data.decode())
-                ).status_code == 303
+    assert (
+        post(
+            web, "/admin/lamps/reset-all", **_confirm_fields(post(web, "/admin/lamps/reset-all").data.decode())
+        ).status_code
+        == 303
+    )
     resp = post(web, "/admin/lamps/reset-all")
     assert resp.status_code == 409 and _reset_all_error(resp) == "No lamp has a latched fault to clear."
 
@@ -456,8 +522,9 @@ def test_reset_all_needs_an_admin_and_the_form_token(web, services, clock, contr
     fields = {"confirm": "1", **{f"latched-{k}": v for k, v in controller.latched().items()}}
     resp = web.post("/admin/lamps/reset-all", data=fields)  # no CSRF token
     assert resp.status_code == 400
-    practitioner = create_app(services, {"TESTING": True, "SECRET_KEY": "test-key",
-                                         "LOGIN_CLOCK": clock.monotonic}).test_client()
+    practitioner = create_app(
+        services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic}
+    ).test_client()
     login(practitioner, "ann", "2468")
     assert post(practitioner, "/admin/lamps/reset-all", **fields).status_code == 403
     assert [l.state for l in controller.lamps()] == ["fault", "fault"]
@@ -478,6 +545,7 @@ def test_api_sessions_extreme_compact_or_bad_bounds_never_500(web, controller, c
         resp = web.get(f"/api/sessions{query}", headers=auth)
         assert resp.status_code == 200, (query, resp.get_json())
         return [s["id"] for s in resp.get_json()["sessions"]]
+
     assert ids("?from=0001-01-01") == [1, 2, 3, 4, 5]
     assert ids("?to=9999-12-31T23:59:59-10:00") == [1, 2, 3, 4, 5]
     assert ids("?from=0001-01-01&to=9999-12-31") == [1, 2, 3, 4, 5]
@@ -497,12 +565,13 @@ def test_bulb_remove_and_reset_ask_first_without_javascript(web, controller, acc
     page = web.get("/admin/lamps").data.decode()
     assert re.search(r"<time datetime=[^>]+>\d{4}-\d\d-\d\d \d\d:\d\d[^<]*</time>: firmware link lost", page)
     for path, question, button in (
-            ("/admin/lamps/room1/reset", "Reset the fault of Room 1?", "Yes, reset fault"),
-            ("/admin/bulbs/room2/replaced", "Record a new bulb in Room 2?", "Yes, bulb replaced"),
-            ("/admin/users/ann/remove", "Remove ann?", "Yes, remove ann")):
+        ("/admin/lamps/room1/reset", "Reset the fault of Room 1?", "Yes, reset fault"),
+        ("/admin/bulbs/room2/replaced", "Record a new bulb in Room 2?", "Yes, bulb replaced"),
+        ("/admin/users/ann/remove", "Remove ann?", "Yes, remove ann"),
+    ):
         resp = post(web, path)
         html = resp.data.decode()
-        assert resp.status_code == 200 and f"<h1 id=\"confirm-q\">{question}</h1>" in html, path
+        assert resp.status_code == 200 and f'<h1 id="confirm-q">{question}</h1>' in html, path
         assert '<input type="hidden" name="confirm" value="1">' in html and f">{button}</button>" in html
     assert "Latched since" in post(web, "/admin/lamps/room1/reset").data.decode()
     assert controller.lamp("room1").state == "fault" and accounts.user("ann") is not None
@@ -530,8 +599,14 @@ def test_log_page_durations_carry_their_unit(web, controller, clock, usage_log):
     run_sessions(controller, clock, usage_log)
     page = web.get("/admin/log").data.decode()
     cells = re.findall(r'<td class="num" data-label="(Planned|Actual)">([^<]*)</td>', page)
-    assert cells[:6] == [("Planned", "10 min"), ("Actual", "10 s"), ("Planned", "10 min"), ("Actual", "45 s"),
-                         ("Planned", "2 min"), ("Actual", "2 min")]
+    assert cells[:6] == [
+        ("Planned", "10 min"),
+        ("Actual", "10 s"),
+        ("Planned", "10 min"),
+        ("Actual", "45 s"),
+        ("Planned", "2 min"),
+        ("Actual", "2 min"),
+    ]
     assert "durations are in minutes and seconds" in page and "h:mm:ss" not in page
     page = web.get("/admin/log", headers={"Accept-Language": "de"}).data.decode()
     # The narrow-screen labels speak the page's language too.

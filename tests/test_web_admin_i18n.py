@@ -1,6 +1,7 @@
 """Issue 17.7: every admin page speaks the chosen language, not only its navigation; the CSV stays English.
 
 The words are named here, not read from the catalogs: a page that falls back to English fails."""
+
 from __future__ import annotations
 
 import csv
@@ -22,43 +23,175 @@ CORE = ("relay of Room 1 is stuck closed",)
 # page -> (words of the chosen language that must be there, English words that must not be)
 PAGES = {
     "/admin/log": {
-        "de": ["Sitzungsprotokoll", ">Soll</th>", ">Ist</th>", "Endgrund", "Behandler/in", "CSV herunterladen",
-               "6 Sitzungen, neueste zuerst", "Filtern", "fertig", "gestoppt", "10 Min."],
-        "zh": ["疗程日志", "计划", "实际", "结束原因", "治疗师", "下载 CSV", "6 个疗程，最新的在前", "筛选", "已完成",
-               "已停止"],
-        "en": ["Session log", "Planned", "Actual", "End reason", "Practitioner", "Download CSV", "newest first",
-               "Filter", "Clear", "From", "To", "Lamp", "User", "Started", "Ended", "Times are", "completed",
-               "stopped"]},
+        "de": [
+            "Sitzungsprotokoll",
+            ">Soll</th>",
+            ">Ist</th>",
+            "Endgrund",
+            "Behandler/in",
+            "CSV herunterladen",
+            "6 Sitzungen, neueste zuerst",
+            "Filtern",
+            "fertig",
+            "gestoppt",
+            "10 Min.",
+        ],
+        "zh": [
+            "疗程日志",
+            "计划",
+            "实际",
+            "结束原因",
+            "治疗师",
+            "下载 CSV",
+            "6 个疗程，最新的在前",
+            "筛选",
+            "已完成",
+            "已停止",
+        ],
+        "en": [
+            "Session log",
+            "Planned",
+            "Actual",
+            "End reason",
+            "Practitioner",
+            "Download CSV",
+            "newest first",
+            "Filter",
+            "Clear",
+            "From",
+            "To",
+            "Lamp",
+            "User",
+            "Started",
+            "Ended",
+            "Times are",
+            "completed",
+            "stopped",
+        ],
+    },
     "/admin/usage": {
-        "de": ["Nutzung", "Minuten pro Lampe und Tag", "Sitzungen pro Behandler/in", "Wie Sitzungen endeten",
-               "Dieselben Zahlen als Tabelle", "Keine Sitzungen in den letzten 30 Tagen.", ">Minuten</text>"],
-        "zh": ["使用", "每盏灯每天的分钟数", "每位治疗师的疗程", "疗程如何结束", "以表格显示相同数据",
-               "最近 30 天没有疗程。", ">分钟</text>"],
-        "en": ["Usage", "Minutes per lamp", "Sessions per practitioner", "How sessions ended", "same figures",
-               "No sessions", "Day", "minutes", "Minutes"]},
+        "de": [
+            "Nutzung",
+            "Minuten pro Lampe und Tag",
+            "Sitzungen pro Behandler/in",
+            "Wie Sitzungen endeten",
+            "Dieselben Zahlen als Tabelle",
+            "Keine Sitzungen in den letzten 30 Tagen.",
+            ">Minuten</text>",
+        ],
+        "zh": [
+            "使用",
+            "每盏灯每天的分钟数",
+            "每位治疗师的疗程",
+            "疗程如何结束",
+            "以表格显示相同数据",
+            "最近 30 天没有疗程。",
+            ">分钟</text>",
+        ],
+        "en": [
+            "Usage",
+            "Minutes per lamp",
+            "Sessions per practitioner",
+            "How sessions ended",
+            "same figures",
+            "No sessions",
+            "Day",
+            "minutes",
+            "Minutes",
+        ],
+    },
     "/admin/bulbs": {
-        "de": ["Birnenstunden", "Nennlebensdauer", "Birne seit", "Birne gewechselt", "erste Birne",
-               "Weniger als 10 % der Nennlebensdauer übrig"],
+        "de": [
+            "Birnenstunden",
+            "Nennlebensdauer",
+            "Birne seit",
+            "Birne gewechselt",
+            "erste Birne",
+            "Weniger als 10 % der Nennlebensdauer übrig",
+        ],
         "zh": ["灯泡小时数", "额定寿命", "灯泡启用于", "已更换灯泡", "第一个灯泡", "距额定寿命不足 10 %"],
-        "en": ["Bulb hours", "Hours", "Rated life", "Bulb since", "Bulb replaced", "first bulb", "Within 10",
-               "used", "config", "warning"]},
+        "en": [
+            "Bulb hours",
+            "Hours",
+            "Rated life",
+            "Bulb since",
+            "Bulb replaced",
+            "first bulb",
+            "Within 10",
+            "used",
+            "config",
+            "warning",
+        ],
+    },
     "/admin/events": {
         "de": ["Ereignisse", "Wann", "Änderung", "Wer", "Warum", "Alle (und dienstweit)", "aus → Störung"],
         "zh": ["事件", "时间", "变化", "操作人", "原因", "全部（包括整个服务）", "关 → 故障"],
-        "en": ["Events", "When", "Change", "Who", "Why", "All", "service-wide", "Filter", "Times are",
-               "off → fault"]},
+        "en": ["Events", "When", "Change", "Who", "Why", "All", "service-wide", "Filter", "Times are", "off → fault"],
+    },
     "/admin/users": {
-        "de": ["Benutzer", "Rolle", "Neue PIN", "PIN neu setzen", "Entfernen", "Benutzer hinzufügen", "admin (Sie)",
-               "Behandler/in", "PIN (4 bis 8 Ziffern)"],
-        "zh": ["用户", "角色", "新 PIN", "重置 PIN", "删除", "添加用户", "admin（您）", "治疗师", "PIN（4 到 8 位数字）"],
-        "en": ["Users", "Role", "New PIN", "Reset PIN", "Remove", "Add a user", "Add user", "Set role", "(you)",
-               "practitioner", "digits"]},
+        "de": [
+            "Benutzer",
+            "Rolle",
+            "Neue PIN",
+            "PIN neu setzen",
+            "Entfernen",
+            "Benutzer hinzufügen",
+            "admin (Sie)",
+            "Behandler/in",
+            "PIN (4 bis 8 Ziffern)",
+        ],
+        "zh": [
+            "用户",
+            "角色",
+            "新 PIN",
+            "重置 PIN",
+            "删除",
+            "添加用户",
+            "admin（您）",
+            "治疗师",
+            "PIN（4 到 8 位数字）",
+        ],
+        "en": [
+            "Users",
+            "Role",
+            "New PIN",
+            "Reset PIN",
+            "Remove",
+            "Add a user",
+            "Add user",
+            "Set role",
+            "(you)",
+            "practitioner",
+            "digits",
+        ],
+    },
     "/admin/lamps": {
-        "de": ["Lampen", "Zustand", "Relais", "Grenze", "Störung gesperrt", "Störung zurücksetzen",
-               "Verbindung zum Sicherheits-Mikrocontroller", "nicht vorhanden", "60 Min."],
+        "de": [
+            "Lampen",
+            "Zustand",
+            "Relais",
+            "Grenze",
+            "Störung gesperrt",
+            "Störung zurücksetzen",
+            "Verbindung zum Sicherheits-Mikrocontroller",
+            "nicht vorhanden",
+            "60 Min.",
+        ],
         "zh": ["灯", "状态", "继电器", "上限", "故障锁定", "复位故障", "安全微控制器连接", "未安装", "60 分钟"],
-        "en": ["Lamps", "State", "Relay", "Limit", "Fault latched", "Reset fault", "Safety microcontroller",
-               "absent", "fault", "off", "Times are"]},
+        "en": [
+            "Lamps",
+            "State",
+            "Relay",
+            "Limit",
+            "Fault latched",
+            "Reset fault",
+            "Safety microcontroller",
+            "absent",
+            "fault",
+            "off",
+            "Times are",
+        ],
+    },
 }
 
 
@@ -112,11 +245,28 @@ def test_admin_pages_in_english_keep_their_english_words(admin):
         assert english_left(page, words["en"]) == words["en"], path
 
 
-@pytest.mark.parametrize("code, question, detail, button, cancel, english", [
-    ("de", "Die Störung von Room 1 zurücksetzen?", "Gesperrt seit", "Ja, Störung zurücksetzen", "Abbrechen",
-     ["Reset", "Latched", "Cancel", "Yes", "found and fixed"]),
-    ("zh", "要复位 Room 1 的故障吗？", "起锁定", "是，复位故障", "取消", ["Reset", "Latched", "Cancel", "Yes", "fault"]),
-], ids=["de", "zh"])
+@pytest.mark.parametrize(
+    "code, question, detail, button, cancel, english",
+    [
+        (
+            "de",
+            "Die Störung von Room 1 zurücksetzen?",
+            "Gesperrt seit",
+            "Ja, Störung zurücksetzen",
+            "Abbrechen",
+            ["Reset", "Latched", "Cancel", "Yes", "found and fixed"],
+        ),
+        (
+            "zh",
+            "要复位 Room 1 的故障吗？",
+            "起锁定",
+            "是，复位故障",
+            "取消",
+            ["Reset", "Latched", "Cancel", "Yes", "fault"],
+        ),
+    ],
+    ids=["de", "zh"],
+)
 def test_admin_confirmation_speaks_the_chosen_language(admin, code, question, detail, button, cancel, english):
     admin.set_cookie("lampctl_lang", code)
     page = post(admin, "/admin/lamps/room1/reset").data.decode()
@@ -125,12 +275,24 @@ def test_admin_confirmation_speaks_the_chosen_language(admin, code, question, de
     assert english_left(page, english) == []
 
 
-@pytest.mark.parametrize("code, added, removed, refused", [
-    ("de", "bea als Behandler/in hinzugefügt.",
-     "bea entfernt; Anmeldung und API-Tokens funktionieren ab jetzt nicht mehr.",
-     "Ihr eigenes Konto können Sie hier weder entfernen noch herabstufen; bitten Sie einen anderen Admin."),
-    ("zh", "已添加 bea，角色为治疗师。", "已删除 bea；其登录和 API 令牌现已失效。", "您不能在此删除或降级自己的账户；请联系另一位管理员。"),
-], ids=["de", "zh"])
+@pytest.mark.parametrize(
+    "code, added, removed, refused",
+    [
+        (
+            "de",
+            "bea als Behandler/in hinzugefügt.",
+            "bea entfernt; Anmeldung und API-Tokens funktionieren ab jetzt nicht mehr.",
+            "Ihr eigenes Konto können Sie hier weder entfernen noch herabstufen; bitten Sie einen anderen Admin.",
+        ),
+        (
+            "zh",
+            "已添加 bea，角色为治疗师。",
+            "已删除 bea；其登录和 API 令牌现已失效。",
+            "您不能在此删除或降级自己的账户；请联系另一位管理员。",
+        ),
+    ],
+    ids=["de", "zh"],
+)
 def test_admin_flash_messages_speak_the_chosen_language(admin, code, added, removed, refused):
     admin.set_cookie("lampctl_lang", code)
     assert post(admin, "/admin/users", name="bea", role="practitioner", pin="1111").status_code == 303
@@ -145,7 +307,8 @@ def test_admin_bulb_flash_in_german(admin):
     admin.set_cookie("lampctl_lang", "de")
     post(admin, "/admin/bulbs/room2/replaced", confirm="1")
     assert flashes(admin, "/admin/bulbs") == [
-        "Room 2: Birnenwechsel nach 4501.0 h eingetragen; der Zähler beginnt wieder bei 0."]
+        "Room 2: Birnenwechsel nach 4501.0 h eingetragen; der Zähler beginnt wieder bei 0."
+    ]
     post(admin, "/admin/bulbs/attic/replaced")
     assert flashes(admin, "/admin/bulbs") == ["Es gibt keine Lampe 'attic'."]
 
@@ -157,6 +320,17 @@ def test_admin_csv_stays_english_in_every_language(admin, code):
     text = resp.get_data(as_text=True)
     resp.close()
     rows = list(csv.reader(io.StringIO(text)))
-    assert rows[0] == ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
-                       "continues", "new_patient", "new_patient_by"]
+    assert rows[0] == [
+        "id",
+        "lamp_id",
+        "user",
+        "started_at",
+        "ended_at",
+        "planned_s",
+        "actual_s",
+        "end_reason",
+        "continues",
+        "new_patient",
+        "new_patient_by",
+    ]
     assert {r[7] for r in rows[1:]} == {"completed", "stopped"}  # codes, not the page's words

@@ -1,4 +1,5 @@
 """Browser-page security: PIN login, lockout, login required everywhere, admin role, CSRF, cookies, headers, secret key."""
+
 from __future__ import annotations
 
 import re
@@ -110,6 +111,7 @@ def test_login_guard_unit_counts_per_name_case_blind():
     def wrong(name):
         assert guard.reserve(name) == 0
         return guard.failed(name)
+
     assert [wrong("Ann") for _ in range(4)] == [(4, False), (3, False), (2, False), (1, False)]
     assert wrong("ann") == (0, True)
     assert guard.locked_for("ANN") == 300 and guard.reserve("aNN") == 300
@@ -267,11 +269,30 @@ def test_unknown_page_is_html_404_and_unknown_api_url_json_404(web):
     assert resp.status_code == 404 and resp.get_json()["code"] == "not-found"
 
 
-@pytest.mark.parametrize("target", [
-    "https://evil.example/", "//evil.example/", "/\t/evil.example/", "/\r\n/evil.example/", "/\n/evil.example",
-    "/\\evil.example/", "\\\\evil.example/", "/ /evil.example/", "/\x00/evil", "/\x0b/evil.example/",
-    "/\u2028/evil.example/", "/\u200b/evil.example/", "/\u00a0/evil.example/", "javascript:alert(1)",
-    "http:/evil.example", "/panel/\t", "panel/", "", "https:///evil.example"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://evil.example/",
+        "//evil.example/",
+        "/\t/evil.example/",
+        "/\r\n/evil.example/",
+        "/\n/evil.example",
+        "/\\evil.example/",
+        "\\\\evil.example/",
+        "/ /evil.example/",
+        "/\x00/evil",
+        "/\x0b/evil.example/",
+        "/\u2028/evil.example/",
+        "/\u200b/evil.example/",
+        "/\u00a0/evil.example/",
+        "javascript:alert(1)",
+        "http:/evil.example",
+        "/panel/\t",
+        "panel/",
+        "",
+        "https:///evil.example",
+    ],
+)
 def test_login_next_never_leaves_the_site(web, target):
     resp = login(web, "ann", "2468", next=target)
     assert resp.status_code == 303 and resp.headers["Location"] == "/panel/", target
@@ -292,6 +313,7 @@ def test_login_parallel_wrong_pins_never_pass_the_limit(web_app, accounts, usage
         checked.append(pin)
         release.wait(30)
         return real_check(name, pin)
+
     monkeypatch.setattr(accounts, "check_pin", slow_check)
     clients = [web_app.test_client() for _ in range(10)]
     tokens = [csrf_from(c.get("/login").data) for c in clients]
@@ -300,7 +322,10 @@ def test_login_parallel_wrong_pins_never_pass_the_limit(web_app, accounts, usage
     def guess(client, token, n):
         resp = client.post("/login", data={"name": "ann", "pin": f"{9000 + n}", "csrf_token": token})
         codes.append(resp.status_code)
-    threads = [threading.Thread(target=guess, args=(c, t, n)) for n, (c, t) in enumerate(zip(clients, tokens, strict=False))]
+
+    threads = [
+        threading.Thread(target=guess, args=(c, t, n)) for n, (c, t) in enumerate(zip(clients, tokens, strict=False))
+    ]
     for t in threads:
         t.start()
     wait_until(lambda: len(codes) >= 5, 30, "five guesses refused without a check")
@@ -340,15 +365,18 @@ def test_login_survives_a_restart_of_the_service(web, cfg, controller, usage_log
     login(web, "ann", "2468")
     cookie = web.get_cookie("lampctl_session").value
     restarted = Accounts(cfg.service.database, wall=clock.wall)
-    app = create_app(Services(controller=controller, usage_log=usage_log, config=cfg, accounts=restarted),
-                     {"TESTING": True, "SECRET_KEY": "test-key"})
+    app = create_app(
+        Services(controller=controller, usage_log=usage_log, config=cfg, accounts=restarted),
+        {"TESTING": True, "SECRET_KEY": "test-key"},
+    )
     client = app.test_client()
     client.set_cookie("lampctl_session", cookie)
     assert client.get("/panel/").status_code == 200
 
 
-def test_s10_blocked_database_reader_does_not_delay_bearer_or_session_auth(web_app, web, accounts, usage_log,
-                                                                          controller, factory, users):
+def test_s10_blocked_database_reader_does_not_delay_bearer_or_session_auth(
+    web_app, web, accounts, usage_log, controller, factory, users
+):
     login(web, "ann", "2468")
     controller.start("room1", 600, "ann")
     controller.start("room2", 600, "ann")
@@ -358,6 +386,7 @@ def test_s10_blocked_database_reader_does_not_delay_bearer_or_session_auth(web_a
         frozen.set()
         thaw.wait(60)
         return connect(path)
+
     accounts._connect = hung_connect
     reloader = threading.Thread(target=accounts.reload, daemon=True)
     reloader.start()
@@ -377,4 +406,3 @@ def test_s10_blocked_database_reader_does_not_delay_bearer_or_session_auth(web_a
     finally:
         thaw.set()
         reloader.join(10)
-

@@ -1,4 +1,5 @@
 """The practitioner panel without JavaScript (forms POST and redirect back) and its JSON state for the live countdown."""
+
 from __future__ import annotations
 
 import html as htmllib
@@ -37,19 +38,27 @@ def region(html: str, lamp_id: str) -> str:
 
 
 def test_preset_labels_minutes_and_seconds():
-    assert [preset_label(p) for p in (10, 15, 0.05, 1.5, 1.25)] == ["10 min", "15 min", "3 s", "1 min 30 s",
-                                                                   "1 min 15 s"]
+    assert [preset_label(p) for p in (10, 15, 0.05, 1.5, 1.25)] == [
+        "10 min",
+        "15 min",
+        "3 s",
+        "1 min 30 s",
+        "1 min 15 s",
+    ]
     assert [clock_text(s) for s in (600, 599.2, 0.2, 0, None)] == ["10:00", "10:00", "0:01", "0:00", "--:--"]
 
 
 def test_panel_has_a_named_region_per_lamp_with_its_buttons(web):
     html = web.get("/panel/").data.decode()
     assert html.count('<button type="submit" class="btn btn-stop-all">Stop all</button>') == 1
-    for lamp_id, name, presets in (("room1", "Room 1", ["10", "15", "20", "30"]), ("room2", "Room 2", ["10", "20", "30"])):
+    for lamp_id, name, presets in (
+        ("room1", "Room 1", ["10", "15", "20", "30"]),
+        ("room2", "Room 2", ["10", "20", "30"]),
+    ):
         part = region(html, lamp_id)
         assert f'aria-labelledby="lamp-{lamp_id}-name"' in part
         assert f'<h2 id="lamp-{lamp_id}-name">{name}</h2>' in part
-        assert re.findall(r'>(\d+) min</button>', part) == presets
+        assert re.findall(r">(\d+) min</button>", part) == presets
         assert ">+5 min</button>" in part and ">Stop</button>" in part
         assert 'role="timer"' in part
 
@@ -91,7 +100,9 @@ def test_panel_stop_and_stop_all(web, controller, factory, usage_log, clock):
     assert pin_history(factory, 17) == [False, True, False]
     usage_log.flush(2)
     assert [(s["lamp_id"], s["end_reason"], s["actual_s"]) for s in usage_log.sessions()] == [
-        ("room1", "stopped", 30.0), ("room2", "stopped", 30.0)]
+        ("room1", "stopped", 30.0),
+        ("room2", "stopped", 30.0),
+    ]
     assert any(e["why"] == "stop all (panel)" and e["who"] == "ann" for e in usage_log.events())
 
 
@@ -101,16 +112,25 @@ def test_s19_panel_stop_of_an_off_lamp_says_it_was_already_off(web):
 
 
 def test_panel_actions_answer_json_for_the_script(web, controller):
-    resp = web.post("/panel/lamps/room1/start", headers={"Accept": "application/json"},
-                    data={"minutes": "15", "csrf_token": _token(web)})
+    resp = web.post(
+        "/panel/lamps/room1/start",
+        headers={"Accept": "application/json"},
+        data={"minutes": "15", "csrf_token": _token(web)},
+    )
     assert resp.status_code == 200
     body = resp.get_json()
     assert body["ok"] is True and body["message"] == "Room 1 started for 15 min."
     assert body["lamps"][0]["state"] == "on" and body["lamps"][0]["clock"] == 900
-    resp = web.post("/panel/lamps/room1/start", headers={"Accept": "application/json"},
-                    data={"minutes": "15", "csrf_token": _token(web)})
-    assert resp.status_code == 409 and resp.get_json() == {**resp.get_json(), "ok": False,
-                                                          "message": "Room 1 is already on."}
+    resp = web.post(
+        "/panel/lamps/room1/start",
+        headers={"Accept": "application/json"},
+        data={"minutes": "15", "csrf_token": _token(web)},
+    )
+    assert resp.status_code == 409 and resp.get_json() == {
+        **resp.get_json(),
+        "ok": False,
+        "message": "Room 1 is already on.",
+    }
 
 
 def _token(client) -> str:
@@ -135,7 +155,9 @@ def test_panel_shows_cooldown_fault_and_firmware_banners(web, services, controll
     act(web, "/panel/lamps/room2/stop")
     part = region(web.get("/panel/").data.decode(), "room2")
     assert 'data-state="cooldown"' in part and "Cooling down" in part and ">1:00</p>" in part
-    assert act(web, "/panel/lamps/room2/start", minutes="10")[0].startswith("Room 2 is cooling down; it can start again in")
+    assert act(web, "/panel/lamps/room2/start", minutes="10")[0].startswith(
+        "Room 2 is cooling down; it can start again in"
+    )
     controller.fault("Room 1 is still powered after its relay was switched off (relay stuck closed)", "room1")
     part = region(web.get("/panel/").data.decode(), "room1")
     assert 'data-state="fault"' in part and "relay" not in part  # developer words go to the events page
@@ -144,7 +166,9 @@ def test_panel_shows_cooldown_fault_and_firmware_banners(web, services, controll
     assert "an admin must reset it" in act(web, "/panel/lamps/room1/start", minutes="10")[0]
     services.firmware_status = lambda: "lost"
     html = web.get("/panel/").data.decode()
-    assert re.search(r'class="banner banner-firmware" role="alert" data-short="[^"]+">The safety controller is not answering', html)
+    assert re.search(
+        r'class="banner banner-firmware" role="alert" data-short="[^"]+">The safety controller is not answering', html
+    )
     assert web.get("/panel/state.json").get_json()["firmware"] == "lost"
 
 
@@ -164,11 +188,14 @@ def test_s18_panel_form_accepts_new_patient(web, controller, clock, usage_log):
         clock.advance(30 * 60)
         controller.tick()
     assert act(web, "/panel/lamps/room1/start", minutes="10", new_patient="0")[0].startswith(
-        "Room 1 has already run 60 min for this patient")
+        "Room 1 has already run 60 min for this patient"
+    )
     assert act(web, "/panel/lamps/room1/start", minutes="10", new_patient="1", confirmed="1") == [
-        "Room 1 started for 10 min for a new patient (recorded)."]
+        "Room 1 started for 10 min for a new patient (recorded)."
+    ]
     assert act(web, "/panel/lamps/room2/start", minutes="10", new_patient="maybe") == [
-        "The new patient field must be 1 or 0."]
+        "The new patient field must be 1 or 0."
+    ]
     assert [s["continues"] for s in usage_log.sessions()] == [None, 1, None]
     assert [s["new_patient_by"] for s in usage_log.sessions()] == [None, None, "ann"]
 
@@ -184,8 +211,11 @@ def test_s18_panel_new_patient_in_the_rest_window_takes_a_second_step(web, contr
     assert "Room 1: really a new patient?" in html and "The last patient has 30 min left." in html
     yes = html.index(">Yes, a new patient: start 10 min</button>")
     assert html.index('name="confirmed" value="1"') < yes < html.index(">Same patient (30 min left)</button>")
-    resp = web.post("/panel/lamps/room1/start", headers={"Accept": "application/json"},
-                    data={"csrf_token": _token(web), "minutes": "10", "new_patient": "1"})
+    resp = web.post(
+        "/panel/lamps/room1/start",
+        headers={"Accept": "application/json"},
+        data={"csrf_token": _token(web), "minutes": "10", "new_patient": "1"},
+    )
     assert resp.status_code == 200 and resp.get_json()["ask"]["step"] == "new"  # the script's way: same question
     assert controller.lamp("room1").state == "off"
     # Outside the rest window there is no question: "new patient" starts at once.
@@ -202,11 +232,12 @@ def test_s18_panel_same_patient_offers_what_is_left_when_the_preset_is_longer(we
     act(web, "/panel/lamps/room1/stop")  # 45 min used of room1's 60: 15 min left, and a 20 min preset asked
     resp = post(web, "/panel/lamps/room1/start", minutes="20")
     html = web.get(resp.headers["Location"]).data.decode()
-    same = re.search(r'<form[^>]*>(?:(?!</form>).)*btn-same(?:(?!</form>).)*</form>', html, re.S).group(0)
+    same = re.search(r"<form[^>]*>(?:(?!</form>).)*btn-same(?:(?!</form>).)*</form>", html, re.S).group(0)
     assert ">Same patient: 15 min, all that is left</button>" in same and "disabled" not in same
     assert 'name="fit" value="1"' in same
     assert act(web, "/panel/lamps/room1/start", minutes="20", new_patient="0", fit="1") == [
-        "Room 1 started for 15 min, what the same patient had left."]
+        "Room 1 started for 15 min, what the same patient had left."
+    ]
     view = controller.lamp("room1")
     assert view.planned_s == 15 * 60 and view.continues == 2
     usage_log.flush(5)
@@ -248,17 +279,24 @@ def test_s18_panel_question_disables_same_patient_only_when_nothing_is_left(web,
     clock.advance(60)
     controller.tick()
     html = web.get("/panel/?ask=room2&minutes=20").data.decode()  # 10 min left: offered, not refused
-    assert re.search(r'<button type="submit" class="btn btn-ask btn-same" >Same patient: 10 min, all that is left', html)
+    assert re.search(
+        r'<button type="submit" class="btn btn-ask btn-same" >Same patient: 10 min, all that is left', html
+    )
     act(web, "/panel/lamps/room2/start", minutes="20", new_patient="0", fit="1")
     clock.advance(600)
     controller.tick()
     clock.advance(60)
     controller.tick()
     html = web.get("/panel/?ask=room2&minutes=20").data.decode()
-    assert re.search(r'<button type="submit" class="btn btn-ask btn-same" disabled[^>]*>Same patient \(0 s left\)', html)
+    assert re.search(
+        r'<button type="submit" class="btn btn-ask btn-same" disabled[^>]*>Same patient \(0 s left\)', html
+    )
     assert "The same patient has used the whole 30 min limit." in html
-    body = web.post("/panel/lamps/room2/start", headers={"Accept": "application/json"},
-                    data={"minutes": "20", "csrf_token": _token(web)}).get_json()
+    body = web.post(
+        "/panel/lamps/room2/start",
+        headers={"Accept": "application/json"},
+        data={"minutes": "20", "csrf_token": _token(web)},
+    ).get_json()
     assert body["ask"]["same_ok"] is False and 'role="dialog"' in body["ask_html"]
 
 
@@ -277,7 +315,10 @@ def test_s3_panel_disables_plus_five_at_the_limit(web):
     act(web, "/panel/lamps/room2/extend")
     lamp = web.get("/panel/state.json").get_json()["lamps"][1]
     assert lamp["extend_ok"] is False and "at its 30 min limit: no more time can be added" in lamp["note"]
-    assert re.search(r'class="btn btn-extend" data-ok="extend_ok" disabled>\+5 min', region(web.get("/panel/").data.decode(), "room2"))
+    assert re.search(
+        r'class="btn btn-extend" data-ok="extend_ok" disabled>\+5 min',
+        region(web.get("/panel/").data.decode(), "room2"),
+    )
 
 
 def test_s3_panel_says_what_may_still_be_added_when_only_plus_five_no_longer_fits(web, controller):
@@ -330,29 +371,39 @@ def test_panel_start_that_arrives_too_late_is_refused(web, controller):
     import time
 
     for sent_at, code in ((time.time() - 30, 409), ("soon", 400)):
-        resp = web.post("/panel/lamps/room1/start", headers={"Accept": "application/json"},
-                        data={"minutes": "10", "csrf_token": _token(web), "sent_at": sent_at})
+        resp = web.post(
+            "/panel/lamps/room1/start",
+            headers={"Accept": "application/json"},
+            data={"minutes": "10", "csrf_token": _token(web), "sent_at": sent_at},
+        )
         assert resp.status_code == code
     assert controller.lamp("room1").state == "off"
-    resp = web.post("/panel/lamps/room1/start", headers={"Accept": "application/json"},
-                    data={"minutes": "10", "csrf_token": _token(web), "sent_at": time.time()})
+    resp = web.post(
+        "/panel/lamps/room1/start",
+        headers={"Accept": "application/json"},
+        data={"minutes": "10", "csrf_token": _token(web), "sent_at": time.time()},
+    )
     assert resp.status_code == 200
 
 
 def test_panel_fault_words_for_people(web, controller):
     controller.fault("firmware link lost: The firmware on socket://127.0.0.1:37363 sent nothing for 1.50 s", "room1")
     note = web.get("/panel/state.json").get_json()["lamps"][0]["note"]
-    assert note == ("The safety controller stopped answering, so this lamp was switched off. It stays off until an "
-                    "admin resets it.")
+    assert note == (
+        "The safety controller stopped answering, so this lamp was switched off. It stays off until an admin resets it."
+    )
     assert "socket" not in web.get("/panel/").data.decode()
 
 
-@pytest.mark.parametrize(("via", "words"), [
-    ("from the API", "Emergency stop from the API by ann."),
-    ("from the panel", "Emergency stop from the panel by ann."),
-    ("over MQTT", "Emergency stop over MQTT (home automation) by ann."),
-    ("from the command line", "Emergency stop from the command line on the controller."),
-])
+@pytest.mark.parametrize(
+    ("via", "words"),
+    [
+        ("from the API", "Emergency stop from the API by ann."),
+        ("from the panel", "Emergency stop from the panel by ann."),
+        ("over MQTT", "Emergency stop over MQTT (home automation) by ann."),
+        ("from the command line", "Emergency stop from the command line on the controller."),
+    ],
+)
 def test_panel_says_where_an_emergency_stop_came_from_and_who(web, controller, via, words):
     controller.estop("ann", f"emergency stop by ann {via}")
     body = web.get("/panel/state.json").get_json()
@@ -376,8 +427,10 @@ def test_panel_an_abnormal_end_is_an_alarm_and_a_normal_one_is_not(web, controll
     clock.advance(3600)
     act(web, "/panel/lamps/room1/start", minutes="10", new_patient="1")
     controller.fault("firmware link lost: sent nothing for 1.50 s", "room1")
-    assert end_alarm() == ("Room 1: the session was cut short. The safety controller stopped answering, so this "
-                           "lamp was switched off. It stays off until an admin resets it.")
+    assert end_alarm() == (
+        "Room 1: the session was cut short. The safety controller stopped answering, so this "
+        "lamp was switched off. It stays off until an admin resets it."
+    )
     assert web.get("/panel/state.json").get_json()["lamps"][0]["estop"] is False
 
 

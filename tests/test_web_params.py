@@ -1,4 +1,5 @@
 """Number and date query parameters on every page (admin, panel, API, fleet): a sentence and a 4xx, never a 500."""
+
 from __future__ import annotations
 
 import html as htmllib
@@ -12,15 +13,31 @@ from web import create_app
 
 # Values that cannot be a page, a session number or a preset: each named here, none read from the code.
 HUGE = "9" * 21
-NOT_NUMBERS = [HUGE, "9" * 5000, "-1", "0", "-0", "abc", "1e3", "1.5", " 2x", "\u0663", "\uff12", "0x10",
-               "1000001", "nan", "inf"]
+NOT_NUMBERS = [
+    HUGE,
+    "9" * 5000,
+    "-1",
+    "0",
+    "-0",
+    "abc",
+    "1e3",
+    "1.5",
+    " 2x",
+    "\u0663",
+    "\uff12",
+    "0x10",
+    "1000001",
+    "nan",
+    "inf",
+]
 PAGE_SENTENCE = "The page must be a whole number from 1 to 1000000."
 
 
 @pytest.fixture
 def admin(services, clock, users):
-    client = create_app(services, {"TESTING": True, "SECRET_KEY": "test-key",
-                                   "LOGIN_CLOCK": clock.monotonic}).test_client()
+    client = create_app(
+        services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic}
+    ).test_client()
     login(client, "admin", "1234")
     return client
 
@@ -64,8 +81,9 @@ def test_pages_admin_log_and_api_dates_are_refused_with_a_sentence(admin, servic
 
 @pytest.mark.parametrize("value", NOT_NUMBERS)
 def test_pages_panel_preset_in_the_query_is_refused_with_a_sentence(services, clock, users, value):
-    client = create_app(services, {"TESTING": True, "SECRET_KEY": "test-key",
-                                   "LOGIN_CLOCK": clock.monotonic}).test_client()
+    client = create_app(
+        services, {"TESTING": True, "SECRET_KEY": "test-key", "LOGIN_CLOCK": clock.monotonic}
+    ).test_client()
     login(client, "ann", "2468")
     resp = client.get("/panel/", query_string={"ask": "room1", "minutes": value})
     assert resp.status_code == 400 and "Choose one of Room 1's preset durations." in text(resp)

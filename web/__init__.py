@@ -1,4 +1,5 @@
 """Flask web front end of lampctl: app factory wiring the JSON API, panel and admin pages."""
+
 from __future__ import annotations
 
 import secrets
@@ -19,8 +20,10 @@ if TYPE_CHECKING:
 
 SECRET_KEY_FILE = "secret.key"
 # No inline script or style anywhere: the pages load web/static only.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
-       "frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+)
 ERROR_SENTENCES = {
     400: "The request was not understood.",
     403: "Your account may not open this page; ask an admin.",
@@ -69,8 +72,10 @@ def load_secret_key(directory: Path) -> str:
     except FileNotFoundError:
         key = ""
     except (UnicodeDecodeError, IsADirectoryError) as exc:
-        raise DamagedFile(f"{path} is not a key file ({exc.__class__.__name__}): remove it and start again; a new "
-                          "key is made, and every tablet logs in once more.") from None
+        raise DamagedFile(
+            f"{path} is not a key file ({exc.__class__.__name__}): remove it and start again; a new "
+            "key is made, and every tablet logs in once more."
+        ) from None
     if not key:
         key = secrets.token_hex(32)
         write_secret_file(path, key + "\n")

@@ -1,4 +1,5 @@
 """Admin pages: session log with CSV export, usage charts, bulb hours, the audit log, users, and fault resets."""
+
 from __future__ import annotations
 
 from datetime import date
@@ -39,18 +40,29 @@ bp.before_request(require_admin)
 def _clock_warning():
     """Every admin page says so while the system clock is not synchronised: log times may be wrong."""
     # lampctl.platform.clocksync.describe(False) says the same for the command line, in English.
-    warning = gettext("The system clock is not synchronised: log times may be wrong until it is (check the network "
-                      "and `timedatectl timesync-status`); sessions stay timed correctly.")
+    warning = gettext(
+        "The system clock is not synchronised: log times may be wrong until it is (check the network "
+        "and `timedatectl timesync-status`); sessions stay timed correctly."
+    )
     return {"clock_warning": warning if services().clock_synchronised() is False else None}
 
 
 # What the pages show for the codes the records keep (the CSV, the API and the form values keep the codes).
-END_REASON_LABELS = {"completed": lazy_gettext("completed"), "stopped": lazy_gettext("stopped"),
-                     "estop": lazy_gettext("estop"), "fault": lazy_gettext("fault"),
-                     "interrupted": lazy_gettext("interrupted"), "firmware": lazy_gettext("firmware"),
-                     None: lazy_gettext("running")}
-STATE_LABELS = {"off": lazy_gettext("off"), "on": lazy_gettext("on"), "cooldown": lazy_gettext("cooldown"),
-                "fault": lazy_gettext("fault")}
+END_REASON_LABELS = {
+    "completed": lazy_gettext("completed"),
+    "stopped": lazy_gettext("stopped"),
+    "estop": lazy_gettext("estop"),
+    "fault": lazy_gettext("fault"),
+    "interrupted": lazy_gettext("interrupted"),
+    "firmware": lazy_gettext("firmware"),
+    None: lazy_gettext("running"),
+}
+STATE_LABELS = {
+    "off": lazy_gettext("off"),
+    "on": lazy_gettext("on"),
+    "cooldown": lazy_gettext("cooldown"),
+    "fault": lazy_gettext("fault"),
+}
 ROLE_LABELS = {"practitioner": lazy_gettext("practitioner"), "admin": lazy_gettext("admin")}
 FIRMWARE_LABELS = {"ok": lazy_gettext("ok"), "lost": lazy_gettext("lost"), "absent": lazy_gettext("absent")}
 
@@ -93,8 +105,16 @@ def _confirmed() -> bool:
 def _confirm(question: str, detail: str, button: str, back: str, *, items: list[str] | None = None, **fields):
     """Ask before an action that cannot be undone: the page's form posts the same action again with confirm=1,
     so the step works without JavaScript. `items`, when given, lists what the action applies to."""
-    return render_template("admin/confirm.html", question=question, detail=detail, button=button, back=back,
-                           action=request.path, fields=fields, items=items or [])
+    return render_template(
+        "admin/confirm.html",
+        question=question,
+        detail=detail,
+        button=button,
+        back=back,
+        action=request.path,
+        fields=fields,
+        items=items or [],
+    )
 
 
 def _lamp_names() -> dict[str, str]:
@@ -122,8 +142,13 @@ def _log_filters() -> tuple[dict, dict, str | None]:
     """(filters for lampctl.storage.queries, the form's values, an error sentence or None)."""
     args = request.args
     form = {k: (args.get(k) or "").strip() for k in ("from", "to", "lamp", "user", "reason")}
-    filters = {"start": form["from"] or None, "end": form["to"] or None, "lamp": form["lamp"] or None,
-               "user": form["user"] or None, "reason": form["reason"] or None}
+    filters = {
+        "start": form["from"] or None,
+        "end": form["to"] or None,
+        "lamp": form["lamp"] or None,
+        "user": form["user"] or None,
+        "reason": form["reason"] or None,
+    }
     try:
         for key, upper in (("start", False), ("end", True)):
             bound = filters[key]
@@ -144,8 +169,11 @@ def _page_keys() -> tuple[int | None, int | None, str | None]:
     for name in ("before", "after"):
         text = (request.args.get(name) or "").strip()
         if text and not (text.isascii() and text.isdigit() and len(text) <= 18):
-            return None, None, gettext("%(text)s is not a session number; start again from the newest page.",
-                                       text=repr(text[:20]))
+            return (
+                None,
+                None,
+                gettext("%(text)s is not a session number; start again from the newest page.", text=repr(text[:20])),
+            )
         keys[name] = int(text) if text else None
     return keys["before"], keys["after"], None
 
@@ -176,10 +204,22 @@ def log():
         total = queries.count_sessions(path, **filters, cap=COUNT_CAP + 1)
     newer, older = _pager(rows, more, before, after)
     args = {k: v for k, v in form.items() if v}
-    return render_template("admin/log.html", rows=rows, total=total, capped=total > COUNT_CAP, newer=newer,
-                           older=older, paged=bool(before or after), form=form, args=args, error=error,
-                           lamps=_lamp_names(), users=reports.session_users(path), reasons=END_REASONS,
-                           columns=export.SESSION_COLUMNS), (400 if error else 200)
+    return render_template(
+        "admin/log.html",
+        rows=rows,
+        total=total,
+        capped=total > COUNT_CAP,
+        newer=newer,
+        older=older,
+        paged=bool(before or after),
+        form=form,
+        args=args,
+        error=error,
+        lamps=_lamp_names(),
+        users=reports.session_users(path),
+        reasons=END_REASONS,
+        columns=export.SESSION_COLUMNS,
+    ), (400 if error else 200)
 
 
 @bp.get("/log.csv")
@@ -196,8 +236,11 @@ def log_csv():
         yield from chunks
 
     name = f"lampctl-sessions-{date.today().isoformat()}.csv"
-    return Response(stream_with_context(generate()), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(
+        stream_with_context(generate()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 # ---- usage -------------------------------------------------------------------------------
@@ -208,21 +251,34 @@ def usage():
     per_day = reports.minutes_per_lamp_per_day(path, days)
     lamps = services().config.lamps
     series = [(lamp.name, per_day.get(lamp.id, {})) for lamp in lamps]
-    chart = stacked_days_svg(days, series, title=ngettext("Minutes per lamp per day, last %(num)s day",
-                                                          "Minutes per lamp per day, last %(num)s days", USAGE_DAYS))
+    chart = stacked_days_svg(
+        days,
+        series,
+        title=ngettext(
+            "Minutes per lamp per day, last %(num)s day", "Minutes per lamp per day, last %(num)s days", USAGE_DAYS
+        ),
+    )
     start, end = days[0].isoformat(), days[-1].isoformat()
-    return render_template("admin/usage.html", chart=chart, days=days, series=series,
-                           legend=[(name, colour(i)) for i, (name, _) in enumerate(series)],
-                           totals={name: sum(data.values()) for name, data in series},
-                           practitioners=reports.per_practitioner(path, start, end),
-                           reasons=reports.end_reasons(path, start, end), start=start, end=end)
+    return render_template(
+        "admin/usage.html",
+        chart=chart,
+        days=days,
+        series=series,
+        legend=[(name, colour(i)) for i, (name, _) in enumerate(series)],
+        totals={name: sum(data.values()) for name, data in series},
+        practitioners=reports.per_practitioner(path, start, end),
+        reasons=reports.end_reasons(path, start, end),
+        start=start,
+        end=end,
+    )
 
 
 # ---- bulbs -------------------------------------------------------------------------------
 @bp.get("/bulbs")
 def bulbs():
-    return render_template("admin/bulbs.html",
-                           bulbs=reports.bulb_hours(services().usage_log.path, services().config.lamps))
+    return render_template(
+        "admin/bulbs.html", bulbs=reports.bulb_hours(services().usage_log.path, services().config.lamps)
+    )
 
 
 @bp.post("/bulbs/<lamp_id>/replaced")
@@ -233,14 +289,25 @@ def bulb_replaced(lamp_id):
         return redirect(url_for("admin.bulbs"), code=303)
     hours = reports.bulb_hours(services().usage_log.path, [lamps[lamp_id]])[0].hours
     if not _confirmed():
-        return _confirm(gettext("Record a new bulb in %(name)s?", name=lamps[lamp_id].name),
-                        gettext("Its hour count (%(hours)s h now) starts again at 0. Only do this after fitting a new "
-                                "bulb.", hours=format(hours, ".1f")),
-                        gettext("Yes, bulb replaced"), url_for("admin.bulbs"))
+        return _confirm(
+            gettext("Record a new bulb in %(name)s?", name=lamps[lamp_id].name),
+            gettext(
+                "Its hour count (%(hours)s h now) starts again at 0. Only do this after fitting a new bulb.",
+                hours=format(hours, ".1f"),
+            ),
+            gettext("Yes, bulb replaced"),
+            url_for("admin.bulbs"),
+        )
     services().usage_log.record_bulb_replacement(lamp_id, g.user["name"], hours)
     services().usage_log.flush(1.0)  # the page this redirects to reads the record back
-    flash(gettext("%(name)s: bulb replacement recorded after %(hours)s h; its count starts again at 0.",
-                  name=lamps[lamp_id].name, hours=format(hours, ".1f")), "ok")
+    flash(
+        gettext(
+            "%(name)s: bulb replacement recorded after %(hours)s h; its count starts again at 0.",
+            name=lamps[lamp_id].name,
+            hours=format(hours, ".1f"),
+        ),
+        "ok",
+    )
     return redirect(url_for("admin.bulbs"), code=303)
 
 
@@ -254,16 +321,24 @@ def events():
         bad.sentence = gettext("The page must be a whole number from 1 to %(most)s.", most=MAX_PAGE)
         raise bad
     # One row more than shown tells whether an older page exists.
-    rows = queries.events(services().usage_log.path, limit=EVENTS_PAGE_SIZE + 1,
-                          offset=(page - 1) * EVENTS_PAGE_SIZE, lamp=lamp)
-    return render_template("admin/events.html", rows=rows[:EVENTS_PAGE_SIZE], more=len(rows) > EVENTS_PAGE_SIZE,
-                           page=page, lamp=lamp or "", lamps=_lamp_names())
+    rows = queries.events(
+        services().usage_log.path, limit=EVENTS_PAGE_SIZE + 1, offset=(page - 1) * EVENTS_PAGE_SIZE, lamp=lamp
+    )
+    return render_template(
+        "admin/events.html",
+        rows=rows[:EVENTS_PAGE_SIZE],
+        more=len(rows) > EVENTS_PAGE_SIZE,
+        page=page,
+        lamp=lamp or "",
+        lamps=_lamp_names(),
+    )
 
 
 # ---- users -------------------------------------------------------------------------------
 def _users_page(status: int = 200, **form):
-    return render_template("admin/users.html", users=accounts().users(), roles=ROLES,
-                           builtin=BUILTIN_USER, form=form), status
+    return render_template(
+        "admin/users.html", users=accounts().users(), roles=ROLES, builtin=BUILTIN_USER, form=form
+    ), status
 
 
 @bp.get("/users")
@@ -315,17 +390,24 @@ def remove_user(name):
         return redirect(url_for("admin.users"), code=303)
     # Only a removal that can happen is asked about; the others get their refusal at once.
     if not _confirmed() and name != BUILTIN_USER and accounts().find(name) is not None:
-        return _confirm(gettext("Remove %(name)s?", name=name),
-                        gettext("Their login and API tokens stop working at once; the sessions they ran stay in the "
-                                "log."), gettext("Yes, remove %(name)s", name=name), url_for("admin.users"))
-    return _user_action(lambda: accounts().remove_user(name, by=g.user["name"]),
-                        gettext("%(name)s removed; their login and API tokens stop working now.", name=name))
+        return _confirm(
+            gettext("Remove %(name)s?", name=name),
+            gettext("Their login and API tokens stop working at once; the sessions they ran stay in the log."),
+            gettext("Yes, remove %(name)s", name=name),
+            url_for("admin.users"),
+        )
+    return _user_action(
+        lambda: accounts().remove_user(name, by=g.user["name"]),
+        gettext("%(name)s removed; their login and API tokens stop working now.", name=name),
+    )
 
 
 @bp.post("/users/<name>/pin")
 def reset_pin(name):
-    return _user_action(lambda: accounts().set_pin(name, request.form.get("pin") or "", by=g.user["name"]),
-                        gettext("New PIN set for %(name)s; their logins have ended.", name=name))
+    return _user_action(
+        lambda: accounts().set_pin(name, request.form.get("pin") or "", by=g.user["name"]),
+        gettext("New PIN set for %(name)s; their logins have ended.", name=name),
+    )
 
 
 @bp.post("/users/<name>/role")
@@ -336,21 +418,30 @@ def set_role(name):
         flash(why, "error")
         return redirect(url_for("admin.users"), code=303)
 
-    return _user_action(lambda: accounts().set_role(name, role, by=g.user["name"]),
-                        gettext("%(name)s is now %(role)s.", name=name, role=_role_label(role)))
+    return _user_action(
+        lambda: accounts().set_role(name, role, by=g.user["name"]),
+        gettext("%(name)s is now %(role)s.", name=name, role=_role_label(role)),
+    )
 
 
 # ---- lamps and faults --------------------------------------------------------------------
 def _latches() -> dict[str, dict]:
     """{lamp_id: {"reason", "at"}}: when and why each fault latched, as the log keeps it (S17)."""
     with reading(services().usage_log.path) as conn:
-        return {r["lamp_id"]: {"reason": r["reason"], "at": r["at"]}
-                for r in conn.execute("SELECT lamp_id, reason, at FROM latches")}
+        return {
+            r["lamp_id"]: {"reason": r["reason"], "at": r["at"]}
+            for r in conn.execute("SELECT lamp_id, reason, at FROM latches")
+        }
 
 
 def _lamps_page(status: int = 200, error: str | None = None):
-    return render_template("admin/lamps.html", lamps=services().controller.lamps(), latches=_latches(),
-                           firmware=services().firmware_status(), error=error), status
+    return render_template(
+        "admin/lamps.html",
+        lamps=services().controller.lamps(),
+        latches=_latches(),
+        firmware=services().firmware_status(),
+        error=error,
+    ), status
 
 
 @bp.get("/lamps")
@@ -369,12 +460,18 @@ def reset_fault(lamp_id):
             return redirect(target, code=303)
         latch = _latches().get(lamp_id)
         reason = view.fault_reason or gettext("no fault now")
-        latched = (gettext("Latched since %(since)s: %(reason)s.", since=reports.local_time(latch["at"]), reason=reason)
-                   if latch else gettext("Latched: %(reason)s.", reason=reason))
-        return _confirm(gettext("Reset the fault of %(name)s?", name=view.name),
-                        latched + " " + gettext("Reset only when the cause is found and fixed: the lamp becomes ready "
-                                                "to start."), gettext("Yes, reset fault"), target,
-                        next=request.form.get("next", ""))
+        latched = (
+            gettext("Latched since %(since)s: %(reason)s.", since=reports.local_time(latch["at"]), reason=reason)
+            if latch
+            else gettext("Latched: %(reason)s.", reason=reason)
+        )
+        return _confirm(
+            gettext("Reset the fault of %(name)s?", name=view.name),
+            latched + " " + gettext("Reset only when the cause is found and fixed: the lamp becomes ready to start."),
+            gettext("Yes, reset fault"),
+            target,
+            next=request.form.get("next", ""),
+        )
     try:
         view = services().controller.reset_fault(lamp_id, g.user["name"])
     except Refused as exc:
@@ -401,23 +498,40 @@ def reset_all():
         except Refused as exc:
             return _lamps_page(status_for(exc.code), str(exc))
         names, latches = _lamp_names(), _latches()
-        items = [gettext("%(name)s, latched since %(since)s: %(reason)s", name=names[lamp_id],
-                         since=reports.local_time(latches[lamp_id]["at"]), reason=reason) if lamp_id in latches
-                 else gettext("%(name)s: %(reason)s", name=names[lamp_id], reason=reason)
-                 for lamp_id, reason in latched.items()]
+        items = [
+            gettext(
+                "%(name)s, latched since %(since)s: %(reason)s",
+                name=names[lamp_id],
+                since=reports.local_time(latches[lamp_id]["at"]),
+                reason=reason,
+            )
+            if lamp_id in latches
+            else gettext("%(name)s: %(reason)s", name=names[lamp_id], reason=reason)
+            for lamp_id, reason in latched.items()
+        ]
         n = len(latched)
-        return _confirm(ngettext("Reset the fault of %(num)s lamp?", "Reset the faults of all %(num)s latched lamps?", n),
-                        gettext("Reset only when each cause is found and fixed: every lamp listed becomes ready to "
-                                "start."),
-                        ngettext("Yes, reset %(num)s fault", "Yes, reset all %(num)s faults", n), url_for("admin.lamps"),
-                        items=items, **{LATCHED_FIELD + lamp_id: reason for lamp_id, reason in latched.items()})
-    expected = {key.removeprefix(LATCHED_FIELD): value for key, value in request.form.items()
-                if key.startswith(LATCHED_FIELD)}
+        return _confirm(
+            ngettext("Reset the fault of %(num)s lamp?", "Reset the faults of all %(num)s latched lamps?", n),
+            gettext("Reset only when each cause is found and fixed: every lamp listed becomes ready to start."),
+            ngettext("Yes, reset %(num)s fault", "Yes, reset all %(num)s faults", n),
+            url_for("admin.lamps"),
+            items=items,
+            **{LATCHED_FIELD + lamp_id: reason for lamp_id, reason in latched.items()},
+        )
+    expected = {
+        key.removeprefix(LATCHED_FIELD): value for key, value in request.form.items() if key.startswith(LATCHED_FIELD)
+    }
     try:
         views = controller.reset_all(g.user["name"], expected)
     except Refused as exc:
         return _lamps_page(status_for(exc.code), str(exc))
-    flash(ngettext("Fault cleared on %(names)s; the lamp is off and ready.",
-                   "Faults cleared on %(names)s; the lamps are off and ready.", len(views),
-                   names=", ".join(view.name for view in views)), "ok")
+    flash(
+        ngettext(
+            "Fault cleared on %(names)s; the lamp is off and ready.",
+            "Faults cleared on %(names)s; the lamps are off and ready.",
+            len(views),
+            names=", ".join(view.name for view in views),
+        ),
+        "ok",
+    )
     return redirect(url_for("admin.lamps"), code=303)

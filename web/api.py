@@ -1,4 +1,5 @@
 """The JSON API under /api: bearer tokens, roles, contract status codes and error bodies."""
+
 from __future__ import annotations
 
 import functools
@@ -122,8 +123,9 @@ def health():
     lamps = s.controller.lamps()
     firmware = s.firmware_status()
     log_health = s.usage_log.health()
-    problems = [f"{l.name} is latched in fault ({l.fault_reason}); an admin must reset it."
-                for l in lamps if l.state == "fault"]
+    problems = [
+        f"{l.name} is latched in fault ({l.fault_reason}); an admin must reset it." for l in lamps if l.state == "fault"
+    ]
     if firmware == "lost":
         problems.append("The link to the safety microcontroller is lost.")
     problems += log_health["problems"]
@@ -133,8 +135,10 @@ def health():
 
         problems.append(describe(False))
     if getattr(s.accounts, "reload_error", None):
-        problems.append(f"Account changes cannot be read from the database ({s.accounts.reload_error}); "
-                        "logins and tokens are checked against the accounts last read.")
+        problems.append(
+            f"Account changes cannot be read from the database ({s.accounts.reload_error}); "
+            "logins and tokens are checked against the accounts last read."
+        )
     mqtt = s.mqtt_health() if s.mqtt_health is not None else None
     if mqtt is not None:
         problems += mqtt["problems"]
@@ -179,8 +183,9 @@ def start(lamp_id):
     s.controller.lamp(lamp_id)  # 404 before 400 for an unknown lamp
     body = _json_body()
     seconds = parse_duration(body, ("new_patient",))
-    session_id, view = s.controller.start(lamp_id, seconds, g.user["name"], new_patient=_new_patient(body),
-                                          arrived=arrived())
+    session_id, view = s.controller.start(
+        lamp_id, seconds, g.user["name"], new_patient=_new_patient(body), arrived=arrived()
+    )
     # A 201 means the session is recorded unless "recorded" says otherwise; a slow disk
     # delays this reply, never the lamp.
     return jsonify(session_id=session_id, lamp=view.as_dict(), recorded=_recorded()), 201
@@ -216,8 +221,7 @@ def stop(lamp_id):
 @bp.post("/stop-all")
 def stop_all():
     views = services().controller.stop_all(stop_who(), "stop all (API)", arrived=arrived())
-    return jsonify(lamps=[v.as_dict() for v in views], results={v.id: v.result for v in views},
-                   recorded=_recorded())
+    return jsonify(lamps=[v.as_dict() for v in views], results={v.id: v.result for v in views}, recorded=_recorded())
 
 
 @bp.post("/estop")
@@ -225,8 +229,7 @@ def estop():
     who = stop_who()
     via = "from the command line" if who == CLI_USER else "from the API"
     views = services().controller.estop(who, estop_reason(who, via), arrived=arrived())
-    return jsonify(lamps=[v.as_dict() for v in views], results={v.id: v.result for v in views},
-                   recorded=_recorded())
+    return jsonify(lamps=[v.as_dict() for v in views], results={v.id: v.result for v in views}, recorded=_recorded())
 
 
 @bp.post("/lamps/<lamp_id>/reset")
@@ -256,8 +259,14 @@ def sessions():
     if lamp:
         services().controller.lamp(lamp)
     try:
-        rows = queries.sessions(services().usage_log.path, start=args.get("from") or None,
-                                end=args.get("to") or None, lamp=lamp, user=args.get("user") or None, reason=reason)
+        rows = queries.sessions(
+            services().usage_log.path,
+            start=args.get("from") or None,
+            end=args.get("to") or None,
+            lamp=lamp,
+            user=args.get("user") or None,
+            reason=reason,
+        )
     except StoreError as exc:
         raise ApiError(400, "bad-query", str(exc)) from None
     except LogUnavailable as exc:

@@ -1,4 +1,5 @@
 """PIN login and logout, the per-name lockout, login-required by default, and CSRF tokens on every form."""
+
 from __future__ import annotations
 
 import hmac
@@ -41,8 +42,15 @@ class LoginGuard:
     cut clears neither (S20); a saved age that cannot be trusted counts as none (still locked).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, *, max_failures: int = MAX_FAILURES,
-                 window_s: float = FAILURE_WINDOW_S, lockout_s: float = LOCKOUT_S, store=None):
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_failures: int = MAX_FAILURES,
+        window_s: float = FAILURE_WINDOW_S,
+        lockout_s: float = LOCKOUT_S,
+        store=None,
+    ):
         self._clock = clock
         self.max_failures, self.window_s, self.lockout_s = max_failures, window_s, lockout_s
         self._failures: dict[str, list[float]] = {}
@@ -228,8 +236,9 @@ def _unavailable(exc):
 def init_app(app) -> None:
     if app.extensions["lampctl"].accounts is None:
         raise ValueError("create_app needs Services(accounts=...): logins and tokens are answered from memory")
-    app.extensions["lampctl.login_guard"] = LoginGuard(app.config.get("LOGIN_CLOCK") or time.monotonic,
-                                                       store=app.extensions["lampctl"].accounts)
+    app.extensions["lampctl.login_guard"] = LoginGuard(
+        app.config.get("LOGIN_CLOCK") or time.monotonic, store=app.extensions["lampctl"].accounts
+    )
     app.before_request(_before_request)
     # A page that cannot read the log answers 503 with a sentence, never 500 (item 10).
     app.register_error_handler(LogUnavailable, _unavailable)
@@ -247,21 +256,42 @@ def _check_login(name: str, pin: str) -> tuple[dict | None, str, int]:
     left = guard().reserve(name)
     if left:
         minutes = max(1, round(left / 60))
-        return None, ngettext("Too many wrong PINs for %(name)s: this name is locked for about %(num)s more minute.",
-                              "Too many wrong PINs for %(name)s: this name is locked for about %(num)s more minutes.",
-                              minutes, name=name), 429
+        return (
+            None,
+            ngettext(
+                "Too many wrong PINs for %(name)s: this name is locked for about %(num)s more minute.",
+                "Too many wrong PINs for %(name)s: this name is locked for about %(num)s more minutes.",
+                minutes,
+                name=name,
+            ),
+            429,
+        )
     user = accounts().check_pin(name, pin)
     if user is None:
         tries, locked_now = guard().failed(name)
         if locked_now:
             services().usage_log.event(None, None, None, name, f"login locked out after {MAX_FAILURES} wrong PINs")
         if tries == 0:
-            return None, gettext("Too many wrong PINs for %(name)s: this name is locked for %(num)s minutes.",
-                                 name=name, num=round(LOCKOUT_S / 60)), 429
-        return None, ngettext("That name and PIN do not match (%(num)s try left before this name is locked for "
-                              "%(minutes)s minutes).", "That name and PIN do not match (%(num)s tries left before "
-                              "this name is locked for %(minutes)s minutes).", tries,
-                              minutes=round(LOCKOUT_S / 60)), 401
+            return (
+                None,
+                gettext(
+                    "Too many wrong PINs for %(name)s: this name is locked for %(num)s minutes.",
+                    name=name,
+                    num=round(LOCKOUT_S / 60),
+                ),
+                429,
+            )
+        return (
+            None,
+            ngettext(
+                "That name and PIN do not match (%(num)s try left before this name is locked for %(minutes)s minutes).",
+                "That name and PIN do not match (%(num)s tries left before "
+                "this name is locked for %(minutes)s minutes).",
+                tries,
+                minutes=round(LOCKOUT_S / 60),
+            ),
+            401,
+        )
     guard().succeeded(name)
     return user, "", 200
 
@@ -337,8 +367,9 @@ def switch():
     if user is not None:
         before = g.user["name"]
         old_login = session.get("login")
-        message = _begin_login(user, f"took over the panel from {before}" if before != user["name"]
-                               else "unlocked the panel")
+        message = _begin_login(
+            user, f"took over the panel from {before}" if before != user["name"] else "unlocked the panel"
+        )
         status = 503
         if message is None:
             if old_login != session.get("login"):

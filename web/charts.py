@@ -1,4 +1,5 @@
 """Server-rendered SVG charts (no script, no CDN): stacked minutes per lamp per day."""
+
 from __future__ import annotations
 
 import math
@@ -39,15 +40,19 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
     bar_w = max(2.0, slot * 0.7)
     # Outside the f-strings, where pybabel finds them.
     axis = escape(gettext("minutes"))
-    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
-           f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="16">']
+    out = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
+        f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="16">'
+    ]
     for i in range(5):
         value = ymax * i / 4
         y = top + plot_h - plot_h * i / 4
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#bbb" stroke-width="1"/>')
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#222">{value:g}</text>')
-    out.append(f'<text x="14" y="{top + plot_h / 2:.0f}" transform="rotate(-90 14 {top + plot_h / 2:.0f})" '
-               f'text-anchor="middle" fill="#222">{axis}</text>')
+    out.append(
+        f'<text x="14" y="{top + plot_h / 2:.0f}" transform="rotate(-90 14 {top + plot_h / 2:.0f})" '
+        f'text-anchor="middle" fill="#222">{axis}</text>'
+    )
     for i, day in enumerate(days):
         x = left + i * slot + (slot - bar_w) / 2
         y = top + plot_h
@@ -58,14 +63,17 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
             h = plot_h * minutes / ymax
             tip = gettext("%(n)s min", n=format_decimal(round(minutes)))
             y -= h
-            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{colour(j)}">'
-                       f'<title>{escape(name)}, {day.isoformat()}: {escape(tip)}</title></rect>')
+            out.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{colour(j)}">'
+                f"<title>{escape(name)}, {day.isoformat()}: {escape(tip)}</title></rect>"
+            )
         if i % 5 == 0 or i == len(days) - 1:
             # The last day ends at the plot's right edge: centred under its bar, an ISO date would be cut off.
-            x_text, anchor = ((width - right, "end") if i == len(days) - 1
-                              else (left + i * slot + slot / 2, "middle"))
-            out.append(f'<text x="{x_text:.1f}" y="{height - bottom + 18}" text-anchor="{anchor}" '
-                       f'fill="#222">{day.isoformat()}</text>')
+            x_text, anchor = (width - right, "end") if i == len(days) - 1 else (left + i * slot + slot / 2, "middle")
+            out.append(
+                f'<text x="{x_text:.1f}" y="{height - bottom + 18}" text-anchor="{anchor}" '
+                f'fill="#222">{day.isoformat()}</text>'
+            )
     out.append(f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#222"/>')
     out.append("</svg>")
     return Markup("".join(out))

@@ -1,4 +1,5 @@
 """The one table from the controller's refusal codes to HTTP statuses, and how long a reply waits for its record."""
+
 from __future__ import annotations
 
 # A reply to start, extend, stop, stop-all, estop or reset waits this long for its record

@@ -1,4 +1,5 @@
 """The collector's pages: every lamp's live state, and the central log, CSV and usage across nodes."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,19 @@ from lampctl.storage.db import StoreError, parse_bound
 from web.params import MAX_PAGE, page_number
 
 PAGE_SIZE = 50
-CSV_COLUMNS = ("node", "id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
-               "continues", "origin")
+CSV_COLUMNS = (
+    "node",
+    "id",
+    "lamp_id",
+    "user",
+    "started_at",
+    "ended_at",
+    "planned_s",
+    "actual_s",
+    "end_reason",
+    "continues",
+    "origin",
+)
 CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 
 bp = Blueprint("fleet", __name__)
@@ -77,8 +89,17 @@ def log():
     page = min(page, pages)
     rows = central.sessions(**found, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     args = {k: v for k, v in form.items() if v}
-    return render_template("fleet/log.html", rows=rows, total=total, page=page, pages=pages, form=form, args=args,
-                           error=error, nodes=central.nodes())
+    return render_template(
+        "fleet/log.html",
+        rows=rows,
+        total=total,
+        page=page,
+        pages=pages,
+        form=form,
+        args=args,
+        error=error,
+        nodes=central.nodes(),
+    )
 
 
 @bp.get("/log.csv")
@@ -95,7 +116,9 @@ def log_csv():
     for row in _collector().central.sessions(**found):
         writer.writerow([export.csv_cell(row[c]) for c in CSV_COLUMNS])
     name = f"lampctl-fleet-sessions-{date.today().isoformat()}.csv"
-    return Response(buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(
+        buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
 
 
 @bp.get("/usage")
@@ -109,6 +132,11 @@ def usage():
 @bp.get("/api/fleet")
 def api_fleet():
     collector = _collector()
-    return {"lamps": collector.fleet(), "nodes": dict(collector.status), "stored": collector.stored,
-            "duplicates": collector.duplicates, "rejected": collector.rejected,
-            "subscribed": collector.subscribed.is_set()}
+    return {
+        "lamps": collector.fleet(),
+        "nodes": dict(collector.status),
+        "stored": collector.stored,
+        "duplicates": collector.duplicates,
+        "rejected": collector.rejected,
+        "subscribed": collector.subscribed.is_set(),
+    }

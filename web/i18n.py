@@ -1,4 +1,5 @@
 """The pages in the practitioner's language: English, Simplified Chinese, German (browser's choice or a cookie)."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, redirect, request
@@ -29,8 +30,14 @@ def language(code: str):
     if code not in CODES:
         raise _unknown(code)
     resp = redirect(safe_next(request.args.get("next")), code=303)
-    resp.set_cookie(COOKIE, code, max_age=COOKIE_AGE_S, httponly=True, samesite="Strict",
-                    secure=current_app.config["SESSION_COOKIE_SECURE"])
+    resp.set_cookie(
+        COOKIE,
+        code,
+        max_age=COOKIE_AGE_S,
+        httponly=True,
+        samesite="Strict",
+        secure=current_app.config["SESSION_COOKIE_SECURE"],
+    )
     return resp
 
 

@@ -1,4 +1,5 @@
 """The browser's login cookie: signed, but with no timestamp a wall-clock step could make "too old" or "from the future" (S22)."""
+
 from __future__ import annotations
 
 from flask.sessions import SecureCookieSessionInterface
@@ -20,9 +21,12 @@ class LoginCookieSessions(SecureCookieSessionInterface):
     def get_signing_serializer(self, app):
         if not app.secret_key:
             return None
-        return URLSafeSerializer(app.secret_key, salt=self.salt, serializer=self.serializer,
-                                 signer_kwargs={"key_derivation": self.key_derivation,
-                                                "digest_method": self.digest_method})
+        return URLSafeSerializer(
+            app.secret_key,
+            salt=self.salt,
+            serializer=self.serializer,
+            signer_kwargs={"key_derivation": self.key_derivation, "digest_method": self.digest_method},
+        )
 
     def open_session(self, app, request):
         serializer = self.get_signing_serializer(app)
@@ -39,8 +43,13 @@ class LoginCookieSessions(SecureCookieSessionInterface):
     def save_session(self, app, session, response):
         """Flask's save_session, with Max-Age in place of an Expires date."""
         name, path, domain = self.get_cookie_name(app), self.get_cookie_path(app), self.get_cookie_domain(app)
-        options = dict(domain=domain, path=path, secure=self.get_cookie_secure(app),
-                       samesite=self.get_cookie_samesite(app), httponly=self.get_cookie_httponly(app))
+        options = dict(
+            domain=domain,
+            path=path,
+            secure=self.get_cookie_secure(app),
+            samesite=self.get_cookie_samesite(app),
+            httponly=self.get_cookie_httponly(app),
+        )
         if session.accessed:
             response.vary.add("Cookie")
         if not session:

@@ -1,4 +1,5 @@
 """The practitioner panel: one region per lamp with presets, +5 min and Stop, a page-wide Stop all, and its live state."""
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,12 @@ def _running_info(view, d: dict, locked: bool) -> None:
         more = gettext("only %(left)s more may be added, too little for +5 min", left=seconds_text(left))
     else:
         more = gettext("at its %(limit)s limit: no more time can be added", limit=d["limit"])
-    d["note"] = gettext("Started by %(user)s · %(planned)s planned · %(more)s.", user=view.user,
-                        planned=seconds_text(view.planned_s or 0), more=more)
+    d["note"] = gettext(
+        "Started by %(user)s · %(planned)s planned · %(more)s.",
+        user=view.user,
+        planned=seconds_text(view.planned_s or 0),
+        more=more,
+    )
     d["clock"] = view.remaining_s
     d["warning"] = view.remaining_s is not None and (view.planned_s or 0) > WARN_S and view.remaining_s <= WARN_S
 
@@ -67,8 +72,11 @@ def lamp_info(view, locked: bool = False) -> dict:
     elif view.state == "fault":
         d["note"] = fault_text(view.fault_reason)
     elif view.continue_left_s is not None:
-        d["note"] = gettext("Ready. The same patient has %(left)s left of %(limit)s; a new patient starts afresh.",
-                            left=seconds_text(view.continue_left_s), limit=d["limit"])
+        d["note"] = gettext(
+            "Ready. The same patient has %(left)s left of %(limit)s; a new patient starts afresh.",
+            left=seconds_text(view.continue_left_s),
+            limit=d["limit"],
+        )
     else:
         d["note"] = gettext("Ready. Limit %(limit)s per session.", limit=d["limit"])
     # With no timer running the big display names the state, readable from across the room.
@@ -88,28 +96,49 @@ def page_banners(views) -> list[dict]:
     banners = []
     estops = {v.fault_reason for v in views if v.state == "fault" and is_estop(v.fault_reason)}
     for reason in sorted(estops):
-        banners.append({"kind": "estop", "text": fault_text(reason),
-                        "short": gettext("EMERGENCY STOP: every lamp locked off until an admin resets it.")})
+        banners.append(
+            {
+                "kind": "estop",
+                "text": fault_text(reason),
+                "short": gettext("EMERGENCY STOP: every lamp locked off until an admin resets it."),
+            }
+        )
     if s.firmware_status() == "lost":
-        banners.append({"kind": "firmware", "text": gettext(
-            "The safety controller is not answering: lamps that were on are off, and new sessions may be refused "
-            "until it is back. Tell an admin."),
-            "short": gettext("Safety controller not answering: lamps off. Tell an admin.")})
+        banners.append(
+            {
+                "kind": "firmware",
+                "text": gettext(
+                    "The safety controller is not answering: lamps that were on are off, and new sessions may be refused "
+                    "until it is back. Tell an admin."
+                ),
+                "short": gettext("Safety controller not answering: lamps off. Tell an admin."),
+            }
+        )
     log = s.usage_log
     if getattr(log, "write_errors", 0) and getattr(log, "pending", 0):
-        banners.append({"kind": "log", "text": gettext(
-            "The usage log cannot be saved right now (%(num)s records waiting); lamps still work. Tell an admin.",
-            num=log.pending),
-            "short": gettext("Usage log not saving (%(num)s waiting). Tell an admin.", num=log.pending)})
+        banners.append(
+            {
+                "kind": "log",
+                "text": gettext(
+                    "The usage log cannot be saved right now (%(num)s records waiting); lamps still work. Tell an admin.",
+                    num=log.pending,
+                ),
+                "short": gettext("Usage log not saving (%(num)s waiting). Tell an admin.", num=log.pending),
+            }
+        )
     return banners
 
 
 def state() -> dict:
     locked = panel_locked()
     views = services().controller.lamps()
-    return {"lamps": [lamp_info(v, locked) for v in views],
-            "firmware": services().firmware_status(), "banners": page_banners(views), "locked": locked,
-            "server_time": round(time.time(), 3)}
+    return {
+        "lamps": [lamp_info(v, locked) for v in views],
+        "firmware": services().firmware_status(),
+        "banners": page_banners(views),
+        "locked": locked,
+        "server_time": round(time.time(), 3),
+    }
 
 
 def running() -> list[dict]:
@@ -120,9 +149,19 @@ def running() -> list[dict]:
     out = []
     for view in services().controller.lamps():
         on = view.heating
-        out.append({"id": view.id, "name": view.name, "on": on, "remaining_s": view.remaining_s,
-                    "clock_text": clock_text(view.remaining_s) if on and view.remaining_s is not None
-                    else str(STATE_LABELS["on"]) if on else ""})
+        out.append(
+            {
+                "id": view.id,
+                "name": view.name,
+                "on": on,
+                "remaining_s": view.remaining_s,
+                "clock_text": clock_text(view.remaining_s)
+                if on and view.remaining_s is not None
+                else str(STATE_LABELS["on"])
+                if on
+                else "",
+            }
+        )
     return out
 
 
@@ -144,10 +183,18 @@ def _question(lamp_id: str, minutes_arg: str, step: str = "choose") -> dict | No
     same_s = view.same_patient_s(minutes * 60)
     if same_s is None:
         return None
-    return {"lamp": view.id, "name": view.name, "minutes": minutes, "label": minutes_text(minutes),
-            "left": seconds_text(left), "limit": minutes_text(view.max_minutes),
-            "same_ok": same_s >= MIN_SAME_S, "same_fits": same_s < minutes * 60, "same_label": seconds_text(same_s),
-            "step": "new" if step == "new" else "choose"}
+    return {
+        "lamp": view.id,
+        "name": view.name,
+        "minutes": minutes,
+        "label": minutes_text(minutes),
+        "left": seconds_text(left),
+        "limit": minutes_text(view.max_minutes),
+        "same_ok": same_s >= MIN_SAME_S,
+        "same_fits": same_s < minutes * 60,
+        "same_label": seconds_text(same_s),
+        "step": "new" if step == "new" else "choose",
+    }
 
 
 @bp.get("/")
@@ -163,8 +210,7 @@ def panel():
     st = state()
     # Without JavaScript the page reloads itself while a timer runs, so the countdown stays roughly true.
     live = any(l["state"] in ("on", "cooldown") for l in st["lamps"]) and ask is None
-    return render_template("panel.html", refresh=live, ask=ask, lock_after_s=services().config.panel.lock_after_s,
-                           **st)
+    return render_template("panel.html", refresh=live, ask=ask, lock_after_s=services().config.panel.lock_after_s, **st)
 
 
 @bp.get("/state.json")
@@ -211,8 +257,12 @@ def _act(action, *, starts: bool = False):
 
 def _check_fresh(locked: bool) -> None:
     if locked:
-        raise Refused(gettext("The panel is locked: tap Unlock, then your name and PIN, to start a lamp. "
-                              "Stop works while locked."), "locked")
+        raise Refused(
+            gettext(
+                "The panel is locked: tap Unlock, then your name and PIN, to start a lamp. Stop works while locked."
+            ),
+            "locked",
+        )
     sent = request.form.get("sent_at", "")
     if not sent:
         return  # a page without JavaScript sends no time; its form post cannot sit in a script's queue
@@ -221,8 +271,13 @@ def _check_fresh(locked: bool) -> None:
     except ValueError:
         raise Refused(gettext("The sent_at field must be a time in seconds."), "bad-form") from None
     if not math.isfinite(late) or late > STALE_ACTION_S:
-        raise Refused(gettext("That tap reached the lamp controller too late (the connection stalled), so it was "
-                              "not carried out; tap again if you still want it."), "stale")
+        raise Refused(
+            gettext(
+                "That tap reached the lamp controller too late (the connection stalled), so it was "
+                "not carried out; tap again if you still want it."
+            ),
+            "stale",
+        )
 
 
 def _new_patient() -> bool | None:
@@ -252,8 +307,7 @@ def _ask(question: dict):
         html = render_template("_ask.html", ask=question)
         return jsonify(ok=False, ask=question, ask_html=html, message="", **state()), 200
     step: dict[str, Any] = {"step": "new"} if question["step"] == "new" else {}
-    return redirect(url_for("panel.panel", ask=question["lamp"], minutes=f"{question['minutes']:g}", **step),
-                    code=303)
+    return redirect(url_for("panel.panel", ask=question["lamp"], minutes=f"{question['minutes']:g}", **step), code=303)
 
 
 @bp.post("/lamps/<lamp_id>/start")
@@ -284,12 +338,19 @@ def start(lamp_id):
             seconds = same_s
         s.controller.start(lamp_id, seconds, g.user["name"], new_patient=bool(new_patient), arrived=arrived())
         if fitted:
-            return gettext("%(name)s started for %(time)s, what the same patient had left.", name=view.name,
-                           time=seconds_text(seconds))
+            return gettext(
+                "%(name)s started for %(time)s, what the same patient had left.",
+                name=view.name,
+                time=seconds_text(seconds),
+            )
         if new_patient and view.continue_left_s is not None:
-            return gettext("%(name)s started for %(time)s for a new patient (recorded).", name=view.name,
-                           time=minutes_text(minutes))
+            return gettext(
+                "%(name)s started for %(time)s for a new patient (recorded).",
+                name=view.name,
+                time=minutes_text(minutes),
+            )
         return gettext("%(name)s started for %(time)s.", name=view.name, time=minutes_text(minutes))
+
     return _act(act, starts=True)
 
 
@@ -298,6 +359,7 @@ def extend(lamp_id):
     def act():
         view = services().controller.extend(lamp_id, EXTEND_STEP_S, g.user["name"], arrived=arrived())
         return gettext("%(name)s: 5 min added, %(left)s left.", name=view.name, left=clock_text(view.remaining_s))
+
     return _act(act, starts=True)
 
 
@@ -339,6 +401,7 @@ def stop_all():
     def act():
         views = services().controller.stop_all(_stop_who(), "stop all (panel)", arrived=arrived())
         return gettext("All lamps are off.") + " " + _stop_all_details(views)
+
     return _act(act)
 
 
@@ -347,7 +410,10 @@ def estop():
     def act():
         who = _stop_who()
         views = services().controller.estop(who, estop_reason(who, "from the panel"), arrived=arrived())
-        return (gettext("Emergency stop: every lamp is off and locked until an admin resets it.") + " "
-                + _stop_all_details(views))
-    return _act(act)
+        return (
+            gettext("Emergency stop: every lamp is off and locked until an admin resets it.")
+            + " "
+            + _stop_all_details(views)
+        )
 
+    return _act(act)

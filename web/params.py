@@ -1,5 +1,6 @@
 """Query parameters of the pages, one rule each: numbers (?page=), so no value can reach SQLite as an
 overflow (a 500), and where to go next (?next=), so no link leads off this site."""
+
 from __future__ import annotations
 
 import unicodedata

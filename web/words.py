@@ -1,5 +1,6 @@
 """Words for people at the couch: fault reasons in plain language, state labels, durations and refused
 user names, translated."""
+
 from __future__ import annotations
 
 import math
@@ -8,31 +9,59 @@ from flask_babel import format_decimal, gettext, lazy_gettext
 
 from lampctl.core.lamp import parse_estop_reason
 
-STATE_LABELS = {"off": lazy_gettext("Off · ready"), "on": lazy_gettext("ON · heating"),
-                "cooldown": lazy_gettext("Cooling down"), "fault": lazy_gettext("FAULT · locked off")}
+STATE_LABELS = {
+    "off": lazy_gettext("Off · ready"),
+    "on": lazy_gettext("ON · heating"),
+    "cooldown": lazy_gettext("Cooling down"),
+    "fault": lazy_gettext("FAULT · locked off"),
+}
 
 # (what the developer text contains, what the practitioner reads). First match wins; the
 # full reason stays in the events page for the admin.
 _FAULTS = [
-    ("still powered", lazy_gettext("This lamp may still be powered although it was switched off. Switch it off "
-                                   "at the wall now and tell an admin.")),
-    ("could not be switched off", lazy_gettext("This lamp's switch did not respond. Switch it off at the wall now "
-                                               "and tell an admin.")),
-    ("not powered", lazy_gettext("The lamp did not light (the bulb or its switch may have failed). It stays off "
-                                 "until an admin checks it.")),
-    ("could not be switched on", lazy_gettext("The lamp's switch did not respond, so it stays off until an admin "
-                                              "checks it.")),
-    ("firmware", lazy_gettext("The safety controller stopped answering, so this lamp was switched off. It stays "
-                              "off until an admin resets it.")),
-    ("scheduler", lazy_gettext("The lamp timer stopped working, so every lamp was switched off. They stay off "
-                               "until an admin resets them.")),
+    (
+        "still powered",
+        lazy_gettext(
+            "This lamp may still be powered although it was switched off. Switch it off "
+            "at the wall now and tell an admin."
+        ),
+    ),
+    (
+        "could not be switched off",
+        lazy_gettext("This lamp's switch did not respond. Switch it off at the wall now and tell an admin."),
+    ),
+    (
+        "not powered",
+        lazy_gettext(
+            "The lamp did not light (the bulb or its switch may have failed). It stays off until an admin checks it."
+        ),
+    ),
+    (
+        "could not be switched on",
+        lazy_gettext("The lamp's switch did not respond, so it stays off until an admin checks it."),
+    ),
+    (
+        "firmware",
+        lazy_gettext(
+            "The safety controller stopped answering, so this lamp was switched off. It stays "
+            "off until an admin resets it."
+        ),
+    ),
+    (
+        "scheduler",
+        lazy_gettext(
+            "The lamp timer stopped working, so every lamp was switched off. They stay off until an admin resets them."
+        ),
+    ),
 ]
 
 
-_VIA = {"from the panel": lazy_gettext("Emergency stop from the panel by %(name)s."),
-        "from the API": lazy_gettext("Emergency stop from the API by %(name)s."),
-        "over MQTT": lazy_gettext("Emergency stop over MQTT (home automation) by %(name)s."),
-        None: lazy_gettext("Emergency stop by %(name)s.")}
+_VIA = {
+    "from the panel": lazy_gettext("Emergency stop from the panel by %(name)s."),
+    "from the API": lazy_gettext("Emergency stop from the API by %(name)s."),
+    "over MQTT": lazy_gettext("Emergency stop over MQTT (home automation) by %(name)s."),
+    None: lazy_gettext("Emergency stop by %(name)s."),
+}
 
 
 def fault_text(reason: str | None) -> str:
@@ -41,8 +70,11 @@ def fault_text(reason: str | None) -> str:
     estop = parse_estop_reason(text)
     if estop is not None:
         who, via = estop
-        what = (gettext("Emergency stop from the command line on the controller.") if via == "from the command line"
-                else _VIA[via] % {"name": who})
+        what = (
+            gettext("Emergency stop from the command line on the controller.")
+            if via == "from the command line"
+            else _VIA[via] % {"name": who}
+        )
         return what + " " + gettext("Every lamp stays off until an admin resets it.")
     if text.lower().startswith("e-stop"):
         return gettext("The emergency stop button was pressed. Every lamp stays off until an admin resets it.")
@@ -62,12 +94,18 @@ def end_alarm(view) -> str | None:
     if reason not in ALARM_ENDS:
         return None
     if reason == "firmware":
-        return gettext("%(name)s: the safety controller cut the lamp off before the service did. Check the patient "
-                       "and tell an admin.", name=view.name)
+        return gettext(
+            "%(name)s: the safety controller cut the lamp off before the service did. Check the patient "
+            "and tell an admin.",
+            name=view.name,
+        )
     if reason == "interrupted":
         return gettext("%(name)s: the session was interrupted. Check the patient.", name=view.name)
-    return gettext("%(name)s: the session was cut short.", name=view.name) + " " + fault_text(
-        view.fault_reason or view.last_end_why)
+    return (
+        gettext("%(name)s: the session was cut short.", name=view.name)
+        + " "
+        + fault_text(view.fault_reason or view.last_end_why)
+    )
 
 
 def minutes_text(minutes: float) -> str:
@@ -109,8 +147,10 @@ _NAME_REFUSALS = {
     "no-letter": lazy_gettext("A name needs at least one letter or digit: %(name)s has none."),
     "reserved": lazy_gettext("%(name)s is how the records name the system, not a person; choose another name."),
     "taken": lazy_gettext("A user named %(existing)s already exists."),
-    "taken-case": lazy_gettext("A user named %(existing)s already exists; %(name)s differs only in case, and names "
-                               "count as the same whatever their case."),
+    "taken-case": lazy_gettext(
+        "A user named %(existing)s already exists; %(name)s differs only in case, and names "
+        "count as the same whatever their case."
+    ),
 }
 
 

@@ -17,7 +17,7 @@ Safety rules it enforces on its own, whatever the host does:
 
 try:
     from firmware_bridge import protocol
-except ImportError:     # flat layout on a board: protocol.py next to this file
+except ImportError:  # flat layout on a board: protocol.py next to this file
     import protocol  # type: ignore[no-redef, import-not-found]  # the board's flat layout
 
 # True for type checkers only (mypy reads a module's TYPE_CHECKING as true): the board never imports typing.
@@ -63,13 +63,11 @@ class Firmware:
     to hold, which any main loop does many times a second.
     """
 
-    def __init__(self, outputs, ticks_ms, ticks_diff, ticks_add,
-                 watchdog_ms=3000, bad_frame_limit=3, on_change=None):
+    def __init__(self, outputs, ticks_ms, ticks_diff, ticks_add, watchdog_ms=3000, bad_frame_limit=3, on_change=None):
         # type: (Outputs, Ticks, TicksArith, TicksArith, int, int, OnChange | None) -> None
         outputs = list(outputs)
         if not 1 <= len(outputs) <= protocol.MAX_LAMPS:
-            raise ValueError("the firmware drives 1..%d lamps, got %d outputs"
-                             % (protocol.MAX_LAMPS, len(outputs)))
+            raise ValueError("the firmware drives 1..%d lamps, got %d outputs" % (protocol.MAX_LAMPS, len(outputs)))
         if watchdog_ms < 1:
             raise ValueError("watchdog_ms must be a positive number of milliseconds, got %r" % (watchdog_ms,))
         if bad_frame_limit < 1:
@@ -85,10 +83,10 @@ class Firmware:
         self._on = [False] * count
         self._deadline = [0] * count
         self._on_since = [0] * count
-        self._synced = False        # a HELLO has been accepted since boot / the last cut
+        self._synced = False  # a HELLO has been accepted since boot / the last cut
         self._last_seq = 0
-        self._last_valid = 0        # tick of the last valid frame, meaningful while synced
-        self._bad_run = 0           # consecutive bad frames
+        self._last_valid = 0  # tick of the last valid frame, meaningful while synced
+        self._bad_run = 0  # consecutive bad frames
         self._splitter = protocol.LineSplitter()
         for lamp in range(count):
             outputs[lamp].value(0)
@@ -132,7 +130,7 @@ class Firmware:
         try:
             items = self._splitter.feed(data)
         except Exception:
-            self._splitter.reset()      # its state is unknown after a failure
+            self._splitter.reset()  # its state is unknown after a failure
             return [self.count_failed_frame()]
         replies = []
         for item in items:
@@ -170,8 +168,14 @@ class Firmware:
             self._synced = True
             self._accept(frame.seq, now)
             return protocol.encode_reply(
-                frame.seq, True, protocol.PROTOCOL_VERSION, FIRMWARE_VERSION,
-                len(self._outputs), self.watchdog_ms, protocol.MAX_ARM_MS)
+                frame.seq,
+                True,
+                protocol.PROTOCOL_VERSION,
+                FIRMWARE_VERSION,
+                len(self._outputs),
+                self.watchdog_ms,
+                protocol.MAX_ARM_MS,
+            )
         if not self._synced:
             self._bad_run = 0
             return protocol.encode_reply(frame.seq, False, protocol.NEED_HELLO)
@@ -200,7 +204,7 @@ class Firmware:
             if left <= 0:
                 self._synced = False
                 self._cut_all(WATCHDOG)
-                wait = None     # every lamp is off now, nothing left to time
+                wait = None  # every lamp is off now, nothing left to time
             elif wait is None or left < wait:
                 wait = left
         return wait

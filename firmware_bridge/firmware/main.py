@@ -13,22 +13,22 @@ import machine
 
 try:
     from time import ticks_add, ticks_diff, ticks_ms  # type: ignore[attr-defined]  # MicroPython's time
-except ImportError:     # CPython: the same arithmetic from the shim
+except ImportError:  # CPython: the same arithmetic from the shim
     from firmware_bridge.firmware.mpshim import ticks_add, ticks_diff, ticks_ms
 
 try:
     from firmware_bridge.firmware.logic import Firmware
-except ImportError:     # flat layout on a board: logic.py and protocol.py next to main.py
+except ImportError:  # flat layout on a board: logic.py and protocol.py next to main.py
     from logic import Firmware  # type: ignore[no-redef, import-not-found]  # the board's flat layout
 
 # Board wiring: one GPIO per lamp, lamp 0 first.
 RELAY_PINS = (2, 3, 4, 5)
-ACTIVE_HIGH = True          # False for relay boards that switch on a low input
-WATCHDOG_MS = 3000          # no valid frame for this long => every lamp off
-MAINTENANCE_PIN = 22        # jumper to GND at power-up: outputs stay off, REPL stays usable
-HARDWARE_WDT_MS = 1000      # a hung loop reboots the chip, and boot means all off
-MAX_WAIT_MS = 50            # the loop wakes at least this often to feed the hardware watchdog
-READ_CHUNK = 64             # bytes handled per wake-up before timers are checked again
+ACTIVE_HIGH = True  # False for relay boards that switch on a low input
+WATCHDOG_MS = 3000  # no valid frame for this long => every lamp off
+MAINTENANCE_PIN = 22  # jumper to GND at power-up: outputs stay off, REPL stays usable
+HARDWARE_WDT_MS = 1000  # a hung loop reboots the chip, and boot means all off
+MAX_WAIT_MS = 50  # the loop wakes at least this often to feed the hardware watchdog
+READ_CHUNK = 64  # bytes handled per wake-up before timers are checked again
 
 
 class Relay:
@@ -82,7 +82,7 @@ class UsbPort:
 def _maintenance_requested():
     try:
         pin = machine.Pin(MAINTENANCE_PIN, machine.Pin.IN, machine.Pin.PULL_UP)
-    except (AttributeError, TypeError):   # the CPython shim has no pull-ups
+    except (AttributeError, TypeError):  # the CPython shim has no pull-ups
         return False
     return pin.value() == 0
 
@@ -96,8 +96,7 @@ def _log_change(lamp, on, why):
 def build(ticks=ticks_ms):
     """The relays (all off) and the Firmware driving them; ``ticks`` is for tests."""
     outputs = [Relay(gpio, ACTIVE_HIGH) for gpio in RELAY_PINS]
-    firmware = Firmware(outputs, ticks, ticks_diff, ticks_add,
-                        watchdog_ms=WATCHDOG_MS, on_change=_log_change)
+    firmware = Firmware(outputs, ticks, ticks_diff, ticks_add, watchdog_ms=WATCHDOG_MS, on_change=_log_change)
     return firmware, outputs
 
 
@@ -148,12 +147,13 @@ def main():
         return
     try:
         import micropython
-        micropython.kbd_intr(-1)    # a 0x03 in line noise must not stop the firmware
+
+        micropython.kbd_intr(-1)  # a 0x03 in line noise must not stop the firmware
     except ImportError:
         pass
     serve(firmware, outputs, UsbPort(), machine.WDT(timeout=HARDWARE_WDT_MS))
     raise SystemExit("stdin closed")
 
 
-if __name__ == "__main__":      # the board runs main.py as __main__
+if __name__ == "__main__":  # the board runs main.py as __main__
     main()

@@ -1,4 +1,5 @@
 """The `lampctl` command line: serve, check-config, users, tokens, the log, and remote control of the service."""
+
 from __future__ import annotations
 
 # Only argparse and the config at module level: `lampctl serve` must reach the relay claim
@@ -25,7 +26,8 @@ def build_parser(with_tools: bool = True, argv: list[str] | None = None) -> argp
     parser = _Parser(
         prog="lampctl",
         description="Timed, fail-safe control of infrared heat lamps through relays.",
-        epilog="Exit codes: 0 done, 1 refused or failed at run time, 2 bad usage or config.")
+        epilog="Exit codes: 0 done, 1 refused or failed at run time, 2 bad usage or config.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_main_commands(sub)
     # The main commands (serve above all: S1, relays OFF first) parse without importing the
@@ -40,13 +42,19 @@ def build_parser(with_tools: bool = True, argv: list[str] | None = None) -> argp
 def _add_main_commands(sub) -> None:
     p = command(sub, "serve", cmd_serve, help="run the service: relays, timers, log, web panel and API")
     cli_args.add_config(p)
-    p.add_argument("--simulate", action="store_true",
-                   help="use gpiozero's mock pins whatever the config says, and with a [firmware] table "
-                        "a simulated microcontroller instead of firmware.port")
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="use gpiozero's mock pins whatever the config says, and with a [firmware] table "
+        "a simulated microcontroller instead of firmware.port",
+    )
 
     p = command(sub, "check-config", cmd_check_config, help="validate the config without touching hardware")
-    p.add_argument("--simulate", action="store_true",
-                   help="check it as `serve --simulate` uses it: mock pins and a simulated microcontroller")
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="check it as `serve --simulate` uses it: mock pins and a simulated microcontroller",
+    )
     cli_args.add_config(p)
     _add_account_commands(sub)
     _add_log_command(sub)
@@ -57,9 +65,12 @@ def _add_account_commands(sub) -> None:
     p = command(sub, "user", cmd_user, help="manage practitioner and admin accounts")
     usub = p.add_subparsers(dest="user_command", metavar="ACTION", required=True)
     q = usub.add_parser("add", help="add a user")
-    q.add_argument("name", type=cli_args.user_name,
-                   help="letters of any script, digits, spaces and . - ' _, at most 32 characters; one user per "
-                        "name whatever its case (quote a name with spaces)")
+    q.add_argument(
+        "name",
+        type=cli_args.user_name,
+        help="letters of any script, digits, spaces and . - ' _, at most 32 characters; one user per "
+        "name whatever its case (quote a name with spaces)",
+    )
     q.add_argument("--role", required=True, choices=["practitioner", "admin"])
     q.add_argument("--pin", required=True, type=cli_args.pin, help="4 to 8 digits")
     cli_args.add_config(q)
@@ -78,13 +89,23 @@ def _add_account_commands(sub) -> None:
 
 def _add_log_command(sub) -> None:
     p = command(
-        sub, "log", cmd_log, help="print the session log (read from the database)",
+        sub,
+        "log",
+        cmd_log,
+        help="print the session log (read from the database)",
         description="Print the session log. The table shows local time to the second (the zone is named in "
-                    "its header), or UTC with --utc; --csv keeps the database's UTC timestamps.")
-    p.add_argument("--from", dest="start", metavar="WHEN", type=_when,
-                   help="YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM|Z], inclusive; local time unless a zone is given")
-    p.add_argument("--to", dest="end", metavar="WHEN", type=_when,
-                   help="same forms, inclusive (a date means the whole day)")
+        "its header), or UTC with --utc; --csv keeps the database's UTC timestamps.",
+    )
+    p.add_argument(
+        "--from",
+        dest="start",
+        metavar="WHEN",
+        type=_when,
+        help="YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM|Z], inclusive; local time unless a zone is given",
+    )
+    p.add_argument(
+        "--to", dest="end", metavar="WHEN", type=_when, help="same forms, inclusive (a date means the whole day)"
+    )
     p.add_argument("--lamp", metavar="ID", help="only this lamp (an id from the config)")
     p.add_argument("--csv", action="store_true", help="CSV with a header row instead of a table")
     p.add_argument("--utc", action="store_true", help="show times in UTC instead of local time")
@@ -107,9 +128,12 @@ def _add_remote_commands(sub) -> None:
     _add_remote(p)
     p = command(sub, "start", cmd_start, help="start a timed session (" + remote + ")")
     _add_duration(p)
-    p.add_argument("--new-patient", action="store_true",
-                   help="a new patient: do not continue the last session's time budget even within the "
-                        "lamp's rest window (rest_window_s)")
+    p.add_argument(
+        "--new-patient",
+        action="store_true",
+        help="a new patient: do not continue the last session's time budget even within the "
+        "lamp's rest window (rest_window_s)",
+    )
     p = command(sub, "extend", cmd_extend, help="add time to a running session (" + remote + ")")
     _add_duration(p)
     p = command(sub, "stop", cmd_stop, help="stop one lamp (" + remote + ")")
@@ -117,8 +141,13 @@ def _add_remote_commands(sub) -> None:
     _add_remote(p)
     p = command(sub, "stop-all", cmd_stop_all, help="turn every lamp off at once (" + remote + ")")
     _add_remote(p)
-    p = command(sub, "estop", cmd_estop, help="emergency stop: every lamp off and latched in fault until an admin "
-                                     "resets it, as the E-stop button does (" + remote + ")")
+    p = command(
+        sub,
+        "estop",
+        cmd_estop,
+        help="emergency stop: every lamp off and latched in fault until an admin "
+        "resets it, as the E-stop button does (" + remote + ")",
+    )
     _add_remote(p)
     p = command(sub, "reset", cmd_reset, help="clear a lamp's latched fault, as an admin (" + remote + ")")
     p.add_argument("lamp", metavar="LAMP")
@@ -185,15 +214,21 @@ def _known_failure(exc: BaseException, args) -> str | None:
     if runtime is not None and isinstance(exc, runtime.DamagedFile):
         return str(exc)
     if db is not None and isinstance(exc, db.StoreError) and "schema version" in str(exc):
-        return (f"{where}: {exc} Upgrade lampctl to the version that wrote it, or restore a backup made by this "
-                "version (lampctl restore FILE).")
+        return (
+            f"{where}: {exc} Upgrade lampctl to the version that wrote it, or restore a backup made by this "
+            "version (lampctl restore FILE)."
+        )
     if sqlite3 is not None and isinstance(exc, sqlite3.DatabaseError):
         text = " ".join(str(exc).split())[:200]
         if isinstance(exc, sqlite3.OperationalError) and "unable to open" in text:
-            return (f"{where} cannot be opened ({text}): service.database must name a file, not a folder, in a "
-                    "folder the service's user may write.")
-        return (f"{where} is damaged or is not a lampctl database ({text}): restore a backup with "
-                "`lampctl restore FILE`, or move the file away to start with an empty log.")
+            return (
+                f"{where} cannot be opened ({text}): service.database must name a file, not a folder, in a "
+                "folder the service's user may write."
+            )
+        return (
+            f"{where} is damaged or is not a lampctl database ({text}): restore a backup with "
+            "`lampctl restore FILE`, or move the file away to start with an empty log."
+        )
     return None
 
 
@@ -254,8 +289,9 @@ def cmd_check_config(args) -> int:
 def _lamp_id(cfg, lamp_id: str) -> str:
     """A lamp named on the command line must be in the config: a typo gets a sentence, not an empty answer."""
     if not any(lamp.id == lamp_id for lamp in cfg.lamps):
-        raise UsageError(f"there is no lamp {lamp_id[:40]!r} in {cfg.path} "
-                         f"(lamps: {', '.join(lamp.id for lamp in cfg.lamps)})")
+        raise UsageError(
+            f"there is no lamp {lamp_id[:40]!r} in {cfg.path} (lamps: {', '.join(lamp.id for lamp in cfg.lamps)})"
+        )
     return lamp_id
 
 
@@ -373,7 +409,6 @@ def cmd_estop(args) -> int:
 
 def cmd_reset(args) -> int:
     return _remote(args, "POST", "reset")
-
 
 
 if __name__ == "__main__":

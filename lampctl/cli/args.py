@@ -6,6 +6,7 @@ registered with `command(sub, name, run, ...)`; `run` takes the parsed arguments
 exit code, or raises Failed (exit 1), UsageError (exit 2) or a ConfigError (exit 2) with one
 sentence, which lampctl.cli.main prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,7 @@ def command(sub, name: str, run: Callable[[argparse.Namespace], int], **kwargs) 
 
 def add_config(p: argparse.ArgumentParser) -> None:
     """Every command takes --config after its name (the design's contract)."""
-    p.add_argument("--config", metavar="PATH",
-                   help="config file (default: $LAMPCTL_CONFIG, else ./config.toml)")
+    p.add_argument("--config", metavar="PATH", help="config file (default: $LAMPCTL_CONFIG, else ./config.toml)")
 
 
 def config_path(args) -> str:
@@ -70,6 +70,7 @@ def _checked(check, text: str) -> str:
 def duration(unit: str, most: tuple[float, str] | None = None):
     """argparse type: a number of `unit` greater than 0 (lampctl.core.errors.check_duration, the one check and
     its one sentence), kept in `unit`."""
+
     def parse(text: str) -> float:
         from lampctl.core.errors import BadDuration, check_duration
 
@@ -83,6 +84,7 @@ def duration(unit: str, most: tuple[float, str] | None = None):
             raise argparse.ArgumentTypeError(str(exc)) from None
         assert number is not None  # check_duration refuses any text
         return number
+
     return parse
 
 
@@ -100,6 +102,7 @@ def pin(text: str) -> str:
 
 def count_in(low: int, high: int) -> Callable[[str], int]:
     """argparse type: an integer from low to high."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -108,4 +111,5 @@ def count_in(low: int, high: int) -> Callable[[str], int]:
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is not from {low} to {high}")
         return value
+
     return parse

@@ -1,4 +1,5 @@
 """`lampctl log`: date bounds from the command line, and the log as a table (local time or UTC); the CSV is lampctl.cli.store.write_log_csv."""
+
 from __future__ import annotations
 
 import re
@@ -13,13 +14,13 @@ from lampctl.storage.reports import duration_text, local_time
 FIRST_DAY, LAST_DAY = "1970-01-01", "9998-12-31"
 # Only the extended ISO-8601 forms: fromisoformat also takes 20261125 and 2026-W48-3, which
 # are easy to mistype and would pass as something the user did not mean.
-WHEN_RE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?",
-                     re.ASCII)
+WHEN_RE = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?", re.ASCII)
 
 
 @dataclass(frozen=True)
 class When:
     """A log bound from the command line: an aware datetime, and whether only a date was given."""
+
     moment: datetime
     date_only: bool
 
@@ -57,12 +58,17 @@ def print_table(rows, out, *, utc: bool) -> None:
     """Times to the second, local as on the web log unless utc; the header names the zone."""
     shown = _utc_time if utc else local_time
     started = f"started ({zone_name(utc)})"
-    out.write(f"{'id':>5}  {'lamp':<10} {'user':<12} {started:<20} {'planned':>12} {'actual':>12}  {'end':<11} "
-              f"{'continues':>9}  new patient\n")
+    out.write(
+        f"{'id':>5}  {'lamp':<10} {'user':<12} {started:<20} {'planned':>12} {'actual':>12}  {'end':<11} "
+        f"{'continues':>9}  new patient\n"
+    )
     for row in rows:
         actual = duration_text(row["actual_s"])
         continues = "" if row.get("continues") is None else str(row["continues"])
         declared = f"by {row.get('new_patient_by') or '?'}" if row.get("new_patient") else ""
-        out.write(f"{row['id']:>5}  {row['lamp_id']:<10} {row['user']:<12} {shown(row['started_at']):<20} "
-                  f"{duration_text(row['planned_s']):>12} {actual:>12}  {row['end_reason'] or 'running':<11} "
-                  f"{continues:>9}  {declared}".rstrip() + "\n")
+        out.write(
+            f"{row['id']:>5}  {row['lamp_id']:<10} {row['user']:<12} {shown(row['started_at']):<20} "
+            f"{duration_text(row['planned_s']):>12} {actual:>12}  {row['end_reason'] or 'running':<11} "
+            f"{continues:>9}  {declared}".rstrip()
+            + "\n"
+        )

@@ -1,4 +1,5 @@
 """The command line as a client of the running service's JSON API (status, start, stop, E-stop, ...)."""
+
 from __future__ import annotations
 
 import http.client
@@ -39,8 +40,9 @@ def token_for(cfg, given: str | None) -> str:
     try:
         token = token_file.read_text().strip()
     except (OSError, UnicodeDecodeError):
-        raise RemoteFailed(f"no API token: pass --token, set LAMPCTL_TOKEN, or run as the service's user "
-                           f"(cannot read {token_file})") from None
+        raise RemoteFailed(
+            f"no API token: pass --token, set LAMPCTL_TOKEN, or run as the service's user (cannot read {token_file})"
+        ) from None
     if not TOKEN_RE.fullmatch(token):
         raise RemoteFailed(f"{token_file} does not hold a token: restart the service to write a new one")
     return token
@@ -52,8 +54,10 @@ def service_url(cfg) -> str:
 
     host, port = read_address(cfg.service.database) or (cfg.service.host, cfg.service.port)
     if port == 0:
-        raise RemoteFailed(f"the service is not running: no live {ADDRESS_FILE} beside {cfg.service.database} "
-                           f"says where it listens, and service.bind in {cfg.path} has port 0")
+        raise RemoteFailed(
+            f"the service is not running: no live {ADDRESS_FILE} beside {cfg.service.database} "
+            f"says where it listens, and service.bind in {cfg.path} has port 0"
+        )
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     if ":" in host:
@@ -72,8 +76,12 @@ def call_api(cfg, given_token: str | None, method: str, path: str, body: dict | 
     url = service_url(cfg) + path
     data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
     try:
-        req = urllib.request.Request(url, data=data, method=method, headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         with _OPENER.open(req, timeout=TIMEOUT_S) as resp:
             return _json_reply(resp, url)
     except urllib.error.HTTPError as exc:
@@ -127,5 +135,7 @@ def stop_sentences(reply: dict) -> list[str]:
         results = reply["results"]
     else:
         return []
-    return [STOP_SENTENCES.get(result, "{id}: " + str(result)[:40]).format(id=str(lamp_id)[:40])
-            for lamp_id, result in results.items()]
+    return [
+        STOP_SENTENCES.get(result, "{id}: " + str(result)[:40]).format(id=str(lamp_id)[:40])
+        for lamp_id, result in results.items()
+    ]

@@ -1,4 +1,5 @@
 """The command line's calls into the store, one small function per command, with the errors a user can meet."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -80,6 +81,7 @@ def sessions(cfg, *, start: str | None, end: str | None, lamp: str | None) -> It
         yield first
         with _failures(path):
             yield from rows
+
     return all_rows()
 
 

@@ -4,6 +4,7 @@ Each command here reads its arguments, calls its tool (lampctl.tools, lampctl.fl
 prints what it did; a tool's ToolFailed becomes Failed (exit 1) with the tool's own sentence.
 The tools are imported only when one of these commands is named, so `serve` never loads them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ def add_parsers(sub) -> None:
 
 def tool(run: Callable[..., int]) -> Callable[..., int]:
     """A command that calls a tool: the tool's ToolFailed is the command's Failed, same sentence."""
+
     @functools.wraps(run)
     def guarded(args, **options) -> int:
         from lampctl.tools import ToolFailed
@@ -46,6 +48,7 @@ def tool(run: Callable[..., int]) -> Callable[..., int]:
             return run(args, **options)
         except ToolFailed as exc:
             raise Failed(str(exc)) from None
+
     return guarded
 
 
@@ -77,8 +80,10 @@ def run_restore(args) -> int:
     if saved:
         print(f"the previous database was saved as {saved}")
     if result.kept_latches:
-        print(f"kept {result.kept_latches} latched fault(s) from before the restore: "
-              "an admin resets each lamp once its cause is checked")
+        print(
+            f"kept {result.kept_latches} latched fault(s) from before the restore: "
+            "an admin resets each lamp once its cause is checked"
+        )
     return EXIT_OK
 
 
@@ -88,34 +93,62 @@ def run_prune(args) -> int:
 
     cfg = load_config(args)
     events, sessions = backup.prune_events(cfg.service.database, args.older_than, sessions=args.sessions)
-    print(f"deleted {events} event(s)" + (f" and {sessions} ended session(s)" if args.sessions else "")
-          + f" older than {args.older_than:g} day(s)")
+    print(
+        f"deleted {events} event(s)"
+        + (f" and {sessions} ended session(s)" if args.sessions else "")
+        + f" older than {args.older_than:g} day(s)"
+    )
     return EXIT_OK
 
 
 def _add_backup(sub) -> None:
     from lampctl.tools import backup
 
-    p = command(sub, "backup", run_backup, help="copy the database into DEST (safe while serving), keep the newest N",
-                description="SQLite online backup into DEST/lampctl-<UTC time>.db, checked with "
-                            "PRAGMA integrity_check; older copies beyond --keep are removed.")
+    p = command(
+        sub,
+        "backup",
+        run_backup,
+        help="copy the database into DEST (safe while serving), keep the newest N",
+        description="SQLite online backup into DEST/lampctl-<UTC time>.db, checked with "
+        "PRAGMA integrity_check; older copies beyond --keep are removed.",
+    )
     p.add_argument("dest", metavar="DEST", help="directory for the backups (created if missing)")
-    p.add_argument("--keep", type=count_in(1, 10000), default=backup.DEFAULT_KEEP,
-                   help=f"how many backups to keep (default {backup.DEFAULT_KEEP})")
+    p.add_argument(
+        "--keep",
+        type=count_in(1, 10000),
+        default=backup.DEFAULT_KEEP,
+        help=f"how many backups to keep (default {backup.DEFAULT_KEEP})",
+    )
     add_config(p)
-    p = command(sub, "restore", run_restore, help="replace the database with a backup (the service must be stopped)",
-                description="Checks BACKUP, saves the current database under before-restore/ beside it, "
-                            "then copies BACKUP in, keeping the current latched faults and login lockouts "
-                            "(a restore never unlatches). Stop the service first; run as its user.")
+    p = command(
+        sub,
+        "restore",
+        run_restore,
+        help="replace the database with a backup (the service must be stopped)",
+        description="Checks BACKUP, saves the current database under before-restore/ beside it, "
+        "then copies BACKUP in, keeping the current latched faults and login lockouts "
+        "(a restore never unlatches). Stop the service first; run as its user.",
+    )
     p.add_argument("backup", metavar="BACKUP", help="a file made by lampctl backup")
     add_config(p)
     most = backup.PRUNE_MOST_DAYS
-    p = command(sub, "prune-events", run_prune, help="delete audit events older than DAYS (sessions too with --sessions)",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--older-than", type=duration("days", (most * 86400, str(most))), required=True, metavar="DAYS",
-                   help=f"age in days of the oldest event to keep (at most {most})")
-    p.add_argument("--sessions", action="store_true",
-                   help="also delete ended sessions older than DAYS (they are kept otherwise)")
+    p = command(
+        sub,
+        "prune-events",
+        run_prune,
+        help="delete audit events older than DAYS (sessions too with --sessions)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--older-than",
+        type=duration("days", (most * 86400, str(most))),
+        required=True,
+        metavar="DAYS",
+        help=f"age in days of the oldest event to keep (at most {most})",
+    )
+    p.add_argument(
+        "--sessions", action="store_true", help="also delete ended sessions older than DAYS (they are kept otherwise)"
+    )
     add_config(p)
 
 
@@ -132,16 +165,22 @@ def run_doctor(args, **options) -> int:
     failed = [c for c in checks if c.status == doctor.FAIL]
     print(f"doctor: {len(checks)} check(s), {len(failed)} failed" + ("" if failed else ": ready to serve"))
     if checks[0].status == doctor.FAIL:
-        return EXIT_USAGE   # a bad config is a usage error, as everywhere in lampctl
+        return EXIT_USAGE  # a bad config is a usage error, as everywhere in lampctl
     return EXIT_FAILED if failed else EXIT_OK
 
 
 def _add_doctor(sub) -> None:
-    p = command(sub, "doctor", run_doctor, help="check config, pins, database, firmware, clock and port; say what to fix",
-                description="Run with the service stopped, as the service's user "
-                            "(sudo -u lampctl lampctl doctor). Exit 1 if any check fails.")
-    p.add_argument("--click", action="store_true",
-                   help="also switch each lamp on for half a second and read its feedback input")
+    p = command(
+        sub,
+        "doctor",
+        run_doctor,
+        help="check config, pins, database, firmware, clock and port; say what to fix",
+        description="Run with the service stopped, as the service's user "
+        "(sudo -u lampctl lampctl doctor). Exit 1 if any check fails.",
+    )
+    p.add_argument(
+        "--click", action="store_true", help="also switch each lamp on for half a second and read its feedback input"
+    )
     add_config(p)
 
 
@@ -191,8 +230,10 @@ def _firmware_flash(args) -> int:
         raise Failed(f"flashing needs the board's serial device (e.g. /dev/lampctl-pico), not {port}: pass --port")
     with service_stopped(cfg, "flashing the firmware"):
         firmware.flash(port, files)
-    print(f"flashed {len(files)} files to {port} (relays on {', '.join(f'GP{p}' for p in pins)}); "
-          f"remove the maintenance jumper, replug the board, then run `lampctl firmware check`")
+    print(
+        f"flashed {len(files)} files to {port} (relays on {', '.join(f'GP{p}' for p in pins)}); "
+        f"remove the maintenance jumper, replug the board, then run `lampctl firmware check`"
+    )
     return EXIT_OK
 
 
@@ -200,24 +241,41 @@ def _pin_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.replace("GP", "").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of Pico GPIO numbers such as 2,3") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of Pico GPIO numbers such as 2,3"
+        ) from None
 
 
 def _add_firmware(sub) -> None:
     p = command(sub, "firmware", run_firmware, help="check or flash the microcontroller (the second channel)")
     fsub = p.add_subparsers(dest="firmware_command", metavar="ACTION", required=True)
-    q = fsub.add_parser("check", help="HELLO the board; exit 1 if its version, lamps or watchdog differ from the config")
+    q = fsub.add_parser(
+        "check", help="HELLO the board; exit 1 if its version, lamps or watchdog differ from the config"
+    )
     add_config(q)
     q = fsub.add_parser("flash", help="copy the firmware with settings generated from the config through mpremote")
     q.add_argument("--dry-run", action="store_true", help="print the files and settings it would copy, copy nothing")
     q.add_argument("--port", help="serial device of the board (default: firmware.port)")
-    q.add_argument("--pico-pins", type=_pin_list, metavar="GP,GP,...",
-                   help="Pico GPIO of each lamp's relay, lamp 0 first (default: 2,3,... as in docs/wiring.md)")
+    q.add_argument(
+        "--pico-pins",
+        type=_pin_list,
+        metavar="GP,GP,...",
+        help="Pico GPIO of each lamp's relay, lamp 0 first (default: 2,3,... as in docs/wiring.md)",
+    )
     level = q.add_mutually_exclusive_group()
-    level.add_argument("--pico-active-high", dest="pico_active_high", action="store_true", default=None,
-                       help="the Pico's relay board switches on a high input")
-    level.add_argument("--pico-active-low", dest="pico_active_high", action="store_false",
-                       help="the Pico's relay board switches on a low input (default: as the lamps' active_high)")
+    level.add_argument(
+        "--pico-active-high",
+        dest="pico_active_high",
+        action="store_true",
+        default=None,
+        help="the Pico's relay board switches on a high input",
+    )
+    level.add_argument(
+        "--pico-active-low",
+        dest="pico_active_high",
+        action="store_false",
+        help="the Pico's relay board switches on a low input (default: as the lamps' active_high)",
+    )
     add_config(q)
 
 
@@ -262,9 +320,14 @@ def run_collect(args) -> int:
 def _add_collect(sub) -> None:
     from lampctl.fleet.discovery import records_topic
 
-    p = command(sub, "collect", run_collect, help="keep the central log of every node (MQTT) and serve its pages",
-                description=f"Subscribe to {records_topic('+', 'sessions')} and "
-                            f"{records_topic('+', 'events')} on the broker in "
-                            "central.toml's [mqtt], store them in [collector] database and serve the "
-                            "fleet, log, CSV and usage pages on [collector] bind.")
+    p = command(
+        sub,
+        "collect",
+        run_collect,
+        help="keep the central log of every node (MQTT) and serve its pages",
+        description=f"Subscribe to {records_topic('+', 'sessions')} and "
+        f"{records_topic('+', 'events')} on the broker in "
+        "central.toml's [mqtt], store them in [collector] database and serve the "
+        "fleet, log, CSV and usage pages on [collector] bind.",
+    )
     add_config(p)

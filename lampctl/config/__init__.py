@@ -6,6 +6,7 @@ The parser reads each key at its point of use by name, as Klipper's `config.getf
 does, and takes everything else from the row; so do the README's configuration table and
 config.toml's comments (lampctl.config.docs renders them, a test holds them to it).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,6 +42,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Range:
     """Where a number may lie: low..high, each end included unless marked open."""
+
     low: float
     high: float
     low_open: bool = False
@@ -80,6 +82,7 @@ REQUIRED = _Required()  # a Setting's default when the key must be given
 @dataclass(frozen=True)
 class Setting:
     """One key of config.toml: what it is, what it may be, and what it is when left out."""
+
     name: str  # dotted, as messages name it: "firmware.grace_s", "lamps[].relay_pin" (any lamp)
     kind: str  # bool, int, number, pin (a BCM GPIO number), text, minutes (a list of durations)
     default: object  # when left out; None: nothing in its place (an optional pin); REQUIRED: must be given
@@ -113,6 +116,7 @@ class Setting:
 @dataclass(frozen=True)
 class Table:
     """One table of config.toml; `many` gives how many an array of tables ([[lamps]]) holds."""
+
     name: str
     doc: str
     many: tuple[int, int] | None = None
@@ -123,94 +127,246 @@ PIN = Range(0, 53)  # a BCM GPIO number
 
 TABLES = (
     Table("service", "The panel, the API and the records. Optional table."),
-    Table("safety", "The E-stop, the heartbeat to the firmware and the indicator shared by every lamp. Optional table."),
-    Table("firmware", "The independent second channel: a microcontroller that cuts the lamps by itself. "
-                      "Leave this table out to run without it. `lampctl serve --simulate` ignores port and starts "
-                      "a simulated microcontroller of its own (its log: simulator.log beside the database)."),
+    Table(
+        "safety", "The E-stop, the heartbeat to the firmware and the indicator shared by every lamp. Optional table."
+    ),
+    Table(
+        "firmware",
+        "The independent second channel: a microcontroller that cuts the lamps by itself. "
+        "Leave this table out to run without it. `lampctl serve --simulate` ignores port and starts "
+        "a simulated microcontroller of its own (its log: simulator.log beside the database).",
+    ),
     Table("panel", "The practitioners' panel. Optional table."),
     Table("mqtt", "Fleet: several Pis joined through an MQTT broker (docs/fleet.md). Optional table."),
-    Table("lamps", f"One table per lamp, in the order of the firmware's outputs: 1 to {MAX_LAMPS} "
-                   f"(the firmware protocol's {MAX_LAMPS} channels).", many=(1, MAX_LAMPS)),
+    Table(
+        "lamps",
+        f"One table per lamp, in the order of the firmware's outputs: 1 to {MAX_LAMPS} "
+        f"(the firmware protocol's {MAX_LAMPS} channels).",
+        many=(1, MAX_LAMPS),
+    ),
 )
 
 # S14: no setting can switch safety off. Every number the config accepts has its documented range
 # here, and every check reads it from here; a key bounded by another key (heartbeat_s by watchdog_s,
 # presets by max_minutes) is checked against both: its range here and its row's at_most or CONSTRAINTS.
 SETTINGS = (
-    Setting("service.bind", "text", "127.0.0.1:8080", range=Range(0, 65535), form="host:port",
-            doc="host:port of the panel and API (`0.0.0.0:8080` serves the clinic LAN); port 0 takes a free port, "
-                "which the running service writes to `service.address` beside the database for the CLI"),
-    Setting("service.database", "text", "var/lampctl.db", form="a file path",
-            doc="SQLite file, relative to the config file; `cli.token`, `service.address`, `secret.key` and the "
-                "lock file live beside it"),
-    Setting("service.pin_factory", "text", "mock", choices=PIN_FACTORIES, form="pin factory",
-            doc="gpiozero pin factory: `lgpio` on a Pi, `mock` off a Pi (`serve --simulate` forces `mock`)"),
-    Setting("service.log_queue", "int", 10000, range=Range(100, 1_000_000), unit="records",
-            doc="usage-log records held in memory while the disk is slow or failing"),
-    Setting("service.secure_cookies", "bool", False,
-            doc="mark the login cookie `Secure` (sent over HTTPS only), for a panel served through a TLS proxy"),
-
+    Setting(
+        "service.bind",
+        "text",
+        "127.0.0.1:8080",
+        range=Range(0, 65535),
+        form="host:port",
+        doc="host:port of the panel and API (`0.0.0.0:8080` serves the clinic LAN); port 0 takes a free port, "
+        "which the running service writes to `service.address` beside the database for the CLI",
+    ),
+    Setting(
+        "service.database",
+        "text",
+        "var/lampctl.db",
+        form="a file path",
+        doc="SQLite file, relative to the config file; `cli.token`, `service.address`, `secret.key` and the "
+        "lock file live beside it",
+    ),
+    Setting(
+        "service.pin_factory",
+        "text",
+        "mock",
+        choices=PIN_FACTORIES,
+        form="pin factory",
+        doc="gpiozero pin factory: `lgpio` on a Pi, `mock` off a Pi (`serve --simulate` forces `mock`)",
+    ),
+    Setting(
+        "service.log_queue",
+        "int",
+        10000,
+        range=Range(100, 1_000_000),
+        unit="records",
+        doc="usage-log records held in memory while the disk is slow or failing",
+    ),
+    Setting(
+        "service.secure_cookies",
+        "bool",
+        False,
+        doc="mark the login cookie `Secure` (sent over HTTPS only), for a panel served through a TLS proxy",
+    ),
     Setting("safety.estop_pin", "pin", None, doc="E-stop push button wired to ground (internal pull-up)"),
-    Setting("safety.heartbeat_s", "number", 1.0, range=Range(0.05, 5.0, high_open=True), unit="s",
-            doc="host -> firmware heartbeat period"),
+    Setting(
+        "safety.heartbeat_s",
+        "number",
+        1.0,
+        range=Range(0.05, 5.0, high_open=True),
+        unit="s",
+        doc="host -> firmware heartbeat period",
+    ),
     Setting("safety.indicator_pin", "pin", None, doc="LED lit while any lamp is on"),
-
-    Setting("firmware.port", "text", REQUIRED, form="a serial port or pyserial URL",
-            doc="the microcontroller's serial port or pyserial URL: `/dev/ttyACM0`, `socket://127.0.0.1:7777`, "
-                "a pty path"),
-    Setting("firmware.watchdog_s", "number", 3.0, range=Range(0.2, 10), unit="s",
-            doc="the firmware cuts every lamp after this long without a heartbeat"),
-    Setting("firmware.grace_s", "number", 0.1, range=Range(0, GRACE_MAX_S), unit="s",
-            doc=f"the firmware's backstop of a session = planned duration x {S7_BACKSTOP_FACTOR:.2f} + `grace_s`",
-            reason=f"the firmware arms a lamp for at most {protocol.MAX_ARM_MS // 1000} s: a "
-                   f"{HARD_CEILING_MINUTES}-minute session x {S7_BACKSTOP_FACTOR:.2f} and {GRACE_MAX_S:g} s more"),
-    Setting("firmware.reply_timeout_s", "number", 0.5, range=Range(0.05, 5), unit="s",
-            doc="how long the link waits for each firmware reply, an ARM's included"),
-
-    Setting("panel.lock_after_s", "number", 0, range=Range(0, 86400), unit="s",
-            doc="idle seconds before a shared tablet locks (Stop stays usable); 0 never locks"),
-
-    Setting("mqtt.url", "text", REQUIRED, range=Range(1, 65535), form="mqtt://host[:port] or mqtts://host[:port]",
-            doc="the broker; without a port, 1883 for `mqtt://` and 8883 for `mqtts://` (TLS)"),
-    Setting("mqtt.node", "text", None, pattern=r"[A-Za-z0-9_-]{1,64}", form="1-64 characters of A-Z, a-z, 0-9, '_' "
-            "and '-'", default_words="the hostname", doc="this Pi's name in topics and Home Assistant ids"),
+    Setting(
+        "firmware.port",
+        "text",
+        REQUIRED,
+        form="a serial port or pyserial URL",
+        doc="the microcontroller's serial port or pyserial URL: `/dev/ttyACM0`, `socket://127.0.0.1:7777`, a pty path",
+    ),
+    Setting(
+        "firmware.watchdog_s",
+        "number",
+        3.0,
+        range=Range(0.2, 10),
+        unit="s",
+        doc="the firmware cuts every lamp after this long without a heartbeat",
+    ),
+    Setting(
+        "firmware.grace_s",
+        "number",
+        0.1,
+        range=Range(0, GRACE_MAX_S),
+        unit="s",
+        doc=f"the firmware's backstop of a session = planned duration x {S7_BACKSTOP_FACTOR:.2f} + `grace_s`",
+        reason=f"the firmware arms a lamp for at most {protocol.MAX_ARM_MS // 1000} s: a "
+        f"{HARD_CEILING_MINUTES}-minute session x {S7_BACKSTOP_FACTOR:.2f} and {GRACE_MAX_S:g} s more",
+    ),
+    Setting(
+        "firmware.reply_timeout_s",
+        "number",
+        0.5,
+        range=Range(0.05, 5),
+        unit="s",
+        doc="how long the link waits for each firmware reply, an ARM's included",
+    ),
+    Setting(
+        "panel.lock_after_s",
+        "number",
+        0,
+        range=Range(0, 86400),
+        unit="s",
+        doc="idle seconds before a shared tablet locks (Stop stays usable); 0 never locks",
+    ),
+    Setting(
+        "mqtt.url",
+        "text",
+        REQUIRED,
+        range=Range(1, 65535),
+        form="mqtt://host[:port] or mqtts://host[:port]",
+        doc="the broker; without a port, 1883 for `mqtt://` and 8883 for `mqtts://` (TLS)",
+    ),
+    Setting(
+        "mqtt.node",
+        "text",
+        None,
+        pattern=r"[A-Za-z0-9_-]{1,64}",
+        form="1-64 characters of A-Z, a-z, 0-9, '_' and '-'",
+        default_words="the hostname",
+        doc="this Pi's name in topics and Home Assistant ids",
+    ),
     Setting("mqtt.username", "text", None, form="a user name", doc="user name at the broker"),
-    Setting("mqtt.password_file", "text", None, form="a file path",
-            doc="file whose first line is the broker password, relative to the config file; needs `mqtt.username`"),
-    Setting("mqtt.discovery_prefix", "text", "homeassistant",
-            pattern=r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}",
-            form="topic levels of A-Z, a-z, 0-9, '_' and '-' joined by '/' (no wildcards, no empty level)",
-            doc="Home Assistant's discovery prefix"),
-    Setting("mqtt.commands", "bool", False,
-            doc="`true` lets MQTT and Home Assistant start presets (each start checked here as any other)"),
-
-    Setting("lamps[].id", "text", REQUIRED, pattern=LAMP_ID_RE.pattern, form="1-32 characters of a-z, 0-9 and '-'",
-            doc="used in URLs and records"),
-    Setting("lamps[].name", "text", None, max_len=MAX_NAME, form=f"a name of 1-{MAX_NAME} characters",
-            default_words="the id", doc="shown on the panel"),
+    Setting(
+        "mqtt.password_file",
+        "text",
+        None,
+        form="a file path",
+        doc="file whose first line is the broker password, relative to the config file; needs `mqtt.username`",
+    ),
+    Setting(
+        "mqtt.discovery_prefix",
+        "text",
+        "homeassistant",
+        pattern=r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}",
+        form="topic levels of A-Z, a-z, 0-9, '_' and '-' joined by '/' (no wildcards, no empty level)",
+        doc="Home Assistant's discovery prefix",
+    ),
+    Setting(
+        "mqtt.commands",
+        "bool",
+        False,
+        doc="`true` lets MQTT and Home Assistant start presets (each start checked here as any other)",
+    ),
+    Setting(
+        "lamps[].id",
+        "text",
+        REQUIRED,
+        pattern=LAMP_ID_RE.pattern,
+        form="1-32 characters of a-z, 0-9 and '-'",
+        doc="used in URLs and records",
+    ),
+    Setting(
+        "lamps[].name",
+        "text",
+        None,
+        max_len=MAX_NAME,
+        form=f"a name of 1-{MAX_NAME} characters",
+        default_words="the id",
+        doc="shown on the panel",
+    ),
     Setting("lamps[].relay_pin", "pin", REQUIRED, doc="relay input of the lamp"),
     Setting("lamps[].active_high", "bool", True, doc="`false` for the common active-low relay boards"),
-    Setting("lamps[].max_minutes", "number", 30, range=Range(1, HARD_CEILING_MINUTES), unit="min",
-            doc="longest time per patient, extensions and continued sessions included (S3)",
-            reason="the hard ceiling"),
-    Setting("lamps[].default_minutes", "number", 20, range=Range(0, HARD_CEILING_MINUTES, low_open=True), unit="min",
-            at_most="max_minutes", default_words="20, or max_minutes if lower",
-            doc="the duration the panel offers first, in minutes"),
-    Setting("lamps[].presets", "minutes", (10, 15, 20, 30), range=Range(0, HARD_CEILING_MINUTES, low_open=True),
-            unit="min", max_len=MAX_PRESETS, at_most="max_minutes", default_words="[10, 15, 20, 30], those within max_minutes",
-            doc="the panel's duration buttons, in minutes (fractions allowed)"),
-    Setting("lamps[].cooldown_s", "number", 0, range=Range(0, 3600), unit="s",
-            doc="rest after a session before the next may start (S8)"),
-    Setting("lamps[].rest_window_s", "number", 300, range=Range(0, 86400), unit="s",
-            doc="a start this soon after the last session continues that patient's max_minutes unless marked a "
-                "new patient (S18); 0 turns it off"),
-    Setting("lamps[].feedback_pin", "pin", None,
-            doc="input reading whether the lamp is really powered (stuck-relay detection, S6)"),
-    Setting("lamps[].buzzer_pin", "pin", None, doc="buzzer of this lamp: a short beep a minute before the end, a long "
-                                                   "one at the end, repeated beeps on a fault"),
+    Setting(
+        "lamps[].max_minutes",
+        "number",
+        30,
+        range=Range(1, HARD_CEILING_MINUTES),
+        unit="min",
+        doc="longest time per patient, extensions and continued sessions included (S3)",
+        reason="the hard ceiling",
+    ),
+    Setting(
+        "lamps[].default_minutes",
+        "number",
+        20,
+        range=Range(0, HARD_CEILING_MINUTES, low_open=True),
+        unit="min",
+        at_most="max_minutes",
+        default_words="20, or max_minutes if lower",
+        doc="the duration the panel offers first, in minutes",
+    ),
+    Setting(
+        "lamps[].presets",
+        "minutes",
+        (10, 15, 20, 30),
+        range=Range(0, HARD_CEILING_MINUTES, low_open=True),
+        unit="min",
+        max_len=MAX_PRESETS,
+        at_most="max_minutes",
+        default_words="[10, 15, 20, 30], those within max_minutes",
+        doc="the panel's duration buttons, in minutes (fractions allowed)",
+    ),
+    Setting(
+        "lamps[].cooldown_s",
+        "number",
+        0,
+        range=Range(0, 3600),
+        unit="s",
+        doc="rest after a session before the next may start (S8)",
+    ),
+    Setting(
+        "lamps[].rest_window_s",
+        "number",
+        300,
+        range=Range(0, 86400),
+        unit="s",
+        doc="a start this soon after the last session continues that patient's max_minutes unless marked a "
+        "new patient (S18); 0 turns it off",
+    ),
+    Setting(
+        "lamps[].feedback_pin",
+        "pin",
+        None,
+        doc="input reading whether the lamp is really powered (stuck-relay detection, S6)",
+    ),
+    Setting(
+        "lamps[].buzzer_pin",
+        "pin",
+        None,
+        doc="buzzer of this lamp: a short beep a minute before the end, a long "
+        "one at the end, repeated beeps on a fault",
+    ),
     Setting("lamps[].indicator_pin", "pin", None, doc="LED lit while this lamp's relay is on"),
-    Setting("lamps[].bulb_life_h", "number", 5000, range=Range(1, 100_000), unit="h",
-            doc="rated bulb life, for the admin's bulb-hours warning"),
+    Setting(
+        "lamps[].bulb_life_h",
+        "number",
+        5000,
+        range=Range(1, 100_000),
+        unit="h",
+        doc="rated bulb life, for the admin's bulb-hours warning",
+    ),
 )
 _ROWS = {row.name: row for row in SETTINGS}
 # Every range in one view (the rows hold them): "firmware.grace_s" -> Range, "pin" -> the GPIO numbers.
@@ -309,6 +465,7 @@ class Constraint:
     names it, the problem), or None. A key bounded by another key of its own table is
     declared in its row instead (Setting.at_most).
     """
+
     keys: tuple[str, ...]  # the rows it ties together
     note: str  # what it requires, in words, for the docs of each row in shown_on
     check: Callable[[Config], tuple[str, str] | None]
@@ -327,8 +484,10 @@ def _s14_heartbeat_under_watchdog(cfg: Config) -> tuple[str, str] | None:
     if cfg.safety.heartbeat_s < held_ms / 2000:
         return None
     held = "" if held_ms == cfg.firmware.watchdog_s * 1000 else " as the firmware holds it, in whole milliseconds"
-    return "safety.heartbeat_s", (f"must be under half of firmware.watchdog_s{held} ({_shown(held_ms / 2000)}), "
-                                  f"got {_shown(cfg.safety.heartbeat_s)}")
+    return "safety.heartbeat_s", (
+        f"must be under half of firmware.watchdog_s{held} ({_shown(held_ms / 2000)}), "
+        f"got {_shown(cfg.safety.heartbeat_s)}"
+    )
 
 
 def _s14_check_backstop_fits(cfg: Config) -> tuple[str, str] | None:
@@ -349,7 +508,8 @@ def _s14_check_backstop_fits(cfg: Config) -> tuple[str, str] | None:
                 f"with lamps[{i}].max_minutes = {_shown(lamp.max_minutes)} and firmware.grace_s = "
                 f"{_shown(cfg.firmware.grace_s)} the firmware would be armed for {_shown(armed_ms / 1000)} s "
                 f"(max_minutes x 60 x 1.10 + grace_s), more than the {_shown(ceiling_s)} s it accepts: "
-                f"lower firmware.grace_s to at most {_shown(max(most_grace, 0))} or lamps[{i}].max_minutes")
+                f"lower firmware.grace_s to at most {_shown(max(most_grace, 0))} or lamps[{i}].max_minutes"
+            )
     return None
 
 
@@ -382,13 +542,18 @@ def _unique_pins(cfg: Config) -> tuple[str, str] | None:
 
 
 CONSTRAINTS = (
-    Constraint(("safety.heartbeat_s", "firmware.watchdog_s"),
-               "under half of `firmware.watchdog_s`, as the firmware holds it in whole milliseconds",
-               _s14_heartbeat_under_watchdog),
-    Constraint(("firmware.grace_s", "lamps[].max_minutes"),
-               f"each lamp's `max_minutes` x 60 x {S7_BACKSTOP_FACTOR:.2f} + `grace_s` at most {protocol.MAX_ARM_MS // 1000} s, "
-               "the firmware's longest arm", _s14_check_backstop_fits,
-               shown_on=()),  # grace_s's own range keeps to it: its reason says so
+    Constraint(
+        ("safety.heartbeat_s", "firmware.watchdog_s"),
+        "under half of `firmware.watchdog_s`, as the firmware holds it in whole milliseconds",
+        _s14_heartbeat_under_watchdog,
+    ),
+    Constraint(
+        ("firmware.grace_s", "lamps[].max_minutes"),
+        f"each lamp's `max_minutes` x 60 x {S7_BACKSTOP_FACTOR:.2f} + `grace_s` at most {protocol.MAX_ARM_MS // 1000} s, "
+        "the firmware's longest arm",
+        _s14_check_backstop_fits,
+        shown_on=(),
+    ),  # grace_s's own range keeps to it: its reason says so
     Constraint(("lamps[].id",), "unique", _unique_lamp_ids),
     Constraint(_PINS, "each pin used once", _unique_pins, shown_on=_PINS),
 )
@@ -400,8 +565,7 @@ def notes(name: str) -> list[str]:
 
 
 # ---- the reader -------------------------------------------------------------------------------
-_TYPES = {"bool": (bool,), "int": (int,), "number": (int, float), "pin": (int,), "text": (str,),
-          "minutes": (list,)}
+_TYPES = {"bool": (bool,), "int": (int,), "number": (int, float), "pin": (int,), "text": (str,), "minutes": (list,)}
 _ROW_DEFAULT = object()
 
 
@@ -604,8 +768,9 @@ def parse(data: dict, path: Path) -> Config:
     base = path.parent if path.parent != Path("") else Path(".")
     service = _parse_service(r, data.get("service", {}), base)
     saf = r.section(data.get("safety", {}), "safety")
-    safety = SafetyConfig(estop_pin=saf.get("estop_pin"), heartbeat_s=saf.get("heartbeat_s"),
-                          indicator_pin=saf.get("indicator_pin"))
+    safety = SafetyConfig(
+        estop_pin=saf.get("estop_pin"), heartbeat_s=saf.get("heartbeat_s"), indicator_pin=saf.get("indicator_pin")
+    )
     firmware = _parse_firmware(r, data["firmware"]) if "firmware" in data else None
     pan = r.section(data.get("panel", {}), "panel")
     panel = PanelConfig(lock_after_s=pan.get("lock_after_s"))
@@ -630,8 +795,14 @@ def _parse_service(r: _Reader, raw, base: Path) -> ServiceConfig:
     database = Path(svc.get("database"))
     if not database.is_absolute():
         database = (base / database).resolve()
-    return ServiceConfig(host=host, port=port, database=database, pin_factory=svc.get("pin_factory"),
-                         log_queue=svc.get("log_queue"), secure_cookies=svc.get("secure_cookies"))
+    return ServiceConfig(
+        host=host,
+        port=port,
+        database=database,
+        pin_factory=svc.get("pin_factory"),
+        log_queue=svc.get("log_queue"),
+        secure_cookies=svc.get("secure_cookies"),
+    )
 
 
 def _parse_bind(r: _Reader, bind: str) -> tuple[str, int]:
@@ -646,8 +817,12 @@ def _parse_firmware(r: _Reader, raw) -> FirmwareConfig:
     fw = r.section(raw, "firmware")
     # S14: the watchdog and the backstop (planned x 1.10 + grace_s) stay short, so a frozen
     # host cannot leave a lamp on long past its session.
-    return FirmwareConfig(port=fw.get("port"), watchdog_s=fw.get("watchdog_s"), grace_s=fw.get("grace_s"),
-                          reply_timeout_s=fw.get("reply_timeout_s"))
+    return FirmwareConfig(
+        port=fw.get("port"),
+        watchdog_s=fw.get("watchdog_s"),
+        grace_s=fw.get("grace_s"),
+        reply_timeout_s=fw.get("reply_timeout_s"),
+    )
 
 
 def _parse_lamp(r: _Reader, i: int, raw) -> LampConfig:
@@ -657,7 +832,9 @@ def _parse_lamp(r: _Reader, i: int, raw) -> LampConfig:
     lamp_id = lamp.get("id")
     max_minutes = lamp.get("max_minutes")
     return LampConfig(
-        id=lamp_id, name=lamp.get("name", lamp_id), relay_pin=lamp.get("relay_pin"),
+        id=lamp_id,
+        name=lamp.get("name", lamp_id),
+        relay_pin=lamp.get("relay_pin"),
         active_high=lamp.get("active_high"),
         max_minutes=max_minutes,
         default_minutes=lamp.get("default_minutes", min(_default("lamps[].default_minutes"), max_minutes)),

@@ -5,6 +5,7 @@ tests/test_config_docs.py fails while README.md or config.toml differ from what 
 In config.toml only the keys, their values and their order are written by hand; every comment
 is rendered here.
 """
+
 from __future__ import annotations
 
 import re
@@ -73,8 +74,11 @@ def readme_table() -> str:
         lines.append(f"| `{row.name}` | {default_words(row)} | {allowed(row)} | {row.doc} |")
     many = [f"`[[{t.name}]]`: one table per lamp, {t.many[0]} to {t.many[1]}" for t in config.TABLES if t.many]
     optional = [f"`[{t.name}]`" for t in config.TABLES if not t.many]
-    lines += ["", f"{'; '.join(many)}. {', '.join(optional)}: optional tables, each key with its default "
-                  "(a key marked required is required when its table is there)."]
+    lines += [
+        "",
+        f"{'; '.join(many)}. {', '.join(optional)}: optional tables, each key with its default "
+        "(a key marked required is required when its table is there).",
+    ]
     return "\n".join(lines)
 
 

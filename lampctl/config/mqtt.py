@@ -1,4 +1,5 @@
 """The optional [mqtt] table (fleet): broker URL, node name, credentials, discovery prefix, commands."""
+
 from __future__ import annotations
 
 import re
@@ -51,8 +52,16 @@ def parse_mqtt(r, raw, base: Path, *, table: str = "mqtt") -> MqttConfig:
     password_file = _password_file(r, table, m.get("password_file"), base)
     if password_file is not None and username is None:
         raise r.fail(f"{table}.password_file", "needs mqtt.username (a broker password goes with a user name)")
-    return MqttConfig(host=host, port=port, tls=tls, node=node, username=username, password_file=password_file,
-                      discovery_prefix=prefix, commands=m.get("commands"))
+    return MqttConfig(
+        host=host,
+        port=port,
+        tls=tls,
+        node=node,
+        username=username,
+        password_file=password_file,
+        discovery_prefix=prefix,
+        commands=m.get("commands"),
+    )
 
 
 def _parse_url(r, key: str, url: str, ports) -> tuple[str, int, bool]:
@@ -64,8 +73,14 @@ def _parse_url(r, key: str, url: str, ports) -> tuple[str, int, bool]:
         raise r.fail(key, f"{shown!r} is not a broker URL such as mqtt://broker.local:1883") from None
     if parts.scheme not in ("mqtt", "mqtts"):
         raise r.fail(key, f"{shown!r} must start with mqtt:// or mqtts:// (TLS)")
-    if not parts.hostname or not parts.hostname.isprintable() or parts.path not in ("", "/") or parts.query \
-            or parts.username or parts.password:
+    if (
+        not parts.hostname
+        or not parts.hostname.isprintable()
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.username
+        or parts.password
+    ):
         raise r.fail(key, f"{shown!r} must be mqtt[s]://host[:port] (credentials go in username and password_file)")
     tls = parts.scheme == "mqtts"
     if port is not None and not ports.holds(port):

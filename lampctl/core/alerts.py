@@ -1,4 +1,5 @@
 """Buzzer alerts the controller asks for under its lock and sounds after letting go of it."""
+
 from __future__ import annotations
 
 import functools
@@ -40,8 +41,11 @@ class Alerts:
     def warn_if_due(self, index: int, session: Session, now: float) -> None:
         """Once per deadline, WARN_BEFORE_S before it, for sessions planned longer than that."""
         deadline = session.deadline
-        if (session.planned_s > WARN_BEFORE_S and session.warned_for != deadline
-                and deadline - WARN_BEFORE_S <= now < deadline):
+        if (
+            session.planned_s > WARN_BEFORE_S
+            and session.warned_for != deadline
+            and deadline - WARN_BEFORE_S <= now < deadline
+        ):
             session.warned_for = deadline
             self.add(index, "warn")
 

@@ -1,4 +1,5 @@
 """What outlives a restart (S20): how long ago a record was made, told by the monotonic clock where it can be, else by a trusted wall clock, else not at all."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,11 +78,19 @@ def s20_carry_over(last_sessions: list[dict[str, Any]], now: ClockRef) -> dict[s
             continue  # still open: recover_interrupted closes it before this runs
         age = None
         if row["end_reason"] != "interrupted" and row.get("started_mono") is not None:
-            ended = ClockRef(row.get("boot_id"), row["started_mono"] + row["actual_s"],
-                             datetime.fromisoformat(row["ended_at"]), _flag(row.get("wall_synced")))
+            ended = ClockRef(
+                row.get("boot_id"),
+                row["started_mono"] + row["actual_s"],
+                datetime.fromisoformat(row["ended_at"]),
+                _flag(row.get("wall_synced")),
+            )
             age = s20_elapsed_s(ended, now)
-        carried[row["lamp_id"]] = Carried(age_s=0.0 if age is None else age, used_s=float(row["chain_used_s"]),
-                                          last_id=int(row["id"]), trusted=age is not None)
+        carried[row["lamp_id"]] = Carried(
+            age_s=0.0 if age is None else age,
+            used_s=float(row["chain_used_s"]),
+            last_id=int(row["id"]),
+            trusted=age is not None,
+        )
     return carried
 
 

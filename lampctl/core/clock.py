@@ -1,4 +1,5 @@
 """Clocks: the real monotonic/wall clock, and a fake one tests advance by hand."""
+
 from __future__ import annotations
 
 import threading

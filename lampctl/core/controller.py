@@ -1,4 +1,5 @@
 """One state machine per lamp (off -> on -> cooldown -> off, latched fault) and the deadline scheduler."""
+
 from __future__ import annotations
 
 import logging
@@ -40,9 +41,17 @@ MAX_IDLE_S = 1.0
 class SessionController:
     """Starts, extends and ends timed sessions; every path that ends one turns the relay off first."""
 
-    def __init__(self, lamps: Sequence[LampConfig], hardware: Hardware, clock: Clock, usage_log: UsageRecords,
-                 backstop: Backstop | None = None, *, latched: dict[str, str] | None = None,
-                 carried: dict[str, Carried] | None = None) -> None:
+    def __init__(
+        self,
+        lamps: Sequence[LampConfig],
+        hardware: Hardware,
+        clock: Clock,
+        usage_log: UsageRecords,
+        backstop: Backstop | None = None,
+        *,
+        latched: dict[str, str] | None = None,
+        carried: dict[str, Carried] | None = None,
+    ) -> None:
         self._lamps = [Lamp(cfg, i) for i, cfg in enumerate(lamps)]
         self._by_id = {lamp.cfg.id: lamp for lamp in self._lamps}
         self._hw = hardware
@@ -70,8 +79,14 @@ class SessionController:
             log.warning("latched fault for unknown lamp %r ignored: %s", lamp_id, reason)
             return
         lamp.state, lamp.fault_reason = LampState.FAULT, reason
-        self._log.event(lamp_id, "off", "fault", "system", f"fault still latched from before the restart: {reason}",
-                        self._clock.wall())
+        self._log.event(
+            lamp_id,
+            "off",
+            "fault",
+            "system",
+            f"fault still latched from before the restart: {reason}",
+            self._clock.wall(),
+        )
 
     def _carry_over(self, lamp_id: str, state: Carried) -> None:
         """S20: the last session's end, its patient's budget and the cooldown outlive a restart.
@@ -89,9 +104,14 @@ class SessionController:
         if left > 0 and lamp.state is LampState.OFF:
             lamp.state, lamp.cooldown_until = LampState.COOLDOWN, now + left
             why = "" if state.trusted else " (the time since it ended cannot be told, so in full)"
-            self._log.event(lamp_id, "off", "cooldown", "system",
-                            f"cooling down from session {state.last_id} before the restart: "
-                            f"{fmt_s(round(left, 1))} left{why}", self._clock.wall())
+            self._log.event(
+                lamp_id,
+                "off",
+                "cooldown",
+                "system",
+                f"cooling down from session {state.last_id} before the restart: {fmt_s(round(left, 1))} left{why}",
+                self._clock.wall(),
+            )
 
     # ---- queries -----------------------------------------------------------------------
     def lamp_ids(self) -> list[str]:
@@ -149,8 +169,11 @@ class SessionController:
         if s19_overtaken(arrived, lamp.stopped_at):
             assert lamp.stopped_at is not None  # only a Stop overtakes
             later = fmt_s(round(lamp.stopped_at - arrived, 3))
-            raise Refused(f"{lamp.cfg.name} was not {action}: a Stop of it arrived {later} after this request, "
-                          "and a Stop cancels every start or extension that came before it.", "cancelled")
+            raise Refused(
+                f"{lamp.cfg.name} was not {action}: a Stop of it arrived {later} after this request, "
+                "and a Stop cancels every start or extension that came before it.",
+                "cancelled",
+            )
         return arrived
 
     def _stopping_now(self, lamp: Lamp, arrived: float | None) -> str:
@@ -164,8 +187,9 @@ class SessionController:
         return "cancelled-start" if lamp.starting or queued else "already-off"
 
     # ---- start and extend --------------------------------------------------------------
-    def start(self, lamp_id: str, seconds: float, user: str, *, new_patient: bool = False,
-              arrived: float | None = None) -> tuple[int, LampView]:
+    def start(
+        self, lamp_id: str, seconds: float, user: str, *, new_patient: bool = False, arrived: float | None = None
+    ) -> tuple[int, LampView]:
         """Turn a lamp on for `seconds`; returns (session_id, lamp view).
 
         Within the lamp's rest window a start continues the last patient's budget (S18)
@@ -217,11 +241,11 @@ class SessionController:
         if s7_arm_holds(self._clock.monotonic(), sent, ms, cut):
             return None
         log.warning("start of %s refused: its firmware arm ran out before the relay could close", lamp.cfg.id)
-        return Unavailable("its firmware arm ran out before the relay could close (the service was held up); "
-                           "try again")
+        return Unavailable("its firmware arm ran out before the relay could close (the service was held up); try again")
 
-    def _begin(self, lamp: Lamp, seconds: float, user: str, prior: float, continues: int | None,
-               new_patient: bool = False) -> tuple[int, LampView]:
+    def _begin(
+        self, lamp: Lamp, seconds: float, user: str, prior: float, continues: int | None, new_patient: bool = False
+    ) -> tuple[int, LampView]:
         now, wall = self._clock.monotonic(), self._clock.wall()
         session_id = self._log.new_session_id()
         try:
@@ -236,9 +260,17 @@ class SessionController:
         if new_patient:
             why += f", declared a new patient by {user} inside the rest window"
         self._set_state(lamp, LampState.ON, user, why)
-        self._log.session_started(session_id, lamp.cfg.id, user, wall, seconds, continues=continues,
-                                  new_patient=new_patient, new_patient_by=user if new_patient else None,
-                                  started_mono=now)
+        self._log.session_started(
+            session_id,
+            lamp.cfg.id,
+            user,
+            wall,
+            seconds,
+            continues=continues,
+            new_patient=new_patient,
+            new_patient_by=user if new_patient else None,
+            started_mono=now,
+        )
         self._cond.notify_all()
         return session_id, self._view(lamp, now)
 
@@ -273,8 +305,7 @@ class SessionController:
                 raise backstop_refusal(error, f"{lamp.cfg.name} was not extended")
             return self._apply_extension(lamp, session, new_planned, seconds, user)
 
-    def _apply_extension(self, lamp: Lamp, session: Session, new_planned: float, seconds: float,
-                         user: str) -> LampView:
+    def _apply_extension(self, lamp: Lamp, session: Session, new_planned: float, seconds: float, user: str) -> LampView:
         session.planned_s = new_planned
         self._log.event(lamp.cfg.id, "on", "on", user, f"extended by {fmt_s(seconds)}", self._clock.wall())
         self._log.session_extended(session.id, new_planned)
@@ -318,8 +349,9 @@ class SessionController:
             return [replace(self._view(lamp, now), result=results[lamp.cfg.id]) for lamp in self._lamps]
 
     @sounding
-    def estop(self, who: str = "E-stop button", why: str = "E-stop pressed", *,
-              arrived: float | None = None) -> list[LampView]:
+    def estop(
+        self, who: str = "E-stop button", why: str = "E-stop pressed", *, arrived: float | None = None
+    ) -> list[LampView]:
         """S5: all off, sessions end `estop`, every lamp latched until an admin reset."""
         self._all_off()
         with self._cond:
@@ -329,8 +361,9 @@ class SessionController:
             return [replace(self._view(lamp, now), result=results[lamp.cfg.id]) for lamp in self._lamps]
 
     @sounding
-    def fault(self, reason: str, lamp_id: str | None = None, who: str = "system", *,
-              running_only: bool = False) -> list[str]:
+    def fault(
+        self, reason: str, lamp_id: str | None = None, who: str = "system", *, running_only: bool = False
+    ) -> list[str]:
         """S6: all relays off; running sessions end `fault`; latched until reset.
 
         Latches the named lamp, else with running_only the lamps that were on (or being
@@ -358,8 +391,13 @@ class SessionController:
         """
         self._all_off()
         with self._cond:
-            targets = [l for l in self._lamps if l.state is LampState.ON or l.starting or (
-                since is not None and l.last_end is not None and l.last_end > since)]
+            targets = [
+                l
+                for l in self._lamps
+                if l.state is LampState.ON
+                or l.starting
+                or (since is not None and l.last_end is not None and l.last_end > since)
+            ]
             if not targets:
                 log.warning("%s: no lamp was on, nothing latched", reason)
                 return []
@@ -398,8 +436,10 @@ class SessionController:
                 raise Refused("No lamp has a latched fault to clear.", "no-fault")
             if expected is not None and dict(expected) != latched:
                 # The admin confirmed a list; a lamp latched (or reset) since is not part of that confirmation.
-                raise Refused("The latched faults have changed since they were listed; look at the list again "
-                              "before resetting.", "faults-changed")
+                raise Refused(
+                    "The latched faults have changed since they were listed; look at the list again before resetting.",
+                    "faults-changed",
+                )
             why = self._reset_blocked()
             if why:
                 raise Refused(f"No fault can be cleared yet: {why}.", "fault-persists")
@@ -429,8 +469,10 @@ class SessionController:
     # ---- internals ---------------------------------------------------------------------
     def _reset_blocked(self) -> str | None:
         """Why no latched fault may be cleared now (S5, S6), or None: the one rule of every reset."""
-        for blocker in [lambda: "the E-stop button is still pressed" if self._hw.estop_pressed else None,
-                        *self._reset_blockers]:
+        for blocker in [
+            lambda: "the E-stop button is still pressed" if self._hw.estop_pressed else None,
+            *self._reset_blockers,
+        ]:
             why = blocker()
             if why:
                 return why
@@ -458,8 +500,9 @@ class SessionController:
 
     def _running(self, lamp: Lamp, what: str) -> Session:
         if lamp.state is not LampState.ON or lamp.session is None:
-            raise Refused(f"{lamp.cfg.name} is not running ({lamp.state.value}), so it cannot be {what}.",
-                          "not-running")
+            raise Refused(
+                f"{lamp.cfg.name} is not running ({lamp.state.value}), so it cannot be {what}.", "not-running"
+            )
         return lamp.session
 
     def _cut_all(self, end_reason: str, who: str, why: str, *, latch: bool = False) -> float:
@@ -489,8 +532,11 @@ class SessionController:
         if latched:
             log.error("fault latched on %s: %s", ", ".join(latched), reason)
         else:  # say what happened: the log is read after an incident
-            log.warning("%s: nothing latched (%s)", reason,
-                        "already latched: " + ", ".join(l.cfg.id for l in targets) if targets else "no lamp concerned")
+            log.warning(
+                "%s: nothing latched (%s)",
+                reason,
+                "already latched: " + ", ".join(l.cfg.id for l in targets) if targets else "no lamp concerned",
+            )
         return latched
 
     def _end(self, lamp: Lamp, reason: str, who: str, why: str, now: float, latch: bool = False) -> None:

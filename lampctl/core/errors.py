@@ -1,4 +1,5 @@
 """Why the controller refused an action: one sentence and a code slug; web/ maps codes to HTTP statuses."""
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,7 @@ class Unavailable(Refused):
 UNIT_S = {"seconds": 1, "minutes": 60, "days": 86400}
 
 
-def check_duration(value: object, name: str, *, unit: str = "seconds",
-                   most: tuple[float, str] | None = None) -> float:
+def check_duration(value: object, name: str, *, unit: str = "seconds", most: tuple[float, str] | None = None) -> float:
     """The one check of a duration anyone asks for (API, MQTT, the command line, the controller).
 
     `value`, counted in `unit`, as float seconds: a finite number greater than 0 (never a
@@ -84,7 +84,7 @@ def shown(value: object, limit: int = 40) -> str:
         if value.bit_length() < 130:
             return str(value)[:limit]
         digits = int(value.bit_length() * 0.30103)  # the count, or one short of it
-        return f"a number of {digits + (abs(value) >= 10 ** digits)} digits"
+        return f"a number of {digits + (abs(value) >= 10**digits)} digits"
     if isinstance(value, str):
         return repr(value[:limit])
     return f"a JSON {'object' if isinstance(value, dict) else 'array' if isinstance(value, list) else 'value'}"

@@ -1,4 +1,5 @@
 """One lamp as the controller keeps it: its state, its running session, its patient budget, and the view it shows."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -108,7 +109,9 @@ class Lamp:
             raise Refused(
                 f"{self.cfg.name} has already run {fmt_s(round(self.chain_used_s))} for this patient, so "
                 f"{fmt_s(round(left, 1))} of its {fmt_min(self.cfg.max_minutes)} limit is left; "
-                "start it for a new patient to begin afresh.", "over-limit")
+                "start it for a new patient to begin afresh.",
+                "over-limit",
+            )
         return self.chain_used_s, self.chain_last_id
 
     def extended_plan(self, session: Session, seconds: float) -> float:
@@ -119,7 +122,8 @@ class Lamp:
             raise Refused(
                 f"Extending {self.cfg.name} by {fmt_s(seconds)} would pass its limit of "
                 f"{fmt_min(self.cfg.max_minutes)} per patient ({fmt_s(round(left, 1))} left to add).",
-                "over-limit")
+                "over-limit",
+            )
         return new_planned
 
     def check_feedback(self, powered: bool | None, now: float) -> tuple[bool, str | None]:
@@ -136,8 +140,11 @@ class Lamp:
         elif self.feedback_bad_since is None:
             self.feedback_bad_since = now
         elif now - self.feedback_bad_since >= FEEDBACK_SETTLE_S:
-            return True, ("still powered after its relay was switched off (relay stuck closed)" if powered else
-                          "not powered while its relay is on (relay stuck open or bulb failed)")
+            return True, (
+                "still powered after its relay was switched off (relay stuck closed)"
+                if powered
+                else "not powered while its relay is on (relay stuck open or bulb failed)"
+            )
         return True, None
 
 
@@ -178,10 +185,27 @@ class LampView:
         return self.state == "on" or self.relay_on
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in (
-            "id", "name", "state", "relay_on", "remaining_s", "session_id", "max_minutes", "default_minutes",
-            "planned_s", "user", "cooldown_remaining_s", "fault_reason", "continue_left_s", "continues",
-            "feedback_on", "extend_left_s")}
+        d = {
+            k: getattr(self, k)
+            for k in (
+                "id",
+                "name",
+                "state",
+                "relay_on",
+                "remaining_s",
+                "session_id",
+                "max_minutes",
+                "default_minutes",
+                "planned_s",
+                "user",
+                "cooldown_remaining_s",
+                "fault_reason",
+                "continue_left_s",
+                "continues",
+                "feedback_on",
+                "extend_left_s",
+            )
+        }
         d["presets"] = list(self.presets)
         return d
 
@@ -190,21 +214,28 @@ def make_view(lamp: Lamp, now: float, relay_on: bool, feedback_on: bool | None) 
     session = lamp.session if lamp.state is LampState.ON else None
     used = session.prior_s + session.planned_s if session else 0.0
     return LampView(
-        id=lamp.cfg.id, name=lamp.cfg.name, state=lamp.state.value, relay_on=relay_on,
+        id=lamp.cfg.id,
+        name=lamp.cfg.name,
+        state=lamp.state.value,
+        relay_on=relay_on,
         remaining_s=round(max(0.0, session.deadline - now), 3) if session else None,
         session_id=session.id if session else None,
-        max_minutes=lamp.cfg.max_minutes, presets=lamp.cfg.presets, default_minutes=lamp.cfg.default_minutes,
+        max_minutes=lamp.cfg.max_minutes,
+        presets=lamp.cfg.presets,
+        default_minutes=lamp.cfg.default_minutes,
         planned_s=round(session.planned_s, 3) if session else None,
         user=session.user if session else None,
-        cooldown_remaining_s=(round(max(0.0, lamp.cooldown_until - now), 3)
-                              if lamp.state is LampState.COOLDOWN else None),
+        cooldown_remaining_s=(
+            round(max(0.0, lamp.cooldown_until - now), 3) if lamp.state is LampState.COOLDOWN else None
+        ),
         fault_reason=lamp.fault_reason if lamp.state is LampState.FAULT else None,
         continue_left_s=lamp.continue_left_s(now),
         continues=session.continues if session else None,
         feedback_on=feedback_on,
         extend_left_s=round(s3_left_s(used, lamp.cfg.max_s), 3) if session else None,
         extend_ok=session is not None and s3_allows(used + EXTEND_STEP_S, lamp.cfg.max_s),
-        last_end_reason=lamp.last_end_reason, last_end_why=lamp.last_end_why,
+        last_end_reason=lamp.last_end_reason,
+        last_end_why=lamp.last_end_why,
     )
 
 

@@ -1,4 +1,5 @@
 """Hands lamp views to listeners (the MQTT side) from their own thread, outside the controller's lock."""
+
 from __future__ import annotations
 
 import logging

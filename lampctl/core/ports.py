@@ -1,4 +1,5 @@
 """What the controller is handed: relay hardware, the firmware backstop, a clock and the usage log, as Protocols."""
+
 from __future__ import annotations
 
 import threading
@@ -48,13 +49,30 @@ class UsageRecords(Protocol):
     """
 
     def new_session_id(self) -> int: ...
-    def session_started(self, session_id: int, lamp_id: str, user: str, started_at: datetime, planned_s: float,
-                        continues: int | None = None, *, new_patient: bool = False,
-                        new_patient_by: str | None = None, started_mono: float | None = None) -> None: ...
+    def session_started(
+        self,
+        session_id: int,
+        lamp_id: str,
+        user: str,
+        started_at: datetime,
+        planned_s: float,
+        continues: int | None = None,
+        *,
+        new_patient: bool = False,
+        new_patient_by: str | None = None,
+        started_mono: float | None = None,
+    ) -> None: ...
     def session_progress(self, session_id: int, elapsed_s: float) -> None: ...
     def session_extended(self, session_id: int, planned_s: float) -> None: ...
     def session_ended(self, session_id: int, ended_at: datetime, actual_s: float, reason: str) -> None: ...
-    def event(self, lamp_id: str | None, from_state: str | None, to_state: str | None, who: str, why: str,
-              at: datetime | None = None) -> None: ...
+    def event(
+        self,
+        lamp_id: str | None,
+        from_state: str | None,
+        to_state: str | None,
+        who: str,
+        why: str,
+        at: datetime | None = None,
+    ) -> None: ...
     def fault_latched(self, lamp_id: str, reason: str, at: datetime | None = None) -> None: ...
     def fault_cleared(self, lamp_id: str) -> None: ...

@@ -1,4 +1,5 @@
 """The safety rules that are pure arithmetic or process wiring, each named for its invariant."""
+
 from __future__ import annotations
 
 import math

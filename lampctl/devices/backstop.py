@@ -1,4 +1,5 @@
 """The firmware second channel as the controller sees it (S7): arm before the relay, OFF after, link loss latches a fault."""
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,15 @@ class FirmwareBackstop:
     lamp is OFF (S12).
     """
 
-    def __init__(self, link: FirmwareLink, grace_s: float, usage_log=None, *,
-                 clock=time.monotonic, arm_wait_s: float | None = None):
+    def __init__(
+        self,
+        link: FirmwareLink,
+        grace_s: float,
+        usage_log=None,
+        *,
+        clock=time.monotonic,
+        arm_wait_s: float | None = None,
+    ):
         self.grace_s = grace_s
         self._link = link
         link.on_link_change = self._link_changed
@@ -44,8 +52,13 @@ class FirmwareBackstop:
 
     @classmethod
     def from_config(cls, fw_cfg, lamp_count: int, heartbeat_s: float, usage_log=None, url: str | None = None):
-        link = FirmwareLink(url or fw_cfg.port, lamp_count, watchdog_s=fw_cfg.watchdog_s,
-                            heartbeat_s=heartbeat_s, reply_timeout_s=fw_cfg.reply_timeout_s)
+        link = FirmwareLink(
+            url or fw_cfg.port,
+            lamp_count,
+            watchdog_s=fw_cfg.watchdog_s,
+            heartbeat_s=heartbeat_s,
+            reply_timeout_s=fw_cfg.reply_timeout_s,
+        )
         return cls(link, fw_cfg.grace_s, usage_log)
 
     def attach(self, controller) -> None:
@@ -144,7 +157,9 @@ class FirmwareBackstop:
             # the firmware was last heard latches, whichever thread got to the lamp first.
             latched = self._controller.link_lost(f"firmware link lost: {reason}", self._link.last_heard)
         if self._log is not None and not latched:
-            self._log.event(None, None, None, "system", f"firmware link lost: {reason} No lamp was on: nothing latched.")
+            self._log.event(
+                None, None, None, "system", f"firmware link lost: {reason} No lamp was on: nothing latched."
+            )
 
 
 class _Job:

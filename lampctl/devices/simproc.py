@@ -1,4 +1,5 @@
 """`serve --simulate` with [firmware]: the simulated microcontroller as a child process of the service."""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,10 +17,18 @@ def start_simulator(cfg) -> tuple:
     out = open(logdir / "simulator.log", "ab")
     err_path = logdir / "simulator.err"
     err = open(err_path, "wb")
-    cmd = [sys.executable, "-m", "firmware_bridge.simulator", "--listen", "127.0.0.1:0",
-           "--lamps", str(len(cfg.lamps)), "--watchdog", str(cfg.firmware.watchdog_s)]
-    proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                            preexec_fn=_die_with_parent)
+    cmd = [
+        sys.executable,
+        "-m",
+        "firmware_bridge.simulator",
+        "--listen",
+        "127.0.0.1:0",
+        "--lamps",
+        str(len(cfg.lamps)),
+        "--watchdog",
+        str(cfg.firmware.watchdog_s),
+    ]
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     out.close()
     err.close()
     deadline = time.monotonic() + 10
@@ -52,4 +61,3 @@ def stop_simulator(proc) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
-

@@ -1,5 +1,6 @@
 """The collector's SQLite log: every node's sessions and events, unique per (node, origin, id), so a replay is
 harmless and a session id that repeats after a restore is a record of its own."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -29,8 +30,10 @@ CREATE TABLE events (
     PRIMARY KEY (node, origin, id)
 )""",
 }
-INDEXES = ("CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (started_at)",
-           "CREATE INDEX IF NOT EXISTS events_by_time ON events (at)")
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (started_at)",
+    "CREATE INDEX IF NOT EXISTS events_by_time ON events (at)",
+)
 MAX_ORIGIN = 64
 _TEXT = {"lamp_id", "user", "started_at", "ended_at", "end_reason", "at", "from_state", "to_state", "who", "why"}
 _NUMBER = {"planned_s", "actual_s"}
@@ -55,9 +58,12 @@ def check_record(kind: str, node: str, record) -> tuple:
     row: list[object] = [node, _origin(kind, record)]
     for key in columns:
         value = record.get(key)
-        ok = (value is None or (key in _TEXT and isinstance(value, str))
-              or (key in _INTEGER and isinstance(value, int) and not isinstance(value, bool))
-              or (key in _NUMBER and isinstance(value, (int, float)) and not isinstance(value, bool)))
+        ok = (
+            value is None
+            or (key in _TEXT and isinstance(value, str))
+            or (key in _INTEGER and isinstance(value, int) and not isinstance(value, bool))
+            or (key in _NUMBER and isinstance(value, (int, float)) and not isinstance(value, bool))
+        )
         if not ok:
             raise BadRecord(f"{kind} record: {key!r} has the wrong type")
         row.append(value)
@@ -114,8 +120,11 @@ class CentralLog:
                 for kind, row in rows:
                     columns = ("node", "origin") + (SESSION_COLUMNS if kind == "session" else EVENT_COLUMNS)
                     table = "sessions" if kind == "session" else "events"
-                    self._conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-                                       f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING", row)
+                    self._conn.execute(
+                        f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                        f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
+                        row,
+                    )
         except sqlite3.Error:
             self.close()
             raise
@@ -127,8 +136,16 @@ class CentralLog:
             self._conn = None
 
     # ---- reads for the pages ---------------------------------------------------------------
-    def sessions(self, *, node: str | None = None, lamp: str | None = None, start: str | None = None,
-                 end: str | None = None, limit: int | None = None, offset: int = 0) -> list[dict]:
+    def sessions(
+        self,
+        *,
+        node: str | None = None,
+        lamp: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict]:
         where, params = _filters(node, lamp, start, end)
         sql = f"SELECT * FROM sessions{where} ORDER BY started_at DESC, node, id DESC"
         if limit is not None:
@@ -136,17 +153,21 @@ class CentralLog:
             params += [limit, offset]
         return self._read(sql, params)
 
-    def count(self, *, node: str | None = None, lamp: str | None = None, start: str | None = None,
-              end: str | None = None) -> int:
+    def count(
+        self, *, node: str | None = None, lamp: str | None = None, start: str | None = None, end: str | None = None
+    ) -> int:
         where, params = _filters(node, lamp, start, end)
         return self._read(f"SELECT count(*) AS n FROM sessions{where}", params)[0]["n"]
 
     def usage(self, *, node: str | None = None, start: str | None = None, end: str | None = None) -> list[dict]:
         """Minutes per node, lamp and day."""
         where, params = _filters(node, None, start, end)
-        return self._read("SELECT node, lamp_id, substr(started_at, 1, 10) AS day, count(*) AS sessions, "
-                          f"round(sum(coalesce(actual_s, 0)) / 60.0, 1) AS minutes FROM sessions{where} "
-                          "GROUP BY node, lamp_id, day ORDER BY day DESC, node, lamp_id", params)
+        return self._read(
+            "SELECT node, lamp_id, substr(started_at, 1, 10) AS day, count(*) AS sessions, "
+            f"round(sum(coalesce(actual_s, 0)) / 60.0, 1) AS minutes FROM sessions{where} "
+            "GROUP BY node, lamp_id, day ORDER BY day DESC, node, lamp_id",
+            params,
+        )
 
     def nodes(self) -> list[str]:
         return [r["node"] for r in self._read("SELECT DISTINCT node FROM sessions ORDER BY node", [])]
@@ -161,8 +182,12 @@ class CentralLog:
 
 def _filters(node, lamp, start, end) -> tuple[str, list]:
     clauses, params = [], []
-    for clause, value in (("node = ?", node), ("lamp_id = ?", lamp), ("started_at >= ?", start),
-                          ("started_at <= ?", end)):
+    for clause, value in (
+        ("node = ?", node),
+        ("lamp_id = ?", lamp),
+        ("started_at >= ?", start),
+        ("started_at <= ?", end),
+    ):
         if value:
             clauses.append(clause)
             params.append(value)

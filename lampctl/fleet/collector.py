@@ -1,4 +1,5 @@
 """`lampctl collect`: subscribes to every node's sessions, events and states and keeps the central log."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         if key not in ("collector", "mqtt"):
             raise r.fail(key, "unknown key (allowed: collector, mqtt)")
     if "mqtt" not in data:
-        raise r.fail("mqtt", "missing: the collector needs the broker ([mqtt] url = \"mqtt://...\")")
+        raise r.fail("mqtt", 'missing: the collector needs the broker ([mqtt] url = "mqtt://...")')
     col = r.table(data.get("collector", {}), "collector", _KEYS)
     database = Path(r.text("collector.database", col.get("database", "var/central.db"), "a file path"))
     if not database.is_absolute():
@@ -84,8 +85,13 @@ class Collector:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self.subscribed = threading.Event()  # set once the broker confirmed the subscriptions
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"lampctl-collect-{cfg.node}",
-                                  protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"lampctl-collect-{cfg.node}",
+            protocol=mqtt.MQTTv311,
+            clean_session=False,
+            manual_ack=True,
+        )
         if cfg.username:
             self.client.username_pw_set(cfg.username, cfg.password())
         if cfg.tls:
@@ -113,8 +119,14 @@ class Collector:
         if reason_code.is_failure:
             log.error("the broker %s refused the collector: %s", self.cfg.url, reason_code)
             return
-        client.subscribe([(discovery.records_topic("+", "sessions"), 1), (discovery.records_topic("+", "events"), 1),
-                          (discovery.status_topic("+"), 1), (discovery.state_topic("+", "+"), 1)])
+        client.subscribe(
+            [
+                (discovery.records_topic("+", "sessions"), 1),
+                (discovery.records_topic("+", "events"), 1),
+                (discovery.status_topic("+"), 1),
+                (discovery.state_topic("+", "+"), 1),
+            ]
+        )
         log.info("collector connected to %s", self.cfg.url)
 
     def _on_message(self, client, userdata, message) -> None:
@@ -138,8 +150,10 @@ class Collector:
     def fleet(self) -> list[dict]:
         """Every lamp's latest state, with its node's status."""
         with self._lock:
-            return [{**view, "node": node, "lamp_id": lamp_id, "node_status": self.status.get(node, "unknown")}
-                    for (node, lamp_id), view in sorted(self.states.items())]
+            return [
+                {**view, "node": node, "lamp_id": lamp_id, "node_status": self.status.get(node, "unknown")}
+                for (node, lamp_id), view in sorted(self.states.items())
+            ]
 
     def _run_writer(self) -> None:
         while True:

@@ -1,4 +1,5 @@
 """Commands that arrive over MQTT: requests the local controller checks like any other, answered on `.../result`."""
+
 from __future__ import annotations
 
 import json
@@ -50,9 +51,19 @@ class Commands:
     thread so a slow firmware reply holds up neither the network nor a Stop.
     """
 
-    def __init__(self, node: str, enabled: bool, controller, accounts, reply: Callable[[str, dict], None],
-                 builtin_users: tuple[str, ...] = (), *, clear: Callable[[str], None] | None = None,
-                 usage_log=None, clock=None):
+    def __init__(
+        self,
+        node: str,
+        enabled: bool,
+        controller,
+        accounts,
+        reply: Callable[[str, dict], None],
+        builtin_users: tuple[str, ...] = (),
+        *,
+        clear: Callable[[str], None] | None = None,
+        usage_log=None,
+        clock=None,
+    ):
         self.prefix = f"{discovery.base(node)}/"
         self.enabled = enabled
         self.controller = controller
@@ -97,9 +108,11 @@ class Commands:
             if retained:
                 body = self._parse_quietly(payload)
                 self.clear(topic)  # a retained command is never obeyed, and not left to replay again
-                raise NotLive("The command was a retained message, which the broker replays on every reconnect; "
-                              "it was not obeyed and has been cleared: publish commands without the retained flag.",
-                              "retained")
+                raise NotLive(
+                    "The command was a retained message, which the broker replays on every reconnect; "
+                    "it was not obeyed and has been cleared: publish commands without the retained flag.",
+                    "retained",
+                )
             # A live message the sender published retained reaches a subscriber with the flag cleared
             # (MQTT 3.1.1 section 3.3.1.3): clear the broker's copy now, so it never replays.
             self.clear(topic)
@@ -120,11 +133,16 @@ class Commands:
         log.warning("MQTT command on %s refused (%s): %s", topic[:120], exc.code, exc)
         if isinstance(exc, NotLive) and self.usage_log is not None:
             known = lamp_id if lamp_id in self.controller.lamp_ids() else None
-            self.usage_log.event(known, None, None, self._who(body),
-                                 f"MQTT {shown(action) if action else 'command'} refused ({exc.code}): {exc}")
+            self.usage_log.event(
+                known,
+                None,
+                None,
+                self._who(body),
+                f"MQTT {shown(action) if action else 'command'} refused ({exc.code}): {exc}",
+            )
 
     def _lamp_of(self, topic: str) -> str | None:
-        rest = topic[len(self.prefix):] if topic.startswith(self.prefix) else ""
+        rest = topic[len(self.prefix) :] if topic.startswith(self.prefix) else ""
         parts = rest.split("/")
         return parts[1] if len(parts) == 3 and parts[0] == "lamp" else None
 
@@ -135,10 +153,11 @@ class Commands:
         try:
             body = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nesting past the parser's stack
-            raise BadCommand("A command must be a JSON object such as "
-                             '{"action": "start", "minutes": 10, "user": "anna"}.') from None
+            raise BadCommand(
+                'A command must be a JSON object such as {"action": "start", "minutes": 10, "user": "anna"}.'
+            ) from None
         if not isinstance(body, dict):
-            raise BadCommand("A command must be a JSON object with an \"action\".")
+            raise BadCommand('A command must be a JSON object with an "action".')
         return body
 
     @classmethod
@@ -149,8 +168,9 @@ class Commands:
         except Refused:
             return {}
 
-    def _dispatch(self, lamp_id: str | None, body: dict, result_topic: str, arrived: float,
-                  dup: bool = False) -> dict | None:
+    def _dispatch(
+        self, lamp_id: str | None, body: dict, result_topic: str, arrived: float, dup: bool = False
+    ) -> dict | None:
         action = body.get("action")
         if lamp_id is not None and action == "stop":
             view = self.controller.stop(lamp_id, self._who(body), arrived=arrived)
@@ -158,22 +178,32 @@ class Commands:
         if lamp_id is None and action == "stop-all":
             who = self._who(body)
             views = self.controller.stop_all(who, f"stop all by {who} over MQTT", arrived=arrived)
-            return {"ok": True, "action": "stop-all", "results": {v.id: v.result for v in views},
-                    "lamps": [v.as_dict() for v in views]}
+            return {
+                "ok": True,
+                "action": "stop-all",
+                "results": {v.id: v.result for v in views},
+                "lamps": [v.as_dict() for v in views],
+            }
         if lamp_id is None and action == "estop":
             who = self._who(body)
             views = self.controller.estop(who, estop_reason(who, "over MQTT"), arrived=arrived)
-            return {"ok": True, "action": "estop", "results": {v.id: v.result for v in views},
-                    "lamps": [v.as_dict() for v in views]}
+            return {
+                "ok": True,
+                "action": "estop",
+                "results": {v.id: v.result for v in views},
+                "lamps": [v.as_dict() for v in views],
+            }
         if lamp_id is not None and action == "start":
             seconds, user, new_patient = self._check_start(body)
             self._check_live_start(lamp_id, body, dup)
             try:
-                self._starts.put_nowait((lamp_id, seconds, user, new_patient, body, result_topic, arrived,
-                                         self.clock.monotonic()))
+                self._starts.put_nowait(
+                    (lamp_id, seconds, user, new_patient, body, result_topic, arrived, self.clock.monotonic())
+                )
             except queue.Full:
-                raise Refused(f"{MAX_WAITING_STARTS} starts are already waiting on this node; try again.",
-                              "busy") from None
+                raise Refused(
+                    f"{MAX_WAITING_STARTS} starts are already waiting on this node; try again.", "busy"
+                ) from None
             if (key := _start_key(lamp_id, body)) is not None:
                 self._start_ids[key] = self.clock.monotonic()
             return None
@@ -196,7 +226,7 @@ class Commands:
         seconds = duration_from(body)  # the API's rule: a command cannot switch a lamp on without a timer
         new_patient = body.get("new_patient", False)
         if not isinstance(new_patient, bool):
-            raise BadCommand("\"new_patient\" must be true or false.")
+            raise BadCommand('"new_patient" must be true or false.')
         return seconds, user, new_patient
 
     def _check_live_start(self, lamp_id: str, body: dict, dup: bool) -> None:
@@ -206,21 +236,30 @@ class Commands:
         if lamp_id not in self.controller.lamp_ids():
             self.controller.lamp(lamp_id)  # raises UnknownLamp with the known lamps named
         if dup:
-            raise NotLive("The start was a redelivery (MQTT dup flag) of a command that may have run already; "
-                          "it was not obeyed: send a new command.", "replayed")
+            raise NotLive(
+                "The start was a redelivery (MQTT dup flag) of a command that may have run already; "
+                "it was not obeyed: send a new command.",
+                "replayed",
+            )
         age = _age_s(body.get("sent_at"), self.clock.wall())
         if age is not None and age > SENT_AT_MAX_AGE_S:
-            raise NotLive(f"The start was sent {age:.0f} s ago by this node's clock (more than "
-                          f"{SENT_AT_MAX_AGE_S:.0f} s): too late to be a live request, so it was not obeyed.", "stale")
+            raise NotLive(
+                f"The start was sent {age:.0f} s ago by this node's clock (more than "
+                f"{SENT_AT_MAX_AGE_S:.0f} s): too late to be a live request, so it was not obeyed.",
+                "stale",
+            )
         key = _start_key(lamp_id, body)
         if key is not None:
             now = self.clock.monotonic()
-            while self._start_ids and (len(self._start_ids) >= START_IDS_KEPT
-                                       or now - next(iter(self._start_ids.values())) > START_IDS_KEPT_S):
+            while self._start_ids and (
+                len(self._start_ids) >= START_IDS_KEPT or now - next(iter(self._start_ids.values())) > START_IDS_KEPT_S
+            ):
                 self._start_ids.popitem(last=False)
             if key in self._start_ids:
-                raise NotLive(f"A start with id {shown(key[2])} was already taken; it runs once: send a new id "
-                              "for a new start.", "duplicate")
+                raise NotLive(
+                    f"A start with id {shown(key[2])} was already taken; it runs once: send a new id for a new start.",
+                    "duplicate",
+                )
 
     def _run_starts(self) -> None:
         while True:
@@ -230,8 +269,9 @@ class Commands:
             lamp_id, seconds, user, new_patient, body, result_topic, arrived, taken_at = item
             try:
                 self._check_not_held(taken_at)
-                session_id, view = self.controller.start(lamp_id, seconds, user, new_patient=new_patient,
-                                                         arrived=arrived)
+                session_id, view = self.controller.start(
+                    lamp_id, seconds, user, new_patient=new_patient, arrived=arrived
+                )
                 answer = {"ok": True, "action": "start", "session_id": session_id, "lamp": view.as_dict()}
             except Refused as exc:
                 answer = {"ok": False, "error": str(exc), "code": exc.code}
@@ -241,23 +281,30 @@ class Commands:
                 answer = {"ok": False, "error": f"The start failed: {type(exc).__name__}.", "code": "internal"}
             self.reply(result_topic, _with_request(answer, body))
 
-
     def _check_not_held(self, taken_at: float) -> None:
         """S19: a start is applied at once or not at all, never held and applied later."""
         if self._closing:
             raise Refused("The service is shutting down; the start was not carried out.", "shutting-down")
         waited = self.clock.monotonic() - taken_at
         if waited > START_MAX_WAIT_S:
-            raise NotLive(f"The start waited {waited:.1f} s on this node behind other starts (more than "
-                          f"{START_MAX_WAIT_S:.0f} s), so it was not carried out: send it again.", "stale")
+            raise NotLive(
+                f"The start waited {waited:.1f} s on this node behind other starts (more than "
+                f"{START_MAX_WAIT_S:.0f} s), so it was not carried out: send it again.",
+                "stale",
+            )
 
 
 def _age_s(sent_at, now: datetime) -> float | None:
     """Seconds since an optional "sent_at" (Unix seconds or ISO-8601 with a zone), or None when absent."""
     if sent_at is None:
         return None
-    if isinstance(sent_at, float) and math.isfinite(sent_at) or isinstance(sent_at, int) and not isinstance(
-            sent_at, bool) and abs(sent_at) < 10**12:
+    if (
+        isinstance(sent_at, float)
+        and math.isfinite(sent_at)
+        or isinstance(sent_at, int)
+        and not isinstance(sent_at, bool)
+        and abs(sent_at) < 10**12
+    ):
         return now.timestamp() - float(sent_at)
     if isinstance(sent_at, str) and len(sent_at) <= 40:
         try:
@@ -266,8 +313,9 @@ def _age_s(sent_at, now: datetime) -> float | None:
             when = None
         if when is not None and when.tzinfo is not None:
             return (now - when).total_seconds()
-    raise BadCommand('"sent_at" must be Unix seconds or an ISO-8601 time with a zone, e.g. '
-                     '"2026-01-05T09:00:00+00:00".')
+    raise BadCommand(
+        '"sent_at" must be Unix seconds or an ISO-8601 time with a zone, e.g. "2026-01-05T09:00:00+00:00".'
+    )
 
 
 def _start_key(lamp_id: str, body: dict) -> tuple | None:

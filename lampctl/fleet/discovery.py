@@ -4,6 +4,7 @@ Topics follow `<discovery_prefix>/<component>/<node_id>/<object_id>/config` (nod
 object_id of A-Z, a-z, 0-9, '_' and '-'); every entity has a stable unique_id, belongs to
 one device per node and takes its availability from the node's status topic (last will).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,12 @@ def node_cmd_topic(node: str) -> str:
 
 
 def _device(node: str) -> dict:
-    return {"identifiers": [f"lampctl_{node}"], "name": f"Heat lamps {node}", "manufacturer": "lampctl",
-            "model": "lampctl relay controller"}
+    return {
+        "identifiers": [f"lampctl_{node}"],
+        "name": f"Heat lamps {node}",
+        "manufacturer": "lampctl",
+        "model": "lampctl relay controller",
+    }
 
 
 def _slug(text: str) -> str:
@@ -50,10 +55,15 @@ def _slug(text: str) -> str:
 def _common(component: str, node: str, object_id: str, name: str) -> dict:
     # default_entity_id (domain.slug) replaced object_id in Home Assistant 2025.10; object_id
     # stopped working in 2026.4.
-    return {"name": name, "unique_id": f"lampctl_{node}_{object_id}",
-            "default_entity_id": f"{component}.{_slug(f'lampctl_{node}_{object_id}')}",
-            "device": _device(node), "availability_topic": status_topic(node),
-            "payload_available": "online", "payload_not_available": "offline"}
+    return {
+        "name": name,
+        "unique_id": f"lampctl_{node}_{object_id}",
+        "default_entity_id": f"{component}.{_slug(f'lampctl_{node}_{object_id}')}",
+        "device": _device(node),
+        "availability_topic": status_topic(node),
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
 
 
 def _press(action: str, user: str, **more) -> str:
@@ -72,25 +82,60 @@ def configs(mqtt_cfg, lamps, user: str = "homeassistant") -> list[tuple[str, str
 
     for lamp in lamps:
         state = state_topic(node, lamp.id)
-        add("sensor", f"{lamp.id}_state", {
-            **_common("sensor", node, f"{lamp.id}_state", f"{lamp.name} state"), "state_topic": state,
-            "value_template": "{{ value_json.state }}", "json_attributes_topic": state,
-            "icon": "mdi:heat-wave"})
-        add("sensor", f"{lamp.id}_remaining", {
-            **_common("sensor", node, f"{lamp.id}_remaining", f"{lamp.name} remaining"), "state_topic": state,
-            "value_template": "{{ (value_json.remaining_s or 0) | round(0) }}",
-            "device_class": "duration", "unit_of_measurement": "s"})
-        add("button", f"{lamp.id}_stop", {
-            **_common("button", node, f"{lamp.id}_stop", f"{lamp.name} Stop"), "command_topic": lamp_cmd_topic(node, lamp.id),
-            "payload_press": _press("stop", user), "qos": 1, "icon": "mdi:stop"})
+        add(
+            "sensor",
+            f"{lamp.id}_state",
+            {
+                **_common("sensor", node, f"{lamp.id}_state", f"{lamp.name} state"),
+                "state_topic": state,
+                "value_template": "{{ value_json.state }}",
+                "json_attributes_topic": state,
+                "icon": "mdi:heat-wave",
+            },
+        )
+        add(
+            "sensor",
+            f"{lamp.id}_remaining",
+            {
+                **_common("sensor", node, f"{lamp.id}_remaining", f"{lamp.name} remaining"),
+                "state_topic": state,
+                "value_template": "{{ (value_json.remaining_s or 0) | round(0) }}",
+                "device_class": "duration",
+                "unit_of_measurement": "s",
+            },
+        )
+        add(
+            "button",
+            f"{lamp.id}_stop",
+            {
+                **_common("button", node, f"{lamp.id}_stop", f"{lamp.name} Stop"),
+                "command_topic": lamp_cmd_topic(node, lamp.id),
+                "payload_press": _press("stop", user),
+                "qos": 1,
+                "icon": "mdi:stop",
+            },
+        )
         for minutes in lamp.presets:
             label = f"{minutes:g}"
             payload = None
             if mqtt_cfg.commands:
-                payload = {**_common("button", node, f"{lamp.id}_start_{label.replace('.', '_')}", f"{lamp.name} {label} min"),
-                           "command_topic": lamp_cmd_topic(node, lamp.id),
-                           "payload_press": _press("start", user, minutes=minutes), "qos": 1, "icon": "mdi:timer"}
+                payload = {
+                    **_common("button", node, f"{lamp.id}_start_{label.replace('.', '_')}", f"{lamp.name} {label} min"),
+                    "command_topic": lamp_cmd_topic(node, lamp.id),
+                    "payload_press": _press("start", user, minutes=minutes),
+                    "qos": 1,
+                    "icon": "mdi:timer",
+                }
             add("button", f"{lamp.id}_start_{label.replace('.', '_')}", payload)
-    add("button", "stop_all", {**_common("button", node, "stop_all", "Stop all"), "command_topic": node_cmd_topic(node),
-                               "payload_press": _press("stop-all", user), "qos": 1, "icon": "mdi:stop-circle"})
+    add(
+        "button",
+        "stop_all",
+        {
+            **_common("button", node, "stop_all", "Stop all"),
+            "command_topic": node_cmd_topic(node),
+            "payload_press": _press("stop-all", user),
+            "qos": 1,
+            "icon": "mdi:stop-circle",
+        },
+    )
     return out

@@ -1,5 +1,6 @@
 """The node's MQTT client: status with a last will, retained lamp states, Home Assistant discovery,
 the outbox published at QoS 1 in order, and commands. Its own threads; the controller never waits for it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,11 +20,11 @@ log = logging.getLogger(__name__)
 
 # Outbox records sent and not yet acknowledged (paho's inflight window is set to the same).
 WINDOW = 100
-POLL_S = 0.2           # how often an idle publisher looks at the outbox
-REFRESH_S = 10.0       # a lamp that is on has its state re-published this often (the countdown)
+POLL_S = 0.2  # how often an idle publisher looks at the outbox
+REFRESH_S = 10.0  # a lamp that is on has its state re-published this often (the countdown)
 KEEPALIVE_S = 30
 RECONNECT_MAX_S = 2
-SPAN_EVERY_S = 1.0     # how often the backlog's size and age are read for /api/health
+SPAN_EVERY_S = 1.0  # how often the backlog's size and age are read for /api/health
 STALE_BACKLOG_S = 300  # a record waiting longer than this makes /api/health degraded
 
 
@@ -73,15 +74,24 @@ class MqttLink:
     makes the outbox wait: nothing here is on the path of a start, a Stop or a deadline.
     """
 
-    def __init__(self, cfg, database: Path, controller, accounts, lamps, *, builtin_users: tuple[str, ...] = (),
-                 usage_log=None):
+    def __init__(
+        self, cfg, database: Path, controller, accounts, lamps, *, builtin_users: tuple[str, ...] = (), usage_log=None
+    ):
         self.cfg = cfg
         self.node = cfg.node
         self.lamps = lamps
         self._controller = controller
         self._outbox = Outbox(database)
-        self.commands = Commands(cfg.node, cfg.commands, controller, accounts, self._reply, builtin_users,
-                                 clear=self._clear, usage_log=usage_log)
+        self.commands = Commands(
+            cfg.node,
+            cfg.commands,
+            controller,
+            accounts,
+            self._reply,
+            builtin_users,
+            clear=self._clear,
+            usage_log=usage_log,
+        )
         self._cond = threading.Condition()
         self._views: dict[str, dict] = {}
         self._acked: set[int] = set()
@@ -105,8 +115,12 @@ class MqttLink:
         # clean_session flag on each CONNECT; MQTT 5's default clean_start would be "first connect
         # only"): the broker keeps no subscription and queues no command while the node is away,
         # so nothing published then is delivered later as if it were live.
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"lampctl-{self.node}",
-                             protocol=mqtt.MQTTv311, clean_session=True)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"lampctl-{self.node}",
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
         client.will_set(discovery.status_topic(self.node), "offline", qos=1, retain=True)
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, self.cfg.password())
@@ -128,8 +142,12 @@ class MqttLink:
         # is sent again from there, in order, instead of by paho.
         client.drop_out_messages()
         if flags.session_present:  # a broker that kept a session despite clean_session: say so
-            log.error("MQTT broker %s resumed an old session of node %s although a clean one was asked for; "
-                      "queued commands may follow (starts among them marked dup are refused)", self.cfg.url, self.node)
+            log.error(
+                "MQTT broker %s resumed an old session of node %s although a clean one was asked for; "
+                "queued commands may follow (starts among them marked dup are refused)",
+                self.cfg.url,
+                self.node,
+            )
         # Retained commands arrive on this subscribe with the retain flag: refused and cleared (S19).
         client.subscribe([(discovery.node_cmd_topic(self.node), 1), (discovery.lamp_cmd_topic(self.node, "+"), 1)])
         log.info("MQTT connected to %s as node %s", self.cfg.url, self.node)
@@ -178,11 +196,17 @@ class MqttLink:
         oldest = self.backlog.oldest_s(time.monotonic())
         problems = []
         if oldest is not None and oldest > STALE_BACKLOG_S:
-            problems.append(f"{self.backlog.rows} record(s) have waited more than {STALE_BACKLOG_S // 60} minutes "
-                            f"to be sent to the MQTT broker {self.cfg.url} (oldest {oldest:.0f} s, "
-                            f"{'connected' if self._connected else 'not connected'}); they are kept in the outbox.")
-        return {"connected": self._connected, "backlog": self.backlog.rows, "oldest_unsent_s": oldest,
-                "problems": problems}
+            problems.append(
+                f"{self.backlog.rows} record(s) have waited more than {STALE_BACKLOG_S // 60} minutes "
+                f"to be sent to the MQTT broker {self.cfg.url} (oldest {oldest:.0f} s, "
+                f"{'connected' if self._connected else 'not connected'}); they are kept in the outbox."
+            )
+        return {
+            "connected": self._connected,
+            "backlog": self.backlog.rows,
+            "oldest_unsent_s": oldest,
+            "problems": problems,
+        }
 
     # ---- life ----------------------------------------------------------------------------
     def start(self) -> None:

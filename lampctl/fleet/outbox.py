@@ -1,4 +1,5 @@
 """The fleet's durable outbox: ended sessions and audit rows waiting in SQLite to be published at QoS 1."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -6,8 +7,17 @@ from pathlib import Path
 
 from lampctl.storage.db import connect, transaction
 
-SESSION_COLUMNS = ("id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
-                   "continues")
+SESSION_COLUMNS = (
+    "id",
+    "lamp_id",
+    "user",
+    "started_at",
+    "ended_at",
+    "planned_s",
+    "actual_s",
+    "end_reason",
+    "continues",
+)
 EVENT_COLUMNS = ("id", "at", "lamp_id", "from_state", "to_state", "who", "why")
 
 
@@ -58,6 +68,7 @@ class Outbox:
 
     def span(self) -> tuple[int, int, int]:
         """(rows waiting, lowest id, highest id); ids are 0 when the outbox is empty."""
+
         def read(conn):
             n, low, high = conn.execute("SELECT count(*), min(id), max(id) FROM outbox").fetchone()
             return n, low or 0, high or 0
@@ -74,9 +85,11 @@ class Outbox:
         None when its row is gone (events pruned by an admin): such an entry is acknowledged
         without sending anything.
         """
+
         def read(conn):
-            rows = conn.execute("SELECT id, kind, ref, origin FROM outbox ORDER BY id LIMIT ?",
-                                (limit + len(sending),)).fetchall()
+            rows = conn.execute(
+                "SELECT id, kind, ref, origin FROM outbox ORDER BY id LIMIT ?", (limit + len(sending),)
+            ).fetchall()
             rows = [row for row in rows if row["id"] not in sending][:limit]
             return [(row["id"], row["kind"], _record(conn, row["kind"], row["ref"], row["origin"])) for row in rows]
 

@@ -1,4 +1,5 @@
 """Whether the system clock is synchronised (a Pi has no battery clock and may boot with a wrong time)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -37,17 +38,18 @@ def kernel_clock_state() -> tuple[int, int, int] | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         timex = _Timex()
-        timex.modes = 0   # read only: needs no privilege
+        timex.modes = 0  # read only: needs no privilege
         state = libc.adjtimex(ctypes.byref(timex))
     except (OSError, AttributeError):
         return None
     if state < 0:
-        return None   # e.g. a seccomp filter (systemd's ProtectClock=) denies adjtimex
+        return None  # e.g. a seccomp filter (systemd's ProtectClock=) denies adjtimex
     return state, timex.status, timex.maxerror
 
 
-def clock_synchronised(flag: Path = TIMESYNC_FLAG,
-                       read_kernel: Callable[[], tuple[int, int, int] | None] = kernel_clock_state) -> bool | None:
+def clock_synchronised(
+    flag: Path = TIMESYNC_FLAG, read_kernel: Callable[[], tuple[int, int, int] | None] = kernel_clock_state
+) -> bool | None:
     """True when the clock is synchronised, False when it is known not to be, None when it cannot be told.
 
     Sessions are timed on the monotonic clock whatever this says; it only tells whether the
@@ -70,8 +72,10 @@ def describe(synchronised: bool | None) -> str:
         return "The system clock is synchronised."
     if synchronised is None:
         return "Cannot tell whether the system clock is synchronised (no timesync flag, adjtimex unavailable)."
-    return ("The system clock is not synchronised: log times may be wrong until it is "
-            "(check the network and `timedatectl timesync-status`); sessions stay timed correctly.")
+    return (
+        "The system clock is not synchronised: log times may be wrong until it is "
+        "(check the network and `timedatectl timesync-status`); sessions stay timed correctly."
+    )
 
 
 class ClockProbe:
@@ -80,8 +84,12 @@ class ClockProbe:
     The probe is a stat of a tmpfs flag and a read-only adjtimex: neither waits for a disk.
     """
 
-    def __init__(self, every_s: float = 30.0, probe: Callable[[], bool | None] = clock_synchronised,
-                 monotonic: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        every_s: float = 30.0,
+        probe: Callable[[], bool | None] = clock_synchronised,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
         self._every_s, self._probe, self._monotonic = every_s, probe, monotonic
         self._lock = threading.Lock()
         self._value: bool | None = None

@@ -1,4 +1,5 @@
 """The panel's HTTP server: waitress, bounded so idle or slow clients cannot keep a Stop out (S10)."""
+
 from __future__ import annotations
 
 import json
@@ -101,8 +102,7 @@ def is_stop(channel) -> bool:
     if not requests:
         return False
     request = requests[0]
-    return (getattr(request, "command", "") == "POST"
-            and bool(STOP_PATH.search(getattr(request, "path", "") or "")))
+    return getattr(request, "command", "") == "POST" and bool(STOP_PATH.search(getattr(request, "path", "") or ""))
 
 
 class _StopTask:
@@ -250,10 +250,14 @@ class SentenceErrorTask(ErrorTask):
     """waitress's own refusals of an oversized body or head, as one sentence (JSON under /api/)."""
 
     SENTENCES = {
-        413: ("request-entity-too-large",
-              f"The request body is larger than {MAX_BODY_BYTES // 1024} KB, the most the service accepts."),
-        431: ("request-header-fields-too-large",
-              f"The request's headers are larger than {MAX_HEAD_BYTES // 1024} KB, the most the service accepts."),
+        413: (
+            "request-entity-too-large",
+            f"The request body is larger than {MAX_BODY_BYTES // 1024} KB, the most the service accepts.",
+        ),
+        431: (
+            "request-header-fields-too-large",
+            f"The request's headers are larger than {MAX_HEAD_BYTES // 1024} KB, the most the service accepts.",
+        ),
     }
 
     def execute(self):
@@ -332,17 +336,21 @@ class BoundedServer(TcpWSGIServer):
         return True
 
     def evict_idlest(self, count: int) -> int:
-        idle = sorted((ch for ch in self.active_channels.values()
-                       if not ch.requests and not ch.will_close),
-                      key=lambda ch: ch.last_activity)[:count]
+        idle = sorted(
+            (ch for ch in self.active_channels.values() if not ch.requests and not ch.will_close),
+            key=lambda ch: ch.last_activity,
+        )[:count]
         for channel in idle:
             channel.will_close = True
         self._evicted += len(idle)
         now = _now()
         if self._evicted and now >= self._next_evict_log:
             # Once per interval, so a flood cannot flood the journal too.
-            log.warning("connection limit %d reached: closed %d idle connection(s) to make room",
-                        self.adj.connection_limit, self._evicted)
+            log.warning(
+                "connection limit %d reached: closed %d idle connection(s) to make room",
+                self.adj.connection_limit,
+                self._evicted,
+            )
             self._evicted, self._next_evict_log = 0, now + EVICT_LOG_INTERVAL_S
         return len(idle)
 
@@ -377,11 +385,15 @@ def make_server(app, host: str, port: int, arrivals=None):
 
 def _adjustments() -> dict:
     return dict(
-        threads=WORKER_THREADS, ident="lampctl", clear_untrusted_proxy_headers=True,
-        connection_limit=CONNECTION_LIMIT, channel_timeout=IDLE_TIMEOUT_S,
+        threads=WORKER_THREADS,
+        ident="lampctl",
+        clear_untrusted_proxy_headers=True,
+        connection_limit=CONNECTION_LIMIT,
+        channel_timeout=IDLE_TIMEOUT_S,
         cleanup_interval=CLEANUP_INTERVAL_S,
         # waitress refuses a body at least this long (its test is >=).
-        max_request_body_size=MAX_BODY_BYTES + 1, max_request_header_size=MAX_HEAD_BYTES,
+        max_request_body_size=MAX_BODY_BYTES + 1,
+        max_request_header_size=MAX_HEAD_BYTES,
         # A streamed reply (the CSV export) waits for the client past this much unsent
         # output, instead of waitress's 16 MB that stayed in the process after a download.
         outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,

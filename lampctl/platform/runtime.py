@@ -1,4 +1,5 @@
 """Files the service keeps beside its database: the CLI's token, its address, the cookie key, the one-service lock (S16)."""
+
 from __future__ import annotations
 
 import errno
@@ -100,7 +101,7 @@ def _started(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2:].split()
+    fields = stat[stat.rfind(")") + 2 :].split()
     return fields[19] if len(fields) > 19 else None
 
 
@@ -118,8 +119,9 @@ def _alive(pid: int, started: str | None) -> bool:
 def write_address(database: Path, host: str, port: int) -> None:
     """Record where this process serves, for the CLI (mode 0600, like cli.token)."""
     pid = os.getpid()
-    write_secret_file(address_path(database), json.dumps(
-        {"pid": pid, "started": _started(pid), "host": host, "port": port}) + "\n")
+    write_secret_file(
+        address_path(database), json.dumps({"pid": pid, "started": _started(pid), "host": host, "port": port}) + "\n"
+    )
 
 
 def remove_address(database: Path) -> None:
@@ -144,9 +146,17 @@ def read_address(database: Path) -> tuple[str, int] | None:
         pid, started, host, port = data["pid"], data.get("started"), data["host"], data["port"]
     except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
         return None
-    if (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not isinstance(host, str) or not host
-            or not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536
-            or not (started is None or isinstance(started, str))):
+    if (
+        not isinstance(pid, int)
+        or isinstance(pid, bool)
+        or pid <= 0
+        or not isinstance(host, str)
+        or not host
+        or not isinstance(port, int)
+        or isinstance(port, bool)
+        or not 0 < port < 65536
+        or not (started is None or isinstance(started, str))
+    ):
         return None
     return (host, port) if _alive(pid, started) else None
 
@@ -180,8 +190,10 @@ class InstanceLock:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
                 raise
             who = f" (pid {owner})" if owner.isdigit() else ""
-            raise AlreadyRunning(f"another lampctl serve{who} is already using {self.path.with_suffix('')}; "
-                                 f"stop it first (one service per database)") from None
+            raise AlreadyRunning(
+                f"another lampctl serve{who} is already using {self.path.with_suffix('')}; "
+                f"stop it first (one service per database)"
+            ) from None
         private_if_present(self.path)  # a lock file an older lampctl left 0644
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -1,4 +1,5 @@
 """S1/S15 process guards: every terminating signal, process exit and a crashed thread turn the relays OFF."""
+
 from __future__ import annotations
 
 import atexit
@@ -20,16 +21,33 @@ log = logging.getLogger("lampctl")
 # runs only after the faulting instruction, which the kernel restarts, so the process spins
 # instead of dying, and a dead service is restarted by systemd with its relays OFF (S1).
 TERMINATING_SIGNALS = tuple(
-    getattr(signal, name) for name in (
-        "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGUSR1", "SIGUSR2",
-        "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGXFSZ",
-        "SIGIO", "SIGPWR", "SIGSTKFLT", "SIGSYS", "SIGTRAP",
-    ) if hasattr(signal, name)) + (
-    tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1)) if hasattr(signal, "SIGRTMIN") else ())
+    getattr(signal, name)
+    for name in (
+        "SIGTERM",
+        "SIGINT",
+        "SIGHUP",
+        "SIGQUIT",
+        "SIGABRT",
+        "SIGUSR1",
+        "SIGUSR2",
+        "SIGALRM",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSTKFLT",
+        "SIGSYS",
+        "SIGTRAP",
+    )
+    if hasattr(signal, name)
+) + (tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1)) if hasattr(signal, "SIGRTMIN") else ())
 
 
-def s1_install_guards(all_off: Callable[[str], None],
-                      thread_crashed: Callable[[str], None] | None = None) -> threading.Event:
+def s1_install_guards(
+    all_off: Callable[[str], None], thread_crashed: Callable[[str], None] | None = None
+) -> threading.Event:
     """S1, S15: relays OFF on exit, on any terminating signal and on an unhandled exception in any thread.
 
     all_off(reason) must be idempotent, safe from any thread, and touch nothing but

@@ -1,4 +1,5 @@
 """`lampctl serve`: a Service that starts its parts in order and closes them in reverse, each close step guarded."""
+
 from __future__ import annotations
 
 import logging
@@ -156,12 +157,18 @@ class Service:
 
         cfg = self.cfg
         factory = make_pin_factory("mock" if self.simulate else cfg.service.pin_factory)
-        self.relays = relays = RelayBank(cfg.lamps, factory, estop_pin=cfg.safety.estop_pin,
-                                         indicator_pin=cfg.safety.indicator_pin, wire_feedback=self.simulate)
+        self.relays = relays = RelayBank(
+            cfg.lamps,
+            factory,
+            estop_pin=cfg.safety.estop_pin,
+            indicator_pin=cfg.safety.indicator_pin,
+            wire_feedback=self.simulate,
+        )
         self.on_close(stack, "relays", relays.close)
         t_off = time.monotonic()
-        log.info("relays off: %d lamps at monotonic %.6f (%.1f ms after entry)", len(relays), t_off,
-                 (t_off - t_exec) * 1000)
+        log.info(
+            "relays off: %d lamps at monotonic %.6f (%.1f ms after entry)", len(relays), t_off, (t_off - t_exec) * 1000
+        )
         return relays
 
     def _open_simulator(self, stack: ExitStack) -> str | None:
@@ -182,15 +189,15 @@ class Service:
         from lampctl.storage.store import UsageLog
 
         self.clock_probe = ClockProbe()  # one probe: the records' clock anchors (S20) and /api/health
-        self.usage_log = usage_log = UsageLog(self.cfg.service.database, queue_size=self.cfg.service.log_queue,
-                                              clock_synced=self.clock_probe)
+        self.usage_log = usage_log = UsageLog(
+            self.cfg.service.database, queue_size=self.cfg.service.log_queue, clock_synced=self.clock_probe
+        )
         from lampctl.fleet.outbox import set_enabled
 
         set_enabled(self.cfg.service.database, self.cfg.mqtt is not None)  # before S4 recovery: those records count
         recovered = usage_log.recover_interrupted()
         if recovered:
-            log.warning("S4: %d session(s) left open by the last run marked interrupted: %s",
-                        len(recovered), recovered)
+            log.warning("S4: %d session(s) left open by the last run marked interrupted: %s", len(recovered), recovered)
         usage_log.start()
         self.on_close(stack, "usage log", usage_log.close)
         self.on_close(stack, "stop event", usage_log.event, None, None, None, "system", "service stopped")
@@ -201,8 +208,9 @@ class Service:
         """Users and tokens held in memory (auth never waits for the disk), and a fresh token for the local CLI."""
         from lampctl.storage.accounts import Accounts
 
-        self.accounts = Accounts(self.cfg.service.database, audit=self.usage_log.event,
-                                 clock_synced=self.clock_probe)  # S20: lockouts are kept with a clock anchor
+        self.accounts = Accounts(
+            self.cfg.service.database, audit=self.usage_log.event, clock_synced=self.clock_probe
+        )  # S20: lockouts are kept with a clock anchor
         token = self.accounts.replace_system_token()
         self.accounts.start()
         self.on_close(stack, "accounts", self.accounts.close)
@@ -217,10 +225,15 @@ class Service:
         if cfg.firmware is not None:
             from lampctl.devices.backstop import FirmwareBackstop
 
-            self.backstop = FirmwareBackstop.from_config(cfg.firmware, len(cfg.lamps), cfg.safety.heartbeat_s,
-                                                         self.usage_log, url=url)
+            self.backstop = FirmwareBackstop.from_config(
+                cfg.firmware, len(cfg.lamps), cfg.safety.heartbeat_s, self.usage_log, url=url
+            )
         self.controller = controller = SessionController(
-            cfg.lamps, relays, MonotonicClock(), self.usage_log, backstop=self.backstop,
+            cfg.lamps,
+            relays,
+            MonotonicClock(),
+            self.usage_log,
+            backstop=self.backstop,
             latched=self.usage_log.latched_faults(),  # S17: a latch outlives a restart
             carried=self._carried(),  # S20: so do the cooldowns and the patients' budgets
         )
@@ -248,9 +261,13 @@ class Service:
         now = ClockRef(self.usage_log.boot_id, time.monotonic(), datetime.now(UTC), self.clock_probe())
         carried = s20_carry_over(self.usage_log.last_sessions([lamp.id for lamp in self.cfg.lamps]), now)
         for lamp_id, state in carried.items():
-            log.info("S20: %s last ended session %d %s; its patient has used %.1f s", lamp_id, state.last_id,
-                     f"{state.age_s:.1f} s ago" if state.trusted else "at an untrusted time (taken as now)",
-                     state.used_s)
+            log.info(
+                "S20: %s last ended session %d %s; its patient has used %.1f s",
+                lamp_id,
+                state.last_id,
+                f"{state.age_s:.1f} s ago" if state.trusted else "at an untrusted time (taken as now)",
+                state.used_s,
+            )
         return carried
 
     def _open_mqtt(self, stack: ExitStack, controller: SessionController) -> None:
@@ -261,11 +278,21 @@ class Service:
         from lampctl.storage.accounts import BUILTIN_USER
 
         try:
-            self.mqtt = link = MqttLink(self.cfg.mqtt, self.cfg.service.database, controller, self.accounts,
-                                        self.cfg.lamps, builtin_users=(BUILTIN_USER,), usage_log=self.usage_log)
+            self.mqtt = link = MqttLink(
+                self.cfg.mqtt,
+                self.cfg.service.database,
+                controller,
+                self.accounts,
+                self.cfg.lamps,
+                builtin_users=(BUILTIN_USER,),
+                usage_log=self.usage_log,
+            )
         except ImportError as exc:  # the lamps do not need the broker: serve, and keep the records in the outbox
-            log.error("[mqtt] is set but paho-mqtt cannot be loaded (%s): pip install 'lampctl[mqtt]'; "
-                      "records wait in the outbox until then", exc)
+            log.error(
+                "[mqtt] is set but paho-mqtt cannot be loaded (%s): pip install 'lampctl[mqtt]'; "
+                "records wait in the outbox until then",
+                exc,
+            )
             return
         controller.add_listener(link.on_view)
         link.start()
@@ -279,19 +306,30 @@ class Service:
             return self.mqtt.health
         if self.cfg.mqtt is None:
             return None
-        missing = {"connected": False, "backlog": None, "oldest_unsent_s": None,
-                   "problems": ["[mqtt] is set but paho-mqtt cannot be loaded; records wait in the outbox "
-                                "(pip install 'lampctl[mqtt]')."]}
+        missing = {
+            "connected": False,
+            "backlog": None,
+            "oldest_unsent_s": None,
+            "problems": [
+                "[mqtt] is set but paho-mqtt cannot be loaded; records wait in the outbox "
+                "(pip install 'lampctl[mqtt]')."
+            ],
+        }
         return lambda: missing
 
     def _open_web(self, stack: ExitStack, controller: SessionController) -> None:
         from lampctl.service.serving import serve_panel
 
         backstop = self.backstop
-        services = dict(controller=controller, usage_log=self.usage_log, config=self.cfg,
-                        accounts=self.accounts, clock_synchronised=self.clock_probe,
-                        firmware_status=backstop.status if backstop else (lambda: "absent"),
-                        mqtt_health=self._mqtt_health())
+        services = dict(
+            controller=controller,
+            usage_log=self.usage_log,
+            config=self.cfg,
+            accounts=self.accounts,
+            clock_synchronised=self.clock_probe,
+            firmware_status=backstop.status if backstop else (lambda: "absent"),
+            mqtt_health=self._mqtt_health(),
+        )
         self.server = serve_panel(services, self.cfg.service.host, self.cfg.service.port, arrivals=controller)
         self.on_close(stack, "web server", self.server.close)
         # The CLI reads where the panel really listens (service.bind may say port 0) beside cli.token.

@@ -3,6 +3,7 @@
 Auth on a request (bearer token, login cookie) never touches the disk, so a hung disk
 cannot delay a Stop (S10). Writes go to the database first, then memory is refreshed at once.
 """
+
 from __future__ import annotations
 
 import functools
@@ -89,8 +90,10 @@ def _read_snapshot(conn: sqlite3.Connection) -> _Snapshot:
         version = conn.execute("SELECT version FROM accounts_version").fetchone()[0]
         users = {r["name"]: dict(r) for r in conn.execute("SELECT name, role, created_at, pin_hash FROM users")}
         tokens = {r[0]: r[1] for r in conn.execute("SELECT token_hash, user FROM api_tokens")}
-        logins = {r[0]: (r[1], datetime.fromisoformat(r[2]))
-                  for r in conn.execute("SELECT login_hash, user, created_at FROM logins")}
+        logins = {
+            r[0]: (r[1], datetime.fromisoformat(r[2]))
+            for r in conn.execute("SELECT login_hash, user, created_at FROM logins")
+        }
     finally:
         conn.execute("COMMIT")
     return _Snapshot(version, users, tokens, logins)
@@ -107,10 +110,17 @@ def _public(row: dict | None) -> dict | None:
 class Accounts:
     """Users, PINs, tokens and logins; reads from memory, writes through the database."""
 
-    def __init__(self, db_path: Path, *, wall: Callable[[], datetime] | None = None,
-                 audit: Callable[..., None] | None = None, poll_s: float = POLL_S, connect_fn=None,
-                 clock_synced: Callable[[], bool | None] = lambda: None,
-                 monotonic: Callable[[], float] | None = None):
+    def __init__(
+        self,
+        db_path: Path,
+        *,
+        wall: Callable[[], datetime] | None = None,
+        audit: Callable[..., None] | None = None,
+        poll_s: float = POLL_S,
+        connect_fn=None,
+        clock_synced: Callable[[], bool | None] = lambda: None,
+        monotonic: Callable[[], float] | None = None,
+    ):
         self.path = Path(db_path)
         # The clock anchor of a saved lockout (S20): this boot, its monotonic clock, the wall's state.
         self._boot_id = read_boot_id()
@@ -298,8 +308,11 @@ class Accounts:
             # Checked inside the write transaction, so two adds (the CLI and a page) cannot both pass.
             # Names that differ only in case and were added before this rule stay; none is refused afresh.
             taken(name, [r[0] for r in conn.execute("SELECT name FROM users")])
-            conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, ?, ?, ?)",
-                         (name, role, pin_hash, iso(self._wall())))
+            conn.execute(
+                "INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, ?, ?, ?)",
+                (name, role, pin_hash, iso(self._wall())),
+            )
+
         self._write(act)
         self._record(by, f"user {name} added as {role}")
         return name
@@ -316,6 +329,7 @@ class Accounts:
                 _keep_an_admin(conn, stored, "removed")
             conn.execute("DELETE FROM users WHERE name = ?", (stored,))  # tokens and logins cascade
             return stored
+
         stored = self._write(act)
         self._record(by, f"user {stored} removed")
         return stored
@@ -330,6 +344,7 @@ class Accounts:
                 _keep_an_admin(conn, stored, "demoted")
             conn.execute("UPDATE users SET role = ? WHERE name = ?", (role, stored))
             return stored
+
         stored = self._write(act)
         self._record(by, f"role of {stored} set to {role}")
         return stored
@@ -345,6 +360,7 @@ class Accounts:
             conn.execute("UPDATE users SET pin_hash = ? WHERE name = ?", (pin_hash, stored))
             conn.execute("DELETE FROM logins WHERE user = ?", (stored,))
             return stored
+
         stored = self._write(act)
         self._record(by, f"PIN of {stored} reset")
         return stored
@@ -355,12 +371,15 @@ class Accounts:
 
         def act(conn):
             self._insert_token(conn, _resolve(conn, name, "; add one with 'lampctl user add'"), token)
+
         self._write(act)
         return token
 
     def _insert_token(self, conn: sqlite3.Connection, name: str, token: str) -> None:
-        conn.execute("INSERT INTO api_tokens (token_hash, user, created_at) VALUES (?, ?, ?)",
-                     (hash_token(token), name, iso(self._wall())))
+        conn.execute(
+            "INSERT INTO api_tokens (token_hash, user, created_at) VALUES (?, ?, ?)",
+            (hash_token(token), name, iso(self._wall())),
+        )
 
     def replace_system_token(self, name: str = BUILTIN_USER) -> str:
         """The only token of the built-in admin account, created if need be; its old tokens are revoked.
@@ -373,11 +392,15 @@ class Accounts:
         token = secrets.token_urlsafe(32)
 
         def act(conn):
-            conn.execute("INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, 'admin', '!', ?) "
-                         "ON CONFLICT (name) DO UPDATE SET role = 'admin', pin_hash = '!'", (name, iso(self._wall())))
+            conn.execute(
+                "INSERT INTO users (name, role, pin_hash, created_at) VALUES (?, 'admin', '!', ?) "
+                "ON CONFLICT (name) DO UPDATE SET role = 'admin', pin_hash = '!'",
+                (name, iso(self._wall())),
+            )
             conn.execute("DELETE FROM api_tokens WHERE user = ?", (name,))
             conn.execute("DELETE FROM logins WHERE user = ?", (name,))
             self._insert_token(conn, name, token)
+
         self._write(act)
         return token
 
@@ -392,8 +415,10 @@ class Accounts:
         def act(conn):
             stored = _resolve(conn, name)
             conn.executemany("DELETE FROM logins WHERE login_hash = ?", [(k,) for k in expired])
-            conn.execute("INSERT INTO logins (login_hash, user, created_at) VALUES (?, ?, ?)",
-                         (key, stored, iso(self._wall())))
+            conn.execute(
+                "INSERT INTO logins (login_hash, user, created_at) VALUES (?, ?, ?)", (key, stored, iso(self._wall()))
+            )
+
         self._write(act)
         self._login_born = {**self._login_born, key: self._monotonic()}  # replaced whole: readers never lock
         return login_id
@@ -410,7 +435,6 @@ class Accounts:
         except sqlite3.Error as exc:
             # Memory already refuses it; a restart before the disk is back would accept it again.
             log.error("logout not saved (%s); the login is refused until the next restart", exc)
-
 
     # ---- login lockouts (S20): the rules run in memory (web.auth.LoginGuard, monotonic clock);
     # these keep their state across a restart. Only a login's own thread waits for them, never a Stop.
@@ -436,8 +460,12 @@ class Accounts:
             try:
                 with transaction(conn):
                     for row in conn.execute("SELECT * FROM login_lockouts").fetchall():
-                        then = ClockRef(row["boot_id"], row["mono"], datetime.fromisoformat(row["at"]),
-                                        None if row["wall_synced"] is None else bool(row["wall_synced"]))
+                        then = ClockRef(
+                            row["boot_id"],
+                            row["mono"],
+                            datetime.fromisoformat(row["at"]),
+                            None if row["wall_synced"] is None else bool(row["wall_synced"]),
+                        )
                         left = row["left_s"] - (s20_elapsed_s(then, now) or 0.0)
                         if left <= 0:
                             conn.execute("DELETE FROM login_lockouts WHERE name_key = ?", (row["name_key"],))
@@ -450,10 +478,20 @@ class Accounts:
 
     def _save_lockout(self, conn, key: str, failures: int, locked: bool, left_s: float, now: ClockRef) -> None:
         assert now.wall is not None  # _now_ref() always reads the wall clock
-        conn.execute("INSERT OR REPLACE INTO login_lockouts (name_key, failures, locked, left_s, at, boot_id, mono, "
-                     "wall_synced) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     (key, failures, int(locked), left_s, iso(now.wall), now.boot_id, now.mono,
-                      None if now.synced is None else int(now.synced)))
+        conn.execute(
+            "INSERT OR REPLACE INTO login_lockouts (name_key, failures, locked, left_s, at, boot_id, mono, "
+            "wall_synced) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                failures,
+                int(locked),
+                left_s,
+                iso(now.wall),
+                now.boot_id,
+                now.mono,
+                None if now.synced is None else int(now.synced),
+            ),
+        )
 
     def save_lockout(self, key: str, failures: int, locked: bool, left_s: float) -> None:
         """Keep a name's wrong PINs (or its lock) and how long they still count; raises sqlite3.Error."""
@@ -495,8 +533,10 @@ def _resolve(conn: sqlite3.Connection, name: str, hint: str = "") -> str:
     if not found:
         raise StoreError(f"There is no user named {name!r}{hint}.")
     if len(found) > 1:
-        raise StoreError(f"{name!r} could be any of {', '.join(map(repr, found))}, whose names differ only in case; "
-                         "give the name exactly as 'lampctl user list' shows it.")
+        raise StoreError(
+            f"{name!r} could be any of {', '.join(map(repr, found))}, whose names differ only in case; "
+            "give the name exactly as 'lampctl user list' shows it."
+        )
     return found[0]
 
 
@@ -508,7 +548,8 @@ def _role_of(conn: sqlite3.Connection, name: str) -> str:
 
 
 def _keep_an_admin(conn: sqlite3.Connection, name: str, what: str) -> None:
-    others = conn.execute("SELECT count(*) FROM users WHERE role = 'admin' AND name NOT IN (?, ?)",
-                          (name, BUILTIN_USER)).fetchone()[0]
+    others = conn.execute(
+        "SELECT count(*) FROM users WHERE role = 'admin' AND name NOT IN (?, ?)", (name, BUILTIN_USER)
+    ).fetchone()[0]
     if others == 0:
         raise StoreError(f"{name} is the last admin and cannot be {what}; make another user admin first.")

@@ -1,4 +1,5 @@
 """The SQLite file: connections, transactions, schema migrations, and the timestamp format."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -212,6 +213,7 @@ def new_origin(conn: sqlite3.Connection) -> str:
     conn.execute("UPDATE origin SET origin = ? WHERE id = 1", (origin,))
     return origin
 
+
 MIN_UTC = datetime.min.replace(tzinfo=UTC)
 MAX_UTC = datetime.max.replace(tzinfo=UTC)
 
@@ -272,8 +274,9 @@ def connect(path: Path, *, create: bool = False) -> sqlite3.Connection:
     """
     if create:
         private_file(path)  # before SQLite: it creates files 0644 less the umask
-    conn = sqlite3.connect(_uri(path, "rwc" if create else "rw"), uri=True, timeout=10, isolation_level=None,
-                           check_same_thread=False)
+    conn = sqlite3.connect(
+        _uri(path, "rwc" if create else "rw"), uri=True, timeout=10, isolation_level=None, check_same_thread=False
+    )
     try:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
@@ -329,7 +332,9 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to the newest version; return that version."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
-        raise StoreError(f"The database is schema version {version}, newer than this lampctl knows ({len(MIGRATIONS)}).")
+        raise StoreError(
+            f"The database is schema version {version}, newer than this lampctl knows ({len(MIGRATIONS)})."
+        )
     for number in range(version, len(MIGRATIONS)):
         with transaction(conn):
             # Read again under the write lock: another process (the CLI, the service) may have just done it.

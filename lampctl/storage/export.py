@@ -1,9 +1,21 @@
 """The CSV exports' shape: the session columns, and the formula guard the node's and the fleet's exports share."""
+
 from __future__ import annotations
 
 # The last three came later and stay at the end, so a reader of older exports finds the first eight where they were.
-SESSION_COLUMNS = ["id", "lamp_id", "user", "started_at", "ended_at", "planned_s", "actual_s", "end_reason",
-                   "continues", "new_patient", "new_patient_by"]
+SESSION_COLUMNS = [
+    "id",
+    "lamp_id",
+    "user",
+    "started_at",
+    "ended_at",
+    "planned_s",
+    "actual_s",
+    "end_reason",
+    "continues",
+    "new_patient",
+    "new_patient_by",
+]
 
 
 # The first characters that make a spreadsheet run a cell as a formula: = + - @ start one, a

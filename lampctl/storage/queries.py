@@ -3,6 +3,7 @@
 Every read opens its own short-lived connection with mode=rw (never creating a file) and
 turns SQLite errors into LogUnavailable, which the web answers with 503 and a sentence.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -28,8 +29,9 @@ def _session_filter(start=None, end=None, lamp=None, user=None, reason=None) -> 
     return (" WHERE " + " AND ".join(where)) if where else "", params
 
 
-def iter_sessions(path: Path, *, start=None, end=None, lamp=None, user=None, reason=None, limit=None,
-                  offset=0) -> Iterator[dict]:
+def iter_sessions(
+    path: Path, *, start=None, end=None, lamp=None, user=None, reason=None, limit=None, offset=0
+) -> Iterator[dict]:
     """Sessions oldest first, one row at a time (the CSV export streams from this).
 
     Bounds are checked and the query is started before this returns, so a bad bound raises
@@ -75,8 +77,9 @@ def sessions(path: Path, **filters) -> list[dict]:
         raise LogUnavailable(f"The usage log {path} cannot be read ({exc}); tell an admin.") from None
 
 
-def count_sessions(path: Path, *, start=None, end=None, lamp=None, user=None, reason=None,
-                   cap: int | None = None) -> int:
+def count_sessions(
+    path: Path, *, start=None, end=None, lamp=None, user=None, reason=None, cap: int | None = None
+) -> int:
     """Sessions matching the filters; with cap, counting stops there (a decade's count is a full scan)."""
     clause, params = _session_filter(start, end, lamp, user, reason)
     sql = f"SELECT count(*) FROM sessions{clause}"
@@ -87,8 +90,9 @@ def count_sessions(path: Path, *, start=None, end=None, lamp=None, user=None, re
         return conn.execute(sql, params).fetchone()[0]
 
 
-def session_page(path: Path, size: int, *, before: int | None = None, after: int | None = None,
-                 **filters) -> tuple[list[dict], bool]:
+def session_page(
+    path: Path, size: int, *, before: int | None = None, after: int | None = None, **filters
+) -> tuple[list[dict], bool]:
     """One page of the log, newest first, by keyset: (rows, whether more lie beyond them).
 
     `before` is the id of the oldest row already shown (the page goes on to older rows),
@@ -122,8 +126,9 @@ def _csv_text_sql(column: str) -> str:
     quote, CR or LF is quoted with its quotes doubled.
     """
     escaped = csv_cell_sql(column)
-    needs_quotes = (f"instr({column}, ',') OR instr({column}, '\"') OR instr({column}, char(10)) "
-                    f"OR instr({column}, char(13))")
+    needs_quotes = (
+        f"instr({column}, ',') OR instr({column}, '\"') OR instr({column}, char(10)) OR instr({column}, char(13))"
+    )
     return f"CASE WHEN {needs_quotes} THEN '\"' || replace({escaped}, '\"', '\"\"') || '\"' ELSE {escaped} END"
 
 
@@ -133,9 +138,11 @@ def _csv_text_sql(column: str) -> str:
 # CHECK list, new_patient as true/false, none of which can start a formula or hold a comma;
 # new_patient_by is a user name, free text like user. printf's %s writes NULL as
 # an empty cell and a REAL as SQLite's shortest text (600.0, 192.61), as csv.writer did.
-CSV_LINE_SQL = (f"printf('%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s', id, {_csv_text_sql('lamp_id')}, {_csv_text_sql('user')}, "
-                "started_at, ended_at, planned_s, actual_s, end_reason, continues, "
-                f"CASE new_patient WHEN 1 THEN 'true' ELSE 'false' END, {_csv_text_sql('new_patient_by')})")
+CSV_LINE_SQL = (
+    f"printf('%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s', id, {_csv_text_sql('lamp_id')}, {_csv_text_sql('user')}, "
+    "started_at, ended_at, planned_s, actual_s, end_reason, continues, "
+    f"CASE new_patient WHEN 1 THEN 'true' ELSE 'false' END, {_csv_text_sql('new_patient_by')})"
+)
 
 
 def csv_chunks(path: Path, *, batch: int = 500, **filters) -> Iterator[str]:
@@ -184,7 +191,9 @@ def last_sessions(path: Path, lamp_ids) -> list[dict]:
             row = conn.execute(
                 "SELECT s.id, s.lamp_id, s.ended_at, s.actual_s, s.end_reason, s.continues, c.boot_id, "
                 "c.started_mono, c.wall_synced FROM sessions s LEFT JOIN session_clocks c ON c.session_id = s.id "
-                "WHERE s.lamp_id = ? ORDER BY s.id DESC LIMIT 1", (lamp_id,)).fetchone()
+                "WHERE s.lamp_id = ? ORDER BY s.id DESC LIMIT 1",
+                (lamp_id,),
+            ).fetchone()
             if row is None:
                 continue
             used = conn.execute(
@@ -193,7 +202,9 @@ def last_sessions(path: Path, lamp_ids) -> list[dict]:
                 " UNION ALL SELECT s.id, s.continues, s.actual_s, chain.depth + 1 FROM sessions s"
                 " JOIN chain ON s.id = chain.continues AND s.id < chain.id"
                 " WHERE s.lamp_id = ? AND chain.depth < ?)"
-                " SELECT coalesce(sum(actual_s), 0) FROM chain", (row["id"], lamp_id, CHAIN_LIMIT)).fetchone()[0]
+                " SELECT coalesce(sum(actual_s), 0) FROM chain",
+                (row["id"], lamp_id, CHAIN_LIMIT),
+            ).fetchone()[0]
             out.append({**dict(row), "chain_used_s": used})
     return out
 

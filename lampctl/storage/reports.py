@@ -1,4 +1,5 @@
 """Read-only aggregates for the admin pages and exports: usage per lamp and day, per practitioner, end reasons, bulb hours."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ def minutes_per_lamp_per_day(path: Path, days: list[date]) -> dict[str, dict[dat
         rows = conn.execute(
             "SELECT lamp_id, date(started_at, 'localtime') AS day, sum(actual_s) AS s FROM sessions "
             "WHERE started_at >= ? AND started_at <= ? AND actual_s IS NOT NULL GROUP BY lamp_id, day",
-            (start, end))
+            (start, end),
+        )
         for row in rows:
             out.setdefault(row["lamp_id"], {})[date.fromisoformat(row["day"])] = row["s"] / 60
     return out
@@ -38,7 +40,8 @@ def per_practitioner(path: Path, start: str, end: str) -> list[dict]:
         rows = conn.execute(
             "SELECT user, count(*) AS sessions, coalesce(sum(actual_s), 0) / 60.0 AS minutes FROM sessions "
             "WHERE started_at >= ? AND started_at <= ? GROUP BY user ORDER BY sessions DESC, user",
-            (parse_bound(start), parse_bound(end, upper=True)))
+            (parse_bound(start), parse_bound(end, upper=True)),
+        )
         return [dict(r) for r in rows]
 
 
@@ -48,7 +51,8 @@ def end_reasons(path: Path, start: str, end: str) -> list[dict]:
         rows = conn.execute(
             "SELECT coalesce(end_reason, 'running') AS reason, count(*) AS sessions FROM sessions "
             "WHERE started_at >= ? AND started_at <= ? GROUP BY reason ORDER BY sessions DESC, reason",
-            (parse_bound(start), parse_bound(end, upper=True)))
+            (parse_bound(start), parse_bound(end, upper=True)),
+        )
         return [dict(r) for r in rows]
 
 
@@ -56,10 +60,14 @@ def session_users(path: Path) -> list[str]:
     """Every name in the session log, removed users included (for the log filter)."""
     # A skip-scan of sessions_by_user: one index seek per name, not a pass over every session.
     with reading(path) as conn:
-        return [r[0] for r in conn.execute(
-            "WITH RECURSIVE names(name) AS (SELECT min(user) FROM sessions UNION ALL "
-            "SELECT (SELECT min(user) FROM sessions WHERE user > name) FROM names WHERE name IS NOT NULL) "
-            "SELECT name FROM names WHERE name IS NOT NULL")]
+        return [
+            r[0]
+            for r in conn.execute(
+                "WITH RECURSIVE names(name) AS (SELECT min(user) FROM sessions UNION ALL "
+                "SELECT (SELECT min(user) FROM sessions WHERE user > name) FROM names WHERE name IS NOT NULL) "
+                "SELECT name FROM names WHERE name IS NOT NULL"
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,7 @@ class BulbHours:
 
     @property
     def status(self) -> str:
-        """"ok", "warn" (within 10 % of the rated life) or "over"."""
+        """ "ok", "warn" (within 10 % of the rated life) or "over"."""
         if self.hours >= self.life_h:
             return "over"
         return "warn" if self.fraction >= BULB_WARN_FRACTION else "ok"
@@ -88,14 +96,25 @@ def bulb_hours(path: Path, lamps) -> list[BulbHours]:
     out = []
     with reading(path) as conn:
         for lamp in lamps:
-            last = conn.execute("SELECT at, who FROM bulb_replacements WHERE lamp_id = ? ORDER BY at DESC, id DESC "
-                                "LIMIT 1", (lamp.id,)).fetchone()
+            last = conn.execute(
+                "SELECT at, who FROM bulb_replacements WHERE lamp_id = ? ORDER BY at DESC, id DESC LIMIT 1", (lamp.id,)
+            ).fetchone()
             since = last["at"] if last else ""
-            seconds = conn.execute("SELECT coalesce(sum(actual_s), 0) FROM sessions "
-                                   "WHERE lamp_id = ? AND started_at >= ? AND actual_s IS NOT NULL",
-                                   (lamp.id, since)).fetchone()[0]
-            out.append(BulbHours(lamp.id, lamp.name, seconds / 3600, lamp.bulb_life_h,
-                                 last["at"] if last else None, last["who"] if last else None))
+            seconds = conn.execute(
+                "SELECT coalesce(sum(actual_s), 0) FROM sessions "
+                "WHERE lamp_id = ? AND started_at >= ? AND actual_s IS NOT NULL",
+                (lamp.id, since),
+            ).fetchone()[0]
+            out.append(
+                BulbHours(
+                    lamp.id,
+                    lamp.name,
+                    seconds / 3600,
+                    lamp.bulb_life_h,
+                    last["at"] if last else None,
+                    last["who"] if last else None,
+                )
+            )
     return out
 
 

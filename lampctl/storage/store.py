@@ -1,4 +1,5 @@
 """The usage log: sessions, audit events and fault latches, written through one bounded queue by one writer."""
+
 from __future__ import annotations
 
 import contextlib
@@ -137,9 +138,17 @@ class UsageLog:
     that do not fit the queue are lost, and those are counted and logged.
     """
 
-    def __init__(self, path: Path, *, queue_size: int = 10000, wall=None, monotonic=time.monotonic,
-                 alive_every_s: float = ALIVE_EVERY_S, boot_id: str | None | bool = True,
-                 clock_synced: Callable[[], bool | None] = lambda: None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        queue_size: int = 10000,
+        wall=None,
+        monotonic=time.monotonic,
+        alive_every_s: float = ALIVE_EVERY_S,
+        boot_id: str | None | bool = True,
+        clock_synced: Callable[[], bool | None] = lambda: None,
+    ):
         self.path = Path(path)
         # The clock anchor of each session (S20): this boot, and whether the wall clock is synchronised.
         self.boot_id = read_boot_id() if boot_id is True else (boot_id or None)
@@ -161,8 +170,15 @@ class UsageLog:
 
     # ---- writer ------------------------------------------------------------------------
     def start(self) -> None:
-        writer = _Writer(self._queue, self._health, self.path, lambda path: self._connect(path), self._wall,
-                         self.alive_every_s, self.progress_marks)
+        writer = _Writer(
+            self._queue,
+            self._health,
+            self.path,
+            lambda path: self._connect(path),
+            self._wall,
+            self.alive_every_s,
+            self.progress_marks,
+        )
         self._writer = threading.Thread(target=writer.run, name="usage-log-writer", daemon=True)
         self._writer.start()
 
@@ -224,18 +240,20 @@ class UsageLog:
         if self.file_problem:
             problems.append(self.file_problem)
         if self._health.failing:
-            problems.append(f"The usage log cannot write to disk ({self.last_error}); "
-                            f"{_records(pending)} waiting.")
+            problems.append(f"The usage log cannot write to disk ({self.last_error}); {_records(pending)} waiting.")
         elif oldest is not None and self._monotonic() - oldest > STUCK_AFTER_S:
-            problems.append(f"The usage log has written nothing for {self._monotonic() - oldest:.0f} s "
-                            f"({_records(pending)} waiting): the disk may be hung.")
+            problems.append(
+                f"The usage log has written nothing for {self._monotonic() - oldest:.0f} s "
+                f"({_records(pending)} waiting): the disk may be hung."
+            )
         if self._writer is not None and not self._writer.is_alive():
             problems.append("The usage log writer has stopped: records are not being saved; restart the service.")
         if self.dropped:
-            problems.append(f"{_records(self.dropped)} lost (the usage log queue was full or the database "
-                            "refused them); see the service log.")
-        return {"pending": pending, "write_errors": self.write_errors, "dropped": self.dropped,
-                "problems": problems}
+            problems.append(
+                f"{_records(self.dropped)} lost (the usage log queue was full or the database "
+                "refused them); see the service log."
+            )
+        return {"pending": pending, "write_errors": self.write_errors, "dropped": self.dropped, "problems": problems}
 
     # ---- records written through the queue ---------------------------------------------
     def new_session_id(self) -> int:
@@ -245,20 +263,44 @@ class UsageLog:
             self._next_id += 1
             return sid
 
-    def session_started(self, session_id: int, lamp_id: str, user: str, started_at: datetime, planned_s: float,
-                        continues: int | None = None, *, new_patient: bool = False,
-                        new_patient_by: str | None = None, started_mono: float | None = None) -> None:
+    def session_started(
+        self,
+        session_id: int,
+        lamp_id: str,
+        user: str,
+        started_at: datetime,
+        planned_s: float,
+        continues: int | None = None,
+        *,
+        new_patient: bool = False,
+        new_patient_by: str | None = None,
+        started_mono: float | None = None,
+    ) -> None:
         """A session begins; with started_mono its clock anchor is recorded with it (S20)."""
         statements: list[Statement] = [
-            ("INSERT INTO sessions (id, lamp_id, user, started_at, planned_s, continues, new_patient, "
-             "new_patient_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-             (session_id, lamp_id, user, iso(started_at), planned_s, continues, int(bool(new_patient)),
-              new_patient_by))]
+            (
+                "INSERT INTO sessions (id, lamp_id, user, started_at, planned_s, continues, new_patient, "
+                "new_patient_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    lamp_id,
+                    user,
+                    iso(started_at),
+                    planned_s,
+                    continues,
+                    int(bool(new_patient)),
+                    new_patient_by,
+                ),
+            )
+        ]
         if started_mono is not None:
             synced = self._clock_synced()
-            statements.append(("INSERT INTO session_clocks (session_id, boot_id, started_mono, wall_synced) "
-                               "VALUES (?, ?, ?, ?)",
-                               (session_id, self.boot_id, started_mono, None if synced is None else int(synced))))
+            statements.append(
+                (
+                    "INSERT INTO session_clocks (session_id, boot_id, started_mono, wall_synced) VALUES (?, ?, ?, ?)",
+                    (session_id, self.boot_id, started_mono, None if synced is None else int(synced)),
+                )
+            )
         self._put(*statements)
 
     def session_progress(self, session_id: int, elapsed_s: float) -> None:
@@ -281,18 +323,33 @@ class UsageLog:
             raise ValueError(f"unknown end reason {reason!r}")
         with self._marks_lock:
             self._marks.pop(session_id, None)
-        self._put(("UPDATE sessions SET ended_at = ?, actual_s = ?, end_reason = ? WHERE id = ?",
-                   (iso(ended_at), round(actual_s, 3), reason, session_id)))
+        self._put(
+            (
+                "UPDATE sessions SET ended_at = ?, actual_s = ?, end_reason = ? WHERE id = ?",
+                (iso(ended_at), round(actual_s, 3), reason, session_id),
+            )
+        )
 
-    def event(self, lamp_id: str | None, from_state: str | None, to_state: str | None, who: str, why: str,
-              at: datetime | None = None) -> None:
+    def event(
+        self,
+        lamp_id: str | None,
+        from_state: str | None,
+        to_state: str | None,
+        who: str,
+        why: str,
+        at: datetime | None = None,
+    ) -> None:
         self._put(_event_row(iso(at or self._wall()), lamp_id, from_state, to_state, who, why))
 
     def fault_latched(self, lamp_id: str, reason: str, at: datetime | None = None) -> None:
         """S17: remember a latched fault so a restart keeps the lamp in fault."""
-        self._put(("INSERT INTO latches (lamp_id, reason, at) VALUES (?, ?, ?) ON CONFLICT (lamp_id) "
-                   "DO UPDATE SET reason = excluded.reason, at = excluded.at",
-                   (lamp_id, reason, iso(at or self._wall()))))
+        self._put(
+            (
+                "INSERT INTO latches (lamp_id, reason, at) VALUES (?, ?, ?) ON CONFLICT (lamp_id) "
+                "DO UPDATE SET reason = excluded.reason, at = excluded.at",
+                (lamp_id, reason, iso(at or self._wall())),
+            )
+        )
 
     def fault_cleared(self, lamp_id: str) -> None:
         self._put(("DELETE FROM latches WHERE lamp_id = ?", (lamp_id,)))
@@ -300,9 +357,13 @@ class UsageLog:
     def record_bulb_replacement(self, lamp_id: str, who: str, hours: float) -> str:
         """Note that a lamp's bulb was replaced after `hours` of use; returns the time recorded."""
         at = iso(self._wall())
-        self._put(("INSERT INTO bulb_replacements (lamp_id, at, who, hours) VALUES (?, ?, ?, ?)",
-                   (lamp_id, at, who, round(hours, 3))),
-                  _event_row(at, lamp_id, None, None, who, f"bulb replaced after {hours:.1f} h"))
+        self._put(
+            (
+                "INSERT INTO bulb_replacements (lamp_id, at, who, hours) VALUES (?, ?, ?, ?)",
+                (lamp_id, at, who, round(hours, 3)),
+            ),
+            _event_row(at, lamp_id, None, None, who, f"bulb replaced after {hours:.1f} h"),
+        )
         return at
 
     # ---- direct reads and start-up work (before the writer runs; never on the safety path) ----
@@ -326,9 +387,11 @@ class UsageLog:
         conn = connect(self.path)
         try:
             alive_row = conn.execute("SELECT at FROM alive WHERE id = 1").fetchone()
-            rows = conn.execute("SELECT s.id, s.started_at, s.planned_s, c.progress_s FROM sessions s "
-                                "LEFT JOIN session_clocks c ON c.session_id = s.id "
-                                "WHERE s.ended_at IS NULL").fetchall()
+            rows = conn.execute(
+                "SELECT s.id, s.started_at, s.planned_s, c.progress_s FROM sessions s "
+                "LEFT JOIN session_clocks c ON c.session_id = s.id "
+                "WHERE s.ended_at IS NULL"
+            ).fetchall()
             closed = []
             for row in rows:
                 started = datetime.fromisoformat(row["started_at"])
@@ -339,12 +402,19 @@ class UsageLog:
                     ended = min(ended, datetime.fromisoformat(alive_row["at"]))
                 ended = max(ended, started)
                 with transaction(conn):
-                    conn.execute("UPDATE sessions SET ended_at = ?, actual_s = ?, end_reason = 'interrupted' "
-                                 "WHERE id = ?", (iso(ended), round((ended - started).total_seconds(), 3), row["id"]))
-                    conn.execute("INSERT INTO events (at, lamp_id, from_state, to_state, who, why) "
-                                 "SELECT ?, lamp_id, 'on', 'off', 'system', ? FROM sessions WHERE id = ?",
-                                 (iso(self._wall()),
-                                  f"interrupted: service was not running (last known alive {iso(ended)})", row["id"]))
+                    conn.execute(
+                        "UPDATE sessions SET ended_at = ?, actual_s = ?, end_reason = 'interrupted' WHERE id = ?",
+                        (iso(ended), round((ended - started).total_seconds(), 3), row["id"]),
+                    )
+                    conn.execute(
+                        "INSERT INTO events (at, lamp_id, from_state, to_state, who, why) "
+                        "SELECT ?, lamp_id, 'on', 'off', 'system', ? FROM sessions WHERE id = ?",
+                        (
+                            iso(self._wall()),
+                            f"interrupted: service was not running (last known alive {iso(ended)})",
+                            row["id"],
+                        ),
+                    )
                 closed.append(row["id"])
             return closed
         finally:
@@ -363,8 +433,10 @@ def _records(n: int) -> str:
 
 
 def _event_row(at: str, lamp_id, from_state, to_state, who: str, why: str) -> tuple[str, tuple]:
-    return ("INSERT INTO events (at, lamp_id, from_state, to_state, who, why) VALUES (?, ?, ?, ?, ?, ?)",
-            (at, lamp_id, from_state, to_state, who, why))
+    return (
+        "INSERT INTO events (at, lamp_id, from_state, to_state, who, why) VALUES (?, ?, ?, ?, ?, ?)",
+        (at, lamp_id, from_state, to_state, who, why),
+    )
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -382,9 +454,16 @@ class _Writer:
     with each open session's progress mark (marks()); what goes wrong goes into health.
     """
 
-    def __init__(self, queue: _Queue, health: _WriterHealth, path: Path,
-                 connect: Callable[[Path], sqlite3.Connection], wall: Callable[[], datetime],
-                 alive_every_s: float, marks: Callable[[], list[tuple[float, int]]]):
+    def __init__(
+        self,
+        queue: _Queue,
+        health: _WriterHealth,
+        path: Path,
+        connect: Callable[[Path], sqlite3.Connection],
+        wall: Callable[[], datetime],
+        alive_every_s: float,
+        marks: Callable[[], list[tuple[float, int]]],
+    ):
         self.queue = queue
         self.health = health
         self.path = path
@@ -463,8 +542,10 @@ class _Writer:
                 for sql, params in statements:
                     conn.execute(sql, params)
             if alive:
-                conn.execute("INSERT INTO alive (id, at) VALUES (1, ?) "
-                             "ON CONFLICT (id) DO UPDATE SET at = excluded.at", (iso(self.wall()),))
+                conn.execute(
+                    "INSERT INTO alive (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                    (iso(self.wall()),),
+                )
                 # S4/S13: each open session's newest progress mark, after the batch that may hold its start.
                 conn.executemany("UPDATE session_clocks SET progress_s = ? WHERE session_id = ?", self.marks())
 
@@ -476,9 +557,11 @@ class _Writer:
         if now_id == self.file_id:
             return
         what = "deleted" if now_id is None else "replaced"
-        self.health.file_problem = (f"The database file {self.path} was {what} while the service was running; "
-                                    "records written before are in the lost file. Restore it and restart the "
-                                    "service.")
+        self.health.file_problem = (
+            f"The database file {self.path} was {what} while the service was running; "
+            "records written before are in the lost file. Restore it and restart the "
+            "service."
+        )
         log.error("%s", self.health.file_problem)
         # Writing on into an unlinked file would lose every record at close: reopen by path
         # (mode=rw, so a missing file is an error and records wait in the queue).
@@ -489,8 +572,9 @@ class _Writer:
         self.health.write_errors += 1
         self.health.last_error = str(exc)
         self.health.failing = True
-        log.error("usage log write failed (%s); %d records waiting, retrying in %.2f s",
-                  exc, len(self.queue), self.backoff)
+        log.error(
+            "usage log write failed (%s); %d records waiting, retrying in %.2f s", exc, len(self.queue), self.backoff
+        )
         self.close()
         if self.queue.stopping_else_wait(self.backoff):
             log.error("usage log stopping with %d records unwritten", len(self.queue))

@@ -6,6 +6,7 @@ names). Two names that differ only in case, or only in how Unicode spells an acc
 same person: `name_key` is the one place that decides it, for adding a user, for looking a
 name up at login, and for the login lockout of a name (web.auth.LoginGuard).
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -54,8 +55,7 @@ def _first_refused(text: str) -> str | None:
     previous = ""
     for char in text:
         kind = unicodedata.category(char)
-        ok = (kind[0] == "L" or kind == "Nd" or char in PUNCTUATION
-              or (kind[0] == "M" and previous[:1] in ("L", "M")))
+        ok = kind[0] == "L" or kind == "Nd" or char in PUNCTUATION or (kind[0] == "M" and previous[:1] in ("L", "M"))
         if not ok:
             return char
         previous = kind
@@ -65,17 +65,25 @@ def _first_refused(text: str) -> str | None:
 def user_name(name: object) -> str:
     """The name as it is kept (NFC), or NameRefused with one sentence saying what is wrong."""
     if not isinstance(name, str) or not name:
-        raise NameRefused("empty", f"Enter a name: {ALLOWED}, at most {MAX_CHARS} characters.",
-                          most=str(MAX_CHARS))
+        raise NameRefused("empty", f"Enter a name: {ALLOWED}, at most {MAX_CHARS} characters.", most=str(MAX_CHARS))
     text = normal_form(name)
     shown = repr(text if len(text) <= 40 else text[:40] + "…")
     bad = _first_refused(text)
     if bad is not None:
-        raise NameRefused("bad-char", f"A name may hold {ALLOWED} only: {shown} has {_shown_char(bad)}.",
-                          name=shown, char=_shown_char(bad))
+        raise NameRefused(
+            "bad-char",
+            f"A name may hold {ALLOWED} only: {shown} has {_shown_char(bad)}.",
+            name=shown,
+            char=_shown_char(bad),
+        )
     if len(text) > MAX_CHARS:
-        raise NameRefused("too-long", f"A name may have at most {MAX_CHARS} characters: {shown} has {len(text)}.",
-                          name=shown, most=str(MAX_CHARS), count=str(len(text)))
+        raise NameRefused(
+            "too-long",
+            f"A name may have at most {MAX_CHARS} characters: {shown} has {len(text)}.",
+            name=shown,
+            most=str(MAX_CHARS),
+            count=str(len(text)),
+        )
     if text != text.strip(" "):
         raise NameRefused("edge-space", f"A name may not begin or end with a space: {shown}.", name=shown)
     if "  " in text:
@@ -83,8 +91,9 @@ def user_name(name: object) -> str:
     if not any(unicodedata.category(c)[0] == "L" or unicodedata.category(c) == "Nd" for c in text):
         raise NameRefused("no-letter", f"A name needs at least one letter or digit: {shown} has none.", name=shown)
     if name_key(text) in {name_key(r) for r in RESERVED}:
-        raise NameRefused("reserved", f"{shown} is how the records name the system, not a person; choose "
-                          "another name.", name=shown)
+        raise NameRefused(
+            "reserved", f"{shown} is how the records name the system, not a person; choose another name.", name=shown
+        )
     return text
 
 
@@ -95,9 +104,13 @@ def taken(name: str, existing: Iterable[str]) -> None:
         if other == name:
             raise NameRefused("taken", f"A user named {other!r} already exists.", existing=repr(other))
         if name_key(other) == key:
-            raise NameRefused("taken-case", f"A user named {other!r} already exists; {name!r} differs only in "
-                              "case, and names count as the same whatever their case.",
-                              existing=repr(other), name=repr(name))
+            raise NameRefused(
+                "taken-case",
+                f"A user named {other!r} already exists; {name!r} differs only in "
+                "case, and names count as the same whatever their case.",
+                existing=repr(other),
+                name=repr(name),
+            )
 
 
 def matching(existing: Iterable[str], typed: str) -> list[str]:

@@ -3,6 +3,7 @@
 In the spirit of flask.testing and gpiozero.pins.mock: helpers that tests and bench/
 both use, shipped with the package so neither depends on the other.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,14 @@ def free_port() -> int:
 
 def lampctl(*args: str, config: Path, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run one CLI command as its own process."""
-    proc = subprocess.run([sys.executable, "-m", "lampctl", *args, "--config", str(config)],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lampctl", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"lampctl {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
@@ -51,8 +58,15 @@ def lampctl(*args: str, config: Path, check: bool = True, timeout: float = 30) -
 class ServiceProcess:
     """A `lampctl serve` child; stdout/stderr go to files in the test's tmp dir."""
 
-    def __init__(self, config: Path, *, simulate: bool = True, extra_env: dict | None = None,
-                 program: list[str] | None = None, root: Path = ROOT):
+    def __init__(
+        self,
+        config: Path,
+        *,
+        simulate: bool = True,
+        extra_env: dict | None = None,
+        program: list[str] | None = None,
+        root: Path = ROOT,
+    ):
         self.config = config
         self.root = Path(root)
         self.program = program or [sys.executable, "-m", "lampctl"]
@@ -78,8 +92,9 @@ class ServiceProcess:
             cmd.append("--simulate")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(self.root), **self.extra_env}
         self.spawned_at = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=self.log_out, stderr=self.log_err, stdin=subprocess.DEVNULL,
-                                     cwd=self.root, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log_out, stderr=self.log_err, stdin=subprocess.DEVNULL, cwd=self.root, env=env
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -161,12 +176,16 @@ def service_config(tmp_path: Path, lamps: str, *, port: int | None = None, extra
     """A config file for a service on a free loopback port, its database in tmp_path."""
     port = port or free_port()
     path = tmp_path / "config.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         [service]
         bind = "127.0.0.1:{port}"
         database = "var/lampctl.db"
         pin_factory = "mock"
-        """) + textwrap.dedent(extra) + textwrap.dedent(lamps))
+        """)
+        + textwrap.dedent(extra)
+        + textwrap.dedent(lamps)
+    )
     return path
 
 
@@ -201,9 +220,23 @@ class Simulator:
     def __init__(self, lamps: int = 2, watchdog_s: float = 1.0):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "firmware_bridge.simulator", "--listen", f"127.0.0.1:{self.port}",
-             "--lamps", str(lamps), "--watchdog", str(watchdog_s)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=ROOT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "firmware_bridge.simulator",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--lamps",
+                str(lamps),
+                "--watchdog",
+                str(watchdog_s),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            text=True,
+        )
         assert self.proc.stdout is not None and self.proc.stderr is not None  # both piped
         self.lines: list[dict] = []
         self._changed = threading.Condition()
@@ -219,6 +252,7 @@ class Simulator:
 
     def wait_line(self, timeout: float, after: dict | None = None, **match) -> dict:
         """The first line matching, later than the line `after` if given."""
+
         def found():
             start = self.lines.index(after) + 1 if after else 0
             return next((l for l in self.lines[start:] if all(l.get(k) == v for k, v in match.items())), None)

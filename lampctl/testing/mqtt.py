@@ -1,4 +1,5 @@
 """A real mosquitto on a free loopback port and an MQTT listener, for the fleet's tests and benchmark."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ from lampctl.testing import free_port, wait_until
 
 def mosquitto_path() -> str | None:
     """Debian installs the broker in /usr/sbin, which a normal user's PATH may not hold."""
-    return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-                                              if os.access(p, os.X_OK)), None)
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
+    )
 
 
 class Broker:
@@ -38,9 +40,11 @@ class Broker:
                 # Started as root, mosquitto would drop to its own user, who cannot enter a test's
                 # private tmp dir to save the sessions.
                 keep += "user root\n"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-                             f"{keep}max_queued_messages 0\nmax_inflight_messages 0\n"
-                             "log_type error\nlog_type warning\n")
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+            f"{keep}max_queued_messages 0\nmax_inflight_messages 0\n"
+            "log_type error\nlog_type warning\n"
+        )
 
     @property
     def url(self) -> str:
@@ -50,8 +54,7 @@ class Broker:
         exe = mosquitto_path()
         assert exe, "mosquitto is not installed (./test.sh installs Debian's mosquitto)"
         with open(self.workdir / f"mosquitto-{self.port}.log", "ab") as log:
-            self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
         def accepts():
             if self.proc.poll() is not None:
@@ -120,8 +123,9 @@ class Listener:
                     return value
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"{what} not seen within {timeout} s; last topics: "
-                                         f"{[m[0] for m in self.messages[-5:]]}")
+                    raise AssertionError(
+                        f"{what} not seen within {timeout} s; last topics: {[m[0] for m in self.messages[-5:]]}"
+                    )
                 self._cond.wait(min(left, 0.2))
 
     def latest_json(self, topic: str) -> dict | None:

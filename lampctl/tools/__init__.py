@@ -3,6 +3,7 @@
 Each is a library the command line (lampctl.cli.tools) calls; a tool that cannot go on raises
 ToolFailed with one sentence, which the command line prints before it exits 1.
 """
+
 from __future__ import annotations
 
 import socket

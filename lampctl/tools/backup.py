@@ -1,4 +1,5 @@
 """`lampctl backup`, `restore` and `prune-events`: consistent copies of the usage log, safe while serving."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ from lampctl.tools import ToolFailed
 
 BACKUP_RE = re.compile(r"^lampctl-\d{8}T\d{6}\.\d{6}Z\.db$")
 DEFAULT_KEEP = 14
-PRUNE_BATCH = 5000      # rows per transaction, so the service's writer never waits long
+PRUNE_BATCH = 5000  # rows per transaction, so the service's writer never waits long
 PRUNE_MOST_DAYS = 36500  # a hundred years: older than that, no record of a Pi can be
 
 
@@ -31,8 +32,7 @@ def _open(path: Path, mode: str) -> sqlite3.Connection:
     if not path.is_file():
         raise ToolFailed(f"there is no database at {path} (has the service run yet? check service.database)")
     try:
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode={mode}", uri=True, timeout=10,
-                               isolation_level=None)
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode={mode}", uri=True, timeout=10, isolation_level=None)
         conn.execute("PRAGMA busy_timeout=10000")
     except sqlite3.Error as exc:
         raise ToolFailed(f"cannot open the database {path}: {exc}") from None
@@ -91,8 +91,10 @@ def copy_database(source: sqlite3.Connection, target: Path) -> tuple[int | None,
         dst.execute("PRAGMA journal_mode=DELETE")
         problems = integrity_problems(dst)
         if problems:
-            raise ToolFailed(f"the copy failed PRAGMA integrity_check ({_summary(problems)}); "
-                         f"the database itself may be damaged: keep the older backups")
+            raise ToolFailed(
+                f"the copy failed PRAGMA integrity_check ({_summary(problems)}); "
+                f"the database itself may be damaged: keep the older backups"
+            )
         counts = _count(dst, "sessions"), _count(dst, "events")
     except sqlite3.Error as exc:
         raise ToolFailed(f"the backup into {target.parent} failed: {exc}") from None
@@ -143,8 +145,10 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
         except sqlite3.Error as exc:
             raise ToolFailed(f"{backup} is not a lampctl backup ({exc}); nothing was changed") from None
         if problems or not has_sessions:
-            raise ToolFailed(f"{backup} is not a sound lampctl backup "
-                         f"({_summary(problems) if problems else 'no sessions table'}); nothing was changed")
+            raise ToolFailed(
+                f"{backup} is not a sound lampctl backup "
+                f"({_summary(problems) if problems else 'no sessions table'}); nothing was changed"
+            )
         saved = None
         kept = KeptState()
         if database.exists():
@@ -170,8 +174,10 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
     finally:
         src.close()
     if problems:
-        raise ToolFailed(f"the restored {database} failed PRAGMA integrity_check ({_summary(problems)}); "
-                     f"the previous database is in {saved}")
+        raise ToolFailed(
+            f"the restored {database} failed PRAGMA integrity_check ({_summary(problems)}); "
+            f"the previous database is in {saved}"
+        )
     keep_service_ownership(database)
     private_if_present(database, Path(f"{database}-wal"), Path(f"{database}-shm"))
     result = BackupResult(database, *counts)
@@ -202,8 +208,9 @@ def s20_kept_state(previous: Path) -> KeptState:
             kept.lockouts = conn.execute(f"SELECT {LOCKOUT_COLUMNS} FROM login_lockouts").fetchall()
         return kept
     except sqlite3.Error as exc:
-        raise ToolFailed(f"cannot read the latches of the database being replaced ({exc}); nothing was changed") \
-            from None
+        raise ToolFailed(
+            f"cannot read the latches of the database being replaced ({exc}); nothing was changed"
+        ) from None
     finally:
         conn.close()
 
@@ -218,10 +225,14 @@ def s20_keep(conn: sqlite3.Connection, kept: KeptState) -> None:
     except StoreError as exc:
         raise ToolFailed(f"{exc} Upgrade lampctl before restoring this backup.") from None
     with transaction(conn):
-        conn.executemany("INSERT INTO latches (lamp_id, reason, at) VALUES (?, ?, ?) ON CONFLICT (lamp_id) "
-                         "DO UPDATE SET reason = excluded.reason, at = excluded.at", kept.latches)
-        conn.executemany(f"INSERT OR REPLACE INTO login_lockouts ({LOCKOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         kept.lockouts)
+        conn.executemany(
+            "INSERT INTO latches (lamp_id, reason, at) VALUES (?, ?, ?) ON CONFLICT (lamp_id) "
+            "DO UPDATE SET reason = excluded.reason, at = excluded.at",
+            kept.latches,
+        )
+        conn.executemany(
+            f"INSERT OR REPLACE INTO login_lockouts ({LOCKOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", kept.lockouts
+        )
 
 
 def new_identity(conn: sqlite3.Connection) -> None:
@@ -251,8 +262,9 @@ def keep_service_ownership(database: Path) -> None:
             os.chown(path, owner.st_uid, owner.st_gid)
 
 
-def prune_events(database: Path, older_than_days: float, *, sessions: bool = False,
-                 now: datetime | None = None, who: str = "cli") -> tuple[int, int]:
+def prune_events(
+    database: Path, older_than_days: float, *, sessions: bool = False, now: datetime | None = None, who: str = "cli"
+) -> tuple[int, int]:
     """Delete audit events (and, when asked, ended sessions) older than the cutoff; returns (events, sessions)."""
     # Imported here: cli.py imports this module before `serve` claims the relays (S1).
     from lampctl.storage.store import iso
@@ -262,11 +274,15 @@ def prune_events(database: Path, older_than_days: float, *, sessions: bool = Fal
     conn = _open(database, "rw")
     try:
         events = _delete_in_batches(conn, "events", "at < ?", cutoff)
-        ended = _delete_in_batches(conn, "sessions", "ended_at IS NOT NULL AND started_at < ?", cutoff) if sessions else 0
+        ended = (
+            _delete_in_batches(conn, "sessions", "ended_at IS NOT NULL AND started_at < ?", cutoff) if sessions else 0
+        )
         what = f"{events} event(s)" + (f" and {ended} session(s)" if sessions else "")
         # The pruning itself is on the record.
-        conn.execute("INSERT INTO events (at, lamp_id, from_state, to_state, who, why) VALUES (?, NULL, NULL, NULL, ?, ?)",
-                     (iso(now), who, f"retention: {what} older than {cutoff} deleted"))
+        conn.execute(
+            "INSERT INTO events (at, lamp_id, from_state, to_state, who, why) VALUES (?, NULL, NULL, NULL, ?, ?)",
+            (iso(now), who, f"retention: {what} older than {cutoff} deleted"),
+        )
     except sqlite3.Error as exc:
         raise ToolFailed(f"cannot prune {database}: {exc}") from None
     finally:
@@ -279,8 +295,9 @@ def _delete_in_batches(conn: sqlite3.Connection, table: str, where: str, cutoff:
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            cur = conn.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} LIMIT ?)",
-                               (cutoff, PRUNE_BATCH))
+            cur = conn.execute(
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {where} LIMIT ?)", (cutoff, PRUNE_BATCH)
+            )
         except BaseException:
             conn.execute("ROLLBACK")
             raise

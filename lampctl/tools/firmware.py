@@ -1,4 +1,5 @@
 """`lampctl firmware check` and `flash`: keep the microcontroller's firmware, pins and watchdog in step with the config."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,7 @@ BOARD_FILES = (
 )
 # Pico GPIOs a relay may use: GP23-25 are wired inside the board, GP22 is the maintenance jumper.
 PICO_RELAY_GPIOS = tuple(range(22)) + (26, 27, 28)
-DEFAULT_PICO_PINS = tuple(range(2, 10))     # lamp 0 on GP2, lamp 1 on GP3, ... (docs/wiring.md)
+DEFAULT_PICO_PINS = tuple(range(2, 10))  # lamp 0 on GP2, lamp 1 on GP3, ... (docs/wiring.md)
 REPLY_TIMEOUT_S = 1.0
 
 
@@ -64,8 +65,10 @@ class FirmwareSession:
         except self._serial_errors as exc:
             raise ToolFailed(f"the firmware port {self.url} failed: {exc}") from None
         if reply is None:
-            raise ToolFailed(f"the firmware on {self.url} did not answer {word} within {self.timeout:g} s "
-                         f"(is MicroPython with lampctl's main.py on the board, and is the board in maintenance mode?)")
+            raise ToolFailed(
+                f"the firmware on {self.url} did not answer {word} within {self.timeout:g} s "
+                f"(is MicroPython with lampctl's main.py on the board, and is the board in maintenance mode?)"
+            )
         if reply.word != "OK":
             raise ToolFailed(f"the firmware on {self.url} refused {word}: {reply.args[0]}")
         return reply
@@ -78,18 +81,20 @@ class FirmwareSession:
                 try:
                     frame = protocol.parse_reply(line)
                 except protocol.FrameError:
-                    continue    # noise, a REPL banner: wait for our reply
+                    continue  # noise, a REPL banner: wait for our reply
                 if frame.seq == seq:
                     return frame
         return None
 
     def hello(self) -> protocol.Hello:
-        self._port.write(b"\n")     # ends any half line the board holds
+        self._port.write(b"\n")  # ends any half line the board holds
         reply = self.command("HELLO")
         try:
             return protocol.parse_hello(reply.args)
         except protocol.FrameError:
-            raise ToolFailed(f"the firmware on {self.url} sent a HELLO reply that could not be read: {reply.args}") from None
+            raise ToolFailed(
+                f"the firmware on {self.url} sent a HELLO reply that could not be read: {reply.args}"
+            ) from None
 
     def close(self) -> None:
         try:
@@ -105,26 +110,37 @@ def firmware_mismatches(info: protocol.Hello, cfg) -> list[str]:
     fix = "run `lampctl firmware flash`"
     problems = []
     if info["protocol"] != protocol.PROTOCOL_VERSION:
-        problems.append(f"protocol: the board speaks version {info['protocol']}, "
-                        f"this lampctl speaks {protocol.PROTOCOL_VERSION} ({fix})")
+        problems.append(
+            f"protocol: the board speaks version {info['protocol']}, "
+            f"this lampctl speaks {protocol.PROTOCOL_VERSION} ({fix})"
+        )
     if info["firmware"] != FIRMWARE_VERSION:
-        problems.append(f"version: the board runs firmware {info['firmware']}, this lampctl ships {FIRMWARE_VERSION} ({fix})")
+        problems.append(
+            f"version: the board runs firmware {info['firmware']}, this lampctl ships {FIRMWARE_VERSION} ({fix})"
+        )
     if info["lamps"] != len(cfg.lamps):
-        problems.append(f"lamps: the board drives {info['lamps']} relay(s), {cfg.path} has {len(cfg.lamps)} "
-                        f"[[lamps]] ({fix})")
+        problems.append(
+            f"lamps: the board drives {info['lamps']} relay(s), {cfg.path} has {len(cfg.lamps)} [[lamps]] ({fix})"
+        )
     want_ms = round(cfg.firmware.watchdog_s * 1000)
     if info["watchdog_ms"] != want_ms:
-        problems.append(f"watchdog: the board cuts after {info['watchdog_ms']} ms of silence, "
-                        f"firmware.watchdog_s in {cfg.path} says {want_ms} ms ({fix})")
+        problems.append(
+            f"watchdog: the board cuts after {info['watchdog_ms']} ms of silence, "
+            f"firmware.watchdog_s in {cfg.path} says {want_ms} ms ({fix})"
+        )
     if info["max_arm_ms"] != protocol.MAX_ARM_MS:
-        problems.append(f"ceiling: the board arms at most {info['max_arm_ms']} ms, "
-                        f"this lampctl expects {protocol.MAX_ARM_MS} ms ({fix})")
+        problems.append(
+            f"ceiling: the board arms at most {info['max_arm_ms']} ms, "
+            f"this lampctl expects {protocol.MAX_ARM_MS} ms ({fix})"
+        )
     return problems
 
 
 def describe(info: protocol.Hello, url: str) -> str:
-    return (f"firmware {info['firmware']} on {url}: protocol {info['protocol']}, {info['lamps']} lamp(s), "
-            f"watchdog {info['watchdog_ms']} ms, longest arm {info['max_arm_ms'] // 1000} s")
+    return (
+        f"firmware {info['firmware']} on {url}: protocol {info['protocol']}, {info['lamps']} lamp(s), "
+        f"watchdog {info['watchdog_ms']} ms, longest arm {info['max_arm_ms'] // 1000} s"
+    )
 
 
 def query_firmware(cfg, timeout: float = REPLY_TIMEOUT_S) -> protocol.Hello:
@@ -141,12 +157,14 @@ def query_firmware(cfg, timeout: float = REPLY_TIMEOUT_S) -> protocol.Hello:
 # ---- flash -------------------------------------------------------------------------------
 def pico_pins(cfg, requested: tuple[int, ...] | None) -> tuple[int, ...]:
     """The Pico GPIO per lamp: --pico-pins, else GP2, GP3, ... (docs/wiring.md)."""
-    pins = tuple(requested or DEFAULT_PICO_PINS[:len(cfg.lamps)])
+    pins = tuple(requested or DEFAULT_PICO_PINS[: len(cfg.lamps)])
     if len(pins) != len(cfg.lamps):
         raise ToolFailed(f"{len(pins)} Pico pin(s) given for {len(cfg.lamps)} lamp(s): give one per lamp, lamp 0 first")
     for pin in pins:
         if pin not in PICO_RELAY_GPIOS:
-            raise ToolFailed(f"GP{pin} cannot drive a relay (use GP0-GP21 or GP26-GP28; GP22 is the maintenance jumper)")
+            raise ToolFailed(
+                f"GP{pin} cannot drive a relay (use GP0-GP21 or GP26-GP28; GP22 is the maintenance jumper)"
+            )
     if len(set(pins)) != len(pins):
         raise ToolFailed(f"the Pico pins {list(pins)} repeat a pin: one relay per lamp")
     return pins
@@ -157,18 +175,22 @@ def pico_active_high(cfg, requested: bool | None) -> bool:
         return requested
     levels = {lamp.active_high for lamp in cfg.lamps}
     if len(levels) != 1:
-        raise ToolFailed("the lamps differ in active_high: say --pico-active-high or --pico-active-low for the Pico's relays")
+        raise ToolFailed(
+            "the lamps differ in active_high: say --pico-active-high or --pico-active-low for the Pico's relays"
+        )
     return levels.pop()
 
 
 def settings_source(cfg, pins: tuple[int, ...], active_high: bool, now: datetime | None = None) -> str:
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     lamps = ", ".join(f"{lamp.id}=GP{pin}" for lamp, pin in zip(cfg.lamps, pins, strict=False))
-    return (f'"""Board settings generated by `lampctl firmware flash` from {cfg.path} on {stamp}: do not edit, flash again."""\n'
-            f"# lamp order as [[lamps]]: {lamps}\n"
-            f"RELAY_PINS = {pins!r}\n"
-            f"ACTIVE_HIGH = {active_high!r}\n"
-            f"WATCHDOG_MS = {round(cfg.firmware.watchdog_s * 1000)}\n")
+    return (
+        f'"""Board settings generated by `lampctl firmware flash` from {cfg.path} on {stamp}: do not edit, flash again."""\n'
+        f"# lamp order as [[lamps]]: {lamps}\n"
+        f"RELAY_PINS = {pins!r}\n"
+        f"ACTIVE_HIGH = {active_high!r}\n"
+        f"WATCHDOG_MS = {round(cfg.firmware.watchdog_s * 1000)}\n"
+    )
 
 
 def main_source(settings: dict) -> str:
@@ -200,8 +222,24 @@ def board_files(cfg, pins: tuple[int, ...], active_high: bool) -> list[tuple[str
 
 
 def mpremote_command(mpremote: str, port: str, stage: Path) -> list[str]:
-    return [mpremote, "connect", port, "fs", "cp", "-r", str(stage / "firmware_bridge"), ":", "+",
-            "fs", "cp", str(stage / "main.py"), str(stage / "settings.py"), ":", "+", "reset"]
+    return [
+        mpremote,
+        "connect",
+        port,
+        "fs",
+        "cp",
+        "-r",
+        str(stage / "firmware_bridge"),
+        ":",
+        "+",
+        "fs",
+        "cp",
+        str(stage / "main.py"),
+        str(stage / "settings.py"),
+        ":",
+        "+",
+        "reset",
+    ]
 
 
 def find_mpremote() -> str:
@@ -224,8 +262,10 @@ def flash(port: str, files: list[tuple[str, str]]) -> None:
             raise ToolFailed(f"mpremote did not finish within 180 s on {port}") from None
     if proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ToolFailed(f"mpremote failed on {port} (exit {proc.returncode}: {last[0]}); power the board up with "
-                     f"GP22 jumpered to GND (maintenance mode) and try again")
+        raise ToolFailed(
+            f"mpremote failed on {port} (exit {proc.returncode}: {last[0]}); power the board up with "
+            f"GP22 jumpered to GND (maintenance mode) and try again"
+        )
 
 
 # ---- commands ------------------------------------------------------------------------------

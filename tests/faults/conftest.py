@@ -1,4 +1,5 @@
 """Fixtures of the fault campaign: a rig on real processes, closed whatever happens."""
+
 from __future__ import annotations
 
 import os

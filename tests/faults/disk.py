@@ -1,4 +1,5 @@
 """A small loop-mounted ext4 filesystem for the database, to fill, freeze, make read-only or lock."""
+
 from __future__ import annotations
 
 import os
@@ -141,8 +142,7 @@ class LoopDisk:
 
     def writable(self) -> None:
         if self.mounted:
-            for name in (str(self.database), str(self.database) + "-wal", str(self.database) + "-shm",
-                         str(self.mount)):
+            for name in (str(self.database), str(self.database) + "-wal", str(self.database) + "-shm", str(self.mount)):
                 if os.path.exists(name):
                     _run("chattr", "-i", name)
 

@@ -1,4 +1,5 @@
 """Client threads that start, extend, stop, stop all, E-stop and reset at random, each call written down in the rig."""
+
 from __future__ import annotations
 
 import random
@@ -20,8 +21,10 @@ class Driver:
         self.actions = [a for a, _ in mix]
         self.weights = [w for _, w in mix]
         self.errors: list[BaseException] = []
-        self.threads = [threading.Thread(target=self._run, args=(rng,), name=f"driver-{i}", daemon=True)
-                        for i, rng in enumerate(self.rngs)]
+        self.threads = [
+            threading.Thread(target=self._run, args=(rng,), name=f"driver-{i}", daemon=True)
+            for i, rng in enumerate(self.rngs)
+        ]
 
     def __enter__(self) -> Driver:
         for t in self.threads:

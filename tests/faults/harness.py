@@ -8,6 +8,7 @@ $FAULTS_WALL_FILE (a path): a fake wall clock. A thread reads the offset in seco
 file every 20 ms into memory; the service's wall time is the real one plus that offset,
 so a test steps the clock (forwards or back) as NTP would, without touching the host's.
 """
+
 import mmap
 import os
 import struct
@@ -46,8 +47,10 @@ def read_trace(path) -> list[tuple[float, int, bool]]:
     if len(data) < HEADER.size:
         return []
     count = HEADER.unpack_from(data, 0)[0]
-    return [(t, pin, bool(state)) for t, pin, state in
-            (RECORD.unpack_from(data, HEADER.size + i * RECORD.size) for i in range(count))]
+    return [
+        (t, pin, bool(state))
+        for t, pin, state in (RECORD.unpack_from(data, HEADER.size + i * RECORD.size) for i in range(count))
+    ]
 
 
 def install_trace(path: str) -> None:

@@ -9,6 +9,7 @@ Every trial ends with `Oracle(rig).check()`, which asserts, whatever faults were
 A fault window (service frozen or killed, simulator frozen) stretches only the bounds it
 can honestly stretch: a frozen process cannot switch its relay, a killed one cannot answer.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,15 +48,23 @@ class Oracle:
         self.relay_off_bound_s = relay_off_bound_s
         self.problems: list[str] = []
         end = max([c.t1 or c.t0 for c in rig.calls] + [l.ended or 0 for l in rig.lives] + [0]) + 3600
-        self.frozen_svc = [(f.t0, f.t1 or end) for f in rig.faults if f.kind.startswith("SIGSTOP") and f.target == "service"]
-        self.frozen_sim = [(f.t0, f.t1 or end) for f in rig.faults if f.kind.startswith("SIGSTOP") and f.target == "simulator"]
+        self.frozen_svc = [
+            (f.t0, f.t1 or end) for f in rig.faults if f.kind.startswith("SIGSTOP") and f.target == "service"
+        ]
+        self.frozen_sim = [
+            (f.t0, f.t1 or end) for f in rig.faults if f.kind.startswith("SIGSTOP") and f.target == "simulator"
+        ]
         # Windows in which the service could not answer: frozen, killed, stopping, restarting.
         self.down = [(f.t0, f.t1 or end) for f in rig.faults if f.target == "service"]
         for i, life in enumerate(rig.lives[1:], 1):
             self.down.append((rig.lives[i - 1].ended or life.began, life.serving or end))
         # Lives in which the wall clock was stepped.
-        self.stepped = {n for n, life in enumerate(rig.lives) for f in rig.faults
-                        if f.target == "clock" and life.began <= f.t0 <= (life.ended or end)}
+        self.stepped = {
+            n
+            for n, life in enumerate(rig.lives)
+            for f in rig.faults
+            if f.target == "clock" and life.began <= f.t0 <= (life.ended or end)
+        }
         self.relays = self._relay_intervals()
         self.firmware = self._firmware_intervals()
 
@@ -135,8 +144,10 @@ class Oracle:
                 ends = [off for on, off in relay if a - 0.05 <= on <= b]
                 last = max([a, *ends])
                 if b > last + release + stretch + _overlap(a, b, self.frozen_svc):
-                    self.fail(f"S12: firmware output {lamp} on until {b:.3f}, {b - last:.3f} s after its "
-                              f"session or refused start ended at {last:.3f}")
+                    self.fail(
+                        f"S12: firmware output {lamp} on until {b:.3f}, {b - last:.3f} s after its "
+                        f"session or refused start ended at {last:.3f}"
+                    )
 
     def check_sessions_match_relays(self) -> None:
         """Per life and lamp, recorded sessions and relay on-intervals pair up in order (S2, S13)."""
@@ -147,11 +158,11 @@ class Oracle:
                 rows = [r for r in self.rows if life.base_id < r["id"] <= top and r["lamp_id"] == lamp]
                 intervals = self.relays.get((n, lamp), [])
                 if len(rows) > len(intervals):
-                    self.fail(f"S13: life {n} {lamp}: {len(rows)} sessions recorded, relay on only "
-                              f"{len(intervals)} times")
+                    self.fail(
+                        f"S13: life {n} {lamp}: {len(rows)} sessions recorded, relay on only {len(intervals)} times"
+                    )
                 if len(intervals) > len(rows) and not life.killed:
-                    self.fail(f"S2/S9: life {n} {lamp}: relay on {len(intervals)} times, "
-                              f"{len(rows)} sessions recorded")
+                    self.fail(f"S2/S9: life {n} {lamp}: relay on {len(intervals)} times, {len(rows)} sessions recorded")
                 for row, (on, off, _open) in zip(rows, intervals, strict=False):
                     self._pair(n, row, on, off)
 
@@ -169,8 +180,10 @@ class Oracle:
             self.fail(f"S13: session {row['id']} records {row['actual_s']} s, its relay was on {ran:.3f} s")
         honest_end = row["end_reason"] in ("completed", "stopped", "estop", "fault")
         if honest_end and row["actual_s"] < ran - RECORD_SLACK_S - stretch:
-            self.fail(f"S13: session {row['id']} ({row['end_reason']}) records {row['actual_s']} s, "
-                      f"its relay was on {ran:.3f} s")
+            self.fail(
+                f"S13: session {row['id']} ({row['end_reason']}) records {row['actual_s']} s, "
+                f"its relay was on {ran:.3f} s"
+            )
 
     def check_records(self) -> None:
         by_id = {r["id"]: r for r in self.rows}
@@ -206,8 +219,10 @@ class Oracle:
             why = e["why"] or ""
             if why.startswith("extended by"):
                 whys["extend"] += 1
-            elif why.endswith(": stopped by user") or why in ("start cancelled by stop",
-                                                               "stop: the lamp was already off"):
+            elif why.endswith(": stopped by user") or why in (
+                "start cancelled by stop",
+                "stop: the lamp was already off",
+            ):
                 # "<end reason>: stopped by user": `stopped`, or `firmware` when the firmware had cut first (S13);
                 # a Stop of a lamp already off is answered 200 and recorded too (S19)
                 whys["stop"] += 1
@@ -227,8 +242,10 @@ class Oracle:
             excused = _overlap(c.t0, (c.t1 or c.t0) + 0.05, self.down) > 0
             if c.status is None or c.t1 - c.t0 > STOP_ANSWER_BOUND_S:
                 if not excused:
-                    self.fail(f"S10: {c.kind} {c.lamp or ''} sent at {c.t0:.3f} answered {c.status} after "
-                              f"{(c.t1 or c.t0) - c.t0:.3f} s")
+                    self.fail(
+                        f"S10: {c.kind} {c.lamp or ''} sent at {c.t0:.3f} answered {c.status} after "
+                        f"{(c.t1 or c.t0) - c.t0:.3f} s"
+                    )
                 continue
             figures.stops += 1
             if not excused:

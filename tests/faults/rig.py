@@ -1,4 +1,5 @@
 """A service and a simulated microcontroller on real processes, with every call and fault written down for the oracle."""
+
 from __future__ import annotations
 
 import http.client
@@ -59,6 +60,7 @@ class Call:
 @dataclass
 class Life:
     """One run of the service: its relay trace, the highest session id on disk when it began, how it ended."""
+
     trace: Path
     base_id: int
     began: float
@@ -169,8 +171,9 @@ class Rig:
         self.sim.stop()
 
     # ---- calls, each written down ------------------------------------------------------
-    def request(self, method: str, path: str, body: dict | None = None, token: str | None = None,
-                timeout: float = 10) -> tuple[int | None, dict | None]:
+    def request(
+        self, method: str, path: str, body: dict | None = None, token: str | None = None, timeout: float = 10
+    ) -> tuple[int | None, dict | None]:
         conn = http.client.HTTPConnection("127.0.0.1", self.svc.port, timeout=timeout)
         headers = {"Content-Type": "application/json"}
         if token:
@@ -192,8 +195,16 @@ class Rig:
         status, body = self.request("GET", "/api/health", timeout=5)
         return body if status == 200 and body else {}
 
-    def call(self, kind: str, lamp: str | None = None, *, seconds: float | None = None, user: str = "ann",
-             new_patient: bool = False, timeout: float = 10) -> Call:
+    def call(
+        self,
+        kind: str,
+        lamp: str | None = None,
+        *,
+        seconds: float | None = None,
+        user: str = "ann",
+        new_patient: bool = False,
+        timeout: float = 10,
+    ) -> Call:
         path = {"stop-all": "/api/stop-all", "estop": "/api/estop"}.get(kind, f"/api/lamps/{lamp}/{kind}")
         body = None
         if kind in ("start", "extend"):
@@ -235,4 +246,3 @@ class Rig:
         fault = Fault(kind, time.monotonic(), target=target)
         self.faults.append(fault)
         return fault
-

@@ -1,4 +1,5 @@
 """The database's disk full, read-only, locked, frozen or deleted under load: Stops never wait, records wait (S9, S10)."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,11 @@ def log_failing(rig) -> bool:
 
 def log_caught_up(rig) -> bool:
     health = rig.health()
-    return bool(health) and health["log"]["pending"] == 0 and not any(
-        "usage log" in p.lower() for p in health.get("problems", []))
+    return (
+        bool(health)
+        and health["log"]["pending"] == 0
+        and not any("usage log" in p.lower() for p in health.get("problems", []))
+    )
 
 
 def unrecorded_since(rig, since: float) -> bool:
@@ -45,8 +49,9 @@ def disk_trials(rig: Rig, seed: int, kind: str, inject, remove, trials: int) -> 
             state = inject()
             wait_until(lambda: log_failing(rig), 20, f"health to report the log failing ({kind})")
             # Held until a reply has admitted its record is not yet on disk (honest, S9).
-            wait_until(lambda since=fault.t0: unrecorded_since(rig, since), 20,
-                       f"a reply saying recorded: false ({kind})")
+            wait_until(
+                lambda since=fault.t0: unrecorded_since(rig, since), 20, f"a reply saying recorded: false ({kind})"
+            )
             remove(state)
             fault.t1 = time.monotonic()
             wait_until(lambda: log_caught_up(rig), 40, f"the waiting records written after {kind}")
@@ -94,8 +99,14 @@ def test_s9_s10_disk_frozen(disk_rig, disk, seed, trials):
 @TRIALS
 @pytest.mark.timeout(900)
 def test_s9_s10_database_locked(disk_rig, disk, seed, trials):
-    disk_trials(disk_rig, seed, "database locked", lambda: DatabaseLock(disk.database),
-                lambda lock: lock.release(), trials=trials)
+    disk_trials(
+        disk_rig,
+        seed,
+        "database locked",
+        lambda: DatabaseLock(disk.database),
+        lambda lock: lock.release(),
+        trials=trials,
+    )
 
 
 @TRIALS

@@ -1,4 +1,5 @@
 """kill -9 at random moments while clients start, extend and stop sessions (S4, S7, S9, S12)."""
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """Fifty clients at once beside hundreds of idle connections, and wall-clock steps (S10, S11, S13)."""
+
 from __future__ import annotations
 
 import random
@@ -36,11 +37,13 @@ def storm(rig, seed: int, seconds: float) -> dict:
 
 def stop_a_lit_lamp(rig) -> None:
     """One Stop sure to meet its lamp on in the storm, whatever the clients' seed drew."""
+
     def attempt() -> bool:
         if rig.call("start", "room1", seconds=30).status != 201:
             rig.call("reset", "room1", user="admin")  # an E-stop of the storm's may have latched it
             return False
         return rig.call("stop", "room1").status == 200  # else a client's Stop came first: again
+
     wait_until(attempt, 60, "a Stop of a lamp that was on", step=0.05)
 
 
@@ -94,8 +97,9 @@ def clock_steps(rig, seed: int, steps: int) -> None:
             rig.fault(f"wall clock step to {offset:+d} s", target="clock")
             if n == 0:
                 # The driver's clients start sessions all the time; one of them lands on the new date.
-                wait_until(lambda: stepped_dates(rig) - real_dates(), 60, f"a session recorded {offset:+d} s away",
-                           step=0.1)
+                wait_until(
+                    lambda: stepped_dates(rig) - real_dates(), 60, f"a session recorded {offset:+d} s away", step=0.1
+                )
             if n % 3 == 2:
                 time.sleep(rng.uniform(0.1, 1.0))
                 rig.kill9()

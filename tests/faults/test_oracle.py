@@ -1,4 +1,5 @@
 """The oracle itself: a clean record passes, and each planted fault is caught (no check that cannot fail)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,15 +35,27 @@ class FakeRig:
         self.calls.append(Call("start", "room1", 99.9, 100.01, 201, {"session_id": 1, "recorded": True}, 0))
 
     def firmware(self, lamp: int, on: float, off: float) -> None:
-        self.sim.lines += [{"t": on, "lamp": lamp, "on": True, "why": "armed"},
-                           {"t": off, "lamp": lamp, "on": False, "why": "off"}]
+        self.sim.lines += [
+            {"t": on, "lamp": lamp, "on": True, "why": "armed"},
+            {"t": off, "lamp": lamp, "on": False, "why": "off"},
+        ]
 
-    def session(self, sid, lamp, planned, actual, reason="completed", started="2026-01-05T09:00:00.000Z",
-                ended="2026-01-05T09:00:02.000Z") -> None:
+    def session(
+        self,
+        sid,
+        lamp,
+        planned,
+        actual,
+        reason="completed",
+        started="2026-01-05T09:00:00.000Z",
+        ended="2026-01-05T09:00:02.000Z",
+    ) -> None:
         with sqlite3.connect(self.database) as conn:
-            conn.execute("INSERT INTO sessions (id, lamp_id, user, started_at, ended_at, planned_s, actual_s, "
-                         "end_reason) VALUES (?, ?, 'ann', ?, ?, ?, ?, ?)",
-                         (sid, lamp, started, ended, planned, actual, reason))
+            conn.execute(
+                "INSERT INTO sessions (id, lamp_id, user, started_at, ended_at, planned_s, actual_s, "
+                "end_reason) VALUES (?, ?, 'ann', ?, ?, ?, ?, ?)",
+                (sid, lamp, started, ended, planned, actual, reason),
+            )
 
     def check(self) -> list[str]:
         trace = PinTrace(str(self.trace))
@@ -148,7 +161,9 @@ def test_oracle_catches_a_recovered_session_claiming_time_it_did_not_run(fake):
 
 def test_oracle_counts_a_stop_that_found_the_firmware_had_cut_first(fake):
     with sqlite3.connect(fake.database) as conn:
-        conn.execute("INSERT INTO events (at, lamp_id, from_state, to_state, who, why) VALUES "
-                     "('2026-01-05T09:00:02.000Z', 'room1', 'on', 'off', 'ann', 'firmware: stopped by user')")
+        conn.execute(
+            "INSERT INTO events (at, lamp_id, from_state, to_state, who, why) VALUES "
+            "('2026-01-05T09:00:02.000Z', 'room1', 'on', 'off', 'ann', 'firmware: stopped by user')"
+        )
     fake.calls.append(Call("stop", "room1", 103.0, 103.01, 200, {"recorded": True}, 0))
     assert fake.check() == []

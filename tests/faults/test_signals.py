@@ -1,4 +1,5 @@
 """Every terminating signal, and SIGSTOP/SIGCONT of the service and of the microcontroller, under load (S1, S7, S13, S15)."""
+
 from __future__ import annotations
 
 import random
@@ -13,8 +14,22 @@ from tests.faults.oracle import Oracle, summary
 
 pytestmark = pytest.mark.integration
 # Named here, not taken from the code (tests/test_s1_process.py checks every other one's handler).
-SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGABRT", "SIGUSR1", "SIGUSR2", "SIGALRM",
-           "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPWR", "SIGRTMIN")
+SIGNALS = (
+    "SIGTERM",
+    "SIGINT",
+    "SIGHUP",
+    "SIGQUIT",
+    "SIGABRT",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGALRM",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGPWR",
+    "SIGRTMIN",
+)
 
 
 def judge(rig) -> dict:

@@ -7,12 +7,12 @@ test decides when time passes and where the 2**30 wrap falls.
 
 import time
 
-TICKS_MAX = time.ticks_add(0, -1)   # the VM's own wrap: 2**30 - 1, as on a Pico
+TICKS_MAX = time.ticks_add(0, -1)  # the VM's own wrap: 2**30 - 1, as on a Pico
 
-pins = {}           # gpio -> the Pin last created on it
-input_levels = {}   # gpio -> level an input reads; unset inputs read their pull
-wdts = []           # every WDT started
-_clock = [0]        # unwrapped ms; ticks_ms() wraps it like the board's counter
+pins = {}  # gpio -> the Pin last created on it
+input_levels = {}  # gpio -> level an input reads; unset inputs read their pull
+wdts = []  # every WDT started
+_clock = [0]  # unwrapped ms; ticks_ms() wraps it like the board's counter
 
 
 def ticks_ms():

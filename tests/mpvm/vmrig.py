@@ -12,7 +12,7 @@ import machine
 try:
     from firmware_bridge import protocol
     from firmware_bridge.firmware.logic import Firmware
-except ImportError:     # flat layout: the board's files at the root
+except ImportError:  # flat layout: the board's files at the root
     import protocol
     from logic import Firmware
 
@@ -35,9 +35,15 @@ class Rig:
         self.start = start
         self.pins = [machine.Pin(n, machine.Pin.OUT) for n in range(lamps)]
         self.changes = []
-        self.fw = Firmware(self.pins, machine.ticks_ms, time.ticks_diff, time.ticks_add,
-                           watchdog_ms=watchdog_ms, bad_frame_limit=bad_frame_limit,
-                           on_change=self._record)
+        self.fw = Firmware(
+            self.pins,
+            machine.ticks_ms,
+            time.ticks_diff,
+            time.ticks_add,
+            watchdog_ms=watchdog_ms,
+            bad_frame_limit=bad_frame_limit,
+            on_change=self._record,
+        )
         self.seq = 0
 
     def _record(self, lamp, on, why):
