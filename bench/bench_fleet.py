@@ -2,26 +2,38 @@
 does one `lampctl collect` keep up? Prints figures; asserts nothing.
 
 Run: .venv/bin/python bench/bench_fleet.py [--nodes 200] [--seconds 60] [--sessions 1] [--events 3]
+    [--real-nodes 2]
 Each simulated node is a paho client (MQTT 3.1.1, QoS 1, as lampctl's) that publishes, every
-second, `--sessions` session records, `--events` audit rows and one retained lamp state.
+second, `--sessions` session records, `--events` audit rows and one retained lamp state; a
+record's `ended_at` is when it was published (a simulated node has no database of its own).
+Beside them, `--real-nodes` `lampctl serve --simulate` nodes run short sessions one after
+another through their API, so their records go the whole way: committed on the node, queued
+in its outbox, published, committed by the collector. Commit to commit is the collector's
+`received_at` less the record's `ended_at` (one machine, one wall clock).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
+import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.client import Browser  # noqa: E402
-from lampctl.testing import free_port, lampctl, wait_until  # noqa: E402
+from lampctl.storage.db import iso  # noqa: E402
+from lampctl.testing import TWO_LAMPS, ServiceProcess, add_users, free_port, lampctl, service_config, wait_until  # noqa: E402
 from lampctl.testing.mqtt import Broker  # noqa: E402
 
 
@@ -58,7 +70,7 @@ def run_nodes(port: int, names: list[str], seconds: float, sessions: int, events
                     "lamp_id": "room1",
                     "user": "ann",
                     "started_at": "2026-11-25T10:00:00.000Z",
-                    "ended_at": "2026-11-25T10:20:00.000Z",
+                    "ended_at": iso(datetime.now(UTC)),
                     "planned_s": 1200.0,
                     "actual_s": 1200.0,
                     "end_reason": "completed",
@@ -95,6 +107,70 @@ def run_nodes(port: int, names: list[str], seconds: float, sessions: int, events
     out.put(sent)
 
 
+class RealNodes:
+    """`lampctl serve --simulate` nodes with [mqtt], each running 0.2 s sessions one after another."""
+
+    def __init__(self, tmp: Path, count: int, broker_url: str):
+        self.nodes = []
+        for i in range(count):
+            work = tmp / f"real{i}"
+            work.mkdir()
+            config = service_config(work, TWO_LAMPS, extra=f'\n[mqtt]\nurl = "{broker_url}"\nnode = "real{i}"\n')
+            self.nodes.append((ServiceProcess(config).start(), add_users(config)["ann"]))
+        self.sessions = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=node, daemon=True) for node in self.nodes]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def _run(self, svc, token) -> None:
+        while not self._stop.is_set():
+            status, _ = svc.post("/api/lamps/room1/start", {"seconds": 0.2, "new_patient": True}, token=token)
+            if status == 201:
+                self.sessions += 1
+            wait_until(lambda: svc.get("/api/lamps/room1", token=token)[1]["state"] == "off", 30, "off")
+            self._stop.wait(0.3)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(40)
+
+    def close(self) -> None:
+        for svc, _ in self.nodes:
+            svc.stop(timeout=30)
+
+
+def commit_to_commit(central: Path, real: bool) -> dict:
+    """Seconds from a session's ended_at to the collector's received_at: count, p50, p99, max."""
+    conn = sqlite3.connect(f"file:{central}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT (julianday(received_at) - julianday(ended_at)) * 86400 FROM sessions "
+            f"WHERE node {'' if real else 'NOT '}LIKE 'real%'"
+        ).fetchall()
+    finally:
+        conn.close()
+    lat = sorted(r[0] for r in rows)
+    if not lat:
+        return {"n": 0}
+    pick = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 3)  # noqa: E731
+    return {"n": len(lat), "p50_s": pick(0.5), "p99_s": pick(0.99), "max_s": round(lat[-1], 3)}
+
+
+def simulated_rows(central: Path) -> int:
+    conn = sqlite3.connect(f"file:{central}?mode=ro", uri=True)
+    try:
+        return sum(
+            conn.execute(f"SELECT count(*) FROM {t} WHERE node NOT LIKE 'real%'").fetchone()[0]
+            for t in ("sessions", "events")
+        )
+    finally:
+        conn.close()
+
+
 def fleet_api(browser) -> dict:
     """/api/fleet, as the collector's admin (logged in through its PIN form)."""
     with browser.opener.open(f"{browser.base}/api/fleet", timeout=30) as resp:
@@ -108,6 +184,7 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=1, help="session records per node per second")
     ap.add_argument("--events", type=int, default=3, help="audit rows per session record")
     ap.add_argument("--procs", type=int, default=4, help="processes driving the simulated nodes")
+    ap.add_argument("--real-nodes", type=int, default=2, help="lampctl serve nodes running sessions beside them")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,9 +203,12 @@ def main() -> int:
                 stdout=err,
                 stderr=err,
             )
+        real = None
         try:
             browser = wait_until(lambda: _logged_in(f"http://127.0.0.1:{port}"), 30, "collector's login")
             wait_until(lambda: fleet_api(browser)["subscribed"], 30, "collector subscribed")
+            real = RealNodes(tmp, args.real_nodes, broker.url)
+            real.start()
             names = [f"node{i:03d}" for i in range(args.nodes)]
             out = multiprocessing.Queue()
             c0, b0 = cpu_s(collect.pid), cpu_s(broker.proc.pid)
@@ -143,6 +223,7 @@ def main() -> int:
             for p in procs:
                 p.start()
             published = sum(out.get(timeout=args.seconds + 120) for _ in procs)
+            real.stop()
             t_sent = t0 + args.seconds  # the simulated nodes stop publishing here
             stored = wait_until(
                 lambda: (f := fleet_api(browser)) and f["stored"] + f["duplicates"] >= published and f,
@@ -151,6 +232,10 @@ def main() -> int:
                 step=0.2,
             )
             t_done = time.monotonic()
+            # The real nodes' last sessions: at the collector within seconds, or counted as not arrived.
+            real_ended = real.sessions
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: commit_to_commit(tmp / "central.db", True)["n"] >= real_ended, 10, "real sessions")
             figures = {
                 "nodes": args.nodes,
                 "seconds": args.seconds,
@@ -166,10 +251,17 @@ def main() -> int:
                 "collector_rss_mb": round(rss_mb(collect.pid), 1),
                 "fleet_lamps": len(stored["lamps"]),
                 "central_db_mb": round((tmp / "central.db").stat().st_size / 1e6, 1),
+                "simulated_stored": simulated_rows(tmp / "central.db"),
+                "simulated_publish_to_collector_commit": commit_to_commit(tmp / "central.db", False),
+                "real_node_sessions_ended": real_ended,
+                "real_node_commit_to_collector_commit": commit_to_commit(tmp / "central.db", True),
+                "load1_after": round(os.getloadavg()[0], 2),
             }
             for p in procs:
                 p.join(10)
         finally:
+            if real is not None:
+                real.close()
             collect.terminate()
             collect.wait(30)
             broker.kill()

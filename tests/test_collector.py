@@ -48,6 +48,60 @@ def test_central_log_replay_is_harmless(tmp_path):
     central.close()
 
 
+def test_central_log_keyed_on_node_and_id_is_rebuilt_keeping_its_rows(tmp_path):
+    """A central log from before origins: its rows stay (origin ''), and a repeated id of a new origin is stored."""
+    from lampctl.storage.db import connect
+
+    path = tmp_path / "central.db"
+    conn = connect(path, create=True)
+    conn.executescript("""
+        CREATE TABLE sessions (node TEXT NOT NULL, id INTEGER NOT NULL, lamp_id TEXT NOT NULL, user TEXT NOT NULL,
+            started_at TEXT NOT NULL, ended_at TEXT, planned_s REAL NOT NULL, actual_s REAL, end_reason TEXT,
+            continues INTEGER, received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            PRIMARY KEY (node, id));
+        CREATE INDEX sessions_by_start ON sessions (started_at);
+        CREATE TABLE events (node TEXT NOT NULL, id INTEGER NOT NULL, at TEXT NOT NULL, lamp_id TEXT,
+            from_state TEXT, to_state TEXT, who TEXT NOT NULL, why TEXT NOT NULL, PRIMARY KEY (node, id));
+        INSERT INTO sessions (node, id, lamp_id, user, started_at, planned_s) VALUES ('n1', 1, 'room1', 'ann',
+            '2026-11-20T10:00:00.000Z', 600);
+        INSERT INTO events (node, id, at, who, why) VALUES ('n1', 1, '2026-11-20T10:00:00.000Z', 'ann', 'started');
+    """)
+    conn.close()
+    central = CentralLog(path)
+    try:
+        assert (
+            central.write(
+                [
+                    ("session", check_record("session", "n1", session(1))),
+                    ("session", check_record("session", "n1", session(1, origin="0a1b"))),
+                    (
+                        "event",
+                        check_record(
+                            "event",
+                            "n1",
+                            {"id": 1, "at": "2026-11-21T10:00:00.000Z", "who": "ann", "why": "x", "origin": "0a1b"},
+                        ),
+                    ),
+                ]
+            )
+            == 2
+        )
+        assert sorted((r["id"], r["origin"], r["started_at"][:10]) for r in central.sessions()) == [
+            (1, "", "2026-11-20"),
+            (1, "0a1b", "2026-11-21"),
+        ]
+        assert CentralLog(path).count() == 2  # opened again: already the newest version
+    finally:
+        central.close()
+
+
+def test_central_log_refuses_a_bad_origin():
+    with pytest.raises(BadRecord, match="'origin' must be a text"):
+        check_record("session", "n1", session(1, origin=7))
+    with pytest.raises(BadRecord, match="'origin' must be a text"):
+        check_record("session", "n1", session(1, origin="x" * 65))
+
+
 @pytest.mark.parametrize(
     "record, words",
     [

@@ -24,6 +24,7 @@ COLUMNS = (
     "actual_s",
     "end_reason",
     "continues",
+    "origin",  # last: a record's database of origin (docs/fleet.md)
 )
 
 

@@ -323,9 +323,14 @@ def test_s9_a_pi_without_paho_still_serves_and_keeps_its_records(tmp_path):
         assert svc.post("/api/lamps/room1/start", {"seconds": 0.3}, token=tokens["ann"])[0] == 201
         wait_until(lambda: svc.get("/api/lamps/room1", token=tokens["ann"])[1]["state"] == "off", 10, "session over")
         assert "paho-mqtt cannot be loaded" in svc.stderr()
+        _, health = svc.get("/api/health")
+        assert (health["status"], health["mqtt"]) == (
+            "degraded",
+            {"connected": False, "backlog": None, "oldest_unsent_s": None},
+        )
     finally:
         assert svc.stop() == 0
     from lampctl.fleet.outbox import Outbox
 
-    waiting = Outbox(tmp_path / "var" / "lampctl.db").after(0, 1000)
+    waiting = Outbox(tmp_path / "var" / "lampctl.db").unsent(1000)
     assert [r["id"] for _, kind, r in waiting if kind == "session"] == [1]

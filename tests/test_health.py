@@ -153,3 +153,19 @@ def test_health_degraded_while_account_changes_cannot_be_read(client, accounts, 
     accounts._connect = connect
     accounts.poll_once()
     assert health(client)["status"] == "ok"
+
+
+def test_health_reports_the_mqtt_link_and_degrades_on_its_problems(cfg, controller, usage_log, accounts):
+    link = {"connected": True, "backlog": 0, "oldest_unsent_s": None, "problems": []}
+    app = create_app(
+        Services(
+            controller=controller, usage_log=usage_log, config=cfg, accounts=accounts, mqtt_health=lambda: dict(link)
+        ),
+        {"TESTING": True, "SECRET_KEY": "k"},
+    )
+    body = health(app.test_client())
+    assert (body["status"], body["mqtt"]) == ("ok", {"connected": True, "backlog": 0, "oldest_unsent_s": None})
+    link.update(connected=False, backlog=12, oldest_unsent_s=301.5, problems=["12 record(s) have waited."])
+    body = health(app.test_client())
+    assert (body["status"], body["problems"]) == ("degraded", ["12 record(s) have waited."])
+    assert body["mqtt"] == {"connected": False, "backlog": 12, "oldest_unsent_s": 301.5}

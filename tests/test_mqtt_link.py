@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -189,3 +190,74 @@ def test_s19_commands_published_while_the_node_is_away_are_never_delivered_later
         sender.close()
         status.close()
         broker.kill()
+
+
+def test_a_row_numbered_below_every_id_already_sent_is_still_sent(tmp_path, cfg, usage_log, link_for):
+    """The publisher picks rows by what is in flight, not by the highest id it has sent."""
+    broker = Broker(tmp_path).start()
+    listener = Listener(broker.port, ["lampctl/n1/events"])
+    try:
+        link_for(broker.port)
+        for why in ("one", "two", "three"):
+            usage_log.event(None, None, None, "system", why)
+        usage_log.flush(5)
+        listener.wait(lambda l: len(l.messages) >= 3, 10, "the first three events")
+        wait_until(lambda: Outbox(cfg.service.database).count() == 0, 10, "outbox emptied by acknowledgements")
+        set_enabled(cfg.service.database, False)
+        usage_log.event(None, None, None, "system", "late")
+        usage_log.flush(5)
+        conn = Outbox(cfg.service.database)._db()
+        ref = conn.execute("SELECT max(id) FROM events").fetchone()[0]
+        conn.execute("INSERT INTO outbox (id, kind, ref, origin) VALUES (1, 'event', ?, 'abc')", (ref,))
+        conn.close()
+        seen = listener.wait(lambda l: [json.loads(p) for _, p, _ in l.messages if b'"late"' in p], 5, "the late row")
+        assert (seen[0]["origin"], seen[0]["node"]) == ("abc", "n1")
+    finally:
+        listener.close()
+        broker.kill()
+
+
+def test_health_reports_the_backlog_and_its_age_and_degrades_when_it_is_old(
+    tmp_path, cfg, usage_log, link_for, monkeypatch
+):
+    import lampctl.fleet.mqtt as mqtt_mod
+
+    monkeypatch.setattr(mqtt_mod, "STALE_BACKLOG_S", 1)
+    monkeypatch.setattr(mqtt_mod, "SPAN_EVERY_S", 0.05)
+    # The broker is away at first: the port is held, bound but not listening, so nothing
+    # else on the machine can take it meanwhile and a connect is refused.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    link = link_for(port)
+    assert link.health() == {"connected": False, "backlog": 0, "oldest_unsent_s": None, "problems": []}
+    usage_log.event(None, None, None, "system", "waiting")
+    usage_log.flush(5)
+    waiting = wait_until(lambda: (h := link.health())["backlog"] == 1 and h, 5, "the backlog seen")
+    assert waiting["connected"] is False and waiting["problems"] == []
+    stale = wait_until(lambda: (h := link.health())["problems"] and h, 5, "the backlog older than the bound")
+    assert stale["oldest_unsent_s"] > 1
+    assert stale["problems"][0].startswith("1 record(s) have waited more than")
+    assert "not connected); they are kept in the outbox." in stale["problems"][0]
+    held.close()
+    broker = Broker(tmp_path, port=port).start()
+    try:
+        sent = wait_until(lambda: (h := link.health())["backlog"] == 0 and h, 10, "the backlog sent")
+        assert sent == {"connected": True, "backlog": 0, "oldest_unsent_s": None, "problems": []}
+    finally:
+        broker.kill()
+
+
+def test_backlog_dates_each_row_by_when_it_was_first_seen():
+    from lampctl.fleet.mqtt import Backlog
+
+    backlog = Backlog()
+    backlog.update(2, 1, 2, now=100.0)  # rows 1-2 seen at 100
+    backlog.update(4, 1, 4, now=110.0)  # rows 3-4 first seen at 110
+    assert backlog.oldest_s(120.0) == 20.0
+    backlog.update(2, 3, 4, now=120.0)  # 1-2 sent: the oldest now waits since 110
+    assert backlog.oldest_s(120.0) == 10.0
+    backlog.update(0, 0, 0, now=121.0)
+    assert backlog.oldest_s(130.0) is None
+    backlog.update(1, 9, 9, now=130.0)
+    assert backlog.oldest_s(131.5) == 1.5

@@ -84,7 +84,7 @@ def test_mqtt_tls_wrong_ca_is_refused_in_one_line_and_the_records_wait(tmp_path,
     finally:
         assert node.stop() == 0
     assert node.stderr().count(UNTRUSTED) == 1  # said once, not at each of its retries
-    waiting = Outbox(tmp_path / "n1" / "var" / "lampctl.db").after(0, 1000)
+    waiting = Outbox(tmp_path / "n1" / "var" / "lampctl.db").unsent(1000)
     assert [r["id"] for _, kind, r in waiting if kind == "session"] == [1]
 
 

@@ -77,7 +77,7 @@ def test_outbox_queues_ended_sessions_and_events_only_when_enabled(cfg, controll
     clock.advance(10)
     controller.tick()
     usage_log.flush(5)
-    rows = Outbox(db).after(0, 100)
+    rows = Outbox(db).unsent(100)
     kinds = [k for _, k, _ in rows]
     assert kinds.count("session") == 1 and "event" in kinds
     session = next(r for _, k, r in rows if k == "session")
@@ -92,13 +92,13 @@ def test_outbox_delete_and_pruned_rows(cfg, usage_log):
     usage_log.event(None, None, None, "system", "two")
     usage_log.flush(5)
     box = Outbox(db)
-    (first, _, rec1), (second, _, rec2) = box.after(0, 10)
+    (first, _, rec1), (second, _, rec2) = box.unsent(10)
     assert (rec1["why"], rec2["why"]) == ("one", "two")
     box.delete([first])
-    assert [i for i, _, _ in box.after(0, 10)] == [second]
+    assert [i for i, _, _ in box.unsent(10)] == [second]
     conn = box._db()
     conn.execute("DELETE FROM events")
-    assert box.after(0, 10) == [(second, "event", None)]  # pruned by an admin: acknowledged, not sent
+    assert box.unsent(10) == [(second, "event", None)]  # pruned by an admin: acknowledged, not sent
     box.close()
 
 
@@ -111,7 +111,7 @@ def test_s4_interrupted_sessions_reach_the_outbox(cfg, clock):
     second = UsageLog(cfg.service.database, wall=clock.wall)
     set_enabled(cfg.service.database, True)
     assert second.recover_interrupted() == [1]
-    sessions = [r for _, k, r in Outbox(cfg.service.database).after(0, 10) if k == "session"]
+    sessions = [r for _, k, r in Outbox(cfg.service.database).unsent(10) if k == "session"]
     assert [(s["id"], s["end_reason"]) for s in sessions] == [(1, "interrupted")]
 
 
@@ -326,3 +326,38 @@ def test_discovery_entity_ids_are_lower_case_slugs(cfg):
     for _, text in discovery.configs(m, cfg.lamps):
         if text:
             assert json.loads(text)["default_entity_id"].split(".")[1].startswith("lampctl_site_a_")
+
+
+def test_outbox_ids_are_never_reused_once_it_empties(cfg, usage_log):
+    """An emptied outbox numbered its next row 1 again; the publisher had sent up to a higher id."""
+    db = cfg.service.database
+    set_enabled(db, True)
+    box = Outbox(db)
+    usage_log.event(None, None, None, "system", "one")
+    usage_log.event(None, None, None, "system", "two")
+    usage_log.flush(5)
+    first = [i for i, _, _ in box.unsent(10)]
+    box.delete(first)
+    usage_log.event(None, None, None, "system", "three")
+    usage_log.flush(5)
+    assert [i for i, _, _ in box.unsent(10)] == [max(first) + 1]
+    box.close()
+
+
+def test_outbox_rows_keep_the_origin_they_were_queued_under(cfg, usage_log):
+    from lampctl.storage.db import new_origin
+
+    db = cfg.service.database
+    set_enabled(db, True)
+    box = Outbox(db)
+    usage_log.event(None, None, None, "system", "before")
+    usage_log.flush(5)
+    conn = box._db()
+    before = conn.execute("SELECT origin FROM origin").fetchone()[0]
+    new_origin(conn)
+    usage_log.event(None, None, None, "system", "after")
+    usage_log.flush(5)
+    after = conn.execute("SELECT origin FROM origin").fetchone()[0]
+    assert len({before, after}) == 2 and len(before) == 16
+    assert [(r["why"], r["origin"]) for _, _, r in box.unsent(10)] == [("before", before), ("after", after)]
+    box.close()

@@ -45,6 +45,8 @@ class Services:
     # True synchronised, False known not to be, None cannot tell (lampctl.platform.clocksync.ClockProbe).
     clock_synchronised: Callable[[], bool | None] = lambda: True
     accounts: Accounts | None = None  # required by create_app: logins and tokens are answered from it
+    # With [mqtt]: the link's state for /api/health (lampctl.fleet.mqtt.MqttLink.health); None without.
+    mqtt_health: Callable[[], dict] | None = None
 
 
 def services() -> Services:

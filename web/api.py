@@ -139,6 +139,9 @@ def health():
             f"Account changes cannot be read from the database ({s.accounts.reload_error}); "
             "logins and tokens are checked against the accounts last read."
         )
+    mqtt = s.mqtt_health() if s.mqtt_health is not None else None
+    if mqtt is not None:
+        problems += mqtt["problems"]
     if any(l.state == "fault" for l in lamps):
         status = "fault"
     else:
@@ -150,6 +153,7 @@ def health():
         firmware=firmware,
         clock={True: "synchronised", False: "unsynchronised", None: "unknown"}[clock],
         log={k: log_health[k] for k in ("pending", "write_errors", "dropped")},
+        **({} if mqtt is None else {"mqtt": {k: mqtt[k] for k in ("connected", "backlog", "oldest_unsent_s")}}),
     )
 
 

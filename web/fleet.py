@@ -33,6 +33,7 @@ CSV_COLUMNS = (
     "actual_s",
     "end_reason",
     "continues",
+    "origin",
 )
 CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 

@@ -1,4 +1,5 @@
-"""The collector's SQLite log: every node's sessions and events, unique per (node, id), so a replay is harmless."""
+"""The collector's SQLite log: every node's sessions and events, unique per (node, origin, id), so a replay is
+harmless and a session id that repeats after a restore is a record of its own."""
 
 from __future__ import annotations
 
@@ -11,21 +12,31 @@ from lampctl.fleet.outbox import EVENT_COLUMNS, SESSION_COLUMNS
 from lampctl.platform.runtime import private_dir
 from lampctl.storage.db import connect, transaction
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
+# A record's identity is (node, origin, id): `origin` names the node's database (a restore
+# gives it a new one), '' for records of nodes older than origins. Version 1 of this file
+# (PRAGMA user_version) is the first with origin; an older central log is rebuilt into it.
+VERSION = 1
+TABLES = {
+    "sessions": """
+CREATE TABLE sessions (
     node TEXT NOT NULL, id INTEGER NOT NULL, lamp_id TEXT NOT NULL, user TEXT NOT NULL,
     started_at TEXT NOT NULL, ended_at TEXT, planned_s REAL NOT NULL, actual_s REAL, end_reason TEXT,
     continues INTEGER, received_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    PRIMARY KEY (node, id)
-);
-CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (started_at);
-CREATE TABLE IF NOT EXISTS events (
+    origin TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (node, origin, id)
+)""",
+    "events": """
+CREATE TABLE events (
     node TEXT NOT NULL, id INTEGER NOT NULL, at TEXT NOT NULL, lamp_id TEXT, from_state TEXT, to_state TEXT,
-    who TEXT NOT NULL, why TEXT NOT NULL,
-    PRIMARY KEY (node, id)
-);
-CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
-"""
+    who TEXT NOT NULL, why TEXT NOT NULL, origin TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (node, origin, id)
+)""",
+}
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (started_at)",
+    "CREATE INDEX IF NOT EXISTS events_by_time ON events (at)",
+)
+MAX_ORIGIN = 64
 _REQUIRED = {"session": ("id", "lamp_id", "user", "started_at", "planned_s"), "event": ("id", "at", "who", "why")}
 
 
@@ -49,13 +60,40 @@ def check_record(kind: str, node: str, record) -> tuple:
         if record.get(key) is None:
             raise BadRecord(f"{kind} record without {key!r}")
     try:
-        row: list[object] = [inbound.text("node", node)]
+        row: list[object] = [inbound.text("node", node), _origin(kind, record)]
         for key in columns:
             value = record.get(key)
             row.append(None if value is None else inbound.RECORD_FIELDS[key](key, value))
     except inbound.BadField as exc:
         raise BadRecord(f"{kind} record: {exc}") from None
     return tuple(row)
+
+
+def _origin(kind: str, record: dict) -> str:
+    origin = record.get("origin", "")
+    if not isinstance(origin, str) or len(origin) > MAX_ORIGIN or not origin.isprintable():
+        raise BadRecord(f"{kind} record: 'origin' must be a text of at most {MAX_ORIGIN} characters")
+    return origin
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Create the tables, or rebuild a central log keyed on (node, id) into (node, origin, id), keeping every row."""
+    with transaction(conn):
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= VERSION:
+            return
+        for table, create in TABLES.items():
+            columns = [r["name"] for r in conn.execute(f"PRAGMA table_info({table})")]
+            if not columns:
+                conn.execute(create)
+                continue
+            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v0")
+            conn.execute(create)
+            kept = ", ".join(columns)
+            conn.execute(f"INSERT INTO {table} ({kept}) SELECT {kept} FROM {table}_v0")
+            conn.execute(f"DROP TABLE {table}_v0")  # its index goes with it
+        for index in INDEXES:
+            conn.execute(index)
+        conn.execute(f"PRAGMA user_version = {VERSION}")
 
 
 class CentralLog:
@@ -66,7 +104,7 @@ class CentralLog:
         private_dir(self.path.parent)
         conn = connect(self.path, create=True)
         try:
-            conn.executescript(SCHEMA)
+            _upgrade(conn)
         finally:
             conn.close()
         self._conn: sqlite3.Connection | None = None
@@ -79,7 +117,7 @@ class CentralLog:
         try:
             with transaction(self._conn):
                 for kind, row in rows:
-                    columns = ("node",) + (SESSION_COLUMNS if kind == "session" else EVENT_COLUMNS)
+                    columns = ("node", "origin") + (SESSION_COLUMNS if kind == "session" else EVENT_COLUMNS)
                     table = "sessions" if kind == "session" else "events"
                     self._conn.execute(
                         f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
@@ -144,7 +182,7 @@ class CentralLog:
 
         The query starts before this returns, so a log that cannot be read fails here, not midway.
         """
-        unknown = set(columns) - {"node", "received_at", *SESSION_COLUMNS}
+        unknown = set(columns) - {"node", "origin", "received_at", *SESSION_COLUMNS}
         if unknown:
             raise ValueError(f"no such session columns: {sorted(unknown)}")
         where, params = _filters(node, lamp, start, end)

@@ -9,6 +9,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,10 +28,46 @@ REFRESH_S = 10.0  # a lamp that is on has its state re-published this often (the
 KEEPALIVE_S = 30
 RECONNECT_MAX_S = 2
 ENDS_AT_SLACK_S = 1.0  # a session's published end is kept while the fresh one is within this
+SPAN_EVERY_S = 1.0  # how often the backlog's size and age are read for /api/health
+STALE_BACKLOG_S = 300  # a record waiting longer than this makes /api/health degraded
 
 
 def _dump(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+class Backlog:
+    """How many records wait in the outbox and since when, on the monotonic clock (for /api/health).
+
+    Outbox ids only grow, so marks of (highest id seen, when first seen) date every row: the
+    oldest waiting row was first seen at the first mark at or above it. A mark is added at
+    most every second, and less often the older the backlog is (0.1 % of its age), so a
+    backlog months old keeps a few thousand marks. Rows queued before the service started
+    count from its start.
+    """
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._marks: deque[tuple[int, float]] = deque()
+
+    def update(self, rows: int, low: int, high: int, now: float) -> None:
+        self.rows = rows
+        if rows == 0:
+            self._marks.clear()
+            return
+        while self._marks and self._marks[0][0] < low:
+            self._marks.popleft()
+        if not self._marks:
+            self._marks.append((high, now))
+        elif high > self._marks[-1][0]:
+            _, last_at = self._marks[-1]
+            if now - last_at >= 1.0 + (now - self._marks[0][1]) / 1000:
+                self._marks.append((high, now))
+            else:  # dated by the last mark: older than they are by less than its spacing
+                self._marks[-1] = (high, last_at)
+
+    def oldest_s(self, now: float) -> float | None:
+        return round(max(0.0, now - self._marks[0][1]), 1) if self.rows and self._marks else None
 
 
 class MqttLink:
@@ -74,13 +111,13 @@ class MqttLink:
         self._ends: dict[str, tuple[tuple, float]] = {}  # lamp id -> (session, planned), its end (wall clock)
         self._acked: set[int] = set()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox id
-        self._last_sent = 0
+        self.backlog = Backlog()
+        self._spanned_at = float("-inf")
         self._connects = 0
         self._handled_connects = 0
         self._connected = False
         self._wake = False
         self._stop = False
-        self.pending = 0
         self.sent = 0
         self._thread: threading.Thread | None = None
         self.client = self._make_client()
@@ -169,6 +206,23 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected
 
+    def health(self) -> dict:
+        """For /api/health, from memory: the link, the outbox backlog and its oldest record's wait."""
+        oldest = self.backlog.oldest_s(time.monotonic())
+        problems = []
+        if oldest is not None and oldest > STALE_BACKLOG_S:
+            problems.append(
+                f"{self.backlog.rows} record(s) have waited more than {STALE_BACKLOG_S // 60} minutes "
+                f"to be sent to the MQTT broker {self.cfg.url} (oldest {oldest:.0f} s, "
+                f"{'connected' if self._connected else 'not connected'}); they are kept in the outbox."
+            )
+        return {
+            "connected": self._connected,
+            "backlog": self.backlog.rows,
+            "oldest_unsent_s": oldest,
+            "problems": problems,
+        }
+
     # ---- life ----------------------------------------------------------------------------
     def start(self) -> None:
         self.commands.start()
@@ -208,6 +262,10 @@ class MqttLink:
                 views, self._views = self._views, {}
                 acked, self._acked = self._acked, set()
             if not connected:
+                try:  # the backlog still grows and ages for /api/health
+                    self._span(every=SPAN_EVERY_S)
+                except sqlite3.Error as exc:
+                    log.error("MQTT outbox cannot be read (%s); retrying", exc)
                 continue
             try:
                 if connects != self._handled_connects:
@@ -221,6 +279,7 @@ class MqttLink:
                         self._publish_states(v.as_dict() for v in self._controller.lamps() if v.state == "on")
                 self._settle(acked)
                 self._send_more()
+                self._span(every=0.0)
             except sqlite3.Error as exc:
                 log.error("MQTT outbox cannot be read (%s); retrying", exc)
                 time.sleep(1.0)
@@ -231,7 +290,6 @@ class MqttLink:
     def _announce(self) -> None:
         """After each (re)connect: online, discovery, every lamp's state, and the outbox from its start."""
         self._inflight.clear()
-        self._last_sent = 0
         publish = self.client.publish
         publish(discovery.status_topic(self.node), "online", qos=1, retain=True)
         for topic, payload in discovery.configs(self.cfg, self.lamps):
@@ -265,21 +323,26 @@ class MqttLink:
         self.sent += len(done)
 
     def _send_more(self) -> None:
+        """Publish the oldest rows not yet in flight, up to the window. Rows are picked by
+        what is in flight, not by an id mark, so a row is never passed over whatever its id."""
         room = WINDOW - len(self._inflight)
         if room <= 0:
             return
-        rows = self._outbox.after(self._last_sent, room)
+        rows = self._outbox.unsent(room, sending=frozenset(self._inflight.values()))
         gone = []
         for outbox_id, kind, record in rows:
             if record is None:
                 gone.append(outbox_id)
-                self._last_sent = outbox_id
                 continue
             topic = discovery.records_topic(self.node, "sessions" if kind == "session" else "events")
             info = self.client.publish(topic, _dump({**record, "node": self.node}), qos=1)
             if info.rc != 0:
                 break  # not connected: the next connection starts again from the outbox
             self._inflight[info.mid] = outbox_id
-            self._last_sent = outbox_id
         self._outbox.delete(gone)
-        self.pending = self._outbox.count()
+
+    def _span(self, every: float) -> None:
+        now = time.monotonic()
+        if now - self._spanned_at >= every:
+            self._spanned_at = now
+            self.backlog.update(*self._outbox.span(), now)

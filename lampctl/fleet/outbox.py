@@ -66,18 +66,32 @@ class Outbox:
     def count(self) -> int:
         return self._guard(lambda c: c.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
-    def after(self, last_id: int, limit: int) -> list[tuple[int, str, dict | None]]:
-        """Up to `limit` records after outbox id `last_id`, oldest first: (id, kind, record).
+    def span(self) -> tuple[int, int, int]:
+        """(rows waiting, lowest id, highest id); ids are 0 when the outbox is empty."""
 
-        The record is None when its row is gone (events pruned by an admin): such an entry
-        is acknowledged without sending anything.
+        def read(conn):
+            n, low, high = conn.execute("SELECT count(*), min(id), max(id) FROM outbox").fetchone()
+            return n, low or 0, high or 0
+
+        return self._guard(read)
+
+    def unsent(self, limit: int, sending=frozenset()) -> list[tuple[int, str, dict | None]]:
+        """Up to `limit` records not in `sending` (ids sent and not yet acknowledged), oldest first:
+        (id, kind, record).
+
+        Every row still in the outbox is unacknowledged, so the oldest `limit + len(sending)`
+        rows hold every candidate: no row is passed over, whatever its id. The record carries
+        the `origin` it was queued under (none for rows queued before origins existed). It is
+        None when its row is gone (events pruned by an admin): such an entry is acknowledged
+        without sending anything.
         """
 
         def read(conn):
             rows = conn.execute(
-                "SELECT id, kind, ref FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)
+                "SELECT id, kind, ref, origin FROM outbox ORDER BY id LIMIT ?", (limit + len(sending),)
             ).fetchall()
-            return [(row["id"], row["kind"], _record(conn, row["kind"], row["ref"])) for row in rows]
+            rows = [row for row in rows if row["id"] not in sending][:limit]
+            return [(row["id"], row["kind"], _record(conn, row["kind"], row["ref"], row["origin"])) for row in rows]
 
         return self._guard(read)
 
@@ -92,7 +106,12 @@ class Outbox:
         self._guard(act)
 
 
-def _record(conn: sqlite3.Connection, kind: str, ref: int) -> dict | None:
+def _record(conn: sqlite3.Connection, kind: str, ref: int, origin: str) -> dict | None:
     table, columns = ("sessions", SESSION_COLUMNS) if kind == "session" else ("events", EVENT_COLUMNS)
     row = conn.execute(f"SELECT {', '.join(columns)} FROM {table} WHERE id = ?", (ref,)).fetchone()
-    return None if row is None else {k: row[k] for k in columns}
+    if row is None:
+        return None
+    record = {k: row[k] for k in columns}
+    if origin:
+        record["origin"] = origin
+    return record

@@ -300,6 +300,23 @@ class Service:
         self.on_close(stack, "lamp listeners", controller.listeners.close)
         log.info("MQTT: node %s publishing to %s", self.cfg.mqtt.node, self.cfg.mqtt.url)
 
+    def _mqtt_health(self):
+        """/api/health's mqtt part: the link's, or, when [mqtt] is set but paho-mqtt is missing, that alone."""
+        if self.mqtt is not None:
+            return self.mqtt.health
+        if self.cfg.mqtt is None:
+            return None
+        missing = {
+            "connected": False,
+            "backlog": None,
+            "oldest_unsent_s": None,
+            "problems": [
+                "[mqtt] is set but paho-mqtt cannot be loaded; records wait in the outbox "
+                "(pip install 'lampctl[mqtt]')."
+            ],
+        }
+        return lambda: missing
+
     def _open_web(self, stack: ExitStack, controller: SessionController) -> None:
         from lampctl.service.serving import serve_panel
 
@@ -311,6 +328,7 @@ class Service:
             accounts=self.accounts,
             clock_synchronised=self.clock_probe,
             firmware_status=backstop.status if backstop else (lambda: "absent"),
+            mqtt_health=self._mqtt_health(),
         )
         self.server = serve_panel(services, self.cfg.service.host, self.cfg.service.port, arrivals=controller)
         self.on_close(stack, "web server", self.server.close)

@@ -170,7 +170,49 @@ MIGRATIONS = [
         wall_synced INTEGER
     );
     """,
+    # 7: records that arrive once and at once. Outbox ids are never reused (AUTOINCREMENT):
+    # without it an emptied outbox numbered its next rows from 1 again, below what the
+    # publisher had sent. `origin` is this database's identity, minted here and re-minted by
+    # `lampctl restore`, so a session id that repeats after a restore is a new record at the
+    # collector, not a replay; each outbox row keeps the origin it was queued under, so a
+    # record sent again after a restore is still the same record. Rows queued before this
+    # migration keep the empty origin older lampctl sent (none).
+    """
+    CREATE TABLE origin (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        origin TEXT NOT NULL
+    );
+    INSERT INTO origin (id, origin) VALUES (1, lower(hex(randomblob(8))));
+    DROP TRIGGER outbox_session;
+    DROP TRIGGER outbox_event;
+    CREATE TABLE outbox_v7 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL CHECK (kind IN ('session','event')),
+        ref INTEGER NOT NULL,
+        origin TEXT NOT NULL
+    );
+    INSERT INTO outbox_v7 (id, kind, ref, origin) SELECT id, kind, ref, '' FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v7 RENAME TO outbox;
+    CREATE TRIGGER outbox_session AFTER UPDATE OF ended_at ON sessions
+        WHEN old.ended_at IS NULL AND new.ended_at IS NOT NULL
+         AND (SELECT enabled FROM outbox_switch WHERE id = 1)
+        BEGIN INSERT INTO outbox (kind, ref, origin) VALUES ('session', new.id, (SELECT origin FROM origin WHERE id = 1));
+        END;
+    CREATE TRIGGER outbox_event AFTER INSERT ON events
+        WHEN (SELECT enabled FROM outbox_switch WHERE id = 1)
+        BEGIN INSERT INTO outbox (kind, ref, origin) VALUES ('event', new.id, (SELECT origin FROM origin WHERE id = 1));
+        END;
+    """,
 ]
+
+
+def new_origin(conn: sqlite3.Connection) -> str:
+    """Give the database a new origin (a restore does: its copy is a database of its own from now on)."""
+    origin = conn.execute("SELECT lower(hex(randomblob(8)))").fetchone()[0]
+    conn.execute("UPDATE origin SET origin = ? WHERE id = 1", (origin,))
+    return origin
+
 
 MIN_UTC = datetime.min.replace(tzinfo=UTC)
 MAX_UTC = datetime.max.replace(tzinfo=UTC)

@@ -164,6 +164,7 @@ def restore_database(database: Path, backup: Path, now: datetime | None = None) 
             src.backup(dst)
             dst.execute("PRAGMA journal_mode=WAL")
             s20_keep(dst, kept)
+            new_identity(dst)
             problems = integrity_problems(dst)
             counts = _count(dst, "sessions"), _count(dst, "events")
         except sqlite3.Error as exc:
@@ -232,6 +233,18 @@ def s20_keep(conn: sqlite3.Connection, kept: KeptState) -> None:
         conn.executemany(
             f"INSERT OR REPLACE INTO login_lockouts ({LOCKOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", kept.lockouts
         )
+
+
+def new_identity(conn: sqlite3.Connection) -> None:
+    """A restored database is a database of its own: it gets a new origin, so the sessions it
+    numbers from here on (the ids after the backup's, which the replaced database may have
+    used and sent already) are new records at the fleet's collector, not replays. Its
+    waiting outbox rows keep the origin they were queued under: sent again, they are the
+    same records. (s20_keep has migrated the copy, so the origin table exists.)"""
+    from lampctl.storage.db import new_origin, transaction
+
+    with transaction(conn):
+        new_origin(conn)
 
 
 def keep_service_ownership(database: Path) -> None:
