@@ -100,24 +100,19 @@ def _parse_url(r, key: str, url: str, ports) -> tuple[str, int, bool]:
 
 
 def _password_file(r, table: str, value: str | None, base: Path) -> Path | None:
-    if value is None:
-        return None
-    path = Path(value)
-    if not path.is_absolute():
-        path = (base / path).resolve()
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise r.fail(f"{table}.password_file", f"cannot read {path}: {exc.strerror}") from None
-    return path
+    return _readable_file(r, f"{table}.password_file", value, base)
 
 
 def _tls_file(r, table: str, key: str, value: str | None, base: Path, tls: bool) -> Path | None:
+    if value is not None and not tls:
+        raise r.fail(f"{table}.{key}", "needs a TLS broker: an mqtts:// url")
+    return _readable_file(r, f"{table}.{key}", value, base)
+
+
+def _readable_file(r, key: str, value: str | None, base: Path) -> Path | None:
+    """A file the key names, relative to the config file, that can be opened now: else one line naming the key."""
     if value is None:
         return None
-    if not tls:
-        raise r.fail(f"{table}.{key}", "needs a TLS broker: an mqtts:// url")
     path = Path(value)
     if not path.is_absolute():
         path = (base / path).resolve()
@@ -125,7 +120,7 @@ def _tls_file(r, table: str, key: str, value: str | None, base: Path, tls: bool)
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise r.fail(f"{table}.{key}", f"cannot read {path}: {exc.strerror}") from None
+        raise r.fail(key, f"cannot read {path}: {exc.strerror}") from None
     return path
 
 
