@@ -1,7 +1,9 @@
 """Host client of the lamp firmware: FirmwareLink over any pyserial URL, with heartbeats and reconnects.
 
 One background thread owns the port: it connects, says HELLO, checks what the
-firmware reports, reads every reply, sends a PING every ``heartbeat_s`` and
+firmware reports (its guard table included: GUARDS), reads every reply, sends a
+heartbeat every ``heartbeat_s`` (PING, or SENSE when guards are configured, whose
+readings it keeps in ``readings`` and hands to ``on_guard``) and
 drops and reopens the link (exponential backoff, 0.1 s doubling to 2 s) when
 the port fails or the firmware goes quiet for ``watchdog_s / 2``.  Callers'
 threads send commands themselves and wait for the reply matching their seq.
@@ -16,7 +18,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import serial
@@ -98,6 +100,31 @@ def check_hello(
     return info
 
 
+def _channel(row: protocol.GuardRow) -> str:
+    lamp, adc, low, high = row
+    return "lamp %d on ADC %d between %d and %d" % (lamp, adc, low, high)
+
+
+def describe_guards(table: Sequence[protocol.GuardRow]) -> str:
+    """A guard table in words: 'lamp 0 on ADC 0 between 9000 and 52000, ...' or 'no channel'."""
+    return ", ".join(_channel(row) for row in table) or "no channel"
+
+
+def check_guard_table(args: tuple[str, ...], url: str, expected: Sequence[protocol.GuardRow]) -> None:
+    """LinkFailure (one sentence) unless a GUARDS reply lists exactly the expected channels, in order."""
+    try:
+        table = protocol.parse_guards(args)
+    except protocol.FrameError:
+        raise LinkFailure(
+            "The firmware on %s sent a GUARDS reply that could not be read: %r." % (url, " ".join(args))
+        ) from None
+    if table != list(expected):
+        raise LinkFailure(
+            "The firmware on %s guards %s but the config asks for %s: run lampctl firmware flash."
+            % (url, describe_guards(table), describe_guards(expected))
+        )
+
+
 class FirmwareLink:
     """Commands, heartbeats and link state for one firmware on one serial URL."""
 
@@ -112,9 +139,13 @@ class FirmwareLink:
         on_link_change: Callable[[bool, str], None] | None = None,
         serial_for_url: Callable[..., Port] = serial.serial_for_url,
         clock: Callable[[], float] = time.monotonic,
+        guards: Sequence[protocol.GuardRow] = (),
+        on_guard: Callable[[list[protocol.Sense]], None] | None = None,
     ) -> None:
         if not isinstance(lamp_count, int) or not 1 <= lamp_count <= protocol.MAX_LAMPS:
             raise ValueError("lamp_count must be 1..%d, got %r" % (protocol.MAX_LAMPS, lamp_count))
+        # The guard channels (lamp, adc, low, high) the firmware must have been flashed with.
+        self.guards = protocol.check_guards(list(guards), lamp_count)
         if not 0 < heartbeat_s < watchdog_s / 2:
             raise ValueError(
                 "heartbeat_s (%r) must be positive and under half of watchdog_s (%r) "
@@ -155,6 +186,12 @@ class FirmwareLink:
         # When the firmware was last heard (monotonic), None before the first HELLO; read
         # without a lock by the owner of on_link_change when the link is lost.
         self.last_heard: float | None = None
+        # on_guard(readings): called on the link thread, never under a lock, whenever a SENSE
+        # reply arrives; its owner may set it after construction, before start().
+        self.on_guard = on_guard
+        # (when read, monotonic; per channel {"raw", "trip", "trip_raw", "trip_ago_ms"}) of the
+        # latest SENSE reply, None before the first: replaced whole, so it is read without a lock.
+        self.sensed: tuple[float, list[protocol.Sense]] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -245,6 +282,23 @@ class FirmwareLink:
             )
         return lamps[: self.lamp_count]
 
+    def clear(self, lamp: int) -> None:
+        """Unlatch ``lamp``'s guard trips; FirmwareError (reason guard-tripped) while one still reads out of range."""
+        self._check_lamp(lamp)
+        self._command("CLEAR", lamp)
+
+    @property
+    def readings(self) -> list[protocol.Sense]:
+        """Per guard channel {"raw", "trip", "trip_raw", "trip_ago_ms"} of the latest SENSE, [] before one."""
+        sensed = self.sensed
+        return [] if sensed is None else sensed[1]
+
+    @property
+    def readings_at(self) -> float | None:
+        """When (monotonic) the latest SENSE reply arrived, None before one."""
+        sensed = self.sensed
+        return None if sensed is None else sensed[0]
+
     def _check_lamp(self, lamp: int) -> None:
         if not isinstance(lamp, int) or isinstance(lamp, bool):
             raise TypeError("lamp must be an int index, got %r" % (lamp,))
@@ -272,7 +326,7 @@ class FirmwareLink:
         if reply.word == "ERR":
             token = reply.args[0]
             detail = REFUSALS.get(token, "the firmware rejected the frame (%s)" % token)
-            raise FirmwareError("Firmware refused %s: %s." % (what, detail))
+            raise FirmwareError("Firmware refused %s: %s." % (what, detail), reason=token)
         return reply.args
 
     def _send(self, port: Port | None, word: str, args: tuple[int, ...], want_reply: bool) -> tuple[int, Waiter | None]:
@@ -392,13 +446,44 @@ class FirmwareLink:
         reply = waiter.outcome()  # only this thread's _set_down sets an error, never while greeting
         if reply.word != "OK":
             raise LinkFailure("The firmware on %s refused HELLO (%s)." % (self.url, reply.args[0]))
-        return check_hello(reply.args, self.url, self.lamp_count, self.watchdog_s, self.heartbeat_s)
+        info = check_hello(reply.args, self.url, self.lamp_count, self.watchdog_s, self.heartbeat_s)
+        guards = self._ask(port, splitter, "GUARDS")
+        if guards is None:
+            return None
+        check_guard_table(guards.args, self.url, self.guards)
+        return info
+
+    def _ask(self, port: Port, splitter: protocol.LineSplitter, word: str) -> protocol.Reply | None:
+        """One command during the handshake and its OK reply; None when close() came first."""
+        try:
+            _seq, waiter = self._send(port, word, (), want_reply=True)
+        except (FirmwareError, serial.SerialException, OSError) as err:
+            raise LinkFailure(sentence("Cannot ask the firmware on %s for %s: %s" % (self.url, word, err))) from err
+        assert waiter is not None  # a reply asked for on a given port always has its waiter
+        deadline = self._clock() + self.reply_timeout_s
+        while not waiter.event.is_set():
+            if self._stop.is_set():
+                return None
+            if self._clock() >= deadline:
+                raise LinkFailure(
+                    "The firmware on %s did not answer %s within %g s." % (self.url, word, self.reply_timeout_s)
+                )
+            self._pump(port, splitter)
+        reply = waiter.outcome()
+        if reply.word != "OK":
+            raise LinkFailure("The firmware on %s refused %s (%s)." % (self.url, word, reply.args[0]))
+        return reply
 
     def _heartbeats(self, port: Port, splitter: protocol.LineSplitter) -> None:
-        """Read replies and send a PING every heartbeat_s until the link fails or close()."""
+        """Read replies and send a heartbeat every heartbeat_s until the link fails or close().
+
+        The heartbeat is SENSE when guards are configured (it feeds the firmware's watchdog
+        as PING does, and brings the readings), else PING.
+        """
+        beat = "SENSE" if self.guards else "PING"
         last_heard = self.last_heard = self._clock()
         next_beat = last_heard + self.heartbeat_s
-        beats: dict[int, float] = {}  # seq of an unanswered PING -> time sent
+        beats: dict[int, float] = {}  # seq of an unanswered heartbeat -> time sent
         while not self._stop.is_set():
             for reply in self._pump(port, splitter):
                 last_heard = self.last_heard = self._clock()
@@ -408,6 +493,8 @@ class FirmwareLink:
                         raise LinkFailure(
                             "The firmware refused a heartbeat (%s), so it has cut its lamps." % reply.args[0]
                         )
+                    if beat == "SENSE":
+                        self._sensed(reply.args, last_heard)
             if self._write_failure is not None:
                 raise LinkFailure(sentence(self._write_failure))
             now = self._clock()
@@ -419,13 +506,35 @@ class FirmwareLink:
             if now >= next_beat:
                 next_beat = max(next_beat + self.heartbeat_s, now)
                 try:
-                    seq, _ = self._send(port, "PING", (), want_reply=False)
+                    seq, _ = self._send(port, beat, (), want_reply=False)
                 except FirmwareError as err:
                     raise LinkFailure(str(err)) from err
                 beats[seq] = now
                 # Old entries are PINGs whose replies were lost; silence detection covers them.
                 for old in [s for s, sent in beats.items() if now - sent > self.watchdog_s]:
                     del beats[old]
+
+    def _sensed(self, args: tuple[str, ...], at: float) -> None:
+        """Keep a SENSE reply's readings and hand them to on_guard (no lock held)."""
+        try:
+            readings = protocol.parse_sense(args)
+        except protocol.FrameError:
+            raise LinkFailure(
+                "The firmware on %s sent a SENSE reply that could not be read: %r." % (self.url, " ".join(args))
+            ) from None
+        if len(readings) != len(self.guards):
+            raise LinkFailure(
+                "The firmware on %s reported %d guard readings where %d channels are configured."
+                % (self.url, len(readings), len(self.guards))
+            )
+        self.sensed = (at, readings)
+        if self.on_guard is None:
+            return
+        try:
+            self.on_guard(readings)
+        except Exception:
+            # A broken callback must not stop heartbeats or reconnects.
+            log.exception("on_guard raised; the firmware link keeps running")
 
     def _pump(self, port: Port, splitter: protocol.LineSplitter) -> list[protocol.Reply]:
         """Read what has arrived (waiting at most READ_TIMEOUT_S), hand replies to waiters.

@@ -12,11 +12,23 @@ REFUSALS = {
     ),
     protocol.NEED_HELLO: "the firmware has cut its lamps and waits for a new HELLO",
     protocol.REPLAY: "the firmware saw a sequence number that was not newer than the last one",
+    protocol.GUARD_TRIPPED: (
+        "a temperature or current guard of that lamp has tripped or reads out of range, "
+        "and the firmware keeps the lamp off until it reads in range and is cleared"
+    ),
 }
 
 
 class FirmwareError(Exception):
-    """The firmware refused a command (it answered ERR); str() is one sentence."""
+    """The firmware refused a command (it answered ERR); str() is one sentence.
+
+    ``reason`` is the firmware's ERR token (e.g. protocol.GUARD_TRIPPED) when it answered
+    one, else None (a local check, a timeout, a link that went down).
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class FirmwareTimeout(FirmwareError):

@@ -12,7 +12,8 @@ Wire format (ASCII, one frame per line)::
 * ``seq``  decimal 1..65535, no leading zeros.  Host commands carry their own
   seq; a reply carries the seq of the command it answers (0 when the command
   was too damaged to trust its seq).
-* ``WORD`` a command (HELLO ARM OFF OFFALL PING STATUS) or a reply (OK ERR).
+* ``WORD`` a command (HELLO ARM OFF OFFALL PING STATUS GUARDS SENSE CLEAR) or a
+  reply (OK ERR).
 * ``crc``  CRC-16/CCITT-FALSE of every byte before ``*``, four upper-case hex
   digits.
 * single spaces between fields; an optional ``\\r`` before ``\\n`` is dropped;
@@ -27,14 +28,29 @@ if TYPE_CHECKING:
     # The fields of a HELLO reply, and one lamp of a STATUS reply.
     Hello = TypedDict("Hello", {"protocol": int, "firmware": str, "lamps": int, "watchdog_ms": int, "max_arm_ms": int})
     LampStatus = TypedDict("LampStatus", {"on": bool, "remaining_ms": int})
+    # One guard channel as (lamp, adc, low, high), and one channel of a SENSE reply.
+    GuardRow = tuple[int, int, int, int]
+    Sense = TypedDict("Sense", {"raw": int, "trip": int, "trip_raw": int, "trip_ago_ms": int})
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the analog guard (GUARDS, SENSE, CLEAR, ERR guard-tripped)
 MAX_LINE = 128  # bytes including "\n": bounds every buffer on both sides
 SEQ_MODULO = 65536  # seq lives in 1..65535; 0 means "no trustworthy seq"
 MAX_SEQ = SEQ_MODULO - 1
 MAX_LAMPS = 8  # a STATUS reply for 8 lamps still fits in MAX_LINE
 # Hard ceiling of one ARM: a 60 min session x 1.10 backstop plus up to 10 s grace.
 MAX_ARM_MS = 60 * 60 * 1000 * 11 // 10 + 10 * 1000  # 3 970 000 ms
+# The analog guard: channels (lamp, adc, low, high) on the Pico's ADC inputs 0..2 (GP26..GP28),
+# each reading (ADC.read_u16() units) held inside low..high, at most 2 channels per lamp.
+MAX_GUARDS = 3
+MAX_GUARDS_PER_LAMP = 2
+MAX_RAW = 65535
+# Why a channel tripped (SENSE's <trip>): its reading was below low, above high, or could not be read.
+TRIP_NONE = 0
+TRIP_LOW = 1
+TRIP_HIGH = 2
+TRIP_FAIL = 3
+# A trip's age saturates here (about 3.1 days), well inside the ticks' 2**29 ms half-period.
+MAX_TRIP_AGO_MS = 1 << 28
 
 # Host -> firmware commands and how many (decimal, non-negative) arguments each takes.
 COMMANDS = {
@@ -44,7 +60,13 @@ COMMANDS = {
     "OFFALL": 0,  # every lamp off    reply: OK
     "PING": 0,  # heartbeat         reply: OK
     "STATUS": 0,  # reply: OK <on>:<remaining_ms> per lamp, e.g. OK 1:59000 0:0
+    "GUARDS": 0,  # reply: OK <lamp>:<adc>:<low>:<high> per guard channel (also before HELLO)
+    "SENSE": 0,  # reply: OK <raw>:<trip>:<trip_raw>:<trip_ago_ms> per channel (also before HELLO)
+    "CLEAR": 1,  # CLEAR <lamp>      reply: OK once every channel of the lamp reads in range
 }
+# Read-only commands answered before HELLO too; before HELLO they neither feed the
+# watchdog nor sync the host (after it they are ordinary frames, SENSE the heartbeat).
+READ_ONLY = ("GUARDS", "SENSE")
 REPLIES = ("OK", "ERR")
 
 # Rejection reasons a parser raises; the firmware answers them as "ERR <reason>".
@@ -62,6 +84,7 @@ NO_SUCH_LAMP = "no-such-lamp"
 MS_OUT_OF_RANGE = "ms-out-of-range"  # ARM ms outside 1..MAX_ARM_MS
 OVER_CEILING = "over-ceiling"  # re-ARM would keep a lamp on longer than MAX_ARM_MS in one go
 INTERNAL = "internal"  # handling the frame failed inside the firmware (a bad frame)
+GUARD_TRIPPED = "guard-tripped"  # ARM/CLEAR of a lamp whose guard tripped or reads out of range now
 
 _DIGITS = "0123456789"
 _HEX = "0123456789ABCDEF"
@@ -301,6 +324,96 @@ def parse_status(args):
         if remaining is None or pair[0] not in ("0", "1"):
             raise FrameError(BAD_ARGS)
         result.append({"on": pair[0] == "1", "remaining_ms": remaining})
+    return result
+
+
+def check_guards(table, lamps=MAX_LAMPS):
+    # type: (list[GuardRow] | tuple[GuardRow, ...], int) -> list[GuardRow]
+    """The guard table as a list of (lamp, adc, low, high) int tuples; ValueError (one sentence) when it is not one.
+
+    lamp 0..lamps-1, adc 0..MAX_GUARDS-1 and used once, 0 <= low <= high <= MAX_RAW,
+    at most MAX_GUARDS_PER_LAMP channels on one lamp.
+    """
+    rows = []  # type: list[GuardRow]
+    adcs = []  # type: list[int]
+    per_lamp = [0] * MAX_LAMPS
+    if len(table) > MAX_GUARDS:
+        raise ValueError("the firmware has %d guard channels, got %d" % (MAX_GUARDS, len(table)))
+    for row in table:
+        if len(row) != 4:
+            raise ValueError("a guard channel is (lamp, adc, low, high), got %r" % (row,))
+        for value in row:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError("a guard channel holds integers, got %r" % (row,))
+        lamp, adc, low, high = row
+        if not 0 <= lamp < lamps:
+            raise ValueError("guard channel %r names lamp %d; lamps are 0..%d" % (row, lamp, lamps - 1))
+        if not 0 <= adc < MAX_GUARDS:
+            raise ValueError("guard channel %r names ADC %d; the ADC inputs are 0..%d" % (row, adc, MAX_GUARDS - 1))
+        if adc in adcs:
+            raise ValueError("ADC %d guards two channels; each ADC input serves one" % adc)
+        if not 0 <= low <= high <= MAX_RAW:
+            raise ValueError("guard channel %r needs 0 <= low <= high <= %d" % (row, MAX_RAW))
+        per_lamp[lamp] += 1
+        if per_lamp[lamp] > MAX_GUARDS_PER_LAMP:
+            raise ValueError("lamp %d has more than %d guard channels" % (lamp, MAX_GUARDS_PER_LAMP))
+        adcs.append(adc)
+        rows.append((lamp, adc, low, high))
+    return rows
+
+
+def _parse_fields(arg, count):
+    # type: (str, int) -> list[int]
+    parts = arg.split(":")
+    if len(parts) != count:
+        raise FrameError(BAD_ARGS)
+    values = []
+    for part in parts:
+        value = _parse_uint(part)
+        if value is None:
+            raise FrameError(BAD_ARGS)
+        values.append(value)
+    return values
+
+
+def format_guards(table):
+    # type: (list[GuardRow] | tuple[GuardRow, ...]) -> list[str]
+    """GUARDS reply args from [(lamp, adc, low, high), ...], in channel order."""
+    return ["%d:%d:%d:%d" % (lamp, adc, low, high) for lamp, adc, low, high in table]
+
+
+def parse_guards(args):
+    # type: (tuple[str, ...] | list[str]) -> list[GuardRow]
+    """[(lamp, adc, low, high), ...] from GUARDS reply args; FrameError(BAD_ARGS) on junk."""
+    rows = []  # type: list[GuardRow]
+    for arg in args:
+        lamp, adc, low, high = _parse_fields(arg, 4)
+        rows.append((lamp, adc, low, high))
+    try:
+        return check_guards(rows)
+    except ValueError:
+        raise FrameError(BAD_ARGS) from None
+
+
+def format_sense(channels):
+    # type: (list[tuple[int, int, int, int]]) -> list[str]
+    """SENSE reply args from [(raw, trip, trip_raw, trip_ago_ms), ...], in channel order."""
+    return ["%d:%d:%d:%d" % (raw, trip, trip_raw, ago) for raw, trip, trip_raw, ago in channels]
+
+
+def parse_sense(args):
+    # type: (tuple[str, ...] | list[str]) -> list[Sense]
+    """[{"raw", "trip", "trip_raw", "trip_ago_ms"}, ...] from SENSE reply args; FrameError(BAD_ARGS) on junk."""
+    result = []  # type: list[Sense]
+    if len(args) > MAX_GUARDS:
+        raise FrameError(BAD_ARGS)
+    for arg in args:
+        raw, trip, trip_raw, ago = _parse_fields(arg, 4)
+        if raw > MAX_RAW or trip_raw > MAX_RAW or trip > TRIP_FAIL or ago > MAX_TRIP_AGO_MS:
+            raise FrameError(BAD_ARGS)
+        if trip == TRIP_NONE and (trip_raw or ago):
+            raise FrameError(BAD_ARGS)
+        result.append({"raw": raw, "trip": trip, "trip_raw": trip_raw, "trip_ago_ms": ago})
     return result
 
 

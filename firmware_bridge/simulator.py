@@ -2,6 +2,7 @@
 
     python -m firmware_bridge.simulator --listen 127.0.0.1:PORT --lamps N [--watchdog S]
     python -m firmware_bridge.simulator --pty --lamps N [--watchdog S]
+        [--guard LAMP:ADC:LOW:HIGH ...] [--control HOST:PORT]
 
 stderr gets one ``listening 127.0.0.1:<port>`` (or ``listening /dev/pts/N``)
 line once the port is open, so a parent started with port 0 can find it.
@@ -16,6 +17,20 @@ is not touched when a client comes or goes, exactly as a Pico does not notice
 a host process exiting: the watchdog cuts the lamps.  Replies that the client
 is too slow to take are dropped, as on a UART without flow control.
 SIGTERM and SIGINT turn every lamp off (printed) and exit 0.
+
+``--guard LAMP:ADC:LOW:HIGH`` (repeatable) gives the firmware an analog guard
+channel, as GUARDS on the board's main.py does; each simulated ADC input reads
+the middle of its channel's range until told otherwise.  ``--control HOST:PORT``
+opens a second TCP port (any number of clients) that sets what the ADC inputs
+read while the simulator runs, without going through the host: one line per
+request, each answered with one line::
+
+    adc <n> <raw>    input n (0..2) reads raw (0..65535) from now on   -> ok
+    adc <n> fail     input n's read raises (the firmware counts it out of range) -> ok
+    anything else                                               -> error: <sentence>
+
+Its address goes to stderr as ``control 127.0.0.1:<port>``, before the
+``listening`` line.  A trip cuts its lamp with ``"why": "guard"``.
 """
 
 from __future__ import annotations
@@ -38,6 +53,40 @@ from firmware_bridge.firmware import mpshim
 from firmware_bridge.firmware.logic import Firmware
 
 MAX_IDLE_WAIT_S = 0.5  # wake-up when no timer is pending: only to notice a stop request
+MAX_CONTROL_LINE = 128  # a control client sending a longer line is dropped
+FAIL = "fail"  # what a control line sets to make an ADC input's read raise
+
+
+class AdcInputs:
+    """What each simulated ADC input reads: an int, or FAIL to make the read raise."""
+
+    def __init__(self, guards: list[protocol.GuardRow]) -> None:
+        self._values: dict[int, int | str] = {adc: (low + high) // 2 for _lamp, adc, low, high in guards}
+
+    def reader(self, adc: int) -> Callable[[], int]:
+        def read() -> int:
+            value = self._values.get(adc, 0)
+            if isinstance(value, str):
+                raise OSError("ADC %d read failed (set by the control port)" % adc)
+            return value
+
+        return read
+
+    def command(self, line: str) -> str:
+        """Apply one control line; returns the reply line ("ok" or "error: ...")."""
+        words = line.split()
+        if len(words) != 3 or words[0] != "adc":
+            return "error: expected 'adc <n> <raw>' or 'adc <n> fail', got %r" % line
+        if words[1] not in [str(n) for n in range(protocol.MAX_GUARDS)]:
+            return "error: ADC input must be 0..%d, got %r" % (protocol.MAX_GUARDS - 1, words[1])
+        adc = int(words[1])
+        if words[2] == FAIL:
+            self._values[adc] = FAIL
+            return "ok"
+        if not words[2].isdigit() or int(words[2]) > protocol.MAX_RAW:
+            return "error: a reading must be 0..%d or 'fail', got %r" % (protocol.MAX_RAW, words[2])
+        self._values[adc] = int(words[2])
+        return "ok"
 
 
 class _Output:
@@ -82,12 +131,20 @@ def make_firmware(
     on_change: Callable[[int, bool, str], object],
     bad_frame_limit: int = 3,
     tick_offset_ms: int = 0,
+    guards: list[protocol.GuardRow] | None = None,
+    inputs: AdcInputs | None = None,
 ) -> Firmware:
-    """Firmware on real time: MicroPython ticks from time.monotonic(), shifted by tick_offset_ms."""
+    """Firmware on real time: MicroPython ticks from time.monotonic(), shifted by tick_offset_ms.
+
+    ``guards`` are (lamp, adc, low, high) channels read from ``inputs`` (by default
+    inputs reading the middle of each range).
+    """
 
     def ticks_ms() -> int:
         return (int(time.monotonic() * 1000) + tick_offset_ms) & mpshim.TICKS_MAX
 
+    table = guards or []
+    inputs = inputs or AdcInputs(table)
     outputs = [_Output() for _ in range(lamps)]
     return Firmware(
         outputs,
@@ -97,7 +154,69 @@ def make_firmware(
         watchdog_ms=max(1, round(watchdog_s * 1000)),
         bad_frame_limit=bad_frame_limit,
         on_change=on_change,
+        guards=[(lamp, inputs.reader(adc), low, high, adc) for lamp, adc, low, high in table],
     )
+
+
+class _ControlPort:
+    """The control port: line requests that set what the ADC inputs read, one reply line each."""
+
+    def __init__(self, selector: selectors.BaseSelector, host: str, port: int, inputs: AdcInputs) -> None:
+        self._selector = selector
+        self._inputs = inputs
+        self._clients: dict[socket.socket, bytearray] = {}
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind((host, port))
+        self._server.listen(4)
+        self._server.setblocking(False)
+        selector.register(self._server, selectors.EVENT_READ, self._accept)
+        bound_host, bound_port = self._server.getsockname()[:2]
+        self.address = "%s:%d" % (bound_host, bound_port)
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self._server.accept()
+        except BlockingIOError:
+            return
+        client.setblocking(False)
+        self._clients[client] = bytearray()
+        self._selector.register(client, selectors.EVENT_READ, lambda: self._read(client))
+
+    def _read(self, client: socket.socket) -> None:
+        try:
+            data = client.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(client)
+            return
+        buf = self._clients[client]
+        buf.extend(data)
+        while b"\n" in buf:
+            line, _, rest = bytes(buf).partition(b"\n")
+            buf[:] = rest
+            reply = self._inputs.command(line.decode("ascii", "replace").strip())
+            try:
+                client.sendall((reply + "\n").encode())
+            except OSError:
+                self._drop(client)
+                return
+        if len(buf) > MAX_CONTROL_LINE:
+            self._drop(client)
+
+    def _drop(self, client: socket.socket) -> None:
+        if self._clients.pop(client, None) is not None:
+            self._selector.unregister(client)
+            client.close()
+
+    def close(self) -> None:
+        for client in list(self._clients):
+            self._drop(client)
+        self._selector.unregister(self._server)
+        self._server.close()
 
 
 class _TcpPort:
@@ -215,6 +334,17 @@ def _parse_lamps(text: str) -> int:
     return int(text)
 
 
+def _parse_guard(text: str) -> protocol.GuardRow:
+    parts = text.split(":")
+    if len(parts) != 4 or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError("expected LAMP:ADC:LOW:HIGH such as 0:0:9000:52000, got %r" % text)
+    lamp, adc, low, high = (int(part) for part in parts)
+    try:
+        return protocol.check_guards([(lamp, adc, low, high)])[0]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _parse_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -257,6 +387,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="shift the firmware's tick counter, e.g. to cross its 2**30 wrap soon",
     )
+    parser.add_argument(
+        "--guard",
+        type=_parse_guard,
+        action="append",
+        default=[],
+        metavar="LAMP:ADC:LOW:HIGH",
+        help="an analog guard channel: ADC input 0..2 must read LOW..HIGH (0..65535) or LAMP is cut "
+        "(repeatable, up to 3; each input reads the middle of its range until --control says otherwise)",
+    )
+    parser.add_argument(
+        "--control",
+        type=_parse_listen,
+        metavar="HOST:PORT",
+        help="a TCP port setting what the ADC inputs read: lines 'adc <n> <raw>' or 'adc <n> fail', "
+        "each answered 'ok' or 'error: ...'; its address goes to stderr as 'control HOST:PORT'",
+    )
     return parser
 
 
@@ -267,12 +413,20 @@ def serve(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO
     if args.bad_frames < 1:
         stderr.write("--bad-frames must be at least 1, got %d\n" % args.bad_frames)
         return 2
+    try:
+        guards = protocol.check_guards(args.guard, args.lamps)
+    except ValueError as err:
+        stderr.write("--guard: %s\n" % err)
+        return 2
+    inputs = AdcInputs(guards)
     firmware = make_firmware(
         args.lamps,
         args.watchdog,
         ChangePrinter(stdout),
         bad_frame_limit=args.bad_frames,
         tick_offset_ms=args.tick_offset_ms,
+        guards=guards,
+        inputs=inputs,
     )
     stop_requested: list[int] = []
     wake_r, wake_w = socket.socketpair()
@@ -286,6 +440,7 @@ def serve(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO
         stop_requested.append(signum)
 
     port: _PtyPort | _TcpPort | None = None
+    control: _ControlPort | None = None
     previous_wakeup = None
     try:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -299,6 +454,9 @@ def serve(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO
                     port.send(reply)
 
         try:
+            if args.control is not None:
+                control = _ControlPort(selector, args.control[0], args.control[1], inputs)
+                stderr.write("control %s\n" % control.address)
             if args.pty:
                 port = _PtyPort(selector, on_data)
             else:
@@ -315,6 +473,8 @@ def serve(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO
         firmware.shutdown()
         if port is not None:
             port.close()
+        if control is not None:
+            control.close()
         if previous_wakeup is not None:
             signal.set_wakeup_fd(previous_wakeup)
         for signum, handler in previous.items():

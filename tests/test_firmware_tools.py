@@ -49,7 +49,7 @@ def test_firmware_check_matching_config_exits_0(tmp_path, simulator, capsys):
     assert cli.main(["firmware", "check", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert (
-        f"firmware {FIRMWARE_VERSION} on socket://127.0.0.1:{simulator.port}: protocol 1, 2 lamp(s), watchdog 1000 ms"
+        f"firmware {FIRMWARE_VERSION} on socket://127.0.0.1:{simulator.port}: protocol 2, 2 lamp(s), watchdog 1000 ms"
         in out
     )
     assert "OK: the firmware matches" in out

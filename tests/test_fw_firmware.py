@@ -23,10 +23,12 @@ HOUR_MS = 60 * 60 * 1000
 class Rig:
     """A Firmware on fake ticks with shim pins, driven the way the board's main loop drives it."""
 
-    def __init__(self, lamps=2, start=0, watchdog_ms=WATCHDOG_MS, bad_frame_limit=3):
+    def __init__(self, lamps=2, start=0, watchdog_ms=WATCHDOG_MS, bad_frame_limit=3, guards=()):
         self.clock = FakeTicks(start)
         self.pins = [Pin(n) for n in range(lamps)]
         self.changes = []
+        # What each ADC input of a guard (lamp, adc, low, high) reads: an int, an exception to raise, or a callable.
+        self.adc = {adc: (low + high) // 2 for _lamp, adc, low, high in guards}
         self.fw = Firmware(
             self.pins,
             self.clock.ticks_ms,
@@ -35,8 +37,20 @@ class Rig:
             watchdog_ms=watchdog_ms,
             bad_frame_limit=bad_frame_limit,
             on_change=self._record,
+            guards=[(lamp, self._reader(adc), low, high, adc) for lamp, adc, low, high in guards],
         )
         self.seq = 0
+
+    def _reader(self, adc):
+        def read():
+            value = self.adc[adc]
+            if callable(value):  # a reading that changes with time
+                value = value()
+            if isinstance(value, BaseException):
+                raise value
+            return value
+
+        return read
 
     def _record(self, lamp, on, why):
         assert self.pins[lamp].value() == (1 if on else 0), "reported before the pin was driven"
@@ -110,7 +124,7 @@ def test_firmware_hello_reports_version_lamps_watchdog_and_ceiling():
     info = protocol.parse_hello(rig.ok("HELLO").args)
     assert info == {
         "protocol": protocol.PROTOCOL_VERSION,
-        "firmware": "1.0.0",
+        "firmware": "2.0.0",
         "lamps": 3,
         "watchdog_ms": 2500,
         "max_arm_ms": protocol.MAX_ARM_MS,

@@ -184,7 +184,7 @@ def test_mpvm_hello_answers_and_starts_from_all_off(vm):
         emit(hello=rig.send("HELLO"), levels=rig.levels(), changes=rig.changes)
     """,
     )
-    hello = [0, "OK", ["1", "1.0.0", "2", "3000", str(protocol.MAX_ARM_MS)]]
+    hello = [0, "OK", ["2", "2.0.0", "2", "3000", str(protocol.MAX_ARM_MS)]]
     assert emitted[0] == {"before": [1, "ERR", ["need-hello"]]}
     assert emitted[1] == {"hello": [2, "OK", hello[2]]}
     assert emitted[2] == {

@@ -57,7 +57,7 @@ def test_s2_mpvm_line_noise_never_ends_the_loop_and_follows_the_bad_frame_rule(v
     assert len(errs) == noise_count + 3 + 1, "every noise line answered, then need-hello"
     assert {e[2][0] for e in errs[:noise_count]} <= {"malformed", "not-ascii", "bad-crc"}
     assert all(e[0] == 0 for e in errs[:-1]) and errs[-1] == [seq + 2, "ERR", ["need-hello"]]
-    assert [r for r in replies if r[1] == "OK"][-1] == [1, "OK", ["1", "1.0.0", "4", "3000", str(protocol.MAX_ARM_MS)]]
+    assert [r for r in replies if r[1] == "OK"][-1] == [1, "OK", ["2", "2.0.0", "4", "3000", str(protocol.MAX_ARM_MS)]]
     on_off = [c[1:] for c in result["changes"] if c[3] != "boot"]
     assert on_off == [[0, True, "armed"], [0, False, "deadline"], [1, True, "armed"], [1, False, "bad-frames"]]
     assert [c[0] for c in result["changes"] if c[3] in ("deadline", "bad-frames")] == [2010, 2600]
@@ -91,7 +91,7 @@ def test_mpvm_main_loop_survives_a_failure_under_the_firmware(vm):
         ],
     )
     assert emitted[0]["written"] == [
-        [1, "OK", ["1", "1.0.0", "4", "3000", str(protocol.MAX_ARM_MS)]],
+        [1, "OK", ["2", "2.0.0", "4", "3000", str(protocol.MAX_ARM_MS)]],
         [2, "OK", []],
         [0, "ERR", ["internal"]],
         [4, "OK", ["1:4980", "0:0", "0:0", "0:0"]],

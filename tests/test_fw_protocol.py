@@ -33,7 +33,7 @@ def commands(draw):
     word = draw(st.sampled_from(sorted(protocol.COMMANDS)))
     if word == "ARM":
         args = (draw(lamps), draw(durations))
-    elif word == "OFF":
+    elif word in ("OFF", "CLEAR"):
         args = (draw(lamps),)
     else:
         args = ()

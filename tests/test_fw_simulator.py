@@ -45,11 +45,17 @@ class SimProcess:
         ]
         for reader in self._readers:
             reader.start()
-        try:
-            line = self._stderr.get(timeout=START_TIMEOUT_S)
-        except queue.Empty:
-            self.stop()
-            raise AssertionError("the simulator did not print its listening line") from None
+        self.control = None  # (host, port) of --control, from its "control" line
+        while True:
+            try:
+                line = self._stderr.get(timeout=START_TIMEOUT_S)
+            except queue.Empty:
+                self.stop()
+                raise AssertionError("the simulator did not print its listening line") from None
+            if not line.startswith("control "):
+                break
+            host, _, port = line.split(" ", 1)[1].strip().rpartition(":")
+            self.control = (host, int(port))
         assert line.startswith("listening "), line
         self.address = line.split(" ", 1)[1].strip()
         self.url = self.address if listen == "pty" else "socket://" + self.address

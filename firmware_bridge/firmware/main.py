@@ -24,6 +24,9 @@ except ImportError:  # flat layout on a board: logic.py and protocol.py next to 
 # Board wiring: one GPIO per lamp, lamp 0 first.
 RELAY_PINS = (2, 3, 4, 5)
 ACTIVE_HIGH = True  # False for relay boards that switch on a low input
+# Analog guard channels as (lamp, adc, low, high): ADC input 0..2 is GP26..GP28, and its
+# ADC.read_u16() reading must stay inside low..high or the lamp is cut (see logic.py).
+GUARDS = ()
 WATCHDOG_MS = 3000  # no valid frame for this long => every lamp off
 MAINTENANCE_PIN = 22  # jumper to GND at power-up: outputs stay off, REPL stays usable
 HARDWARE_WDT_MS = 1000  # a hung loop reboots the chip, and boot means all off
@@ -93,10 +96,23 @@ def _log_change(lamp, on, why):
     pass
 
 
+def guard_channels():
+    """GUARDS as the Firmware takes them: (lamp, read, low, high, adc), read is that ADC's read_u16."""
+    return [(lamp, machine.ADC(26 + adc).read_u16, low, high, adc) for lamp, adc, low, high in GUARDS]
+
+
 def build(ticks=ticks_ms):
     """The relays (all off) and the Firmware driving them; ``ticks`` is for tests."""
     outputs = [Relay(gpio, ACTIVE_HIGH) for gpio in RELAY_PINS]
-    firmware = Firmware(outputs, ticks, ticks_diff, ticks_add, watchdog_ms=WATCHDOG_MS, on_change=_log_change)
+    firmware = Firmware(
+        outputs,
+        ticks,
+        ticks_diff,
+        ticks_add,
+        watchdog_ms=WATCHDOG_MS,
+        on_change=_log_change,
+        guards=guard_channels(),
+    )
     return firmware, outputs
 
 

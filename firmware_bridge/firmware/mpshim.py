@@ -87,6 +87,25 @@ class Pin:
         self.value(0)
 
 
+adc_readings = {}  # type: dict[int, int | BaseException]
+# GPIO (26..28) -> what its ADC reads: an int, or an exception read_u16() raises; unset reads 32768.
+
+
+class ADC:
+    """Stand-in for machine.ADC: read_u16() returns what a test put in ``adc_readings``."""
+
+    def __init__(self, source):
+        # type: (int) -> None
+        self.gpio = source
+
+    def read_u16(self):
+        # type: () -> int
+        value = adc_readings.get(self.gpio, 32768)
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+
 class WDT:
     """No-op hardware watchdog: on CPython a hung process is the host's problem."""
 

@@ -12,6 +12,7 @@ TICKS_MAX = time.ticks_add(0, -1)  # the VM's own wrap: 2**30 - 1, as on a Pico
 pins = {}  # gpio -> the Pin last created on it
 input_levels = {}  # gpio -> level an input reads; unset inputs read their pull
 wdts = []  # every WDT started
+adc_readings = {}  # gpio (26..28) -> what its ADC reads: an int, or "fail" to make read_u16() raise; unset 32768
 _clock = [0]  # unwrapped ms; ticks_ms() wraps it like the board's counter
 
 
@@ -66,6 +67,19 @@ class Pin:
 
     def off(self):
         self.value(0)
+
+
+class ADC:
+    """machine.ADC: read_u16() returns what a test put in ``adc_readings``."""
+
+    def __init__(self, source):
+        self.gpio = source
+
+    def read_u16(self):
+        value = adc_readings.get(self.gpio, 32768)
+        if value == "fail":
+            raise OSError("ADC read failed")
+        return value
 
 
 class WDT:

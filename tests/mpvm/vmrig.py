@@ -30,7 +30,7 @@ def reply_fields(line):
 class Rig:
     """A Firmware on the stand-in tick counter, driven the way the board's main loop drives it."""
 
-    def __init__(self, lamps=2, start=0, watchdog_ms=3000, bad_frame_limit=3):
+    def __init__(self, lamps=2, start=0, watchdog_ms=3000, bad_frame_limit=3, guards=()):
         machine.set_ticks(start)
         self.start = start
         self.pins = [machine.Pin(n, machine.Pin.OUT) for n in range(lamps)]
@@ -43,6 +43,7 @@ class Rig:
             watchdog_ms=watchdog_ms,
             bad_frame_limit=bad_frame_limit,
             on_change=self._record,
+            guards=[(lamp, machine.ADC(26 + adc).read_u16, low, high, adc) for lamp, adc, low, high in guards],
         )
         self.seq = 0
 
