@@ -364,3 +364,48 @@ def test_mpvm_frame_that_fails_inside_the_firmware_is_one_bad_frame(vm):
         {"ping": [4, "OK", []]},
         {"replies": [internal] * 3, "levels": [0, 0], "last": [0, False, "bad-frames"]},
     ]
+
+
+# -- the analog guard on the board's interpreter ------------------------------
+
+
+def test_mpvm_guard_trips_latches_refuses_arm_and_clears(vm):
+    emitted = scenario(
+        vm,
+        """
+        from logic import GUARD_SAMPLE_MS
+        machine.adc_readings[26] = 20000
+        machine.adc_readings[28] = 100
+        rig = Rig(guards=[(0, 0, 9000, 52000), (1, 2, 0, 30000)])
+        emit(guards=rig.send("GUARDS"), sense=rig.send("SENSE"))   # before HELLO: read-only
+        rig.send("HELLO")
+        rig.send("ARM", 0, 60000)
+        rig.send("ARM", 1, 60000)
+        machine.adc_readings[26] = 8000                            # lamp 0's head too hot
+        rig.advance(3 * GUARD_SAMPLE_MS)
+        emit(levels=rig.levels(), last=rig.changes[-1])
+        machine.adc_readings[26] = 20000
+        emit(arm=rig.send("ARM", 0, 1000), sense=rig.send("SENSE"))
+        rig.send("HELLO")
+        emit(after_hello=rig.send("SENSE"))
+        machine.adc_readings[28] = "fail"                          # the current sensor's read raises
+        emit(arm_now=rig.send("ARM", 1, 1000), clear=rig.send("CLEAR", 1))
+        rig.advance(3 * GUARD_SAMPLE_MS)
+        machine.adc_readings[28] = 100
+        emit(clear0=rig.send("CLEAR", 0), arm0=rig.send("ARM", 0, 1000), sense=rig.send("SENSE"))
+    """,
+        layout=FLAT_LAYOUT,
+    )
+    assert emitted[0] == {
+        "guards": [1, "OK", ["0:0:9000:52000", "1:2:0:30000"]],
+        "sense": [2, "OK", ["20000:0:0:0", "100:0:0:0"]],
+    }
+    assert emitted[1] == {"levels": [0, 1], "last": [150, 0, False, "guard"]}
+    assert emitted[2] == {"arm": [6, "ERR", ["guard-tripped"]], "sense": [7, "OK", ["8000:1:8000:0", "100:0:0:0"]]}
+    assert emitted[3] == {"after_hello": [9, "OK", ["8000:1:8000:0", "100:0:0:0"]]}  # not sampled since
+    assert emitted[4] == {"arm_now": [10, "ERR", ["guard-tripped"]], "clear": [11, "ERR", ["guard-tripped"]]}
+    assert emitted[5] == {
+        "clear0": [12, "OK", []],
+        "arm0": [13, "OK", []],
+        "sense": [14, "OK", ["20000:0:0:0", "0:3:0:0"]],  # the failed read tripped at the last sample
+    }

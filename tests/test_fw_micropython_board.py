@@ -134,3 +134,41 @@ def test_mpvm_maintenance_jumper_keeps_outputs_off_and_the_watchdog_off(vm):
     assert error is None, error
     assert printed == [], "in maintenance the firmware must not answer (the REPL owns the port)"
     assert emitted == [{"relays": [[0, 0]] * 4, "wdt": []}]
+
+
+def test_mpvm_main_loop_guard_reads_its_adc_pin_and_cuts_on_its_own(vm):
+    events = [(0, b"\n" + frame(1, "HELLO")), (10, frame(2, "ARM", 0, 60_000)), (20, frame(3, "GUARDS"))]
+    events += [(at, frame(4 + n, "SENSE")) for n, at in enumerate(range(300, 1200, 300))]
+    emitted = scenario(
+        vm,
+        """
+        import main
+        main.GUARDS = ((0, 1, 9000, 52000),)  # lamp 0's thermistor on ADC 1, GP27
+        machine.adc_readings[27] = 20000
+        changes = []
+        main._log_change = lambda lamp, on, why: changes.append([machine.now(), lamp, on, why])
+        fw, outputs = main.build(machine.ticks_ms)
+
+        class HeadHeats(ScriptedPort):
+            def read(self, timeout_ms):
+                if machine.now() - self.t0 >= 500:
+                    machine.adc_readings[27] = 8000
+                return ScriptedPort.read(self, timeout_ms)
+
+        port = HeadHeats([(at, bytes.fromhex(data)) for at, data in %r], tail_ms=100)
+        wdt = FeedLog()
+        main.serve(fw, outputs, port, wdt)
+        emit(written=port.written, changes=changes, gap=wdt.longest_gap(),
+             relays=[machine.pins[g].value() for g in main.RELAY_PINS])
+    """
+        % [(at, data.hex()) for at, data in events],
+    )
+    [result] = emitted
+    replies = [reply for _, reply in result["written"]]
+    assert replies[2] == [3, "OK", ["0:1:9000:52000"]]
+    # 300 ms: in range; 600 ms: out of range for two samples (not tripped yet); 900 ms: tripped at 650.
+    assert [r[2] for r in replies[3:]] == [["20000:0:0:0"], ["8000:0:0:0"], ["8000:1:8000:250"]]
+    [cut] = [c for c in result["changes"] if c[3] == "guard"]
+    assert cut[1:] == [0, False, "guard"] and 500 < cut[0] <= 500 + 3 * 50
+    assert result["gap"] <= 50
+    assert result["relays"] == [0, 0, 0, 0]

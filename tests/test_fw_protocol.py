@@ -271,3 +271,71 @@ def test_protocol_board_modules_use_only_the_micropython_subset(path):
             names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
             for banned in ("typing", "dataclasses", "__future__", "enum", "abc"):
                 assert banned not in names, where
+
+
+def test_protocol_version_2_has_the_guard_commands():
+    assert protocol.PROTOCOL_VERSION == 2
+    assert {w: protocol.COMMANDS[w] for w in ("GUARDS", "SENSE", "CLEAR")} == {"GUARDS": 0, "SENSE": 0, "CLEAR": 1}
+    assert set(protocol.READ_ONLY) == {"GUARDS", "SENSE"}
+
+
+def test_protocol_guards_and_sense_payloads_round_trip():
+    table = [(0, 0, 9000, 52000), (1, 2, 0, 30000)]
+    assert protocol.format_guards(table) == ["0:0:9000:52000", "1:2:0:30000"]
+    assert protocol.parse_guards(protocol.format_guards(table)) == table
+    assert protocol.parse_guards([]) == []
+    channels = [(20000, 0, 0, 0), (30001, 2, 30002, 1500)]
+    assert protocol.format_sense(channels) == ["20000:0:0:0", "30001:2:30002:1500"]
+    assert protocol.parse_sense(protocol.format_sense(channels)) == [
+        {"raw": 20000, "trip": 0, "trip_raw": 0, "trip_ago_ms": 0},
+        {"raw": 30001, "trip": 2, "trip_raw": 30002, "trip_ago_ms": 1500},
+    ]
+
+
+@pytest.mark.parametrize(
+    "case, args",
+    [
+        ("three fields", ["0:0:9000"]),
+        ("a sign", ["0:0:-1:5"]),
+        ("a leading zero", ["0:00:1:5"]),
+        ("an adc past 2", ["0:3:1:5"]),
+        ("a shared adc", ["0:0:1:5", "1:0:1:5"]),
+        ("low above high", ["0:0:6:5"]),
+        ("high past 65535", ["0:0:1:65536"]),
+        ("three channels on a lamp", ["0:0:1:5", "0:1:1:5", "0:2:1:5"]),
+        ("four channels", ["0:0:1:5", "1:1:1:5", "2:2:1:5", "3:0:1:5"]),
+    ],
+)
+def test_protocol_parse_guards_rejects(case, args):
+    with pytest.raises(FrameError):
+        protocol.parse_guards(args)
+
+
+@pytest.mark.parametrize(
+    "case, args",
+    [
+        ("three fields", ["1:0:0"]),
+        ("a raw past 65535", ["65536:0:0:0"]),
+        ("a trip side past 3", ["1:4:0:0"]),
+        ("no trip but a trip reading", ["1:0:5:0"]),
+        ("no trip but an age", ["1:0:0:5"]),
+        ("an age past the saturation", ["1:1:0:%d" % (protocol.MAX_TRIP_AGO_MS + 1)]),
+        ("four channels", ["1:0:0:0"] * 4),
+    ],
+)
+def test_protocol_parse_sense_rejects(case, args):
+    with pytest.raises(FrameError):
+        protocol.parse_sense(args)
+
+
+def test_protocol_guard_replies_for_three_channels_at_their_widest_fit_a_line():
+    widest_guards = protocol.format_guards(
+        [(protocol.MAX_LAMPS - 1, adc, protocol.MAX_RAW, protocol.MAX_RAW) for adc in range(3)]
+    )
+    widest_sense = protocol.format_sense(
+        [(protocol.MAX_RAW, protocol.TRIP_FAIL, protocol.MAX_RAW, protocol.MAX_TRIP_AGO_MS)] * protocol.MAX_GUARDS
+    )
+    for args in (widest_guards, widest_sense):
+        assert len(protocol.encode_reply(protocol.MAX_SEQ, True, *args)) <= protocol.MAX_LINE
+    assert len(protocol.encode_reply(protocol.MAX_SEQ, False, protocol.GUARD_TRIPPED)) <= protocol.MAX_LINE
+    assert len(protocol.encode_command(protocol.MAX_SEQ, "CLEAR", 9_999_999_999)) <= protocol.MAX_LINE
