@@ -234,3 +234,90 @@ def test_firmware_main_source_refuses_a_main_without_the_constant(monkeypatch, t
     monkeypatch.setattr("lampctl.tools.firmware.FIRMWARE_DIR", tmp_path / "firmware_bridge")
     with pytest.raises(ToolFailed, match="WATCHDOG_MS"):
         main_source({"RELAY_PINS": (2,), "ACTIVE_HIGH": True, "WATCHDOG_MS": 3000})
+
+
+# ---- the analog guard's table ---------------------------------------------------------------
+GUARD_TABLE = [(0, 0, 9000, 52000), (1, 2, 0, 30000)]
+
+
+@pytest.fixture
+def config_guards(monkeypatch):
+    """What the config's lamps ask the firmware to guard (set by each test)."""
+    from lampctl.tools import firmware
+
+    table: list = []
+    monkeypatch.setattr(firmware, "guard_table", lambda cfg: list(table))
+    return table
+
+
+@pytest.fixture
+def guarded_simulator():
+    from tests.test_fw_simulator import SimProcess
+
+    args = ["--lamps", "2", "--watchdog", "1.0"]
+    for row in GUARD_TABLE:
+        args += ["--guard", ":".join(str(v) for v in row)]
+    sim = SimProcess(*args)
+    yield sim
+    sim.stop()
+
+
+def test_firmware_flash_writes_the_configs_guards_into_main_py(tmp_path, monkeypatch, config_guards):
+    config_guards.extend(GUARD_TABLE)
+    cfg = config_mod.load(fw_config(tmp_path, "/dev/lampctl-pico", lamps=2))
+    files = dict(board_files(cfg, pico_pins(cfg, None), active_high=True))
+    namespace: dict = {}
+    exec(compile(files["settings.py"], "settings.py", "exec"), namespace)
+    assert namespace["GUARDS"] == tuple(GUARD_TABLE)
+    # The board built from that main.py answers GUARDS with the config's table.
+    import sys
+    import types
+
+    from firmware_bridge.firmware import mpshim
+
+    monkeypatch.setitem(sys.modules, "machine", mpshim)
+    board = types.ModuleType("board_main")
+    exec(compile(files["main.py"], "main.py", "exec"), board.__dict__)
+    firmware, _outputs = board.build()
+    [reply] = firmware.feed(b"\n" + protocol.encode_command(1, "GUARDS"))
+    assert protocol.parse_guards(protocol.parse_reply(reply).args) == GUARD_TABLE
+
+
+@pytest.mark.integration
+def test_firmware_check_matching_guards_exits_0(tmp_path, guarded_simulator, capsys, config_guards):
+    config_guards.extend(GUARD_TABLE)
+    config = fw_config(tmp_path, guarded_simulator.url)
+    assert cli.main(["firmware", "check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "guards: lamp 0 on ADC 0 between 9000 and 52000, lamp 1 on ADC 2 between 0 and 30000" in out
+    assert "OK: the firmware matches" in out
+
+
+@pytest.mark.integration
+def test_firmware_check_says_which_guard_differs(tmp_path, guarded_simulator, capsys, config_guards):
+    config_guards.extend([(0, 0, 9000, 50000)])
+    config = fw_config(tmp_path, guarded_simulator.url)
+    assert cli.main(["firmware", "check", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert (
+        f"MISMATCH guards: on ADC 0 the board has lamp 0 between 9000 and 52000, {config} asks for "
+        "lamp 0 between 9000 and 50000 (run `lampctl firmware flash`)" in out
+    )
+    assert f"MISMATCH guards: on ADC 2 the board has lamp 1 between 0 and 30000, {config} asks for no channel" in out
+
+
+@pytest.mark.parametrize(
+    "case, board, want, words",
+    [
+        ("the same", GUARD_TABLE, GUARD_TABLE, []),
+        ("a channel the board lacks", [], [(0, 1, 5, 6)], ["on ADC 1 the board has no channel, X asks for lamp 0"]),
+        ("another order", GUARD_TABLE, GUARD_TABLE[::-1], ["the board lists its channels as lamp 0 on ADC 0"]),
+    ],
+)
+def test_firmware_guard_mismatches(case, board, want, words):
+    from lampctl.tools.firmware import guard_mismatches
+
+    problems = guard_mismatches(board, want, "X")
+    assert len(problems) == len(words), case
+    for problem, word in zip(problems, words, strict=True):
+        assert problem.startswith("guards: " + word), problem

@@ -211,3 +211,21 @@ def test_link_learns_a_trip_made_while_it_was_away(guarded_sim, link_to):
 def test_link_refuses_a_bad_guard_table_at_construction():
     with pytest.raises(ValueError):
         FirmwareLink("loop://", 2, guards=[(0, 0, 1, 2), (1, 0, 1, 2)])
+
+
+def test_serve_simulate_starts_the_simulator_with_the_guards_it_is_given(tmp_path, link_to):
+    from types import SimpleNamespace
+
+    from lampctl.devices.simproc import start_simulator, stop_simulator
+
+    cfg = SimpleNamespace(
+        service=SimpleNamespace(database=tmp_path / "var" / "lampctl.db"),
+        lamps=[object(), object()],
+        firmware=SimpleNamespace(watchdog_s=1.0),
+    )
+    proc, url = start_simulator(cfg, guards=GUARDS)
+    try:
+        link = started(link_to(SimpleNamespace(url=url), guards=GUARDS))
+        assert link.up
+    finally:
+        stop_simulator(proc)

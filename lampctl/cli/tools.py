@@ -197,9 +197,11 @@ def _firmware_check(args) -> int:
     if cfg.firmware is None:
         raise Failed(f"{cfg.path} has no [firmware] table: there is no microcontroller to check")
     with service_stopped(cfg, "talking to the firmware"):
-        info = firmware.query_firmware(cfg)
+        info, guards = firmware.query_board(cfg)
     print(firmware.describe(info, cfg.firmware.port))
-    problems = firmware.firmware_mismatches(info, cfg)
+    if guards is not None:
+        print(f"guards: {firmware.describe_guards(guards)}")
+    problems = firmware.firmware_mismatches(info, cfg, guards)
     for problem in problems:
         print(f"MISMATCH {problem}")
     if problems:
@@ -250,7 +252,7 @@ def _add_firmware(sub) -> None:
     p = command(sub, "firmware", run_firmware, help="check or flash the microcontroller (the second channel)")
     fsub = p.add_subparsers(dest="firmware_command", metavar="ACTION", required=True)
     q = fsub.add_parser(
-        "check", help="HELLO the board; exit 1 if its version, lamps or watchdog differ from the config"
+        "check", help="HELLO the board; exit 1 if its version, lamps, watchdog or guards differ from the config"
     )
     add_config(q)
     q = fsub.add_parser("flash", help="copy the firmware with settings generated from the config through mpremote")

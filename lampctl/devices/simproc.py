@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 
-def start_simulator(cfg) -> tuple:
+def start_simulator(cfg, guards: Sequence[tuple[int, int, int, int]] = ()) -> tuple:
     """Start the simulator for cfg's lamps and watchdog; returns (process, pyserial URL).
 
+    ``guards`` are the analog guard channels (lamp, adc, low, high) it is to be flashed with:
+    the same table the service hands its FirmwareLink, or the link refuses the board.
     Its JSON lines go to simulator.log beside the database.
     """
     logdir = cfg.service.database.parent
@@ -28,6 +31,8 @@ def start_simulator(cfg) -> tuple:
         "--watchdog",
         str(cfg.firmware.watchdog_s),
     ]
+    for lamp, adc, low, high in guards:
+        cmd += ["--guard", f"{lamp}:{adc}:{low}:{high}"]
     proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     out.close()
     err.close()

@@ -96,6 +96,16 @@ class FirmwareSession:
                 f"the firmware on {self.url} sent a HELLO reply that could not be read: {reply.args}"
             ) from None
 
+    def guards(self) -> list[protocol.GuardRow]:
+        """The board's guard channels, (lamp, adc, low, high) in channel order (protocol 2 on)."""
+        reply = self.command("GUARDS")
+        try:
+            return protocol.parse_guards(reply.args)
+        except protocol.FrameError:
+            raise ToolFailed(
+                f"the firmware on {self.url} sent a GUARDS reply that could not be read: {' '.join(reply.args)}"
+            ) from None
+
     def close(self) -> None:
         try:
             self.command("OFFALL")
@@ -105,8 +115,54 @@ class FirmwareSession:
             self._port.close()
 
 
-def firmware_mismatches(info: protocol.Hello, cfg) -> list[str]:
-    """One sentence per difference between what the board reports and what the config needs."""
+def describe_guards(table: list[protocol.GuardRow]) -> str:
+    """A guard table in words, as the service's link words it."""
+    # Imported here: the link module imports pyserial, which cli.py must not load before `serve` (S1).
+    from firmware_bridge.bridge import describe_guards as words
+
+    return words(table)
+
+
+def guard_table(cfg) -> list[protocol.GuardRow]:
+    """The guard channels (lamp, adc, low, high) cfg's lamps ask the firmware for."""
+    try:
+        from lampctl.core import sensors  # type: ignore[attr-defined, unused-ignore]  # until it lands
+    except ImportError:
+        return []  # no thermistor or current settings in this config's schema yet
+    return [tuple(row) for row in sensors.guard_table(cfg.lamps)]  # type: ignore[misc, unused-ignore]
+
+
+def guard_mismatches(board: list[protocol.GuardRow], want: list[protocol.GuardRow], where: str) -> list[str]:
+    """One sentence per ADC input whose guard channel differs between the board and the config."""
+    fix = "run `lampctl firmware flash`"
+    if board == want:
+        return []
+    on_board = {row[1]: row for row in board}
+    wanted = {row[1]: row for row in want}
+
+    def words(row: protocol.GuardRow | None) -> str:
+        if row is None:
+            return "no channel"
+        return f"lamp {row[0]} between {row[2]} and {row[3]}"
+
+    problems = [
+        f"guards: on ADC {adc} the board has {words(on_board.get(adc))}, {where} asks for {words(wanted.get(adc))} ({fix})"
+        for adc in sorted(set(on_board) | set(wanted))
+        if on_board.get(adc) != wanted.get(adc)
+    ]
+    if not problems:  # the same channels in another order: GUARDS and SENSE would not line up
+        problems.append(
+            f"guards: the board lists its channels as {describe_guards(board)}, "
+            f"{where} as {describe_guards(want)} ({fix})"
+        )
+    return problems
+
+
+def firmware_mismatches(info: protocol.Hello, cfg, guards: list[protocol.GuardRow] | None = None) -> list[str]:
+    """One sentence per difference between what the board reports and what the config needs.
+
+    ``guards`` is the board's GUARDS reply (query_board); None skips that comparison.
+    """
     fix = "run `lampctl firmware flash`"
     problems = []
     if info["protocol"] != protocol.PROTOCOL_VERSION:
@@ -133,6 +189,8 @@ def firmware_mismatches(info: protocol.Hello, cfg) -> list[str]:
             f"ceiling: the board arms at most {info['max_arm_ms']} ms, "
             f"this lampctl expects {protocol.MAX_ARM_MS} ms ({fix})"
         )
+    if guards is not None:
+        problems += guard_mismatches(guards, guard_table(cfg), str(cfg.path))
     return problems
 
 
@@ -150,6 +208,19 @@ def query_firmware(cfg, timeout: float = REPLY_TIMEOUT_S) -> protocol.Hello:
     session = FirmwareSession(cfg.firmware.port, timeout)
     try:
         return session.hello()
+    finally:
+        session.close()
+
+
+def query_board(cfg, timeout: float = REPLY_TIMEOUT_S) -> tuple[protocol.Hello, list[protocol.GuardRow] | None]:
+    """HELLO and GUARDS of the configured board (guards None when it speaks a protocol before 2)."""
+    if cfg.firmware is None:
+        raise ToolFailed(f"{cfg.path} has no [firmware] table: there is no microcontroller to talk to")
+    session = FirmwareSession(cfg.firmware.port, timeout)
+    try:
+        info = session.hello()
+        guards = session.guards() if info["protocol"] >= 2 else None
+        return info, guards
     finally:
         session.close()
 
@@ -190,6 +261,7 @@ def settings_source(cfg, pins: tuple[int, ...], active_high: bool, now: datetime
         f"RELAY_PINS = {pins!r}\n"
         f"ACTIVE_HIGH = {active_high!r}\n"
         f"WATCHDOG_MS = {round(cfg.firmware.watchdog_s * 1000)}\n"
+        f"GUARDS = {tuple(guard_table(cfg))!r}\n"
     )
 
 
@@ -213,7 +285,12 @@ def main_source(settings: dict) -> str:
 def board_files(cfg, pins: tuple[int, ...], active_high: bool) -> list[tuple[str, str]]:
     """(board path, file content) of everything flash copies, checked to compile."""
     settings = settings_source(cfg, pins, active_high)
-    values = {"RELAY_PINS": pins, "ACTIVE_HIGH": active_high, "WATCHDOG_MS": round(cfg.firmware.watchdog_s * 1000)}
+    values = {
+        "RELAY_PINS": pins,
+        "ACTIVE_HIGH": active_high,
+        "WATCHDOG_MS": round(cfg.firmware.watchdog_s * 1000),
+        "GUARDS": tuple(guard_table(cfg)),
+    }
     files = [(board, (FIRMWARE_DIR / local).read_text()) for local, board in BOARD_FILES]
     files += [("main.py", main_source(values)), ("settings.py", settings)]
     for board, text in files:
