@@ -54,6 +54,12 @@ def every_row_set_to_its_default(tmp_path: Path) -> Path:
         "lamps[].feedback_pin": "22",
         "lamps[].buzzer_pin": "23",
         "lamps[].indicator_pin": "24",
+        "lamps[].stop_pin": "25",
+        "lamps[].tilt_pin": "26",
+        "service.max_lamps_on": "1",
+        "lamps[].thermistor_adc": "0",
+        "lamps[].current_adc": "1",
+        "lamps[].max_amps": "2.5",
     }
     tls_files = ("mqtt.ca_file", "mqtt.cert_file", "mqtt.key_file")
     if openssl_path() is not None:  # real PEM files: the parser loads them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from datetime import UTC, datetime, timedelta
@@ -234,11 +235,12 @@ def test_health_reports_the_backlog_and_its_age_and_degrades_when_it_is_old(
         assert link.health() == {"connected": False, "backlog": 0, "oldest_unsent_s": None, "problems": []}
         usage_log.event(None, None, None, "system", "waiting")
         usage_log.flush(5)
-        waiting = wait_until(lambda: (h := link.health())["backlog"] == 1 and h, 30, "the backlog seen")
+        # At least that record: a busy machine may also queue the link's own events meanwhile.
+        waiting = wait_until(lambda: (h := link.health())["backlog"] >= 1 and h, 30, "the backlog seen")
         assert waiting["connected"] is False and waiting["problems"] == []
         stale = wait_until(lambda: (h := link.health())["problems"] and h, 30, "the backlog older than the bound")
         assert stale["oldest_unsent_s"] > 1
-        assert stale["problems"][0].startswith("1 record(s) have waited more than")
+        assert re.match(r"\d+ record\(s\) have waited more than", stale["problems"][0])
         assert "not connected); they are kept in the outbox." in stale["problems"][0]
     finally:
         held.close()

@@ -30,7 +30,7 @@ from web.auth import require_admin
 from web.charts import colour, stacked_days_svg
 from web.codes import status_for
 from web.params import MAX_PAGE, page_number
-from web.words import name_refusal, seconds_text
+from web.words import guards_text, name_refusal, seconds_text
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 bp.before_request(require_admin)
@@ -55,6 +55,9 @@ END_REASON_LABELS = {
     "fault": lazy_gettext("fault"),
     "interrupted": lazy_gettext("interrupted"),
     "firmware": lazy_gettext("firmware"),
+    "patient": lazy_gettext("patient"),
+    "over-temperature": lazy_gettext("over-temperature"),
+    "over-current": lazy_gettext("over-current"),
     None: lazy_gettext("running"),
 }
 STATE_LABELS = {
@@ -80,6 +83,11 @@ def _reason_label(code):
 @bp.app_template_filter("state_label")
 def _state_label(code):
     return _label(STATE_LABELS, code)
+
+
+@bp.app_template_filter("guards_text")
+def _guards_text(view):
+    return guards_text(view)
 
 
 @bp.app_template_filter("role_label")
@@ -276,8 +284,9 @@ def usage():
 # ---- bulbs -------------------------------------------------------------------------------
 @bp.get("/bulbs")
 def bulbs():
+    blown = {view.id for view in services().controller.lamps() if view.bulb_blown}
     return render_template(
-        "admin/bulbs.html", bulbs=reports.bulb_hours(services().usage_log.path, services().config.lamps)
+        "admin/bulbs.html", bulbs=reports.bulb_hours(services().usage_log.path, services().config.lamps), blown=blown
     )
 
 
@@ -299,6 +308,7 @@ def bulb_replaced(lamp_id):
             url_for("admin.bulbs"),
         )
     services().usage_log.record_bulb_replacement(lamp_id, g.user["name"], hours)
+    services().controller.bulb_replaced(lamp_id)
     services().usage_log.flush(1.0)  # the page this redirects to reads the record back
     flash(
         gettext(

@@ -15,7 +15,7 @@ from lampctl.core.lamp import EXTEND_STEP_S, estop_reason, is_estop
 from web import services
 from web.auth import arrived, panel_locked, touch, unauthenticated, wants_json
 from web.codes import REPLY_WAIT_S, status_for
-from web.words import STATE_LABELS, clock_text, end_alarm, fault_text, minutes_text, seconds_text
+from web.words import STATE_LABELS, clock_text, end_alarm, fault_text, guards_text, minutes_text, seconds_text
 
 bp = Blueprint("panel", __name__, url_prefix="/panel")
 
@@ -60,7 +60,12 @@ def lamp_info(view, locked: bool = False) -> dict:
     d["label"] = str(STATE_LABELS.get(view.state, view.state))
     d["presets"] = [{"minutes": p, "label": minutes_text(p)} for p in view.presets]
     d["limit"] = minutes_text(view.max_minutes)
-    d["start_ok"] = view.state == "off" and not locked
+    # S24, S25: a held patient button or a tilted stand refuses a start; the buttons say so first.
+    d["start_ok"] = view.state == "off" and not locked and not view.patient_pressed and not view.tilted
+    d["guards"] = guards_text(view)
+    d["has_guards"] = any(
+        x is not None for x in (view.patient_pressed, view.tilted, view.temperature_c, view.current_a, view.guard)
+    )
     d["extend_ok"] = False
     d["warning"] = False
     d["clock"] = None

@@ -20,6 +20,31 @@ STATE_LABELS = {
 # full reason stays in the events page for the admin.
 _FAULTS = [
     (
+        "tilted",
+        lazy_gettext(
+            "The lamp stand tilted, so the lamp was switched off. Set it upright and check the patient; "
+            "it stays off until an admin resets it."
+        ),
+    ),
+    (
+        "over-temperature",
+        lazy_gettext(
+            "The lamp got too hot, so the safety controller switched it off. Check the patient; it stays "
+            "off until an admin resets it."
+        ),
+    ),
+    (
+        "over-current",
+        lazy_gettext(
+            "The lamp drew too much current (a short or the wrong bulb), so it was switched off. It stays "
+            "off until an admin checks it."
+        ),
+    ),
+    (
+        "sensor of",
+        lazy_gettext("A safety sensor of this lamp failed, so it stays off until an admin checks it."),
+    ),
+    (
         "still powered",
         lazy_gettext(
             "This lamp may still be powered although it was switched off. Switch it off "
@@ -85,7 +110,7 @@ def fault_text(reason: str | None) -> str:
 
 
 # Ends that are alarms, not a normal end: the panel marks them red, with the alarm tone, until acknowledged.
-ALARM_ENDS = ("estop", "fault", "firmware", "interrupted")
+ALARM_ENDS = ("estop", "fault", "firmware", "interrupted", "patient", "over-temperature", "over-current")
 
 
 def end_alarm(view) -> str | None:
@@ -99,6 +124,8 @@ def end_alarm(view) -> str | None:
             "and tell an admin.",
             name=view.name,
         )
+    if reason == "patient":
+        return gettext("%(name)s: stopped by the patient. Go to the couch.", name=view.name)
     if reason == "interrupted":
         return gettext("%(name)s: the session was interrupted. Check the patient.", name=view.name)
     return (
@@ -106,6 +133,25 @@ def end_alarm(view) -> str | None:
         + " "
         + fault_text(view.fault_reason or view.last_end_why)
     )
+
+
+def guards_text(view) -> str:
+    """The couch's guards in one line: the firmware's readings (S23), the patient's button (S24), the
+    stand (S25) and a blown bulb; empty for a lamp with none of them."""
+    parts = []
+    if view.tilted:
+        parts.append(gettext("Stand tilted"))
+    if view.patient_pressed:
+        parts.append(gettext("Patient button pressed: release it to start"))
+    if view.temperature_c is not None:
+        parts.append(gettext("%(n)s °C", n=format_decimal(round(view.temperature_c))))
+    elif view.guard is not None and view.guard != "ok":
+        parts.append(gettext("Temperature sensor fault"))
+    if view.current_a is not None:
+        parts.append(gettext("%(n)s A", n=format_decimal(round(view.current_a, 1))))
+    if view.bulb_blown:
+        parts.append(gettext("The bulb seems blown: it draws no current"))
+    return " · ".join(parts)
 
 
 def minutes_text(minutes: float) -> str:

@@ -184,6 +184,15 @@ SETTINGS = (
         doc="usage-log records held in memory while the disk is slow or failing",
     ),
     Setting(
+        "service.max_lamps_on",
+        "int",
+        None,
+        range=Range(1, MAX_LAMPS),
+        unit="lamps",
+        default_words="every lamp",
+        doc="the most lamps on at once, for a circuit that cannot carry them all: a start past it is refused (S26)",
+    ),
+    Setting(
         "service.secure_cookies",
         "bool",
         False,
@@ -379,6 +388,93 @@ SETTINGS = (
     ),
     Setting("lamps[].indicator_pin", "pin", None, doc="LED lit while this lamp's relay is on"),
     Setting(
+        "lamps[].stop_pin",
+        "pin",
+        None,
+        doc="the patient's stop button or pull cord at the couch, to ground (internal pull-up): a press "
+        "ends the session `patient`; held down, it keeps the lamp from starting (S24)",
+    ),
+    Setting(
+        "lamps[].tilt_pin",
+        "pin",
+        None,
+        doc="tilt switch on the lamp stand, closed to ground while upright (internal pull-up): open "
+        "(tilted, or a broken wire) turns the lamp off and latches a fault (S25)",
+    ),
+    Setting(
+        "lamps[].thermistor_adc",
+        "int",
+        None,
+        range=Range(0, 2),
+        doc="the microcontroller's ADC input (0-2: GP26-GP28) of an NTC thermistor at the lamp head or the "
+        "couch; the firmware cuts the lamp itself past `max_temp_c` or on an open or shorted sensor (S23)",
+    ),
+    Setting(
+        "lamps[].max_temp_c",
+        "number",
+        60,
+        range=Range(20, 120),
+        unit="°C",
+        doc="the thermistor's limit: hotter, the firmware cuts the lamp and it latches `over-temperature`",
+    ),
+    Setting(
+        "lamps[].thermistor_beta",
+        "number",
+        3950,
+        range=Range(1000, 10000),
+        unit="K",
+        doc="the thermistor's B constant (its data sheet's B25/85 or B25/50)",
+    ),
+    Setting(
+        "lamps[].thermistor_r25",
+        "number",
+        10000,
+        range=Range(100, 1_000_000),
+        unit="ohm",
+        doc="the thermistor's resistance at 25 °C",
+    ),
+    Setting(
+        "lamps[].thermistor_series_r",
+        "number",
+        10000,
+        range=Range(100, 1_000_000),
+        unit="ohm",
+        doc="the divider's fixed resistor, from 3V3 to the ADC pin",
+    ),
+    Setting(
+        "lamps[].current_adc",
+        "int",
+        None,
+        range=Range(0, 2),
+        doc="the microcontroller's ADC input (0-2: GP26-GP28) of a current sensor with a DC output "
+        "(0 V at 0 A); the firmware cuts the lamp itself past `max_amps` (S23)",
+    ),
+    Setting(
+        "lamps[].current_full_scale_a",
+        "number",
+        5,
+        range=Range(0.1, 100),
+        unit="A",
+        doc="the current at which the sensor's output reaches 3.3 V",
+    ),
+    Setting(
+        "lamps[].max_amps",
+        "number",
+        None,
+        range=Range(0, 100, low_open=True),
+        unit="A",
+        default_words="required with `current_adc`",
+        doc="above this the firmware cuts the lamp (a short or the wrong bulb) and it latches `over-current`",
+    ),
+    Setting(
+        "lamps[].min_amps",
+        "number",
+        0,
+        range=Range(0, 100),
+        unit="A",
+        doc="below this while on, the bulb is reported blown on the panel and the bulbs page; 0: not checked",
+    ),
+    Setting(
         "lamps[].bulb_life_h",
         "number",
         5000,
@@ -413,6 +509,7 @@ class ServiceConfig:
     log_queue: int = _default("service.log_queue")
     # Mark the login cookie Secure: set it when the panel is served over HTTPS (a TLS proxy).
     secure_cookies: bool = _default("service.secure_cookies")
+    max_lamps_on: int | None = _default("service.max_lamps_on")  # None: every lamp (S26)
 
 
 @dataclass(frozen=True)
@@ -452,6 +549,18 @@ class LampConfig:
     rest_window_s: float = _default("lamps[].rest_window_s")
     buzzer_pin: int | None = _default("lamps[].buzzer_pin")  # sounds at the end of a session and on a fault
     indicator_pin: int | None = _default("lamps[].indicator_pin")  # lit while this lamp is on
+    stop_pin: int | None = _default("lamps[].stop_pin")  # the patient's button (S24)
+    tilt_pin: int | None = _default("lamps[].tilt_pin")  # closed while the stand is upright (S25)
+    # The firmware's analog guards (S23): lampctl.core.sensors turns these into raw ADC ranges.
+    thermistor_adc: int | None = _default("lamps[].thermistor_adc")
+    max_temp_c: float = _default("lamps[].max_temp_c")
+    thermistor_beta: float = _default("lamps[].thermistor_beta")
+    thermistor_r25: float = _default("lamps[].thermistor_r25")
+    thermistor_series_r: float = _default("lamps[].thermistor_series_r")
+    current_adc: int | None = _default("lamps[].current_adc")
+    current_full_scale_a: float = _default("lamps[].current_full_scale_a")
+    max_amps: float | None = _default("lamps[].max_amps")
+    min_amps: float = _default("lamps[].min_amps")
 
     @property
     def max_s(self) -> float:
@@ -560,6 +669,51 @@ def _unique_pins(cfg: Config) -> tuple[str, str] | None:
     return None
 
 
+def _s23_guards_need_the_firmware(cfg: Config) -> tuple[str, str] | None:
+    """S23: an analog guard is the firmware's; without [firmware] nothing would read it."""
+    if cfg.firmware is not None:
+        return None
+    for i, lamp in enumerate(cfg.lamps):
+        for key in ("thermistor_adc", "current_adc"):
+            if getattr(lamp, key) is not None:
+                return f"lamps[{i}].{key}", "needs the [firmware] table: the microcontroller reads it and cuts the lamp"
+    return None
+
+
+def _s23_unique_adcs(cfg: Config) -> tuple[str, str] | None:
+    """Each of the microcontroller's ADC inputs reads one sensor."""
+    used: dict[int, str] = {}
+    for i, lamp in enumerate(cfg.lamps):
+        for key in ("thermistor_adc", "current_adc"):
+            adc = getattr(lamp, key)
+            if adc is None:
+                continue
+            if adc in used:
+                return f"lamps[{i}].{key}", f"ADC input {adc} is already used by {used[adc]}"
+            used[adc] = f"lamps[{i}].{key}"
+    return None
+
+
+def _s23_current_limits(cfg: Config) -> tuple[str, str] | None:
+    """S23: a current guard has a limit the sensor can read, and a blown-bulb level below it."""
+    for i, lamp in enumerate(cfg.lamps):
+        if lamp.current_adc is None:
+            continue
+        if lamp.max_amps is None:
+            return f"lamps[{i}].max_amps", "missing (a lamp with current_adc needs the current past which it is cut)"
+        if lamp.max_amps >= lamp.current_full_scale_a:
+            return f"lamps[{i}].max_amps", (
+                f"must be under current_full_scale_a ({_shown(lamp.current_full_scale_a)} A), where the sensor's "
+                f"reading stops rising, got {_shown(lamp.max_amps)}"
+            )
+        if lamp.min_amps >= lamp.max_amps:
+            return (
+                f"lamps[{i}].min_amps",
+                f"must be under max_amps ({_shown(lamp.max_amps)} A), got {_shown(lamp.min_amps)}",
+            )
+    return None
+
+
 CONSTRAINTS = (
     Constraint(
         ("safety.heartbeat_s", "firmware.watchdog_s"),
@@ -575,6 +729,23 @@ CONSTRAINTS = (
     ),  # grace_s's own range keeps to it: its reason says so
     Constraint(("lamps[].id",), "unique", _unique_lamp_ids),
     Constraint(_PINS, "each pin used once", _unique_pins, shown_on=_PINS),
+    Constraint(
+        ("lamps[].thermistor_adc", "lamps[].current_adc"),
+        "needs the `[firmware]` table",
+        _s23_guards_need_the_firmware,
+        shown_on=("lamps[].thermistor_adc", "lamps[].current_adc"),
+    ),
+    Constraint(
+        ("lamps[].thermistor_adc", "lamps[].current_adc"),
+        "each ADC input used once",
+        _s23_unique_adcs,
+        shown_on=("lamps[].thermistor_adc", "lamps[].current_adc"),
+    ),
+    Constraint(
+        ("lamps[].max_amps", "lamps[].current_full_scale_a", "lamps[].min_amps"),
+        "under `current_full_scale_a`, and above `min_amps`",
+        _s23_current_limits,
+    ),
 )
 
 
@@ -821,6 +992,7 @@ def _parse_service(r: _Reader, raw, base: Path) -> ServiceConfig:
         pin_factory=svc.get("pin_factory"),
         log_queue=svc.get("log_queue"),
         secure_cookies=svc.get("secure_cookies"),
+        max_lamps_on=svc.get("max_lamps_on"),
     )
 
 
@@ -864,4 +1036,15 @@ def _parse_lamp(r: _Reader, i: int, raw) -> LampConfig:
         rest_window_s=lamp.get("rest_window_s"),
         buzzer_pin=lamp.get("buzzer_pin"),
         indicator_pin=lamp.get("indicator_pin"),
+        stop_pin=lamp.get("stop_pin"),
+        tilt_pin=lamp.get("tilt_pin"),
+        thermistor_adc=lamp.get("thermistor_adc"),
+        max_temp_c=lamp.get("max_temp_c"),
+        thermistor_beta=lamp.get("thermistor_beta"),
+        thermistor_r25=lamp.get("thermistor_r25"),
+        thermistor_series_r=lamp.get("thermistor_series_r"),
+        current_adc=lamp.get("current_adc"),
+        current_full_scale_a=lamp.get("current_full_scale_a"),
+        max_amps=lamp.get("max_amps"),
+        min_amps=lamp.get("min_amps"),
     )

@@ -24,7 +24,7 @@ from lampctl.core.errors import (
     fmt_min,
     fmt_s,
 )
-from lampctl.core.lamp import Lamp, LampState, LampView, Session, make_view
+from lampctl.core.lamp import BULB_BLOWN, PATIENT, Lamp, LampState, LampView, Sensed, Session, make_view
 from lampctl.core.listeners import Listeners
 from lampctl.core.ports import Backstop, Clock, Hardware, UsageRecords
 from lampctl.core.safety import s7_arm_holds, s7_backstop_ms, s19_overtaken
@@ -34,6 +34,8 @@ __all__ = ["SessionController", "Refused", "UnknownLamp", "BadDuration", "Unavai
 log = logging.getLogger(__name__)
 
 FEEDBACK_POLL_S = 0.1
+# A bulb's current is judged this long after the relay closed (an IR bulb's inrush, the sensor's filter).
+BULB_SETTLE_S = 2.0
 # The scheduler wakes at least this often so its liveness can be watched.
 MAX_IDLE_S = 1.0
 
@@ -51,6 +53,7 @@ class SessionController:
         *,
         latched: dict[str, str] | None = None,
         carried: dict[str, Carried] | None = None,
+        max_lamps_on: int | None = None,
     ) -> None:
         self._lamps = [Lamp(cfg, i) for i, cfg in enumerate(lamps)]
         self._by_id = {lamp.cfg.id: lamp for lamp in self._lamps}
@@ -63,6 +66,11 @@ class SessionController:
         # Guards Lamp.arriving only, so the HTTP server's network thread never waits for _cond.
         self._arrivals = threading.Lock()
         self._reset_blockers: list[Callable[[], str | None]] = []
+        # Per lamp (its index): why its latch may not be cleared yet, and what to do, outside the
+        # lock, before a reset of it looks (the firmware's guard trip is cleared over the link, S23).
+        self._lamp_blockers: list[Callable[[int], str | None]] = []
+        self._reset_preparers: list[Callable[[int], None]] = []
+        self._max_on = max_lamps_on  # S26: None, every lamp may be on at once
         self.listeners = Listeners()
         self._scheduler: threading.Thread | None = None
         self._stopping = False
@@ -127,7 +135,10 @@ class SessionController:
             return [self._view(lamp, now) for lamp in self._lamps]
 
     def _view(self, lamp: Lamp, now: float) -> LampView:
-        return make_view(lamp, now, self._hw.is_on(lamp.index), self._hw.feedback_on(lamp.index))
+        i = lamp.index
+        return make_view(
+            lamp, now, self._hw.is_on(i), self._hw.feedback_on(i), self._hw.patient_pressed(i), self._hw.tilted(i)
+        )
 
     def _get(self, lamp_id: str) -> Lamp:
         try:
@@ -206,6 +217,8 @@ class SessionController:
             if self._stopping:
                 raise Refused("The service is shutting down.", "shutting-down")
             lamp.check_startable(self._clock.monotonic())
+            self._check_inputs(lamp)
+            self._s26_check_max_on()
             # Recorded only where it matters: inside the rest window it waives the budget (S18).
             declared = bool(new_patient) and lamp.in_rest_window(self._clock.monotonic())
             prior, continues = lamp.budget(seconds, self._clock.monotonic(), new_patient)
@@ -231,6 +244,30 @@ class SessionController:
                     raise backstop_refusal(error, f"{lamp.cfg.name} was not started")
                 raise Refused(f"{lamp.cfg.name} was not started: it was stopped or faulted meanwhile.", "cancelled")
             return self._begin(lamp, seconds, user, prior, continues, declared)
+
+    def _check_inputs(self, lamp: Lamp) -> None:
+        """S24, S25: a start needs the patient's button released and the stand upright (read now)."""
+        if self._hw.patient_pressed(lamp.index):
+            raise Refused(
+                f"{lamp.cfg.name}'s patient stop button is pressed (held down, or its wiring is shorted); "
+                "it cannot start until the button is released.",
+                "button-held",
+            )
+        if self._hw.tilted(lamp.index):
+            raise Refused(f"{lamp.cfg.name}'s stand is tilted; set it upright first.", "tilted")
+
+    def _s26_check_max_on(self) -> None:
+        """S26: no start past service.max_lamps_on, counting the lamps on and those being started (the lock held)."""
+        if self._max_on is None:
+            return
+        busy = sum(1 for l in self._lamps if l.state is LampState.ON or l.starting)
+        if busy >= self._max_on:
+            lamps = "lamp" if self._max_on == 1 else "lamps"
+            raise Refused(
+                f"Only {self._max_on} {lamps} may be on at once on this circuit (service.max_lamps_on) and "
+                f"{busy} {'is' if busy == 1 else 'are'} on; stop one first.",
+                "max-lamps-on",
+            )
 
     def _arm_lapsed(self, backstop: Backstop, lamp: Lamp, sent: float, ms: int) -> Exception | None:
         """S7: the refusal when the ARM confirmed for this start may no longer hold (checked under the lock)."""
@@ -380,6 +417,94 @@ class SessionController:
             return self._latch(reason, targets, who)
 
     @sounding
+    def patient_stop(self, index: int, *, arrived: float | None = None) -> LampView:
+        """S24: the patient's button at the couch. Relay first (S10), then the session ends `patient`.
+
+        Nothing latches (the practitioner may start again once the button is released); the lamp's
+        buzzer calls someone to the couch and the panel says "Stopped by the patient" until acknowledged.
+        """
+        lamp = self._lamps[index]
+        self._relay_off(lamp)
+        with self._cond:
+            now = self._clock.monotonic()
+            result = self._stopping_now(lamp, arrived)
+            state = lamp.state.value
+            if lamp.starting:
+                lamp.epoch += 1  # S11: the start in flight answers `cancelled`
+            if result == "ended":
+                self._end(lamp, "patient", PATIENT, "the patient pressed the stop button", now)
+            else:
+                why = "start cancelled by" if result == "cancelled-start" else "the lamp was already off:"
+                self._log.event(
+                    lamp.cfg.id, state, state, PATIENT, f"{why} the patient's stop button", self._clock.wall()
+                )
+            if result != "already-off":
+                self._alerts.add(lamp.index, "fault")  # someone to the couch
+            return replace(self._view(lamp, now), result=result)
+
+    @sounding
+    def tilted(self, index: int) -> list[str]:
+        """S25: the stand's tilt switch opened: this lamp off at once and latched; the others carry on."""
+        lamp = self._lamps[index]
+        self._relay_off(lamp)
+        with self._cond:
+            if not self._hw.tilted(index):
+                return []  # a bounce that closed again before the lock was taken; the relay is off, nothing ran
+            return self._latch_own(lamp, "fault", f"the lamp stand of {lamp.cfg.name} tilted", "tilt switch")
+
+    @sounding
+    def guard_tripped(self, index: int, end_reason: str, reason: str, cut_at: float | None = None) -> list[str]:
+        """S23: the firmware cut this lamp on its analog guard (at `cut_at`, monotonic): relay off, the
+        session ends `end_reason` there, and the lamp latches with `reason`. Idempotent."""
+        lamp = self._lamps[index]
+        self._relay_off(lamp)
+        with self._cond:
+            if lamp.state is LampState.FAULT and lamp.fault_reason == reason:
+                return []
+            return self._latch_own(lamp, end_reason, reason, "firmware guard", cut_at)
+
+    def sensed(self, index: int, readings: Sensed) -> None:
+        """S23: the firmware's latest analog readings of this lamp, for its view (the link's thread)."""
+        lamp = self._lamps[index]
+        with self._cond:
+            changed = lamp.sensed is None or lamp.sensed.shown() != readings.shown()
+            lamp.sensed = readings
+            low = self._bulb_low(lamp, readings)
+            if changed or low:
+                view = self._view(lamp, self._clock.monotonic())
+        if changed or low:
+            self.listeners.publish(view)
+
+    def bulb_replaced(self, lamp_id: str) -> None:
+        """A new bulb: the blown-bulb report of the old one no longer stands."""
+        lamp = self._get(lamp_id)
+        with self._cond:
+            lamp.bulb_low = False
+
+    def _bulb_low(self, lamp: Lamp, readings: Sensed) -> bool:
+        """A lamp on, past its inrush, drawing under min_amps: its bulb has blown (reported once, and
+        shown until a session draws enough again or a new bulb is recorded)."""
+        session = lamp.session if lamp.state is LampState.ON else None
+        if session is None or readings.amps is None or lamp.cfg.min_amps <= 0:
+            return False
+        if self._clock.monotonic() - session.started_mono < BULB_SETTLE_S or readings.amps >= lamp.cfg.min_amps:
+            lamp.bulb_low = lamp.bulb_low and readings.amps < lamp.cfg.min_amps
+            return False
+        if lamp.bulb_low:
+            return False
+        lamp.bulb_low = True
+        self._log.event(
+            lamp.cfg.id,
+            "on",
+            "on",
+            "system",
+            f"{BULB_BLOWN}: {lamp.cfg.name} drew {readings.amps:.2f} A while on, under its "
+            f"{lamp.cfg.min_amps:g} A (session {session.id})",
+            self._clock.wall(),
+        )
+        return True
+
+    @sounding
     def link_lost(self, reason: str, since: float | None) -> list[str]:
         """S6: the firmware link is lost; returns the ids latched ([] when every lamp was off).
 
@@ -413,10 +538,11 @@ class SessionController:
 
     def reset_fault(self, lamp_id: str, user: str) -> LampView:
         lamp = self._get(lamp_id)
+        self._prepare_reset([lamp])
         with self._cond:
             if lamp.state is not LampState.FAULT:
                 raise Refused(f"{lamp.cfg.name} has no latched fault to clear.", "no-fault")
-            why = self._reset_blocked()
+            why = self._reset_blocked([lamp])
             if why:
                 raise Refused(f"{lamp.cfg.name}'s fault cannot be cleared yet: {why}.", "fault-persists")
             self._clear_fault(lamp, user)
@@ -440,7 +566,7 @@ class SessionController:
                     "The latched faults have changed since they were listed; look at the list again before resetting.",
                     "faults-changed",
                 )
-            why = self._reset_blocked()
+            why = self._reset_blocked([self._by_id[lamp_id] for lamp_id in latched])
             if why:
                 raise Refused(f"No fault can be cleared yet: {why}.", "fault-persists")
             return latched
@@ -451,6 +577,7 @@ class SessionController:
         The same rule as one reset (`_reset_blocked`): while the E-stop is still pressed, or
         another cause persists, nothing is cleared. Returns the views of the lamps cleared.
         """
+        self._prepare_reset([lamp for lamp in self._lamps if lamp.state is LampState.FAULT])
         with self._cond:
             ids = self.check_reset_all(expected)
             for lamp_id in ids:
@@ -466,9 +593,15 @@ class SessionController:
         """blocker() returns why a fault may not be cleared yet, or None."""
         self._reset_blockers.append(blocker)
 
+    def add_lamp_reset_blocker(self, blocker: Callable[[int], str | None], prepare: Callable[[int], None]) -> None:
+        """blocker(index): why that lamp's latch may not be cleared yet, or None (called under the lock).
+        prepare(index) runs first, outside the lock, and may do I/O (clearing the firmware's trip)."""
+        self._lamp_blockers.append(blocker)
+        self._reset_preparers.append(prepare)
+
     # ---- internals ---------------------------------------------------------------------
-    def _reset_blocked(self) -> str | None:
-        """Why no latched fault may be cleared now (S5, S6), or None: the one rule of every reset."""
+    def _reset_blocked(self, lamps: Sequence[Lamp]) -> str | None:
+        """Why these lamps' latches may not be cleared now (S5, S6, S23, S25), or None: the one rule of every reset."""
         for blocker in [
             lambda: "the E-stop button is still pressed" if self._hw.estop_pressed else None,
             *self._reset_blockers,
@@ -476,7 +609,23 @@ class SessionController:
             why = blocker()
             if why:
                 return why
+        for lamp in lamps:
+            if self._hw.tilted(lamp.index):
+                return f"the lamp stand of {lamp.cfg.name} is still tilted"
+            for lamp_blocker in self._lamp_blockers:
+                why = lamp_blocker(lamp.index)
+                if why:
+                    return why
         return None
+
+    def _prepare_reset(self, lamps: Sequence[Lamp]) -> None:
+        """Before a reset looks (outside the lock: this may wait for the firmware): clear what can be cleared."""
+        for lamp in lamps:
+            for prepare in self._reset_preparers:
+                try:
+                    prepare(lamp.index)
+                except Exception:  # the blocker then says why the latch stays
+                    log.exception("preparing the reset of %s failed", lamp.cfg.id)
 
     def _clear_fault(self, lamp: Lamp, user: str) -> None:
         """Unlatch one lamp (the lock held): off and ready, the event and the latch's deletion recorded (S17)."""
@@ -518,16 +667,34 @@ class SessionController:
                 self._end(lamp, end_reason, who, why, now, latch=latch)
         return now
 
+    def _latch_own(self, lamp: Lamp, end_reason: str, reason: str, who: str, cut_at: float | None = None) -> list[str]:
+        """Latch one lamp for a cause of its own (S23, S25), its relay already off: its session ends
+        `end_reason` (at `cut_at` when the firmware cut it earlier), its start in flight is cancelled,
+        and the other lamps carry on."""
+        now = self._clock.monotonic()
+        lamp.epoch += 1
+        if lamp.state is LampState.ON:
+            self._end(lamp, end_reason, who, reason, now, latch=True, cut_at=cut_at)
+        if lamp.state is LampState.FAULT:
+            log.warning("%s: %s was latched already (%s)", reason, lamp.cfg.id, lamp.fault_reason)
+            return []
+        self._mark_latched(lamp, reason, who)
+        log.error("fault latched on %s: %s", lamp.cfg.id, reason)
+        return [lamp.cfg.id]
+
+    def _mark_latched(self, lamp: Lamp, reason: str, who: str) -> None:
+        lamp.fault_reason = reason
+        self._set_state(lamp, LampState.FAULT, who, reason)
+        self._log.fault_latched(lamp.cfg.id, reason, self._clock.wall())
+        self._alerts.add(lamp.index, "fault")
+
     def _latch(self, reason: str, targets: list[Lamp], who: str) -> list[str]:
         """End every session and start in flight, latch each target not latched already; the ids latched."""
         self._cut_all("fault", who, reason, latch=True)
         latched = []
         for lamp in targets:
             if lamp.state is not LampState.FAULT:
-                lamp.fault_reason = reason
-                self._set_state(lamp, LampState.FAULT, who, reason)
-                self._log.fault_latched(lamp.cfg.id, reason, self._clock.wall())
-                self._alerts.add(lamp.index, "fault")
+                self._mark_latched(lamp, reason, who)
                 latched.append(lamp.cfg.id)
         if latched:
             log.error("fault latched on %s: %s", ", ".join(latched), reason)
@@ -539,8 +706,12 @@ class SessionController:
             )
         return latched
 
-    def _end(self, lamp: Lamp, reason: str, who: str, why: str, now: float, latch: bool = False) -> None:
-        """End the running session: relay OFF first, then the records (S13: monotonic durations)."""
+    def _end(
+        self, lamp: Lamp, reason: str, who: str, why: str, now: float, latch: bool = False, cut_at: float | None = None
+    ) -> None:
+        """End the running session: relay OFF first, then the records (S13: monotonic durations).
+
+        `cut_at`: when the firmware cut the lamp on a guard of its own (S23), where the session ended."""
         session = lamp.running
         relay_error = None
         try:
@@ -548,7 +719,10 @@ class SessionController:
         except Exception as exc:  # the record must still be written; the fault follows
             relay_error = exc
             self._all_off()
-        reason, end = self._firmware_cut(lamp, session, reason, now)
+        if cut_at is not None:
+            end = min(now, max(cut_at, session.started_mono))
+        else:
+            reason, end = self._firmware_cut(lamp, session, reason, now)
         self._release_backstop(lamp)
         actual = max(0.0, end - session.started_mono)
         self._log.session_ended(session.id, session.started_wall + timedelta(seconds=actual), actual, reason)
@@ -612,6 +786,10 @@ class SessionController:
                     nxt = next_due(lamp.running) if nxt is None else min(nxt, next_due(lamp.running))
                 elif lamp.state is LampState.COOLDOWN:
                     nxt = lamp.cooldown_until if nxt is None else min(nxt, lamp.cooldown_until)
+                if self._hw.tilted(lamp.index) and lamp.state is not LampState.FAULT:
+                    # S25: an opening the input's callback missed (a bounce, a switch open at start).
+                    self._relay_off(lamp)
+                    self._latch_own(lamp, "fault", f"the lamp stand of {lamp.cfg.name} tilted", "tilt switch")
                 poll, fault = lamp.check_feedback(self._hw.feedback_on(lamp.index), now)
                 if fault:
                     self._all_off()

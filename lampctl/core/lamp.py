@@ -19,6 +19,27 @@ FEEDBACK_SETTLE_S = 0.5
 EXTEND_STEP_S = 300
 
 
+# Who the record names for a press of the patient's stop button (S24), and the event a blown bulb leaves.
+PATIENT = "patient"
+BULB_BLOWN = "bulb looks blown"
+
+
+@dataclass(frozen=True)
+class Sensed:
+    """S23: a lamp's latest analog readings from the firmware, in the host's units (None: no such sensor,
+    or it reads open or shorted); `guard` is "ok", or why the firmware's guard is tripped."""
+
+    temp_c: float | None = None
+    amps: float | None = None
+    guard: str = "ok"
+
+    def shown(self) -> tuple[object, ...]:
+        """What the panel shows of it: a change here is worth a new view."""
+        temp = None if self.temp_c is None else round(self.temp_c)
+        amps = None if self.amps is None else round(self.amps, 1)
+        return temp, amps, self.guard
+
+
 class LampState(str, Enum):
     OFF = "off"
     ON = "on"
@@ -70,6 +91,9 @@ class Lamp:
     # How the last session ended (its end_reason and why), for the panel's end or alarm.
     last_end_reason: str | None = None
     last_end_why: str | None = None
+    # S23: the firmware's latest readings, and whether this session's bulb drew too little.
+    sensed: Sensed | None = None
+    bulb_low: bool = False
 
     @property
     def running(self) -> Session:
@@ -173,6 +197,13 @@ class LampView:
     # How the last session ended: its end_reason ("completed", "stopped", "estop", ...) and why (not in as_dict).
     last_end_reason: str | None = None
     last_end_why: str | None = None
+    # The couch's inputs (S24, S25) and the firmware's readings (S23); None where the lamp has none.
+    patient_pressed: bool | None = None
+    tilted: bool | None = None
+    temperature_c: float | None = None
+    current_a: float | None = None
+    guard: str | None = None  # "ok" or why the firmware's guard is tripped
+    bulb_blown: bool = False
 
     def same_patient_s(self, asked_s: float) -> float | None:
         """S18: what a start of `asked_s` for the same patient may run (all of it, or what is left); None
@@ -204,14 +235,29 @@ class LampView:
                 "continues",
                 "feedback_on",
                 "extend_left_s",
+                "patient_pressed",
+                "tilted",
+                "temperature_c",
+                "current_a",
+                "guard",
+                "bulb_blown",
             )
         }
         d["presets"] = list(self.presets)
         return d
 
 
-def make_view(lamp: Lamp, now: float, relay_on: bool, feedback_on: bool | None) -> LampView:
+def make_view(
+    lamp: Lamp,
+    now: float,
+    relay_on: bool,
+    feedback_on: bool | None,
+    patient_pressed: bool = False,
+    tilted: bool = False,
+) -> LampView:
     session = lamp.session if lamp.state is LampState.ON else None
+    sensed = lamp.sensed
+    cfg = lamp.cfg
     used = session.prior_s + session.planned_s if session else 0.0
     return LampView(
         id=lamp.cfg.id,
@@ -236,6 +282,12 @@ def make_view(lamp: Lamp, now: float, relay_on: bool, feedback_on: bool | None) 
         extend_ok=session is not None and s3_allows(used + EXTEND_STEP_S, lamp.cfg.max_s),
         last_end_reason=lamp.last_end_reason,
         last_end_why=lamp.last_end_why,
+        patient_pressed=patient_pressed if cfg.stop_pin is not None else None,
+        tilted=tilted if cfg.tilt_pin is not None else None,
+        temperature_c=None if sensed is None or sensed.temp_c is None else round(sensed.temp_c, 1),
+        current_a=None if sensed is None or sensed.amps is None else round(sensed.amps, 2),
+        guard=sensed.guard if sensed is not None else None,
+        bulb_blown=lamp.bulb_low,
     )
 
 

@@ -1,4 +1,5 @@
-"""The only module that touches GPIO: relays, E-stop button, indicators, buzzers, feedback inputs."""
+"""The only module that touches GPIO: relays, E-stop button, indicators, buzzers, feedback inputs,
+the patients' stop buttons and the stands' tilt switches."""
 
 from __future__ import annotations
 
@@ -115,6 +116,10 @@ class RelayBank:
             # gpiozero's own habit: a constructor that fails half-way releases what it claimed.
             _release(self._devices)
             raise
+        if wire_feedback and isinstance(self._factory, MockFactory):
+            for switch in self._tilt:  # simulation: every stand stands upright (its switch closed)
+                if switch is not None:
+                    switch.pin.drive_low()
 
     def _claim(self, device_class, pin: int | None, **kwargs):
         if pin is None:
@@ -135,6 +140,11 @@ class RelayBank:
         ]
         self._buzzers = [self._claim(Buzzer, getattr(lamp, "buzzer_pin", None), initial_value=False) for lamp in lamps]
         self._feedback = [self._claim(DigitalInputDevice, lamp.feedback_pin, pull_up=False) for lamp in lamps]
+        # S24: a push button or pull cord to ground at the couch; pressed reads low.
+        self._patient = [self._claim(Button, getattr(lamp, "stop_pin", None), pull_up=True) for lamp in lamps]
+        # S25: a tilt switch closed to ground while the stand is upright, so "pressed" is upright
+        # and an open switch reads tilted whether the stand fell or a wire broke.
+        self._tilt = [self._claim(Button, getattr(lamp, "tilt_pin", None), pull_up=True) for lamp in lamps]
         self._estop = self._claim(Button, estop_pin, pull_up=True)
         self._indicator = self._claim(LED, indicator_pin, initial_value=False)
 
@@ -198,6 +208,34 @@ class RelayBank:
     def estop_pressed(self) -> bool:
         return bool(self._estop is not None and not self._closed and self._estop.is_pressed)
 
+    def patient_pressed(self, index: int) -> bool:
+        """S24: lamp `index`'s patient stop button reads pressed now (False without one)."""
+        button = self._patient[index]
+        return bool(button is not None and not self._closed and button.is_pressed)
+
+    def tilted(self, index: int) -> bool:
+        """S25: lamp `index`'s tilt switch reads open now (False without one, or after close)."""
+        switch = self._tilt[index]
+        return bool(switch is not None and not self._closed and not switch.is_pressed)
+
+    def has_tilt_switch(self, index: int) -> bool:
+        return self._tilt[index] is not None
+
+    def has_patient_button(self, index: int) -> bool:
+        return self._patient[index] is not None
+
+    def on_patient_stop(self, callback: Callable[[int], object]) -> None:
+        """callback(index) on gpiozero's thread the moment a patient's button is pressed."""
+        for index, button in enumerate(self._patient):
+            if button is not None:
+                button.when_pressed = _calls(callback, index)
+
+    def on_tilt(self, callback: Callable[[int], object]) -> None:
+        """callback(index) on gpiozero's thread the moment a stand's tilt switch opens."""
+        for index, switch in enumerate(self._tilt):
+            if switch is not None:
+                switch.when_released = _calls(callback, index)
+
     def on_estop(self, callback: Callable[[], object]) -> None:
         if self._estop is not None:
             # gpiozero wants a real function (it inspects the signature), not a Mock.
@@ -245,6 +283,14 @@ def _attempt(what: str, action: Callable[..., object], *args, **kwargs) -> list[
     except Exception as exc:
         return [(what, exc)]
     return []
+
+
+def _calls(callback: Callable[[int], object], index: int) -> Callable[[], None]:
+    # gpiozero wants a real function of no arguments (it inspects the signature), not a partial or a Mock.
+    def fire() -> None:
+        callback(index)
+
+    return fire
 
 
 def _follow(led, relays) -> None:

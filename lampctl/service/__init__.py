@@ -236,6 +236,7 @@ class Service:
             backstop=self.backstop,
             latched=self.usage_log.latched_faults(),  # S17: a latch outlives a restart
             carried=self._carried(),  # S20: so do the cooldowns and the patients' budgets
+            max_lamps_on=cfg.service.max_lamps_on,  # S26
         )
         if self.backstop is not None:
             self.backstop.attach(controller)
@@ -248,6 +249,8 @@ class Service:
         if relays.estop_pressed:
             controller.estop()
         relays.on_estop(controller.estop)
+        relays.on_patient_stop(controller.patient_stop)  # S24
+        relays.on_tilt(controller.tilted)  # S25; one open at start is latched by the scheduler's first look
         controller.start_scheduler()
         self.on_close(stack, "scheduler", controller.stop_scheduler)
         return controller

@@ -204,6 +204,43 @@ MIGRATIONS = [
         BEGIN INSERT INTO outbox (kind, ref, origin) VALUES ('event', new.id, (SELECT origin FROM origin WHERE id = 1));
         END;
     """,
+    # 8: the ends the couch's own guards give (S23, S24): a press of the patient's stop button,
+    # the firmware's thermal and current guards. SQLite cannot widen a CHECK in place, so the
+    # table is rebuilt as in 3, with its indexes and the triggers that hang on it.
+    """
+    DROP TRIGGER outbox_session;
+    DROP TRIGGER session_clocks_del;
+    CREATE TABLE sessions_v8 (
+        id INTEGER PRIMARY KEY,
+        lamp_id TEXT NOT NULL,
+        user TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        planned_s REAL NOT NULL,
+        actual_s REAL,
+        end_reason TEXT CHECK (end_reason IN ('completed','stopped','estop','fault','interrupted','firmware',
+                                              'patient','over-temperature','over-current')),
+        continues INTEGER,
+        new_patient INTEGER NOT NULL DEFAULT 0 CHECK (new_patient IN (0, 1)),
+        new_patient_by TEXT
+    );
+    INSERT INTO sessions_v8 SELECT id, lamp_id, user, started_at, ended_at, planned_s, actual_s, end_reason,
+        continues, new_patient, new_patient_by FROM sessions;
+    DROP TABLE sessions;
+    ALTER TABLE sessions_v8 RENAME TO sessions;
+    CREATE INDEX sessions_by_start ON sessions (started_at);
+    CREATE INDEX sessions_by_user ON sessions (user, started_at);
+    CREATE INDEX sessions_by_lamp ON sessions (lamp_id, started_at, actual_s);
+    CREATE INDEX sessions_by_reason ON sessions (end_reason, started_at);
+    CREATE INDEX sessions_open ON sessions (started_at) WHERE ended_at IS NULL;
+    CREATE TRIGGER outbox_session AFTER UPDATE OF ended_at ON sessions
+        WHEN old.ended_at IS NULL AND new.ended_at IS NOT NULL
+         AND (SELECT enabled FROM outbox_switch WHERE id = 1)
+        BEGIN INSERT INTO outbox (kind, ref, origin) VALUES ('session', new.id, (SELECT origin FROM origin WHERE id = 1));
+        END;
+    CREATE TRIGGER session_clocks_del AFTER DELETE ON sessions
+        BEGIN DELETE FROM session_clocks WHERE session_id = old.id; END;
+    """,
 ]
 
 
@@ -226,8 +263,18 @@ class LogUnavailable(Exception):
     """The database cannot be read right now (file missing, disk failing); str() is one sentence."""
 
 
-# How a session can end: the sessions table's CHECK (migration 3) holds the same list.
-END_REASONS = ("completed", "stopped", "estop", "fault", "interrupted", "firmware")
+# How a session can end: the sessions table's CHECK (migration 8) holds the same list.
+END_REASONS = (
+    "completed",
+    "stopped",
+    "estop",
+    "fault",
+    "interrupted",
+    "firmware",
+    "patient",
+    "over-temperature",
+    "over-current",
+)
 
 
 def iso(dt: datetime) -> str:

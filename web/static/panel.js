@@ -294,6 +294,7 @@
     el.dataset.session = session;
     setField(el, "label", lamp.label);
     setField(el, "note", lamp.note);
+    setField(el, "guards", lamp.guards);
     enable(el, lamp);
     deadlines.set(lamp.id, lamp.clock === null ? null : syncedAt + lamp.clock * 1000);
   }
