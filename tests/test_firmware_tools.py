@@ -321,3 +321,52 @@ def test_firmware_guard_mismatches(case, board, want, words):
     assert len(problems) == len(words), case
     for problem, word in zip(problems, words, strict=True):
         assert problem.startswith("guards: " + word), problem
+
+
+def guarded_config(tmp_path: Path, port: str) -> Path:
+    """fw_config with a thermistor on lamp 0 (ADC 0) and a current sensor on lamp 1 (ADC 2)."""
+    path = fw_config(tmp_path, port, lamps=0)
+    path.write_text(
+        path.read_text()
+        + '[[lamps]]\nid = "room1"\nrelay_pin = 17\nthermistor_adc = 0\nmax_temp_c = 60\n'
+        + '[[lamps]]\nid = "room2"\nrelay_pin = 18\ncurrent_adc = 2\nmax_amps = 2.5\n'
+    )
+    return path
+
+
+def test_firmware_flash_takes_the_guard_table_from_the_configs_sensors(tmp_path):
+    from lampctl.core.sensors import guard_table
+
+    cfg = config_mod.load(guarded_config(tmp_path, "/dev/lampctl-pico"))
+    table = guard_table(cfg.lamps)
+    assert [row[:2] for row in table] == [(0, 0), (1, 2)]
+    files = dict(board_files(cfg, pico_pins(cfg, None), active_high=True))
+    main = ast.parse(files["main.py"])
+    [guards] = [
+        ast.literal_eval(node.value)
+        for node in main.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "GUARDS"
+    ]
+    assert guards == tuple(table)
+
+
+@pytest.mark.integration
+def test_firmware_check_a_board_flashed_from_the_config_matches_and_one_without_guards_does_not(tmp_path, capsys):
+    from lampctl.core.sensors import guard_table
+    from tests.test_fw_simulator import SimProcess
+
+    config = guarded_config(tmp_path, "PORT")
+    table = guard_table(config_mod.load(config).lamps)
+    flashed = SimProcess("--lamps", "2", "--watchdog", "1.0", *[f"--guard={l}:{a}:{lo}:{hi}" for l, a, lo, hi in table])
+    bare = SimProcess("--lamps", "2", "--watchdog", "1.0")
+    try:
+        config.write_text(config.read_text().replace("PORT", flashed.url))
+        assert cli.main(["firmware", "check", "--config", str(config)]) == 0
+        config.write_text(config.read_text().replace(flashed.url, bare.url))
+        assert cli.main(["firmware", "check", "--config", str(config)]) == 1
+        out = capsys.readouterr().out
+        assert "MISMATCH guards: on ADC 0 the board has no channel" in out
+        assert "MISMATCH guards: on ADC 2 the board has no channel" in out
+    finally:
+        flashed.stop()
+        bare.stop()

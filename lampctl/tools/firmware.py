@@ -14,6 +14,7 @@ from pathlib import Path
 
 from firmware_bridge import protocol
 from firmware_bridge.firmware.logic import FIRMWARE_VERSION
+from lampctl.core import sensors
 from lampctl.tools import ToolFailed
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -124,12 +125,8 @@ def describe_guards(table: list[protocol.GuardRow]) -> str:
 
 
 def guard_table(cfg) -> list[protocol.GuardRow]:
-    """The guard channels (lamp, adc, low, high) cfg's lamps ask the firmware for."""
-    try:
-        from lampctl.core import sensors  # type: ignore[attr-defined, unused-ignore]  # until it lands
-    except ImportError:
-        return []  # no thermistor or current settings in this config's schema yet
-    return [tuple(row) for row in sensors.guard_table(cfg.lamps)]  # type: ignore[misc, unused-ignore]
+    """The guard channels (lamp, adc, low, high) cfg's lamps ask the firmware for (lampctl.core.sensors)."""
+    return sensors.guard_table(cfg.lamps)
 
 
 def guard_mismatches(board: list[protocol.GuardRow], want: list[protocol.GuardRow], where: str) -> list[str]:
