@@ -370,3 +370,12 @@ def test_firmware_check_a_board_flashed_from_the_config_matches_and_one_without_
     finally:
         flashed.stop()
         bare.stop()
+
+
+@pytest.mark.integration
+def test_doctor_fails_a_board_whose_guards_differ_from_the_config(tmp_path, guarded_simulator, config_guards):
+    from lampctl.tools.doctor import FAIL, check_firmware
+
+    cfg = config_mod.load(fw_config(tmp_path, guarded_simulator.url))
+    check = check_firmware(cfg)
+    assert check.status == FAIL and "guards: on ADC 0 the board has lamp 0 between 9000 and 52000" in check.detail

@@ -19,7 +19,7 @@ from lampctl.tools.firmware import (
     FirmwareSession,
     describe,
     firmware_mismatches,
-    query_firmware,
+    query_board,
 )
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
@@ -121,10 +121,10 @@ def check_firmware(cfg) -> Check:
     if cfg.firmware is None:
         return Check("firmware", WARN, "no [firmware] table: the second channel is off (see docs/wiring.md)")
     try:
-        info = query_firmware(cfg)
+        info, guards = query_board(cfg)
     except ToolFailed as exc:
         return Check("firmware", FAIL, str(exc))
-    problems = firmware_mismatches(info, cfg)
+    problems = firmware_mismatches(info, cfg, guards)
     if problems:
         return Check("firmware", FAIL, "; ".join(problems))
     return Check("firmware", OK, describe(info, cfg.firmware.port))

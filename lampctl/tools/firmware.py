@@ -198,17 +198,6 @@ def describe(info: protocol.Hello, url: str) -> str:
     )
 
 
-def query_firmware(cfg, timeout: float = REPLY_TIMEOUT_S) -> protocol.Hello:
-    """HELLO the configured board and return its fields (every lamp on it is off afterwards)."""
-    if cfg.firmware is None:
-        raise ToolFailed(f"{cfg.path} has no [firmware] table: there is no microcontroller to talk to")
-    session = FirmwareSession(cfg.firmware.port, timeout)
-    try:
-        return session.hello()
-    finally:
-        session.close()
-
-
 def query_board(cfg, timeout: float = REPLY_TIMEOUT_S) -> tuple[protocol.Hello, list[protocol.GuardRow] | None]:
     """HELLO and GUARDS of the configured board (guards None when it speaks a protocol before 2)."""
     if cfg.firmware is None:
