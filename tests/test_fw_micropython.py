@@ -111,13 +111,20 @@ def test_mpvm_tick_arithmetic_is_what_the_shim_assumes(vm):
     ]
 
 
-def test_mpvm_firmware_fits_a_pico_heap_and_does_not_grow(vm):
+@pytest.mark.parametrize(
+    "guards", [(), ((0, 0, 9000, 52000), (0, 1, 0, 30000), (1, 2, 100, 200))], ids=["no-guards", "three-guards"]
+)
+def test_mpvm_firmware_fits_a_pico_heap_and_does_not_grow(vm, guards):
     # A Pico leaves MicroPython about 190 KiB of heap.  This VM collects garbage only
-    # between top-level runs, hence one run per measuring step.
+    # between top-level runs, hence one run per measuring step.  With guards, ADC 2 reads
+    # out of range every other round, so trips, refusals and CLEARs are part of the traffic.
     traffic = textwrap.dedent("""
         for n in range(200):
+            machine.adc_readings[28] = 150 if n % 2 else 250
             for data in (protocol.encode_command(1, "HELLO"), protocol.encode_command(2, "ARM", 0, 5000),
-                         b"noise\\n", b"x" * 300, b"\\n1 PING*0000\\n", protocol.encode_command(3, "STATUS")):
+                         b"noise\\n", b"x" * 300, b"\\n1 PING*0000\\n", protocol.encode_command(3, "STATUS"),
+                         protocol.encode_command(4, "SENSE"), protocol.encode_command(5, "GUARDS"),
+                         protocol.encode_command(6, "CLEAR", 1), protocol.encode_command(7, "ARM", 1, 5000)):
                 fw.feed(data)
             machine.advance(100)
             fw.poll()
@@ -128,12 +135,14 @@ def test_mpvm_firmware_fits_a_pico_heap_and_does_not_grow(vm):
     emitted = vm.ok(
         [
             PRELUDE + "import gc\ngc.collect()",
-            "base = gc.mem_alloc()\nimport main\nfw, outputs = main.build(machine.ticks_ms)\ngc.collect()",
+            "base = gc.mem_alloc()\nimport main\nmain.GUARDS = %r\nfw, outputs = main.build(machine.ticks_ms)\n"
+            "gc.collect()" % (guards,),
             "built = gc.mem_alloc()\n" + traffic,
             "settled = gc.mem_alloc()\n" + traffic,
             "emit(retained=built - base, growth=gc.mem_alloc() - settled)",
         ]
     )
+    print("heap retained with %d guard channels: %d bytes" % (len(guards), emitted[0]["retained"]))
     assert emitted[0]["retained"] < 64 * 1024, "the board's modules and state must leave most of the heap free"
     assert emitted[0]["growth"] <= 512, "200 rounds of traffic must not grow the heap (a leak of 3 bytes a round would)"
 
