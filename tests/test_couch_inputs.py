@@ -290,3 +290,24 @@ def test_s24_gap_a_broken_button_wire_is_told_from_a_released_button(rig):
     rig.factory.pin(BUTTON_A).drive_high()  # the wire to the couch is cut: the pull-up reads "released"
     with pytest.raises(Refused):
         rig.ctl.start("a", 600, "ann")
+
+
+def test_s23_a_trip_seen_after_another_latch_is_still_recorded(rig):
+    rig.ctl.start("a", 600, "ann")
+    rig.ctl.fault("firmware link lost: silent", "a")
+    assert rig.ctl.guard_tripped(0, "over-temperature", "over-temperature: hot") == []
+    assert rig.ctl.lamp("a").fault_reason == "firmware link lost: silent"
+    assert "also: over-temperature: hot" in rig.events()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="S23 gap: a guard trip first heard after the link was lost leaves the session ended `firmware`",
+)
+def test_s23_gap_a_trip_heard_after_the_link_loss_ends_the_session_over_temperature(rig):
+    sid, _ = rig.ctl.start("a", 600, "ann")
+    rig.clock.advance(10)
+    cut = rig.clock.monotonic() - 5  # the guard cut 5 s ago, while the host was frozen
+    rig.ctl.link_lost("firmware link lost: silent", since=cut - 1)
+    rig.ctl.guard_tripped(0, "over-temperature", "over-temperature: hot", cut)
+    assert rig.sessions()[sid]["end_reason"] == "over-temperature"

@@ -51,6 +51,10 @@ def test_sensors_trip_words_name_the_cause():
     )
     assert sensors.trip_words(NTC, ntc, sensors.TRIP_LOW, 0)[1] == "the temperature sensor of Couch A reads shorted"
     assert sensors.trip_words(NTC, ntc, sensors.TRIP_HIGH, 65535)[1].endswith("reads open (unplugged or a broken wire)")
+    assert sensors.trip_words(NTC, ntc, 3, 0) == (
+        "fault",
+        "the temperature sensor of Couch A could not be read (its ADC input failed)",
+    )
     amp = LampConfig(id="b", name="Couch B", relay_pin=18, current_adc=2, current_full_scale_a=5, max_amps=2.5)
     reason, why = sensors.trip_words(amp, sensors.channels([amp])[0], sensors.TRIP_HIGH, 45_875)
     assert reason == "over-current"
@@ -125,3 +129,14 @@ def test_sensors_config_reads_every_guard_key(tmp_path):
     assert (b.current_adc, b.current_full_scale_a, b.max_amps, b.min_amps) == (0, 10, 4, 0.5)
     assert cfg.service.max_lamps_on == 1
     assert sensors.guard_table(cfg.lamps)[1] == (1, 0, 0, 26214)  # 4 A of 10 A
+
+
+def test_sensors_trip_sides_are_the_firmwares():
+    from firmware_bridge import protocol
+
+    assert (sensors.TRIP_LOW, sensors.TRIP_HIGH, sensors.TRIP_FAIL) == (
+        protocol.TRIP_LOW,
+        protocol.TRIP_HIGH,
+        protocol.TRIP_FAIL,
+    )
+    assert sensors.FULL_SCALE == protocol.MAX_RAW

@@ -143,12 +143,14 @@ def guards_text(view) -> str:
         parts.append(gettext("Stand tilted"))
     if view.patient_pressed:
         parts.append(gettext("Patient button pressed: release it to start"))
+    if view.guard == "unknown":  # the firmware link is down: no reading is better than a stale one
+        parts.append(gettext("No sensor reading"))
     if view.temperature_c is not None:
         parts.append(gettext("%(n)s °C", n=format_decimal(round(view.temperature_c))))
-    elif view.guard is not None and view.guard != "ok":
-        parts.append(gettext("Temperature sensor fault"))
     if view.current_a is not None:
         parts.append(gettext("%(n)s A", n=format_decimal(round(view.current_a, 1))))
+    if view.guard not in (None, "ok", "unknown"):
+        parts.append(gettext("Guard tripped"))
     if view.bulb_blown:
         parts.append(gettext("The bulb seems blown: it draws no current"))
     return " · ".join(parts)

@@ -461,6 +461,11 @@ class SessionController:
         with self._cond:
             if lamp.state is LampState.FAULT and lamp.fault_reason == reason:
                 return []
+            if lamp.state is LampState.FAULT:
+                # Latched already for another cause (the link lost while the host was frozen): the
+                # record still says the guard tripped, and when.
+                self._log.event(lamp.cfg.id, "fault", "fault", "firmware guard", f"also: {reason}", self._clock.wall())
+                return []
             return self._latch_own(lamp, end_reason, reason, "firmware guard", cut_at)
 
     def sensed(self, index: int, readings: Sensed) -> None:

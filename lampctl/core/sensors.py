@@ -29,8 +29,8 @@ T25_K = 25 + KELVIN
 OPEN_BELOW_C = -20.0
 # A thermistor trip hotter than this is a shorted sensor, not a hot lamp.
 SHORTED_ABOVE_C = 150.0
-# Trip sides as the firmware reports them (protocol SENSE): below low, above high.
-TRIP_LOW, TRIP_HIGH = 1, 2
+# Trip sides as the firmware reports them (protocol SENSE): below low, above high, a read that failed.
+TRIP_LOW, TRIP_HIGH, TRIP_FAIL = 1, 2, 3
 
 
 class Channel(NamedTuple):
@@ -90,6 +90,9 @@ def guard_table(lamps: Sequence[LampConfig]) -> list[tuple[int, int, int, int]]:
 def trip_words(lamp: LampConfig, channel: Channel, side: int, raw: int) -> tuple[str, str]:
     """(the session's end_reason, the fault's reason) for a trip the firmware reported."""
     name = lamp.name
+    sensor = "temperature" if channel.kind == "thermistor" else "current"
+    if side not in (TRIP_LOW, TRIP_HIGH):
+        return "fault", f"the {sensor} sensor of {name} could not be read (its ADC input failed)"
     if channel.kind == "thermistor":
         temp = thermistor_c(lamp, raw)
         if side == TRIP_HIGH:
@@ -104,4 +107,4 @@ def trip_words(lamp: LampConfig, channel: Channel, side: int, raw: int) -> tuple
             f"over-current: {name} drew {current_a(lamp, raw):.2f} A, above its limit of "
             f"{lamp.max_amps:g} A (a short or the wrong bulb)"
         )
-    return "fault", f"the current sensor of {name} could not be read"
+    return "fault", f"the current sensor of {name} reads below 0 A (a wiring fault)"

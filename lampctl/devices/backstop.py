@@ -7,9 +7,12 @@ import threading
 import time
 from collections import deque
 
+from firmware_bridge import protocol
 from firmware_bridge.bridge import FirmwareLink
 from firmware_bridge.errors import FirmwareError, FirmwareTimeout
+from lampctl.core import sensors
 from lampctl.core.errors import Refused, Unavailable
+from lampctl.core.lamp import Sensed
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,10 @@ class FirmwareBackstop:
     up withdraws its ARM if it is still queued, else the caller's release() queues
     an OFF after the ARM on the wire: either way the firmware's last word for that
     lamp is OFF (S12).
+
+    With analog guards (S23) it also hands the firmware's readings to the controller as
+    each SENSE heartbeat brings them, a trip the moment it is first seen, and clears a
+    trip over the link (in the same queue) before an admin's reset looks at it.
     """
 
     def __init__(
@@ -34,10 +41,19 @@ class FirmwareBackstop:
         *,
         clock=time.monotonic,
         arm_wait_s: float | None = None,
+        lamps=(),
     ):
         self.grace_s = grace_s
         self._link = link
         link.on_link_change = self._link_changed
+        # S23: the guard channels, in the firmware's order; each one's latest trip side, and
+        # whether that trip has been handed to the controller.
+        self._lamps = list(lamps)
+        self._channels = sensors.channels(self._lamps)
+        self._trips = [0] * len(self._channels)
+        self._told = [False] * len(self._channels)
+        if self._channels:
+            link.on_guard = self._sensed
         self._log = usage_log
         self._clock = clock
         self._arm_wait_s = arm_wait_s
@@ -51,19 +67,23 @@ class FirmwareBackstop:
         self._worker = threading.Thread(target=self._run, name="firmware-commands", daemon=True)
 
     @classmethod
-    def from_config(cls, fw_cfg, lamp_count: int, heartbeat_s: float, usage_log=None, url: str | None = None):
+    def from_config(cls, fw_cfg, lamp_count: int, heartbeat_s: float, usage_log=None, url: str | None = None, lamps=()):
+        """`lamps`: the lamps' configs, whose analog guards the board must have been flashed with (S23)."""
         link = FirmwareLink(
             url or fw_cfg.port,
             lamp_count,
             watchdog_s=fw_cfg.watchdog_s,
             heartbeat_s=heartbeat_s,
             reply_timeout_s=fw_cfg.reply_timeout_s,
+            guards=sensors.guard_table(lamps),
         )
-        return cls(link, fw_cfg.grace_s, usage_log)
+        return cls(link, fw_cfg.grace_s, usage_log, lamps=lamps)
 
     def attach(self, controller) -> None:
         self._controller = controller
         controller.add_reset_blocker(lambda: None if self._link.up else "the firmware link is still down")
+        if self._channels:
+            controller.add_lamp_reset_blocker(self._guard_blocks, self._clear_guard)
 
     def start(self, wait_s: float) -> bool:
         """Start the link and the command worker; wait up to wait_s for the link. Returns whether it is up."""
@@ -103,6 +123,57 @@ class FirmwareBackstop:
             self._worker.join(5)
         self._link.close()
 
+    # ---- the analog guards (S23) ---------------------------------------------------------
+    def _sensed(self, readings: list[protocol.Sense]) -> None:
+        """A SENSE reply, on the link's thread: trips first (relay off, latch), then the readings."""
+        controller = self._controller
+        if controller is None or len(readings) != len(self._channels):
+            return
+        at = self._link.readings_at or self._clock()
+        shown: dict[int, dict] = {}
+        for i, (channel, reading) in enumerate(zip(self._channels, readings, strict=True)):
+            lamp = self._lamps[channel.lamp]
+            values = shown.setdefault(channel.lamp, {"temp_c": None, "amps": None, "guard": "ok"})
+            if channel.kind == "thermistor":
+                values["temp_c"] = sensors.thermistor_c(lamp, reading["raw"])
+            else:
+                values["amps"] = sensors.current_a(lamp, reading["raw"])
+            self._trips[i] = reading["trip"]
+            if not reading["trip"]:
+                self._told[i] = False
+                continue
+            end_reason, reason = sensors.trip_words(lamp, channel, reading["trip"], reading["trip_raw"])
+            values["guard"] = reason
+            if not self._told[i]:
+                self._told[i] = True
+                log.error("firmware guard tripped on %s: %s", lamp.id, reason)
+                controller.guard_tripped(channel.lamp, end_reason, reason, at - reading["trip_ago_ms"] / 1000)
+        for index, values in shown.items():
+            controller.sensed(index, Sensed(**values))
+
+    def _guard_blocks(self, index: int) -> str | None:
+        """Why lamp `index`'s latch may not be cleared: its guard is still tripped on the firmware."""
+        for i, channel in enumerate(self._channels):
+            if channel.lamp == index and self._trips[i]:
+                return (
+                    f"the firmware's guard of {self._lamps[index].name} is still tripped; it clears once its "
+                    "reading is back in range"
+                )
+        return None
+
+    def _clear_guard(self, index: int) -> None:
+        """Before a reset (outside the controller's lock): ask the firmware to clear this lamp's trips."""
+        if not any(channel.lamp == index and self._trips[i] for i, channel in enumerate(self._channels)):
+            return
+        job = _Job("clear", index)
+        self._submit(job)
+        if not job.done.wait(self._link.reply_timeout_s * 4 + 1):
+            with self._cond:
+                job.abandoned = True
+            return
+        if job.error is not None:
+            log.warning("firmware guard of lamp %d not cleared: %s", index, job.error)
+
     # ---- internals ---------------------------------------------------------------------
     def _submit(self, job) -> None:
         with self._cond:
@@ -120,6 +191,16 @@ class FirmwareBackstop:
                     continue
             if job.kind == "arm":
                 job.error = self._send_arm(job.index, job.ms)
+                job.done.set()
+            elif job.kind == "clear":
+                try:
+                    self._link.clear(job.index)
+                except FirmwareError as exc:  # still out of range: the blocker says why the latch stays
+                    job.error = exc
+                else:
+                    for i, channel in enumerate(self._channels):
+                        if channel.lamp == job.index:
+                            self._trips[i], self._told[i] = 0, False
                 job.done.set()
             else:
                 self._armed.pop(job.index, None)
@@ -151,6 +232,9 @@ class FirmwareBackstop:
                 self._log.event(None, None, None, "system", f"firmware link up: {reason}")
             return
         log.error("firmware link lost: %s", reason)
+        if self._controller is not None:
+            for index in sorted({channel.lamp for channel in self._channels}):
+                self._controller.sensed(index, Sensed(guard="unknown"))  # no reading is better than a stale one
         latched: list[str] = []
         if self._controller is not None:
             # S6: a lamp on without its second channel must not stay on. Whatever was on since

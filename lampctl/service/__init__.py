@@ -178,9 +178,10 @@ class Service:
             return None
         if not self.simulate:
             return fw.port
+        from lampctl.core.sensors import guard_table
         from lampctl.devices.simproc import start_simulator, stop_simulator
 
-        proc, url = start_simulator(self.cfg)
+        proc, url = start_simulator(self.cfg, guard_table(self.cfg.lamps))  # flashed with the config's guards (S23)
         self.on_close(stack, "firmware simulator", stop_simulator, proc)
         return url
 
@@ -226,7 +227,7 @@ class Service:
             from lampctl.devices.backstop import FirmwareBackstop
 
             self.backstop = FirmwareBackstop.from_config(
-                cfg.firmware, len(cfg.lamps), cfg.safety.heartbeat_s, self.usage_log, url=url
+                cfg.firmware, len(cfg.lamps), cfg.safety.heartbeat_s, self.usage_log, url=url, lamps=cfg.lamps
             )
         self.controller = controller = SessionController(
             cfg.lamps,

@@ -217,8 +217,13 @@ def add_users(config: Path) -> dict:
 class Simulator:
     """The simulated microcontroller as its own process; its JSON lines collected as they come."""
 
-    def __init__(self, lamps: int = 2, watchdog_s: float = 1.0):
+    def __init__(self, lamps: int = 2, watchdog_s: float = 1.0, guards=()):
+        """`guards`: (lamp, adc, low, high) channels it is flashed with; then `adc()` sets an input's reading
+        through its control port, as a sensor would, without the host."""
         self.port = free_port()
+        extra = ["--control", "127.0.0.1:0"] if guards else []
+        for lamp, adc, low, high in guards:
+            extra += ["--guard", f"{lamp}:{adc}:{low}:{high}"]
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -230,6 +235,7 @@ class Simulator:
                 str(lamps),
                 "--watchdog",
                 str(watchdog_s),
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -242,7 +248,20 @@ class Simulator:
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        assert self.proc.stderr.readline().startswith("listening 127.0.0.1:")
+        self._control: socket.socket | None = None
+        line = self.proc.stderr.readline()
+        if guards:
+            assert line.startswith("control 127.0.0.1:"), line
+            self._control = socket.create_connection(("127.0.0.1", int(line.rsplit(":", 1)[1])), timeout=10)
+            self._replies = self._control.makefile("rb")
+            line = self.proc.stderr.readline()
+        assert line.startswith("listening 127.0.0.1:"), line
+
+    def adc(self, n: int, raw: int | str) -> None:
+        """Set ADC input n's reading (0..65535, or "fail": its read raises)."""
+        assert self._control is not None, "a Simulator made without guards has no control port"
+        self._control.sendall(f"adc {n} {raw}\n".encode())
+        assert self._replies.readline().strip() == b"ok"
 
     def _read(self):
         for line in self.proc.stdout:
@@ -262,6 +281,9 @@ class Simulator:
             return found()
 
     def stop(self):
+        if self._control is not None:
+            self._replies.close()
+            self._control.close()
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(5)
