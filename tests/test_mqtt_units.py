@@ -361,3 +361,20 @@ def test_outbox_rows_keep_the_origin_they_were_queued_under(cfg, usage_log):
     assert len({before, after}) == 2 and len(before) == 16
     assert [(r["why"], r["origin"]) for _, _, r in box.unsent(10)] == [("before", before), ("after", after)]
     box.close()
+
+
+def test_discovery_a_guarded_lamp_has_temperature_and_current_sensors(cfg):
+    from dataclasses import replace
+
+    from jinja2 import Environment
+
+    lamps = (replace(cfg.lamps[0], thermistor_adc=0, current_adc=1, max_amps=2.5), *cfg.lamps[1:])
+    configs = ha_configs(replace(cfg, lamps=lamps), False)
+    temp = json.loads(configs["ha/sensor/lampctl_n1/room1_temperature/config"])
+    amps = json.loads(configs["ha/sensor/lampctl_n1/room1_current/config"])
+    assert (temp["device_class"], temp["unit_of_measurement"]) == ("temperature", "°C")
+    assert (amps["device_class"], amps["unit_of_measurement"]) == ("current", "A")
+    render = Environment().from_string(temp["value_template"]).render
+    assert render(value_json={"temperature_c": 41.5}) == "41.5"
+    assert render(value_json={"temperature_c": None}) == "None"  # HA's unknown, not a 0 degC reading
+    assert not any("room2_temperature" in topic for topic in configs)  # room2 has no thermistor

@@ -117,6 +117,31 @@ def configs(mqtt_cfg, lamps, user: str = "homeassistant") -> list[tuple[str, str
                 "icon": "mdi:timer-sand",
             },
         )
+        # S23: the firmware's readings, for the lamps that have the sensor.
+        if getattr(lamp, "thermistor_adc", None) is not None:
+            add(
+                "sensor",
+                f"{lamp.id}_temperature",
+                {
+                    **_common("sensor", node, f"{lamp.id}_temperature", f"{lamp.name} temperature"),
+                    "state_topic": state,
+                    "value_template": "{{ value_json.temperature_c if value_json.temperature_c is not none else 'None' }}",
+                    "device_class": "temperature",
+                    "unit_of_measurement": "°C",
+                },
+            )
+        if getattr(lamp, "current_adc", None) is not None:
+            add(
+                "sensor",
+                f"{lamp.id}_current",
+                {
+                    **_common("sensor", node, f"{lamp.id}_current", f"{lamp.name} current"),
+                    "state_topic": state,
+                    "value_template": "{{ value_json.current_a if value_json.current_a is not none else 'None' }}",
+                    "device_class": "current",
+                    "unit_of_measurement": "A",
+                },
+            )
         add(
             "button",
             f"{lamp.id}_stop",
