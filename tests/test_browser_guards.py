@@ -159,3 +159,41 @@ def test_browser_s25_s23_a_tilted_stand_latches_and_readings_show_on_the_card(br
     finally:
         context.close()
         panel.settle()
+
+
+def test_browser_an_alarm_outlives_a_reload_until_ok_is_tapped_on_that_tablet(browser, panel):
+    from playwright.sync_api import expect
+
+    from tests.browser_kit import PHONE
+
+    panel.settle()
+    context, page = new_page(browser, PHONE)
+    try:
+        log_in(page, panel.url, "ann", "2468")
+        room1 = page.get_by_role("region", name="Room 1")
+        tap(page, room1.get_by_role("button", name="10 min"))
+        expect(room1).to_have_attribute("data-state", "on")
+        panel.factory.pin(BUTTON_1).drive_low()
+        panel.factory.pin(BUTTON_1).drive_high()
+        expect(room1).to_have_attribute("data-mark", "alarm")
+        page.reload()  # the tablet's page reloads (a lock, a swipe, a crash): the alarm is still unseen
+        expect(room1).to_have_attribute("data-mark", "alarm")
+        expect(room1.locator(".mark-text")).to_have_text("ALARM")
+        tap(page, room1.get_by_role("button", name="OK"))
+        expect(room1).not_to_have_attribute("data-mark", "alarm")
+        page.reload()  # acknowledged here: not marked again
+        expect(room1).to_have_attribute("data-state", "off")
+        # Two states applied since the reload: a mark would be back by now.
+        expect(page.locator("body")).to_have_attribute("data-states", re.compile(r"^([2-9]|[1-9][0-9]+)$"))
+        expect(room1).not_to_have_attribute("data-mark", "alarm")
+        # Another tablet that never saw it still marks it.
+        other, page2 = new_page(browser, PHONE)
+        try:
+            log_in(page2, panel.url, "ann", "2468")
+            expect(page2.get_by_role("region", name="Room 1")).to_have_attribute("data-mark", "alarm")
+        finally:
+            other.close()
+        assert page.console_errors == []
+    finally:
+        context.close()
+        panel.settle()

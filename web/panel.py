@@ -86,6 +86,15 @@ def lamp_info(view, locked: bool = False) -> dict:
         d["note"] = gettext("Ready. Limit %(limit)s per session.", limit=d["limit"])
     # With no timer running the big display names the state, readable from across the room.
     d["end_alarm"] = end_alarm(view)  # how the last session ended, when that was an alarm
+    # Which session that alarm was, and how long ago: a page loaded later marks it again until OK is
+    # tapped on it (the tablet remembers which it acknowledged), if it is recent and still stands: the
+    # lamp still latched, or a patient's stop with no session since (an admin's reset ends the others).
+    standing = view.state == "fault" or view.last_end_reason == "patient"
+    alarmed = (
+        d["end_alarm"] is not None and standing and view.last_session_id is not None and view.last_end_mono is not None
+    )
+    d["alarm_session"] = view.last_session_id if alarmed else None
+    d["alarm_ago_s"] = round(services().controller.now() - view.last_end_mono, 1) if alarmed else None
     d["estop"] = view.state == "fault" and is_estop(view.fault_reason)  # said by the page's E-stop banner
     d["idle_text"] = gettext("Fault") if view.state == "fault" else gettext("Off")
     d["clock_text"] = d["idle_text"] if d["clock"] is None else clock_text(d["clock"])

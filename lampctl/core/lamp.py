@@ -194,9 +194,12 @@ class LampView:
     extend_ok: bool = False  # while on: the panel's +5 min (EXTEND_STEP_S) still fits (S3; not in as_dict)
     # Set only on the views a Stop returns: "ended", "cancelled-start" or "already-off" (not in as_dict).
     result: str | None = None
-    # How the last session ended: its end_reason ("completed", "stopped", "estop", ...) and why (not in as_dict).
+    # How the last session ended: its end_reason ("completed", "stopped", "estop", ...) and why, its id and
+    # when (monotonic) (not in as_dict).
     last_end_reason: str | None = None
     last_end_why: str | None = None
+    last_session_id: int | None = None
+    last_end_mono: float | None = None
     # The couch's inputs (S24, S25) and the firmware's readings (S23); None where the lamp has none.
     patient_pressed: bool | None = None
     tilted: bool | None = None
@@ -282,6 +285,8 @@ def make_view(
         extend_ok=session is not None and s3_allows(used + EXTEND_STEP_S, lamp.cfg.max_s),
         last_end_reason=lamp.last_end_reason,
         last_end_why=lamp.last_end_why,
+        last_session_id=lamp.chain_last_id,
+        last_end_mono=lamp.last_end,
         patient_pressed=patient_pressed if cfg.stop_pin is not None else None,
         tilted=tilted if cfg.tilt_pin is not None else None,
         temperature_c=None if sensed is None or sensed.temp_c is None else round(sensed.temp_c, 1),

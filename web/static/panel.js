@@ -18,6 +18,9 @@
   const deadlines = new Map(); // lamp id -> performance.now() at which its clock reads 0, or null
   const lamps = new Map(); // lamp id -> the last state the server sent
   const warned = new Map(); // lamp id -> the deadline whose one-minute warning was given
+  const seen = new Set(); // lamps this page has had a state of
+  // An alarm this recent, not yet acknowledged on this tablet, is marked again when the page is loaded.
+  const RECENT_ALARM_S = 1800;
   let audio = null;
   let lastGood = performance.now();
   let serverOffset = null; // server wall clock minus ours, in seconds, from the last poll (null: none yet)
@@ -236,9 +239,22 @@
     else if (endDue) chime();
   }
 
+  // Which alarm (by its session) this tablet acknowledged, per lamp; nothing when storage is refused.
+  function ackKey(id) { return "lampctl.ack." + id; }
+  function acked(id, session) {
+    try { return window.localStorage.getItem(ackKey(id)) === String(session); } catch (err) { return false; }
+  }
+  function remember(el) {
+    if (el.dataset.mark !== "alarm" || !el.dataset.alarmSession) return;
+    try { window.localStorage.setItem(ackKey(el.dataset.lamp), el.dataset.alarmSession); } catch (err) { /* kept in the page only */ }
+  }
+
   document.addEventListener("click", function (ev) {
     const ack = ev.target.closest && ev.target.closest("[data-ack]");
-    if (ack) unmark(ack.closest("[data-lamp]"));
+    if (!ack) return;
+    const el = ack.closest("[data-lamp]");
+    remember(el);
+    unmark(el);
   });
 
   function ended(el, quiet) {
@@ -281,11 +297,17 @@
     if (!el) return;
     const session = lamp.session_id === null ? "" : String(lamp.session_id);
     const before = el.dataset.state;
+    const first = !seen.has(lamp.id);
+    seen.add(lamp.id);
+    if (lamp.alarm_session !== null && lamp.alarm_session !== undefined) el.dataset.alarmSession = String(lamp.alarm_session);
     if (before === "on" && el.dataset.session && (lamp.state !== "on" || session !== el.dataset.session)) {
       if (lamp.end_alarm) alarm(el, lamp.end_alarm, quiet, lamp.estop);
       else ended(el, quiet);
     } else if (before && before !== "fault" && lamp.state === "fault") {
       alarm(el, lamp.note, quiet, lamp.estop); // latched with no session running (an E-stop of an idle lamp)
+    } else if (first && lamp.end_alarm && lamp.state !== "on" && lamp.alarm_ago_s !== null &&
+               lamp.alarm_ago_s < RECENT_ALARM_S && !acked(lamp.id, lamp.alarm_session)) {
+      alarm(el, lamp.end_alarm, quiet, lamp.estop); // ended before this page was loaded, and nobody tapped OK here
     }
     if (lamp.state === "on" && session !== el.dataset.session) unmark(el); // a new session: someone is there
     lamps.set(lamp.id, lamp);
@@ -301,6 +323,7 @@
 
   function applyState(data, syncedAt, quiet) {
     data.lamps.forEach(function (lamp) { apply(lamp, syncedAt, quiet); });
+    document.body.dataset.states = String(Number(document.body.dataset.states || 0) + 1); // states applied
     if (undelivered && data.lamps.every(function (l) { return l.state !== "on" && !l.relay_on; })) undelivered = false;
     serverBanners = data.banners || [];
     const lockNote = document.getElementById("lock-note");
