@@ -234,7 +234,10 @@ class SafetyLaneDispatcher(ThreadedTaskDispatcher):
             if last:
                 self._no_stop.set()
         if last:
-            self.wake()
+            try:
+                self.wake()
+            except OSError:  # the server closing: its loop has ended, nothing to wake
+                pass
 
     def _grow_lane(self) -> None:
         """One more lane thread when none is idle (S10: a Stop never waits for another's record)."""
