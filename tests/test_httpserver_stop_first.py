@@ -181,3 +181,25 @@ def test_s10_a_stop_that_hangs_holds_the_other_connections_only_briefly(monkeypa
 def test_s10_serving_sets_a_short_switch_interval(server):
     # A Stop's thread waiting for the interpreter's lock asks for it after 1 ms, not CPython's 5 ms.
     assert sys.getswitchinterval() == pytest.approx(0.001)
+
+
+def test_s10_a_stop_ending_after_the_server_closed_ends_its_hold_without_an_error(caplog):
+    dispatcher = httpserver.SafetyLaneDispatcher(lane_threads=1)
+    ended = threading.Event()
+
+    def closed_trigger():
+        ended.set()
+        raise OSError(9, "Bad file descriptor")  # the trigger's pipe, closed with the server
+
+    dispatcher.wake = closed_trigger
+    release = threading.Event()
+    release.set()
+    stop = _Channel("/api/estop", release)
+    try:
+        dispatcher.add_task(stop)
+        assert stop.served.wait(10) and ended.wait(10)
+        wait_until(lambda: dispatcher.holding() == 0.0 and not stop.serving_stop, 10, "the hold ended")
+    finally:
+        dispatcher.shutdown(timeout=10)
+    # waitress logs a traceback for a task whose service() raises: the journal would show one per close.
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -234,10 +235,8 @@ class SafetyLaneDispatcher(ThreadedTaskDispatcher):
             if last:
                 self._no_stop.set()
         if last:
-            try:
+            with contextlib.suppress(OSError):  # the server closing: its loop has ended, nothing to wake
                 self.wake()
-            except OSError:  # the server closing: its loop has ended, nothing to wake
-                pass
 
     def _grow_lane(self) -> None:
         """One more lane thread when none is idle (S10: a Stop never waits for another's record)."""
