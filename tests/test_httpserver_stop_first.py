@@ -129,6 +129,16 @@ def test_s10_while_a_stop_is_served_other_connections_are_left_unread(server, qu
     assert queued == ["/api/lamps"] * 3
 
 
+def test_s10_during_a_hold_connections_being_closed_still_close(server, queued, clients, monkeypatch):
+    # At the connection limit the idlest are marked to close so that a new Stop gets a place.
+    channels = _open(server, 3, clients)
+    channels[0].will_close = True
+    monkeypatch.setattr(server.task_dispatcher, "holding", lambda: 0.01)
+    server.poll_once(0)
+    assert not channels[0].connected and channels[0] not in _channels(server)
+    assert all(ch.connected for ch in channels[1:])
+
+
 class _Channel:
     """A channel as the dispatcher sees it, with a Stop whose serving the test ends."""
 

@@ -385,8 +385,9 @@ class BoundedServer(TcpWSGIServer):
             self.task_dispatcher.shutdown()
 
     def _first(self, obj) -> bool:
-        """The listener, the trigger and the connections of Stops being served: handled first, and during a hold."""
-        return not isinstance(obj, HTTPChannel) or obj.serving_stop
+        """Handled first, and during a hold: the listener, the trigger, the connections of Stops being
+        served, and those to be closed (at the connection limit the idlest make room for a new Stop)."""
+        return not isinstance(obj, HTTPChannel) or obj.serving_stop or obj.will_close
 
     def poll_once(self, timeout: float) -> None:
         """One pass of waitress's poll loop (wasyncore.poll2), a Stop first (S10).
