@@ -1,4 +1,4 @@
-"""The baseline service: a minimal Flask app on waitress (8 threads) answering GET /api/lamps with 8 lamps.
+"""The baseline service: a minimal Flask app on waitress (8 threads) answering GET /api/lamps with 8 lamps (and POST /api/stop-all).
 
 Run: python -m bench.minimal_app PORT. Prints "serving" once it listens.
 """
@@ -31,6 +31,10 @@ def main() -> int:
 
     @app.get("/api/lamps")
     def all_lamps():
+        return jsonify(lamps=lamps)
+
+    @app.post("/api/stop-all")
+    def stop_all():  # the floor for a Stop on this server: no controller, no record
         return jsonify(lamps=lamps)
 
     logging.getLogger("waitress").setLevel(logging.ERROR)  # "Task queue depth" lines under load

@@ -114,7 +114,10 @@ SENT = (
 # before any slow import): the web stack, the store and its database, the accounts, the
 # serial port, the firmware link, the broker client, the controller. (firmware_bridge.protocol
 # may be there: it is pure, and the config checks its limits against the firmware's, S14.)
+# ssl: OpenSSL's library and the module took 5-10 ms of exec -> relays OFF through [mqtt]'s TLS checks.
 NOT_BEFORE_CLAIM = (
+    "ssl",
+    "_ssl",
     "sqlite3",
     "_sqlite3",
     "lampctl.storage.store",

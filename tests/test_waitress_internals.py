@@ -237,3 +237,43 @@ def test_waitress_server_parts_the_eviction_and_the_clean_up_use():
             channel.close()
     finally:
         server.close()
+
+
+def test_waitress_poll_loop_the_stop_first_loop_copies():
+    # BoundedServer.run and poll_once are waitress's run and wasyncore.poll2, reordered (S10):
+    # they must still be built from the same parts.
+    from waitress import wasyncore
+
+    assert _parameters(wasyncore.readwrite) == ["obj", "flags"], (
+        f"{WAITRESS}: wasyncore.readwrite now takes ({', '.join(_parameters(wasyncore.readwrite))}); "
+        "BoundedServer.poll_once calls readwrite(obj, flags)"
+    )
+    poll2 = _names_in(wasyncore.poll2)
+    wanted = {"readable", "writable", "accepting", "register", "poll", "readwrite"}
+    assert wanted <= poll2, f"{WAITRESS}: wasyncore.poll2 no longer uses {sorted(wanted - poll2)}"
+    run = _names_in(TcpWSGIServer.run)
+    wanted = {"loop", "asyncore_loop_timeout", "_map", "asyncore_use_poll", "SystemExit", "shutdown"}
+    assert wanted <= run, f"{WAITRESS}: TcpWSGIServer.run no longer uses {sorted(wanted - run)}"
+    assert "asyncore_loop_timeout" in {name for name, _cast in Adjustments._params}
+    service = _names_in(HTTPChannel.service)
+    assert "add_task" in service, f"{WAITRESS}: HTTPChannel.service no longer queues a channel's next request"
+    for name in ("pull_trigger", "handle_read_event"):
+        assert callable(getattr(TcpWSGIServer, name, None)), f"{WAITRESS}: TcpWSGIServer.{name} is gone"
+    adj = Adjustments(host="127.0.0.1", port=0)
+    server = TcpWSGIServer(
+        lambda environ, start: [], {}, True, None, dispatcher=ThreadedTaskDispatcher(), adj=adj, sockinfo=adj.listen[0]
+    )
+    try:
+        assert server.trigger in server._map.values() and server in server._map.values(), (
+            f"{WAITRESS}: the trigger and the listener are no longer in the server's socket map"
+        )
+        with socket.create_connection(("127.0.0.1", int(server.effective_port)), timeout=10):
+            server.handle_accept()
+            [channel] = server.active_channels.values()
+            assert isinstance(channel.socket, socket.socket) and channel.request is None and channel.connected, (
+                f"{WAITRESS}: a new channel no longer has socket, request (None) and connected "
+                "(BoundedChannel.next_is_stop reads them)"
+            )
+            channel.close()
+    finally:
+        server.close()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from datetime import date
 
-from flask_babel import format_decimal, gettext
+from flask_babel import gettext
 from markupsafe import Markup, escape
+
+from web.words import number
 
 # Distinguishable for common colour blindness (Okabe-Ito), all dark enough on white.
 COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
@@ -61,7 +63,7 @@ def stacked_days_svg(days: list[date], series: list[tuple[str, dict[date, float]
             if minutes <= 0:
                 continue
             h = plot_h * minutes / ymax
-            tip = gettext("%(n)s min", n=format_decimal(round(minutes)))
+            tip = gettext("%(n)s min", n=number(round(minutes)))
             y -= h
             out.append(
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" fill="{colour(j)}">'

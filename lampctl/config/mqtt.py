@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 import socket
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+# ssl (and OpenSSL's library, 5-10 ms) loads where a TLS file is checked: `serve` reaches the relays first (S1).
+if TYPE_CHECKING:
+    import ssl
 
 # Each key's type, default and pattern is its "mqtt." row in lampctl.config.SETTINGS, applied by the
 # reader handed in. A node name is one MQTT topic level and part of Home Assistant's unique ids and
@@ -131,6 +135,8 @@ def _check_tls(r, table: str, ca_file: Path | None, cert_file: Path | None, key_
             f"{table}.{'key_file' if cert_file else 'cert_file'}",
             "missing: a client certificate needs both mqtt.cert_file and mqtt.key_file",
         )
+    import ssl
+
     try:
         _verifying(ca_file)
     except (ssl.SSLError, ValueError, OSError) as exc:
@@ -156,6 +162,8 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
 
 
 def _verifying(ca_file: Path | None) -> ssl.SSLContext:
+    import ssl
+
     return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
 
 

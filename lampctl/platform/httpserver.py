@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import math
 import re
+import select
+import socket
+import sys
 import threading
 import time
 
+from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
@@ -36,6 +43,8 @@ MAX_HEAD_BYTES = 32 * 1024
 EVICT_BATCH = 16
 EVICT_LOG_INTERVAL_S = 10.0
 WORKER_THREADS = 8
+# The interpreter's switch interval while serving (sys.setswitchinterval; CPython's default is 5 ms).
+SWITCH_INTERVAL_S = 0.001
 OUTBUF_HIGH_WATERMARK = 1 << 20
 # Threads that serve only Stop requests: a Stop never queues behind reads.
 SAFETY_LANE_THREADS = 2
@@ -47,6 +56,11 @@ READ_HOLD_MAX_S = 0.5
 SAFETY_LANE_MAX_THREADS = 32
 # POST .../stop, /stop-all, /estop (API and panel forms).
 STOP_PATH = re.compile(r"/(stop|stop-all|estop)/?$")
+# The same, as the request line waiting in a connection's socket (read without taking it, S10):
+# the network thread reads such a connection before the others of its pass.
+STOP_LINE = re.compile(rb"POST [^ ?#]*/(stop|stop-all|estop)/?[ ?#]")
+# Enough of a request line for the longest Stop path (a lamp id is at most 32 characters).
+PEEK_BYTES = 256
 # POST /api/lamps/<id>/start|extend and /panel/lamps/<id>/start|extend: registered on arrival (S19).
 ARRIVING_PATH = re.compile(r"/lamps/([a-z0-9-]+)/(start|extend)/?$")
 # The WSGI environ key that carries a request's arrival time (time.monotonic, S19).
@@ -177,16 +191,30 @@ class SafetyLaneDispatcher(ThreadedTaskDispatcher):
         self._stops_lock = threading.Lock()
         self._no_stop = threading.Event()
         self._no_stop.set()
+        self._hold_since = 0.0
+        # Called when the last Stop being served ends (the server's trigger): the network thread,
+        # which reads only the Stops' connections meanwhile, goes back to the others at once.
+        self.wake = lambda: None
 
     def add_task(self, task) -> None:
         if is_stop(task):
             with self._stops_lock:
+                if self._stops == 0:
+                    self._hold_since = _now()
                 self._stops += 1
                 self._no_stop.clear()
+            task.serving_stop = True
             self._grow_lane()
-            self.lane.add_task(_StopTask(task, self._stop_done))
+            self.lane.add_task(_StopTask(task, lambda: self._stop_done(task)))
         else:
             super().add_task(_ReadTask(task, self._no_stop, self._note_arrival(task)))
+
+    def holding(self) -> float:
+        """Seconds the other connections stay unread for the Stops being served (0: none; at most READ_HOLD_MAX_S)."""
+        with self._stops_lock:
+            if not self._stops:
+                return 0.0
+            return max(0.0, self._hold_since + READ_HOLD_MAX_S - _now())
 
     def _note_arrival(self, task):
         arriving = _arriving(task) if self.arrivals is not None else None
@@ -199,11 +227,16 @@ class SafetyLaneDispatcher(ThreadedTaskDispatcher):
             return None
         return lambda: self.arrivals.drop_arrival(*arriving)
 
-    def _stop_done(self) -> None:
+    def _stop_done(self, channel) -> None:
+        channel.serving_stop = False
         with self._stops_lock:
             self._stops -= 1
-            if self._stops == 0:
+            last = self._stops == 0
+            if last:
                 self._no_stop.set()
+        if last:
+            with contextlib.suppress(OSError):  # the server closing: its loop has ended, nothing to wake
+                self.wake()
 
     def _grow_lane(self) -> None:
         """One more lane thread when none is idle (S10: a Stop never waits for another's record)."""
@@ -283,6 +316,24 @@ class BoundedChannel(HTTPChannel):
     request_started: float | None = None
     parser_class = StampedParser
     task_class = StampedTask
+    # Set while a Stop of this connection is in the lane: the network thread keeps serving it.
+    serving_stop = False
+
+    def __init__(self, server, sock, addr, adj, map=None):
+        super().__init__(server, sock, addr, adj, map=map)
+        fresh = getattr(server, "fresh", None)
+        if fresh is not None:
+            fresh.append(self)
+
+    def next_is_stop(self) -> bool:
+        """Whether the request waiting unread in this connection's socket is a Stop (peeked, not taken)."""
+        if self.request is not None:  # in the middle of a request: what waits is its rest
+            return False
+        try:
+            head = self.socket.recv(PEEK_BYTES, socket.MSG_PEEK)
+        except OSError:  # nothing there yet, or gone: the ordinary read finds out
+            return False
+        return STOP_LINE.match(head) is not None
 
     _last_activity = 0.0
 
@@ -319,6 +370,92 @@ class BoundedServer(TcpWSGIServer):
     channel_class = BoundedChannel
     _evicted = 0
     _next_evict_log = 0.0
+
+    def __init__(self, *args, **kwargs):
+        # Connections accepted in the current pass of the loop (BoundedChannel adds itself).
+        self.fresh: list[BoundedChannel] = []
+        super().__init__(*args, **kwargs)
+
+    def run(self):
+        # waitress's run(), on the Stop-first loop below.
+        try:
+            while self._map:
+                self.poll_once(self.adj.asyncore_loop_timeout)
+        except (SystemExit, KeyboardInterrupt):
+            self.task_dispatcher.shutdown()
+
+    def _first(self, obj) -> bool:
+        """Handled first, and during a hold: the listener, the trigger, the connections of Stops being
+        served, and those to be closed (at the connection limit the idlest make room for a new Stop)."""
+        return not isinstance(obj, HTTPChannel) or obj.serving_stop or obj.will_close
+
+    def poll_once(self, timeout: float) -> None:
+        """One pass of waitress's poll loop (wasyncore.poll2), a Stop first (S10).
+
+        Under 50 polling panels a pass read every ready connection in the order they were
+        accepted, each parse taking the interpreter's lock from the threads already serving,
+        so a Stop on a new connection waited two whole passes before a thread saw it. Here a
+        pass handles the listener and the trigger first, then any connection whose waiting
+        request line is a Stop (peeked, not read), then one accepted in this very pass if a
+        Stop already waits in it; only then the others, looking for a new connection after
+        each (it may bring a Stop). While a Stop is being served (at most
+        READ_HOLD_MAX_S) the others are neither read nor polled: the network thread leaves the
+        interpreter to the Stop's thread, and the dispatcher's wake() ends the hold at once.
+        """
+        dispatcher = self.task_dispatcher
+        holding = dispatcher.holding()
+        pollster = select.poll()
+        for fd, obj in list(self._map.items()):
+            if holding and not self._first(obj):
+                continue
+            flags = 0
+            if obj.readable():
+                flags |= select.POLLIN | select.POLLPRI
+            if obj.writable() and not obj.accepting:  # accepting sockets are never writable
+                flags |= select.POLLOUT
+            if flags:
+                pollster.register(fd, flags)
+        wait = min(timeout, holding) if holding else timeout
+        try:
+            ready = pollster.poll(math.ceil(wait * 1000))
+        except OSError as err:
+            if err.args[0] != errno.EINTR:
+                raise
+            ready = []
+        first: list[tuple[object, int]] = []
+        rest: list[tuple[object, int]] = []
+        for fd, flags in ready:
+            obj = self._map.get(fd)
+            if obj is None:
+                continue
+            urgent = self._first(obj) or (flags & select.POLLIN and obj.next_is_stop())
+            (first if urgent else rest).append((obj, flags))
+        del self.fresh[:]
+        for obj, flags in first:
+            wasyncore.readwrite(obj, flags)
+        self._read_fresh_stops()
+        pending = select.poll()
+        pending.register(self.socket.fileno(), select.POLLIN)
+        listener: select.poll | None = pending
+        for obj, flags in rest:
+            if dispatcher.holding():
+                break  # left in the kernel until the Stop has been served
+            wasyncore.readwrite(obj, flags)
+            # A connection that came meanwhile may bring a Stop; once a pass at most when the
+            # server is full (readable() then closes idle connections rather than accept).
+            if listener is not None and listener.poll(0):
+                if self.readable():
+                    self.handle_read_event()
+                    self._read_fresh_stops()
+                else:
+                    listener = None
+
+    def _read_fresh_stops(self) -> None:
+        """Read the connections accepted since the last look whose waiting request is a Stop."""
+        fresh, self.fresh = self.fresh, []
+        for channel in fresh:
+            if channel.connected and channel.next_is_stop():
+                wasyncore.readwrite(channel, select.POLLIN)
 
     def readable(self):
         # waitress's own readable(), with eviction where it would stop accepting (and
@@ -373,11 +510,16 @@ def make_server(app, host: str, port: int, arrivals=None):
     # busy: under polling panels that is a journal line per request, for a normal state.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
+    # S10: a thread waiting for the interpreter's lock (a Stop's, the network thread) asks the
+    # holder to let go after this long; CPython's 5 ms made a loaded Stop wait several of them.
+    # Measured with 50 polling clients: Stop p50 5-14 ms against 13-19 ms at 5 ms (docs/performance.md).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     dispatcher = SafetyLaneDispatcher(arrivals=arrivals)
     dispatcher.set_thread_count(WORKER_THREADS)
     # What create_server does for one TCP listener, with our subclass.
     adj = Adjustments(host=host, port=port, **_adjustments())
     server = BoundedServer(app, {}, True, None, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
+    dispatcher.wake = server.pull_trigger
     # effective_port is a str in some waitress versions.
     server.port = int(server.effective_port)
     return server

@@ -99,6 +99,9 @@ class Service:
         self.on_close(stack, "instance lock", lock.release)
         relays = self._open_relays(stack, t_exec)
         from lampctl.platform.signals import s1_install_guards
+        from lampctl.service.memory import limit_arenas
+
+        limit_arenas()  # after the relays (S1), before the service's threads ask for arenas
 
         self._leaving = s1_install_guards(self.emergency_off, self.thread_crashed)
         # Spawned before any thread of ours starts: preexec_fn is only safe in a single-threaded parent.
