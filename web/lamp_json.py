@@ -33,6 +33,18 @@ def lamp_bytes(view: LampView) -> bytes:
     return body
 
 
+# The last {"lamps": [...]} body and the views it was built from (compared as a tuple: the same
+# view objects again, as the controller hands back while nothing changed, match at once).
+_last_all: tuple[tuple[LampView, ...], bytes] = ((), b"")
+
+
 def lamps_bytes(views: Iterable[LampView]) -> bytes:
     """{"lamps": [each view's JSON]}, as jsonify(lamps=[v.as_dict() for v in views]) writes it."""
-    return b'{"lamps":[' + b",".join([lamp_bytes(v) for v in views]) + b"]}\n"
+    global _last_all
+    key = tuple(views)
+    last = _last_all
+    if last[0] == key and key:
+        return last[1]
+    body = b'{"lamps":[' + b",".join([lamp_bytes(v) for v in key]) + b"]}\n"
+    _last_all = (key, body)
+    return body
