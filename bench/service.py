@@ -135,7 +135,7 @@ def bulbs_spreads(db: Path, tmp: Path, repeat: int) -> list[dict]:
             value=f"as generated {figures['as generated']:.1f} ms, skewed {figures['skewed']:.1f} ms",
             baseline="",
             goal="<= 50 ms on any spread",
-            json={"bulbs_query_ms": [figures["as generated"], figures["skewed"]]},
+            json={"bulbs_query_ms": [figures["skewed"], figures["as generated"]]},  # the worst beside the even spread
         )
     ]
 
