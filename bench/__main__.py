@@ -2,7 +2,8 @@
 
 Full run: a generated log of about a million sessions (10 lamps, 10 years; generated once
 into var/bench/ in 10-20 s), 400 timed sessions, 600 E-stop presses. --quick: 20,000
-sessions and a tenth of the repeats, under a minute. Benchmarks print figures; they never
+sessions and a tenth of the repeats, under a minute. --instructions: instructions per
+request counted by valgrind's callgrind (bench/instructions.py). Benchmarks print figures; they never
 fail on one (CI does not run them).
 """
 
@@ -25,6 +26,11 @@ def _args(argv):
     ap.add_argument("--quick", action="store_true", help="small log and few repeats (under a minute)")
     ap.add_argument("--sessions", type=int, help="sessions in the generated log (default 1,000,000; --quick 20,000)")
     ap.add_argument("--api-seconds", type=float, help="length of each request-rate load (default 10; --quick 2)")
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count instructions per request under valgrind's callgrind (adds about 30 s; --quick fewer requests)",
+    )
     args = ap.parse_args(argv)
     if args.sessions is not None and not 100 <= args.sessions <= 10_000_000:
         ap.error("--sessions must be between 100 and 10000000")
@@ -69,6 +75,7 @@ def _service_rows(tmp: Path, sessions: int, quick: bool, api_seconds: float) -> 
     try:
         repeat = 3 if quick else 10
         rows += service.admin_pages(svc, db, repeat)
+        rows += service.bulbs_spreads(db, tmp, repeat)
         rows += service.csv_exports(svc, config, db, ROOT, 1 if quick else 3)
         rows += service.api_and_stop(svc, tokens, api_seconds, 5 if quick else 20)
     finally:
@@ -86,6 +93,15 @@ def run(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as small, tempfile.TemporaryDirectory() as big:
         rows.append(service.exec_to_off(Path(small), ROOT, 3 if quick else 10))
         rows += _service_rows(Path(big), sessions, quick, api_seconds)
+    if args.instructions:
+        from bench import instructions
+
+        try:
+            rows += instructions.run(quick, service.ROOM_LAMPS)
+        except Exception as exc:  # the other figures still print
+            rows.append(
+                dict(figure="instructions per request", value=f"failed: {exc!r}"[:200], baseline="", goal="", json={})
+            )
     return rows
 
 

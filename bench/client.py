@@ -22,11 +22,16 @@ class Browser:
 
     def __init__(self, base: str, name: str, pin: str):
         self.base = base
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
         page = self.opener.open(base + "/login", timeout=30).read().decode()
         token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
         form = urllib.parse.urlencode({"name": name, "pin": pin, "csrf_token": token}).encode()
         self.opener.open(base + "/login", data=form, timeout=30).read()
+
+    def cookie_header(self) -> str:
+        """The login's cookies as a Cookie header, for a client of its own (a keep-alive poller)."""
+        return "; ".join(f"{c.name}={c.value}" for c in self.jar)
 
     def timed_get(self, path: str) -> tuple[float, int]:
         """(milliseconds to the last byte, bytes), reading the body in 64 KiB pieces."""

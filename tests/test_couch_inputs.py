@@ -311,3 +311,14 @@ def test_s23_gap_a_trip_heard_after_the_link_loss_ends_the_session_over_temperat
     rig.ctl.link_lost("firmware link lost: silent", since=cut - 1)
     rig.ctl.guard_tripped(0, "over-temperature", "over-temperature: hot", cut)
     assert rig.sessions()[sid]["end_reason"] == "over-temperature"
+
+
+def test_s24_s25_a_polled_view_reads_the_button_and_the_stand_each_time(rig):
+    assert [v.patient_pressed for v in rig.ctl.lamps()] == [False, None]
+    assert [v.patient_pressed for v in rig.ctl.lamps()] == [False, None]  # kept while nothing changed
+    rig.bank.on_patient_stop(lambda index: None)
+    rig.bank.on_tilt(lambda index: None)  # no callback: only the read-back can tell
+    rig.factory.pin(BUTTON_A).drive_low()
+    rig.factory.pin(TILT_B).drive_high()
+    a, b = rig.ctl.lamps()
+    assert (a.patient_pressed, b.tilted) == (True, True)

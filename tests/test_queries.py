@@ -163,3 +163,41 @@ def test_csv_chunks_write_what_csv_cell_would_for_any_name(tmp_path_factory, cel
     ]
     assert [float(r[6]) if r[6] else None for r in rows[1:]] == [actual for _, _, actual in cells]
     assert {r[7] for r in rows[1:]} == {""}
+
+
+def _csv_rows(db, **filters) -> list[list[str]]:
+    return list(csv.reader(io.StringIO("".join(queries.csv_chunks(db, batch=2, **filters)), newline="")))
+
+
+def test_csv_new_patient_by_is_escaped_and_quoted_like_the_other_names(tmp_path):
+    db = tmp_path / "l.db"
+    open_database(db)
+    by = ["=HYPERLINK(1)", "ann, the first", 'say "hi"', "plain", None]
+    fill(db, [("room1", "ann", f"2026-01-05T10:0{i}:00.000Z", None, 60.0, None, None) for i in range(len(by))])
+    conn = connect(db)
+    for i, name in enumerate(by, 1):
+        conn.execute("UPDATE sessions SET new_patient = 1, new_patient_by = ? WHERE id = ?", (name, i))
+    conn.close()
+    rows = _csv_rows(db)
+    assert [r[10] for r in rows[1:]] == ["'=HYPERLINK(1)", "ann, the first", 'say "hi"', "plain", ""]
+    assert [r[9] for r in rows[1:]] == ["true"] * 5
+
+
+def test_csv_names_and_lines_are_read_in_one_snapshot(tmp_path, monkeypatch):
+    """A session written between reading the names and reading the lines must not come out unescaped."""
+    db = tmp_path / "l.db"
+    open_database(db)
+    fill(db, [("room1", "ann", "2026-01-05T10:00:00.000Z", None, 60.0, 60.0, "completed")])
+    read_names = queries._name_cell_sql
+
+    def then_a_write(conn, column, params):
+        sql = read_names(conn, column, params)
+        if column == "new_patient_by":  # the last names read, before the lines are
+            fill(db, [("room1", "=evil", "2026-01-05T11:00:00.000Z", None, 60.0, 60.0, "completed")])
+        return sql
+
+    monkeypatch.setattr(queries, "_name_cell_sql", then_a_write)
+    rows = _csv_rows(db)
+    assert [r[2] for r in rows[1:]] == ["ann"]  # the later session is not in this snapshot at all
+    monkeypatch.setattr(queries, "_name_cell_sql", read_names)
+    assert [r[2] for r in _csv_rows(db)[1:]] == ["ann", "'=evil"]

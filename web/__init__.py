@@ -59,7 +59,8 @@ ACCOUNTS_KEY = "lampctl.accounts"  # the collector's accounts (web.fleet); a nod
 
 def accounts() -> Accounts:
     """The accounts of the app being served: create_app and create_fleet_app refuse an app without them."""
-    found = current_app.extensions[ACCOUNTS_KEY] if ACCOUNTS_KEY in current_app.extensions else services().accounts
+    extensions = current_app.extensions  # one look-up of the app: this runs on every API request
+    found = extensions[ACCOUNTS_KEY] if ACCOUNTS_KEY in extensions else extensions["lampctl"].accounts
     if found is None:
         raise RuntimeError("the app was created without accounts")
     return found
@@ -107,6 +108,34 @@ def _error_reply(exc: HTTPException):
     return render_template("error.html", status=status, title=exc.name, message=message), status
 
 
+# Every reply carries these unless its view set its own; static files may be cached, nothing else
+# may (lamp states and logs must never come from a cache, nor the back button after logout).
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CSP),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "same-origin"),
+)
+NO_STORE = ("Cache-Control", "no-store")
+_MISSING = tuple((name.lower(), name, value) for name, value in SECURITY_HEADERS)
+
+
+def security_headers(resp):
+    """SECURITY_HEADERS (and NO_STORE off /static/) on a reply, in one pass over the headers it has.
+
+    Werkzeug's Headers.setdefault looks a name up by raising and catching KeyError; this reads
+    the reply's names once and adds only the missing ones.
+    """
+    headers = resp.headers
+    present = {name.lower() for name, _ in headers}
+    for lower, name, value in _MISSING:
+        if lower not in present:
+            headers.add(name, value)
+    if "cache-control" not in present and not request.path.startswith("/static/"):
+        headers.add(*NO_STORE)
+    return resp
+
+
 def create_app(services: Services, test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(
@@ -127,7 +156,8 @@ def create_app(services: Services, test_config: dict | None = None) -> Flask:
     app.extensions["lampctl"] = services
     from web.login_cookie import LoginCookieSessions
 
-    app.session_interface = LoginCookieSessions()  # S22: no wall-clock age on the cookie
+    # S22: no wall-clock age on the cookie; the API answers bearer tokens and opens no cookie session.
+    app.session_interface = LoginCookieSessions(cookieless="/api/")
 
     from web import admin, api, auth, i18n, panel
 
@@ -139,16 +169,7 @@ def create_app(services: Services, test_config: dict | None = None) -> Flask:
     app.register_blueprint(admin.bp)
     app.add_url_rule("/", endpoint="index", view_func=panel.index)
 
-    @app.after_request
-    def security_headers(resp):
-        resp.headers.setdefault("Content-Security-Policy", CSP)
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        resp.headers.setdefault("X-Frame-Options", "DENY")
-        resp.headers.setdefault("Referrer-Policy", "same-origin")
-        if not request.path.startswith("/static/"):
-            # Lamp states and logs must never come from a cache (nor the back button after logout).
-            resp.headers.setdefault("Cache-Control", "no-store")
-        return resp
+    app.after_request(security_headers)
 
     # Registered last so these replace the API's routing-error handlers, which answer JSON only under /api.
     app.register_error_handler(HTTPException, http_error)

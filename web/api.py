@@ -14,7 +14,7 @@ from lampctl.platform.runtime import CLI_USER
 from lampctl.storage import queries
 from lampctl.storage.db import LogUnavailable
 from lampctl.storage.store import END_REASONS, StoreError
-from web import accounts, services
+from web import accounts, lamp_json, services
 from web.auth import arrived, unauthenticated
 from web.codes import REPLY_WAIT_S, status_for
 
@@ -63,7 +63,7 @@ def require_token(role: str | None = None):
     def wrap(view):
         @functools.wraps(view)
         def inner(*args, **kwargs):
-            header = request.headers.get("Authorization", "")
+            header = request.environ.get("HTTP_AUTHORIZATION", "")  # request.headers["Authorization"], read directly
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise ApiError(401, "unauthorized", "Send an API token as 'Authorization: Bearer <token>'.")
@@ -167,13 +167,14 @@ def openapi():
 @bp.get("/lamps")
 @require_token()
 def lamps():
-    return jsonify(lamps=[l.as_dict() for l in services().controller.lamps()])
+    # The views are read now (relays read back); only their JSON is reused (web.lamp_json).
+    return Response(lamp_json.lamps_bytes(services().controller.lamps()), mimetype="application/json")
 
 
 @bp.get("/lamps/<lamp_id>")
 @require_token()
 def lamp(lamp_id):
-    return jsonify(services().controller.lamp(lamp_id).as_dict())
+    return Response(lamp_json.lamp_bytes(services().controller.lamp(lamp_id)) + b"\n", mimetype="application/json")
 
 
 @bp.post("/lamps/<lamp_id>/start")

@@ -206,7 +206,7 @@ def arrived() -> float | None:
 
 
 def _before_request():
-    if request.blueprint == "api" or request.path.startswith("/api/"):
+    if request.path.startswith("/api/") or request.blueprint == "api":
         # Bearer tokens, checked in web.api; a wrong method on an API URL is a 405, never a CSRF refusal.
         return None
     _load_user()

@@ -16,7 +16,13 @@ class LoginCookieSessions(SecureCookieSessionInterface):
     (lampctl.storage.accounts.Accounts.login_expired). The browser is told Max-Age, which it
     counts from its own receipt and which takes precedence over the Expires date (from the
     Pi's wall clock) that Werkzeug adds beside it (RFC 6265, 5.3).
+
+    Paths under `cookieless` (the node's bearer-token API, "/api/") get no cookie session at
+    all: nothing there reads one, and neither the signer nor a Set-Cookie is made for them.
     """
+
+    def __init__(self, cookieless: str | None = None) -> None:
+        self.cookieless = cookieless
 
     def get_signing_serializer(self, app):
         if not app.secret_key:
@@ -29,6 +35,8 @@ class LoginCookieSessions(SecureCookieSessionInterface):
         )
 
     def open_session(self, app, request):
+        if self.cookieless is not None and request.path.startswith(self.cookieless):
+            return None  # Flask's NullSession: read as empty, refused if written, never saved
         serializer = self.get_signing_serializer(app)
         if serializer is None:
             return None

@@ -57,6 +57,8 @@ class SessionController:
     ) -> None:
         self._lamps = [Lamp(cfg, i) for i, cfg in enumerate(lamps)]
         self._by_id = {lamp.cfg.id: lamp for lamp in self._lamps}
+        # Lamp index -> (what its last polled view was made of, the view): see _polled_view.
+        self._polled: dict[int, tuple[tuple[object, ...], LampView]] = {}
         self._hw = hardware
         self._clock = clock
         self._log = usage_log
@@ -127,18 +129,39 @@ class SessionController:
 
     def lamp(self, lamp_id: str) -> LampView:
         with self._cond:
-            return self._view(self._get(lamp_id), self._clock.monotonic())
+            return self._polled_view(self._get(lamp_id), self._clock.monotonic())
 
     def lamps(self) -> list[LampView]:
         with self._cond:
             now = self._clock.monotonic()
-            return [self._view(lamp, now) for lamp in self._lamps]
+            return [self._polled_view(lamp, now) for lamp in self._lamps]
+
+    def _inputs(self, lamp: Lamp) -> tuple[bool, bool | None, bool, bool]:
+        """What make_view takes besides the lamp and the time, read now: the relay read back (S6), the
+        feedback, the patient's button (S24) and the stand's tilt switch (S25)."""
+        i = lamp.index
+        return self._hw.is_on(i), self._hw.feedback_on(i), self._hw.patient_pressed(i), self._hw.tilted(i)
 
     def _view(self, lamp: Lamp, now: float) -> LampView:
-        i = lamp.index
-        return make_view(
-            lamp, now, self._hw.is_on(i), self._hw.feedback_on(i), self._hw.patient_pressed(i), self._hw.tilted(i)
-        )
+        return make_view(lamp, now, *self._inputs(lamp))
+
+    def _polled_view(self, lamp: Lamp, now: float) -> LampView:
+        """_view for the polls (held lock): the last view again while nothing it is made of changed.
+
+        The relays, feedback and the couch's inputs are read back every time; the key is them and every field of
+        the lamp (by value), so a relay, a state, a fault or a field added later makes a new
+        view. Only views that time does not change are kept (Lamp.view_is_timeless).
+        """
+        inputs = self._inputs(lamp)
+        if not lamp.view_is_timeless(now):
+            return make_view(lamp, now, *inputs)
+        key = (inputs, tuple(vars(lamp).values()))
+        kept = self._polled.get(lamp.index)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        view = make_view(lamp, now, *inputs)
+        self._polled[lamp.index] = (key, view)
+        return view
 
     def _get(self, lamp_id: str) -> Lamp:
         try:

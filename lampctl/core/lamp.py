@@ -106,6 +106,11 @@ class Lamp:
         window = self.cfg.rest_window_s
         return window > 0 and self.last_end is not None and now - self.last_end < window
 
+    def view_is_timeless(self, now: float) -> bool:
+        """Whether make_view gives this lamp the same view at any later time while its fields stay as
+        they are: not on or cooling down (their remaining times run) and past its rest window."""
+        return self.state is not LampState.ON and self.state is not LampState.COOLDOWN and not self.in_rest_window(now)
+
     def continue_left_s(self, now: float) -> float | None:
         """Seconds a continuation of the last patient's session may still use, or None outside the window."""
         if self.state is LampState.ON or not self.in_rest_window(now):

@@ -20,7 +20,7 @@ SESSION_COLUMNS = [
 
 # The first characters that make a spreadsheet run a cell as a formula: = + - @ start one, a
 # leading tab or CR can hide one (OWASP CSV injection). The one list both exports use: the
-# fleet's through csv_cell, the local one through csv_cell_sql (SQLite builds its lines).
+# fleet's cell by cell, the local one for each name in the log (queries.csv_text; SQLite builds its lines).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -29,9 +29,3 @@ def csv_cell(value):
     if isinstance(value, str) and value[:1] in FORMULA_STARTS:
         return "'" + value
     return "" if value is None else value
-
-
-def csv_cell_sql(column: str) -> str:
-    """csv_cell(column) as an SQLite expression: the same guard, from the same list."""
-    starts = ", ".join(f"char({ord(c)})" for c in FORMULA_STARTS)
-    return f"(CASE WHEN substr({column}, 1, 1) IN ({starts}) THEN '''' || {column} ELSE {column} END)"

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lampctl.storage.db import LogUnavailable, StoreError, connect, parse_bound, reading
-from lampctl.storage.export import SESSION_COLUMNS, csv_cell_sql
+from lampctl.storage.export import SESSION_COLUMNS, csv_cell
 
 
 def _session_filter(start=None, end=None, lamp=None, user=None, reason=None) -> tuple[str, list]:
@@ -119,30 +119,65 @@ def session_page(
     return (rows if before is not None else rows[::-1]), more
 
 
-def _csv_text_sql(column: str) -> str:
-    """A free-text cell built by SQLite as csv.writer writes export.csv_cell(value), CR quoted too.
+def csv_text(value: str) -> str:
+    """A free-text cell as csv.writer writes export.csv_cell(value), CR quoted too.
 
     Text a spreadsheet would run as a formula gets a leading '; a cell holding a comma, a
     quote, CR or LF is quoted with its quotes doubled.
     """
-    escaped = csv_cell_sql(column)
-    needs_quotes = (
-        f"instr({column}, ',') OR instr({column}, '\"') OR instr({column}, char(10)) OR instr({column}, char(13))"
+    cell = csv_cell(value)
+    if "," in cell or '"' in cell or "\n" in cell or "\r" in cell:
+        return '"' + cell.replace('"', '""') + '"'
+    return cell
+
+
+# The free-text columns of a CSV line (TEXT a name or a config chose), and how to list the
+# names each holds: lamp_id and user by a skip-scan of their index (one seek per name),
+# new_patient_by, which has no index, by one pass.
+_NAME_COLUMNS = {
+    "lamp_id": "WITH RECURSIVE names(name) AS (SELECT min(lamp_id) FROM sessions UNION ALL "
+    "SELECT (SELECT min(lamp_id) FROM sessions WHERE lamp_id > name) FROM names WHERE name IS NOT NULL) "
+    "SELECT name FROM names WHERE name IS NOT NULL",
+    "user": "WITH RECURSIVE names(name) AS (SELECT min(user) FROM sessions UNION ALL "
+    "SELECT (SELECT min(user) FROM sessions WHERE user > name) FROM names WHERE name IS NOT NULL) "
+    "SELECT name FROM names WHERE name IS NOT NULL",
+    "new_patient_by": "SELECT DISTINCT new_patient_by FROM sessions WHERE new_patient_by IS NOT NULL",
+}
+
+
+def _name_cell_sql(conn: sqlite3.Connection, column: str, params: list) -> str:
+    """`column` as its CSV cell in SQL: a CASE over only the names in the log that are not their own
+    cell (csv_text), so an ordinary name costs SQLite one comparison per listed name, not the escaping."""
+    special = []
+    for (name,) in conn.execute(_NAME_COLUMNS[column]):
+        cell = csv_text(name) if isinstance(name, str) else name
+        if cell != name:
+            special.append((name, cell))
+    if not special:
+        return column
+    for name, cell in special:
+        params += [name, cell]
+    return f"CASE {column} {' '.join('WHEN ? THEN ?' for _ in special)} ELSE {column} END"
+
+
+def csv_line_sql(conn: sqlite3.Connection) -> tuple[str, list]:
+    """(one CSV line per session as an SQLite expression, its parameters), export.SESSION_COLUMNS in order.
+
+    lamp_id, user and new_patient_by are free text (_name_cell_sql, from the names read on
+    `conn`: read them in the transaction the lines are read in); the others hold what the
+    store alone writes and the schema constrains: integer ids, iso() timestamps, REAL
+    seconds, end reasons from a CHECK list, new_patient as true/false, none of which can
+    start a formula or hold a comma. printf's %s writes NULL as an empty cell and a REAL as
+    SQLite's shortest text (600.0, 192.61), as csv.writer did.
+    """
+    params: list = []
+    lamp, user, by = (_name_cell_sql(conn, c, params) for c in ("lamp_id", "user", "new_patient_by"))
+    sql = (
+        f"printf('%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s', id, {lamp}, {user}, "
+        "started_at, ended_at, planned_s, actual_s, end_reason, continues, "
+        f"CASE new_patient WHEN 1 THEN 'true' ELSE 'false' END, {by})"
     )
-    return f"CASE WHEN {needs_quotes} THEN '\"' || replace({escaped}, '\"', '\"\"') || '\"' ELSE {escaped} END"
-
-
-# One CSV line per session, export.SESSION_COLUMNS in order. lamp_id and user are free text
-# (TEXT columns a name or a config chose); the others hold what the store alone writes and
-# the schema constrains: integer ids, iso() timestamps, REAL seconds, end reasons from a
-# CHECK list, new_patient as true/false, none of which can start a formula or hold a comma;
-# new_patient_by is a user name, free text like user. printf's %s writes NULL as
-# an empty cell and a REAL as SQLite's shortest text (600.0, 192.61), as csv.writer did.
-CSV_LINE_SQL = (
-    f"printf('%d,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s', id, {_csv_text_sql('lamp_id')}, {_csv_text_sql('user')}, "
-    "started_at, ended_at, planned_s, actual_s, end_reason, continues, "
-    f"CASE new_patient WHEN 1 THEN 'true' ELSE 'false' END, {_csv_text_sql('new_patient_by')})"
-)
+    return sql, params
 
 
 def csv_chunks(path: Path, *, batch: int = 500, **filters) -> Iterator[str]:
@@ -150,7 +185,9 @@ def csv_chunks(path: Path, *, batch: int = 500, **filters) -> Iterator[str]:
 
     The export's fast path: SQLite builds each line, so Python handles one string per
     session instead of a dict and eight cells, and memory stays flat whatever the log's
-    size. Like iter_sessions, the query starts before this returns.
+    size. The names and the lines are read in one transaction (one snapshot): a name
+    written in between cannot miss its escaping. Like iter_sessions, the query starts
+    before this returns.
     """
     clause, params = _session_filter(**filters)
     try:
@@ -158,7 +195,9 @@ def csv_chunks(path: Path, *, batch: int = 500, **filters) -> Iterator[str]:
     except sqlite3.Error as exc:
         raise LogUnavailable(f"The usage log {path} cannot be opened ({exc}); tell an admin.") from None
     try:
-        cursor = conn.execute(f"SELECT {CSV_LINE_SQL} FROM sessions{clause} ORDER BY started_at, id", params)
+        conn.execute("BEGIN")
+        line, line_params = csv_line_sql(conn)
+        cursor = conn.execute(f"SELECT {line} FROM sessions{clause} ORDER BY started_at, id", [*line_params, *params])
         cursor.row_factory = None
     except sqlite3.Error as exc:
         conn.close()
