@@ -466,3 +466,15 @@ def test_secure_cookies_setting_marks_the_login_cookie_secure(services, cfg, use
         token = sess["csrf_token"]
     resp = client.post("/login", data={"name": "ann", "pin": "2468", "csrf_token": token})
     assert resp.status_code == 303 and "Secure" in resp.headers["Set-Cookie"]
+
+
+def test_panel_labels_worded_once_follow_each_requests_language(web):
+    # The presets, the limit and the idle words are kept per language: three languages in turn, twice.
+    for _ in range(2):
+        for accept, state_label, preset in (
+            ("en", "Off · ready", "10 min"),
+            ("de-DE,de;q=0.9", "Aus · bereit", "10 Min."),
+            ("zh-CN,zh;q=0.9", "关 · 就绪", "10 分钟"),
+        ):
+            lamp = web.get("/panel/state.json", headers={"Accept-Language": accept}).get_json()["lamps"][0]
+            assert (lamp["label"], lamp["presets"][0]["label"]) == (state_label, preset), accept

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
 
 from flask import Blueprint, flash, g, jsonify, redirect, render_template, request, url_for
-from flask_babel import gettext
+from flask_babel import get_locale, gettext
 from werkzeug.exceptions import BadRequest
 
 from lampctl.core.errors import BadDuration, Refused
@@ -54,12 +55,27 @@ def _running_info(view, d: dict, locked: bool) -> None:
     d["warning"] = view.remaining_s is not None and (view.planned_s or 0) > WARN_S and view.remaining_s <= WARN_S
 
 
+@functools.lru_cache(maxsize=512)
+def _fixed_labels(locale: str, state: str, presets: tuple[float, ...], max_minutes: float) -> tuple:
+    """What a lamp's card says that only its config, its state and the page's language decide: worded
+    once per language, not on every poll (each Babel lookup costs more than the rest of a lamp).
+    `locale` is the key only: the words come from the request's own language, which it names."""
+    labels = tuple((p, minutes_text(p)) for p in presets)
+    limit = minutes_text(max_minutes)
+    idle = gettext("Fault") if state == "fault" else gettext("Off")
+    ready = gettext("Ready. Limit %(limit)s per session.", limit=limit)
+    return str(STATE_LABELS.get(state, state)), labels, limit, idle, ready
+
+
 def lamp_info(view, locked: bool = False) -> dict:
     """A lamp as the page and the state poll show it: the controller's view plus labels in plain words."""
     d = view.as_dict()
-    d["label"] = str(STATE_LABELS.get(view.state, view.state))
-    d["presets"] = [{"minutes": p, "label": minutes_text(p)} for p in view.presets]
-    d["limit"] = minutes_text(view.max_minutes)
+    label, presets, limit, idle, ready = _fixed_labels(
+        str(get_locale()), view.state, tuple(view.presets), view.max_minutes
+    )
+    d["label"] = label
+    d["presets"] = [{"minutes": p, "label": text} for p, text in presets]
+    d["limit"] = limit
     # S24, S25: a held patient button or a tilted stand refuses a start; the buttons say so first.
     d["start_ok"] = view.state == "off" and not locked and not view.patient_pressed and not view.tilted
     d["guards"] = guards_text(view)
@@ -83,7 +99,7 @@ def lamp_info(view, locked: bool = False) -> dict:
             limit=d["limit"],
         )
     else:
-        d["note"] = gettext("Ready. Limit %(limit)s per session.", limit=d["limit"])
+        d["note"] = ready
     # With no timer running the big display names the state, readable from across the room.
     d["end_alarm"] = end_alarm(view)  # how the last session ended, when that was an alarm
     # Which session that alarm was, and how long ago: a page loaded later marks it again until OK is
@@ -96,7 +112,7 @@ def lamp_info(view, locked: bool = False) -> dict:
     d["alarm_session"] = view.last_session_id if alarmed else None
     d["alarm_ago_s"] = round(services().controller.now() - view.last_end_mono, 1) if alarmed else None
     d["estop"] = view.state == "fault" and is_estop(view.fault_reason)  # said by the page's E-stop banner
-    d["idle_text"] = gettext("Fault") if view.state == "fault" else gettext("Off")
+    d["idle_text"] = idle
     d["clock_text"] = d["idle_text"] if d["clock"] is None else clock_text(d["clock"])
     return d
 
