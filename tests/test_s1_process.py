@@ -115,7 +115,9 @@ SENT = (
 # serial port, the firmware link, the broker client, the controller. (firmware_bridge.protocol
 # may be there: it is pure, and the config checks its limits against the firmware's, S14.)
 # ssl: OpenSSL's library and the module took 5-10 ms of exec -> relays OFF through [mqtt]'s TLS checks.
+# lampctl.config.mqtt (and socket with it): read only where a config has an [mqtt] table, which this one has not.
 NOT_BEFORE_CLAIM = (
+    "lampctl.config.mqtt",
     "ssl",
     "_ssl",
     "sqlite3",

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from firmware_bridge import protocol
-from lampctl.config.mqtt import MqttConfig, parse_mqtt
 from lampctl.core.safety import HARD_CEILING_MINUTES, S7_BACKSTOP_FACTOR, s7_backstop_ms
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    # Imported where an [mqtt] table is read: `serve` without one reaches the relays sooner (S1).
+    from lampctl.config.mqtt import MqttConfig
 
 LAMP_ID_RE = re.compile(r"[a-z0-9-]{1,32}")
 # gpiozero's own factory names (gpiozero.pins entry points) plus "mock".
@@ -972,7 +974,11 @@ def parse(data: dict, path: Path) -> Config:
     if len(lamps_raw) > high:
         raise r.fail("lamps", f"at most {high} lamps per Pi (an 8-channel relay board), got {len(lamps_raw)}")
     lamps = tuple(_parse_lamp(r, i, raw) for i, raw in enumerate(lamps_raw))
-    mqtt = parse_mqtt(r, data["mqtt"], base) if "mqtt" in data else None
+    mqtt = None
+    if "mqtt" in data:
+        from lampctl.config.mqtt import parse_mqtt
+
+        mqtt = parse_mqtt(r, data["mqtt"], base)
     r.unread()
     cfg = Config(path=path, service=service, safety=safety, firmware=firmware, lamps=lamps, panel=panel, mqtt=mqtt)
     r.constraints(cfg)
