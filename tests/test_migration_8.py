@@ -12,8 +12,7 @@ from lampctl.storage import db
 def _at_version(path, version: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     for number in range(version):
-        for statement in db._statements(db.MIGRATIONS[number]):
-            conn.execute(statement)
+        db.apply(conn, number)
     conn.execute(f"PRAGMA user_version = {version}")
     return conn
 

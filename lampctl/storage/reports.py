@@ -91,20 +91,24 @@ class BulbHours:
         return "warn" if self.fraction >= BULB_WARN_FRACTION else "ok"
 
 
+# What bulb_totals keeps, counted from the sessions: the definition its triggers are tested against.
+BULB_SECONDS_SQL = (
+    "SELECT coalesce(sum(actual_s), 0) FROM sessions WHERE lamp_id = ? AND started_at >= ? AND actual_s IS NOT NULL"
+)
+
+
 def bulb_hours(path: Path, lamps) -> list[BulbHours]:
-    """Hours each lamp's current bulb has burnt: ended sessions started since its last replacement."""
+    """Hours each lamp's current bulb has burnt: ended sessions started since its last replacement
+    (BULB_SECONDS_SQL gives the same sum from the sessions themselves)."""
     out = []
     with reading(path) as conn:
         for lamp in lamps:
             last = conn.execute(
                 "SELECT at, who FROM bulb_replacements WHERE lamp_id = ? ORDER BY at DESC, id DESC LIMIT 1", (lamp.id,)
             ).fetchone()
-            since = last["at"] if last else ""
-            seconds = conn.execute(
-                "SELECT coalesce(sum(actual_s), 0) FROM sessions "
-                "WHERE lamp_id = ? AND started_at >= ? AND actual_s IS NOT NULL",
-                (lamp.id, since),
-            ).fetchone()[0]
+            # Kept as the sessions end (migration 9's triggers): one row, whatever the spread of sessions.
+            total = conn.execute("SELECT seconds FROM bulb_totals WHERE lamp_id = ?", (lamp.id,)).fetchone()
+            seconds = max(0.0, total[0]) if total else 0.0
             out.append(
                 BulbHours(
                     lamp.id,
