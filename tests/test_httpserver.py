@@ -10,6 +10,7 @@ import time
 import pytest
 
 from lampctl.platform import httpserver
+from lampctl.testing import wait_until
 
 
 class Request:
@@ -122,10 +123,14 @@ def test_server_bounds_unsent_output_and_keeps_waitress_queue_lines_out_of_the_j
 
 
 class Channel:
-    def __init__(self, last_activity, busy=False):
+    def __init__(self, last_activity, busy=False, waiting=None):
         self.last_activity = last_activity
         self.requests = [object()] if busy else []
         self.will_close = False
+        self._waiting = waiting  # what a peek at its socket finds: None nothing, b"" closed, bytes a request
+
+    def waiting(self):
+        return self._waiting
 
 
 @pytest.fixture
@@ -145,6 +150,38 @@ def test_s10_full_server_evicts_the_idlest_connections_not_busy_ones(server):
     server.active_channels.update(channels)
     assert server.evict_idlest(2) == 2
     assert [fd for fd, ch in channels.items() if ch.will_close] == [3, 4]
+
+
+def test_s10_full_server_never_evicts_a_connection_whose_request_waits_unread(server):
+    # The network thread holds its reads while a Stop is served: a request may wait in the kernel.
+    # Closing such a connection resets a Stop nobody has read; one the client closed goes first.
+    channels = {
+        1: Channel(10.0, waiting=b"P"),  # the idlest by its stamp, but a request waits in it
+        2: Channel(40.0, waiting=b""),  # the client closed it
+        3: Channel(20.0),
+        4: Channel(30.0),
+    }
+    server.active_channels.update(channels)
+    assert server.evict_idlest(2) == 2
+    assert [fd for fd, ch in channels.items() if ch.will_close] == [2, 3]
+
+
+def test_s10_a_real_connection_tells_what_waits_in_it(server):
+    client = socket.create_connection(server.socket.getsockname()[:2], timeout=5)
+    try:
+        wait_until(lambda: server.active_channels or server.handle_read_event() or False, 5, "the accept")
+        (channel,) = server.active_channels.values()
+        assert channel.waiting() is None
+        client.sendall(b"POST /api/stop-all HTTP/1.1\r\n")
+        wait_until(lambda: channel.waiting() == b"P", 5, "the request's first byte")
+        assert channel.waiting() == b"P"  # peeked, not taken
+        client.shutdown(socket.SHUT_WR)
+        channel.socket.recv(64)  # what was sent is read: only the close waits now
+        wait_until(lambda: channel.waiting() == b"", 5, "the client's close")
+    finally:
+        client.close()
+        for ch in list(server.active_channels.values()):
+            ch.close()
 
 
 def test_s10_full_server_keeps_accepting(server, monkeypatch):

@@ -335,6 +335,16 @@ class BoundedChannel(HTTPChannel):
             return False
         return STOP_LINE.match(head) is not None
 
+    def waiting(self) -> bytes | None:
+        """What waits unread in this connection's socket: a first byte, b"" once the client has
+        closed it, or None when nothing waits (peeked, not taken; never blocks)."""
+        try:
+            return self.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:  # reset or gone: as good as closed
+            return b""
+
     _last_activity = 0.0
 
     @property
@@ -473,10 +483,21 @@ class BoundedServer(TcpWSGIServer):
         return True
 
     def evict_idlest(self, count: int) -> int:
-        idle = sorted(
-            (ch for ch in self.active_channels.values() if not ch.requests and not ch.will_close),
-            key=lambda ch: ch.last_activity,
-        )[:count]
+        """Close up to `count` idle connections: those the client has closed first, then the idlest.
+
+        A connection whose request waits unread in the kernel (the network thread holds its reads
+        while a Stop is served) is not idle: closing it would reset a Stop nobody has read yet.
+        """
+        candidates = []
+        for ch in self.active_channels.values():
+            if ch.requests or ch.will_close:
+                continue
+            waiting = ch.waiting()
+            if waiting:  # a request not read yet
+                continue
+            candidates.append((waiting is None, ch.last_activity, ch))  # closed by the client (b"") first
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        idle = [ch for _, _, ch in candidates[:count]]
         for channel in idle:
             channel.will_close = True
         self._evicted += len(idle)
