@@ -473,7 +473,11 @@ class SessionController:
         with self._cond:
             if not self._hw.tilted(index):
                 return []  # a bounce that closed again before the lock was taken; the relay is off, nothing ran
-            return self._latch_own(lamp, "fault", f"the lamp stand of {lamp.cfg.name} tilted", "tilt switch")
+            return self._s25_latch_tilted(lamp)
+
+    def _s25_latch_tilted(self, lamp: Lamp) -> list[str]:
+        """S25, the lock held and the relay off: the tilted lamp's session ends `fault` and it latches."""
+        return self._latch_own(lamp, "fault", f"the lamp stand of {lamp.cfg.name} tilted", "tilt switch")
 
     @sounding
     def guard_tripped(self, index: int, end_reason: str, reason: str, cut_at: float | None = None) -> list[str]:
@@ -515,11 +519,11 @@ class SessionController:
         session = lamp.session if lamp.state is LampState.ON else None
         if session is None or readings.amps is None or lamp.cfg.min_amps <= 0:
             return False
-        if self._clock.monotonic() - session.started_mono < BULB_SETTLE_S or readings.amps >= lamp.cfg.min_amps:
-            lamp.bulb_low = lamp.bulb_low and readings.amps < lamp.cfg.min_amps
+        if readings.amps >= lamp.cfg.min_amps:
+            lamp.bulb_low = False  # enough current: a blown bulb reported before no longer stands
             return False
-        if lamp.bulb_low:
-            return False
+        if lamp.bulb_low or self._clock.monotonic() - session.started_mono < BULB_SETTLE_S:
+            return False  # reported already, or still in the bulb's inrush
         lamp.bulb_low = True
         self._log.event(
             lamp.cfg.id,
@@ -817,7 +821,7 @@ class SessionController:
                 if self._hw.tilted(lamp.index) and lamp.state is not LampState.FAULT:
                     # S25: an opening the input's callback missed (a bounce, a switch open at start).
                     self._relay_off(lamp)
-                    self._latch_own(lamp, "fault", f"the lamp stand of {lamp.cfg.name} tilted", "tilt switch")
+                    self._s25_latch_tilted(lamp)
                 poll, fault = lamp.check_feedback(self._hw.feedback_on(lamp.index), now)
                 if fault:
                     self._all_off()

@@ -97,12 +97,7 @@ class FirmwareBackstop:
     # ---- the controller's Backstop protocol ---------------------------------------------
     def arm(self, index: int, ms: int) -> None:
         job = _Job("arm", index, ms)
-        self._submit(job)
-        # The link's own reply timeout bounds this; the margin covers queued OFFs.
-        wait_s = self._arm_wait_s if self._arm_wait_s is not None else self._link.reply_timeout_s * 4 + 1
-        if not job.done.wait(wait_s):
-            with self._cond:
-                job.abandoned = True  # not sent if still queued
+        if not self._run_and_wait(job):
             raise Unavailable("The safety microcontroller did not answer in time.", "firmware-unavailable")
         if job.error is not None:
             raise job.error
@@ -166,15 +161,23 @@ class FirmwareBackstop:
         if not any(channel.lamp == index and self._trips[i] for i, channel in enumerate(self._channels)):
             return
         job = _Job("clear", index)
-        self._submit(job)
-        if not job.done.wait(self._link.reply_timeout_s * 4 + 1):
-            with self._cond:
-                job.abandoned = True
+        if not self._run_and_wait(job):
             return
         if job.error is not None:
             log.warning("firmware guard of lamp %d not cleared: %s", index, job.error)
 
     # ---- internals ---------------------------------------------------------------------
+    def _run_and_wait(self, job) -> bool:
+        """Queue a job whose caller waits for its reply; False (and not sent, if still queued) when none came."""
+        self._submit(job)
+        # The link's own reply timeout bounds this; the margin covers queued OFFs.
+        wait_s = self._arm_wait_s if self._arm_wait_s is not None else self._link.reply_timeout_s * 4 + 1
+        if job.done.wait(wait_s):
+            return True
+        with self._cond:
+            job.abandoned = True  # not sent if still queued
+        return False
+
     def _submit(self, job) -> None:
         with self._cond:
             self._jobs.append(job)
