@@ -10,16 +10,9 @@ from hypothesis import strategies as st
 
 from lampctl.storage import db
 from lampctl.storage.reports import BULB_SECONDS_SQL
+from tests.test_migration_8 import _at_version
 
 LAMPS = ("a", "b", "c")
-
-
-def _at_version(path, version: int) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    for number in range(version):
-        db.apply(conn, number)
-    conn.execute(f"PRAGMA user_version = {version}")
-    return conn
 
 
 def _since(conn, lamp: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -10,7 +11,53 @@ from urllib.parse import quote
 
 from lampctl.platform.runtime import private_dir, private_file, private_if_present
 
-MIGRATIONS = [
+# What migration 8 widens the sessions' CHECK from and to.
+_END_REASONS_7 = "CHECK (end_reason IN ('completed','stopped','estop','fault','interrupted','firmware'))"
+_END_REASONS_8 = (
+    "CHECK (end_reason IN ('completed','stopped','estop','fault','interrupted','firmware',"
+    "'patient','over-temperature','over-current'))"
+)
+
+
+def _widen_end_reasons(conn: sqlite3.Connection) -> None:
+    """Migration 8, inside its transaction: the sessions table's CHECK takes the new end reasons.
+
+    SQLite's own procedure for a change that leaves every stored row valid (its "other kinds
+    of table schema changes"): the table's SQL is rewritten in sqlite_schema and the schema
+    version bumped, so every connection reads the new SQL; no row is copied.
+    """
+    (sql,) = conn.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'sessions'").fetchone()
+    if _END_REASONS_7 not in sql:
+        raise StoreError("The sessions table's end reasons are not the ones migration 8 knows; restore a backup.")
+    (version,) = conn.execute("PRAGMA schema_version").fetchone()
+    conn.execute("PRAGMA writable_schema = ON")
+    try:
+        conn.execute(
+            "UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = 'sessions'",
+            (sql.replace(_END_REASONS_7, _END_REASONS_8),),
+        )
+        conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
+    finally:
+        conn.execute("PRAGMA writable_schema = OFF")
+    conn.execute("SELECT count(*) FROM sessions WHERE 0")  # the new SQL parses
+
+
+def _bulb_recount(row: str) -> str:
+    """Migration 9: set the bulb total of `row`'s lamp (a trigger's new or old bulb record) afresh from
+    its sessions since its newest bulb record, what the bulb records' triggers do after any change."""
+    return f"""
+        INSERT OR REPLACE INTO bulb_totals (lamp_id, since, seconds)
+            SELECT k.lamp_id, k.since,
+                   (SELECT coalesce(sum(s.actual_s), 0) FROM sessions s
+                     WHERE s.lamp_id = k.lamp_id AND s.started_at >= k.since AND s.actual_s IS NOT NULL)
+              FROM (SELECT {row}.lamp_id AS lamp_id,
+                           coalesce((SELECT at FROM bulb_replacements b WHERE b.lamp_id = {row}.lamp_id
+                                      ORDER BY at DESC, id DESC LIMIT 1), '') AS since) k;
+    """
+
+
+# Each a script of statements, or a function that migrates the connection itself.
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 1: the first schema
     """
     CREATE TABLE sessions (
@@ -208,7 +255,7 @@ MIGRATIONS = [
     # the firmware's thermal and current guards. Only the CHECK is widened, in place
     # (_widen_end_reasons): every row it held holds under the wider one, and rebuilding a
     # decade's table took 16 s at 1M sessions.
-    "widen end reasons",
+    _widen_end_reasons,
     # 9: each lamp's current bulb hours kept as the sessions end, so the bulbs page reads one row
     # per lamp whatever the spread of sessions (the sum since the last replacement read up to
     # every session of a decade). `seconds` is, by its triggers, always what the sum over the
@@ -247,26 +294,12 @@ MIGRATIONS = [
         UPDATE bulb_totals SET seconds = seconds - old.actual_s
          WHERE lamp_id = old.lamp_id AND old.started_at >= since;
     END;
+    """
+    + f"""
     CREATE TRIGGER bulb_totals_replaced AFTER INSERT ON bulb_replacements
-    BEGIN
-        INSERT OR REPLACE INTO bulb_totals (lamp_id, since, seconds)
-            SELECT k.lamp_id, k.since,
-                   (SELECT coalesce(sum(s.actual_s), 0) FROM sessions s
-                     WHERE s.lamp_id = k.lamp_id AND s.started_at >= k.since AND s.actual_s IS NOT NULL)
-              FROM (SELECT new.lamp_id AS lamp_id,
-                           coalesce((SELECT at FROM bulb_replacements b WHERE b.lamp_id = new.lamp_id
-                                      ORDER BY at DESC, id DESC LIMIT 1), '') AS since) k;
-    END;
+    BEGIN {_bulb_recount("new")} END;
     CREATE TRIGGER bulb_totals_unreplaced AFTER DELETE ON bulb_replacements
-    BEGIN
-        INSERT OR REPLACE INTO bulb_totals (lamp_id, since, seconds)
-            SELECT k.lamp_id, k.since,
-                   (SELECT coalesce(sum(s.actual_s), 0) FROM sessions s
-                     WHERE s.lamp_id = k.lamp_id AND s.started_at >= k.since AND s.actual_s IS NOT NULL)
-              FROM (SELECT old.lamp_id AS lamp_id,
-                           coalesce((SELECT at FROM bulb_replacements b WHERE b.lamp_id = old.lamp_id
-                                      ORDER BY at DESC, id DESC LIMIT 1), '') AS since) k;
-    END;
+    BEGIN {_bulb_recount("old")} END;
     """,
 ]
 
@@ -406,42 +439,11 @@ def _statements(script: str):
         raise ValueError(f"incomplete SQL statement in a migration: {buf.strip()[:60]}")
 
 
-# What migration 8 widens the sessions' CHECK from and to.
-_END_REASONS_7 = "CHECK (end_reason IN ('completed','stopped','estop','fault','interrupted','firmware'))"
-_END_REASONS_8 = (
-    "CHECK (end_reason IN ('completed','stopped','estop','fault','interrupted','firmware',"
-    "'patient','over-temperature','over-current'))"
-)
-
-
-def _widen_end_reasons(conn: sqlite3.Connection) -> None:
-    """Migration 8, inside its transaction: the sessions table's CHECK takes the new end reasons.
-
-    SQLite's own procedure for a change that leaves every stored row valid (its "other kinds
-    of table schema changes"): the table's SQL is rewritten in sqlite_schema and the schema
-    version bumped, so every connection reads the new SQL; no row is copied.
-    """
-    (sql,) = conn.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'sessions'").fetchone()
-    if _END_REASONS_7 not in sql:
-        raise StoreError("The sessions table's end reasons are not the ones migration 8 knows; restore a backup.")
-    (version,) = conn.execute("PRAGMA schema_version").fetchone()
-    conn.execute("PRAGMA writable_schema = ON")
-    try:
-        conn.execute(
-            "UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = 'sessions'",
-            (sql.replace(_END_REASONS_7, _END_REASONS_8),),
-        )
-        conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
-    finally:
-        conn.execute("PRAGMA writable_schema = OFF")
-    conn.execute("SELECT count(*) FROM sessions WHERE 0")  # the new SQL parses
-
-
 def apply(conn: sqlite3.Connection, number: int) -> None:
     """Run migration `number` (0-based) on conn, inside the caller's transaction."""
     step = MIGRATIONS[number]
-    if step == "widen end reasons":
-        _widen_end_reasons(conn)
+    if callable(step):
+        step(conn)
         return
     for statement in _statements(step):
         conn.execute(statement)
