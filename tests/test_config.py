@@ -9,7 +9,7 @@ from lampctl.cli import main
 from tests.conftest import BASE_CONFIG, write_config
 
 
-def test_config_base_parses_into_frozen_dataclasses(tmp_path):
+def test_config_base_parses_into_frozen_records(tmp_path):
     cfg = config_mod.load(write_config(tmp_path))
     assert [l.id for l in cfg.lamps] == ["room1", "room2"]
     assert cfg.lamps[1].active_high is False
@@ -157,7 +157,7 @@ relay_pin = 18
 """.replace("lamp_indicator", "indicator_pin")
 
 
-def test_config_new_keys_parse_into_dataclasses(tmp_path):
+def test_config_new_keys_parse_into_records(tmp_path):
     cfg = config_mod.load(write_config(tmp_path, FULL_CONFIG))
     assert cfg.service.secure_cookies is True and cfg.panel.lock_after_s == 120
     assert (cfg.lamps[0].buzzer_pin, cfg.lamps[0].indicator_pin) == (23, 24)

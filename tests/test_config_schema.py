@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from firmware_bridge import protocol
 from lampctl import config as config_mod
 from lampctl.cli import main
 from lampctl.config.mqtt import MqttConfig
+from lampctl.config.record import replace
 from lampctl.core.safety import s7_backstop_ms
 from lampctl.testing.mqtt import make_certificates, openssl_path
 from tests.conftest import write_config
@@ -113,14 +113,10 @@ def test_config_schema_dataclass_defaults_are_the_rows_defaults():
     # A Config built in code (tests, bench) gets the same defaults as a config file that leaves the key out.
     compared = []
     for row in config_mod.SETTINGS:
-        fields = {f.name: f for f in dataclasses.fields(OWNERS[row.table])}
-        if (
-            row.key in fields
-            and fields[row.key].default is not dataclasses.MISSING
-            and row.default is not config_mod.REQUIRED
-        ):
+        defaults = OWNERS[row.table]._defaults
+        if row.key in defaults and row.default is not config_mod.REQUIRED:
             expected = Path(row.default) if row.name == "service.database" else row.default
-            assert fields[row.key].default == expected, row.name
+            assert defaults[row.key] == expected, row.name
             compared.append(row.name)
     assert {"firmware.grace_s", "lamps[].presets", "mqtt.discovery_prefix", "mqtt.commands"} <= set(compared)
     service = config_mod.ServiceConfig()
@@ -166,11 +162,8 @@ def test_config_schema_the_backstop_check_refuses_what_the_firmware_could_not_ar
     )
     key, problem = config_mod._s14_check_backstop_fits(cfg)
     assert key == "firmware.grace_s" and "lamps[0].max_minutes = 60" in problem and "at most 10" in problem
-    assert (
-        config_mod._s14_check_backstop_fits(dataclasses.replace(cfg, firmware=config_mod.FirmwareConfig(grace_s=10)))
-        is None
-    )
-    wide = dataclasses.replace(config_mod.setting("firmware.grace_s"), range=config_mod.Range(0, 60))
+    assert config_mod._s14_check_backstop_fits(replace(cfg, firmware=config_mod.FirmwareConfig(grace_s=10))) is None
+    wide = replace(config_mod.setting("firmware.grace_s"), range=config_mod.Range(0, 60))
     monkeypatch.setattr(config_mod, "SETTINGS", tuple(wide if r.name == wide.name else r for r in config_mod.SETTINGS))
     text = FULL_CONFIG.replace("max_minutes = 30", "max_minutes = 60").replace("grace_s = 0.1", "grace_s = 60")
     with pytest.raises(config_mod.ConfigError, match=r"firmware\.grace_s: with lamps\[0\]\.max_minutes = 60"):

@@ -364,9 +364,9 @@ def test_outbox_rows_keep_the_origin_they_were_queued_under(cfg, usage_log):
 
 
 def test_discovery_a_guarded_lamp_has_temperature_and_current_sensors(cfg):
-    from dataclasses import replace
-
     from jinja2 import Environment
+
+    from lampctl.config.record import replace
 
     lamps = (replace(cfg.lamps[0], thermistor_adc=0, current_adc=1, max_amps=2.5), *cfg.lamps[1:])
     configs = ha_configs(replace(cfg, lamps=lamps), False)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 import pytest
 
+from lampctl.config.record import replace
 from tests.conftest import bearer, pin_history
 from tests.test_web_auth import csrf_from, login, post
 from web import create_app

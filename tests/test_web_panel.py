@@ -334,7 +334,7 @@ def test_s3_panel_says_what_may_still_be_added_when_only_plus_five_no_longer_fit
 
 @pytest.fixture
 def locking(services, cfg):
-    from dataclasses import replace
+    from lampctl.config.record import replace
 
     services.config = replace(cfg, panel=replace(cfg.panel, lock_after_s=120))
     return services
@@ -455,7 +455,7 @@ def test_panel_marks_the_last_minute_of_a_session(web, clock):
 
 
 def test_secure_cookies_setting_marks_the_login_cookie_secure(services, cfg, users):
-    from dataclasses import replace
+    from lampctl.config.record import replace
 
     services.config = replace(cfg, service=replace(cfg.service, secure_cookies=True))
     app = create_app(services, {"TESTING": True, "SECRET_KEY": "k"})

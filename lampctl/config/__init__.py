@@ -1,4 +1,4 @@
-"""What settings exist, and config.toml parsed and checked into frozen dataclasses.
+"""What settings exist, and config.toml parsed and checked into frozen records (lampctl.config.record).
 
 Each key has one row in SETTINGS (type, default, range, unit, one line of doc); the checks
 that tie keys together, or a key to the firmware, are declared beside it in CONSTRAINTS.
@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from firmware_bridge import protocol
+from lampctl.config.record import Record
 from lampctl.core.safety import HARD_CEILING_MINUTES, S7_BACKSTOP_FACTOR, s7_backstop_ms
 
 if TYPE_CHECKING:
@@ -41,8 +41,7 @@ class ConfigError(Exception):
     """A configuration problem; str() is one line naming the file and the key."""
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(Record):
     """Where a number may lie: low..high, each end included unless marked open."""
 
     low: float
@@ -81,8 +80,7 @@ class _Required:
 REQUIRED = _Required()  # a Setting's default when the key must be given
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(Record):
     """One key of config.toml: what it is, what it may be, and what it is when left out."""
 
     name: str  # dotted, as messages name it: "firmware.grace_s", "lamps[].relay_pin" (any lamp)
@@ -115,8 +113,7 @@ class Setting:
         return self.name.rpartition(".")[2]
 
 
-@dataclass(frozen=True)
-class Table:
+class Table(Record):
     """One table of config.toml; `many` gives how many an array of tables ([[lamps]]) holds."""
 
     name: str
@@ -502,8 +499,7 @@ def _default(name: str):
 _BIND_HOST, _, _BIND_PORT = _default("service.bind").rpartition(":")
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
+class ServiceConfig(Record):
     host: str = _BIND_HOST
     port: int = int(_BIND_PORT)
     database: Path = Path(_default("service.database"))
@@ -514,29 +510,25 @@ class ServiceConfig:
     max_lamps_on: int | None = _default("service.max_lamps_on")  # None: every lamp (S26)
 
 
-@dataclass(frozen=True)
-class SafetyConfig:
+class SafetyConfig(Record):
     estop_pin: int | None = _default("safety.estop_pin")
     heartbeat_s: float = _default("safety.heartbeat_s")
     indicator_pin: int | None = _default("safety.indicator_pin")
 
 
-@dataclass(frozen=True)
-class FirmwareConfig:
+class FirmwareConfig(Record):
     port: str = "/dev/ttyACM0"  # what a FirmwareConfig made in code talks to; config.toml must name its port
     watchdog_s: float = _default("firmware.watchdog_s")
     grace_s: float = _default("firmware.grace_s")
     reply_timeout_s: float = _default("firmware.reply_timeout_s")
 
 
-@dataclass(frozen=True)
-class PanelConfig:
+class PanelConfig(Record):
     # Idle seconds before a shared tablet locks (Stop stays usable); 0 never locks.
     lock_after_s: float = _default("panel.lock_after_s")
 
 
-@dataclass(frozen=True)
-class LampConfig:
+class LampConfig(Record):
     id: str
     name: str
     relay_pin: int
@@ -569,14 +561,13 @@ class LampConfig:
         return self.max_minutes * 60
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Record):
     path: Path
     service: ServiceConfig
     safety: SafetyConfig
     firmware: FirmwareConfig | None
-    lamps: tuple[LampConfig, ...] = field(default_factory=tuple)
-    panel: PanelConfig = field(default_factory=PanelConfig)
+    lamps: tuple[LampConfig, ...] = ()
+    panel: PanelConfig = PanelConfig()
     mqtt: MqttConfig | None = None  # fleet: lampctl.config.mqtt
 
     def lamp(self, lamp_id: str) -> LampConfig:
@@ -587,8 +578,7 @@ class Config:
 
 
 # ---- checks across keys and layers ----------------------------------------------------------
-@dataclass(frozen=True)
-class Constraint:
+class Constraint(Record):
     """A rule that ties keys of different tables together, or to the firmware.
 
     `check` takes the parsed Config and returns its first breach, (the key as the message

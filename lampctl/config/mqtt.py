@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+from lampctl.config.record import Record
 
 # ssl (and OpenSSL's library, 5-10 ms) loads where a TLS file is checked: `serve` reaches the relays first (S1).
 if TYPE_CHECKING:
@@ -18,8 +19,7 @@ if TYPE_CHECKING:
 # discovery topics, whose node_id and object_id allow only A-Z, a-z, 0-9, '_' and '-' (its row's pattern).
 
 
-@dataclass(frozen=True)
-class MqttConfig:
+class MqttConfig(Record):
     host: str
     port: int
     tls: bool
