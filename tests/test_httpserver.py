@@ -122,6 +122,120 @@ def test_server_bounds_unsent_output_and_keeps_waitress_queue_lines_out_of_the_j
     assert logging.getLogger("waitress.queue").getEffectiveLevel() > logging.WARNING
 
 
+def _writable(requests: int, buffered: int, will_close=False, close_when_flushed=False):
+    """BoundedChannel.writable() of a connection in the given state (no socket needed)."""
+    channel = httpserver.BoundedChannel.__new__(httpserver.BoundedChannel)
+    channel.requests = [object()] * requests
+    channel.total_outbufs_len = buffered
+    channel.will_close, channel.close_when_flushed = will_close, close_when_flushed
+    channel.adj = type("Adj", (), {"outbuf_high_watermark": 1 << 20})()
+    return bool(channel.writable())
+
+
+@pytest.mark.parametrize(
+    "requests, buffered, close, expected",
+    [
+        (0, 0, "", False),  # nothing to send
+        (0, 2388, "", True),  # a finished reply: the loop sends it
+        (1, 2388, "", False),  # its task still writes (and sends) it: the loop leaves it alone
+        (1, 1 << 20, "", False),  # at the high watermark the worker still sends for itself
+        (1, (1 << 20) + 1, "", True),  # past it the worker waits for the loop to drain the buffer
+        (1, 0, "will_close", True),  # a connection to close is always handled
+        (1, 2388, "close_when_flushed", True),
+    ],
+)
+def test_server_polls_a_connection_for_write_only_when_the_loop_must_send(requests, buffered, close, expected):
+    flags = {close: True} if close else {}
+    assert _writable(requests, buffered, **flags) is expected
+
+
+def _running(app, passes=None):
+    """A server on a free port whose loop runs in a thread (counting its passes); stop() ends it."""
+    srv = httpserver.make_server(app, "127.0.0.1", 0)
+    done = threading.Event()
+
+    def loop():
+        while not done.is_set():
+            srv.poll_once(0.05)
+            if passes is not None:
+                passes[0] += 1
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+
+    def stop():
+        done.set()
+        thread.join(10)
+        srv.close()
+        srv.task_dispatcher.shutdown(timeout=5)
+
+    return srv, stop
+
+
+def test_server_loop_does_not_spin_while_a_worker_writes_its_reply():
+    """A reply written in 30 pieces: waitress's writable() made the loop poll, fail to take the
+    buffer's lock from the sending worker and poll again, 39-57 passes per request here."""
+    import http.client
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"x" * 100] * 30
+
+    passes = [0]
+    srv, stop = _running(app, passes)
+    client = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    try:
+        for _ in range(10):
+            client.request("GET", "/")
+            client.getresponse().read()
+        before = passes[0]
+        for _ in range(100):
+            client.request("GET", "/")
+            assert client.getresponse().read() == b"x" * 3000
+        per_request = (passes[0] - before) / 100
+    finally:
+        client.close()
+        stop()
+    assert per_request <= 8, f"the server's loop made {per_request:.1f} passes per request"
+
+
+def test_server_streams_a_reply_past_the_high_watermark_to_a_slow_client():
+    """While its task runs, the loop sends a reply only past the high watermark: there the worker
+    waits for it (a client that does not read yet), and the whole reply must still arrive."""
+    # More than the kernel holds for a client that does not read (4 MiB sent, 64 KiB received).
+    size = 8 * httpserver.OUTBUF_HIGH_WATERMARK + 12345
+    piece = b"y" * 65536
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(size))])
+        left = size
+        while left:
+            yield piece[: min(left, len(piece))]
+            left -= min(left, len(piece))
+
+    srv, stop = _running(app)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.settimeout(20)
+    sock.connect(("127.0.0.1", srv.port))
+    try:
+        for _ in range(2):  # and the connection serves the next request
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_until(
+                lambda: any(
+                    getattr(ch, "total_outbufs_len", 0) > httpserver.OUTBUF_HIGH_WATERMARK
+                    for ch in list(srv._map.values())
+                ),
+                20,
+                "the worker waiting for the loop to drain the buffer",
+            )
+            status, _headers, body = _reply(sock)
+            assert (status, len(body)) == (200, size)
+    finally:
+        sock.close()
+        stop()
+
+
 class Channel:
     def __init__(self, last_activity, busy=False, waiting=None):
         self.last_activity = last_activity

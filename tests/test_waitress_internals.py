@@ -277,3 +277,22 @@ def test_waitress_poll_loop_the_stop_first_loop_copies():
             channel.close()
     finally:
         server.close()
+
+
+def test_waitress_reply_buffer_parts_bounded_channel_writable_relies_on():
+    # BoundedChannel.writable leaves a running task's reply to its worker below the high
+    # watermark: the worker sends each write itself, waits for the loop past the watermark, and
+    # the task's end wakes the loop to send what is left.
+    problems = []
+    if not {"total_outbufs_len", "will_close", "close_when_flushed"} <= _names_in(HTTPChannel.writable):
+        problems.append("HTTPChannel.writable no longer decides by total_outbufs_len, will_close, close_when_flushed")
+    if not {"requests", "_flush_some", "_flush_some_if_lockable"} <= _names_in(HTTPChannel.handle_write):
+        problems.append("HTTPChannel.handle_write no longer sends a finished reply and only tries a running one")
+    if not {"_flush_outbufs_below_high_watermark", "_flush_some", "outbuf_lock"} <= _names_in(HTTPChannel.write_soon):
+        problems.append("HTTPChannel.write_soon no longer sends each write from the worker under outbuf_lock")
+    wait = _names_in(HTTPChannel._flush_outbufs_below_high_watermark)
+    if not {"total_outbufs_len", "outbuf_high_watermark", "pull_trigger", "wait"} <= wait:
+        problems.append("a worker no longer waits for the loop only past outbuf_high_watermark")
+    if "pull_trigger" not in _names_in(HTTPChannel.service):
+        problems.append("HTTPChannel.service no longer wakes the loop when a task ends")
+    assert problems == [], f"{WAITRESS}: " + "; ".join(problems)

@@ -358,6 +358,24 @@ class BoundedChannel(HTTPChannel):
         # ever nor closes a busy one (S22).
         self._last_activity = _now()
 
+    def writable(self):
+        """Whether the loop should send this connection's buffered reply: not while its task still
+        writes it, unless that task waits for the loop to drain the buffer.
+
+        waitress's writable() says yes whenever a reply waits in the buffer. While the task runs,
+        its worker sends each write itself, holding the buffer's lock across the send; the loop,
+        finding the socket writable, tried that lock, failed, and polled again, taking the
+        interpreter's lock from the worker each time: 8-30 empty passes per GET /api/lamps. The
+        loop is needed while a task runs only once the buffer passes the high watermark (the
+        worker then waits for it, in _flush_outbufs_below_high_watermark); whatever is left when
+        the task ends is sent by the pass its end wakes (HTTPChannel.service pulls the trigger).
+        """
+        if self.will_close or self.close_when_flushed:
+            return True
+        if not self.total_outbufs_len:
+            return False
+        return not self.requests or self.total_outbufs_len > self.adj.outbuf_high_watermark
+
     def received(self, data):
         before = self.request
         result = super().received(data)
