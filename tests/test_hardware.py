@@ -99,6 +99,53 @@ def test_hardware_active_low_relay_drives_its_pin_low_for_on(bank, factory):
     assert pin_history(factory, ROOM1) == [False]
 
 
+def test_s6_relay_read_back_is_the_pin_even_when_driven_outside_the_bank(bank, factory):
+    bank._relays[0].on()  # switched behind the bank's back
+    assert bank.is_on(0)
+    bank._relays[1].on()  # active-low: its pin goes low
+    assert bank.is_on(1) and factory.pin(ROOM2).state is False
+    bank._relays[0].off()
+    assert not bank.is_on(0)
+
+
+def test_s10_reading_a_relay_back_never_waits_for_the_bank_lock(bank):
+    """A poll reads every relay back; while a Stop's all_off() holds the bank's lock it must not
+    queue behind it, nor make the Stop queue behind the poll."""
+    bank.set(0, True)
+    got = []
+    with bank._lock:  # as set() and all_off() hold it while they drive the outputs
+        reader = threading.Thread(target=lambda: got.append(bank.is_on(0)))
+        reader.start()
+        reader.join(10)
+        alive = reader.is_alive()
+    assert not alive and got == [True], "is_on waited for the bank's lock"
+
+
+def test_hardware_a_relay_read_while_the_bank_closes_reads_off(bank, monkeypatch):
+    bank.set(0, True)
+
+    class ClosingUnderTheRead:
+        """A relay whose bank closes between is_on's look at the flag and its read of the pin."""
+
+        @property
+        def pin(self):
+            bank._closed = True  # what close() marks first, before it releases the pins
+            return None
+
+    monkeypatch.setattr(bank, "_relays", [ClosingUnderTheRead(), bank._relays[1]])
+    assert bank.is_on(0) is False
+    assert not bank.is_on(1)  # and after close
+
+
+def test_hardware_a_relay_that_cannot_be_read_raises_while_the_bank_is_open(bank, monkeypatch):
+    class Broken:
+        pin = None  # as a released pin: reading it fails, and that is not an OFF
+
+    monkeypatch.setattr(bank, "_relays", [Broken(), bank._relays[1]])
+    with pytest.raises(AttributeError):
+        bank.is_on(0)
+
+
 def test_s1_relays_are_off_the_instant_they_are_claimed(factory):
     bank = RelayBank([lamp(ROOM1), lamp(ROOM2, active_high=False)], factory)
     bank.on_estop(lambda: None)  # without an estop_pin: nothing wired, nothing pressed
