@@ -210,8 +210,9 @@ def test_server_streams_a_reply_past_the_high_watermark_to_a_slow_client():
         start_response("200 OK", [("Content-Length", str(size))])
         left = size
         while left:
-            yield piece[: min(left, len(piece))]
-            left -= min(left, len(piece))
+            n = min(left, len(piece))
+            yield piece[:n]
+            left -= n
 
     srv, stop = _running(app)
     sock = socket.socket()
